@@ -1,0 +1,685 @@
+//! `NautilusMaster`: spec and status.
+//!
+//! Field docs are user documentation (`kubectl explain`); notes for maintainers use `//`.
+//! Durations follow the Kubernetes API conventions: integers with the unit in the name
+//! (`...Seconds`). Defaults live in the schema so the API server fills them in and `kubectl get -o
+//! yaml` shows what is in force.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// Regexes shared by several fields. They are anchored, as the API server requires full matches.
+const HEX_48_BYTES: &str = r"^[0-9a-fA-F]{96}$";
+const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const MOVE_STRUCT_TAG: &str =
+    r"^0x[0-9a-fA-F]{1,64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*(<.+>)?$";
+
+/// Desired state of a confidential K3s control plane.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "nautilus.k3s-daas.io",
+    version = "v1alpha1",
+    kind = "NautilusMaster",
+    plural = "nautilusmasters",
+    singular = "nautilusmaster",
+    shortname = "nm",
+    category = "nautilus",
+    namespaced,
+    status = "NautilusMasterStatus",
+    derive = "PartialEq",
+    doc = "A K3s control plane running inside an AWS Nitro Enclave, proven by hardware attestation, whose users are admitted by their stake on the Sui chain.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Short summary of where the control plane is in its life"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the control plane is attested and serving"),
+    printcolumn(name = "Attested", type_ = "string", json_path = ".status.conditions[?(@.type==\"Attested\")].status", description = "Whether the enclave's attestation verified"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "HTTPS endpoint of the control plane"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "PCR0", type_ = "string", json_path = ".status.attestation.pcr0Prefix", priority = 1, description = "First 16 hex characters of the attested PCR0 (enclave image measurement)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NautilusMasterSpec {
+    /// The Nitro Enclave that runs the control plane: which image, how big, and which
+    /// measurements it must prove.
+    pub enclave: EnclaveSpec,
+
+    /// Settings of the K3s control plane inside the enclave. Every setting is part of the boot
+    /// configuration, whose digest the enclave binds into its attestation.
+    #[serde(default)]
+    pub control_plane: ControlPlaneSpec,
+
+    /// Who may use the control plane: seal tokens signed by Sui keys, mapped to Kubernetes groups
+    /// by the amount of SUI the signer has staked.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
+    /// How often the enclave probes its control-plane components, and how long they may take to
+    /// start.
+    #[serde(default)]
+    pub health: HealthSpec,
+
+    /// How attestation is refreshed and which kinds of evidence are acceptable.
+    #[serde(default)]
+    pub attestation: AttestationSpec,
+}
+
+/// The enclave image, its size and its expected measurements.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnclaveSpec {
+    /// Container image that carries the enclave image file (EIF), for example
+    /// `registry.example.com/nautilus/enclave:v1.2.3`. Pin it by digest for reproducible
+    /// measurements.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Path of the EIF inside `image`.
+    #[serde(default = "default_eif_path")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/"))]
+    pub eif_path: String,
+
+    /// Number of vCPUs given to the enclave (`nitro-cli run-enclave --cpu-count`). Nitro takes
+    /// whole cores, so on hyperthreaded instances this must be even.
+    #[serde(default = "default_cpu_count")]
+    #[schemars(range(min = 2, max = 128))]
+    pub cpu_count: u32,
+
+    /// Memory given to the enclave in MiB (`nitro-cli run-enclave --memory`). It is taken from the
+    /// node's hugepages, so the pod requests at least this much of `hugepageSize`.
+    #[serde(default = "default_memory_mib")]
+    #[schemars(range(min = 512, max = 524288))]
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u32,
+
+    /// Fixed vsock context ID for the enclave (`--enclave-cid`). When unset, Nitro picks one and
+    /// the sidecar reports it in `status.placement.enclaveCID`. CIDs 0-3 and 4294967295 are
+    /// reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveCID")]
+    #[schemars(range(min = 4, max = 4_294_967_294_u32))]
+    pub enclave_cid: Option<u32>,
+
+    /// Expected PCR0 (hash of the enclave image file), 96 hex characters as printed by
+    /// `nitro-cli build-enclave`. The attestation must report exactly this value.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr0: String,
+
+    /// Expected PCR1 (hash of the Linux kernel and boot ramfs), 96 hex characters.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr1: String,
+
+    /// Expected PCR2 (hash of the user applications), 96 hex characters.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr2: String,
+
+    /// Expected PCR8 (hash of the certificate that signed the EIF), 96 hex characters. Set it
+    /// when the EIF is signed, to accept only images signed by your key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr8: Option<String>,
+
+    /// Node labels the enclave pod must match. Defaults to the label the AWS Nitro Enclaves
+    /// device plugin expects: `aws-nitro-enclaves-k8s-dp: enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the enclave pod, for Nitro nodes that are tainted for enclave workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// Size of the hugepages backing enclave memory: `2Mi` or `1Gi`. It must match what the Nitro
+    /// node's allocator reserved.
+    #[serde(default)]
+    pub hugepage_size: HugepageSize,
+}
+
+/// Size of the hugepages that back enclave memory.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HugepageSize {
+    /// 2 MiB pages (`hugepages-2Mi`).
+    #[default]
+    #[serde(rename = "2Mi")]
+    TwoMi,
+    /// 1 GiB pages (`hugepages-1Gi`).
+    #[serde(rename = "1Gi")]
+    OneGi,
+}
+
+/// K3s control-plane settings (control plane only: no kubelet runs in the enclave).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!isCIDR(self.clusterCIDR) || !isCIDR(self.serviceCIDR) || (!cidr(self.clusterCIDR).containsCIDR(self.serviceCIDR) && !cidr(self.serviceCIDR).containsCIDR(self.clusterCIDR))").message("clusterCIDR and serviceCIDR must not overlap"),
+    validation = Rule::new("!isCIDR(self.serviceCIDR) || !isIP(self.clusterDNS) || cidr(self.serviceCIDR).containsIP(self.clusterDNS)").message("clusterDNS must be an address inside serviceCIDR")
+)]
+pub struct ControlPlaneSpec {
+    /// Address the API server binds inside the enclave (`--bind-address`).
+    #[serde(default = "default_bind_address")]
+    #[schemars(length(min = 2, max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("bindAddress must be an IPv4 or IPv6 address"))]
+    pub bind_address: String,
+
+    /// HTTPS port of the API server (`--https-listen-port`); the Service exposes the same port.
+    #[serde(default = "default_https_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub https_port: u16,
+
+    /// Pod network of the cluster (`--cluster-cidr`).
+    #[serde(default = "default_cluster_cidr", rename = "clusterCIDR")]
+    #[schemars(length(min = 9, max = 49))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("clusterCIDR must be a CIDR such as 10.42.0.0/16"))]
+    pub cluster_cidr: String,
+
+    /// Service network of the cluster (`--service-cidr`).
+    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    #[schemars(length(min = 9, max = 49))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("serviceCIDR must be a CIDR such as 10.43.0.0/16"))]
+    pub service_cidr: String,
+
+    /// Address of the cluster DNS service (`--cluster-dns`); it must lie inside `serviceCIDR`.
+    #[serde(default = "default_cluster_dns", rename = "clusterDNS")]
+    #[schemars(length(min = 2, max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("clusterDNS must be an IPv4 or IPv6 address"))]
+    pub cluster_dns: String,
+
+    /// K3s data directory inside the enclave (`--data-dir`).
+    #[serde(default = "default_data_dir")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = r"^/"))]
+    pub data_dir: String,
+
+    /// Encrypt Secrets at rest in the control plane's datastore (`--secrets-encryption`).
+    #[serde(default = "default_true")]
+    pub encrypt_secrets: bool,
+
+    /// Lowest TLS version the API server accepts (`--tls-min-version`).
+    #[serde(default)]
+    pub tls_min_version: TlsMinVersion,
+
+    /// TLS 1.2 cipher suites the API server offers (`--tls-cipher-suites`), by their Go names such
+    /// as `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`. Empty means the Kubernetes defaults. TLS 1.3
+    /// suites are not configurable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^TLS_[A-Z0-9_]{4,60}$")))]
+    pub cipher_suites: Vec<String>,
+
+    /// Verbosity of control-plane logs.
+    #[serde(default)]
+    pub log_level: LogLevel,
+
+    /// Format of control-plane and agent logs: `json` or `text`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+
+    /// K3s version the enclave image is expected to carry, such as `v1.33.4+k3s1`. Informational:
+    /// the image measurement (PCR0), not this field, proves what runs.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "k3sVersion")]
+    #[schemars(regex(pattern = r"^v[0-9]+\.[0-9]+\.[0-9]+(\+k3s[0-9]+)?$"), length(max = 64))]
+    pub k3s_version: Option<String>,
+}
+
+/// Lowest TLS version the API server accepts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    /// TLS 1.2 and newer.
+    #[default]
+    VersionTLS12,
+    /// TLS 1.3 only.
+    VersionTLS13,
+}
+
+/// Verbosity of control-plane logs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including debug output (`--debug`).
+    Debug,
+    /// Normal operation.
+    #[default]
+    Info,
+    /// Warnings and errors only.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+/// Format of logs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    #[default]
+    Text,
+}
+
+/// Seal-token authentication: Sui signatures in, Kubernetes groups out, by stake.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// gRPC endpoint of a Sui full node, reached from inside the enclave over TLS that the
+    /// enclave verifies itself. Must be `https://`.
+    #[serde(default = "default_sui_rpc_url", rename = "suiRpcURL")]
+    #[schemars(length(min = 9, max = 512), regex(pattern = r"^https://[^\s/]+(:[0-9]+)?(/.*)?$"))]
+    pub sui_rpc_url: String,
+
+    /// Sui network the endpoint serves. Stake on any other network does not count.
+    #[serde(default)]
+    pub network: SuiNetwork,
+
+    /// Chain identifier (base58 digest of the genesis checkpoint) the endpoint must report. When
+    /// set, the enclave refuses an endpoint that serves another chain.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "chainID")]
+    #[schemars(regex(pattern = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"))]
+    pub chain_id: Option<String>,
+
+    /// Move type whose objects count as stake. The native type is
+    /// `0x3::staking_pool::StakedSui`, whose `principal` (in MIST) is summed.
+    #[serde(default = "default_stake_type")]
+    #[schemars(length(min = 6, max = 512), regex(pattern = MOVE_STRUCT_TAG))]
+    pub stake_type: String,
+
+    /// For a custom `stakeType`: name of the `u64` field that holds the staked amount in MIST.
+    /// Ignored for `0x3::staking_pool::StakedSui`, whose amount is `principal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub stake_amount_field: Option<String>,
+
+    /// Audience a seal token must name. Defaults to `<namespace>/<name>` of this resource, so a
+    /// token minted for one control plane is useless at another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: Option<String>,
+
+    /// Longest lifetime (expiry minus issued-at) a seal token may have, in seconds.
+    #[serde(default = "default_max_token_lifetime")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub max_token_lifetime_seconds: u32,
+
+    /// How long a stake amount read from the chain is reused, in seconds. When the chain is
+    /// unreachable, only an answer younger than this is trusted; otherwise access is denied.
+    #[serde(default = "default_stake_cache_ttl", rename = "stakeCacheTTLSeconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub stake_cache_ttl_seconds: u32,
+
+    /// Access tiers, highest stake first. A token holder gets the groups of the first tier whose
+    /// `minStakeMist` their stake reaches; below every tier, access is denied. Thresholds must be
+    /// strictly descending and names unique.
+    #[serde(default = "default_tiers")]
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(
+        validation = Rule::new("self.map(t, -t.minStakeMist).isSorted() && self.all(t, self.exists_one(u, u.minStakeMist == t.minStakeMist))").message("tiers must be ordered by minStakeMist, strictly descending (highest stake first)"),
+        validation = Rule::new("self.all(t, self.exists_one(u, u.name == t.name))").message("tier names must be unique")
+    )]
+    pub tiers: Vec<StakeTier>,
+}
+
+/// A Sui network.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SuiNetwork {
+    /// Sui mainnet.
+    #[default]
+    Mainnet,
+    /// Sui testnet.
+    Testnet,
+    /// Sui devnet.
+    Devnet,
+    /// A local network (development only).
+    Localnet,
+}
+
+/// One access tier: a stake threshold and the Kubernetes groups it grants.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StakeTier {
+    /// Name of the tier (a DNS label), reported to the control plane in the user's `extra`
+    /// field `nautilus.k3s-daas.io/tier`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
+    pub name: String,
+
+    /// Least stake, in MIST (1 SUI = 10^9 MIST), that reaches this tier.
+    // Kubernetes integers are int64; say so instead of schemars' `uint64`.
+    #[schemars(range(min = 1), extend("format" = "int64"))]
+    pub min_stake_mist: u64,
+
+    /// Kubernetes groups a member of this tier gets, for example `system:masters`. May be empty,
+    /// for a tier that authenticates users without granting group-based rights.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
+}
+
+/// Health probing of the control-plane components inside the enclave.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.startupTimeoutSeconds > self.probeIntervalSeconds").message("startupTimeoutSeconds must be longer than probeIntervalSeconds"))]
+pub struct HealthSpec {
+    /// Seconds between probe rounds (API server `/livez` and `/readyz`, scheduler and
+    /// controller-manager `/healthz`). Each round produces a signed report.
+    #[serde(default = "default_probe_interval")]
+    #[schemars(range(min = 1, max = 300))]
+    pub probe_interval_seconds: u32,
+
+    /// Seconds the control plane may take to become healthy after the enclave boots, before
+    /// the resource is reported as failed to start.
+    #[serde(default = "default_startup_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub startup_timeout_seconds: u32,
+}
+
+/// Attestation policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxDocumentAgeSeconds > self.refreshIntervalSeconds").message("maxDocumentAgeSeconds must be longer than refreshIntervalSeconds, or every document expires before it is refreshed"))]
+pub struct AttestationSpec {
+    /// Seconds between fresh attestations. Each one answers a new nonce from the operator.
+    #[serde(default = "default_refresh_interval")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub refresh_interval_seconds: u32,
+
+    /// Oldest attestation document, in seconds, that is still accepted.
+    #[serde(default = "default_max_document_age")]
+    #[schemars(range(min = 60, max = 172800))]
+    pub max_document_age_seconds: u32,
+
+    /// Accept enclaves started in debug mode (all PCRs zero). Their memory can be read by the
+    /// host, so never enable this in production; status shows `debugMode: true` when it happens.
+    #[serde(default)]
+    pub allow_debug_mode: bool,
+
+    /// Accept attestation documents signed by the simulated NSM of development mode instead of
+    /// AWS hardware. Never enable this in production; status then carries the
+    /// `SimulatedAttestation` reason.
+    #[serde(default)]
+    pub allow_simulated: bool,
+}
+
+/// Observed state, written by the operator.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NautilusMasterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Latest observations: `EnclaveRunning`, `Attested`, `APIServerReady`, `SchedulerReady`,
+    /// `ControllerManagerReady` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// One-word summary of the lifecycle, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Summary of the attestation document that was last verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationSummary>,
+
+    /// Health of each control-plane component, from the latest signed report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentHealth>,
+
+    /// Where the enclave runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<EnclavePlacement>,
+
+    /// HTTPS endpoint of the control plane (the Service in front of the enclave), for example
+    /// `https://demo.team-a.svc:6443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// Secret holding a kubeconfig for the control plane: its CA is the attested serving CA and
+    /// it holds no credentials (users bring seal tokens). Published only once attested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretKeyReference>,
+
+    /// SHA-256 (hex) of the boot configuration the enclave was given; a change rolls the enclave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_config_digest: Option<String>,
+}
+
+/// One-word lifecycle summary.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; nothing launched yet.
+    Pending,
+    /// The enclave pod is being scheduled or the enclave is booting.
+    Launching,
+    /// The enclave runs; its attestation is being verified.
+    Attesting,
+    /// Attested; waiting for the control-plane components to become healthy.
+    Starting,
+    /// Attested and every component is healthy.
+    Ready,
+    /// Was ready, and a component or a report is now failing.
+    Degraded,
+    /// Attestation failed or the control plane did not start in time; see the conditions.
+    Failed,
+    /// Being deleted: the enclave is being stopped.
+    Terminating,
+}
+
+/// What the operator verified in the latest attestation document.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationSummary {
+    /// Nitro module ID of the enclave (`i-<instance>-enc<id>`).
+    pub module_id: String,
+    /// When the operator verified the document.
+    pub verified_at: Time,
+    /// When the Nitro Security Module produced the document.
+    pub document_timestamp: Time,
+    /// Attested PCR values by index (hex), at least PCR0, PCR1, PCR2 and PCR8.
+    pub pcrs: BTreeMap<String, String>,
+    /// First 16 hex characters of PCR0, for `kubectl get -o wide`.
+    pub pcr0_prefix: String,
+    /// SHA-256 (hex) of the attested public key that signs health reports.
+    pub public_key_fingerprint: String,
+    /// SHA-256 (hex) of the whole attestation document, to find it in logs.
+    #[serde(rename = "documentSHA256")]
+    pub document_sha256: String,
+    /// The document came from the simulated NSM of development mode, not AWS hardware.
+    pub simulated: bool,
+    /// The enclave runs in debug mode (PCRs all zero): the host can read its memory.
+    pub debug_mode: bool,
+}
+
+/// Health of one control-plane component.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentHealth {
+    /// Component name: `apiserver`, `scheduler` or `controller-manager`.
+    pub name: String,
+    /// The component answered its probe as healthy.
+    pub healthy: bool,
+    /// When the enclave last probed the component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+    /// Round-trip time of the last probe in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_millis: Option<u32>,
+    /// Why the component is unhealthy, or empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where the enclave runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnclavePlacement {
+    /// Name of the pod whose sidecar launched the enclave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Node that hosts the enclave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// vsock context ID of the enclave.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveCID")]
+    pub enclave_cid: Option<u32>,
+    /// Enclave ID reported by `nitro-cli` (`i-...-enc...`).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveID")]
+    pub enclave_id: Option<String>,
+}
+
+/// Reference to one key of a Secret in the resource's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key inside the Secret.
+    pub key: String,
+}
+
+impl NautilusMaster {
+    /// The audience seal tokens must name: `spec.auth.audience`, or `<namespace>/<name>`.
+    pub fn token_audience(&self) -> String {
+        match &self.spec.auth.audience {
+            Some(audience) => audience.clone(),
+            None => format!(
+                "{}/{}",
+                self.metadata.namespace.as_deref().unwrap_or("default"),
+                self.metadata.name.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+impl Default for ControlPlaneSpec {
+    fn default() -> Self {
+        Self {
+            bind_address: default_bind_address(),
+            https_port: default_https_port(),
+            cluster_cidr: default_cluster_cidr(),
+            service_cidr: default_service_cidr(),
+            cluster_dns: default_cluster_dns(),
+            data_dir: default_data_dir(),
+            encrypt_secrets: true,
+            tls_min_version: TlsMinVersion::default(),
+            cipher_suites: Vec::new(),
+            log_level: LogLevel::default(),
+            log_format: LogFormat::default(),
+            k3s_version: None,
+        }
+    }
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        Self {
+            sui_rpc_url: default_sui_rpc_url(),
+            network: SuiNetwork::default(),
+            chain_id: None,
+            stake_type: default_stake_type(),
+            stake_amount_field: None,
+            audience: None,
+            max_token_lifetime_seconds: default_max_token_lifetime(),
+            stake_cache_ttl_seconds: default_stake_cache_ttl(),
+            tiers: default_tiers(),
+        }
+    }
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            probe_interval_seconds: default_probe_interval(),
+            startup_timeout_seconds: default_startup_timeout(),
+        }
+    }
+}
+
+impl Default for AttestationSpec {
+    fn default() -> Self {
+        Self {
+            refresh_interval_seconds: default_refresh_interval(),
+            max_document_age_seconds: default_max_document_age(),
+            allow_debug_mode: false,
+            allow_simulated: false,
+        }
+    }
+}
+
+/// The native stake type of Sui.
+pub const STAKED_SUI_TYPE: &str = "0x3::staking_pool::StakedSui";
+
+fn default_eif_path() -> String {
+    "/nautilus/enclave.eif".into()
+}
+fn default_cpu_count() -> u32 {
+    2
+}
+fn default_memory_mib() -> u32 {
+    4096
+}
+fn default_bind_address() -> String {
+    "0.0.0.0".into()
+}
+fn default_https_port() -> u16 {
+    6443
+}
+fn default_cluster_cidr() -> String {
+    "10.42.0.0/16".into()
+}
+fn default_service_cidr() -> String {
+    "10.43.0.0/16".into()
+}
+fn default_cluster_dns() -> String {
+    "10.43.0.10".into()
+}
+fn default_data_dir() -> String {
+    "/var/lib/rancher/k3s".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sui_rpc_url() -> String {
+    "https://fullnode.mainnet.sui.io:443".into()
+}
+fn default_stake_type() -> String {
+    STAKED_SUI_TYPE.into()
+}
+fn default_max_token_lifetime() -> u32 {
+    3600
+}
+fn default_stake_cache_ttl() -> u32 {
+    30
+}
+fn default_probe_interval() -> u32 {
+    5
+}
+fn default_startup_timeout() -> u32 {
+    120
+}
+fn default_refresh_interval() -> u32 {
+    300
+}
+fn default_max_document_age() -> u32 {
+    900
+}
+
+/// The seed system's tiers: admin (≥ 10000 MIST), worker (≥ 1000), reader (≥ 100).
+pub fn default_tiers() -> Vec<StakeTier> {
+    vec![
+        StakeTier {
+            name: "admin".into(),
+            min_stake_mist: 10_000,
+            groups: vec!["system:masters".into()],
+        },
+        StakeTier {
+            name: "worker".into(),
+            min_stake_mist: 1_000,
+            groups: vec!["system:nodes".into()],
+        },
+        StakeTier {
+            name: "reader".into(),
+            min_stake_mist: 100,
+            groups: vec!["nautilus:readers".into()],
+        },
+    ]
+}

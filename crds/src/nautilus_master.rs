@@ -5,6 +5,9 @@
 //! (`...Seconds`). Defaults live in the schema so the API server fills them in and `kubectl get -o
 //! yaml` shows what is in force.
 
+// `printcolumn(...)` repeats by design (one per column); clippy reads the repeats as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
@@ -33,12 +36,42 @@ const MOVE_STRUCT_TAG: &str =
     status = "NautilusMasterStatus",
     derive = "PartialEq",
     doc = "A K3s control plane running inside an AWS Nitro Enclave, proven by hardware attestation, whose users are admitted by their stake on the Sui chain.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Short summary of where the control plane is in its life"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the control plane is attested and serving"),
-    printcolumn(name = "Attested", type_ = "string", json_path = ".status.conditions[?(@.type==\"Attested\")].status", description = "Whether the enclave's attestation verified"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "HTTPS endpoint of the control plane"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "PCR0", type_ = "string", json_path = ".status.attestation.pcr0Prefix", priority = 1, description = "First 16 hex characters of the attested PCR0 (enclave image measurement)")
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Short summary of where the control plane is in its life"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the control plane is attested and serving"
+    ),
+    printcolumn(
+        name = "Attested",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Attested\")].status",
+        description = "Whether the enclave's attestation verified"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "HTTPS endpoint of the control plane"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "PCR0",
+        type_ = "string",
+        json_path = ".status.attestation.pcr0Prefix",
+        priority = 1,
+        description = "First 16 hex characters of the attested PCR0 (enclave image measurement)"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NautilusMasterSpec {
@@ -97,7 +130,11 @@ pub struct EnclaveSpec {
     /// Fixed vsock context ID for the enclave (`--enclave-cid`). When unset, Nitro picks one and
     /// the sidecar reports it in `status.placement.enclaveCID`. CIDs 0-3 and 4294967295 are
     /// reserved.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveCID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "enclaveCID"
+    )]
     #[schemars(range(min = 4, max = 4_294_967_294_u32))]
     pub enclave_cid: Option<u32>,
 
@@ -215,8 +252,15 @@ pub struct ControlPlaneSpec {
 
     /// K3s version the enclave image is expected to carry, such as `v1.33.4+k3s1`. Informational:
     /// the image measurement (PCR0), not this field, proves what runs.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "k3sVersion")]
-    #[schemars(regex(pattern = r"^v[0-9]+\.[0-9]+\.[0-9]+(\+k3s[0-9]+)?$"), length(max = 64))]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "k3sVersion"
+    )]
+    #[schemars(
+        regex(pattern = r"^v[0-9]+\.[0-9]+\.[0-9]+(\+k3s[0-9]+)?$"),
+        length(max = 64)
+    )]
     pub k3s_version: Option<String>,
 }
 
@@ -263,7 +307,10 @@ pub struct AuthSpec {
     /// gRPC endpoint of a Sui full node, reached from inside the enclave over TLS that the
     /// enclave verifies itself. Must be `https://`.
     #[serde(default = "default_sui_rpc_url", rename = "suiRpcURL")]
-    #[schemars(length(min = 9, max = 512), regex(pattern = r"^https://[^\s/]+(:[0-9]+)?(/.*)?$"))]
+    #[schemars(
+        length(min = 9, max = 512),
+        regex(pattern = r"^https://[^\s/]+(:[0-9]+)?(/.*)?$")
+    )]
     pub sui_rpc_url: String,
 
     /// Sui network the endpoint serves. Stake on any other network does not count.
@@ -285,7 +332,10 @@ pub struct AuthSpec {
     /// For a custom `stakeType`: name of the `u64` field that holds the staked amount in MIST.
     /// Ignored for `0x3::staking_pool::StakedSui`, whose amount is `principal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
     pub stake_amount_field: Option<String>,
 
     /// Audience a seal token must name. Defaults to `<namespace>/<name>` of this resource, so a
@@ -520,7 +570,11 @@ pub struct EnclavePlacement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     /// vsock context ID of the enclave.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveCID")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "enclaveCID"
+    )]
     pub enclave_cid: Option<u32>,
     /// Enclave ID reported by `nitro-cli` (`i-...-enc...`).
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "enclaveID")]

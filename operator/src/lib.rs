@@ -1,1 +1,10 @@
-//! placeholder
+//! The nautilus operator: reconciles `NautilusMaster` resources into attested K3s control planes
+//! running in AWS Nitro Enclaves.
+//!
+//! # Layout
+//! - [`conditions`]: `metav1.Condition` maths (merge, `Ready`, phase), pure and unit-tested.
+//!
+//! The reconcile loop, children, verification and metrics build on these (see
+//! `docs/architecture.md`). The `crdgen` binary renders the CRD from `nautilus-crds`.
+
+pub mod conditions;

@@ -1,1 +1,28 @@
-//! placeholder
+//! Evidence shared by the operator, the enclave agent and the sidecar.
+//!
+//! This crate holds what both sides of the vsock link must agree on. Today that is the AWS
+//! Nitro Enclaves attestation evidence: its format, its verification, the policy checked on
+//! top of it and the binding that ties it to the agent's boot configuration.
+//!
+//! Layout:
+//! - [`attestation`]: decode and verify an attestation document (COSE_Sign1 ES384 over a
+//!   CBOR payload, certificate chain to a pinned root, validity at a chosen time).
+//! - [`policy`]: what a verified document must also say (PCRs, debug mode, nonce,
+//!   `user_data` binding, age), and the [`policy::Binding`] format.
+//! - [`nsm`]: the [`nsm::Nsm`] trait with the real `/dev/nsm` implementation and a simulated
+//!   one that signs documents in the exact AWS format with a generated test CA.
+//! - [`testdata`]: where tests and benchmarks find the shared real documents.
+//!
+//! ```text
+//! agent ── Nsm::attest(user_data = Binding::v1(config, ca), nonce, public_key) ──► document
+//! operator ── Verifier::verify(document, VerifyAt) ──► AttestationDocument ── Policy::check ──► ok
+//! ```
+
+pub mod attestation;
+pub mod nsm;
+pub mod policy;
+pub mod testdata;
+
+pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
+pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
+pub use policy::{Binding, Policy, PolicyError};

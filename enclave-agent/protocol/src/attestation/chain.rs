@@ -1,0 +1,236 @@
+//! The certificate chain of a Nitro document: `cabundle[0]` (the pinned root) → … →
+//! `certificate` (the leaf whose key signs the document).
+//!
+//! RFC 5280 path validation restricted to what AWS issues: ecdsa-with-SHA384 signatures by
+//! P-384 keys (the AWS root itself uses them, so no SHA-256 variant is accepted), CA
+//! certificates with basicConstraints CA=true, a respected pathLenConstraint and the
+//! keyCertSign usage, a leaf with digitalSignature. Unknown critical extensions are refused.
+//! Certificates must be canonical DER, so the re-encoded TBS that is verified is exactly the
+//! signed one.
+
+use der::{Decode, Encode, oid::AssociatedOid};
+use p384::ecdsa::{Signature, VerifyingKey, signature::Verifier as _};
+use p384::pkcs8::DecodePublicKey;
+use sha2::{Digest, Sha256};
+use x509_cert::Certificate;
+use x509_cert::der::oid::{ObjectIdentifier, db::rfc5912::ECDSA_WITH_SHA_384};
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
+
+use super::VerifyError;
+
+/// Parse one DER certificate, refusing non-canonical encodings.
+pub(super) fn parse(der: &[u8], which: &str) -> Result<Certificate, VerifyError> {
+    let encoding = |reason: String| VerifyError::CertificateEncoding {
+        which: which.to_owned(),
+        reason,
+    };
+    let cert = Certificate::from_der(der).map_err(|e| encoding(e.to_string()))?;
+    let again = cert.to_der().map_err(|e| encoding(e.to_string()))?;
+    if again != der {
+        return Err(encoding("not canonical der".to_owned()));
+    }
+    Ok(cert)
+}
+
+/// What a certificate's extensions allow.
+#[derive(Debug, Default)]
+struct Constraints {
+    ca: bool,
+    path_len: Option<u8>,
+    key_usage: Option<KeyUsage>,
+}
+
+fn constraints(cert: &Certificate, which: &str) -> Result<Constraints, VerifyError> {
+    let mut out = Constraints::default();
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        let malformed = || VerifyError::Extension {
+            which: which.to_owned(),
+            oid: ext.extn_id.to_string(),
+            problem: "a malformed".to_owned(),
+        };
+        if ext.extn_id == BasicConstraints::OID {
+            let bc =
+                BasicConstraints::from_der(ext.extn_value.as_bytes()).map_err(|_| malformed())?;
+            out.ca = bc.ca;
+            out.path_len = bc.path_len_constraint;
+        } else if ext.extn_id == KeyUsage::OID {
+            out.key_usage =
+                Some(KeyUsage::from_der(ext.extn_value.as_bytes()).map_err(|_| malformed())?);
+        } else if ext.critical {
+            return Err(VerifyError::Extension {
+                which: which.to_owned(),
+                oid: ext.extn_id.to_string(),
+                problem: "an unknown critical".to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn check_validity(cert: &Certificate, which: &str, at_s: u64) -> Result<(), VerifyError> {
+    let validity = &cert.tbs_certificate.validity;
+    let not_before_s = validity.not_before.to_unix_duration().as_secs();
+    let not_after_s = validity.not_after.to_unix_duration().as_secs();
+    if at_s < not_before_s {
+        return Err(VerifyError::CertificateNotYetValid {
+            which: which.to_owned(),
+            not_before_s,
+            at_s,
+        });
+    }
+    if at_s > not_after_s {
+        return Err(VerifyError::CertificateExpired {
+            which: which.to_owned(),
+            not_after_s,
+            at_s,
+        });
+    }
+    Ok(())
+}
+
+fn public_key(cert: &Certificate, which: &str) -> Result<VerifyingKey, VerifyError> {
+    let not_p384 = || VerifyError::CertificateKey {
+        which: which.to_owned(),
+    };
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(|_| not_p384())?;
+    // Checks id-ecPublicKey with the secp384r1 curve parameter.
+    VerifyingKey::from_public_key_der(&spki).map_err(|_| not_p384())
+}
+
+fn check_signed_by(
+    child: &Certificate,
+    which: &str,
+    issuer_key: &VerifyingKey,
+) -> Result<(), VerifyError> {
+    let alg = &child.signature_algorithm;
+    let is_es384 = |oid: &ObjectIdentifier, params: bool| *oid == ECDSA_WITH_SHA_384 && !params;
+    if !is_es384(&alg.oid, alg.parameters.is_some()) || child.tbs_certificate.signature != *alg {
+        return Err(VerifyError::CertificateAlgorithm {
+            which: which.to_owned(),
+            oid: alg.oid.to_string(),
+        });
+    }
+    let bad = || VerifyError::CertificateSignature {
+        which: which.to_owned(),
+    };
+    let signature = child
+        .signature
+        .as_bytes()
+        .and_then(|der| Signature::from_der(der).ok())
+        .ok_or_else(bad)?;
+    let tbs = child.tbs_certificate.to_der().map_err(|_| bad())?;
+    issuer_key.verify(&tbs, &signature).map_err(|_| bad())
+}
+
+/// Validate the chain at `at_s` (seconds since the epoch) and return the leaf's key.
+pub(super) fn verify_chain(
+    anchor_der: &[u8],
+    cabundle: &[Vec<u8>],
+    leaf_der: &[u8],
+    at_s: u64,
+) -> Result<VerifyingKey, VerifyError> {
+    let root_der = cabundle.first().ok_or_else(|| VerifyError::Field {
+        field: "cabundle".to_owned(),
+        problem: "is empty".to_owned(),
+    })?;
+    // Pin by the whole DER: names can be copied, keys and signatures cannot.
+    if root_der.as_slice() != anchor_der {
+        return Err(VerifyError::UntrustedRoot {
+            found: hex::encode_upper(Sha256::digest(root_der)),
+            expected: hex::encode_upper(Sha256::digest(anchor_der)),
+        });
+    }
+
+    let mut names: Vec<String> = (0..cabundle.len())
+        .map(|i| format!("cabundle[{i}]"))
+        .collect();
+    names.push("certificate".to_owned());
+    let ders = cabundle
+        .iter()
+        .map(Vec::as_slice)
+        .chain(std::iter::once(leaf_der));
+    let certs = ders
+        .zip(&names)
+        .map(|(der, which)| parse(der, which))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf_index = certs.len() - 1;
+
+    let mut issuer_key: Option<VerifyingKey> = None;
+    for (index, (cert, which)) in certs.iter().zip(&names).enumerate() {
+        check_validity(cert, which, at_s)?;
+        let key = public_key(cert, which)?;
+        let limits = constraints(cert, which)?;
+        if index > 0 {
+            let parent = &certs[index - 1];
+            if cert.tbs_certificate.issuer != parent.tbs_certificate.subject {
+                return Err(VerifyError::IssuerMismatch {
+                    which: which.clone(),
+                });
+            }
+            if let Some(parent_key) = &issuer_key {
+                check_signed_by(cert, which, parent_key)?;
+            }
+        }
+        // The root is pinned by its DER, so its self-signature adds nothing.
+        if index < leaf_index {
+            check_ca(&limits, which, leaf_index - index - 1)?;
+        } else {
+            check_leaf(&limits)?;
+        }
+        issuer_key = Some(key);
+    }
+    issuer_key.ok_or_else(|| VerifyError::Field {
+        field: "certificate".to_owned(),
+        problem: "is missing".to_owned(),
+    })
+}
+
+/// `cas_below` is the number of CA certificates between this one and the leaf.
+fn check_ca(limits: &Constraints, which: &str, cas_below: usize) -> Result<(), VerifyError> {
+    let not_ca = |problem: String| VerifyError::NotCa {
+        which: which.to_owned(),
+        problem,
+    };
+    if !limits.ca {
+        return Err(not_ca("basicConstraints ca is not true".to_owned()));
+    }
+    if !limits
+        .key_usage
+        .as_ref()
+        .is_some_and(KeyUsage::key_cert_sign)
+    {
+        return Err(not_ca("key usage lacks keyCertSign".to_owned()));
+    }
+    if let Some(path_len) = limits.path_len
+        && cas_below > usize::from(path_len)
+    {
+        return Err(not_ca(format!(
+            "pathLenConstraint {path_len} allows fewer than the {cas_below} intermediate certificates below it"
+        )));
+    }
+    Ok(())
+}
+
+fn check_leaf(limits: &Constraints) -> Result<(), VerifyError> {
+    if limits.ca {
+        return Err(VerifyError::LeafUsage {
+            problem: "it is a ca certificate".to_owned(),
+        });
+    }
+    // RFC 5280 would allow any usage without the extension; AWS leaves always carry it, so
+    // its absence is refused (fail closed).
+    if !limits
+        .key_usage
+        .as_ref()
+        .is_some_and(KeyUsage::digital_signature)
+    {
+        return Err(VerifyError::LeafUsage {
+            problem: "key usage lacks digitalSignature".to_owned(),
+        });
+    }
+    Ok(())
+}

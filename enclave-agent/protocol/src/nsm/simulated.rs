@@ -1,0 +1,246 @@
+//! A simulated NSM for development and tests: real cryptography, test trust anchor.
+//!
+//! It generates a 4-level P-384 chain (root → intermediate → intermediate → leaf, all
+//! ecdsa-with-SHA384, CA certificates with critical basicConstraints, pathLen and
+//! keyCertSign like AWS's) and issues documents byte-compatible with the NSM's: an untagged
+//! COSE_Sign1 with protected header `{1: -35}`, an empty unprotected map, the payload map
+//! with the nine keys in the NSM's order (nulls kept), 16 PCRs of 48 bytes, and a raw 96-byte
+//! ES384 signature. Each document gets a fresh, short-lived leaf (3 hours, as AWS's), so a
+//! long-running simulator never hands out expired evidence.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ciborium::Value;
+use coset::{CborSerializable, CoseSign1, HeaderBuilder, ProtectedHeader, iana};
+use p384::ecdsa::{Signature, SigningKey, signature::Signer as _};
+use p384::pkcs8::DecodePrivateKey;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P384_SHA384,
+};
+use time::OffsetDateTime;
+
+use super::{Nsm, NsmError, check_inputs};
+use crate::attestation::{now_unix_millis, sig_structure};
+
+/// PCRs a Nitro NSM reports.
+const PCR_COUNT: u8 = 16;
+/// PCR length for the SHA384 digest.
+const PCR_BYTES: usize = 48;
+/// Lifetime of a leaf certificate, as AWS's.
+const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 60 * 60);
+/// Lifetime of the root and intermediates.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// Back-dating of notBefore, so a verifier with a slightly late clock accepts.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+/// A simulated NSM; see the module documentation.
+#[derive(Debug)]
+pub struct SimulatedNsm {
+    module_id: String,
+    pcrs: BTreeMap<u8, Vec<u8>>,
+    root_pem: String,
+    /// Root first, as in `cabundle`.
+    cabundle: Vec<Vec<u8>>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn cert_err(e: impl std::fmt::Display) -> NsmError {
+    NsmError::Certificate {
+        reason: e.to_string(),
+    }
+}
+
+fn encode_err(e: impl std::fmt::Display) -> NsmError {
+    NsmError::Encode {
+        reason: e.to_string(),
+    }
+}
+
+fn ca_params(common_name: &str, path_len: Option<u8>, now: OffsetDateTime) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name);
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_LIFETIME;
+    params
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, "US");
+    dn.push(DnType::OrganizationName, "Nautilus simulated NSM (not AWS)");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn now_datetime() -> Result<(u64, OffsetDateTime), NsmError> {
+    let ms = now_unix_millis().map_err(encode_err)?;
+    let secs = i64::try_from(ms / 1000).map_err(encode_err)?;
+    let at = OffsetDateTime::from_unix_timestamp(secs).map_err(encode_err)?;
+    Ok((ms, at))
+}
+
+impl SimulatedNsm {
+    /// Generate a fresh test CA chain. PCRs start as all zeros, like a debug-mode enclave;
+    /// set them with [`SimulatedNsm::with_pcr`].
+    pub fn new() -> Result<Self, NsmError> {
+        let (_, now) = now_datetime()?;
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
+        let root_params = ca_params("nautilus.simulated-nitro-root", None, now);
+        let root = root_params.self_signed(&root_key).map_err(cert_err)?;
+        let root_issuer = Issuer::new(root_params, root_key);
+
+        let int1_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
+        let int1_params = ca_params("nautilus.simulated-nitro-intermediate-1", Some(1), now);
+        let int1 = int1_params
+            .signed_by(&int1_key, &root_issuer)
+            .map_err(cert_err)?;
+        let int1_issuer = Issuer::new(int1_params, int1_key);
+
+        let int2_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
+        let int2_params = ca_params("nautilus.simulated-nitro-intermediate-2", Some(0), now);
+        let int2 = int2_params
+            .signed_by(&int2_key, &int1_issuer)
+            .map_err(cert_err)?;
+
+        let pcrs = (0..PCR_COUNT).map(|i| (i, vec![0u8; PCR_BYTES])).collect();
+        Ok(Self {
+            module_id: "i-00000000000000000-enc-simulated".to_owned(),
+            pcrs,
+            root_pem: root.pem(),
+            cabundle: vec![
+                root.der().to_vec(),
+                int1.der().to_vec(),
+                int2.der().to_vec(),
+            ],
+            issuer: Issuer::new(int2_params, int2_key),
+        })
+    }
+
+    /// Set PCR `index` (below 32) to a 48-byte value.
+    pub fn with_pcr(mut self, index: u8, value: &[u8]) -> Result<Self, NsmError> {
+        if index >= 32 {
+            return Err(NsmError::PcrIndex {
+                index: u16::from(index),
+            });
+        }
+        if value.len() != PCR_BYTES {
+            return Err(NsmError::InputTooLarge {
+                field: "pcr value (must be exactly 48 bytes)",
+                len: value.len(),
+                max: PCR_BYTES,
+            });
+        }
+        self.pcrs.insert(index, value.to_vec());
+        Ok(self)
+    }
+
+    /// The root certificate (PEM) that signs this simulator's chain: the trust anchor to
+    /// verify its documents with.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// The root certificate (DER).
+    pub fn root_der(&self) -> &[u8] {
+        self.cabundle.first().map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// The enclave identifier written as `module_id`.
+    pub fn module_id(&self) -> &str {
+        &self.module_id
+    }
+
+    fn issue_leaf(&self, now: OffsetDateTime) -> Result<(Vec<u8>, SigningKey), NsmError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&self.module_id);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - BACKDATE;
+        params.not_after = now + LEAF_LIFETIME;
+        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err)?;
+        let signing_key = SigningKey::from_pkcs8_der(&key.serialize_der()).map_err(cert_err)?;
+        Ok((cert.der().to_vec(), signing_key))
+    }
+}
+
+fn bytes_or_null(value: Option<&[u8]>) -> Value {
+    value.map_or(Value::Null, |b| Value::Bytes(b.to_vec()))
+}
+
+impl Nsm for SimulatedNsm {
+    fn attest(
+        &self,
+        user_data: Option<&[u8]>,
+        nonce: Option<&[u8]>,
+        public_key: Option<&[u8]>,
+    ) -> Result<Vec<u8>, NsmError> {
+        check_inputs(user_data, nonce, public_key)?;
+        let (now_ms, now) = now_datetime()?;
+        let (certificate, signing_key) = self.issue_leaf(now)?;
+
+        let text = |s: &str| Value::Text(s.to_owned());
+        let payload = Value::Map(vec![
+            (text("module_id"), text(&self.module_id)),
+            (text("digest"), text("SHA384")),
+            (text("timestamp"), Value::Integer(now_ms.into())),
+            (
+                text("pcrs"),
+                Value::Map(
+                    self.pcrs
+                        .iter()
+                        .map(|(i, v)| (Value::Integer((*i).into()), Value::Bytes(v.clone())))
+                        .collect(),
+                ),
+            ),
+            (text("certificate"), Value::Bytes(certificate)),
+            (
+                text("cabundle"),
+                Value::Array(self.cabundle.iter().cloned().map(Value::Bytes).collect()),
+            ),
+            (text("public_key"), bytes_or_null(public_key)),
+            (text("user_data"), bytes_or_null(user_data)),
+            (text("nonce"), bytes_or_null(nonce)),
+        ]);
+        let mut payload_bytes = Vec::new();
+        ciborium::into_writer(&payload, &mut payload_bytes).map_err(encode_err)?;
+
+        let header = HeaderBuilder::new()
+            .algorithm(iana::Algorithm::ES384)
+            .build();
+        let protected_bytes = header.clone().to_vec().map_err(encode_err)?;
+        let to_be_signed = sig_structure(&protected_bytes, &payload_bytes).map_err(encode_err)?;
+        let signature: Signature = signing_key.try_sign(&to_be_signed).map_err(encode_err)?;
+
+        let sign1 = CoseSign1 {
+            protected: ProtectedHeader {
+                original_data: Some(protected_bytes),
+                header,
+            },
+            unprotected: coset::Header::default(),
+            payload: Some(payload_bytes),
+            signature: signature.to_bytes().to_vec(),
+        };
+        // Untagged, as the real NSM emits it.
+        sign1.to_vec().map_err(encode_err)
+    }
+
+    fn describe_pcr(&self, index: u16) -> Result<Vec<u8>, NsmError> {
+        u8::try_from(index)
+            .ok()
+            .and_then(|i| self.pcrs.get(&i))
+            .cloned()
+            .ok_or(NsmError::PcrIndex { index })
+    }
+}

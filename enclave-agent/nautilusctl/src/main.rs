@@ -1,1 +1,72 @@
-fn main() {}
+//! `nautilusctl`: the user's command line for nautilus evidence.
+//!
+//! Each subcommand group lives in its own module with a clap `Subcommand` enum and a
+//! `run(self) -> anyhow::Result<ExitCode>`; this file only parses and maps errors to exit
+//! codes. Exit codes: 0 success, 1 the checked evidence is invalid (or an operation
+//! failed), 2 usage errors (bad flags, bad hex, unreadable inputs).
+
+mod attestation;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Verify and simulate AWS Nitro Enclaves attestation documents.
+#[derive(Debug, Parser)]
+#[command(name = "nautilusctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attestation documents: verify real or simulated ones, issue simulated ones.
+    #[command(subcommand)]
+    Attestation(attestation::Command),
+}
+
+/// An error caused by how the command was invoked: exit code 2, like clap's own errors.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error as an `anyhow::Error`.
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+fn main() -> ExitCode {
+    let Cli { command } = Cli::parse();
+    let result = match command {
+        Command::Attestation(cmd) => cmd.run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

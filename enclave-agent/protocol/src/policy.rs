@@ -245,3 +245,95 @@ impl Binding {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_700_000_000_000;
+
+    fn mk_doc() -> AttestationDocument {
+        AttestationDocument {
+            module_id: "i-1-enc1".to_owned(),
+            digest: "SHA384".to_owned(),
+            timestamp_ms: T,
+            pcrs: (0..16u8).map(|i| (i, vec![i + 0x10; 48])).collect(),
+            certificate: vec![1],
+            cabundle: vec![vec![2]],
+            public_key: None,
+            user_data: Some(Binding::v1([1; 32], [2; 32])),
+            nonce: Some(b"challenge".to_vec()),
+        }
+    }
+
+    fn full_policy() -> Policy {
+        Policy {
+            challenge: Some(b"challenge".to_vec()),
+            binding: Some(Binding::v1([1; 32], [2; 32])),
+            max_age_ms: Some(300_000),
+            ..Policy::default()
+        }
+        .with_pcr(0, vec![0x10; 48])
+        .with_pcr(1, vec![0x11; 48])
+        .with_pcr(2, vec![0x12; 48])
+        .with_pcr(8, vec![0x18; 48])
+    }
+
+    #[test]
+    fn matching_document_passes() {
+        full_policy().check(&mk_doc(), T + 1000).expect("passes");
+        // Within the clock skew is fine too.
+        full_policy().check(&mk_doc(), T - 1000).expect("skew");
+    }
+
+    #[rstest::rstest]
+    #[case::pcr_mismatch(|d: &mut AttestationDocument, _: &mut Policy| { d.pcrs.insert(1, vec![0xff; 48]); }, "pcr1 mismatch: expected 1111")]
+    #[case::pcr8_mismatch(|d: &mut AttestationDocument, _: &mut Policy| { d.pcrs.insert(8, vec![0; 48]); }, "pcr8 mismatch")]
+    #[case::pcr_missing(|d: &mut AttestationDocument, _: &mut Policy| { d.pcrs.remove(&8); }, "pcr8 is not in the document")]
+    #[case::debug(|d: &mut AttestationDocument, _: &mut Policy| { d.pcrs.insert(0, vec![0; 48]); }, "debug mode")]
+    #[case::nonce_mismatch(|d: &mut AttestationDocument, _: &mut Policy| { d.nonce = Some(b"old".to_vec()); }, "nonce mismatch: expected 6368")]
+    #[case::nonce_missing(|d: &mut AttestationDocument, _: &mut Policy| { d.nonce = None; }, "no nonce")]
+    #[case::binding_mismatch(|d: &mut AttestationDocument, _: &mut Policy| { d.user_data = Some(Binding::v1([9; 32], [2; 32])); }, "binding mismatch")]
+    #[case::binding_missing(|d: &mut AttestationDocument, _: &mut Policy| { d.user_data = None; }, "no user_data")]
+    #[case::binding_empty(|d: &mut AttestationDocument, _: &mut Policy| { d.user_data = Some(vec![]); }, "binding mismatch")]
+    #[case::too_old(|d: &mut AttestationDocument, _: &mut Policy| { d.timestamp_ms = T - 300_001; }, "too old")]
+    #[case::future(|d: &mut AttestationDocument, _: &mut Policy| { d.timestamp_ms = T + 60_001; }, "after the verification time")]
+    fn each_failure_is_reported(
+        #[case] mutate: fn(&mut AttestationDocument, &mut Policy),
+        #[case] needle: &str,
+    ) {
+        let mut doc = mk_doc();
+        let mut policy = full_policy();
+        mutate(&mut doc, &mut policy);
+        let err = policy.check(&doc, T).expect_err("refused");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+
+    #[test]
+    fn debug_mode_allowed_explicitly() {
+        let mut doc = mk_doc();
+        doc.pcrs.insert(0, vec![0; 48]);
+        let policy = Policy {
+            allow_debug: true,
+            ..Policy::default()
+        };
+        policy.check(&doc, T).expect("allowed");
+        assert_eq!(
+            Policy::default().check(&doc, T),
+            Err(PolicyError::DebugMode)
+        );
+    }
+
+    #[test]
+    fn binding_v1_format() {
+        let b = Binding::v1([1; 32], [2; 32]);
+        assert_eq!(b.len(), Binding::V1_LEN);
+        assert_eq!(b[0], Binding::V1);
+        let mut input = b"nautilus-binding/v1".to_vec();
+        input.extend([1; 32]);
+        input.extend([2; 32]);
+        assert_eq!(b[1..], Sha256::digest(&input)[..]);
+        // Order matters: swapping config and CA gives another binding.
+        assert_ne!(b, Binding::v1([2; 32], [1; 32]));
+    }
+}

@@ -244,3 +244,130 @@ impl Nsm for SimulatedNsm {
             .ok_or(NsmError::PcrIndex { index })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attestation::{TrustAnchor, Verifier, VerifyAt, VerifyError};
+    use crate::policy::{Binding, Policy, PolicyError};
+
+    fn sim() -> SimulatedNsm {
+        SimulatedNsm::new()
+            .and_then(|s| s.with_pcr(0, &[0xa0; 48]))
+            .and_then(|s| s.with_pcr(1, &[0xa1; 48]))
+            .and_then(|s| s.with_pcr(2, &[0xa2; 48]))
+            .expect("simulator")
+    }
+
+    fn test_root(nsm: &SimulatedNsm) -> Verifier {
+        Verifier::new(TrustAnchor::from_pem(nsm.root_pem()).expect("root pem"))
+    }
+
+    #[test]
+    fn simulated_documents_round_trip_with_the_test_root() {
+        let nsm = sim();
+        let binding = Binding::v1([1; 32], [2; 32]);
+        let bytes = nsm
+            .attest(Some(&binding), Some(b"challenge"), Some(b"key"))
+            .expect("attest");
+        assert_eq!(
+            bytes[..6],
+            [0x84, 0x44, 0xa1, 0x01, 0x38, 0x22],
+            "untagged, {{1: -35}}"
+        );
+        for at in [VerifyAt::Now, VerifyAt::DocumentTimestamp] {
+            let doc = test_root(&nsm).verify(&bytes, at).expect("verifies");
+            assert_eq!(doc.user_data.as_deref(), Some(binding.as_slice()));
+            assert_eq!(doc.nonce.as_deref(), Some(&b"challenge"[..]));
+            assert_eq!(doc.public_key.as_deref(), Some(&b"key"[..]));
+            assert_eq!(doc.module_id, nsm.module_id());
+            assert_eq!(doc.digest, "SHA384");
+            assert_eq!(doc.pcrs.len(), 16);
+            assert_eq!(doc.pcr(1), Some(&[0xa1; 48][..]));
+            assert_eq!(doc.cabundle.len(), 3, "root and two intermediates");
+            assert_eq!(doc.cabundle[0], nsm.root_der());
+            assert!(!doc.debug_mode());
+        }
+    }
+
+    #[test]
+    fn null_and_empty_are_preserved() {
+        let nsm = sim();
+        let bytes = nsm.attest(Some(&[]), None, None).expect("attest");
+        let doc = test_root(&nsm)
+            .verify(&bytes, VerifyAt::Now)
+            .expect("verifies");
+        assert_eq!(doc.user_data, Some(vec![]));
+        assert_eq!(doc.nonce, None);
+        assert_eq!(doc.public_key, None);
+    }
+
+    #[test]
+    fn simulated_documents_are_refused_with_the_aws_root() {
+        let bytes = sim().attest(None, None, None).expect("attest");
+        let err = Verifier::default()
+            .verify(&bytes, VerifyAt::Now)
+            .expect_err("aws root");
+        assert!(matches!(err, VerifyError::UntrustedRoot { .. }), "{err}");
+        // Nor with another simulator's root.
+        let err = test_root(&sim())
+            .verify(&bytes, VerifyAt::Now)
+            .expect_err("other root");
+        assert!(matches!(err, VerifyError::UntrustedRoot { .. }), "{err}");
+    }
+
+    #[test]
+    fn simulated_leaf_is_short_lived() {
+        let nsm = sim();
+        let bytes = nsm.attest(None, None, None).expect("attest");
+        let doc = test_root(&nsm).verify(&bytes, VerifyAt::Now).expect("now");
+        let later = doc.timestamp_ms + 4 * 3600 * 1000;
+        let err = test_root(&nsm)
+            .verify(&bytes, VerifyAt::UnixMillis(later))
+            .expect_err("leaf expired after 3 hours");
+        assert!(
+            matches!(err, VerifyError::CertificateExpired { ref which, .. } if which == "certificate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn policy_accepts_the_promised_evidence_end_to_end() {
+        let nsm = sim();
+        let binding = Binding::v1([3; 32], [4; 32]);
+        let bytes = nsm
+            .attest(Some(&binding), Some(b"n-1"), None)
+            .expect("attest");
+        let doc = test_root(&nsm)
+            .verify(&bytes, VerifyAt::Now)
+            .expect("verify");
+        let policy = Policy {
+            challenge: Some(b"n-1".to_vec()),
+            binding: Some(binding),
+            max_age_ms: Some(60_000),
+            ..Policy::default()
+        }
+        .with_pcr(0, [0xa0; 48])
+        .with_pcr(1, [0xa1; 48])
+        .with_pcr(2, [0xa2; 48]);
+        policy.check(&doc, doc.timestamp_ms + 1).expect("policy");
+        // The same document replayed against another challenge is refused.
+        let replay = Policy {
+            challenge: Some(b"n-2".to_vec()),
+            ..policy
+        };
+        assert!(matches!(
+            replay.check(&doc, doc.timestamp_ms),
+            Err(PolicyError::NonceMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn pcr_and_input_limits() {
+        assert!(sim().with_pcr(32, &[0; 48]).is_err());
+        assert!(sim().with_pcr(3, &[0; 32]).is_err());
+        assert!(sim().attest(None, Some(&[0; 513]), None).is_err());
+        assert_eq!(sim().describe_pcr(2).expect("pcr2"), vec![0xa2; 48]);
+        assert!(sim().describe_pcr(16).is_err());
+    }
+}

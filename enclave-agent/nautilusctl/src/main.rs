@@ -6,6 +6,8 @@
 //! failed), 2 usage errors (bad flags, bad hex, unreadable inputs).
 
 mod attestation;
+mod sui;
+mod token;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,12 @@ enum Command {
     /// Attestation documents: verify real or simulated ones, issue simulated ones.
     #[command(subcommand)]
     Attestation(attestation::Command),
+    /// Seal tokens: mint, verify, and serve kubectl as an exec credential plugin.
+    #[command(subcommand)]
+    Token(token::Command),
+    /// Sui signatures: verify personal-message signatures as the enclave does.
+    #[command(subcommand)]
+    Sui(sui::Command),
 }
 
 /// An error caused by how the command was invoked: exit code 2, like clap's own errors.
@@ -47,6 +55,8 @@ fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     let result = match command {
         Command::Attestation(cmd) => cmd.run(),
+        Command::Token(cmd) => cmd.run(),
+        Command::Sui(cmd) => cmd.run(),
     };
     match result {
         Ok(code) => code,

@@ -183,6 +183,7 @@ fn multisig_token_binds_to_the_committee_address() {
 #[case::signature_not_sui("signature_not_sui")]
 #[case::unknown_field("unknown_field")]
 #[case::missing_field("missing_field")]
+#[case::duplicate_field("duplicate_field")]
 #[case::payload_version("payload_version")]
 #[case::address_not_canonical("address_not_canonical")]
 #[case::bad_jti("bad_jti")]
@@ -260,6 +261,12 @@ fn refusals(#[case] name: &str) {
         "missing_field" => json_with(&|v| {
             v.as_object_mut().unwrap().remove("jti");
         }),
+        "duplicate_field" => {
+            let json = serde_json::to_string(&base).unwrap();
+            let doubled = json.replacen("{\"v\":1,", "{\"v\":1,\"v\":1,", 1);
+            assert_ne!(json, doubled);
+            sign_raw(&key, doubled.as_bytes())
+        }
         "payload_version" => json_with(&|v| v["v"] = 2.into()),
         "address_not_canonical" => {
             json_with(&|v| v["addr"] = key.address().to_string().to_uppercase().into())
@@ -331,6 +338,9 @@ fn refusals(#[case] name: &str) {
         }
         "missing_field" => {
             matches!(&err, SealError::PayloadJson { reason } if reason.contains("missing field"))
+        }
+        "duplicate_field" => {
+            matches!(&err, SealError::PayloadJson { reason } if reason.contains("duplicate field"))
         }
         "payload_version" => err == SealError::PayloadVersion { version: 2 },
         "address_not_canonical" => err == SealError::InvalidAddress,

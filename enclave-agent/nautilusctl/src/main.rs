@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Verify and simulate AWS Nitro Enclaves attestation documents.
+/// The nautilus user CLI: check attestation evidence, mint and verify seal tokens, verify Sui signatures.
 #[derive(Debug, Parser)]
 #[command(name = "nautilusctl", version, about, long_about = None)]
 struct Cli {

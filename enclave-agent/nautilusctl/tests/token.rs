@@ -227,16 +227,8 @@ fn exec_credential_is_what_kubectl_reads() {
 }
 
 fn vectors() -> Option<Vec<Value>> {
-    let dir = std::env::var_os("NAUTILUS_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
-        });
-    let file = dir.join("sui/personal_message_vectors.json");
-    let Ok(text) = std::fs::read_to_string(&file) else {
-        println!("skipped: testdata not found at {}", dir.display());
-        return None;
-    };
+    let dir = nautilus_protocol::testdata::testdata_dir()?;
+    let text = std::fs::read_to_string(dir.join("sui/personal_message_vectors.json")).unwrap();
     let json: Value = serde_json::from_str(&text).unwrap();
     Some(json["vectors"].as_array().unwrap().clone())
 }

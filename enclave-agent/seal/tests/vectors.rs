@@ -28,17 +28,8 @@ struct Vector {
 }
 
 fn testdata() -> Option<PathBuf> {
-    let dir = std::env::var_os("NAUTILUS_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
-        });
-    if dir.join("sui/personal_message_vectors.json").is_file() {
-        Some(dir)
-    } else {
-        println!("skipped: testdata not found at {}", dir.display());
-        None
-    }
+    // One lookup rule for every crate: `$NAUTILUS_TESTDATA`, else `shared/testdata` beside the clone.
+    nautilus_protocol::testdata::testdata_dir()
 }
 
 /// The outcome of the production path: decode, bind the address, verify.

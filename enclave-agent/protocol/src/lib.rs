@@ -1,8 +1,9 @@
 //! Evidence shared by the operator, the enclave agent and the sidecar.
 //!
-//! This crate holds what both sides of the vsock link must agree on. Today that is the AWS
-//! Nitro Enclaves attestation evidence: its format, its verification, the policy checked on
-//! top of it and the binding that ties it to the agent's boot configuration.
+//! This crate holds what both sides of the vsock link must agree on: the AWS Nitro Enclaves
+//! attestation evidence (its format, its verification, the policy checked on top of it and the
+//! binding that ties it to the agent's boot configuration) and the wire protocol that carries
+//! it with the agent's signed health reports.
 //!
 //! Layout:
 //! - [`attestation`]: decode and verify an attestation document (COSE_Sign1 ES384 over a
@@ -11,6 +12,8 @@
 //!   `user_data` binding, age), and the [`policy::Binding`] format.
 //! - [`nsm`]: the [`nsm::Nsm`] trait with the real `/dev/nsm` implementation and a simulated
 //!   one that signs documents in the exact AWS format with a generated test CA.
+//! - [`wire`]: the framed messages of the vsock link (boot config, attestation, signed
+//!   reports, nonce refresh) and the evidence bundle the sidecar serves.
 //! - [`testdata`]: where tests and benchmarks find the shared real documents.
 //!
 //! ```text
@@ -22,6 +25,7 @@ pub mod attestation;
 pub mod nsm;
 pub mod policy;
 pub mod testdata;
+pub mod wire;
 
 pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};

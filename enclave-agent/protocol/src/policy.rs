@@ -232,7 +232,8 @@ impl Binding {
 
     /// `0x01 || SHA-256("nautilus-binding/v1" || boot_config_digest || serving_ca_digest)`.
     ///
-    /// `boot_config_digest` is the SHA-256 of the boot configuration bytes as received;
+    /// `boot_config_digest` is [`crate::wire::EnclaveConfig::digest`] (SHA-256 of the
+    /// configuration's canonical JSON);
     /// `serving_ca_digest` the SHA-256 of the DER of the control plane's serving CA.
     pub fn v1(boot_config_digest: [u8; 32], serving_ca_digest: [u8; 32]) -> Vec<u8> {
         let mut hasher = Sha256::new();

@@ -1,0 +1,140 @@
+//! What the agent is told to run: the boot configuration and the nonce.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The sidecar's first message: the configuration to boot and the operator's challenge.
+///
+/// The nonce sits beside the configuration, not inside it, so that a fresh nonce does not
+/// change the configuration digest bound into the attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootConfig {
+    /// The measured configuration.
+    pub config: EnclaveConfig,
+    /// The operator's challenge for the first attestation document (at most 512 bytes).
+    #[serde(with = "super::b64")]
+    pub nonce: Vec<u8>,
+}
+
+/// A request for a new attestation document carrying a fresh nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NonceRefresh {
+    /// The operator's new challenge (at most 512 bytes).
+    #[serde(with = "super::b64")]
+    pub nonce: Vec<u8>,
+}
+
+/// Everything the agent runs with, rendered by the operator from the resource's spec.
+///
+/// Field names follow the CRD's spec; the operator converts, so the wire format does not move
+/// when the API grows a field the enclave does not need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnclaveConfig {
+    /// `namespace/name` of the NautilusMaster, for logs and reports.
+    pub cluster: String,
+    /// The K3s control plane's settings.
+    pub control_plane: ControlPlaneConfig,
+    /// Seal-token authentication.
+    pub auth: AuthConfig,
+    /// Health probing.
+    pub health: HealthConfig,
+}
+
+/// The K3s control plane's settings (see the CRD's `spec.controlPlane`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Address the API server binds.
+    pub bind_address: String,
+    /// HTTPS port of the API server.
+    pub https_port: u16,
+    /// Pod network.
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: String,
+    /// Service network.
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: String,
+    /// Cluster DNS service address.
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: String,
+    /// K3s data directory inside the enclave.
+    pub data_dir: String,
+    /// Encrypt Secrets at rest.
+    pub encrypt_secrets: bool,
+    /// `VersionTLS12` or `VersionTLS13`.
+    pub tls_min_version: String,
+    /// Go cipher-suite names; empty means the K3s defaults.
+    pub cipher_suites: Vec<String>,
+    /// `debug`, `info`, `warn` or `error`.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+/// Seal-token authentication (see the CRD's `spec.auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Sui full node gRPC endpoint (`https://host[:port]`).
+    #[serde(rename = "suiRpcURL")]
+    pub sui_rpc_url: String,
+    /// Expected chain identifier, if pinned.
+    #[serde(rename = "chainID")]
+    pub chain_id: Option<String>,
+    /// Move type of stake objects.
+    pub stake_type: String,
+    /// The u64 field counted for a custom stake type.
+    pub stake_amount_field: Option<String>,
+    /// Audience every token must name.
+    pub audience: String,
+    /// Longest accepted token lifetime.
+    pub max_token_lifetime_seconds: u32,
+    /// How long a stake lookup is trusted.
+    #[serde(rename = "stakeCacheTTLSeconds")]
+    pub stake_cache_ttl_seconds: u32,
+    /// Tiers, highest stake first.
+    pub tiers: Vec<TierConfig>,
+}
+
+/// One stake tier: same fields and JSON names as the CRD's and the seal crate's tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TierConfig {
+    /// Tier name, reported in the user's extra fields.
+    pub name: String,
+    /// Least stake, in MIST, that reaches the tier.
+    pub min_stake_mist: u64,
+    /// Kubernetes groups the tier grants.
+    pub groups: Vec<String>,
+}
+
+/// Health probing (see the CRD's `spec.health`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds between probe rounds.
+    pub probe_interval_seconds: u32,
+    /// Seconds the control plane may take to become healthy after a start.
+    pub startup_timeout_seconds: u32,
+}
+
+impl EnclaveConfig {
+    /// SHA-256 of the configuration's canonical JSON (this type's serialization: fields in
+    /// declaration order, no whitespace).
+    ///
+    /// Operator and agent both compute it from the parsed value, so a relay that reformats the
+    /// JSON changes nothing, and one that changes a value changes the digest.
+    pub fn digest(&self) -> [u8; 32] {
+        let canonical = serde_json::to_vec(self)
+            .expect("EnclaveConfig holds only strings, integers, booleans and lists");
+        Sha256::digest(canonical).into()
+    }
+
+    /// [`EnclaveConfig::digest`] as lowercase hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest())
+    }
+}

@@ -1,0 +1,316 @@
+//! Frames: a fixed header and a JSON body, read and written over any async byte stream.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use super::config::{BootConfig, NonceRefresh};
+use super::evidence::AttestationEvidence;
+use super::report::SignedReport;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes before the body: version (2), kind (1), reserved (1), body length (4).
+pub const FRAME_HEADER_LEN: usize = 8;
+/// Largest body accepted. An attestation document is at most 16 KiB, base64 adds a third.
+pub const MAX_FRAME_BODY: usize = 64 * 1024;
+
+/// Why a frame could not be read or written. Every error closes the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the stream between frames.
+    #[error("peer closed the connection")]
+    Closed,
+    /// The peer closed the stream inside a frame.
+    #[error("peer closed the connection inside a frame")]
+    Truncated,
+    /// A frame of another protocol version.
+    #[error("unsupported protocol version {found} (this side speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version in the header.
+        found: u16,
+    },
+    /// A frame kind this version does not define.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The reserved header byte is not zero.
+    #[error("reserved header byte is {0}, must be 0")]
+    Reserved(u8),
+    /// The body is longer than [`MAX_FRAME_BODY`].
+    #[error("frame body of {len} bytes exceeds the {MAX_FRAME_BODY}-byte limit")]
+    TooLarge {
+        /// The announced or actual length.
+        len: usize,
+    },
+    /// The body is not the JSON of its kind's message.
+    #[error("malformed {kind} message: {reason}")]
+    Malformed {
+        /// The message kind.
+        kind: MessageKind,
+        /// What the JSON parser reported.
+        reason: String,
+    },
+    /// A message arrived where the protocol does not allow it.
+    #[error("unexpected {found} message, expected {expected}")]
+    Unexpected {
+        /// What arrived.
+        found: MessageKind,
+        /// What the reader was waiting for.
+        expected: &'static str,
+    },
+}
+
+/// The kinds of message, as numbered in the frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// [`BootConfig`].
+    BootConfig = 1,
+    /// [`AttestationEvidence`].
+    Attestation = 2,
+    /// [`SignedReport`].
+    Report = 3,
+    /// [`NonceRefresh`].
+    NonceRefresh = 4,
+}
+
+impl MessageKind {
+    fn from_byte(byte: u8) -> Result<Self, WireError> {
+        Ok(match byte {
+            1 => Self::BootConfig,
+            2 => Self::Attestation,
+            3 => Self::Report,
+            4 => Self::NonceRefresh,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::BootConfig => "BootConfig",
+            Self::Attestation => "Attestation",
+            Self::Report => "Report",
+            Self::NonceRefresh => "NonceRefresh",
+        })
+    }
+}
+
+/// One message of the vsock protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Sidecar → agent: what to boot.
+    BootConfig(BootConfig),
+    /// Agent → sidecar: the attestation document and the serving CA it binds.
+    Attestation(AttestationEvidence),
+    /// Agent → sidecar: a signed health report.
+    Report(SignedReport),
+    /// Sidecar → agent: attest again with this nonce.
+    NonceRefresh(NonceRefresh),
+}
+
+impl Message {
+    /// The message's kind.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Self::BootConfig(_) => MessageKind::BootConfig,
+            Self::Attestation(_) => MessageKind::Attestation,
+            Self::Report(_) => MessageKind::Report,
+            Self::NonceRefresh(_) => MessageKind::NonceRefresh,
+        }
+    }
+
+    fn body(&self) -> Result<Vec<u8>, WireError> {
+        fn json<T: Serialize>(kind: MessageKind, value: &T) -> Result<Vec<u8>, WireError> {
+            serde_json::to_vec(value).map_err(|err| WireError::Malformed {
+                kind,
+                reason: err.to_string(),
+            })
+        }
+        let kind = self.kind();
+        match self {
+            Self::BootConfig(m) => json(kind, m),
+            Self::Attestation(m) => json(kind, m),
+            Self::Report(m) => json(kind, m),
+            Self::NonceRefresh(m) => json(kind, m),
+        }
+    }
+
+    fn parse(kind: MessageKind, body: &[u8]) -> Result<Self, WireError> {
+        fn json<T: DeserializeOwned>(kind: MessageKind, body: &[u8]) -> Result<T, WireError> {
+            serde_json::from_slice(body).map_err(|err| WireError::Malformed {
+                kind,
+                reason: err.to_string(),
+            })
+        }
+        Ok(match kind {
+            MessageKind::BootConfig => Self::BootConfig(json(kind, body)?),
+            MessageKind::Attestation => Self::Attestation(json(kind, body)?),
+            MessageKind::Report => Self::Report(json(kind, body)?),
+            MessageKind::NonceRefresh => Self::NonceRefresh(json(kind, body)?),
+        })
+    }
+}
+
+/// Write one message as one frame and flush.
+pub async fn write_message<W>(writer: &mut W, message: &Message) -> Result<(), WireError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let body = message.body()?;
+    if body.len() > MAX_FRAME_BODY {
+        return Err(WireError::TooLarge { len: body.len() });
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + body.len());
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    frame.push(message.kind() as u8);
+    frame.push(0);
+    // Bounded by MAX_FRAME_BODY above, so it fits in u32.
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&body);
+    writer.write_all(&frame).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Read one frame and parse its message.
+///
+/// Returns [`WireError::Closed`] when the stream ends cleanly before a header. The body is
+/// read only after the header has passed every check, so an oversized announcement costs no
+/// allocation.
+pub async fn read_message<R>(reader: &mut R) -> Result<Message, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_LEN {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                WireError::Closed
+            } else {
+                WireError::Truncated
+            });
+        }
+        filled += n;
+    }
+    let version = u16::from_be_bytes([header[0], header[1]]);
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version { found: version });
+    }
+    let kind = MessageKind::from_byte(header[2])?;
+    if header[3] != 0 {
+        return Err(WireError::Reserved(header[3]));
+    }
+    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if len > MAX_FRAME_BODY {
+        return Err(WireError::TooLarge { len });
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|err| {
+        if err.kind() == std::io::ErrorKind::UnexpectedEof {
+            WireError::Truncated
+        } else {
+            WireError::Io(err)
+        }
+    })?;
+    Message::parse(kind, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nonce_message() -> Message {
+        Message::NonceRefresh(NonceRefresh { nonce: vec![7; 32] })
+    }
+
+    async fn roundtrip(bytes: &[u8]) -> Result<Message, WireError> {
+        let mut reader = bytes;
+        read_message(&mut reader).await
+    }
+
+    #[tokio::test]
+    async fn a_message_survives_a_round_trip() {
+        let mut buf = Vec::new();
+        write_message(&mut buf, &nonce_message())
+            .await
+            .expect("write");
+        assert_eq!(&buf[..4], &[0, 1, 4, 0]);
+        assert_eq!(roundtrip(&buf).await.expect("read"), nonce_message());
+    }
+
+    #[tokio::test]
+    async fn header_checks_fail_closed() {
+        let mut good = Vec::new();
+        write_message(&mut good, &nonce_message())
+            .await
+            .expect("write");
+
+        let mut bad = good.clone();
+        bad[1] = 2;
+        assert!(matches!(
+            roundtrip(&bad).await,
+            Err(WireError::Version { found: 2 })
+        ));
+
+        let mut bad = good.clone();
+        bad[2] = 9;
+        assert!(matches!(
+            roundtrip(&bad).await,
+            Err(WireError::UnknownKind(9))
+        ));
+
+        let mut bad = good.clone();
+        bad[3] = 1;
+        assert!(matches!(roundtrip(&bad).await, Err(WireError::Reserved(1))));
+
+        let mut bad = good.clone();
+        bad[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            roundtrip(&bad).await,
+            Err(WireError::TooLarge { .. })
+        ));
+
+        assert!(matches!(
+            roundtrip(&good[..5]).await,
+            Err(WireError::Truncated)
+        ));
+        assert!(matches!(
+            roundtrip(&good[..good.len() - 1]).await,
+            Err(WireError::Truncated)
+        ));
+        assert!(matches!(roundtrip(&[]).await, Err(WireError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_and_wrong_bodies_are_malformed() {
+        for body in [
+            &br#"{"nonce":"AAAA","extra":1}"#[..],
+            br#"{"nonce":"not base64!"}"#,
+            br#"[]"#,
+            b"\xff\xfe",
+        ] {
+            let mut frame = vec![0, 1, 4, 0];
+            frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            frame.extend_from_slice(body);
+            let err = roundtrip(&frame).await.expect_err("must be refused");
+            assert!(
+                matches!(
+                    err,
+                    WireError::Malformed {
+                        kind: MessageKind::NonceRefresh,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+    }
+}

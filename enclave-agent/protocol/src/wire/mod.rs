@@ -1,0 +1,49 @@
+//! The vsock link between the sidecar (host) and the agent (enclave), and the evidence the
+//! sidecar hands to the operator.
+//!
+//! Every message travels in one frame:
+//!
+//! ```text
+//! +---------+------+----------+-------------+--------------------+
+//! | version | kind | reserved | body length | body (JSON, UTF-8) |
+//! | u16 BE  | u8   | u8 = 0   | u32 BE      | ≤ MAX_FRAME_BODY   |
+//! +---------+------+----------+-------------+--------------------+
+//! ```
+//!
+//! Readers refuse a frame of another version, an unknown kind, a non-zero reserved byte, a
+//! body longer than [`MAX_FRAME_BODY`], or a body that is not exactly the message's JSON (unknown
+//! fields included). The code is generic over [`tokio::io::AsyncRead`]/[`AsyncWrite`], so vsock,
+//! Unix and TCP streams all carry it.
+//!
+//! | kind | message | direction |
+//! |---|---|---|
+//! | 1 | [`BootConfig`] | sidecar → agent, once per connection |
+//! | 2 | [`AttestationEvidence`] | agent → sidecar, after boot and after each nonce refresh |
+//! | 3 | [`SignedReport`] | agent → sidecar, every probe round and on every change |
+//! | 4 | [`NonceRefresh`] | sidecar → agent, when the operator asks for a fresh attestation |
+//!
+//! The host relays but is not trusted: reports are signed by the agent's ephemeral key
+//! ([`ReportSigner`]), whose public half the NSM puts in the attestation document, and every
+//! reader checks them with a [`ReportVerifier`].
+//!
+//! [`AsyncWrite`]: tokio::io::AsyncWrite
+
+mod b64;
+mod config;
+mod evidence;
+mod frame;
+mod report;
+
+pub use config::{
+    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, NonceRefresh,
+    TierConfig,
+};
+pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
+pub use frame::{
+    FRAME_HEADER_LEN, MAX_FRAME_BODY, Message, MessageKind, PROTOCOL_VERSION, WireError,
+    read_message, write_message,
+};
+pub use report::{
+    Component, ComponentReport, MAX_REPORT_BYTES, ProcessState, Report, ReportError, ReportSigner,
+    ReportVerifier, SignedReport,
+};

@@ -105,7 +105,7 @@ impl std::fmt::Display for MessageKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Sidecar → agent: what to boot.
-    BootConfig(BootConfig),
+    BootConfig(Box<BootConfig>),
     /// Agent → sidecar: the attestation document and the serving CA it binds.
     Attestation(AttestationEvidence),
     /// Agent → sidecar: a signed health report.
@@ -149,7 +149,7 @@ impl Message {
             })
         }
         Ok(match kind {
-            MessageKind::BootConfig => Self::BootConfig(json(kind, body)?),
+            MessageKind::BootConfig => Self::BootConfig(Box::new(json(kind, body)?)),
             MessageKind::Attestation => Self::Attestation(json(kind, body)?),
             MessageKind::Report => Self::Report(json(kind, body)?),
             MessageKind::NonceRefresh => Self::NonceRefresh(json(kind, body)?),

@@ -14,6 +14,11 @@ pub struct AttestationEvidence {
     pub document: Vec<u8>,
     /// PEM of the CA that signs the control plane's serving certificates.
     pub serving_ca_pem: String,
+    /// Development only: the root certificate (PEM) of a simulated NSM that signed `document`.
+    /// Host-supplied and so worth nothing as evidence; a verifier uses it only where the
+    /// resource's spec allows simulated attestation, and then says so in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_root_pem: Option<String>,
 }
 
 impl AttestationEvidence {

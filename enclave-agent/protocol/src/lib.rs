@@ -14,6 +14,7 @@
 //!   one that signs documents in the exact AWS format with a generated test CA.
 //! - [`wire`]: the framed messages of the vsock link (boot config, attestation, signed
 //!   reports, nonce refresh) and the evidence bundle the sidecar serves.
+//! - [`transport`]: vsock, Unix and TCP endpoints behind one stream type.
 //! - [`testdata`]: where tests and benchmarks find the shared real documents.
 //!
 //! ```text
@@ -25,6 +26,7 @@ pub mod attestation;
 pub mod nsm;
 pub mod policy;
 pub mod testdata;
+pub mod transport;
 pub mod wire;
 
 pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};

@@ -373,6 +373,30 @@ impl Verifier {
     }
 }
 
+/// Decode a document's payload **without verifying anything cryptographic**: no certificate
+/// chain, no COSE signature. Not a trust decision.
+///
+/// For a relay that needs a field (the sidecar reads `public_key` to check report signatures
+/// and so keep its own `/readyz` honest) while the real verification, chain and policy, is
+/// the operator's job with [`Verifier::verify`]. Applies the same size limits, COSE structure,
+/// algorithm and payload-field checks as [`Verifier::verify`], so malformed input still fails
+/// closed.
+pub fn decode_unverified(bytes: &[u8]) -> Result<AttestationDocument, VerifyError> {
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(VerifyError::TooLarge {
+            len: bytes.len(),
+            max: MAX_DOCUMENT_BYTES,
+        });
+    }
+    let sign1 = parse_cose_sign1(bytes)?;
+    check_protected_header(&sign1)?;
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or(VerifyError::MissingPayload)?;
+    AttestationDocument::from_payload(payload)
+}
+
 /// Parse a COSE_Sign1, tagged (18) or untagged.
 fn parse_cose_sign1(bytes: &[u8]) -> Result<CoseSign1, VerifyError> {
     // 0xd2 is the one-byte CBOR head of tag 18.
@@ -448,6 +472,27 @@ mod tests {
             .verify(&vec![0u8; MAX_DOCUMENT_BYTES + 1], VerifyAt::Now)
             .expect_err("too large");
         assert!(matches!(err, VerifyError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn decode_unverified_reads_fields_but_checks_no_signature() {
+        use crate::nsm::{Nsm as _, SimulatedNsm};
+        let nsm = SimulatedNsm::new().expect("simulator");
+        let document = nsm
+            .attest(Some(b"user"), Some(b"nonce"), Some(b"public key"))
+            .expect("attest");
+        let decoded = decode_unverified(&document).expect("decodes");
+        assert_eq!(decoded.public_key.as_deref(), Some(&b"public key"[..]));
+        assert_eq!(decoded.nonce.as_deref(), Some(&b"nonce"[..]));
+        // The default verifier refuses the simulated chain; decoding does not care.
+        assert!(
+            Verifier::default()
+                .verify(&document, VerifyAt::Now)
+                .is_err()
+        );
+        for input in [&b""[..], b"hello", &vec![0u8; MAX_DOCUMENT_BYTES + 1]] {
+            assert!(decode_unverified(input).is_err());
+        }
     }
 
     #[test]

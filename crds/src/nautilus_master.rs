@@ -563,6 +563,10 @@ pub struct ComponentHealth {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnclavePlacement {
+    /// How the operator runs the enclave: `pod` (a StatefulSet on a Nitro node, production) or
+    /// `local` (a process the operator starts itself, development only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// Name of the pod whose sidecar launched the enclave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,

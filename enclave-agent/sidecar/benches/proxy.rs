@@ -1,0 +1,3 @@
+//! Proxy benchmark (work in progress).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Host-side sidecar of a Nautilus enclave (work in progress).

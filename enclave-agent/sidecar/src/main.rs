@@ -1,0 +1,3 @@
+//! `nautilus-sidecar` binary.
+
+fn main() {}

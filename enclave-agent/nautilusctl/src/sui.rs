@@ -2,14 +2,17 @@
 //!
 //! `verify-personal-message` runs the same function the seal-token verifier uses: the
 //! signature must verify over the PersonalMessage intent and be made by the given address
-//! (the key's address, or the multisig committee's). zkLogin and passkey are refused.
+//! (the key's address, the multisig committee's, or for zkLogin one derived from the issuer and
+//! address seed). zkLogin needs its inputs on the command line (`--zklogin-jwks`,
+//! `--zklogin-epoch`); passkey is refused.
 
 use std::process::ExitCode;
 
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use nautilus_seal::Address;
-use nautilus_seal::personal_message::{scheme_name, verify_personal_message_base64};
+use nautilus_seal::personal_message::{decode_signature_base64, scheme_name};
+use nautilus_seal::{Address, Jwk, JwkId, SignatureVerifier, ZkloginVerifier};
+use serde::Deserialize;
 
 use crate::usage;
 
@@ -43,6 +46,53 @@ pub struct VerifyPersonalMessageArgs {
     /// as wallets and `sui keytool sign` print it.
     #[arg(long, value_name = "BASE64")]
     signature: String,
+    /// zkLogin: a JSON file of issuer keys, `[{"iss": "...", "kid": "...", "jwk": {"kty": "RSA",
+    /// "e": "...", "n": "...", "alg": "RS256"}}]`, as the chain's authenticator state lists them.
+    #[arg(long, value_name = "FILE", requires = "zklogin_epoch")]
+    zklogin_jwks: Option<std::path::PathBuf>,
+    /// zkLogin: the chain's current epoch; signatures whose max epoch is before it are expired.
+    #[arg(long, value_name = "EPOCH", requires = "zklogin_jwks")]
+    zklogin_epoch: Option<u64>,
+    /// zkLogin: the Groth16 verifying key, `mainnet` or `dev` (localnet test issuers).
+    #[arg(long, value_name = "KEY", default_value = "mainnet", value_parser = ["mainnet", "dev"])]
+    zklogin_key: String,
+}
+
+/// One issuer key in a `--zklogin-jwks` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwkEntry {
+    iss: String,
+    kid: String,
+    jwk: Jwk,
+}
+
+fn zklogin_verifier(
+    path: &std::path::Path,
+    epoch: u64,
+    key: &str,
+) -> anyhow::Result<SignatureVerifier> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        usage(format!(
+            "cannot read --zklogin-jwks {}: {e}",
+            path.display()
+        ))
+    })?;
+    let entries: Vec<JwkEntry> = serde_json::from_str(&text).map_err(|e| {
+        usage(format!(
+            "--zklogin-jwks {} is not a JWK list: {e}",
+            path.display()
+        ))
+    })?;
+    let mut verifier = if key == "dev" {
+        ZkloginVerifier::new_dev()
+    } else {
+        ZkloginVerifier::new_mainnet()
+    };
+    for JwkEntry { iss, kid, jwk } in entries {
+        verifier.jwks_mut().insert(JwkId { iss, kid }, jwk);
+    }
+    Ok(SignatureVerifier::with_zklogin(verifier, epoch))
 }
 
 impl VerifyPersonalMessageArgs {
@@ -51,11 +101,20 @@ impl VerifyPersonalMessageArgs {
             address,
             message_base64,
             signature,
+            zklogin_jwks,
+            zklogin_epoch,
+            zklogin_key,
         } = self;
         let message = base64::engine::general_purpose::STANDARD
             .decode(message_base64.trim())
             .map_err(|e| usage(format!("--message-base64 is not base64: {e}")))?;
-        match verify_personal_message_base64(&address, &message, signature.trim()) {
+        let verifier = match (zklogin_jwks, zklogin_epoch) {
+            (Some(path), Some(epoch)) => zklogin_verifier(&path, epoch, &zklogin_key)?,
+            _ => SignatureVerifier::default(),
+        };
+        let outcome = decode_signature_base64(signature.trim())
+            .and_then(|signature| verifier.verify(&address, &message, &signature));
+        match outcome {
             Ok(scheme) => {
                 println!(
                     "valid {} personal-message signature by {address}",

@@ -246,6 +246,57 @@ fn verify_vector(v: &Value) -> Output {
     ])
 }
 
+/// The vector's zkLogin requirements: the test issuer's key and the signature's max epoch.
+fn zklogin_requirements(v: &Value) -> Value {
+    let req = v["zklogin_requirements"].clone();
+    assert!(req.is_object(), "zklogin vector states its requirements");
+    req
+}
+
+#[test]
+fn verify_personal_message_with_zklogin_inputs() {
+    let Some(vectors) = vectors() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for v in vectors.iter().filter(|v| v["scheme"] == "zklogin") {
+        let req = zklogin_requirements(v);
+        let jwks = dir.path().join("jwks.json");
+        let entry = serde_json::json!([{
+            "iss": req["jwk_id"]["iss"], "kid": req["jwk_id"]["kid"], "jwk": req["jwk"]
+        }]);
+        std::fs::write(&jwks, entry.to_string()).unwrap();
+        let max_epoch = req["max_epoch"].as_u64().unwrap();
+        let run = |epoch: u64, key: &str| {
+            nautilusctl(&[
+                "sui",
+                "verify-personal-message",
+                "--address",
+                v["address"].as_str().unwrap(),
+                "--message-base64",
+                v["message_base64"].as_str().unwrap(),
+                "--signature",
+                v["signature_base64"].as_str().unwrap(),
+                "--zklogin-jwks",
+                jwks.to_str().unwrap(),
+                "--zklogin-epoch",
+                &epoch.to_string(),
+                "--zklogin-key",
+                key,
+            ])
+        };
+        let out = run(max_epoch, "dev");
+        if v["expected_valid"] == true {
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            assert!(stdout(&out).contains("valid zklogin"), "{}", stdout(&out));
+            let out = run(max_epoch + 1, "dev");
+            assert_eq!(code(&out), 1);
+            assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+            assert_eq!(code(&run(max_epoch, "mainnet")), 1);
+        } else {
+            assert_eq!(code(&out), 1, "{}", stdout(&out));
+        }
+    }
+}
+
 #[test]
 fn verify_personal_message_with_real_vectors() {
     let Some(vectors) = vectors() else { return };
@@ -271,15 +322,15 @@ fn verify_personal_message_with_real_vectors() {
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
 
-    // zkLogin is not compiled in: refused, with the reason.
+    // zkLogin without its inputs: refused, with the reason.
     let zklogin = vectors
         .iter()
-        .find(|v| v["scheme"] == "zklogin")
+        .find(|v| v["scheme"] == "zklogin" && v["expected_valid"] == true)
         .expect("a zklogin vector");
     let out = verify_vector(zklogin);
     assert_eq!(code(&out), 1);
     assert!(
-        stderr(&out).contains("zklogin not supported"),
+        stderr(&out).contains("zklogin not configured"),
         "{}",
         stderr(&out)
     );

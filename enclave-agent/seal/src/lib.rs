@@ -26,9 +26,12 @@ pub mod signer;
 pub mod tier;
 pub mod token;
 
-pub use personal_message::SignatureError;
+pub use personal_message::{SignatureError, SignatureVerifier};
 pub use signer::{Keystore, KeystoreKey, SignerError};
+/// zkLogin verification inputs: the Groth16 verifying key and the issuers' JWKs.
+pub use sui_crypto::zklogin::{ZkLoginCircuitMode, ZkloginVerifier};
 pub use sui_sdk_types::{Address, SignatureScheme};
+pub use sui_sdk_types::{Jwk, JwkId};
 pub use tier::{Tier, TierError, Tiers, UserInfo};
 pub use token::{Claims, SealError, SealVerifier, VerifiedToken};
 

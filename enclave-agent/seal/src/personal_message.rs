@@ -6,17 +6,22 @@
 //! from a [`PersonalMessage`].
 //!
 //! `sui-crypto` checks that the signature is valid for the public key it carries, but not that
-//! this key belongs to the address the caller claims. [`verify_personal_message`] does both:
-//! the claimed address must be the one derived from the signature's key (simple schemes) or
-//! committee (multisig). Seal tokens and `nautilusctl sui verify-personal-message` go through
-//! this one function.
+//! this key belongs to the address the caller claims. [`SignatureVerifier::verify`] does both:
+//! the claimed address must be one derived from the signature's key (simple schemes),
+//! committee (multisig) or issuer and address seed (zkLogin). Seal tokens and
+//! `nautilusctl sui verify-personal-message` go through this one function.
 //!
-//! zkLogin and passkey signatures are rejected (fail closed): zkLogin needs the issuer's JWKs
-//! and the current epoch from the chain, which this crate does not have.
+//! zkLogin signatures verify only through a [`SignatureVerifier`] configured with what they
+//! need from outside the signature: the issuers' JWKs, the Groth16 verifying key (mainnet, or
+//! the development key for localnet test issuers) and the chain's current epoch, which must not
+//! be past the signature's `max_epoch`. The claimed address must be one of the two addresses
+//! Sui derives from the issuer and address seed (padded and unpadded). Without that
+//! configuration, and for passkeys, signatures are refused (fail closed).
 
 use std::borrow::Cow;
 
 use base64::Engine as _;
+use sui_crypto::zklogin::ZkloginVerifier;
 use sui_crypto::{SuiVerifier as _, UserSignatureVerifier};
 use sui_sdk_types::{Address, PersonalMessage, SignatureScheme, SimpleSignature, UserSignature};
 
@@ -48,11 +53,21 @@ pub enum SignatureError {
         reason: String,
     },
 
-    /// A zkLogin signature: not supported by this build, so rejected.
+    /// A zkLogin signature, but the verifier has no zkLogin inputs (JWKs, verifying key,
+    /// current epoch) configured.
     #[error(
-        "zklogin not supported: zklogin signatures are rejected; sign with an ed25519, secp256k1, secp256r1 or multisig key"
+        "zklogin not configured: this verifier has no issuer keys or current epoch; sign with an ed25519, secp256k1, secp256r1 or multisig key"
     )]
-    ZkLoginNotSupported,
+    ZkLoginNotConfigured,
+
+    /// A zkLogin signature whose ephemeral key expired: the chain is past its `max_epoch`.
+    #[error("zklogin signature expired: max epoch {max_epoch}, current epoch {current_epoch}")]
+    ZkLoginExpired {
+        /// The last epoch the signature's ephemeral key is valid in.
+        max_epoch: u64,
+        /// The chain's current epoch, as configured.
+        current_epoch: u64,
+    },
 
     /// A signature scheme this verifier does not accept (passkey, or a future one).
     #[error(
@@ -119,51 +134,107 @@ pub fn decode_signature(bytes: &[u8]) -> Result<UserSignature, SignatureError> {
     Ok(signature)
 }
 
-/// The address a signature speaks for: the key's address for simple schemes, the committee's
-/// address for multisig. zkLogin and passkey are refused here, so that no caller can bind an
-/// address to a signature this crate cannot verify.
-pub fn signer_address(signature: &UserSignature) -> Result<Address, SignatureError> {
+/// The addresses a signature may speak for: the key's address for simple schemes, the
+/// committee's address for multisig, and for zkLogin the two addresses Sui derives from the
+/// issuer and address seed (padded and unpadded seed). Passkey and unknown schemes are refused
+/// here, so that no caller can bind an address to a signature this crate cannot verify.
+pub fn signer_addresses(signature: &UserSignature) -> Result<Vec<Address>, SignatureError> {
     match signature {
         UserSignature::Simple(SimpleSignature::Ed25519 { public_key, .. }) => {
-            Ok(public_key.derive_address())
+            Ok(vec![public_key.derive_address()])
         }
         UserSignature::Simple(SimpleSignature::Secp256k1 { public_key, .. }) => {
-            Ok(public_key.derive_address())
+            Ok(vec![public_key.derive_address()])
         }
         UserSignature::Simple(SimpleSignature::Secp256r1 { public_key, .. }) => {
-            Ok(public_key.derive_address())
+            Ok(vec![public_key.derive_address()])
         }
-        UserSignature::Multisig(multisig) => Ok(multisig.committee().derive_address()),
-        UserSignature::ZkLogin(_) => Err(SignatureError::ZkLoginNotSupported),
+        UserSignature::Multisig(multisig) => Ok(vec![multisig.committee().derive_address()]),
+        UserSignature::ZkLogin(authenticator) => Ok(authenticator
+            .inputs
+            .public_identifier()
+            .derive_address()
+            .collect()),
         other => Err(SignatureError::UnsupportedScheme {
             scheme: scheme_name(other.scheme()).to_owned(),
         }),
     }
 }
 
-/// Verify `signature` as a Sui personal-message signature over exactly `message`, made by
-/// `claimed`. Returns the signature's scheme.
+/// Verifies personal-message signatures and binds them to the claimed address.
 ///
-/// The address binding is checked before the (costlier) cryptographic check.
+/// [`SignatureVerifier::default`] accepts ed25519, secp256k1, secp256r1 and multisig (of those
+/// keys); [`SignatureVerifier::with_zklogin`] adds zkLogin.
+#[derive(Debug, Default, Clone)]
+pub struct SignatureVerifier {
+    inner: UserSignatureVerifier,
+    current_epoch: Option<u64>,
+}
+
+impl SignatureVerifier {
+    /// A verifier that also accepts zkLogin signatures whose proofs verify with `zklogin`
+    /// (its JWKs and Groth16 key) and whose `max_epoch` is not before `current_epoch`.
+    pub fn with_zklogin(zklogin: ZkloginVerifier, current_epoch: u64) -> Self {
+        let mut inner = UserSignatureVerifier::new();
+        inner.with_zklogin_verifier(zklogin);
+        Self {
+            inner,
+            current_epoch: Some(current_epoch),
+        }
+    }
+
+    /// Move the chain's current epoch forward (or set it), as the chain reports it.
+    pub fn set_current_epoch(&mut self, epoch: u64) {
+        if self.inner.zklogin_verifier().is_some() {
+            self.current_epoch = Some(epoch);
+        }
+    }
+
+    /// Verify `signature` as a Sui personal-message signature over exactly `message`, made by
+    /// `claimed`. Returns the signature's scheme.
+    ///
+    /// The address binding and the epoch are checked before the (costlier) cryptography.
+    pub fn verify(
+        &self,
+        claimed: &Address,
+        message: &[u8],
+        signature: &UserSignature,
+    ) -> Result<SignatureScheme, SignatureError> {
+        let derived = signer_addresses(signature)?;
+        if !derived.contains(claimed) {
+            return Err(SignatureError::AddressMismatch {
+                claimed: *claimed,
+                derived: derived.first().copied().unwrap_or(Address::ZERO),
+            });
+        }
+        if let UserSignature::ZkLogin(authenticator) = signature {
+            let Some(current_epoch) = self.current_epoch else {
+                return Err(SignatureError::ZkLoginNotConfigured);
+            };
+            if authenticator.max_epoch < current_epoch {
+                return Err(SignatureError::ZkLoginExpired {
+                    max_epoch: authenticator.max_epoch,
+                    current_epoch,
+                });
+            }
+        }
+        let message = PersonalMessage(Cow::Borrowed(message));
+        self.inner
+            .verify_personal_message(&message, signature)
+            .map_err(|e| SignatureError::Invalid {
+                reason: e.to_string(),
+            })?;
+        Ok(signature.scheme())
+    }
+}
+
+/// Verify with [`SignatureVerifier::default`]: every scheme but zkLogin and passkey.
 pub fn verify_personal_message(
     claimed: &Address,
     message: &[u8],
     signature: &UserSignature,
 ) -> Result<SignatureScheme, SignatureError> {
-    let derived = signer_address(signature)?;
-    if &derived != claimed {
-        return Err(SignatureError::AddressMismatch {
-            claimed: *claimed,
-            derived,
-        });
-    }
-    let message = PersonalMessage(Cow::Borrowed(message));
-    UserSignatureVerifier::new()
-        .verify_personal_message(&message, signature)
-        .map_err(|e| SignatureError::Invalid {
-            reason: e.to_string(),
-        })?;
-    Ok(signature.scheme())
+    SignatureVerifier::default().verify(claimed, message, signature)
 }
 
 /// [`verify_personal_message`] for a base64 serialized signature, as wallets hand them out.

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sui_sdk_types::{Address, SignatureScheme, UserSignature};
 
-use crate::personal_message::{self, SignatureError};
+use crate::personal_message::{self, SignatureError, SignatureVerifier};
 
 /// First segment of every seal token.
 pub const PREFIX: &str = "sui-seal";
@@ -274,6 +274,7 @@ pub struct SealVerifier {
     audience: String,
     max_lifetime_secs: u64,
     clock_skew_secs: u64,
+    signatures: SignatureVerifier,
 }
 
 impl SealVerifier {
@@ -283,7 +284,20 @@ impl SealVerifier {
             audience: audience.into(),
             max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
             clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,
+            signatures: SignatureVerifier::default(),
         }
+    }
+
+    /// Verify signatures with `signatures` (for example one that also accepts zkLogin) instead
+    /// of the default, which accepts ed25519, secp256k1, secp256r1 and multisig.
+    pub fn with_signature_verifier(mut self, signatures: SignatureVerifier) -> Self {
+        self.signatures = signatures;
+        self
+    }
+
+    /// The signature verifier, to move its zkLogin epoch forward as the chain advances.
+    pub fn signature_verifier_mut(&mut self) -> &mut SignatureVerifier {
+        &mut self.signatures
     }
 
     /// Set the longest `exp - iat` accepted, in seconds.
@@ -310,9 +324,10 @@ impl SealVerifier {
         let signature_error = |source| SealError::Signature { address, source };
         let signature = personal_message::decode_signature_base64(&parsed.signature_b64)
             .map_err(signature_error)?;
-        let scheme =
-            personal_message::verify_personal_message(&address, &parsed.payload, &signature)
-                .map_err(signature_error)?;
+        let scheme = self
+            .signatures
+            .verify(&address, &parsed.payload, &signature)
+            .map_err(signature_error)?;
         let Claims {
             aud,
             iat,

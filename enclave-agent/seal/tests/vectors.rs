@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use nautilus_seal::{
-    SignatureError,
+    Jwk, JwkId, SignatureError, SignatureVerifier, ZkloginVerifier,
     personal_message::{decode_signature_base64, verify_personal_message},
     token::parse_address,
 };
@@ -25,6 +25,38 @@ struct Vector {
     scheme: String,
     expected_valid: bool,
     note: String,
+    /// For zkLogin: the issuer key and the epoch bound, as the vector file states them.
+    #[serde(default)]
+    zklogin_requirements: Option<serde_json::Value>,
+}
+
+/// What a zkLogin vector says its verification needs: the JWK of its test issuer and its
+/// `max_epoch`.
+struct ZkLoginInputs {
+    jwk_id: JwkId,
+    jwk: Jwk,
+    max_epoch: u64,
+}
+
+fn zklogin_inputs(v: &Vector) -> ZkLoginInputs {
+    let value = v
+        .zklogin_requirements
+        .as_ref()
+        .expect("zklogin vector states its requirements");
+    ZkLoginInputs {
+        jwk_id: serde_json::from_value(value["jwk_id"].clone()).expect("jwk_id"),
+        jwk: serde_json::from_value(value["jwk"].clone()).expect("jwk"),
+        max_epoch: value["max_epoch"].as_u64().expect("max_epoch"),
+    }
+}
+
+/// A verifier with the development Groth16 key and the vector's test issuer key, at `epoch`.
+fn zklogin_verifier(inputs: &ZkLoginInputs, epoch: u64) -> SignatureVerifier {
+    let mut zklogin = ZkloginVerifier::new_dev();
+    zklogin
+        .jwks_mut()
+        .insert(inputs.jwk_id.clone(), inputs.jwk.clone());
+    SignatureVerifier::with_zklogin(zklogin, epoch)
 }
 
 fn testdata() -> Option<PathBuf> {
@@ -32,13 +64,20 @@ fn testdata() -> Option<PathBuf> {
     nautilus_protocol::testdata::testdata_dir()
 }
 
-/// The outcome of the production path: decode, bind the address, verify.
+/// The outcome of the production path: decode, bind the address, verify. zkLogin vectors are
+/// checked with their issuer key configured and the chain at their last valid epoch.
 fn check(v: &Vector) -> Result<(), SignatureError> {
     let address = parse_address(&v.address).expect("vector address is canonical");
     let message = base64::engine::general_purpose::STANDARD
         .decode(&v.message_base64)
         .expect("vector message is base64");
     let signature = decode_signature_base64(&v.signature_base64)?;
+    if v.scheme == "zklogin" {
+        let inputs = zklogin_inputs(v);
+        return zklogin_verifier(&inputs, inputs.max_epoch)
+            .verify(&address, &message, &signature)
+            .map(|_| ());
+    }
     verify_personal_message(&address, &message, &signature).map(|_| ())
 }
 
@@ -50,27 +89,12 @@ fn personal_message_vectors_verify_as_expected() {
     assert!(vectors.vectors.len() >= 7, "vector file shrank");
 
     let mut checked = 0;
-    let mut known_gaps = Vec::new();
     for (i, v) in vectors.vectors.iter().enumerate() {
         let outcome = check(v);
         println!(
             "vector {i} ({}, expected_valid={}): {:?}",
             v.scheme, v.expected_valid, outcome
         );
-        if v.scheme == "zklogin" {
-            // zkLogin is not compiled in: every zkLogin signature, valid or not, must be
-            // refused with the specific error, never accepted and never silently skipped.
-            assert_eq!(
-                outcome,
-                Err(SignatureError::ZkLoginNotSupported),
-                "vector {i}: {}",
-                v.note
-            );
-            if v.expected_valid {
-                known_gaps.push(i);
-            }
-            continue;
-        }
         match (v.expected_valid, &outcome) {
             (true, Ok(())) => {}
             // A negative vector must fail in the cryptographic check itself, not earlier on
@@ -80,12 +104,67 @@ fn personal_message_vectors_verify_as_expected() {
         }
         checked += 1;
     }
-    println!(
-        "{checked} vectors verified as expected; zklogin vectors with expected_valid=true \
-         rejected as 'zklogin not supported' (known gap): {known_gaps:?}"
+    println!("{checked} vectors verified as expected");
+    // ed25519, secp256k1 ×2, secp256r1, multisig, zkLogin valid + invalid.
+    assert!(checked >= 7);
+}
+
+#[test]
+fn zklogin_needs_its_inputs_and_an_unexpired_epoch() {
+    let Some(dir) = testdata() else { return };
+    let text = std::fs::read_to_string(dir.join("sui/personal_message_vectors.json")).unwrap();
+    let vectors: Vectors = serde_json::from_str(&text).unwrap();
+    let v = vectors
+        .vectors
+        .iter()
+        .find(|v| v.scheme == "zklogin" && v.expected_valid)
+        .expect("a valid zklogin vector");
+    let inputs = zklogin_inputs(v);
+    let address = parse_address(&v.address).unwrap();
+    let message = base64::engine::general_purpose::STANDARD
+        .decode(&v.message_base64)
+        .unwrap();
+    let signature = decode_signature_base64(&v.signature_base64).unwrap();
+
+    // Without configured inputs: refused before any cryptography.
+    assert_eq!(
+        verify_personal_message(&address, &message, &signature),
+        Err(SignatureError::ZkLoginNotConfigured)
     );
-    // ed25519, secp256k1, secp256r1, multisig valid + the wrong-intent secp256k1 negative.
-    assert!(checked >= 5);
+    // The chain has moved past max_epoch: the ephemeral key expired.
+    assert_eq!(
+        zklogin_verifier(&inputs, inputs.max_epoch + 1).verify(&address, &message, &signature),
+        Err(SignatureError::ZkLoginExpired {
+            max_epoch: inputs.max_epoch,
+            current_epoch: inputs.max_epoch + 1
+        })
+    );
+    // The mainnet verifying key does not accept the test issuer's proof.
+    let mut mainnet = ZkloginVerifier::new_mainnet();
+    mainnet
+        .jwks_mut()
+        .insert(inputs.jwk_id.clone(), inputs.jwk.clone());
+    assert!(matches!(
+        SignatureVerifier::with_zklogin(mainnet, 0).verify(&address, &message, &signature),
+        Err(SignatureError::Invalid { .. })
+    ));
+    // No JWK for the issuer: refused.
+    assert!(matches!(
+        SignatureVerifier::with_zklogin(ZkloginVerifier::new_dev(), 0)
+            .verify(&address, &message, &signature),
+        Err(SignatureError::Invalid { .. })
+    ));
+    // Another address is not one the issuer and seed derive.
+    let other = nautilus_seal::Address::new([0x11; 32]);
+    assert!(matches!(
+        zklogin_verifier(&inputs, 0).verify(&other, &message, &signature),
+        Err(SignatureError::AddressMismatch { .. })
+    ));
+    // Another message fails the proof's inner signature.
+    assert!(matches!(
+        zklogin_verifier(&inputs, 0).verify(&address, b"hello!", &signature),
+        Err(SignatureError::Invalid { .. })
+    ));
 }
 
 #[test]

@@ -1,0 +1,1130 @@
+//! Desired state: the children of a `NautilusMaster`, computed from its spec alone.
+//!
+//! Every function here is pure (no API calls, no clock, no randomness: the nonce is an input),
+//! so the whole mapping from spec to objects is tested with tables of specs. The controller
+//! applies what these functions return with server-side apply.
+//!
+//! ```text
+//! spec ──enclave_config──▶ EnclaveConfig ──digest──▶ boot config digest
+//!                              │                        ├──▶ ConfigMap <name>-boot (label + annotation)
+//!                              └── + nonce ──▶ BootConfig ┘
+//!                                                       └──▶ StatefulSet <name>-enclave (pod annotation:
+//!                                                              a new digest rolls the enclave)
+//! spec ──▶ Service <name> (httpsPort → 6443)
+//! attested serving CA + endpoint ──▶ Secret <name>-kubeconfig (exec plugin, no credentials)
+//! ```
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, ImageVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource as _;
+use nautilus_crds::{HugepageSize, NautilusMaster};
+use nautilus_protocol::wire::{
+    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, TierConfig,
+};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "nautilus-operator";
+/// Label: the NautilusMaster a child belongs to (its name, shortened with a hash when long).
+pub const CLUSTER_LABEL: &str = "nautilus.k3s-daas.io/cluster";
+/// Label and annotation: the boot configuration digest (the label holds its first 32 hex digits,
+/// as label values are limited to 63 characters).
+pub const DIGEST_KEY: &str = "nautilus.k3s-daas.io/boot-config-digest";
+/// Key of the boot configuration in the ConfigMap.
+pub const BOOT_CONFIG_KEY: &str = "boot-config.json";
+/// Key of the kubeconfig in the Secret.
+pub const KUBECONFIG_KEY: &str = "kubeconfig";
+/// Name of the sidecar container.
+pub const SIDECAR_CONTAINER: &str = "nautilus-sidecar";
+/// Service account of the enclave pod (needs no API access; its token is not mounted).
+pub const ENCLAVE_SERVICE_ACCOUNT: &str = "nautilus-enclave";
+/// The Nitro Enclaves device plugin's extended resource.
+pub const NITRO_RESOURCE: &str = "aws.ec2.nitro/nitro_enclaves";
+/// Node label the Nitro Enclaves device plugin runs on, the default node selector.
+pub const NITRO_NODE_LABEL: (&str, &str) = ("aws-nitro-enclaves-k8s-dp", "enabled");
+/// Port of the sidecar's HTTP API (`/healthz`, `/readyz`, `/report`, `/attest`).
+pub const SIDECAR_HTTP_PORT: u16 = 8080;
+/// Port the sidecar listens on for the control plane's HTTPS traffic.
+pub const SIDECAR_API_PORT: u16 = 6443;
+/// Where the boot config ConfigMap is mounted in the sidecar.
+pub const BOOT_CONFIG_DIR: &str = "/etc/nautilus";
+/// Where the enclave image (the OCI image carrying the EIF) is mounted, read-only.
+pub const ENCLAVE_IMAGE_DIR: &str = "/enclave-image";
+/// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
+pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
+
+/// Longest name of a Service (a DNS-1035 label).
+const MAX_SERVICE_NAME: usize = 63;
+/// Longest StatefulSet name whose pods' `controller-revision-hash` label still fits 63 characters.
+const MAX_STATEFULSET_NAME: usize = 52;
+/// Longest ConfigMap/Secret name we produce (they allow 253; keep them readable).
+const MAX_OBJECT_NAME: usize = 253;
+/// Longest label value.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// Why the desired state could not be computed. Each is a spec or metadata problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DesiredError {
+    /// The object has no name or namespace (it was not read from the API server).
+    #[error("nautilusmaster has no {0}")]
+    Metadata(&'static str),
+    /// `spec.auth.suiRpcURL` is not an `https://host[:port]` URL.
+    #[error("spec.auth.suiRpcURL {url:?} is not an https://host[:port] url")]
+    SuiRpcUrl {
+        /// The URL.
+        url: String,
+    },
+    /// A value could not be serialized.
+    #[error("cannot serialize {what}: {reason}")]
+    Serialize {
+        /// What was serialized.
+        what: &'static str,
+        /// What serde reported.
+        reason: String,
+    },
+}
+
+/// Result of this module.
+pub type Result<T, E = DesiredError> = std::result::Result<T, E>;
+
+/// Names of a NautilusMaster's children. Names that would exceed Kubernetes' limits are cut and
+/// given an 8-hex-digit hash of the full name, so they stay unique and stable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Namespace of the resource and of every child.
+    pub namespace: String,
+    /// Name of the resource.
+    pub name: String,
+    /// ConfigMap `<name>-boot`.
+    pub boot_config_map: String,
+    /// StatefulSet `<name>-enclave`.
+    pub statefulset: String,
+    /// Pod of the StatefulSet (`<statefulset>-0`).
+    pub pod: String,
+    /// Service `<name>`.
+    pub service: String,
+    /// Secret `<name>-kubeconfig`.
+    pub kubeconfig_secret: String,
+    /// Value of [`CLUSTER_LABEL`].
+    pub cluster_label: String,
+}
+
+impl Names {
+    /// The names of `nm`'s children.
+    pub fn of(nm: &NautilusMaster) -> Result<Self> {
+        let name = nm
+            .metadata
+            .name
+            .clone()
+            .ok_or(DesiredError::Metadata("name"))?;
+        let namespace = nm
+            .metadata
+            .namespace
+            .clone()
+            .ok_or(DesiredError::Metadata("namespace"))?;
+        let statefulset = bounded(&name, "-enclave", MAX_STATEFULSET_NAME);
+        let mut service = bounded(&name, "", MAX_SERVICE_NAME);
+        // Services are DNS-1035 labels: they must start with a letter.
+        if !service.starts_with(|c: char| c.is_ascii_lowercase()) {
+            service = bounded(&format!("nm-{name}"), "", MAX_SERVICE_NAME);
+        }
+        Ok(Self {
+            boot_config_map: bounded(&name, "-boot", MAX_OBJECT_NAME),
+            pod: format!("{statefulset}-0"),
+            statefulset,
+            service,
+            kubeconfig_secret: bounded(&name, "-kubeconfig", MAX_OBJECT_NAME),
+            cluster_label: bounded(&name, "", MAX_LABEL_VALUE),
+            namespace,
+            name,
+        })
+    }
+}
+
+/// `name + suffix`, or when longer than `max`, a prefix of `name`, `-`, 8 hex digits of the
+/// SHA-256 of `name`, then `suffix`. The result never ends the prefix on `-` or `.`.
+fn bounded(name: &str, suffix: &str, max: usize) -> String {
+    if name.len() + suffix.len() <= max {
+        return format!("{name}{suffix}");
+    }
+    let hash = &hex::encode(Sha256::digest(name.as_bytes()))[..8];
+    let keep = max.saturating_sub(suffix.len() + 1 + hash.len());
+    // Names are ASCII (DNS subdomains), so byte slicing is on character boundaries.
+    let prefix = name
+        .get(..keep.min(name.len()))
+        .unwrap_or_default()
+        .trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}{suffix}")
+}
+
+/// Labels every child carries. The first three also select the enclave pod.
+pub fn labels(names: &Names) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(names);
+    labels.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "nautilus-operator".into(),
+    );
+    labels.insert("app.kubernetes.io/part-of".into(), "nautilus".into());
+    labels
+}
+
+/// Labels that select the enclave pod (immutable in the StatefulSet, so never add to them).
+pub fn selector_labels(names: &Names) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "nautilus-enclave".into()),
+        (
+            "app.kubernetes.io/instance".into(),
+            names.cluster_label.clone(),
+        ),
+        (CLUSTER_LABEL.into(), names.cluster_label.clone()),
+    ])
+}
+
+/// The owner reference every child carries (controller, blocking owner deletion).
+pub fn owner_reference(nm: &NautilusMaster) -> Result<OwnerReference> {
+    nm.controller_owner_ref(&())
+        .ok_or(DesiredError::Metadata("uid"))
+}
+
+fn meta(nm: &NautilusMaster, names: &Names, name: &str) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(names)),
+        owner_references: Some(vec![owner_reference(nm)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The string an enum serializes to (`VersionTLS12`, `info`, `json`, ...).
+fn serialized<T: Serialize>(value: &T, what: &'static str) -> Result<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        Ok(other) => Err(DesiredError::Serialize {
+            what,
+            reason: format!("expected a string, got {other}"),
+        }),
+        Err(err) => Err(DesiredError::Serialize {
+            what,
+            reason: err.to_string(),
+        }),
+    }
+}
+
+/// The measured configuration the enclave boots with, from the spec.
+pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
+    let names = Names::of(nm)?;
+    let cp = &nm.spec.control_plane;
+    let auth = &nm.spec.auth;
+    Ok(EnclaveConfig {
+        cluster: format!("{}/{}", names.namespace, names.name),
+        control_plane: ControlPlaneConfig {
+            bind_address: cp.bind_address.clone(),
+            https_port: cp.https_port,
+            cluster_cidr: cp.cluster_cidr.clone(),
+            service_cidr: cp.service_cidr.clone(),
+            cluster_dns: cp.cluster_dns.clone(),
+            data_dir: cp.data_dir.clone(),
+            encrypt_secrets: cp.encrypt_secrets,
+            tls_min_version: serialized(&cp.tls_min_version, "tlsMinVersion")?,
+            cipher_suites: cp.cipher_suites.clone(),
+            log_level: serialized(&cp.log_level, "logLevel")?,
+            log_format: serialized(&cp.log_format, "logFormat")?,
+        },
+        auth: AuthConfig {
+            sui_rpc_url: auth.sui_rpc_url.clone(),
+            chain_id: auth.chain_id.clone(),
+            stake_type: auth.stake_type.clone(),
+            stake_amount_field: auth.stake_amount_field.clone(),
+            audience: nm.token_audience(),
+            max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
+            stake_cache_ttl_seconds: auth.stake_cache_ttl_seconds,
+            tiers: auth
+                .tiers
+                .iter()
+                .map(|t| TierConfig {
+                    name: t.name.clone(),
+                    min_stake_mist: t.min_stake_mist,
+                    groups: t.groups.clone(),
+                })
+                .collect(),
+        },
+        health: HealthConfig {
+            probe_interval_seconds: nm.spec.health.probe_interval_seconds,
+            startup_timeout_seconds: nm.spec.health.startup_timeout_seconds,
+        },
+    })
+}
+
+/// The ConfigMap `<name>-boot` holding the BootConfig JSON under [`BOOT_CONFIG_KEY`].
+pub fn boot_config_map(nm: &NautilusMaster, boot: &BootConfig) -> Result<ConfigMap> {
+    let names = Names::of(nm)?;
+    let digest = boot.config.digest_hex();
+    let json = serde_json::to_string_pretty(boot).map_err(|err| DesiredError::Serialize {
+        what: "boot config",
+        reason: err.to_string(),
+    })?;
+    let mut metadata = meta(nm, &names, &names.boot_config_map)?;
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(DIGEST_KEY.into(), digest_label(&digest));
+    metadata.annotations = Some(BTreeMap::from([(DIGEST_KEY.into(), digest)]));
+    Ok(ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([(BOOT_CONFIG_KEY.into(), json)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The label form of a digest: its first 32 hex digits.
+pub fn digest_label(digest_hex: &str) -> String {
+    digest_hex.chars().take(32).collect()
+}
+
+/// The nonce stored in an existing boot ConfigMap, if it holds the configuration `digest_hex`.
+///
+/// Reusing it keeps the ConfigMap (and so the running enclave) stable across reconciles and
+/// operator restarts; a new configuration gets a new nonce.
+pub fn existing_boot_nonce(config_map: &ConfigMap, digest_hex: &str) -> Option<Vec<u8>> {
+    let json = config_map.data.as_ref()?.get(BOOT_CONFIG_KEY)?;
+    let boot: BootConfig = serde_json::from_str(json).ok()?;
+    (boot.config.digest_hex() == digest_hex && !boot.nonce.is_empty()).then_some(boot.nonce)
+}
+
+/// Settings of the enclave pod that come from the operator's flags, not from the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSettings {
+    /// Image of the `nautilus-sidecar` container.
+    pub sidecar_image: String,
+    /// `--log-format` of the sidecar.
+    pub log_format: String,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            sidecar_image: "ghcr.io/nautilus/nautilus-sidecar:latest".into(),
+            log_format: "json".into(),
+        }
+    }
+}
+
+/// `host:port` of an `https://host[:port][/path]` URL (port 443 when absent), for the sidecar's
+/// egress allowlist.
+pub fn https_host_port(url: &str) -> Result<String> {
+    let err = || DesiredError::SuiRpcUrl { url: url.into() };
+    let rest = url.strip_prefix("https://").ok_or_else(err)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(err());
+    }
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(err)?;
+        return match after {
+            "" => Ok(format!("[{host}]:443")),
+            port => {
+                let port = port.strip_prefix(':').ok_or_else(err)?;
+                port.parse::<u16>().map_err(|_| err())?;
+                Ok(format!("[{host}]:{port}"))
+            }
+        };
+    }
+    match authority.split_once(':') {
+        None => Ok(format!("{authority}:443")),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(authority.to_owned())
+        }
+        Some(_) => Err(err()),
+    }
+}
+
+/// The hugepages resource name, the emptyDir medium and the quantity covering `memory_mib`.
+fn hugepages(size: HugepageSize, memory_mib: u32) -> (&'static str, &'static str, Quantity) {
+    match size {
+        HugepageSize::TwoMi => (
+            "hugepages-2Mi",
+            "HugePages-2Mi",
+            // 2 MiB pages: round up to an even number of MiB.
+            Quantity(format!("{}Mi", memory_mib.div_ceil(2) * 2)),
+        ),
+        HugepageSize::OneGi => (
+            "hugepages-1Gi",
+            "HugePages-1Gi",
+            Quantity(format!("{}Gi", memory_mib.div_ceil(1024))),
+        ),
+    }
+}
+
+/// Arguments of the sidecar in the `pod` runtime (nitro launcher).
+pub fn sidecar_args(nm: &NautilusMaster, settings: &PodSettings) -> Result<Vec<String>> {
+    let enclave = &nm.spec.enclave;
+    let eif = format!(
+        "{ENCLAVE_IMAGE_DIR}/{}",
+        enclave.eif_path.trim_start_matches('/')
+    );
+    let mut args = vec![
+        format!("--boot-config={BOOT_CONFIG_DIR}/{BOOT_CONFIG_KEY}"),
+        "--launcher=nitro".into(),
+        format!("--eif-path={eif}"),
+        format!("--cpu-count={}", enclave.cpu_count),
+        format!("--memory-mib={}", enclave.memory_mib),
+    ];
+    if let Some(cid) = enclave.enclave_cid {
+        args.push(format!("--enclave-cid={cid}"));
+    }
+    args.extend([
+        format!("--http-listen=0.0.0.0:{SIDECAR_HTTP_PORT}"),
+        format!("--api-listen=0.0.0.0:{SIDECAR_API_PORT}"),
+        format!(
+            "--egress-allow={}",
+            https_host_port(&nm.spec.auth.sui_rpc_url)?
+        ),
+        format!("--log-format={}", settings.log_format),
+    ]);
+    Ok(args)
+}
+
+/// The single-replica StatefulSet `<name>-enclave` whose sidecar launches the enclave.
+pub fn enclave_statefulset(
+    nm: &NautilusMaster,
+    digest_hex: &str,
+    settings: &PodSettings,
+) -> Result<StatefulSet> {
+    let names = Names::of(nm)?;
+    let enclave = &nm.spec.enclave;
+    let (hp_resource, hp_medium, hp_quantity) =
+        hugepages(enclave.hugepage_size, enclave.memory_mib);
+    let limits = BTreeMap::from([
+        (NITRO_RESOURCE.to_owned(), Quantity("1".into())),
+        (hp_resource.to_owned(), hp_quantity),
+        // Kubernetes requires cpu or memory beside hugepages; these are the sidecar's own needs.
+        ("cpu".to_owned(), Quantity("500m".into())),
+        ("memory".to_owned(), Quantity("256Mi".into())),
+    ]);
+    let mut requests = limits.clone();
+    requests.insert("cpu".into(), Quantity("100m".into()));
+    requests.insert("memory".into(), Quantity("128Mi".into()));
+
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    };
+    let empty_dir = |name: &str, medium: Option<&str>| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(Into::into),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let probe_period = i32::try_from(nm.spec.health.probe_interval_seconds).unwrap_or(5);
+
+    let container = Container {
+        name: SIDECAR_CONTAINER.into(),
+        image: Some(settings.sidecar_image.clone()),
+        args: Some(sidecar_args(nm, settings)?),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: SIDECAR_HTTP_PORT.into(),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("https".into()),
+                container_port: SIDECAR_API_PORT.into(),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: Some(ResourceRequirements {
+            limits: Some(limits),
+            requests: Some(requests),
+            ..ResourceRequirements::default()
+        }),
+        readiness_probe: Some(probe("/readyz", probe_period)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("boot-config", BOOT_CONFIG_DIR, true),
+            mount("enclave-image", ENCLAVE_IMAGE_DIR, true),
+            mount("hugepages", "/dev/hugepages", false),
+            // nitro-cli keeps its sockets and logs here; the root filesystem is read-only.
+            mount("nitro-run", "/run/nitro_enclaves", false),
+            mount("nitro-log", "/var/log/nitro_enclaves", false),
+        ]),
+        ..Container::default()
+    };
+
+    let node_selector = enclave.node_selector.clone().unwrap_or_else(|| {
+        BTreeMap::from([(NITRO_NODE_LABEL.0.into(), NITRO_NODE_LABEL.1.into())])
+    });
+    let pod = PodSpec {
+        containers: vec![container],
+        service_account_name: Some(ENCLAVE_SERVICE_ACCOUNT.into()),
+        automount_service_account_token: Some(false),
+        node_selector: Some(node_selector),
+        tolerations: enclave.tolerations.clone(),
+        // Time for the sidecar to terminate the enclave on SIGTERM.
+        termination_grace_period_seconds: Some(30),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "boot-config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.boot_config_map.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "enclave-image".into(),
+                image: Some(ImageVolumeSource {
+                    reference: Some(enclave.image.clone()),
+                    pull_policy: Some("IfNotPresent".into()),
+                }),
+                ..Volume::default()
+            },
+            empty_dir("hugepages", Some(hp_medium)),
+            empty_dir("nitro-run", None),
+            empty_dir("nitro-log", None),
+        ]),
+        ..PodSpec::default()
+    };
+
+    let mut template_labels = labels(&names);
+    template_labels.insert(DIGEST_KEY.into(), digest_label(digest_hex));
+    Ok(StatefulSet {
+        metadata: meta(nm, &names, &names.statefulset)?,
+        spec: StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names.service.clone()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&names)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(DIGEST_KEY.into(), digest_hex.to_owned())])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..StatefulSetSpec::default()
+        },
+        ..StatefulSet::default()
+    })
+}
+
+/// The Service `<name>` in front of the enclave: `httpsPort` → the sidecar's 6443.
+pub fn service(nm: &NautilusMaster) -> Result<Service> {
+    let names = Names::of(nm)?;
+    Ok(Service {
+        metadata: meta(nm, &names, &names.service)?,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&names)),
+            ports: Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: nm.spec.control_plane.https_port.into(),
+                target_port: Some(IntOrString::Int(SIDECAR_API_PORT.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The control plane's endpoint through the Service: `https://<svc>.<ns>.svc:<httpsPort>`.
+pub fn service_endpoint(nm: &NautilusMaster) -> Result<String> {
+    let names = Names::of(nm)?;
+    Ok(format!(
+        "https://{}.{}.svc:{}",
+        names.service, names.namespace, nm.spec.control_plane.https_port
+    ))
+}
+
+/// The kubeconfig (YAML) for the control plane at `server` trusting `serving_ca_pem`: one
+/// cluster, one context, and a user whose credentials come from the `nautilusctl` exec plugin.
+/// It holds no credential.
+pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Result<String> {
+    use base64::Engine as _;
+    let names = Names::of(nm)?;
+    let cluster = format!("{}/{}", names.namespace, names.name);
+    let ttl = DEFAULT_TOKEN_TTL_SECONDS.min(nm.spec.auth.max_token_lifetime_seconds);
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": cluster,
+            "cluster": {
+                "server": server,
+                "certificate-authority-data":
+                    base64::engine::general_purpose::STANDARD.encode(serving_ca_pem),
+            },
+        }],
+        "users": [{
+            "name": "seal-token",
+            "user": {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": "nautilusctl",
+                    "args": [
+                        "token", "exec-credential",
+                        "--audience", nm.token_audience(),
+                        "--ttl", format!("{ttl}s"),
+                    ],
+                    "installHint": "nautilusctl mints seal tokens from your Sui keystore; \
+                        set NAUTILUS_SUI_KEYSTORE to its path (and --address to pick a key)",
+                    "interactiveMode": "Never",
+                    "provideClusterInfo": false,
+                },
+            },
+        }],
+        "contexts": [{
+            "name": cluster,
+            "context": { "cluster": cluster, "user": "seal-token" },
+        }],
+        "current-context": cluster,
+    });
+    serde_yaml::to_string(&config).map_err(|err| DesiredError::Serialize {
+        what: "kubeconfig",
+        reason: err.to_string(),
+    })
+}
+
+/// The Secret `<name>-kubeconfig` holding [`kubeconfig`] under [`KUBECONFIG_KEY`].
+pub fn kubeconfig_secret(
+    nm: &NautilusMaster,
+    server: &str,
+    serving_ca_pem: &str,
+) -> Result<Secret> {
+    let names = Names::of(nm)?;
+    let text = kubeconfig(nm, server, serving_ca_pem)?;
+    Ok(Secret {
+        metadata: meta(nm, &names, &names.kubeconfig_secret)?,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            KUBECONFIG_KEY.into(),
+            ByteString(text.into_bytes()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Toleration;
+    use nautilus_crds::{HugepageSize, NautilusMasterSpec};
+    use pretty_assertions::assert_eq;
+    use rstest::rstest;
+
+    pub(crate) const PCR: &str = "3aa0e6e6ed7d8301655fced7e6ddcc443a3e57bf62f070caa6becf337069e859c0f03d68136440ff1cab8adefd20634c";
+
+    /// A NautilusMaster as the API server would hand it over: the sample spec, a uid.
+    pub(crate) fn mk_nm(name: &str) -> NautilusMaster {
+        let spec: NautilusMasterSpec = serde_json::from_value(serde_json::json!({
+            "enclave": {
+                "image": "registry.example.com/nautilus/enclave:v1",
+                "pcr0": PCR, "pcr1": PCR, "pcr2": PCR,
+            },
+        }))
+        .expect("minimal spec");
+        let mut nm = NautilusMaster::new(name, spec);
+        nm.metadata.namespace = Some("team-a".into());
+        nm.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000001".into());
+        nm.metadata.generation = Some(1);
+        nm
+    }
+
+    fn boot(nm: &NautilusMaster) -> BootConfig {
+        BootConfig {
+            config: enclave_config(nm).expect("config"),
+            nonce: vec![7; 32],
+        }
+    }
+
+    fn container(sts: &StatefulSet) -> &Container {
+        &sts.spec.template.spec.as_ref().expect("pod").containers[0]
+    }
+
+    fn pod(sts: &StatefulSet) -> &PodSpec {
+        sts.spec.template.spec.as_ref().expect("pod")
+    }
+
+    #[test]
+    fn enclave_config_converts_the_spec() {
+        let mut nm = mk_nm("demo");
+        nm.spec.control_plane.log_format = nautilus_crds::LogFormat::Json;
+        nm.spec.control_plane.tls_min_version = nautilus_crds::TlsMinVersion::VersionTLS13;
+        let config = enclave_config(&nm).expect("config");
+        assert_eq!(config.cluster, "team-a/demo");
+        assert_eq!(config.auth.audience, "team-a/demo");
+        assert_eq!(config.control_plane.tls_min_version, "VersionTLS13");
+        assert_eq!(config.control_plane.log_level, "info");
+        assert_eq!(config.control_plane.log_format, "json");
+        assert_eq!(config.auth.tiers.len(), 3);
+        assert_eq!(config.auth.tiers[0].name, "admin");
+        assert_eq!(config.auth.tiers[0].min_stake_mist, 10_000);
+        assert_eq!(config.health.probe_interval_seconds, 5);
+
+        nm.spec.auth.audience = Some("cluster-a.example".into());
+        let other = enclave_config(&nm).expect("config");
+        assert_eq!(other.auth.audience, "cluster-a.example");
+        assert_ne!(config.digest(), other.digest(), "audience is measured");
+    }
+
+    #[test]
+    fn boot_config_map_carries_the_nonce_and_the_digest() {
+        let nm = mk_nm("demo");
+        let boot = boot(&nm);
+        let digest = boot.config.digest_hex();
+        let cm = boot_config_map(&nm, &boot).expect("configmap");
+        assert_eq!(cm.metadata.name.as_deref(), Some("demo-boot"));
+        let labels = cm.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels[DIGEST_KEY], digest[..32]);
+        assert_eq!(labels[CLUSTER_LABEL], "demo");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "nautilus-operator");
+        assert_eq!(
+            cm.metadata.annotations.as_ref().expect("ann")[DIGEST_KEY],
+            digest
+        );
+        let parsed: BootConfig =
+            serde_json::from_str(&cm.data.as_ref().expect("data")[BOOT_CONFIG_KEY]).expect("json");
+        assert_eq!(parsed, boot);
+        assert_eq!(existing_boot_nonce(&cm, &digest), Some(vec![7; 32]));
+        assert_eq!(
+            existing_boot_nonce(&cm, &"00".repeat(32)),
+            None,
+            "other config"
+        );
+        let owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owner.kind, "NautilusMaster");
+        assert_eq!(owner.uid, "0a1b2c3d-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn statefulset_runs_the_sidecar_with_nitro_resources_and_no_privileges() {
+        let nm = mk_nm("demo");
+        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        assert_eq!(sts.metadata.name.as_deref(), Some("demo-enclave"));
+        let spec = &sts.spec;
+        assert_eq!(spec.replicas, Some(1));
+        let template_meta = spec.template.metadata.as_ref().expect("meta");
+        assert_eq!(
+            template_meta.annotations.as_ref().expect("ann")[DIGEST_KEY],
+            "ab".repeat(32)
+        );
+        let c = container(&sts);
+        assert_eq!(c.name, SIDECAR_CONTAINER);
+        assert_eq!(
+            c.image.as_deref(),
+            Some("ghcr.io/nautilus/nautilus-sidecar:latest")
+        );
+        let args = c.args.as_ref().expect("args");
+        for expected in [
+            "--boot-config=/etc/nautilus/boot-config.json",
+            "--launcher=nitro",
+            "--eif-path=/enclave-image/nautilus/enclave.eif",
+            "--cpu-count=2",
+            "--memory-mib=4096",
+            "--egress-allow=fullnode.mainnet.sui.io:443",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        assert!(!args.iter().any(|a| a.starts_with("--enclave-cid")));
+        let resources = c.resources.as_ref().expect("resources");
+        for map in [&resources.limits, &resources.requests] {
+            let map = map.as_ref().expect("set");
+            assert_eq!(map[NITRO_RESOURCE], Quantity("1".into()));
+            assert_eq!(map["hugepages-2Mi"], Quantity("4096Mi".into()));
+        }
+        let sc = c.security_context.as_ref().expect("sc");
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().expect("caps").drop,
+            Some(vec!["ALL".to_owned()])
+        );
+        assert_eq!(
+            sc.seccomp_profile.as_ref().expect("seccomp").type_,
+            "RuntimeDefault"
+        );
+        let readiness = c.readiness_probe.as_ref().expect("readiness");
+        let get = readiness.http_get.as_ref().expect("http");
+        assert_eq!(get.path.as_deref(), Some("/readyz"));
+        assert_eq!(get.port, IntOrString::String("http".into()));
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .expect("liveness")
+                .http_get
+                .as_ref()
+                .expect("http")
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
+        assert!(
+            c.ports
+                .as_ref()
+                .expect("ports")
+                .iter()
+                .any(|p| p.container_port == 8080 && p.name.as_deref() == Some("http"))
+        );
+
+        let pod = pod(&sts);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("nautilus-enclave")
+        );
+        assert_eq!(
+            pod.node_selector.as_ref().expect("selector"),
+            &BTreeMap::from([("aws-nitro-enclaves-k8s-dp".to_owned(), "enabled".to_owned())])
+        );
+        let volumes = pod.volumes.as_ref().expect("volumes");
+        let hp = volumes
+            .iter()
+            .find(|v| v.name == "hugepages")
+            .expect("hugepages");
+        assert_eq!(
+            hp.empty_dir.as_ref().expect("emptyDir").medium.as_deref(),
+            Some("HugePages-2Mi")
+        );
+        let image = volumes
+            .iter()
+            .find(|v| v.name == "enclave-image")
+            .expect("image");
+        assert_eq!(
+            image
+                .image
+                .as_ref()
+                .expect("image volume")
+                .reference
+                .as_deref(),
+            Some("registry.example.com/nautilus/enclave:v1")
+        );
+        assert!(
+            volumes.iter().all(|v| v.host_path.is_none()),
+            "no host paths"
+        );
+        let cm = volumes
+            .iter()
+            .find(|v| v.name == "boot-config")
+            .expect("cm");
+        assert_eq!(cm.config_map.as_ref().expect("cm").name, "demo-boot");
+    }
+
+    #[rstest]
+    #[case::two_mi_exact(HugepageSize::TwoMi, 4096, "hugepages-2Mi", "4096Mi", "HugePages-2Mi")]
+    #[case::two_mi_odd(HugepageSize::TwoMi, 4097, "hugepages-2Mi", "4098Mi", "HugePages-2Mi")]
+    #[case::one_gi_exact(HugepageSize::OneGi, 4096, "hugepages-1Gi", "4Gi", "HugePages-1Gi")]
+    #[case::one_gi_round_up(HugepageSize::OneGi, 1500, "hugepages-1Gi", "2Gi", "HugePages-1Gi")]
+    fn hugepages_cover_the_enclave_memory(
+        #[case] size: HugepageSize,
+        #[case] memory_mib: u32,
+        #[case] resource: &str,
+        #[case] quantity: &str,
+        #[case] medium: &str,
+    ) {
+        let mut nm = mk_nm("demo");
+        nm.spec.enclave.hugepage_size = size;
+        nm.spec.enclave.memory_mib = memory_mib;
+        let sts = enclave_statefulset(&nm, "d", &PodSettings::default()).expect("sts");
+        let limits = container(&sts)
+            .resources
+            .as_ref()
+            .expect("r")
+            .limits
+            .clone()
+            .expect("l");
+        assert_eq!(limits[resource], Quantity(quantity.into()));
+        let other = if resource == "hugepages-2Mi" {
+            "hugepages-1Gi"
+        } else {
+            "hugepages-2Mi"
+        };
+        assert!(!limits.contains_key(other));
+        let hp = pod(&sts)
+            .volumes
+            .as_ref()
+            .expect("v")
+            .iter()
+            .find(|v| v.name == "hugepages")
+            .cloned()
+            .expect("hugepages");
+        assert_eq!(hp.empty_dir.expect("e").medium.as_deref(), Some(medium));
+        assert!(
+            container(&sts)
+                .args
+                .as_ref()
+                .expect("args")
+                .contains(&format!("--memory-mib={memory_mib}"))
+        );
+    }
+
+    #[test]
+    fn custom_node_selector_tolerations_cid_and_pcr8() {
+        let mut nm = mk_nm("demo");
+        nm.spec.enclave.node_selector =
+            Some(BTreeMap::from([("pool".to_owned(), "nitro".to_owned())]));
+        nm.spec.enclave.tolerations = Some(vec![Toleration {
+            key: Some("aws-nitro-enclaves".into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }]);
+        nm.spec.enclave.enclave_cid = Some(16);
+        nm.spec.enclave.pcr8 = Some(PCR.into());
+        let before = enclave_config(&mk_nm("demo")).expect("c").digest_hex();
+        let sts = enclave_statefulset(&nm, &before, &PodSettings::default()).expect("sts");
+        let pod = pod(&sts);
+        assert_eq!(
+            pod.node_selector.as_ref().expect("selector"),
+            &BTreeMap::from([("pool".to_owned(), "nitro".to_owned())]),
+            "the spec replaces the default selector"
+        );
+        assert_eq!(pod.tolerations.as_ref().expect("tolerations").len(), 1);
+        assert!(
+            container(&sts)
+                .args
+                .as_ref()
+                .expect("args")
+                .contains(&"--enclave-cid=16".to_owned())
+        );
+        // PCR8 is verified by the operator, not part of what the enclave boots with.
+        assert_eq!(enclave_config(&nm).expect("c").digest_hex(), before);
+    }
+
+    #[test]
+    fn ipv6_bind_address_and_port_reach_the_config_and_the_service() {
+        let mut nm = mk_nm("demo");
+        nm.spec.control_plane.bind_address = "::".into();
+        nm.spec.control_plane.https_port = 16443;
+        let config = enclave_config(&nm).expect("config");
+        assert_eq!(config.control_plane.bind_address, "::");
+        assert_ne!(
+            config.digest_hex(),
+            enclave_config(&mk_nm("demo")).expect("c").digest_hex()
+        );
+        let svc = service(&nm).expect("svc");
+        let port = &svc
+            .spec
+            .as_ref()
+            .expect("spec")
+            .ports
+            .as_ref()
+            .expect("ports")[0];
+        assert_eq!(port.port, 16443);
+        assert_eq!(port.target_port, Some(IntOrString::Int(6443)));
+        assert_eq!(port.name.as_deref(), Some("https"));
+        assert_eq!(
+            service_endpoint(&nm).expect("endpoint"),
+            "https://demo.team-a.svc:16443"
+        );
+    }
+
+    #[test]
+    fn spec_changes_roll_the_enclave() {
+        let nm = mk_nm("demo");
+        let mut changed = mk_nm("demo");
+        changed.spec.health.probe_interval_seconds = 7;
+        let a = enclave_config(&nm).expect("a").digest_hex();
+        let b = enclave_config(&changed).expect("b").digest_hex();
+        assert_ne!(a, b);
+        let annotation = |nm: &NautilusMaster, d: &str| {
+            enclave_statefulset(nm, d, &PodSettings::default())
+                .expect("sts")
+                .spec
+                .template
+                .metadata
+                .expect("meta")
+                .annotations
+                .expect("ann")[DIGEST_KEY]
+                .clone()
+        };
+        assert_ne!(annotation(&nm, &a), annotation(&changed, &b));
+    }
+
+    #[rstest]
+    #[case::short("demo", "demo-enclave", "demo", "demo-boot")]
+    #[case::digit_first("1demo", "1demo-enclave", "nm-1demo", "1demo-boot")]
+    fn short_names(#[case] name: &str, #[case] sts: &str, #[case] svc: &str, #[case] cm: &str) {
+        let names = Names::of(&mk_nm(name)).expect("names");
+        assert_eq!(
+            (
+                names.statefulset.as_str(),
+                names.service.as_str(),
+                names.boot_config_map.as_str()
+            ),
+            (sts, svc, cm)
+        );
+        assert_eq!(names.pod, format!("{sts}-0"));
+    }
+
+    #[test]
+    fn long_names_are_cut_with_a_hash_and_stay_unique() {
+        let long_a = format!("{}-a", "x".repeat(100));
+        let long_b = format!("{}-b", "x".repeat(100));
+        let a = Names::of(&mk_nm(&long_a)).expect("a");
+        let b = Names::of(&mk_nm(&long_b)).expect("b");
+        assert!(a.statefulset.len() <= 52, "{}", a.statefulset);
+        assert!(a.statefulset.ends_with("-enclave"));
+        assert!(a.service.len() <= 63);
+        assert!(a.cluster_label.len() <= 63);
+        assert_ne!(a.statefulset, b.statefulset);
+        assert_ne!(a.service, b.service);
+        assert_ne!(a.cluster_label, b.cluster_label);
+        assert_eq!(a.boot_config_map, format!("{long_a}-boot"), "fits 253");
+        // Stable across calls.
+        assert_eq!(a, Names::of(&mk_nm(&long_a)).expect("again"));
+        let sts = enclave_statefulset(&mk_nm(&long_a), "d", &PodSettings::default()).expect("s");
+        for value in sts.metadata.labels.expect("labels").values() {
+            assert!(value.len() <= 63, "{value}");
+        }
+        let very_long = "y".repeat(253);
+        let names = Names::of(&mk_nm(&very_long)).expect("names");
+        assert!(names.boot_config_map.len() <= 253);
+        assert!(names.kubeconfig_secret.ends_with("-kubeconfig"));
+        assert!(names.kubeconfig_secret.len() <= 253);
+    }
+
+    #[test]
+    fn a_name_cut_before_a_dash_does_not_end_in_a_dash() {
+        let name = format!("{}-{}", "a".repeat(42), "b".repeat(40));
+        let cut = bounded(&name, "-enclave", 52);
+        assert!(!cut.contains("--"), "{cut}");
+        assert!(cut.len() <= 52);
+    }
+
+    #[test]
+    fn missing_metadata_is_an_error() {
+        let mut nm = mk_nm("demo");
+        nm.metadata.namespace = None;
+        assert!(matches!(
+            enclave_config(&nm),
+            Err(DesiredError::Metadata("namespace"))
+        ));
+        let mut nm = mk_nm("demo");
+        nm.metadata.uid = None;
+        assert!(matches!(service(&nm), Err(DesiredError::Metadata("uid"))));
+    }
+
+    #[rstest]
+    #[case(
+        "https://fullnode.mainnet.sui.io:443",
+        Some("fullnode.mainnet.sui.io:443")
+    )]
+    #[case("https://fullnode.mainnet.sui.io", Some("fullnode.mainnet.sui.io:443"))]
+    #[case("https://node.example:9000/grpc", Some("node.example:9000"))]
+    #[case("https://[::1]:9000", Some("[::1]:9000"))]
+    #[case("https://[2001:db8::1]", Some("[2001:db8::1]:443"))]
+    #[case("http://node.example", None)]
+    #[case("https://", None)]
+    #[case("https://user@node.example", None)]
+    #[case("https://node.example:99999", None)]
+    #[case("https://[::1", None)]
+    fn sui_url_to_egress_allowlist(#[case] url: &str, #[case] expected: Option<&str>) {
+        assert_eq!(https_host_port(url).ok().as_deref(), expected);
+    }
+
+    #[test]
+    fn kubeconfig_trusts_the_attested_ca_and_holds_no_credentials() {
+        use base64::Engine as _;
+        let mut nm = mk_nm("demo");
+        nm.spec.auth.max_token_lifetime_seconds = 300;
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let secret = kubeconfig_secret(&nm, "https://demo.team-a.svc:6443", pem).expect("secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some("demo-kubeconfig"));
+        let bytes = &secret.data.as_ref().expect("data")[KUBECONFIG_KEY].0;
+        let config: serde_json::Value = serde_yaml::from_slice(bytes).expect("yaml");
+        let cluster = &config["clusters"][0]["cluster"];
+        assert_eq!(cluster["server"], "https://demo.team-a.svc:6443");
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(cluster["certificate-authority-data"].as_str().expect("ca"))
+            .expect("base64");
+        assert_eq!(ca, pem.as_bytes());
+        let user = &config["users"][0]["user"];
+        let exec = &user["exec"];
+        assert_eq!(exec["apiVersion"], "client.authentication.k8s.io/v1");
+        assert_eq!(exec["command"], "nautilusctl");
+        assert_eq!(
+            exec["args"],
+            serde_json::json!([
+                "token",
+                "exec-credential",
+                "--audience",
+                "team-a/demo",
+                "--ttl",
+                "300s"
+            ])
+        );
+        assert_eq!(exec["interactiveMode"], "Never");
+        let user_keys: Vec<_> = user.as_object().expect("obj").keys().collect();
+        assert_eq!(
+            user_keys,
+            ["exec"],
+            "no token, no client certificate, no password"
+        );
+        assert_eq!(config["current-context"], "team-a/demo");
+        assert_eq!(config["contexts"][0]["context"]["user"], "seal-token");
+    }
+}

@@ -32,14 +32,18 @@ def load_documents(path):
 
 def openapi_to_jsonschema(node, root=True):
     """Rewrite a structural OpenAPI v3 schema into JSON Schema (draft 4) terms."""
-    if isinstance(node, list):
-        return [openapi_to_jsonschema(n, root=False) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: openapi_to_jsonschema(v, root=False) for k, v in node.items()
-           if k not in ("nullable", "x-kubernetes-validations", "default")}
-    if "default" in node:
-        out["default"] = node["default"]  # kept for apply_defaults, ignored by jsonschema
+    out = {}
+    for key, value in node.items():
+        if key in ("nullable", "x-kubernetes-validations"):
+            continue
+        if key == "properties":
+            out[key] = {name: openapi_to_jsonschema(sub, root=False) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = openapi_to_jsonschema(value, root=False)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [openapi_to_jsonschema(sub, root=False) for sub in value]
+        else:
+            out[key] = value  # data (default, enum, required, ...) or keywords jsonschema ignores
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]

@@ -1,0 +1,1152 @@
+//! Verification of what the sidecar relays, and the conditions that follow from it.
+//!
+//! The sidecar is not trusted: everything it serves at `/report` is checked here before it can
+//! move a condition to `True`.
+//!
+//! 1. The attestation document is verified with [`Verifier`] against the pinned AWS Nitro root
+//!    (or, only where `spec.attestation.allowSimulated` is true, against the simulated root the
+//!    evidence carries, and then the result is marked simulated).
+//! 2. [`Policy`] checks it is *our* enclave: PCR0/1/2 (and PCR8 when set) equal to the spec,
+//!    debug mode only if allowed, the nonce equal to the latest one the operator issued (or the
+//!    one before it while a refresh is in flight), `user_data` equal to
+//!    `Binding::v1(boot config digest, sha256(serving CA DER))`, and the document's age.
+//! 3. The report is verified with a [`ReportVerifier`] for the attested key, kept per cluster
+//!    across reconciles ([`ReportState`]) so a replayed older report is caught.
+//! 4. [`observe`] turns the outcome and the enclave's state into condition observations.
+//!
+//! Everything is a pure function of its inputs, time included.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use nautilus_crds::conditions::{reasons, types};
+use nautilus_crds::{AttestationSummary, ComponentHealth, NautilusMaster};
+use nautilus_protocol::attestation::VerifyError;
+use nautilus_protocol::wire::{
+    Component, EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport,
+};
+use nautilus_protocol::{Binding, Policy, PolicyError, TrustAnchor, Verifier, VerifyAt};
+use sha2::{Digest as _, Sha256};
+
+use crate::conditions::{Observation, Status};
+
+/// The challenges the operator issued to one enclave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedNonces {
+    /// The latest challenge (the boot nonce, or the last `POST /attest`).
+    pub latest: Vec<u8>,
+    /// When `latest` was issued (ms since the epoch).
+    pub latest_issued_ms: u64,
+    /// The challenge before `latest`, still accepted until `previous_valid_until_ms` so that a
+    /// refresh in flight does not flap `Attested`.
+    pub previous: Option<Vec<u8>>,
+    /// End of the grace period of `previous`.
+    pub previous_valid_until_ms: u64,
+}
+
+impl IssuedNonces {
+    /// Only `nonce` is acceptable.
+    pub fn new(nonce: Vec<u8>, now_ms: u64) -> Self {
+        Self {
+            latest: nonce,
+            latest_issued_ms: now_ms,
+            previous: None,
+            previous_valid_until_ms: 0,
+        }
+    }
+
+    /// Issue `nonce`; the one before stays acceptable for `grace_ms`.
+    pub fn refresh(&mut self, nonce: Vec<u8>, now_ms: u64, grace_ms: u64) {
+        let previous = std::mem::replace(&mut self.latest, nonce);
+        self.previous = Some(previous);
+        self.previous_valid_until_ms = now_ms.saturating_add(grace_ms);
+        self.latest_issued_ms = now_ms;
+    }
+
+    fn acceptable_previous(&self, now_ms: u64) -> Option<&[u8]> {
+        self.previous
+            .as_deref()
+            .filter(|_| now_ms <= self.previous_valid_until_ms)
+    }
+}
+
+/// Per-cluster report verification state, kept by the controller across reconciles.
+#[derive(Debug, Default)]
+pub struct ReportState {
+    verifier: Option<KeyedVerifier>,
+}
+
+#[derive(Debug)]
+struct KeyedVerifier {
+    public_key: Vec<u8>,
+    digest_hex: String,
+    max_age_ms: u64,
+    verifier: ReportVerifier,
+    last_accepted: Option<SignedReport>,
+}
+
+impl ReportState {
+    /// Verify `signed` with the verifier for `public_key` and `digest_hex`, making a new one when
+    /// the attested key or the configuration changed. Re-reading the last accepted report is
+    /// allowed (the sidecar serves the latest report until the next one), and still has to be
+    /// fresh; an older report is a replay.
+    fn verify(
+        &mut self,
+        public_key: &[u8],
+        digest_hex: &str,
+        max_age_ms: u64,
+        signed: &SignedReport,
+        now_ms: u64,
+    ) -> Result<Report, ReportError> {
+        let reuse = self.verifier.as_ref().is_some_and(|k| {
+            k.public_key == public_key && k.digest_hex == digest_hex && k.max_age_ms == max_age_ms
+        });
+        if !reuse {
+            self.verifier = Some(KeyedVerifier {
+                public_key: public_key.to_vec(),
+                digest_hex: digest_hex.to_owned(),
+                max_age_ms,
+                verifier: ReportVerifier::new(public_key, digest_hex, max_age_ms)?,
+                last_accepted: None,
+            });
+        }
+        let Some(keyed) = self.verifier.as_mut() else {
+            return Err(ReportError::PublicKey("no verifier".into()));
+        };
+        if keyed.last_accepted.as_ref() == Some(signed) {
+            // Same bytes as last time: check signature and freshness with a verifier that has
+            // not seen it.
+            return ReportVerifier::new(public_key, digest_hex, max_age_ms)?.check(signed, now_ms);
+        }
+        let report = keyed.verifier.verify(signed, now_ms)?;
+        keyed.last_accepted = Some(signed.clone());
+        Ok(report)
+    }
+
+    /// Forget the verifier (after the enclave was replaced).
+    pub fn reset(&mut self) {
+        self.verifier = None;
+    }
+}
+
+/// What verification concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Nothing to verify yet (no attestation, no report, or the enclave still runs the previous
+    /// configuration while it rolls). Never `True`, never terminal.
+    Pending(String),
+    /// Verification failed: `Attested=False` with this reason.
+    Failed {
+        /// One of the reasons in [`reasons`].
+        reason: &'static str,
+        /// What failed, precisely.
+        message: String,
+        /// The attestation summary when only the report failed.
+        attestation: Option<Box<AttestationSummary>>,
+    },
+    /// The attestation and the latest report verified.
+    Verified(Box<Verified>),
+}
+
+/// A verified attestation and report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verified {
+    /// What status shows about the document.
+    pub summary: AttestationSummary,
+    /// The serving CA that `user_data` binds: the CA of the published kubeconfig.
+    pub serving_ca_pem: String,
+    /// The verified report.
+    pub report: Report,
+}
+
+/// Everything [`verify`] needs.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The resource (PCRs and attestation policy come from its spec).
+    pub nm: &'a NautilusMaster,
+    /// What the sidecar served.
+    pub bundle: &'a EvidenceBundle,
+    /// The challenges the operator issued.
+    pub nonces: &'a IssuedNonces,
+    /// The digest of the boot configuration the operator rendered.
+    pub config_digest: [u8; 32],
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+}
+
+/// How old a report may be: three probe intervals, at least 15 s.
+pub fn report_max_age_ms(nm: &NautilusMaster) -> u64 {
+    (u64::from(nm.spec.health.probe_interval_seconds) * 3_000).max(15_000)
+}
+
+fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        reason,
+        message: message.into(),
+        attestation: None,
+    }
+}
+
+fn pcr_policy(nm: &NautilusMaster) -> Result<Policy, String> {
+    let enclave = &nm.spec.enclave;
+    let mut policy = Policy {
+        allow_debug: nm.spec.attestation.allow_debug_mode,
+        max_age_ms: Some(u64::from(nm.spec.attestation.max_document_age_seconds) * 1000),
+        ..Policy::default()
+    };
+    let pinned = [
+        (0u8, Some(&enclave.pcr0)),
+        (1, Some(&enclave.pcr1)),
+        (2, Some(&enclave.pcr2)),
+        (8, enclave.pcr8.as_ref()),
+    ];
+    for (index, value) in pinned {
+        if let Some(value) = value {
+            let bytes = hex::decode(value)
+                .map_err(|err| format!("spec.enclave.pcr{index} is not hex: {err}"))?;
+            policy = policy.with_pcr(index, bytes);
+        }
+    }
+    Ok(policy)
+}
+
+fn time_of(ms: u64) -> Time {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Verify the relayed evidence. See the module documentation for the steps.
+pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
+    let Input {
+        nm,
+        bundle,
+        nonces,
+        config_digest,
+        now_ms,
+    } = *input;
+    let digest_hex = hex::encode(config_digest);
+    let Some(evidence) = &bundle.attestation else {
+        return Outcome::Pending("the enclave has not produced an attestation yet".into());
+    };
+    // The sidecar's claim is only used to wait instead of failing while the enclave rolls; it
+    // can never make anything verify.
+    if let Some(running) = &bundle.boot_config_digest
+        && *running != digest_hex
+    {
+        return Outcome::Pending(format!(
+            "the enclave runs boot config {}, waiting for {} to roll out",
+            short(running),
+            short(&digest_hex)
+        ));
+    }
+
+    // 1. Genuine document?
+    let allow_simulated = nm.spec.attestation.allow_simulated;
+    let at = VerifyAt::UnixMillis(now_ms);
+    let (document, simulated) = match Verifier::default().verify(&evidence.document, at) {
+        Ok(doc) => (doc, false),
+        Err(VerifyError::UntrustedRoot { .. }) if evidence.simulated_root_pem.is_some() => {
+            if !allow_simulated {
+                return failed(
+                    reasons::ATTESTATION_FAILED,
+                    "the attestation document is signed by a simulated NSM, not AWS Nitro \
+                     hardware, and spec.attestation.allowSimulated is false",
+                );
+            }
+            let root = evidence.simulated_root_pem.as_deref().unwrap_or_default();
+            let anchor = match TrustAnchor::from_pem(root) {
+                Ok(anchor) => anchor,
+                Err(err) => {
+                    return failed(
+                        reasons::ATTESTATION_FAILED,
+                        format!("simulated root is unusable: {err}"),
+                    );
+                }
+            };
+            match Verifier::new(anchor).verify(&evidence.document, at) {
+                Ok(doc) => (doc, true),
+                Err(err) => {
+                    return failed(
+                        reasons::ATTESTATION_FAILED,
+                        format!("simulated attestation document does not verify: {err}"),
+                    );
+                }
+            }
+        }
+        Err(err) => {
+            return failed(
+                reasons::ATTESTATION_FAILED,
+                format!("attestation document does not verify: {err}"),
+            );
+        }
+    };
+
+    // 2. Our enclave, our challenge, our configuration?
+    let mut policy = match pcr_policy(nm) {
+        Ok(policy) => policy,
+        Err(message) => return failed(reasons::ATTESTATION_FAILED, message),
+    };
+    let Some(ca_digest) = evidence.serving_ca_digest() else {
+        return failed(
+            reasons::ATTESTATION_FAILED,
+            "the serving CA in the evidence is not a PEM certificate",
+        );
+    };
+    policy.binding = Some(Binding::v1(config_digest, ca_digest));
+    policy.challenge = Some(nonces.latest.clone());
+    let mut checked = policy.check(&document, now_ms);
+    if let Err(PolicyError::NonceMismatch { .. }) = checked
+        && let Some(previous) = nonces.acceptable_previous(now_ms)
+        && document.nonce.as_deref() == Some(previous)
+    {
+        policy.challenge = Some(previous.to_vec());
+        checked = policy.check(&document, now_ms);
+    }
+    if let Err(err) = checked {
+        let message = match err {
+            PolicyError::NonceMismatch { .. } | PolicyError::NonceMissing { .. } => format!(
+                "{err} (the document does not answer the operator's latest challenge: stale or replayed)"
+            ),
+            other => other.to_string(),
+        };
+        return failed(reasons::ATTESTATION_FAILED, message);
+    }
+    let Some(public_key) = document.public_key.as_deref() else {
+        return failed(
+            reasons::ATTESTATION_FAILED,
+            "the attestation document carries no public key to verify reports with",
+        );
+    };
+    let pcr_hex = |i: u8| document.pcr(i).map(hex::encode).unwrap_or_default();
+    let pcrs: BTreeMap<String, String> = [0u8, 1, 2, 8]
+        .into_iter()
+        .filter(|i| document.pcr(*i).is_some())
+        .map(|i| (i.to_string(), pcr_hex(i)))
+        .collect();
+    let summary = AttestationSummary {
+        module_id: document.module_id.clone(),
+        verified_at: time_of(now_ms),
+        document_timestamp: time_of(document.timestamp_ms),
+        pcr0_prefix: pcr_hex(0).chars().take(16).collect(),
+        pcrs,
+        public_key_fingerprint: hex::encode(Sha256::digest(public_key)),
+        document_sha256: hex::encode(Sha256::digest(&evidence.document)),
+        simulated,
+        debug_mode: document.debug_mode(),
+    };
+
+    // 3. The report, signed by the attested key.
+    let Some(signed) = &bundle.report else {
+        return Outcome::Pending(
+            "attestation verified; waiting for the first signed report".into(),
+        );
+    };
+    match reports.verify(
+        public_key,
+        &digest_hex,
+        report_max_age_ms(nm),
+        signed,
+        now_ms,
+    ) {
+        Ok(report) => Outcome::Verified(Box::new(Verified {
+            summary,
+            serving_ca_pem: evidence.serving_ca_pem.clone(),
+            report,
+        })),
+        Err(err) => {
+            let reason = match err {
+                ReportError::Stale { .. }
+                | ReportError::FromFuture { .. }
+                | ReportError::Replayed { .. } => reasons::REPORT_STALE,
+                ReportError::PublicKey(_) | ReportError::WrongConfig { .. } => {
+                    reasons::ATTESTATION_FAILED
+                }
+                _ => reasons::REPORT_SIGNATURE_INVALID,
+            };
+            Outcome::Failed {
+                reason,
+                message: format!("health report refused: {err}"),
+                attestation: Some(Box::new(summary)),
+            }
+        }
+    }
+}
+
+fn short(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
+}
+
+/// What the operator sees of the enclave's workload, before verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EnclaveState {
+    /// No workload yet.
+    Absent,
+    /// The workload exists but the sidecar is not up (pod pending, process starting).
+    Starting(String),
+    /// The workload failed (pod failed, crash loop, process exited).
+    Failed(String),
+    /// The sidecar answered `/report`; the enclave runs if the bundle says so.
+    SidecarUp {
+        /// When the workload started (ms since the epoch), for the startup timeout.
+        started_ms: Option<u64>,
+    },
+    /// The workload runs but the sidecar did not answer.
+    Unreachable(String),
+}
+
+/// The condition observations (all but `Ready`) for the enclave's state and the outcome.
+pub fn observe(
+    nm: &NautilusMaster,
+    enclave: &EnclaveState,
+    bundle: Option<&EvidenceBundle>,
+    outcome: &Outcome,
+    now_ms: u64,
+) -> Vec<Observation> {
+    let mut out = Vec::with_capacity(5);
+    let (running, started_ms) = match enclave {
+        EnclaveState::Absent => {
+            out.push(Observation::new(
+                types::ENCLAVE_RUNNING,
+                Status::Unknown,
+                reasons::PENDING,
+                "the enclave workload has not been created yet",
+            ));
+            (false, None)
+        }
+        EnclaveState::Starting(message) => {
+            out.push(Observation::new(
+                types::ENCLAVE_RUNNING,
+                Status::False,
+                reasons::LAUNCHING,
+                message.clone(),
+            ));
+            (false, None)
+        }
+        EnclaveState::Failed(message) => {
+            out.push(Observation::new(
+                types::ENCLAVE_RUNNING,
+                Status::False,
+                reasons::ENCLAVE_FAILED,
+                message.clone(),
+            ));
+            (false, None)
+        }
+        EnclaveState::Unreachable(message) => {
+            out.push(Observation::new(
+                types::ENCLAVE_RUNNING,
+                Status::False,
+                reasons::LAUNCHING,
+                format!("the sidecar does not answer: {message}"),
+            ));
+            (false, None)
+        }
+        EnclaveState::SidecarUp { started_ms } => {
+            let info = bundle.map(|b| b.enclave.clone()).unwrap_or_default();
+            if info.running {
+                let mut message = format!("enclave running ({} launcher", info.launcher);
+                if let Some(id) = &info.enclave_id {
+                    message.push_str(&format!(", id {id}"));
+                }
+                if let Some(cid) = info.enclave_cid {
+                    message.push_str(&format!(", cid {cid}"));
+                }
+                message.push(')');
+                out.push(Observation::new(
+                    types::ENCLAVE_RUNNING,
+                    Status::True,
+                    reasons::RUNNING,
+                    message,
+                ));
+                (true, *started_ms)
+            } else if let Some(exit) = &info.last_exit {
+                out.push(Observation::new(
+                    types::ENCLAVE_RUNNING,
+                    Status::False,
+                    reasons::ENCLAVE_FAILED,
+                    format!("the enclave exited: {exit}"),
+                ));
+                (false, None)
+            } else {
+                out.push(Observation::new(
+                    types::ENCLAVE_RUNNING,
+                    Status::False,
+                    reasons::LAUNCHING,
+                    "the sidecar is up and launching the enclave",
+                ));
+                (false, None)
+            }
+        }
+    };
+
+    let component_types = [
+        (Component::ApiServer, types::API_SERVER_READY),
+        (Component::Scheduler, types::SCHEDULER_READY),
+        (
+            Component::ControllerManager,
+            types::CONTROLLER_MANAGER_READY,
+        ),
+    ];
+    if !running {
+        out.push(Observation::new(
+            types::ATTESTED,
+            Status::Unknown,
+            reasons::PENDING,
+            "the enclave is not running",
+        ));
+        for (_, type_) in component_types {
+            out.push(Observation::new(
+                type_,
+                Status::Unknown,
+                reasons::PENDING,
+                "the enclave is not running",
+            ));
+        }
+        return out;
+    }
+
+    let startup_ms = u64::from(nm.spec.health.startup_timeout_seconds) * 1000;
+    let timed_out = started_ms.is_some_and(|s| now_ms.saturating_sub(s) > startup_ms);
+    match outcome {
+        Outcome::Verified(v) => {
+            let (reason, message) = if v.summary.simulated {
+                (
+                    reasons::SIMULATED_ATTESTATION,
+                    format!(
+                        "SIMULATED attestation accepted because spec.attestation.allowSimulated \
+                         is true: this is not hardware evidence (module {}, pcr0 {}…); report {} \
+                         signed by the attested key",
+                        v.summary.module_id, v.summary.pcr0_prefix, v.report.sequence
+                    ),
+                )
+            } else {
+                (
+                    reasons::VERIFIED,
+                    format!(
+                        "document from {} verified against the AWS Nitro root, PCRs match the \
+                         spec (pcr0 {}…){}; report {} signed by the attested key",
+                        v.summary.module_id,
+                        v.summary.pcr0_prefix,
+                        if v.summary.debug_mode {
+                            ", DEBUG MODE allowed by the spec"
+                        } else {
+                            ""
+                        },
+                        v.report.sequence
+                    ),
+                )
+            };
+            out.push(Observation::new(
+                types::ATTESTED,
+                Status::True,
+                reason,
+                message,
+            ));
+            let cp_timed_out = v.report.control_plane.startup_timed_out;
+            for (component, type_) in component_types {
+                out.push(match v.report.component(component) {
+                    Some(c) if c.healthy => Observation::new(
+                        type_,
+                        Status::True,
+                        reasons::HEALTHY,
+                        match c.latency_ms {
+                            Some(ms) => format!("{} is healthy ({ms} ms)", component.name()),
+                            None => format!("{} is healthy", component.name()),
+                        },
+                    ),
+                    Some(c) => {
+                        let why = c.message.clone().unwrap_or_else(|| "unhealthy".into());
+                        if cp_timed_out || timed_out {
+                            Observation::new(
+                                type_,
+                                Status::False,
+                                reasons::START_TIMEOUT,
+                                format!(
+                                    "{} not healthy within {}s of starting: {why}",
+                                    component.name(),
+                                    nm.spec.health.startup_timeout_seconds
+                                ),
+                            )
+                        } else {
+                            Observation::new(
+                                type_,
+                                Status::False,
+                                reasons::UNHEALTHY,
+                                format!("{}: {why}", component.name()),
+                            )
+                        }
+                    }
+                    None => Observation::new(
+                        type_,
+                        Status::Unknown,
+                        reasons::PENDING,
+                        format!("{} is not in the report yet", component.name()),
+                    ),
+                });
+            }
+        }
+        Outcome::Failed {
+            reason, message, ..
+        } => {
+            out.push(Observation::new(
+                types::ATTESTED,
+                Status::False,
+                reason,
+                message.clone(),
+            ));
+            for (_, type_) in component_types {
+                out.push(Observation::new(
+                    type_,
+                    Status::Unknown,
+                    reasons::PENDING,
+                    "no trusted report: verification failed",
+                ));
+            }
+        }
+        Outcome::Pending(message) => {
+            out.push(Observation::new(
+                types::ATTESTED,
+                Status::Unknown,
+                reasons::PENDING,
+                message.clone(),
+            ));
+            for (_, type_) in component_types {
+                out.push(if timed_out {
+                    Observation::new(
+                        type_,
+                        Status::False,
+                        reasons::START_TIMEOUT,
+                        format!(
+                            "no verified report within {}s of the enclave starting",
+                            nm.spec.health.startup_timeout_seconds
+                        ),
+                    )
+                } else {
+                    Observation::new(
+                        type_,
+                        Status::Unknown,
+                        reasons::PENDING,
+                        "waiting for a verified report",
+                    )
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `status.components` from a verified report.
+pub fn component_health(report: &Report) -> Vec<ComponentHealth> {
+    report
+        .components
+        .iter()
+        .map(|c| ComponentHealth {
+            name: c.component.name().to_owned(),
+            healthy: c.healthy,
+            last_probe_time: Some(time_of(c.checked_unix_ms)),
+            latency_millis: c.latency_ms,
+            message: c.message.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::desired::{self, tests::mk_nm};
+    use nautilus_protocol::nsm::Nsm as _;
+    use nautilus_protocol::wire::{
+        AttestationEvidence, ComponentReport, EnclaveInfo, ProcessState, ReportSigner,
+    };
+    use nautilus_protocol::{SimulatedNsm, attestation::now_unix_millis};
+
+    pub(crate) const PCR0: [u8; 48] = [0x10; 48];
+    pub(crate) const PCR1: [u8; 48] = [0x11; 48];
+    pub(crate) const PCR2: [u8; 48] = [0x12; 48];
+
+    /// An enclave made of a simulated NSM and a report signer, answering like the agent does.
+    pub(crate) struct FakeEnclave {
+        pub(crate) nsm: SimulatedNsm,
+        pub(crate) signer: ReportSigner,
+        pub(crate) serving_ca_pem: String,
+    }
+
+    impl FakeEnclave {
+        pub(crate) fn new() -> Self {
+            let nsm = SimulatedNsm::new()
+                .and_then(|n| n.with_pcr(0, &PCR0))
+                .and_then(|n| n.with_pcr(1, &PCR1))
+                .and_then(|n| n.with_pcr(2, &PCR2))
+                .expect("simulated nsm");
+            // Any certificate will do as the serving CA: another simulator's root.
+            let serving_ca_pem = SimulatedNsm::new().expect("ca").root_pem().to_owned();
+            Self {
+                nsm,
+                signer: ReportSigner::generate(),
+                serving_ca_pem,
+            }
+        }
+
+        pub(crate) fn evidence(&self, digest: [u8; 32], nonce: &[u8]) -> AttestationEvidence {
+            let ca = AttestationEvidence {
+                document: Vec::new(),
+                serving_ca_pem: self.serving_ca_pem.clone(),
+                simulated_root_pem: None,
+            }
+            .serving_ca_digest()
+            .expect("ca digest");
+            let document = self
+                .nsm
+                .attest(
+                    Some(&Binding::v1(digest, ca)),
+                    Some(nonce),
+                    Some(&self.signer.public_key_der()),
+                )
+                .expect("attest");
+            AttestationEvidence {
+                document,
+                serving_ca_pem: self.serving_ca_pem.clone(),
+                simulated_root_pem: Some(self.nsm.root_pem().to_owned()),
+            }
+        }
+
+        pub(crate) fn report(&self, sequence: u64, digest_hex: &str, now_ms: u64) -> Report {
+            Report {
+                sequence,
+                time_unix_ms: now_ms,
+                boot_config_digest: digest_hex.to_owned(),
+                components: Component::ALL
+                    .iter()
+                    .map(|&component| ComponentReport {
+                        component,
+                        healthy: true,
+                        checked_unix_ms: now_ms,
+                        latency_ms: Some(2),
+                        message: None,
+                    })
+                    .collect(),
+                control_plane: ProcessState {
+                    running: true,
+                    pid: Some(7),
+                    ..ProcessState::default()
+                },
+            }
+        }
+
+        pub(crate) fn bundle(
+            &self,
+            digest: [u8; 32],
+            nonce: &[u8],
+            sequence: u64,
+            now_ms: u64,
+        ) -> EvidenceBundle {
+            let digest_hex = hex::encode(digest);
+            EvidenceBundle {
+                boot_config_digest: Some(digest_hex.clone()),
+                attestation: Some(self.evidence(digest, nonce)),
+                report: Some(
+                    self.signer
+                        .sign(&self.report(sequence, &digest_hex, now_ms)),
+                ),
+                enclave: EnclaveInfo {
+                    launcher: "process".into(),
+                    enclave_id: Some("4242".into()),
+                    enclave_cid: None,
+                    running: true,
+                    last_exit: None,
+                },
+            }
+        }
+    }
+
+    /// The test resource: PCRs of the fake enclave, simulated attestation allowed.
+    pub(crate) fn mk_sim_nm() -> NautilusMaster {
+        let mut nm = mk_nm("demo");
+        nm.spec.enclave.pcr0 = hex::encode(PCR0);
+        nm.spec.enclave.pcr1 = hex::encode(PCR1);
+        nm.spec.enclave.pcr2 = hex::encode(PCR2);
+        nm.spec.attestation.allow_simulated = true;
+        nm
+    }
+
+    struct Case {
+        nm: NautilusMaster,
+        enclave: FakeEnclave,
+        digest: [u8; 32],
+        nonces: IssuedNonces,
+        now: u64,
+    }
+
+    fn case() -> Case {
+        let nm = mk_sim_nm();
+        let digest = desired::enclave_config(&nm).expect("config").digest();
+        let now = now_unix_millis().expect("clock");
+        Case {
+            nm,
+            enclave: FakeEnclave::new(),
+            digest,
+            nonces: IssuedNonces::new(vec![1; 32], now),
+            now,
+        }
+    }
+
+    fn run(c: &Case, bundle: &EvidenceBundle, reports: &mut ReportState) -> Outcome {
+        verify(
+            &Input {
+                nm: &c.nm,
+                bundle,
+                nonces: &c.nonces,
+                config_digest: c.digest,
+                now_ms: c.now,
+            },
+            reports,
+        )
+    }
+
+    fn expect_failed(outcome: &Outcome, reason: &str, needle: &str) {
+        match outcome {
+            Outcome::Failed {
+                reason: r, message, ..
+            } => {
+                assert_eq!(*r, reason, "{message}");
+                assert!(message.contains(needle), "{needle:?} not in {message:?}");
+            }
+            other => panic!("expected {reason}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn genuine_simulated_evidence_verifies_and_is_marked_simulated() {
+        let c = case();
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let Outcome::Verified(v) = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(v.summary.simulated);
+        assert!(!v.summary.debug_mode);
+        assert_eq!(v.summary.pcr0_prefix, "1010101010101010");
+        assert_eq!(v.summary.pcrs.len(), 4, "{:?}", v.summary.pcrs);
+        assert_eq!(v.summary.module_id, c.enclave.nsm.module_id());
+        assert_eq!(
+            v.summary.public_key_fingerprint,
+            hex::encode(Sha256::digest(c.enclave.signer.public_key_der()))
+        );
+        assert_eq!(v.report.sequence, 1);
+
+        let obs = observe(
+            &c.nm,
+            &EnclaveState::SidecarUp {
+                started_ms: Some(c.now),
+            },
+            Some(&bundle),
+            &outcome,
+            c.now,
+        );
+        let attested = obs.iter().find(|o| o.type_ == types::ATTESTED).expect("a");
+        assert_eq!(
+            (attested.status, attested.reason),
+            (Status::True, reasons::SIMULATED_ATTESTATION)
+        );
+        assert!(attested.message.contains("not hardware evidence"));
+        assert!(
+            obs.iter()
+                .all(|o| o.status == Status::True && o.type_ != types::READY)
+        );
+        assert_eq!(obs.len(), 5);
+    }
+
+    #[test]
+    fn simulated_evidence_is_refused_unless_allowed() {
+        let mut c = case();
+        c.nm.spec.attestation.allow_simulated = false;
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "allowSimulated is false",
+        );
+        // Without the simulated root it is just an untrusted root.
+        let mut bare = bundle.clone();
+        if let Some(a) = bare.attestation.as_mut() {
+            a.simulated_root_pem = None;
+        }
+        expect_failed(
+            &run(&c, &bare, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "untrusted root",
+        );
+    }
+
+    #[test]
+    fn a_wrong_pcr_is_refused_with_both_values() {
+        let mut c = case();
+        c.nm.spec.enclave.pcr1 = "ff".repeat(48);
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            &format!(
+                "pcr1 mismatch: expected {}, attested {}",
+                "ff".repeat(48),
+                "11".repeat(48)
+            ),
+        );
+    }
+
+    #[test]
+    fn pcr8_is_checked_when_the_spec_pins_it() {
+        let mut c = case();
+        c.nm.spec.enclave.pcr8 = Some("88".repeat(48));
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "pcr8 mismatch",
+        );
+    }
+
+    #[test]
+    fn a_stale_nonce_is_refused_and_the_previous_one_only_during_the_grace_period() {
+        let mut c = case();
+        let old = c.nonces.latest.clone();
+        let bundle = c.enclave.bundle(c.digest, &old, 1, c.now);
+        c.nonces.refresh(vec![2; 32], c.now, 10_000);
+        let mut reports = ReportState::default();
+        assert!(
+            matches!(run(&c, &bundle, &mut reports), Outcome::Verified(_)),
+            "previous nonce within grace"
+        );
+        c.nonces.refresh(vec![3; 32], c.now, 10_000);
+        expect_failed(
+            &run(&c, &bundle, &mut reports),
+            reasons::ATTESTATION_FAILED,
+            "stale or replayed",
+        );
+        let mut c = case();
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        c.nonces.refresh(vec![2; 32], c.now - 20_000, 10_000);
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "nonce mismatch",
+        );
+    }
+
+    #[test]
+    fn a_debug_document_is_refused_unless_allowed() {
+        let mut c = case();
+        c.enclave.nsm = SimulatedNsm::new().expect("nsm"); // all PCRs zero: debug mode
+        c.nm.spec.enclave.pcr0 = "00".repeat(48);
+        c.nm.spec.enclave.pcr1 = "00".repeat(48);
+        c.nm.spec.enclave.pcr2 = "00".repeat(48);
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "debug mode",
+        );
+        c.nm.spec.attestation.allow_debug_mode = true;
+        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let Outcome::Verified(v) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(v.summary.debug_mode);
+    }
+
+    #[test]
+    fn a_document_for_another_config_or_ca_is_refused() {
+        let c = case();
+        let mut other = c.digest;
+        other[0] ^= 1;
+        let mut bundle = c.enclave.bundle(other, &c.nonces.latest, 1, c.now);
+        bundle.boot_config_digest = Some(hex::encode(c.digest)); // the sidecar lies
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "binding mismatch",
+        );
+        let mut swapped = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        if let Some(a) = swapped.attestation.as_mut() {
+            a.serving_ca_pem = SimulatedNsm::new().expect("n").root_pem().to_owned();
+        }
+        expect_failed(
+            &run(&c, &swapped, &mut ReportState::default()),
+            reasons::ATTESTATION_FAILED,
+            "binding mismatch",
+        );
+    }
+
+    #[test]
+    fn a_forged_report_is_refused() {
+        let c = case();
+        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let forger = ReportSigner::generate();
+        bundle.report = Some(forger.sign(&c.enclave.report(1, &hex::encode(c.digest), c.now)));
+        expect_failed(
+            &run(&c, &bundle, &mut ReportState::default()),
+            reasons::REPORT_SIGNATURE_INVALID,
+            "does not verify against the attested key",
+        );
+    }
+
+    #[test]
+    fn an_altered_report_is_refused_but_the_attestation_summary_is_kept() {
+        let c = case();
+        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let mut unhealthy = c.enclave.report(1, &hex::encode(c.digest), c.now);
+        unhealthy.components[1].healthy = false;
+        let signed = c.enclave.signer.sign(&unhealthy);
+        if let Some(r) = bundle.report.as_mut() {
+            // The healthy bytes with the unhealthy signature: altered in transit.
+            r.signature = signed.signature;
+        }
+        let outcome = run(&c, &bundle, &mut ReportState::default());
+        expect_failed(
+            &outcome,
+            reasons::REPORT_SIGNATURE_INVALID,
+            "does not verify",
+        );
+        let Outcome::Failed { attestation, .. } = outcome else {
+            unreachable!()
+        };
+        assert!(attestation.is_some());
+    }
+
+    #[test]
+    fn stale_and_replayed_reports() {
+        let c = case();
+        let mut reports = ReportState::default();
+        let fresh = c.enclave.bundle(c.digest, &c.nonces.latest, 5, c.now);
+        assert!(matches!(
+            run(&c, &fresh, &mut reports),
+            Outcome::Verified(_)
+        ));
+        // Re-reading the same report is fine.
+        assert!(matches!(
+            run(&c, &fresh, &mut reports),
+            Outcome::Verified(_)
+        ));
+        // An older one is a replay.
+        let mut older = fresh.clone();
+        older.report = Some(c.enclave.signer.sign(&c.enclave.report(
+            4,
+            &hex::encode(c.digest),
+            c.now,
+        )));
+        expect_failed(
+            &run(&c, &older, &mut reports),
+            reasons::REPORT_STALE,
+            "not after the last",
+        );
+        // An old one is stale.
+        let mut stale = fresh.clone();
+        stale.report = Some(c.enclave.signer.sign(&c.enclave.report(
+            6,
+            &hex::encode(c.digest),
+            c.now - 60_000,
+        )));
+        expect_failed(
+            &run(&c, &stale, &mut reports),
+            reasons::REPORT_STALE,
+            "ms old",
+        );
+    }
+
+    #[test]
+    fn pending_while_rolling_or_before_evidence() {
+        let c = case();
+        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        bundle.boot_config_digest = Some("ab".repeat(32));
+        assert!(matches!(
+            run(&c, &bundle, &mut ReportState::default()),
+            Outcome::Pending(m) if m.contains("waiting for")
+        ));
+        let empty = EvidenceBundle::default();
+        assert!(matches!(
+            run(&c, &empty, &mut ReportState::default()),
+            Outcome::Pending(_)
+        ));
+        let mut no_report = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        no_report.report = None;
+        assert!(matches!(
+            run(&c, &no_report, &mut ReportState::default()),
+            Outcome::Pending(m) if m.contains("first signed report")
+        ));
+    }
+
+    #[test]
+    fn observations_for_enclave_states_and_startup_timeout() {
+        let c = case();
+        let pending = Outcome::Pending("x".into());
+        let obs = observe(&c.nm, &EnclaveState::Absent, None, &pending, c.now);
+        assert_eq!(obs.len(), 5);
+        assert!(obs.iter().all(|o| o.status == Status::Unknown));
+
+        let obs = observe(
+            &c.nm,
+            &EnclaveState::Failed("pod failed".into()),
+            None,
+            &pending,
+            c.now,
+        );
+        assert_eq!(
+            (obs[0].status, obs[0].reason),
+            (Status::False, reasons::ENCLAVE_FAILED)
+        );
+
+        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let started = c.now - 121_000;
+        let up = EnclaveState::SidecarUp {
+            started_ms: Some(started),
+        };
+        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
+        assert_eq!(obs[0].status, Status::True);
+        assert!(
+            obs[2..]
+                .iter()
+                .all(|o| o.status == Status::False && o.reason == reasons::START_TIMEOUT),
+            "{obs:?}"
+        );
+
+        bundle.enclave.running = false;
+        bundle.enclave.last_exit = Some("exit status: 1".into());
+        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
+        assert_eq!(
+            (obs[0].status, obs[0].reason),
+            (Status::False, reasons::ENCLAVE_FAILED)
+        );
+        assert!(obs[0].message.contains("exit status: 1"));
+    }
+
+    #[test]
+    fn an_unhealthy_component_is_reported_with_its_message() {
+        let c = case();
+        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let mut report = c.enclave.report(1, &hex::encode(c.digest), c.now);
+        report.components[1].healthy = false;
+        report.components[1].message = Some("connection refused".into());
+        bundle.report = Some(c.enclave.signer.sign(&report));
+        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let up = EnclaveState::SidecarUp {
+            started_ms: Some(c.now),
+        };
+        let obs = observe(&c.nm, &up, Some(&bundle), &outcome, c.now);
+        let sched = obs
+            .iter()
+            .find(|o| o.type_ == types::SCHEDULER_READY)
+            .expect("s");
+        assert_eq!(
+            (sched.status, sched.reason),
+            (Status::False, reasons::UNHEALTHY)
+        );
+        assert!(sched.message.contains("connection refused"));
+        let Outcome::Verified(v) = outcome else {
+            panic!()
+        };
+        let health = component_health(&v.report);
+        assert_eq!(health.len(), 3);
+        assert_eq!(health[1].name, "scheduler");
+        assert!(!health[1].healthy);
+    }
+}

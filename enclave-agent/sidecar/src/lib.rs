@@ -1,1 +1,439 @@
-//! Host-side sidecar of a Nautilus enclave (work in progress).
+//! Host-side sidecar of a Nautilus enclave.
+//!
+//! The sidecar runs in the enclave's pod on the parent instance. It starts the enclave, sends
+//! the agent inside it the boot configuration, keeps the attestation and signed reports the
+//! agent sends back, and serves them to the operator over HTTP. It also carries the enclave's
+//! traffic: the API server port in, and Sui RPC out through an allowlisted CONNECT proxy. It
+//! is not trusted (everything it relays is signed inside the enclave) and holds no Kubernetes
+//! credentials.
+//!
+//! ```text
+//!  operator ──HTTP :8080──► sidecar ──vsock :5000 (frames)──► agent (enclave)
+//!  clients ───TCP :6443───► sidecar ──vsock :6443 (bytes)───► API server (enclave)
+//!  Sui RPC  ◄──TCP :443──── sidecar ◄─vsock :8001 (CONNECT)── agent (enclave)
+//! ```
+//!
+//! Layout:
+//! - [`cli`]: the command line ([`Args`]).
+//! - [`launcher`]: the [`Launcher`](launcher::Launcher) trait, `nitro-cli` and child-process
+//!   implementations.
+//! - [`link`]: the control link to the agent (boot config out, evidence in, nonce refresh).
+//! - [`evidence`]: the latest evidence, report verification, readiness.
+//! - [`http`]: `/healthz`, `/readyz`, `/report`, `/metrics`, `POST /attest`.
+//! - [`proxy`]: the API byte proxy and the egress CONNECT proxy.
+//! - [`metrics`]: Prometheus counters.
+//!
+//! Embedding (tests, development loops): build [`Args`] (for example with
+//! `clap::Parser::try_parse_from`), call [`start`], use the addresses on [`Running`], and
+//! call [`Running::shutdown`] at the end. This API is stable for the workspace's tests.
+
+pub mod cli;
+pub mod evidence;
+pub mod http;
+pub mod launcher;
+pub mod link;
+pub mod metrics;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nautilus_protocol::transport::{self, Endpoint, TransportError};
+use nautilus_protocol::wire::BootConfig;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use cli::{Args, HostPort, LauncherKind, ListenAddr, LogFormat};
+use evidence::Evidence;
+use launcher::{LaunchError, Launcher, NitroConfig, NitroLauncher, ProcessLauncher};
+use link::{LinkConfig, LinkError};
+use metrics::Metrics;
+
+/// Largest boot configuration file read.
+pub const MAX_BOOT_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why the sidecar could not start or stopped working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    /// The boot configuration file could not be read.
+    #[error("cannot read the boot configuration {path}")]
+    BootConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The boot configuration is not a valid `BootConfig` (unknown fields included).
+    #[error("boot configuration {path} is invalid: {reason}")]
+    BootConfig {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported, with line and column.
+        reason: String,
+    },
+    /// The flags do not describe a runnable sidecar.
+    #[error("{0}")]
+    Config(String),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr} for the http api")]
+    HttpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A proxy listener could not bind.
+    #[error("cannot start the {proxy} proxy")]
+    ProxyBind {
+        /// `api` or `egress`.
+        proxy: &'static str,
+        /// The cause.
+        #[source]
+        source: TransportError,
+    },
+    /// The enclave could not be started.
+    #[error("cannot start the enclave")]
+    Launch(#[source] LaunchError),
+    /// The enclave could not be stopped.
+    #[error("cannot stop the enclave")]
+    Stop(#[source] LaunchError),
+    /// The control link gave up.
+    #[error("control link failed")]
+    Link(#[from] LinkError),
+    /// The enclave (or agent process) ended.
+    #[error("the enclave stopped: {last_exit}")]
+    EnclaveExited {
+        /// How it ended, as the launcher saw it.
+        last_exit: String,
+    },
+}
+
+/// Read and strictly parse a boot configuration file (unknown fields are errors).
+pub fn load_boot_config(path: &Path) -> Result<BootConfig, SidecarError> {
+    use std::io::Read as _;
+    let read_err = |source| SidecarError::BootConfigRead {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BOOT_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_BOOT_CONFIG_BYTES {
+        return Err(SidecarError::BootConfig {
+            path: path.to_owned(),
+            reason: format!("larger than {MAX_BOOT_CONFIG_BYTES} bytes"),
+        });
+    }
+    let config: BootConfig =
+        serde_json::from_slice(&bytes).map_err(|e| SidecarError::BootConfig {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if config.nonce.len() > evidence::MAX_NONCE_BYTES {
+        return Err(SidecarError::BootConfig {
+            path: path.to_owned(),
+            reason: format!(
+                "nonce is {} bytes, at most {} allowed",
+                config.nonce.len(),
+                evidence::MAX_NONCE_BYTES
+            ),
+        });
+    }
+    Ok(config)
+}
+
+/// A running sidecar: its bound addresses, its evidence, and the handle to stop it.
+///
+/// Dropping it stops the listeners and the link and kills a process-launched agent, but does
+/// not terminate a Nitro enclave: call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    http_addr: SocketAddr,
+    api_endpoint: Endpoint,
+    egress_endpoint: Endpoint,
+    agent_endpoint: Endpoint,
+    evidence: Arc<Evidence>,
+    launcher: Arc<dyn Launcher>,
+    tasks: Vec<JoinHandle<()>>,
+    fatal: mpsc::Receiver<SidecarError>,
+}
+
+impl Running {
+    /// Where the HTTP API listens (with the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the API proxy listens.
+    pub fn api_endpoint(&self) -> &Endpoint {
+        &self.api_endpoint
+    }
+
+    /// Where the API proxy listens, when that is a TCP socket address.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        match &self.api_endpoint {
+            Endpoint::Tcp(addr) => addr.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Where the egress proxy listens (the endpoint to give the agent as `--egress-proxy`).
+    pub fn egress_endpoint(&self) -> &Endpoint {
+        &self.egress_endpoint
+    }
+
+    /// The agent's control endpoint the link dials.
+    pub fn agent_endpoint(&self) -> &Endpoint {
+        &self.agent_endpoint
+    }
+
+    /// The evidence and readiness the HTTP API serves.
+    pub fn evidence(&self) -> &Evidence {
+        &self.evidence
+    }
+
+    /// Wait until the sidecar can no longer do its job: the enclave stopped, or the agent
+    /// never answered before `--link-timeout-seconds`. Never returns otherwise.
+    pub async fn wait(&mut self) -> SidecarError {
+        match self.fatal.recv().await {
+            Some(err) => err,
+            // The senders live in tasks owned by `self`, so this only happens once they
+            // finished without a fatal error, which they never do.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stop serving, stop the enclave (terminate-enclave, or SIGTERM to the agent's process
+    /// group), and remove Unix socket files this sidecar bound.
+    pub async fn shutdown(mut self) -> Result<(), SidecarError> {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        let stopped = self.launcher.stop().await.map_err(SidecarError::Stop);
+        for endpoint in [&self.api_endpoint, &self.egress_endpoint] {
+            if let Endpoint::Unix(path) = endpoint {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        info!("sidecar stopped");
+        stopped
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn required<T>(value: Option<T>, flag: &str, launcher: &str) -> Result<T, SidecarError> {
+    value.ok_or_else(|| {
+        SidecarError::Config(format!("{flag} is required with --launcher {launcher}"))
+    })
+}
+
+/// Start the sidecar: read the boot configuration, bind the HTTP API and both proxies,
+/// launch the enclave, and start the control link and the launcher watch.
+///
+/// Returns once everything is listening and the enclave was started; the agent connection
+/// and its evidence arrive later (watch `/readyz`). Errors before the launch leave nothing
+/// running.
+pub async fn start(args: Args) -> Result<Running, SidecarError> {
+    let Args {
+        boot_config,
+        launcher: launcher_kind,
+        eif_path,
+        cpu_count,
+        memory_mib,
+        enclave_cid,
+        nitro_cli,
+        agent_command,
+        agent_args,
+        agent,
+        api_upstream,
+        http_listen,
+        api_listen,
+        egress_listen,
+        egress_allow,
+        report_max_age_seconds,
+        link_timeout_seconds,
+        tamper_reports,
+        log_format: _,
+    } = args;
+
+    let boot = load_boot_config(&boot_config)?;
+    let digest = boot.config.digest_hex();
+    let max_age_ms = report_max_age_seconds
+        .unwrap_or_else(|| 3 * u64::from(boot.config.health.probe_interval_seconds.max(1)))
+        .saturating_mul(1000);
+
+    let (launcher, poll): (Arc<dyn Launcher>, Duration) = match launcher_kind {
+        LauncherKind::Nitro => (
+            Arc::new(NitroLauncher::new(NitroConfig {
+                nitro_cli,
+                eif_path: required(eif_path, "--eif-path", "nitro")?,
+                cpu_count: required(cpu_count, "--cpu-count", "nitro")?,
+                memory_mib: required(memory_mib, "--memory-mib", "nitro")?,
+                enclave_cid,
+            })),
+            Duration::from_secs(5),
+        ),
+        LauncherKind::Process => {
+            if agent.is_none() || api_upstream.is_none() {
+                return Err(SidecarError::Config(
+                    "--agent and --api-upstream are required with --launcher process (there is no enclave CID)".to_owned(),
+                ));
+            }
+            (
+                Arc::new(ProcessLauncher::new(
+                    required(agent_command, "--agent-command", "process")?,
+                    agent_args,
+                )),
+                Duration::from_millis(500),
+            )
+        }
+    };
+    if tamper_reports {
+        warn!("--tamper-reports: every relayed report is altered (tests only)");
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let (evidence, nonces) = Evidence::new(
+        digest.clone(),
+        max_age_ms,
+        tamper_reports,
+        Arc::clone(&metrics),
+    );
+    let evidence = Arc::new(evidence);
+
+    // Listen before launching: the enclave dials the egress proxy as it boots.
+    let http = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .map_err(|source| SidecarError::HttpBind {
+            addr: http_listen,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| SidecarError::HttpBind {
+        addr: http_listen,
+        source,
+    })?;
+    let api = transport::bind(&api_listen.0)
+        .await
+        .map_err(|source| SidecarError::ProxyBind {
+            proxy: "api",
+            source,
+        })?;
+    let egress =
+        transport::bind(&egress_listen)
+            .await
+            .map_err(|source| SidecarError::ProxyBind {
+                proxy: "egress",
+                source,
+            })?;
+    let api_endpoint = api.endpoint().clone();
+    let egress_endpoint = egress.endpoint().clone();
+
+    let info = launcher.start().await.map_err(SidecarError::Launch)?;
+    let cid = info.enclave_cid.or(enclave_cid);
+    evidence.set_enclave(info);
+    let vsock = |port| cid.map(|cid| Endpoint::Vsock { cid, port });
+    let (Some(agent_endpoint), Some(api_upstream)) = (
+        agent.or_else(|| vsock(cli::AGENT_CONTROL_PORT)),
+        api_upstream.or_else(|| vsock(cli::AGENT_API_PORT)),
+    ) else {
+        let _ = launcher.stop().await;
+        return Err(SidecarError::Config(
+            "the launcher reported no enclave CID: pass --agent and --api-upstream".to_owned(),
+        ));
+    };
+    info!(
+        boot_config_digest = %digest,
+        agent = %agent_endpoint,
+        http = %http_addr,
+        api = %api_endpoint,
+        egress = %egress_endpoint,
+        report_max_age_ms = max_age_ms,
+        "sidecar started"
+    );
+
+    let (fatal_tx, fatal) = mpsc::channel(4);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(http::serve(http, Arc::clone(&evidence))));
+    tasks.push(tokio::spawn(proxy::serve_api(
+        api,
+        api_upstream,
+        Arc::clone(&metrics),
+    )));
+    tasks.push(tokio::spawn(proxy::serve_egress(
+        egress,
+        egress_allow,
+        Arc::clone(&metrics),
+    )));
+    let link_config = LinkConfig {
+        endpoint: agent_endpoint.clone(),
+        boot_config: boot,
+        startup_deadline: Duration::from_secs(link_timeout_seconds),
+    };
+    let link_evidence = Arc::clone(&evidence);
+    let link_fatal = fatal_tx.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(err) = link::run(link_evidence, link_config, nonces).await {
+            let _ = link_fatal.send(err.into()).await;
+        }
+    }));
+    tasks.push(tokio::spawn(watch(
+        Arc::clone(&launcher),
+        Arc::clone(&evidence),
+        poll,
+        fatal_tx,
+    )));
+
+    Ok(Running {
+        http_addr,
+        api_endpoint,
+        egress_endpoint,
+        agent_endpoint,
+        evidence,
+        launcher,
+        tasks,
+        fatal,
+    })
+}
+
+/// Poll the launcher; report the enclave's end as fatal.
+async fn watch(
+    launcher: Arc<dyn Launcher>,
+    evidence: Arc<Evidence>,
+    every: Duration,
+    fatal: mpsc::Sender<SidecarError>,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match launcher.status().await {
+            Ok(info) => {
+                let running = info.running;
+                let last_exit = info.last_exit.clone();
+                evidence.set_enclave(info);
+                if !running {
+                    let last_exit = last_exit.unwrap_or_else(|| "unknown".to_owned());
+                    warn!(%last_exit, "enclave stopped");
+                    let _ = fatal.send(SidecarError::EnclaveExited { last_exit }).await;
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the enclave's state"),
+        }
+    }
+}

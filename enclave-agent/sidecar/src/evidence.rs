@@ -1,0 +1,436 @@
+//! The latest evidence relayed by the agent, its verification, and the readiness it implies.
+//!
+//! The sidecar is not trusted by anyone: the operator verifies the attestation document's
+//! chain, policy and binding, and every report's signature, itself. The sidecar still checks
+//! each report against the key in the latest attestation document (decoded without chain
+//! verification, [`nautilus_protocol::attestation::decode_unverified`]) so that its own
+//! `/readyz` never says ready on evidence that cannot verify.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nautilus_protocol::attestation::decode_unverified;
+use nautilus_protocol::wire::{
+    AttestationEvidence, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
+    ReportVerifier, SignedReport,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+/// Largest nonce the NSM accepts.
+pub const MAX_NONCE_BYTES: usize = 512;
+
+/// Why a nonce refresh could not be queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NonceError {
+    /// The control link is down.
+    #[error("no link to the agent")]
+    NoLink,
+    /// Too many refreshes are waiting.
+    #[error("too many nonce refreshes pending")]
+    Busy,
+    /// The nonce is empty or longer than [`MAX_NONCE_BYTES`].
+    #[error("nonce must be 1 to {MAX_NONCE_BYTES} bytes, got {0}")]
+    Size(usize),
+}
+
+/// The metric label of a report rejection.
+pub fn reject_reason(err: &ReportError) -> &'static str {
+    match err {
+        ReportError::TooLarge { .. } => "too_large",
+        ReportError::PublicKey(_) => "public_key",
+        ReportError::BadSignature => "bad_signature",
+        ReportError::Malformed(_) => "malformed",
+        ReportError::WrongConfig { .. } => "wrong_config",
+        ReportError::Replayed { .. } => "replayed",
+        ReportError::Stale { .. } => "stale",
+        ReportError::FromFuture { .. } => "from_future",
+        _ => "other",
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Debug)]
+struct State {
+    attestation: Option<AttestationEvidence>,
+    attested_key: Option<Vec<u8>>,
+    verifier: Option<ReportVerifier>,
+    key_problem: Option<String>,
+    report: Option<SignedReport>,
+    verdict: Option<Result<Report, String>>,
+    link_up: bool,
+    enclave: EnclaveInfo,
+}
+
+/// Evidence shared by the link (which writes it) and the HTTP API (which reads it).
+#[derive(Debug)]
+pub struct Evidence {
+    boot_config_digest: String,
+    max_age_ms: u64,
+    tamper: bool,
+    metrics: Arc<Metrics>,
+    nonces: mpsc::Sender<Vec<u8>>,
+    state: Mutex<State>,
+}
+
+impl Evidence {
+    /// Evidence for a boot configuration with digest `boot_config_digest`, reports fresh for
+    /// `max_age_ms`. Returns the receiving end of nonce refreshes, for the link.
+    pub fn new(
+        boot_config_digest: String,
+        max_age_ms: u64,
+        tamper: bool,
+        metrics: Arc<Metrics>,
+    ) -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (nonces, rx) = mpsc::channel(8);
+        let evidence = Self {
+            boot_config_digest,
+            max_age_ms,
+            tamper,
+            metrics,
+            nonces,
+            state: Mutex::new(State {
+                attestation: None,
+                attested_key: None,
+                verifier: None,
+                key_problem: None,
+                report: None,
+                verdict: None,
+                link_up: false,
+                enclave: EnclaveInfo::default(),
+            }),
+        };
+        (evidence, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The metrics this evidence counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The report freshness limit.
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age_ms
+    }
+
+    /// Record whether the control link is up.
+    pub fn set_link_up(&self, up: bool) {
+        self.metrics.link_up.set(i64::from(up));
+        self.lock().link_up = up;
+    }
+
+    /// Whether the control link is up.
+    pub fn link_up(&self) -> bool {
+        self.lock().link_up
+    }
+
+    /// Record the launcher's view of the enclave.
+    pub fn set_enclave(&self, info: EnclaveInfo) {
+        self.lock().enclave = info;
+    }
+
+    /// The launcher's view of the enclave.
+    pub fn enclave(&self) -> EnclaveInfo {
+        self.lock().enclave.clone()
+    }
+
+    /// Ask the agent for a fresh attestation carrying `nonce`.
+    pub fn request_nonce(&self, nonce: Vec<u8>) -> Result<(), NonceError> {
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
+            return Err(NonceError::Size(nonce.len()));
+        }
+        if !self.link_up() {
+            return Err(NonceError::NoLink);
+        }
+        self.nonces.try_send(nonce).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NonceError::Busy,
+            mpsc::error::TrySendError::Closed(_) => NonceError::NoLink,
+        })
+    }
+
+    /// Keep new attestation evidence and the report key it carries.
+    pub fn on_attestation(&self, evidence: AttestationEvidence) {
+        self.metrics.attestations_received.inc();
+        let key = decode_unverified(&evidence.document)
+            .map_err(|e| format!("attestation document does not decode: {e}"))
+            .and_then(|doc| {
+                doc.public_key
+                    .ok_or_else(|| "attestation document has no public_key".to_owned())
+            });
+        let mut state = self.lock();
+        state.attestation = Some(evidence);
+        match key {
+            Ok(key) if state.attested_key.as_ref() == Some(&key) && state.verifier.is_some() => {
+                // Same agent boot, new nonce: keep the sequence we have seen.
+                debug!("attestation refreshed, same report key");
+            }
+            Ok(key) => match ReportVerifier::new(&key, &self.boot_config_digest, self.max_age_ms) {
+                Ok(verifier) => {
+                    info!("attestation received, report key changed");
+                    state.verifier = Some(verifier);
+                    state.attested_key = Some(key);
+                    state.key_problem = None;
+                }
+                Err(e) => {
+                    warn!(error = %e, "attested public key is unusable");
+                    state.verifier = None;
+                    state.attested_key = None;
+                    state.key_problem = Some(e.to_string());
+                }
+            },
+            Err(problem) => {
+                warn!(%problem, "attestation unusable for report verification");
+                state.verifier = None;
+                state.attested_key = None;
+                state.key_problem = Some(problem);
+            }
+        }
+    }
+
+    /// Verify and keep a relayed report (verified at `now_ms`). The report is kept even when
+    /// it fails: `/report` shows what was relayed, `/readyz` what it is worth.
+    pub fn on_report(&self, mut signed: SignedReport, now_ms: u64) {
+        self.metrics.reports_received.inc();
+        if self.tamper && !signed.report.is_empty() {
+            let middle = signed.report.len() / 2;
+            signed.report[middle] ^= 0x01;
+        }
+        let mut state = self.lock();
+        let verdict = match state.verifier.as_mut() {
+            Some(verifier) => verifier.verify(&signed, now_ms).map_err(|e| {
+                self.metrics.reject(reject_reason(&e));
+                e.to_string()
+            }),
+            None => {
+                self.metrics.reject("no_attestation");
+                Err(match &state.key_problem {
+                    Some(problem) => problem.clone(),
+                    None => "no attestation received yet".to_owned(),
+                })
+            }
+        };
+        match &verdict {
+            Ok(report) => debug!(sequence = report.sequence, "report verified"),
+            Err(reason) => warn!(%reason, "report rejected"),
+        }
+        state.report = Some(signed);
+        state.verdict = Some(verdict);
+    }
+
+    /// `Ok` when the latest report verified, is at most `max_age_ms` old at `now_ms`, and
+    /// says every component is healthy; otherwise a one-line reason.
+    pub fn readiness(&self, now_ms: u64) -> Result<(), String> {
+        let state = self.lock();
+        if !state.enclave.running {
+            return Err(match &state.enclave.last_exit {
+                Some(exit) => format!("enclave is not running ({exit})"),
+                None => "enclave is not running".to_owned(),
+            });
+        }
+        let report = match &state.verdict {
+            None => return Err("no report received yet".to_owned()),
+            Some(Err(reason)) => return Err(format!("latest report rejected: {reason}")),
+            Some(Ok(report)) => report,
+        };
+        let age_ms = now_ms.saturating_sub(report.time_unix_ms);
+        if age_ms > self.max_age_ms {
+            return Err(format!(
+                "latest report is {age_ms} ms old, the limit is {} ms",
+                self.max_age_ms
+            ));
+        }
+        if !report.all_healthy() {
+            let unhealthy: Vec<String> = Component::ALL
+                .iter()
+                .filter_map(|&c| match report.component(c) {
+                    None => Some(format!("{} (not reported)", c.name())),
+                    Some(r) if !r.healthy => Some(match &r.message {
+                        Some(m) => format!("{} ({})", c.name(), one_line(m)),
+                        None => c.name().to_owned(),
+                    }),
+                    Some(_) => None,
+                })
+                .collect();
+            return Err(format!("not healthy: {}", unhealthy.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// The evidence as `/report` serves it.
+    pub fn bundle(&self) -> EvidenceBundle {
+        let state = self.lock();
+        EvidenceBundle {
+            boot_config_digest: Some(self.boot_config_digest.clone()),
+            attestation: state.attestation.clone(),
+            report: state.report.clone(),
+            enclave: state.enclave.clone(),
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nautilus_protocol::nsm::{Nsm as _, SimulatedNsm};
+    use nautilus_protocol::wire::{ComponentReport, ProcessState, ReportSigner};
+
+    const DIGEST: &str = "abababababababababababababababababababababababababababababababab";
+
+    fn report(sequence: u64, time: u64, healthy: bool) -> Report {
+        Report {
+            sequence,
+            time_unix_ms: time,
+            boot_config_digest: DIGEST.to_owned(),
+            components: Component::ALL
+                .iter()
+                .map(|&component| ComponentReport {
+                    component,
+                    healthy: healthy || component != Component::Scheduler,
+                    checked_unix_ms: time,
+                    latency_ms: Some(1),
+                    message: (!healthy && component == Component::Scheduler)
+                        .then(|| "connection refused\nretrying".to_owned()),
+                })
+                .collect(),
+            control_plane: ProcessState {
+                running: true,
+                ..ProcessState::default()
+            },
+        }
+    }
+
+    fn attestation(nsm: &SimulatedNsm, signer: &ReportSigner) -> AttestationEvidence {
+        AttestationEvidence {
+            document: nsm
+                .attest(None, Some(b"n"), Some(&signer.public_key_der()))
+                .expect("attest"),
+            serving_ca_pem: String::new(),
+            simulated_root_pem: None,
+        }
+    }
+
+    fn evidence(tamper: bool) -> Evidence {
+        let (evidence, _rx) = Evidence::new(DIGEST.into(), 3_000, tamper, Arc::default());
+        evidence.set_enclave(EnclaveInfo {
+            running: true,
+            ..EnclaveInfo::default()
+        });
+        evidence
+    }
+
+    #[test]
+    fn readiness_follows_the_latest_report() {
+        let nsm = SimulatedNsm::new().expect("nsm");
+        let signer = ReportSigner::generate();
+        let ev = evidence(false);
+        assert_eq!(ev.readiness(1_000), Err("no report received yet".into()));
+        ev.on_report(signer.sign(&report(1, 1_000, true)), 1_000);
+        assert!(
+            ev.readiness(1_000)
+                .expect_err("no key")
+                .contains("no attestation")
+        );
+
+        ev.on_attestation(attestation(&nsm, &signer));
+        ev.on_report(signer.sign(&report(2, 1_000, true)), 1_000);
+        assert_eq!(ev.readiness(1_500), Ok(()));
+        assert!(ev.readiness(4_001).expect_err("stale").contains("ms old"));
+
+        ev.on_report(signer.sign(&report(3, 2_000, false)), 2_000);
+        assert_eq!(
+            ev.readiness(2_000),
+            Err("not healthy: scheduler (connection refused retrying)".into())
+        );
+
+        // A refreshed attestation with the same key keeps the sequence: a replay still fails.
+        ev.on_attestation(attestation(&nsm, &signer));
+        ev.on_report(signer.sign(&report(3, 2_000, true)), 2_000);
+        assert!(
+            ev.readiness(2_000)
+                .expect_err("replay")
+                .contains("sequence")
+        );
+
+        ev.set_enclave(EnclaveInfo {
+            running: false,
+            last_exit: Some("exit status: 1".into()),
+            ..EnclaveInfo::default()
+        });
+        assert_eq!(
+            ev.readiness(2_000),
+            Err("enclave is not running (exit status: 1)".into())
+        );
+        let text = ev.metrics().encode();
+        assert!(text.contains("reason=\"replayed\"} 1"), "{text}");
+        assert!(text.contains("reason=\"no_attestation\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_tampering_relay_is_caught() {
+        let nsm = SimulatedNsm::new().expect("nsm");
+        let signer = ReportSigner::generate();
+        let ev = evidence(true);
+        ev.on_attestation(attestation(&nsm, &signer));
+        let signed = signer.sign(&report(1, 1_000, true));
+        ev.on_report(signed.clone(), 1_000);
+        assert!(
+            ev.readiness(1_000)
+                .expect_err("tampered")
+                .contains("signature")
+        );
+        let relayed = ev.bundle().report.expect("kept");
+        assert_ne!(relayed.report, signed.report);
+        assert_eq!(relayed.signature, signed.signature);
+    }
+
+    #[test]
+    fn a_garbage_document_disables_verification() {
+        let signer = ReportSigner::generate();
+        let ev = evidence(false);
+        ev.on_attestation(AttestationEvidence {
+            document: b"garbage".to_vec(),
+            serving_ca_pem: String::new(),
+            simulated_root_pem: None,
+        });
+        ev.on_report(signer.sign(&report(1, 1_000, true)), 1_000);
+        assert!(
+            ev.readiness(1_000)
+                .expect_err("no key")
+                .contains("does not decode")
+        );
+    }
+
+    #[test]
+    fn nonces_need_a_link_and_a_sane_size() {
+        let (ev, mut rx) = Evidence::new(DIGEST.into(), 1, false, Arc::default());
+        assert_eq!(ev.request_nonce(vec![1]), Err(NonceError::NoLink));
+        ev.set_link_up(true);
+        assert_eq!(ev.request_nonce(Vec::new()), Err(NonceError::Size(0)));
+        assert_eq!(ev.request_nonce(vec![0; 513]), Err(NonceError::Size(513)));
+        ev.request_nonce(vec![7; 512]).expect("queued");
+        assert_eq!(rx.try_recv().expect("sent"), vec![7; 512]);
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP API the operator reads: health, readiness, evidence, metrics, nonce refresh.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 only while the latest report verifies, is fresh and says every component is healthy; else 503 and a one-line reason |
+//! | GET | `/report` | the [`EvidenceBundle`](nautilus_protocol::wire::EvidenceBundle) as JSON |
+//! | GET | `/metrics` | Prometheus text |
+//! | POST | `/attest` | `{"nonce":"<base64>"}` (1–512 bytes): 202 once the agent is asked to attest again; 503 without a link |
+//!
+//! Request bodies are limited to [`MAX_BODY_BYTES`]; plain HTTP/1.1, no credentials.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tracing::{debug, info};
+
+use crate::evidence::{Evidence, NonceError, now_ms};
+
+/// Largest request body read.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `POST /attest` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestRequest {
+    nonce: String,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut body = body.into();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn attest(evidence: &Evidence, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {MAX_BODY_BYTES} bytes"),
+            );
+        }
+    };
+    let nonce = match serde_json::from_slice::<AttestRequest>(&body) {
+        Ok(req) => match base64::engine::general_purpose::STANDARD.decode(req.nonce.as_bytes()) {
+            Ok(nonce) => nonce,
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("nonce is not base64: {e}")),
+        },
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"nonce\":\"<base64>\"}}: {e}"),
+            );
+        }
+    };
+    match evidence.request_nonce(nonce) {
+        Ok(()) => text(StatusCode::ACCEPTED, "attestation requested"),
+        Err(e @ NonceError::Size(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ NonceError::Busy) => text(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Answer one request.
+pub async fn handle(
+    evidence: Arc<Evidence>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => match evidence.readiness(now_ms()) {
+            Ok(()) => text(StatusCode::OK, "ok"),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+        },
+        (&Method::GET, "/report") => match serde_json::to_vec(&evidence.bundle()) {
+            Ok(json) => {
+                let mut response = Response::new(Full::new(Bytes::from(json)));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(evidence.metrics().encode())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::POST, "/attest") => attest(&evidence, request).await,
+        (_, "/healthz" | "/readyz" | "/report" | "/metrics" | "/attest") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    };
+    debug!(%method, %path, status = response.status().as_u16(), "http request");
+    Ok(response)
+}
+
+/// Serve the API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, evidence: Arc<Evidence>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "http api listening");
+    }
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "http accept failed");
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let evidence = Arc::clone(&evidence);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&evidence), req));
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}

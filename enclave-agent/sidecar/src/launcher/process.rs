@@ -1,0 +1,213 @@
+//! Development: the agent as a child process.
+//!
+//! The child gets its own process group, so stopping it also stops what it started (the
+//! control plane): SIGTERM to the group, then SIGKILL after a grace period. Its standard
+//! output and error are the sidecar's.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tracing::{info, warn};
+
+use super::{EnclaveInfo, LaunchError, Launcher};
+
+/// How long the agent may take to exit after SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct Inner {
+    child: Option<Child>,
+    pid: Option<u32>,
+    started: bool,
+    last_exit: Option<String>,
+}
+
+/// Runs the agent command as a child process.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    command: PathBuf,
+    args: Vec<String>,
+    inner: Mutex<Inner>,
+}
+
+impl ProcessLauncher {
+    /// A launcher for `command args…`; nothing runs until [`Launcher::start`].
+    pub fn new(command: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        Self {
+            command: command.into(),
+            args,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn info(inner: &Inner, running: bool) -> EnclaveInfo {
+        EnclaveInfo {
+            launcher: "process".to_owned(),
+            enclave_id: inner.pid.map(|pid| pid.to_string()),
+            enclave_cid: None,
+            running,
+            last_exit: inner.last_exit.clone(),
+        }
+    }
+
+    fn start_inner(&self) -> Result<EnclaveInfo, LaunchError> {
+        let mut inner = self.lock();
+        if inner.started {
+            return Err(LaunchError::State("already started"));
+        }
+        let child = tokio::process::Command::new(&self.command)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| LaunchError::Spawn {
+                command: self.command.display().to_string(),
+                source,
+            })?;
+        inner.pid = child.id();
+        inner.child = Some(child);
+        inner.started = true;
+        info!(command = %self.command.display(), pid = ?inner.pid, "agent process started");
+        Ok(Self::info(&inner, true))
+    }
+
+    fn status_inner(&self) -> Result<EnclaveInfo, LaunchError> {
+        let mut inner = self.lock();
+        if !inner.started {
+            return Err(LaunchError::State("not started"));
+        }
+        let exited = match inner.child.as_mut() {
+            None => true,
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => {
+                    inner.last_exit = Some(status.to_string());
+                    inner.child = None;
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    warn!(error = %e, "cannot poll the agent process");
+                    false
+                }
+            },
+        };
+        Ok(Self::info(&inner, !exited))
+    }
+
+    async fn stop_inner(&self) -> Result<(), LaunchError> {
+        let (child, pid) = {
+            let mut inner = self.lock();
+            (inner.child.take(), inner.pid)
+        };
+        let (Some(mut child), Some(pid)) = (child, pid) else {
+            return Ok(());
+        };
+        let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        if let Err(errno) = killpg(group, Signal::SIGTERM) {
+            warn!(pid, error = %errno, "SIGTERM to the agent's process group failed");
+        }
+        let status = match tokio::time::timeout(GRACE, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                warn!(
+                    pid,
+                    "agent did not exit within {} s of SIGTERM, killing it",
+                    GRACE.as_secs()
+                );
+                // The group may hold the control plane too.
+                let _ = killpg(group, Signal::SIGKILL);
+                child
+                    .kill()
+                    .await
+                    .map_err(|source| LaunchError::Signal { pid, source })?;
+                child.wait().await
+            }
+        }
+        .map_err(|source| LaunchError::Signal { pid, source })?;
+        // Whatever the agent left in its group goes with it.
+        let _ = killpg(group, Signal::SIGKILL);
+        info!(pid, %status, "agent process stopped");
+        self.lock().last_exit = Some(status.to_string());
+        Ok(())
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn start(&self) -> BoxFuture<'_, Result<EnclaveInfo, LaunchError>> {
+        let result = self.start_inner();
+        async move { result }.boxed()
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<EnclaveInfo, LaunchError>> {
+        let result = self.status_inner();
+        async move { result }.boxed()
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<(), LaunchError>> {
+        self.stop_inner().boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_runs_reports_its_exit_and_stops() {
+        let launcher = ProcessLauncher::new("sleep", vec!["30".to_owned()]);
+        let info = launcher.start().await.expect("starts");
+        assert!(info.running);
+        assert!(info.enclave_id.is_some());
+        assert!(launcher.start().await.is_err(), "second start refused");
+        assert!(launcher.status().await.expect("status").running);
+        launcher.stop().await.expect("stops");
+        let after = launcher.status().await.expect("status");
+        assert!(!after.running);
+        assert!(
+            after
+                .last_exit
+                .as_deref()
+                .is_some_and(|e| e.contains("signal")),
+            "{after:?}"
+        );
+        launcher.stop().await.expect("stopping twice is fine");
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_seen_by_status() {
+        let launcher = ProcessLauncher::new("sh", vec!["-c".to_owned(), "exit 3".to_owned()]);
+        launcher.start().await.expect("starts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = launcher.status().await.expect("status");
+            if !info.running {
+                assert_eq!(info.last_exit.as_deref(), Some("exit status: 3"));
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_command_is_a_spawn_error() {
+        let launcher = ProcessLauncher::new("/nonexistent/nautilus-agent", Vec::new());
+        assert!(matches!(
+            launcher.start().await,
+            Err(LaunchError::Spawn { .. })
+        ));
+    }
+}

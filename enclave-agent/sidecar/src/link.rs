@@ -1,0 +1,198 @@
+//! The control link to the agent: connect, send the boot configuration, relay evidence.
+//!
+//! The link dials the agent (vsock in production) with exponential backoff. On each
+//! connection it sends [`BootConfig`] first — with the latest nonce the operator asked for —
+//! then keeps every [`AttestationEvidence`] and [`SignedReport`] it receives in
+//! [`Evidence`], and forwards nonce refreshes. Any frame error (malformed, oversized, wrong
+//! version, unexpected kind) or a closed stream drops the connection with a logged reason and
+//! a metric, and the link dials again. If no connection succeeds before the startup deadline
+//! the link gives up: the enclave did not come up.
+//!
+//! [`AttestationEvidence`]: nautilus_protocol::wire::AttestationEvidence
+//! [`SignedReport`]: nautilus_protocol::wire::SignedReport
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
+use nautilus_protocol::wire::{
+    BootConfig, Message, NonceRefresh, WireError, read_message, write_message,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::evidence::{Evidence, now_ms};
+
+/// First delay between connection attempts.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why the link stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The agent never answered before the startup deadline.
+    #[error("no connection to the agent at {endpoint} within {seconds} s")]
+    Deadline {
+        /// The agent's endpoint.
+        endpoint: String,
+        /// The deadline.
+        seconds: u64,
+        /// The last connection error.
+        #[source]
+        source: Option<TransportError>,
+    },
+}
+
+/// How the link runs.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The agent's control endpoint.
+    pub endpoint: Endpoint,
+    /// The boot configuration to send on every connection.
+    pub boot_config: BootConfig,
+    /// How long the first connection may take.
+    pub startup_deadline: Duration,
+}
+
+/// The metric label of a dropped connection.
+pub fn drop_reason(err: &WireError) -> &'static str {
+    match err {
+        WireError::Io(_) => "io",
+        WireError::Closed => "closed",
+        WireError::Truncated => "truncated",
+        WireError::Version { .. } => "version",
+        WireError::UnknownKind(_) => "unknown_kind",
+        WireError::Reserved(_) => "reserved",
+        WireError::TooLarge { .. } => "too_large",
+        WireError::Malformed { .. } => "malformed",
+        WireError::Unexpected { .. } => "unexpected",
+        _ => "other",
+    }
+}
+
+/// Run the link until the startup deadline passes without a connection (the only error) or
+/// the nonce channel closes (the sidecar is shutting down).
+pub async fn run(
+    evidence: Arc<Evidence>,
+    mut config: LinkConfig,
+    mut nonces: mpsc::Receiver<Vec<u8>>,
+) -> Result<(), LinkError> {
+    let started = Instant::now();
+    let mut connected_once = false;
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        match transport::connect(&config.endpoint).await {
+            Ok(stream) => {
+                if connected_once {
+                    evidence.metrics().link_reconnects.inc();
+                }
+                connected_once = true;
+                backoff = INITIAL_BACKOFF;
+                // Nonces asked for while the link was down: the latest one goes in BootConfig.
+                while let Ok(nonce) = nonces.try_recv() {
+                    config.boot_config.nonce = nonce;
+                }
+                info!(endpoint = %config.endpoint, "connected to the agent");
+                evidence.set_link_up(true);
+                let end = session(stream, &evidence, &mut config.boot_config, &mut nonces).await;
+                evidence.set_link_up(false);
+                match end {
+                    SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Wire(err) => {
+                        let reason = drop_reason(&err);
+                        evidence.metrics().drop_link(reason);
+                        warn!(endpoint = %config.endpoint, reason, error = %err, "agent link dropped, reconnecting");
+                    }
+                }
+            }
+            Err(err) => {
+                if !connected_once && started.elapsed() >= config.startup_deadline {
+                    return Err(LinkError::Deadline {
+                        endpoint: config.endpoint.to_string(),
+                        seconds: config.startup_deadline.as_secs(),
+                        source: Some(err),
+                    });
+                }
+                tracing::debug!(error = %err, "agent not reachable yet");
+            }
+        }
+        if nonces.is_closed() {
+            return Ok(());
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Wire(WireError),
+}
+
+/// Aborts the reader task when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn session(
+    stream: BoxedStream,
+    evidence: &Evidence,
+    boot_config: &mut BootConfig,
+    nonces: &mut mpsc::Receiver<Vec<u8>>,
+) -> SessionEnd {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    if let Err(err) = write_message(
+        &mut writer,
+        &Message::BootConfig(Box::new(boot_config.clone())),
+    )
+    .await
+    {
+        return SessionEnd::Wire(err);
+    }
+    // read_message is not cancel-safe, so it runs in its own task and hands over whole
+    // messages through a channel, which is.
+    let (tx, mut rx) = mpsc::channel(16);
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let message = read_message(&mut reader).await;
+            let failed = message.is_err();
+            if tx.send(message).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    loop {
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
+                Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
+                Some(Ok(other)) => {
+                    return SessionEnd::Wire(WireError::Unexpected {
+                        found: other.kind(),
+                        expected: "Attestation or Report",
+                    });
+                }
+                Some(Err(err)) => return SessionEnd::Wire(err),
+                None => return SessionEnd::Wire(WireError::Closed),
+            },
+            nonce = nonces.recv() => {
+                let Some(nonce) = nonce else {
+                    return SessionEnd::Shutdown;
+                };
+                boot_config.nonce = nonce.clone();
+                let refresh = Message::NonceRefresh(NonceRefresh { nonce });
+                if let Err(err) = write_message(&mut writer, &refresh).await {
+                    return SessionEnd::Wire(err);
+                }
+                info!("nonce refresh sent to the agent");
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Byte proxies: the API server port into the enclave, and the enclave's only way out.
+//!
+//! - [`serve_api`]: every connection accepted on `--api-listen` is joined byte for byte to a
+//!   new connection to `--api-upstream` (the agent's vsock port 6443). TLS stays end to end
+//!   between the client and the API server in the enclave.
+//! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
+//!   Only `CONNECT host:port` to an exact `--egress-allow` entry (host compared
+//!   case-insensitively) is tunnelled; another target gets 403, another method 405, a request
+//!   head over [`MAX_HEAD_BYTES`] 431. The agent still verifies the far end's TLS itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nautilus_protocol::transport::{self, BoxedStream, Endpoint, Listener};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::{debug, info, warn};
+
+use crate::cli::HostPort;
+use crate::metrics::Metrics;
+
+/// Largest CONNECT request head read.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// How long a client may take to send its request head, and a target to accept.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an egress request was refused: the HTTP answer and a metric label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status code.
+    pub status: u16,
+    /// Status text.
+    pub text: &'static str,
+    /// Metric label.
+    pub reason: &'static str,
+}
+
+const BAD_REQUEST: Refusal = Refusal {
+    status: 400,
+    text: "Bad Request",
+    reason: "bad_request",
+};
+
+/// Parse a complete request head (through the blank line) and decide.
+pub fn check_connect(head: &[u8], allow: &[HostPort]) -> Result<HostPort, Refusal> {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or(BAD_REQUEST)?;
+    let line = std::str::from_utf8(&head[..line_end]).map_err(|_| BAD_REQUEST)?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(BAD_REQUEST);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err(BAD_REQUEST);
+    }
+    if method != "CONNECT" {
+        return Err(Refusal {
+            status: 405,
+            text: "Method Not Allowed",
+            reason: "method",
+        });
+    }
+    let target: HostPort = target.parse().map_err(|_| BAD_REQUEST)?;
+    if !allow.contains(&target) {
+        return Err(Refusal {
+            status: 403,
+            text: "Forbidden",
+            reason: "not_allowed",
+        });
+    }
+    Ok(target)
+}
+
+/// Accept connections on `listener` and join each to `upstream`, until the task is dropped.
+pub async fn serve_api(listener: Listener, upstream: Endpoint, metrics: Arc<Metrics>) {
+    info!(listen = %listener.endpoint(), %upstream, "api proxy listening");
+    let upstream = Arc::new(upstream);
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "api proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        metrics.proxy_connection("api");
+        let upstream = Arc::clone(&upstream);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            match transport::connect(&upstream).await {
+                Ok(target) => pipe("api", client, target, &metrics, &peer).await,
+                Err(e) => warn!(%peer, error = %e, "api upstream unreachable"),
+            }
+        });
+    }
+}
+
+async fn pipe(
+    proxy: &'static str,
+    mut client: BoxedStream,
+    mut target: BoxedStream,
+    metrics: &Metrics,
+    peer: &str,
+) {
+    match tokio::io::copy_bidirectional(&mut client, &mut target).await {
+        Ok((up, down)) => {
+            metrics.proxy_bytes(proxy, up, down);
+            debug!(proxy, %peer, up, down, "proxied connection closed");
+        }
+        Err(e) => debug!(proxy, %peer, error = %e, "proxied connection failed"),
+    }
+}
+
+/// Accept CONNECT requests on `listener` and tunnel the allowed ones, until the task is
+/// dropped.
+pub async fn serve_egress(listener: Listener, allow: Vec<HostPort>, metrics: Arc<Metrics>) {
+    let allowed: Vec<String> = allow.iter().map(ToString::to_string).collect();
+    info!(listen = %listener.endpoint(), allow = ?allowed, "egress proxy listening");
+    let allow = Arc::new(allow);
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                debug!(error = %e, "egress proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        metrics.proxy_connection("egress");
+        let allow = Arc::clone(&allow);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move { egress(client, &peer, &allow, &metrics).await });
+    }
+}
+
+/// Read a request head: the bytes through `\r\n\r\n` and whatever followed them.
+async fn read_head(client: &mut BoxedStream) -> Result<(Vec<u8>, Vec<u8>), Option<Refusal>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = client.read(&mut chunk).await.map_err(|_| None)?;
+        if n == 0 {
+            return Err(None);
+        }
+        let searched_from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf[searched_from..]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+        {
+            let end = searched_from + end + 4;
+            if end > MAX_HEAD_BYTES {
+                break;
+            }
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            break;
+        }
+    }
+    Err(Some(Refusal {
+        status: 431,
+        text: "Request Header Fields Too Large",
+        reason: "head_too_large",
+    }))
+}
+
+async fn refuse(client: &mut BoxedStream, refusal: &Refusal, metrics: &Metrics, peer: &str) {
+    metrics.refuse_egress(refusal.reason);
+    info!(%peer, status = refusal.status, reason = refusal.reason, "egress request refused");
+    let allow = if refusal.status == 405 {
+        "Allow: CONNECT\r\n"
+    } else {
+        ""
+    };
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\n{allow}Content-Length: 0\r\nConnection: close\r\n\r\n",
+        refusal.status, refusal.text
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
+async fn egress(mut client: BoxedStream, peer: &str, allow: &[HostPort], metrics: &Metrics) {
+    let (head, rest) = match tokio::time::timeout(TIMEOUT, read_head(&mut client)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(Some(refusal))) => return refuse(&mut client, &refusal, metrics, peer).await,
+        Ok(Err(None)) | Err(_) => {
+            debug!(%peer, "egress client went away before its request");
+            return;
+        }
+    };
+    let target = match check_connect(&head, allow) {
+        Ok(target) => target,
+        Err(refusal) => return refuse(&mut client, &refusal, metrics, peer).await,
+    };
+    let connected = tokio::time::timeout(
+        TIMEOUT,
+        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await;
+    let upstream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            warn!(%peer, %target, error = %e, "egress target unreachable");
+            let refusal = Refusal {
+                status: 502,
+                text: "Bad Gateway",
+                reason: "unreachable",
+            };
+            return refuse(&mut client, &refusal, metrics, peer).await;
+        }
+        Err(_) => {
+            let refusal = Refusal {
+                status: 504,
+                text: "Gateway Timeout",
+                reason: "timeout",
+            };
+            return refuse(&mut client, &refusal, metrics, peer).await;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let mut upstream: BoxedStream = Box::new(upstream);
+    info!(%peer, %target, "egress tunnel opened");
+    if client
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Bytes the client sent after its head (a TLS ClientHello, typically) go first.
+    if !rest.is_empty() {
+        if upstream.write_all(&rest).await.is_err() {
+            return;
+        }
+        metrics.proxy_bytes("egress", rest.len() as u64, 0);
+    }
+    pipe("egress", client, upstream, metrics, peer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow() -> Vec<HostPort> {
+        vec!["fullnode.testnet.sui.io:443".parse().expect("entry")]
+    }
+
+    #[test]
+    fn only_connect_to_an_allowed_target_passes() {
+        let ok = check_connect(
+            b"CONNECT FullNode.Testnet.Sui.IO:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            &allow(),
+        )
+        .expect("allowed");
+        assert_eq!(ok.to_string(), "fullnode.testnet.sui.io:443");
+        for (head, status) in [
+            (
+                &b"CONNECT fullnode.testnet.sui.io:444 HTTP/1.1\r\n\r\n"[..],
+                403,
+            ),
+            (b"CONNECT evil.example:443 HTTP/1.1\r\n\r\n", 403),
+            (
+                b"CONNECT fullnode.testnet.sui.io.evil:443 HTTP/1.1\r\n\r\n",
+                403,
+            ),
+            (
+                b"GET http://fullnode.testnet.sui.io:443/ HTTP/1.1\r\n\r\n",
+                405,
+            ),
+            (b"CONNECT fullnode.testnet.sui.io:443\r\n\r\n", 400),
+            (
+                b"CONNECT  fullnode.testnet.sui.io:443 HTTP/1.1\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT user@fullnode.testnet.sui.io:443 HTTP/1.1\r\n\r\n",
+                400,
+            ),
+            (b"CONNECT fullnode.testnet.sui.io:443 SPDY/3\r\n\r\n", 400),
+            (b"\xff\xfe\r\n\r\n", 400),
+            (b"no line end", 400),
+        ] {
+            assert_eq!(
+                check_connect(head, &allow()).map_err(|r| r.status),
+                Err(status),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+}

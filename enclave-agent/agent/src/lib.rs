@@ -1,13 +1,30 @@
 //! The in-enclave agent of nautilus-operator.
 //!
 //! # Layout
+//! - [`cli`]: the `nautilus-agent` command line.
+//! - [`link`]: the runtime: control link to the sidecar, boot, report stream, API forwarder.
+//! - [`boot`]: report key, CAs and serving certificates, and the attestation binding them.
+//! - [`k3s`]: the K3s `--config` YAML and the custom CA files in its data directory.
+//! - [`supervisor`]: runs the control-plane command, restarts it with backoff.
+//! - [`prober`]: health probes of the API server, scheduler and controller manager.
+//! - [`client`]: one-request HTTPS client used by the prober and the stand-in.
+//! - [`egress`]: Sui RPC through the sidecar's CONNECT proxy, TLS verified in the enclave.
+//! - [`auth`]: from the boot configuration's `auth` to a TokenReview authenticator.
 //! - [`stake`]: how much an address has staked, read from Sui through `sui-rpc`, cached and
 //!   single-flighted; failures deny.
 //! - [`webhook`]: the `authentication.k8s.io/v1` TokenReview webhook for seal tokens, and the
 //!   kubeconfig that wires it into kube-apiserver.
 //!
-//! The seal-token webhook, the control-plane supervisor, the health prober and the vsock
-//! services build on these (see `docs/architecture.md`).
+//! See `docs/architecture.md` ("Agent") for the boot sequence, ports and environment.
 
+pub mod auth;
+pub mod boot;
+pub mod cli;
+pub mod client;
+pub mod egress;
+pub mod k3s;
+pub mod link;
+pub mod prober;
 pub mod stake;
+pub mod supervisor;
 pub mod webhook;

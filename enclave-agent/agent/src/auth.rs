@@ -1,0 +1,148 @@
+//! From the boot configuration's `auth` section to a running TokenReview authenticator: seal
+//! token verifier, stake tiers, and the stake reader reaching Sui through the egress proxy.
+
+use std::time::Duration;
+
+use nautilus_protocol::transport::Endpoint;
+use nautilus_protocol::wire::{AuthConfig, TierConfig};
+use nautilus_seal::{SealVerifier, Tier, TierError, Tiers};
+
+use crate::egress::{self, EgressConnector, EgressError, Target};
+use crate::stake::{StakeCache, StakeConfig, StakeError, SuiStakeReader};
+use crate::webhook::Authenticator;
+
+/// Most addresses whose stake is cached.
+pub const STAKE_CACHE_CAPACITY: usize = 10_000;
+
+/// Why the authenticator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The tier table is invalid.
+    #[error("invalid tiers")]
+    Tiers(#[from] TierError),
+    /// The stake type is invalid.
+    #[error("invalid stake configuration")]
+    Stake(#[from] StakeError),
+    /// The Sui RPC URL or trust roots are unusable.
+    #[error("sui rpc client")]
+    Egress(#[from] EgressError),
+}
+
+/// The seal crate's tier for a wire tier (same fields, same JSON names).
+pub fn tier(config: &TierConfig) -> Tier {
+    Tier {
+        name: config.name.clone(),
+        min_stake_mist: config.min_stake_mist,
+        groups: config.groups.clone(),
+    }
+}
+
+/// The validated tier table of `config`.
+pub fn tiers(config: &AuthConfig) -> Result<Tiers, TierError> {
+    Tiers::new(config.tiers.iter().map(tier).collect())
+}
+
+/// What the stake reader counts.
+pub fn stake_config(config: &AuthConfig) -> StakeConfig {
+    StakeConfig {
+        stake_type: config.stake_type.clone(),
+        amount_field: config.stake_amount_field.clone(),
+        expected_chain_id: config.chain_id.clone(),
+        ..StakeConfig::default()
+    }
+}
+
+/// The authenticator of `config`, reading stake through `proxy` (`None`: direct), trusting the
+/// webpki roots plus `extra_ca_pem`.
+pub fn authenticator(
+    config: &AuthConfig,
+    proxy: Option<Endpoint>,
+    extra_ca_pem: Option<&str>,
+) -> Result<Authenticator<SuiStakeReader>, AuthError> {
+    let target = Target::parse(&config.sui_rpc_url)?;
+    if !target.tls {
+        tracing::warn!(url = %config.sui_rpc_url, "sui rpc without tls: for local fixtures only");
+    }
+    let tls = std::sync::Arc::new(egress::node_tls_config(extra_ca_pem)?);
+    let stake = stake_config(config);
+    let connector = EgressConnector::new(proxy, target.clone(), tls);
+    let client = egress::sui_client(&target, connector, stake.rpc_timeout)?;
+    let reader = SuiStakeReader::new(client, stake)?;
+    let cache = StakeCache::new(
+        reader,
+        Duration::from_secs(u64::from(config.stake_cache_ttl_seconds)),
+        STAKE_CACHE_CAPACITY,
+    );
+    let verifier = SealVerifier::new(config.audience.clone())
+        .with_max_lifetime(u64::from(config.max_token_lifetime_seconds));
+    Ok(Authenticator::new(verifier, tiers(config)?, cache))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_auth() -> AuthConfig {
+        AuthConfig {
+            sui_rpc_url: "https://fullnode.testnet.sui.io".into(),
+            chain_id: Some("4c78adac".into()),
+            stake_type: "0x3::staking_pool::StakedSui".into(),
+            stake_amount_field: None,
+            audience: "nautilus:default/demo".into(),
+            max_token_lifetime_seconds: 900,
+            stake_cache_ttl_seconds: 60,
+            tiers: vec![
+                TierConfig {
+                    name: "viewer".into(),
+                    min_stake_mist: 1_000,
+                    groups: vec!["view".into()],
+                },
+                TierConfig {
+                    name: "admin".into(),
+                    min_stake_mist: 1_000_000,
+                    groups: vec!["system:masters".into()],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn tiers_convert_and_order() {
+        let tiers = tiers(&mk_auth()).expect("tiers");
+        assert_eq!(
+            tiers.resolve(2_000_000).map(|t| t.name.as_str()),
+            Some("admin")
+        );
+        assert_eq!(
+            tiers.resolve(5_000).map(|t| t.name.as_str()),
+            Some("viewer")
+        );
+        assert!(tiers.resolve(10).is_none());
+        let mut bad = mk_auth();
+        bad.tiers[1].min_stake_mist = 1_000;
+        assert!(super::tiers(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn builds_without_connecting() {
+        let auth = authenticator(
+            &mk_auth(),
+            Some("vsock://3:8001".parse().expect("ep")),
+            None,
+        )
+        .expect("built lazily");
+        drop(auth);
+        let mut bad = mk_auth();
+        bad.stake_type = "0xabc::vault::Locked".into();
+        assert!(matches!(
+            authenticator(&bad, None, None),
+            Err(AuthError::Stake(StakeError::MissingAmountField(_)))
+        ));
+        bad = mk_auth();
+        bad.sui_rpc_url = "ftp://x".into();
+        assert!(matches!(
+            authenticator(&bad, None, None),
+            Err(AuthError::Egress(_))
+        ));
+    }
+}

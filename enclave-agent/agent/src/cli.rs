@@ -1,0 +1,271 @@
+//! The `nautilus-agent` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
+use nautilus_protocol::transport::Endpoint;
+
+use crate::link::{Agent, AgentOptions, LinkError, env};
+use crate::prober::{CONTROLLER_MANAGER_PORT, SCHEDULER_PORT};
+
+/// Why the command line could not be turned into a running agent.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A `--simulated-pcr` value is not `INDEX=HEX`.
+    #[error("invalid --simulated-pcr {0:?}: expected INDEX=HEX (48 bytes)")]
+    Pcr(String),
+    /// The simulated NSM could not be set up.
+    #[error("simulated nsm")]
+    Nsm(#[from] NsmError),
+    /// `--simulated-pcr` without `--nsm simulated`.
+    #[error("--simulated-pcr needs --nsm simulated")]
+    PcrWithoutSimulation,
+    /// The Sui CA file could not be read.
+    #[error("reading --sui-ca-file {path}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The work directory could not be created.
+    #[error("creating --work-dir {path}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The agent stopped with an error.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Which NSM attests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NsmKind {
+    /// `/dev/nsm` of a Nitro enclave.
+    Nitro,
+    /// A simulated NSM with a generated test root (development and tests only).
+    Simulated,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The in-enclave agent: boots the K3s control plane from the sidecar's BootConfig, attests it,
+/// supervises and probes it, and streams signed health reports.
+#[derive(Debug, Parser)]
+#[command(name = "nautilus-agent", version)]
+pub struct Args {
+    /// Control link to the sidecar (vsock://CID:PORT, unix:/path or tcp://HOST:PORT).
+    #[arg(
+        long,
+        env = "NAUTILUS_AGENT_LISTEN",
+        default_value = "vsock://4294967295:5000"
+    )]
+    pub listen: Endpoint,
+    /// Endpoint forwarded byte for byte to the local API server (bindAddress:httpsPort).
+    #[arg(
+        long,
+        env = "NAUTILUS_AGENT_API_LISTEN",
+        default_value = "vsock://4294967295:6443"
+    )]
+    pub api_listen: Endpoint,
+    /// Which NSM attests.
+    #[arg(long, value_enum, default_value = "nitro")]
+    pub nsm: NsmKind,
+    /// PCR value for the simulated NSM, INDEX=HEX (48 bytes); repeatable.
+    #[arg(long = "simulated-pcr", value_name = "I=HEX")]
+    pub simulated_pcr: Vec<String>,
+    /// The control-plane program.
+    #[arg(long, default_value = "k3s")]
+    pub control_plane_command: PathBuf,
+    /// An argument of the control-plane program; repeatable (default `server` for k3s).
+    #[arg(
+        long = "control-plane-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    pub control_plane_arg: Vec<String>,
+    /// Where the agent writes the CA, serving certificate, webhook kubeconfig and k3s config.
+    #[arg(long, default_value = "/var/lib/nautilus")]
+    pub work_dir: PathBuf,
+    /// The TokenReview webhook's address (TLS, certificate from the agent's CA).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub webhook_listen: SocketAddr,
+    /// HTTP CONNECT proxy for Sui RPC (an endpoint), or `none` to dial directly (development).
+    #[arg(long, default_value = "vsock://3:8001")]
+    pub egress_proxy: String,
+    /// An extra trust root (PEM) for the Sui full node's TLS (development fixtures).
+    #[arg(long)]
+    pub sui_ca_file: Option<PathBuf>,
+    /// kube-scheduler's secure port.
+    #[arg(long, env = env::SCHEDULER_PORT, default_value_t = SCHEDULER_PORT, hide = true)]
+    pub scheduler_port: u16,
+    /// kube-controller-manager's secure port.
+    #[arg(long, env = env::CONTROLLER_MANAGER_PORT, default_value_t = CONTROLLER_MANAGER_PORT, hide = true)]
+    pub controller_manager_port: u16,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_pcr(text: &str) -> Result<(u8, Vec<u8>), CliError> {
+    let err = || CliError::Pcr(text.to_owned());
+    let (index, value) = text.split_once('=').ok_or_else(err)?;
+    let index: u8 = index.trim().parse().map_err(|_| err())?;
+    let value = hex::decode(value.trim()).map_err(|_| err())?;
+    if value.len() != 48 {
+        return Err(err());
+    }
+    Ok((index, value))
+}
+
+impl Args {
+    /// Parse the egress proxy flag.
+    pub fn egress_proxy(&self) -> Result<Option<Endpoint>, LinkError> {
+        if self.egress_proxy == "none" {
+            Ok(None)
+        } else {
+            Ok(Some(self.egress_proxy.parse()?))
+        }
+    }
+
+    /// Build the agent and serve until SIGTERM or Ctrl-C, then stop the control plane.
+    pub async fn run(self) -> Result<(), CliError> {
+        let egress_proxy = self.egress_proxy()?;
+        let Self {
+            listen,
+            api_listen,
+            nsm,
+            simulated_pcr,
+            control_plane_command,
+            control_plane_arg,
+            work_dir,
+            webhook_listen,
+            egress_proxy: _,
+            sui_ca_file,
+            scheduler_port,
+            controller_manager_port,
+            log_format: _,
+        } = self;
+        let (nsm, simulated_root_pem): (Arc<dyn Nsm>, Option<String>) = match nsm {
+            NsmKind::Nitro => {
+                if !simulated_pcr.is_empty() {
+                    return Err(CliError::PcrWithoutSimulation);
+                }
+                (Arc::new(NitroNsm), None)
+            }
+            NsmKind::Simulated => {
+                let mut simulated = SimulatedNsm::new()?;
+                for text in &simulated_pcr {
+                    let (index, value) = parse_pcr(text)?;
+                    simulated = simulated.with_pcr(index, &value)?;
+                }
+                tracing::warn!("simulated nsm: attestations are worthless as evidence");
+                let root = simulated.root_pem().to_owned();
+                (Arc::new(simulated), Some(root))
+            }
+        };
+        let sui_ca_pem = match sui_ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| CliError::CaFile { path, source })?,
+            ),
+        };
+        std::fs::create_dir_all(&work_dir).map_err(|source| CliError::WorkDir {
+            path: work_dir.clone(),
+            source,
+        })?;
+        let agent = Agent::new(AgentOptions {
+            listen,
+            api_listen,
+            nsm,
+            simulated_root_pem,
+            control_plane_command,
+            control_plane_args: control_plane_arg,
+            work_dir,
+            webhook_listen,
+            egress_proxy,
+            sui_ca_pem,
+            scheduler_port,
+            controller_manager_port,
+            restart_backoff: Duration::from_secs(1),
+        });
+        let result = tokio::select! {
+            result = Arc::clone(&agent).run() => result.map_err(CliError::from),
+            () = shutdown_signal() => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+        };
+        agent.shutdown().await;
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let args = Args::try_parse_from(["nautilus-agent"]).expect("defaults");
+        assert_eq!(args.listen.to_string(), "vsock://4294967295:5000");
+        assert_eq!(args.api_listen.to_string(), "vsock://4294967295:6443");
+        assert_eq!(args.nsm, NsmKind::Nitro);
+        assert_eq!(args.webhook_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(
+            args.egress_proxy()
+                .expect("proxy")
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("vsock://3:8001")
+        );
+        let args =
+            Args::try_parse_from(["nautilus-agent", "--egress-proxy", "none"]).expect("none");
+        assert!(args.egress_proxy().expect("none").is_none());
+    }
+
+    #[test]
+    fn pcrs_parse() {
+        let (i, v) = parse_pcr(&format!("2={}", "ab".repeat(48))).expect("pcr");
+        assert_eq!((i, v.len()), (2, 48));
+        for bad in ["2", "x=ab", "2=abc", "2=abab"] {
+            assert!(parse_pcr(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `nautilus-agent`: see [`nautilus_agent::cli::Args`].
+
+use clap::Parser as _;
+use nautilus_agent::cli::{Args, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    if let Err(e) = args.run().await {
+        tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "agent failed");
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The agent binary end to end over real sockets: simulated NSM, stand-in control plane, and an
+//! in-test fake sidecar speaking the wire protocol over a Unix socket.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use nautilus_agent::client;
+use nautilus_protocol::transport;
+use nautilus_protocol::wire::{
+    self, Component, Message, NonceRefresh, PROTOCOL_VERSION, ReportVerifier,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// One HTTP/1.1 request through the agent's API forwarder, TLS verified with `ca_pem`.
+async fn through_forwarder(
+    agent: &AgentProcess,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let stream = transport::connect(&agent.api).await.expect("forwarder");
+    let config = client::client_config(&[ca_pem], None).expect("tls config");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("kubernetes.default.svc").expect("name");
+    let mut tls = connector
+        .connect(name, stream)
+        .await
+        .expect("TLS through the forwarder, verified with the attested CA");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: kubernetes.default.svc\r\n{auth}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_attests_reports_forwards_and_refreshes_the_nonce() {
+    let agent = AgentProcess::start();
+    let mut link = agent.connect().await;
+    let nonce = b"operator-nonce-1".to_vec();
+    let boot = agent.boot_config(&nonce);
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("send boot config");
+
+    // The attestation verifies and binds the config digest and the CA on disk.
+    let evidence = next_attestation(&mut link).await;
+    let document = verify_evidence(&evidence, &boot, &nonce);
+    let ca_on_disk = std::fs::read_to_string(agent.work_file("ca.crt")).expect("ca.crt");
+    assert_eq!(evidence.serving_ca_pem, ca_on_disk);
+    assert!(evidence.serving_ca_pem.contains("BEGIN CERTIFICATE"));
+    let k3s_ca = std::fs::read_to_string(agent.data_dir.join("server/tls/server-ca.crt"))
+        .expect("server-ca.crt for k3s");
+    assert_eq!(k3s_ca, ca_on_disk);
+    let public_key = document.public_key.clone().expect("report key attested");
+
+    // Reports arrive signed by the attested key, and turn all healthy.
+    let mut verifier =
+        ReportVerifier::new(&public_key, boot.config.digest_hex(), 30_000).expect("key");
+    let healthy = report_where(&mut link, &mut verifier, "all healthy", |r| {
+        r.all_healthy() && r.control_plane.running
+    })
+    .await;
+    assert!(healthy.control_plane.pid.is_some());
+    assert_eq!(healthy.control_plane.restarts, 0);
+    assert!(!healthy.control_plane.startup_timed_out);
+    let next = report_where(&mut link, &mut verifier, "another", |_| true).await;
+    assert!(next.sequence > healthy.sequence);
+
+    // The k3s config and the webhook kubeconfig were written for the control plane.
+    let k3s = std::fs::read_to_string(agent.work_file("k3s-config.yaml")).expect("k3s config");
+    assert!(
+        k3s.contains(&format!("https-listen-port: {}", agent.https_port)),
+        "{k3s}"
+    );
+    assert!(
+        k3s.contains("authentication-token-webhook-config-file="),
+        "{k3s}"
+    );
+    let kubeconfig =
+        std::fs::read_to_string(agent.work_file("webhook-kubeconfig.yaml")).expect("kubeconfig");
+    assert!(kubeconfig.contains("https://127.0.0.1:"), "{kubeconfig}");
+
+    // The API forwarder reaches the API server, whose certificate chains to the attested CA.
+    let (status, _) =
+        through_forwarder(&agent, &evidence.serving_ca_pem, "GET", "/readyz", None).await;
+    assert_eq!(status, 200);
+    // The TokenReview path as kubectl calls it: a bearer token goes through the real webhook.
+    for token in ["not-a-seal-token", "sui-seal.v1.e30.AAAA"] {
+        let (status, body) = through_forwarder(
+            &agent,
+            &evidence.serving_ca_pem,
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            Some(token),
+        )
+        .await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("\"reason\":\"Unauthorized\""), "{body}");
+        assert!(
+            !body.contains("unreachable"),
+            "the webhook answered: {body}"
+        );
+    }
+
+    // A nonce refresh gives a new attestation with that nonce, same key and binding.
+    let fresh = b"operator-nonce-2".to_vec();
+    wire::write_message(
+        &mut link,
+        &Message::NonceRefresh(NonceRefresh {
+            nonce: fresh.clone(),
+        }),
+    )
+    .await
+    .expect("refresh");
+    let evidence2 = next_attestation(&mut link).await;
+    let document2 = verify_evidence(&evidence2, &boot, &fresh);
+    assert_eq!(document2.public_key, document.public_key);
+    assert_eq!(evidence2.serving_ca_pem, evidence.serving_ca_pem);
+    report_where(&mut link, &mut verifier, "reports go on", |_| true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_components_and_a_killed_control_plane_show_in_reports() {
+    let agent = AgentProcess::start();
+    let mut link = agent.connect().await;
+    let boot = agent.boot_config(b"nonce");
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("send boot config");
+    let evidence = next_attestation(&mut link).await;
+    let document = verify_evidence(&evidence, &boot, b"nonce");
+    let mut verifier = ReportVerifier::new(
+        &document.public_key.expect("key"),
+        boot.config.digest_hex(),
+        30_000,
+    )
+    .expect("key");
+    let first = report_where(&mut link, &mut verifier, "all healthy", |r| r.all_healthy()).await;
+
+    // Flip the scheduler's health: the report after the next probe round shows it.
+    agent.set_health(r#"{"scheduler": false}"#);
+    let flipped_at = std::time::Instant::now();
+    let sick = report_where(&mut link, &mut verifier, "scheduler unhealthy", |r| {
+        r.component(Component::Scheduler)
+            .is_some_and(|c| !c.healthy)
+    })
+    .await;
+    assert!(
+        flipped_at.elapsed() < Duration::from_millis(2_500),
+        "seen within one probe interval (1 s) plus a probe: {:?}",
+        flipped_at.elapsed()
+    );
+    let message = sick
+        .component(Component::Scheduler)
+        .and_then(|c| c.message.clone())
+        .expect("reason");
+    assert!(message.contains("503"), "{message}");
+    assert!(
+        sick.component(Component::ApiServer)
+            .is_some_and(|c| c.healthy)
+    );
+    agent.set_health("{}");
+    report_where(&mut link, &mut verifier, "healthy again", |r| {
+        r.all_healthy()
+    })
+    .await;
+
+    // Kill the control plane: the report shows it, the supervisor restarts it, health recovers.
+    let pid = first.control_plane.pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the stand-in");
+    let killed_at = std::time::Instant::now();
+    let down = report_where(&mut link, &mut verifier, "not running", |r| {
+        !r.control_plane.running
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(down.control_plane.last_exit.as_deref(), Some("signal: 9"));
+    assert!(!down.all_healthy());
+    let back = report_where(&mut link, &mut verifier, "restarted and healthy", |r| {
+        r.control_plane.running && r.control_plane.restarts == 1 && r.all_healthy()
+    })
+    .await;
+    assert_ne!(back.control_plane.pid, Some(pid));
+}
+
+/// Reads until the agent closes the connection (messages already in flight are skipped).
+async fn assert_closed(stream: &mut transport::BoxedStream, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let result = tokio::time::timeout_at(deadline, wire::read_message(stream))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the agent kept the connection open"));
+        match result {
+            Ok(_) => continue,
+            Err(wire::WireError::Closed | wire::WireError::Io(_)) => return,
+            Err(e) => panic!("{what}: expected a closed connection, got {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
+    let agent = AgentProcess::start();
+    let boot = agent.boot_config(b"nonce");
+
+    // Another protocol version.
+    let mut link = agent.connect().await;
+    link.write_all(&[0, 9, 1, 0, 0, 0, 0, 2, b'{', b'}'])
+        .await
+        .expect("write");
+    assert_closed(&mut link, "wrong version").await;
+
+    // An oversized frame announcement.
+    let mut link = agent.connect().await;
+    let mut header = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    header.extend([1, 0]);
+    header.extend(u32::MAX.to_be_bytes());
+    link.write_all(&header).await.expect("write");
+    assert_closed(&mut link, "oversized frame").await;
+
+    // Garbage JSON and a BootConfig with an unknown field.
+    let mut text = serde_json::to_value(&boot).expect("json");
+    text["config"]["controlPlane"]["kubeletArgs"] = serde_json::json!(["--anything"]);
+    for body in [
+        b"not json".to_vec(),
+        serde_json::to_vec(&text).expect("json"),
+    ] {
+        let mut link = agent.connect().await;
+        let mut frame = PROTOCOL_VERSION.to_be_bytes().to_vec();
+        frame.extend([1, 0]);
+        frame.extend((body.len() as u32).to_be_bytes());
+        frame.extend(&body);
+        link.write_all(&frame).await.expect("write");
+        assert_closed(&mut link, "malformed BootConfig").await;
+    }
+
+    // A first message that is not a BootConfig.
+    let mut link = agent.connect().await;
+    wire::write_message(
+        &mut link,
+        &Message::NonceRefresh(NonceRefresh { nonce: vec![1] }),
+    )
+    .await
+    .expect("write");
+    assert_closed(&mut link, "NonceRefresh first").await;
+
+    // The agent is still there: a valid BootConfig boots it.
+    let mut link = agent.connect().await;
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("boot");
+    let evidence = next_attestation(&mut link).await;
+    let document = verify_evidence(&evidence, &boot, b"nonce");
+    let mut verifier = ReportVerifier::new(
+        &document.public_key.clone().expect("key"),
+        boot.config.digest_hex(),
+        30_000,
+    )
+    .expect("key");
+    let before = report_where(&mut link, &mut verifier, "a report", |_| true).await;
+
+    // Garbage after boot closes this connection only.
+    link.write_all(&[0xff; 16]).await.expect("write");
+    assert_closed(&mut link, "garbage after boot").await;
+
+    // A sidecar restart: a different config is refused…
+    let mut other = boot.clone();
+    other.config.cluster = "test/another".into();
+    let mut link = agent.connect().await;
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(other)))
+        .await
+        .expect("write");
+    assert_closed(&mut link, "another BootConfig").await;
+
+    // …the same config joins the running boot: same key and CA, reports continue.
+    let mut link = agent.connect().await;
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("write");
+    let again = next_attestation(&mut link).await;
+    let document2 = verify_evidence(&again, &boot, b"nonce");
+    assert_eq!(document2.public_key, document.public_key);
+    assert_eq!(again.serving_ca_pem, evidence.serving_ca_pem);
+    let after = report_where(&mut link, &mut verifier, "a later report", |_| true).await;
+    assert!(after.sequence > before.sequence);
+
+    // A restarted sidecar with a new nonce gets an attestation carrying it.
+    let mut link = agent.connect().await;
+    let mut renewed = boot.clone();
+    renewed.nonce = b"after-restart".to_vec();
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(renewed.clone())))
+        .await
+        .expect("write");
+    let third = next_attestation(&mut link).await;
+    verify_evidence(&third, &renewed, b"after-restart");
+}

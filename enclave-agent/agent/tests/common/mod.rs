@@ -1,0 +1,254 @@
+//! A harness for the agent binary: the real `nautilus-agent` with the simulated NSM and the
+//! stand-in control plane, driven by an in-test fake sidecar over a Unix socket.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use nautilus_protocol::attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt};
+use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
+use nautilus_protocol::wire::{
+    self, AttestationEvidence, AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig,
+    HealthConfig, Message, Report, ReportVerifier, TierConfig,
+};
+use nautilus_protocol::{Binding, Policy};
+
+/// Generous bound for anything the tests wait for.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// PCR values the agent's simulated NSM is given (not all zeros: not a debug enclave).
+pub fn pcr(index: u8) -> Vec<u8> {
+    vec![index + 0x40; 48]
+}
+
+/// A running agent.
+pub struct AgentProcess {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub control: Endpoint,
+    pub api: Endpoint,
+    pub work_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub https_port: u16,
+}
+
+impl AgentProcess {
+    /// Start the agent binary with the stand-in as its control plane.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = Endpoint::Unix(dir.path().join("agent.sock"));
+        let api = Endpoint::Unix(dir.path().join("api.sock"));
+        let work_dir = dir.path().join("work");
+        let data_dir = dir.path().join("data");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nautilus-agent"));
+        command
+            .arg("--listen")
+            .arg(control.to_string())
+            .arg("--api-listen")
+            .arg(api.to_string())
+            .args(["--nsm", "simulated"])
+            .arg("--control-plane-command")
+            .arg(env!("CARGO_BIN_EXE_nautilus-standin"))
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .args(["--webhook-listen", "127.0.0.1:0", "--egress-proxy", "none"])
+            .env("NAUTILUS_CP_SCHEDULER_PORT", free_port().to_string())
+            .env(
+                "NAUTILUS_CP_CONTROLLER_MANAGER_PORT",
+                free_port().to_string(),
+            )
+            .env("RUST_LOG", "info");
+        for i in 0..3u8 {
+            command
+                .arg("--simulated-pcr")
+                .arg(format!("{i}={}", hex::encode(pcr(i))));
+        }
+        let child = command.spawn().expect("agent starts");
+        Self {
+            dir,
+            child,
+            control,
+            api,
+            work_dir,
+            data_dir,
+            https_port: free_port(),
+        }
+    }
+
+    /// The boot configuration for this agent, with `nonce`.
+    pub fn boot_config(&self, nonce: &[u8]) -> BootConfig {
+        BootConfig {
+            config: EnclaveConfig {
+                cluster: "test/agent".into(),
+                control_plane: ControlPlaneConfig {
+                    bind_address: "127.0.0.1".into(),
+                    https_port: self.https_port,
+                    cluster_cidr: "10.42.0.0/16".into(),
+                    service_cidr: "10.43.0.0/16".into(),
+                    cluster_dns: "10.43.0.10".into(),
+                    data_dir: self.data_dir.display().to_string(),
+                    encrypt_secrets: true,
+                    tls_min_version: "VersionTLS12".into(),
+                    cipher_suites: vec![],
+                    log_level: "info".into(),
+                    log_format: "text".into(),
+                },
+                auth: AuthConfig {
+                    sui_rpc_url: "https://127.0.0.1:1".into(),
+                    chain_id: None,
+                    stake_type: "0x3::staking_pool::StakedSui".into(),
+                    stake_amount_field: None,
+                    audience: "nautilus:test/agent".into(),
+                    max_token_lifetime_seconds: 900,
+                    stake_cache_ttl_seconds: 30,
+                    tiers: vec![TierConfig {
+                        name: "admin".into(),
+                        min_stake_mist: 1,
+                        groups: vec!["system:masters".into()],
+                    }],
+                },
+                health: HealthConfig {
+                    probe_interval_seconds: 1,
+                    startup_timeout_seconds: 30,
+                },
+            },
+            nonce: nonce.to_vec(),
+        }
+    }
+
+    /// Connect to the control link, waiting for the agent to listen.
+    pub async fn connect(&self) -> BoxedStream {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match transport::connect(&self.control).await {
+                Ok(stream) => return stream,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("agent never listened: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Switch the stand-in's health.
+    pub fn set_health(&self, json: &str) {
+        std::fs::create_dir_all(&self.data_dir).expect("data dir");
+        let tmp = self.data_dir.join("standin-health.json.tmp");
+        std::fs::write(&tmp, json).expect("write health");
+        std::fs::rename(&tmp, self.data_dir.join("standin-health.json")).expect("rename");
+    }
+
+    pub fn work_file(&self, name: &str) -> PathBuf {
+        self.work_dir.join(name)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // SIGTERM lets the agent stop the stand-in; SIGKILL after a grace.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Read the next message within `WAIT`.
+pub async fn next(stream: &mut BoxedStream) -> Message {
+    tokio::time::timeout(WAIT, wire::read_message(stream))
+        .await
+        .expect("a message in time")
+        .expect("a valid message")
+}
+
+/// Read until an attestation arrives.
+pub async fn next_attestation(stream: &mut BoxedStream) -> AttestationEvidence {
+    loop {
+        if let Message::Attestation(evidence) = next(stream).await {
+            return evidence;
+        }
+    }
+}
+
+/// Read reports (skipping attestations) until `pred` holds; every report must verify.
+pub async fn report_where(
+    stream: &mut BoxedStream,
+    verifier: &mut ReportVerifier,
+    what: &str,
+    pred: impl Fn(&Report) -> bool,
+) -> Report {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, wire::read_message(stream))
+            .await
+            .unwrap_or_else(|_| panic!("no report where {what} within {WAIT:?}"))
+            .expect("valid message");
+        if let Message::Report(signed) = message {
+            let report = verifier
+                .verify(&signed, now_ms())
+                .expect("every report verifies: signature, config, sequence, freshness");
+            if pred(&report) {
+                return report;
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// Verify `evidence` as the operator would: the simulated root, the PCRs, the nonce, and the
+/// binding of the configuration digest and the CA.
+pub fn verify_evidence(
+    evidence: &AttestationEvidence,
+    boot: &BootConfig,
+    nonce: &[u8],
+) -> AttestationDocument {
+    let root = evidence
+        .simulated_root_pem
+        .as_deref()
+        .expect("simulated mode carries its root");
+    let verifier = Verifier::new(TrustAnchor::from_pem(root).expect("root"));
+    let document = verifier
+        .verify(&evidence.document, VerifyAt::Now)
+        .expect("document verifies against the simulated root");
+    let ca_digest = evidence.serving_ca_digest().expect("CA PEM");
+    let policy = Policy {
+        challenge: Some(nonce.to_vec()),
+        binding: Some(Binding::v1(boot.config.digest(), ca_digest)),
+        max_age_ms: Some(60_000),
+        ..Policy::default()
+    }
+    .with_pcr(0, pcr(0))
+    .with_pcr(1, pcr(1))
+    .with_pcr(2, pcr(2));
+    policy
+        .check(&document, now_ms())
+        .expect("policy: pcrs, nonce, binding");
+    document
+}

@@ -180,11 +180,11 @@ pub struct Args {
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
 
-    /// Control link to the agent [default: vsock://<enclave CID>:5000].
+    /// Control link to the agent [default: vsock://ENCLAVE_CID:5000].
     #[arg(long, env = "NAUTILUS_AGENT")]
     pub agent: Option<Endpoint>,
 
-    /// Where connections to --api-listen go [default: vsock://<enclave CID>:6443].
+    /// Where connections to --api-listen go [default: vsock://ENCLAVE_CID:6443].
     #[arg(long, env = "NAUTILUS_API_UPSTREAM")]
     pub api_upstream: Option<Endpoint>,
 

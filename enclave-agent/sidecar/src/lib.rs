@@ -15,7 +15,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line ([`Args`]).
-//! - [`launcher`]: the [`Launcher`](launcher::Launcher) trait, `nitro-cli` and child-process
+//! - [`launcher`]: the [`Launcher`] trait, `nitro-cli` and child-process
 //!   implementations.
 //! - [`link`]: the control link to the agent (boot config out, evidence in, nonce refresh).
 //! - [`evidence`]: the latest evidence, report verification, readiness.

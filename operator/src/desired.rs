@@ -42,6 +42,9 @@ pub const CLUSTER_LABEL: &str = "nautilus.k3s-daas.io/cluster";
 /// Label and annotation: the boot configuration digest (the label holds its first 32 hex digits,
 /// as label values are limited to 63 characters).
 pub const DIGEST_KEY: &str = "nautilus.k3s-daas.io/boot-config-digest";
+/// Annotation of the enclave pod: the name of its NautilusMaster (labels may hold a shortened
+/// name), so pod events map back to the resource.
+pub const OWNER_NAME_KEY: &str = "nautilus.k3s-daas.io/owner-name";
 /// Key of the boot configuration in the ConfigMap.
 pub const BOOT_CONFIG_KEY: &str = "boot-config.json";
 /// Key of the kubeconfig in the Secret.
@@ -556,7 +559,10 @@ pub fn enclave_statefulset(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(DIGEST_KEY.into(), digest_hex.to_owned())])),
+                    annotations: Some(BTreeMap::from([
+                        (DIGEST_KEY.into(), digest_hex.to_owned()),
+                        (OWNER_NAME_KEY.into(), names.name.clone()),
+                    ])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),

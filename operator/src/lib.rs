@@ -5,12 +5,21 @@
 //! - [`conditions`]: `metav1.Condition` maths (merge, `Ready`, phase), pure and unit-tested.
 //! - [`desired`]: the children (boot ConfigMap, enclave StatefulSet, Service, kubeconfig Secret)
 //!   computed from the spec, pure.
+//! - [`controller`]: the reconcile loop (finalizer, server-side apply of children and status,
+//!   re-attestation, Events) and [`controller::run`].
+//! - [`runtime`]: where enclaves run: `pod` (StatefulSet) or `local` (a sidecar process).
+//! - [`sidecar`]: the HTTP client for the sidecar's `/report` and `/attest`.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`verify`]: verification of the relayed evidence (attestation, policy, signed report) and
 //!   the condition observations that follow, pure.
 //!
-//! The reconcile loop, children, verification and metrics build on these (see
-//! `docs/architecture.md`). The `crdgen` binary renders the CRD from `nautilus-crds`.
+//! See `docs/architecture.md` (section "Operator"). The `crdgen` binary renders the CRD from
+//! `nautilus-crds`; the `nautilus-operator` binary (`main.rs`) wires these together.
 
 pub mod conditions;
+pub mod controller;
 pub mod desired;
+pub mod metrics;
+pub mod runtime;
+pub mod sidecar;
 pub mod verify;

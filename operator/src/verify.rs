@@ -43,25 +43,33 @@ pub struct IssuedNonces {
     pub previous: Option<Vec<u8>>,
     /// End of the grace period of `previous`.
     pub previous_valid_until_ms: u64,
+    /// How long after issuing a challenge a document without it is "not answered yet" (pending)
+    /// rather than a failure, and how long the previous challenge stays acceptable.
+    pub grace_ms: u64,
 }
 
 impl IssuedNonces {
-    /// Only `nonce` is acceptable.
-    pub fn new(nonce: Vec<u8>, now_ms: u64) -> Self {
+    /// Only `nonce`, issued at `now_ms`, is acceptable.
+    pub fn new(nonce: Vec<u8>, now_ms: u64, grace_ms: u64) -> Self {
         Self {
             latest: nonce,
             latest_issued_ms: now_ms,
             previous: None,
             previous_valid_until_ms: 0,
+            grace_ms,
         }
     }
 
-    /// Issue `nonce`; the one before stays acceptable for `grace_ms`.
-    pub fn refresh(&mut self, nonce: Vec<u8>, now_ms: u64, grace_ms: u64) {
+    /// Issue `nonce`; the one before stays acceptable for the grace period.
+    pub fn refresh(&mut self, nonce: Vec<u8>, now_ms: u64) {
         let previous = std::mem::replace(&mut self.latest, nonce);
         self.previous = Some(previous);
-        self.previous_valid_until_ms = now_ms.saturating_add(grace_ms);
+        self.previous_valid_until_ms = now_ms.saturating_add(self.grace_ms);
         self.latest_issued_ms = now_ms;
+    }
+
+    fn in_grace(&self, now_ms: u64) -> bool {
+        now_ms <= self.latest_issued_ms.saturating_add(self.grace_ms)
     }
 
     fn acceptable_previous(&self, now_ms: u64) -> Option<&[u8]> {
@@ -302,6 +310,14 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
     {
         policy.challenge = Some(previous.to_vec());
         checked = policy.check(&document, now_ms);
+    }
+    if let Err(PolicyError::NonceMismatch { .. } | PolicyError::NonceMissing { .. }) = checked
+        && nonces.in_grace(now_ms)
+    {
+        return Outcome::Pending(format!(
+            "waiting for the enclave to answer the challenge issued {} ms ago",
+            now_ms.saturating_sub(nonces.latest_issued_ms)
+        ));
     }
     if let Err(err) = checked {
         let message = match err {
@@ -785,7 +801,7 @@ pub(crate) mod tests {
             nm,
             enclave: FakeEnclave::new(),
             digest,
-            nonces: IssuedNonces::new(vec![1; 32], now),
+            nonces: IssuedNonces::new(vec![1; 32], now - 60_000, 10_000),
             now,
         }
     }
@@ -911,13 +927,20 @@ pub(crate) mod tests {
         let mut c = case();
         let old = c.nonces.latest.clone();
         let bundle = c.enclave.bundle(c.digest, &old, 1, c.now);
-        c.nonces.refresh(vec![2; 32], c.now, 10_000);
+        c.nonces.refresh(vec![2; 32], c.now);
         let mut reports = ReportState::default();
         assert!(
             matches!(run(&c, &bundle, &mut reports), Outcome::Verified(_)),
             "previous nonce within grace"
         );
-        c.nonces.refresh(vec![3; 32], c.now, 10_000);
+        // Two refreshes later the document answers neither: while the latest challenge is
+        // young it is "not answered yet", after the grace period a failure.
+        c.nonces.refresh(vec![3; 32], c.now);
+        assert!(matches!(
+            run(&c, &bundle, &mut reports),
+            Outcome::Pending(m) if m.contains("waiting for the enclave to answer")
+        ));
+        c.nonces.latest_issued_ms = c.now - 20_000;
         expect_failed(
             &run(&c, &bundle, &mut reports),
             reasons::ATTESTATION_FAILED,
@@ -925,7 +948,7 @@ pub(crate) mod tests {
         );
         let mut c = case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        c.nonces.refresh(vec![2; 32], c.now - 20_000, 10_000);
+        c.nonces.refresh(vec![2; 32], c.now - 20_000);
         expect_failed(
             &run(&c, &bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,

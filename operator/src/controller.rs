@@ -1,0 +1,1213 @@
+//! The reconcile loop of `NautilusMaster`.
+//!
+//! One reconcile, for a resource that is not being deleted:
+//!
+//! 1. render the [`EnclaveConfig`](nautilus_protocol::wire::EnclaveConfig) and its digest; reuse
+//!    the boot nonce of the existing ConfigMap when it holds the same configuration, else issue a
+//!    new one;
+//! 2. server-side apply the boot ConfigMap, then let the [`EnclaveRuntime`] apply the workload
+//!    (StatefulSet + Service, or a local process);
+//! 3. observe the workload and fetch the sidecar's `/report`;
+//! 4. [`verify`](crate::verify::verify) the evidence and derive the conditions;
+//! 5. every refresh interval, `POST /attest` a fresh nonce;
+//! 6. publish the kubeconfig Secret once attested (delete it when verification fails);
+//! 7. server-side apply the status subresource; publish Events for condition transitions;
+//! 8. requeue after the probe interval.
+//!
+//! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
+//! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
+//! the finalizer is removed and the children are garbage-collected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource as _, ResourceExt as _};
+use nautilus_crds::conditions::types;
+use nautilus_crds::{
+    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,
+};
+use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
+use rand_core::RngCore as _;
+use tokio::sync::Mutex;
+
+use crate::conditions::{self, Observation};
+use crate::desired::{self, FIELD_MANAGER, KUBECONFIG_KEY, Names};
+use crate::metrics::Metrics;
+use crate::runtime::{EnclaveRuntime, RuntimeError};
+use crate::sidecar;
+use crate::verify::{self, EnclaveState, IssuedNonces, Outcome, ReportState};
+
+/// The finalizer that keeps a resource until its enclave is stopped.
+pub const FINALIZER: &str = "nautilus.k3s-daas.io/enclave";
+/// Name of the controller in Events.
+pub const CONTROLLER_NAME: &str = "nautilus-operator";
+/// Label selecting every object the operator manages (for the owned-object watches).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=nautilus-operator";
+
+/// Why a reconcile failed. [`Error::category`] is the Event reason and the metric label.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The spec or metadata could not be turned into children.
+    #[error("computing the desired state")]
+    Desired(#[from] desired::DesiredError),
+    /// An API call failed.
+    #[error("{verb} {kind} {name}")]
+    Kube {
+        /// What was attempted.
+        verb: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The enclave runtime failed.
+    #[error("enclave runtime")]
+    Runtime(#[from] RuntimeError),
+    /// Deletion waits for the enclave pod to terminate (not a failure; retried soon).
+    #[error("waiting for the enclave of {0} to stop")]
+    Stopping(String),
+    /// Adding or removing the finalizer failed, or the apply/cleanup step did.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short PascalCase category: the Event reason and the failure metric's label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Desired(_) => "InvalidSpec",
+            Error::Kube { .. } => "KubernetesAPI",
+            Error::Runtime(RuntimeError::Local { .. }) => "LocalRuntime",
+            Error::Runtime(RuntimeError::Desired(_)) => "InvalidSpec",
+            Error::Runtime(_) => "KubernetesAPI",
+            Error::Stopping(_) => "EnclaveStopping",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => "Finalizer",
+            },
+        }
+    }
+
+    /// The whole chain of causes, for Events and logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+}
+
+fn kube_err(
+    verb: &'static str,
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> Error {
+    let name = name.to_owned();
+    move |source| Error::Kube {
+        verb,
+        kind,
+        name,
+        source,
+    }
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+struct BootState {
+    digest_hex: String,
+    boot_nonce: Vec<u8>,
+    nonces: IssuedNonces,
+    /// The enclave may have answered a challenge this process never saw (operator restart):
+    /// ask for a fresh attestation at once.
+    needs_refresh: bool,
+}
+
+#[derive(Debug, Default)]
+struct ClusterState {
+    boot: Option<BootState>,
+    reports: ReportState,
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Client of the host cluster.
+    pub client: Client,
+    /// Where enclaves run.
+    pub runtime: EnclaveRuntime,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<ClusterState>>>>,
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context with `runtime`; Events are reported as [`CONTROLLER_NAME`] (instance: the pod
+    /// name from `POD_NAME`, when set).
+    pub fn new(client: Client, runtime: EnclaveRuntime, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            runtime,
+            metrics,
+            clusters: std::sync::Mutex::new(HashMap::new()),
+            failures: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cluster(&self, key: &str) -> Arc<Mutex<ClusterState>> {
+        let mut clusters = self
+            .clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clusters.entry(key.to_owned()).or_default().clone()
+    }
+
+    fn forget(&self, key: &str) {
+        self.clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    async fn publish(&self, nm: &NautilusMaster, type_: EventType, reason: &str, note: String) {
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &nm.object_ref(&())).await {
+            tracing::warn!(error = %err, reason, "cannot publish an event");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
+}
+
+fn time_now() -> Time {
+    Time(Timestamp::now())
+}
+
+fn fresh_nonce() -> Vec<u8> {
+    let mut nonce = vec![0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    nonce
+}
+
+/// How long a just-issued challenge may go unanswered before that is a failure.
+fn grace_ms(nm: &NautilusMaster) -> u64 {
+    (u64::from(nm.spec.health.probe_interval_seconds) * 3_000).max(30_000)
+}
+
+fn key_of(names: &Names) -> String {
+    format!("{}/{}", names.namespace, names.name)
+}
+
+/// Reconcile one resource (the function given to the [`Controller`]).
+#[tracing::instrument(skip(nm, ctx), fields(name = %nm.name_any(), namespace = nm.namespace().unwrap_or_default()))]
+pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let namespace = nm
+        .namespace()
+        .ok_or(Error::Desired(desired::DesiredError::Metadata("namespace")))?;
+    let api: Api<NautilusMaster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, nm.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(nm) => apply(&nm, &ctx).await,
+            FinalizerEvent::Cleanup(nm) => cleanup(&nm, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let key = format!("{namespace}/{}", nm.name_any());
+    match &result {
+        Ok(_) => {
+            ctx.failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
+        }
+        Err(err) => {
+            let category = err.category();
+            if category != "EnclaveStopping" {
+                ctx.metrics.reconcile_failed(category);
+                tracing::warn!(error = %err.chain(), category, "reconcile failed");
+                ctx.publish(&nm, EventType::Warning, category, err.chain())
+                    .await;
+            }
+        }
+    }
+    result
+}
+
+/// Requeue after a failure: soon while an enclave stops, otherwise with exponential backoff
+/// (5 s doubling to 5 min), reset by the next success.
+pub fn error_policy(nm: Arc<NautilusMaster>, err: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(err.category(), "EnclaveStopping") {
+        return Action::requeue(Duration::from_secs(2));
+    }
+    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
+    let mut failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+/// 5 s × 2^(n-1), at most 300 s.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
+    let now = now_ms();
+    let names = Names::of(nm)?;
+    let config = desired::enclave_config(nm)?;
+    let digest = config.digest();
+    let digest_hex = hex::encode(digest);
+    let cluster = ctx.cluster(&key_of(&names));
+    let mut state = cluster.lock().await;
+
+    // 1. The boot nonce: kept while the configuration stays the same.
+    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &names.namespace);
+    if state
+        .boot
+        .as_ref()
+        .is_none_or(|b| b.digest_hex != digest_hex)
+    {
+        let existing = cm_api
+            .get_opt(&names.boot_config_map)
+            .await
+            .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?
+            .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
+        let needs_refresh = existing.is_some();
+        let boot_nonce = existing.unwrap_or_else(fresh_nonce);
+        state.boot = Some(BootState {
+            digest_hex: digest_hex.clone(),
+            nonces: IssuedNonces::new(boot_nonce.clone(), now, grace_ms(nm)),
+            boot_nonce,
+            needs_refresh,
+        });
+        state.reports.reset();
+    }
+    let Some(boot_state) = state.boot.as_ref() else {
+        return Err(Error::Desired(desired::DesiredError::Metadata(
+            "boot state",
+        )));
+    };
+    let boot = BootConfig {
+        config,
+        nonce: boot_state.boot_nonce.clone(),
+    };
+
+    // 2. Children.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let cm = desired::boot_config_map(nm, &boot)?;
+    cm_api
+        .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
+        .await
+        .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
+    ctx.runtime
+        .ensure(&ctx.client, nm, &boot, &digest_hex)
+        .await?;
+
+    // 3. Observe.
+    let observed = ctx.runtime.observe(&ctx.client, nm).await?;
+    let mut enclave = observed.state.clone();
+    let bundle: Option<EvidenceBundle> = match observed.sidecar {
+        Some(addr) => match sidecar::fetch_report(addr).await {
+            Ok(bundle) => Some(bundle),
+            Err(err) => {
+                enclave = EnclaveState::Unreachable(err.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+
+    // 4. Verify.
+    let outcome = match &bundle {
+        Some(bundle) => {
+            let ClusterState { boot, reports } = &mut *state;
+            let nonces = &boot
+                .as_ref()
+                .map(|b| b.nonces.clone())
+                .unwrap_or_else(|| IssuedNonces::new(Vec::new(), now, grace_ms(nm)));
+            verify::verify(
+                &verify::Input {
+                    nm,
+                    bundle,
+                    nonces,
+                    config_digest: digest,
+                    now_ms: now,
+                },
+                reports,
+            )
+        }
+        None => Outcome::Pending("no evidence from the sidecar yet".into()),
+    };
+    ctx.metrics.verification(match &outcome {
+        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
+        Outcome::Verified(_) => "Verified",
+        Outcome::Failed { reason, .. } => reason,
+        Outcome::Pending(_) => "Pending",
+    });
+    let observations = verify::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
+
+    // 5. Fresh challenges.
+    let mut requeue = Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds));
+    if let (Some(addr), Some(bundle), Some(boot_state)) =
+        (observed.sidecar, &bundle, state.boot.as_mut())
+        && bundle.attestation.is_some()
+    {
+        let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
+        if boot_state.needs_refresh
+            || now.saturating_sub(boot_state.nonces.latest_issued_ms) >= refresh_ms
+        {
+            let nonce = fresh_nonce();
+            match sidecar::request_attestation(addr, &nonce).await {
+                Ok(()) => {
+                    boot_state.nonces.refresh(nonce, now);
+                    boot_state.needs_refresh = false;
+                    requeue = Duration::from_secs(1);
+                    tracing::info!("asked the enclave for a fresh attestation");
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
+            }
+        }
+    }
+    drop(state);
+
+    // 6. The kubeconfig, only for an attested CA.
+    let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
+    let previous = nm.status.clone().unwrap_or_default();
+    let kubeconfig_ref = match &outcome {
+        Outcome::Verified(v) => {
+            let secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
+            secret_api
+                .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
+                .await
+                .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+            Some(SecretKeyReference {
+                name: names.kubeconfig_secret.clone(),
+                key: KUBECONFIG_KEY.into(),
+            })
+        }
+        Outcome::Failed { .. } => {
+            match secret_api
+                .delete(&names.kubeconfig_secret, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(err) => {
+                    return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+                }
+            }
+            None
+        }
+        Outcome::Pending(_) => previous.kubeconfig_secret_ref.clone(),
+    };
+
+    // 7. Status and Events.
+    let status = build_status(
+        nm,
+        StatusInput {
+            observations,
+            outcome: &outcome,
+            placement: observed.placement.clone(),
+            bundle: bundle.as_ref(),
+            endpoint: observed.endpoint.clone(),
+            kubeconfig: kubeconfig_ref,
+            digest_hex: &digest_hex,
+            now: time_now(),
+        },
+    );
+    patch_status(ctx, nm, &status).await?;
+    for (type_, reason, note) in transitions(&previous.conditions, &status.conditions) {
+        ctx.publish(nm, type_, &reason, note).await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+async fn patch_status(
+    ctx: &Context,
+    nm: &NautilusMaster,
+    status: &NautilusMasterStatus,
+) -> Result<()> {
+    let names = Names::of(nm)?;
+    let api: Api<NautilusMaster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let body = serde_json::json!({
+        "apiVersion": NautilusMaster::api_version(&()),
+        "kind": NautilusMaster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &names.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err("patch status of", "NautilusMaster", &names.name))?;
+    Ok(())
+}
+
+async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
+    let names = Names::of(nm)?;
+    let previous = nm.status.clone().unwrap_or_default();
+    if previous.phase != Some(Phase::Terminating) {
+        let mut status = previous.clone();
+        status.phase = Some(Phase::Terminating);
+        patch_status(ctx, nm, &status).await?;
+        ctx.publish(
+            nm,
+            EventType::Normal,
+            "Stopping",
+            "stopping the enclave before the resource is removed".into(),
+        )
+        .await;
+    }
+    if !ctx.runtime.stop(&ctx.client, nm).await? {
+        return Err(Error::Stopping(key_of(&names)));
+    }
+    ctx.forget(&key_of(&names));
+    tracing::info!("enclave stopped; removing the finalizer");
+    Ok(Action::await_change())
+}
+
+/// Inputs of [`build_status`] besides the resource.
+#[derive(Debug)]
+pub struct StatusInput<'a> {
+    /// Condition observations (without `Ready`).
+    pub observations: Vec<Observation>,
+    /// The verification outcome.
+    pub outcome: &'a Outcome,
+    /// Placement from the runtime.
+    pub placement: EnclavePlacement,
+    /// What the sidecar served, if anything.
+    pub bundle: Option<&'a EvidenceBundle>,
+    /// The control plane's endpoint.
+    pub endpoint: String,
+    /// The kubeconfig Secret, when published.
+    pub kubeconfig: Option<SecretKeyReference>,
+    /// The boot configuration's digest.
+    pub digest_hex: &'a str,
+    /// Now.
+    pub now: Time,
+}
+
+/// The whole status to apply: conditions merged into the previous ones (transition times kept
+/// where the status did not change), `Ready`, the phase and the summaries.
+pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMasterStatus {
+    let previous = nm.status.clone().unwrap_or_default();
+    let generation = nm.metadata.generation.unwrap_or(0);
+    let mut conditions_now = previous.conditions.clone();
+    for observation in input.observations {
+        conditions::merge(&mut conditions_now, observation, generation, &input.now);
+    }
+    let ready = conditions::ready(&conditions_now);
+    conditions::merge(&mut conditions_now, ready, generation, &input.now);
+    // Keep the order of `types::ALL` whatever order the previous status had.
+    conditions_now.sort_by_key(|c| {
+        types::ALL
+            .iter()
+            .position(|t| *t == c.type_)
+            .unwrap_or(usize::MAX)
+    });
+    let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded))
+        || previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == types::READY && c.status == "True");
+    let phase = conditions::phase(&conditions_now, false, was_ready);
+    let (attestation, components) = match input.outcome {
+        Outcome::Verified(v) => (Some(v.summary.clone()), verify::component_health(&v.report)),
+        Outcome::Failed { attestation, .. } => (attestation.as_deref().cloned(), Vec::new()),
+        Outcome::Pending(_) => (None, Vec::new()),
+    };
+    let mut placement = input.placement;
+    if let Some(info) = input.bundle.map(|b| &b.enclave) {
+        placement.enclave_id = info.enclave_id.clone();
+        placement.enclave_cid = info.enclave_cid;
+    }
+    NautilusMasterStatus {
+        observed_generation: Some(generation),
+        conditions: conditions_now,
+        phase: Some(phase),
+        attestation,
+        components,
+        placement: Some(placement),
+        endpoint: (!input.endpoint.is_empty()).then_some(input.endpoint),
+        kubeconfig_secret_ref: input.kubeconfig,
+        boot_config_digest: Some(input.digest_hex.to_owned()),
+    }
+}
+
+/// Events for conditions whose status changed (or that appeared): `Normal` when they became
+/// `True`, `Warning` otherwise; the reason is the condition's reason.
+pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, String, String)> {
+    new.iter()
+        .filter_map(|c| {
+            let before = old.iter().find(|o| o.type_ == c.type_);
+            if before.is_some_and(|b| b.status == c.status) {
+                return None;
+            }
+            let from = before.map_or("(none)", |b| b.status.as_str());
+            let type_ = if c.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            // Unknown at creation is not worth a warning.
+            if before.is_none() && c.status == "Unknown" {
+                return None;
+            }
+            Some((
+                type_,
+                c.reason.clone(),
+                format!("{}: {from} → {}: {}", c.type_, c.status, c.message),
+            ))
+        })
+        .collect()
+}
+
+/// Run the controller until `shutdown` resolves: watch NautilusMaster (in `namespace`, or all
+/// namespaces), the children it owns, and the enclave pods.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = namespace.as_deref();
+    let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
+    Controller::new(
+        api::<NautilusMaster>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<ConfigMap>(&client, ns), managed())
+    .owns(api::<StatefulSet>(&client, ns), managed())
+    .owns(api::<Service>(&client, ns), managed())
+    .owns(api::<Secret>(&client, ns), managed())
+    .watches(api::<Pod>(&client, ns), managed(), |pod: Pod| {
+        let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
+        let namespace = pod.namespace()?;
+        Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
+    })
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
+            Err(err) => tracing::debug!(error = %err, "reconcile error"),
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::mk_nm;
+    use crate::runtime::PodRuntime;
+    use crate::sidecar::tests::FakeSidecar;
+    use crate::verify::tests::{FakeEnclave, mk_sim_nm};
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use std::sync::Mutex as StdMutex;
+
+    /// One request the fake API server received.
+    #[derive(Clone, Debug)]
+    struct Recorded {
+        method: String,
+        path: String,
+        content_type: String,
+        body: Value,
+    }
+
+    /// Objects the fake API server answers GETs with.
+    #[derive(Clone, Debug, Default)]
+    struct Fixtures {
+        nm: Value,
+        config_map: Option<Value>,
+        pod: Option<Value>,
+    }
+
+    fn not_found() -> (u16, Value) {
+        (
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "not found", "reason": "NotFound", "code": 404}),
+        )
+    }
+
+    fn respond(fx: &Fixtures, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let path = path.split('?').next().unwrap_or_default();
+        match method {
+            "GET" if path.contains("/configmaps/") => {
+                fx.config_map.clone().map_or_else(not_found, |v| (200, v))
+            }
+            "GET" if path.contains("/pods/") => fx.pod.clone().map_or_else(not_found, |v| (200, v)),
+            "GET" => not_found(),
+            "PATCH" if path.ends_with("/status") => {
+                let mut nm = fx.nm.clone();
+                nm["status"] = body["status"].clone();
+                (200, nm)
+            }
+            "PATCH" if path.contains("/nautilusmasters/") => (200, fx.nm.clone()),
+            "PATCH" => (200, body.clone()),
+            "POST" => (201, body.clone()),
+            "DELETE" => (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
+            _ => not_found(),
+        }
+    }
+
+    /// A mocked API server (kube's documented tower-test pattern) that answers from fixtures
+    /// and records every request.
+    fn fake_apiserver(fx: Fixtures) -> (Client, Arc<StdMutex<Vec<Recorded>>>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let recorded = log.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                let content_type = request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .expect("request body");
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (status, answer) = respond(&fx, &method, &path, &body);
+                recorded.lock().expect("log").push(Recorded {
+                    method,
+                    path,
+                    content_type,
+                    body,
+                });
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                        .expect("response"),
+                );
+            }
+        });
+        (Client::new(service, "default"), log)
+    }
+
+    fn context(client: Client, sidecar_port: Option<u16>) -> Arc<Context> {
+        Arc::new(Context::new(
+            client,
+            EnclaveRuntime::Pod(PodRuntime {
+                sidecar_port,
+                ..PodRuntime::default()
+            }),
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    fn with_finalizer(mut nm: NautilusMaster) -> NautilusMaster {
+        nm.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        nm
+    }
+
+    fn requests(log: &Arc<StdMutex<Vec<Recorded>>>) -> Vec<Recorded> {
+        log.lock().expect("log").clone()
+    }
+
+    fn find<'a>(log: &'a [Recorded], method: &str, path: &str) -> &'a Recorded {
+        log.iter()
+            .find(|r| r.method == method && r.path.split('?').next() == Some(path))
+            .unwrap_or_else(|| {
+                let seen: Vec<_> = log
+                    .iter()
+                    .map(|r| format!("{} {}", r.method, r.path))
+                    .collect();
+                panic!("no {method} {path} in {seen:#?}")
+            })
+    }
+
+    fn non_event_calls(log: &[Recorded]) -> Vec<String> {
+        log.iter()
+            .filter(|r| !r.path.contains("/events"))
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r.method,
+                    r.path.split('?').next().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    const NM_PATH: &str =
+        "/apis/nautilus.k3s-daas.io/v1alpha1/namespaces/team-a/nautilusmasters/demo";
+
+    async fn run_reconcile(ctx: Arc<Context>, nm: NautilusMaster) -> Result<Action> {
+        tokio::time::timeout(Duration::from_secs(20), reconcile(Arc::new(nm), ctx))
+            .await
+            .expect("reconcile finished in time")
+    }
+
+    #[tokio::test]
+    async fn create_adds_the_finalizer_first() {
+        let nm = mk_nm("demo");
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        run_reconcile(context(client, None), nm).await.expect("ok");
+        let log = requests(&log);
+        assert_eq!(non_event_calls(&log), [format!("PATCH {NM_PATH}")]);
+        let patch = &log[0];
+        assert_eq!(patch.content_type, "application/json-patch+json");
+        let ops = patch.body.as_array().expect("json patch");
+        assert!(
+            ops.iter().any(|op| op["op"] == "add"
+                && op["path"] == "/metadata/finalizers"
+                && op["value"] == json!([FINALIZER])),
+            "{ops:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn apply_children_and_status_while_the_pod_is_pending() {
+        let nm = with_finalizer(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let action = run_reconcile(context(client, None), nm).await.expect("ok");
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        let log = requests(&log);
+        assert_eq!(
+            non_event_calls(&log),
+            [
+                "GET /api/v1/namespaces/team-a/configmaps/demo-boot",
+                "PATCH /api/v1/namespaces/team-a/configmaps/demo-boot",
+                "PATCH /apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
+                "PATCH /api/v1/namespaces/team-a/services/demo",
+                "GET /api/v1/namespaces/team-a/pods/demo-enclave-0",
+                &format!("PATCH {NM_PATH}/status"),
+            ]
+        );
+        for r in log.iter().filter(|r| r.method == "PATCH") {
+            assert_eq!(r.content_type, "application/apply-patch+yaml", "{}", r.path);
+            assert!(
+                r.path.contains("fieldManager=nautilus-operator"),
+                "{}",
+                r.path
+            );
+            assert!(r.path.contains("force=true"), "{}", r.path);
+        }
+        let cm = find(
+            &log,
+            "PATCH",
+            "/api/v1/namespaces/team-a/configmaps/demo-boot",
+        );
+        assert_eq!(
+            cm.body["metadata"]["ownerReferences"][0]["controller"],
+            true
+        );
+        let boot: BootConfig =
+            serde_json::from_str(cm.body["data"]["boot-config.json"].as_str().expect("data"))
+                .expect("boot config");
+        assert_eq!(boot.nonce.len(), 32);
+        let sts = find(
+            &log,
+            "PATCH",
+            "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
+        );
+        assert_eq!(sts.body["kind"], "StatefulSet");
+        assert_eq!(
+            sts.body["spec"]["template"]["metadata"]["annotations"][desired::DIGEST_KEY],
+            boot.config.digest_hex()
+        );
+
+        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body;
+        assert_eq!(status["apiVersion"], "nautilus.k3s-daas.io/v1alpha1");
+        assert_eq!(status["kind"], "NautilusMaster");
+        let status = &status["status"];
+        assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["phase"], "Launching");
+        assert_eq!(status["bootConfigDigest"], boot.config.digest_hex());
+        assert_eq!(status["endpoint"], "https://demo.team-a.svc:6443");
+        assert_eq!(status["placement"]["runtime"], "pod");
+        let conditions = status["conditions"].as_array().expect("conditions");
+        assert_eq!(conditions.len(), 6);
+        assert_eq!(conditions[0]["type"], "EnclaveRunning");
+        assert_eq!(conditions[0]["status"], "False");
+        assert_eq!(conditions[0]["reason"], "Launching");
+        assert!(
+            conditions[0]["message"]
+                .as_str()
+                .expect("m")
+                .contains("demo-enclave-0")
+        );
+        assert_eq!(conditions[5]["type"], "Ready");
+        assert_eq!(conditions[5]["status"], "False");
+        assert!(status.get("kubeconfigSecretRef").is_none());
+
+        // The transition of EnclaveRunning is an Event with the condition's reason.
+        let event = log
+            .iter()
+            .find(|r| r.method == "POST" && r.path.contains("/namespaces/team-a/events"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "an event in {:#?}",
+                    log.iter()
+                        .map(|r| format!("{} {}", r.method, r.path))
+                        .collect::<Vec<_>>()
+                )
+            });
+        assert_eq!(event.body["reason"], "Launching");
+        assert_eq!(event.body["type"], "Warning");
+        assert_eq!(event.body["regarding"]["name"], "demo");
+    }
+
+    fn running_pod(ip: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "demo-enclave-0", "namespace": "team-a"},
+            "spec": {"nodeName": "nitro-1", "containers": [{"name": "nautilus-sidecar"}]},
+            "status": {
+                "phase": "Running", "podIP": ip,
+                "containerStatuses": [{
+                    "name": "nautilus-sidecar", "ready": true, "restartCount": 0,
+                    "image": "x", "imageID": "x",
+                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+                }]
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn an_attested_enclave_gets_a_kubeconfig_and_ready_status() {
+        let nm = with_finalizer(mk_sim_nm());
+        let config = desired::enclave_config(&nm).expect("config");
+        let digest = config.digest();
+        let nonce = vec![9u8; 32];
+        let boot = BootConfig {
+            config,
+            nonce: nonce.clone(),
+        };
+        let cm = desired::boot_config_map(&nm, &boot).expect("cm");
+        let enclave = FakeEnclave::new();
+        let now = now_ms();
+        let sidecar = FakeSidecar::start(&enclave.bundle(digest, &nonce, 1, now)).await;
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
+            pod: Some(running_pod("127.0.0.1")),
+        });
+        let ctx = context(client, Some(sidecar.addr.port()));
+        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        // The operator restarted (the ConfigMap existed): it asked for a fresh attestation.
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        let attests = sidecar.attests.lock().expect("lock").clone();
+        assert_eq!(attests.len(), 1, "{attests:?}");
+
+        let log_now = requests(&log);
+        let cm_apply = find(
+            &log_now,
+            "PATCH",
+            "/api/v1/namespaces/team-a/configmaps/demo-boot",
+        );
+        let applied: BootConfig = serde_json::from_str(
+            cm_apply.body["data"]["boot-config.json"]
+                .as_str()
+                .expect("data"),
+        )
+        .expect("boot");
+        assert_eq!(applied.nonce, nonce, "the existing boot nonce is kept");
+
+        let secret = find(
+            &log_now,
+            "PATCH",
+            "/api/v1/namespaces/team-a/secrets/demo-kubeconfig",
+        );
+        use base64::Engine as _;
+        let kubeconfig = base64::engine::general_purpose::STANDARD
+            .decode(secret.body["data"]["kubeconfig"].as_str().expect("data"))
+            .expect("b64");
+        let kubeconfig: Value = serde_yaml::from_slice(&kubeconfig).expect("yaml");
+        let ca = base64::engine::general_purpose::STANDARD
+            .decode(
+                kubeconfig["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .expect("ca"),
+            )
+            .expect("b64");
+        assert_eq!(ca, enclave.serving_ca_pem.as_bytes());
+
+        let status = &find(&log_now, "PATCH", &format!("{NM_PATH}/status")).body["status"];
+        assert_eq!(status["phase"], "Ready", "{status:#}");
+        let conditions = status["conditions"].as_array().expect("conditions");
+        assert!(
+            conditions.iter().all(|c| c["status"] == "True"),
+            "{conditions:#?}"
+        );
+        assert_eq!(conditions[1]["reason"], "SimulatedAttestation");
+        assert_eq!(status["attestation"]["simulated"], true);
+        assert_eq!(status["kubeconfigSecretRef"]["name"], "demo-kubeconfig");
+        assert_eq!(status["components"].as_array().expect("c").len(), 3);
+        assert_eq!(status["placement"]["podName"], "demo-enclave-0");
+        assert_eq!(status["placement"]["nodeName"], "nitro-1");
+        assert_eq!(status["placement"]["enclaveID"], "4242");
+    }
+
+    #[tokio::test]
+    async fn a_forged_report_removes_the_kubeconfig_and_fails_attestation() {
+        let nm = with_finalizer(mk_sim_nm());
+        let config = desired::enclave_config(&nm).expect("config");
+        let digest = config.digest();
+        let nonce = vec![9u8; 32];
+        let cm = desired::boot_config_map(
+            &nm,
+            &BootConfig {
+                config,
+                nonce: nonce.clone(),
+            },
+        )
+        .expect("cm");
+        let enclave = FakeEnclave::new();
+        let now = now_ms();
+        let mut bundle = enclave.bundle(digest, &nonce, 1, now);
+        let forger = nautilus_protocol::wire::ReportSigner::generate();
+        bundle.report = Some(forger.sign(&enclave.report(1, &hex::encode(digest), now)));
+        let sidecar = FakeSidecar::start(&bundle).await;
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
+            pod: Some(running_pod("127.0.0.1")),
+        });
+        run_reconcile(context(client, Some(sidecar.addr.port())), nm)
+            .await
+            .expect("ok");
+        let log = requests(&log);
+        find(
+            &log,
+            "DELETE",
+            "/api/v1/namespaces/team-a/secrets/demo-kubeconfig",
+        );
+        assert!(
+            !log.iter()
+                .any(|r| r.method == "PATCH" && r.path.contains("/secrets/")),
+            "no kubeconfig for a forged report"
+        );
+        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
+        let attested = &status["conditions"][1];
+        assert_eq!(attested["type"], "Attested");
+        assert_eq!(attested["status"], "False");
+        assert_eq!(attested["reason"], "ReportSignatureInvalid");
+        assert_eq!(status["conditions"][5]["reason"], "ReportSignatureInvalid");
+        assert_eq!(status["phase"], "Failed");
+        assert!(status.get("kubeconfigSecretRef").is_none());
+        let event = log
+            .iter()
+            .find(|r| r.method == "POST" && r.body["reason"] == "ReportSignatureInvalid")
+            .expect("event");
+        assert_eq!(event.body["type"], "Warning");
+    }
+
+    fn deleting(nm: NautilusMaster) -> NautilusMaster {
+        let mut nm = with_finalizer(nm);
+        nm.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        nm
+    }
+
+    #[tokio::test]
+    async fn delete_stops_the_enclave_then_removes_the_finalizer() {
+        let nm = deleting(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let action = run_reconcile(context(client, None), nm).await.expect("ok");
+        assert_eq!(action, Action::await_change());
+        let log = requests(&log);
+        assert_eq!(
+            non_event_calls(&log),
+            [
+                format!("PATCH {NM_PATH}/status"),
+                "DELETE /apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave".to_owned(),
+                "GET /api/v1/namespaces/team-a/pods/demo-enclave-0".to_owned(),
+                format!("PATCH {NM_PATH}"),
+            ]
+        );
+        let status = &log
+            .iter()
+            .find(|r| r.path.split('?').next() == Some(&format!("{NM_PATH}/status")))
+            .expect("status")
+            .body;
+        assert_eq!(status["status"]["phase"], "Terminating");
+        let remove = log
+            .iter()
+            .rfind(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH))
+            .expect("finalizer patch");
+        assert_eq!(remove.content_type, "application/json-patch+json");
+        let ops = remove.body.as_array().expect("ops");
+        assert!(
+            ops.iter()
+                .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
+            "{ops:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_waits_while_the_enclave_pod_still_runs() {
+        let nm = deleting(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            pod: Some(running_pod("10.0.0.5")),
+            ..Fixtures::default()
+        });
+        let ctx = context(client, None);
+        let err = run_reconcile(ctx.clone(), nm.clone())
+            .await
+            .expect_err("waits");
+        assert_eq!(err.category(), "EnclaveStopping");
+        assert_eq!(
+            error_policy(Arc::new(nm), &err, ctx),
+            Action::requeue(Duration::from_secs(2))
+        );
+        let log = requests(&log);
+        assert!(
+            !log.iter()
+                .any(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH)),
+            "the finalizer stays while the pod runs"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(6), Duration::from_secs(160));
+        assert_eq!(backoff(7), Duration::from_secs(300));
+        assert_eq!(backoff(100), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn status_keeps_transition_times_and_orders_conditions() {
+        use crate::conditions::Status;
+        use nautilus_crds::conditions::reasons;
+        let mut nm = mk_nm("demo");
+        let t0 = Time(Timestamp::from_second(1_000).expect("t"));
+        let t1 = Time(Timestamp::from_second(2_000).expect("t"));
+        let outcome = Outcome::Pending("x".into());
+        let input = |now: &Time, status: Status| StatusInput {
+            observations: vec![Observation::new(
+                types::ENCLAVE_RUNNING,
+                status,
+                reasons::LAUNCHING,
+                "m",
+            )],
+            outcome: &outcome,
+            placement: EnclavePlacement::default(),
+            bundle: None,
+            endpoint: String::new(),
+            kubeconfig: None,
+            digest_hex: "d",
+            now: now.clone(),
+        };
+        let first = build_status(&nm, input(&t0, Status::False));
+        nm.status = Some(first.clone());
+        let second = build_status(&nm, input(&t1, Status::False));
+        assert_eq!(second.conditions[0].last_transition_time, t0);
+        assert_eq!(second.conditions.last().expect("ready").type_, types::READY);
+        assert!(second.endpoint.is_none());
+        let events = transitions(&first.conditions, &second.conditions);
+        assert!(events.is_empty(), "{events:?}");
+        let third = build_status(&nm, input(&t1, Status::True));
+        assert_eq!(third.conditions[0].last_transition_time, t1);
+        let events = transitions(&second.conditions, &third.conditions);
+        let running = events
+            .iter()
+            .find(|e| e.2.starts_with("EnclaveRunning: False → True"))
+            .expect("EnclaveRunning event");
+        assert_eq!(running.0, EventType::Normal);
+        // Ready moves from False (a condition was False) to Unknown (others not observed).
+        assert!(
+            events
+                .iter()
+                .any(|e| e.0 == EventType::Warning && e.2.starts_with("Ready: False → Unknown")),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 2);
+    }
+}

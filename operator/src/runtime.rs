@@ -1,0 +1,652 @@
+//! The enclave runtime seam: where the sidecar (and through it the enclave) runs.
+//!
+//! - [`EnclaveRuntime::Pod`] (production): a single-replica StatefulSet on a Nitro node with a
+//!   Service in front; the operator reaches the sidecar at the pod's IP.
+//! - [`EnclaveRuntime::Local`] (development): the operator starts `nautilus-sidecar --launcher
+//!   process` itself, one per resource, on 127.0.0.1 with ephemeral ports, with a simulated NSM
+//!   in the agent; it works against any API server, even one without nodes.
+//!
+//! Both report the same [`Observed`] shape, so status and conditions are computed the same way;
+//! only `status.placement.runtime` tells them apart.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use nautilus_crds::{EnclavePlacement, NautilusMaster};
+use nautilus_protocol::wire::BootConfig;
+use tokio::sync::Mutex;
+
+use crate::desired::{self, FIELD_MANAGER, Names, PodSettings, SIDECAR_CONTAINER};
+use crate::verify::EnclaveState;
+
+/// Why the runtime could not do its part.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// The desired state could not be computed.
+    #[error(transparent)]
+    Desired(#[from] desired::DesiredError),
+    /// An API call failed.
+    #[error("{verb} {kind} {name}")]
+    Kube {
+        /// What was attempted.
+        verb: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A local process could not be started or stopped.
+    #[error("local runtime: {what}")]
+    Local {
+        /// What failed.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What the runtime sees of a resource's enclave workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// The workload's state.
+    pub state: EnclaveState,
+    /// Where the sidecar's HTTP API answers, once it should.
+    pub sidecar: Option<SocketAddr>,
+    /// `status.placement` (the enclave ID and CID are added from the sidecar's report).
+    pub placement: EnclavePlacement,
+    /// `status.endpoint`.
+    pub endpoint: String,
+}
+
+/// Where enclaves run.
+#[derive(Debug)]
+pub enum EnclaveRuntime {
+    /// A StatefulSet per resource (production).
+    Pod(PodRuntime),
+    /// A local sidecar process per resource (development).
+    Local(LocalRuntime),
+}
+
+impl EnclaveRuntime {
+    /// `pod` or `local`, as `status.placement.runtime` says.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pod(_) => "pod",
+            Self::Local(_) => "local",
+        }
+    }
+
+    /// Make the workload match `boot` (whose configuration digest is `digest_hex`).
+    pub async fn ensure(
+        &self,
+        client: &Client,
+        nm: &NautilusMaster,
+        boot: &BootConfig,
+        digest_hex: &str,
+    ) -> Result<()> {
+        match self {
+            Self::Pod(pod) => pod.ensure(client, nm, digest_hex).await,
+            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
+        }
+    }
+
+    /// What runs now.
+    pub async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
+        match self {
+            Self::Pod(pod) => pod.observe(client, nm).await,
+            Self::Local(local) => local.observe(nm).await,
+        }
+    }
+
+    /// Stop the enclave. `Ok(true)` once it is gone, `Ok(false)` while it is stopping.
+    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+        match self {
+            Self::Pod(pod) => pod.stop(client, nm).await,
+            Self::Local(local) => local.stop(nm).await,
+        }
+    }
+}
+
+/// The production runtime: StatefulSet + Service.
+#[derive(Clone, Debug, Default)]
+pub struct PodRuntime {
+    /// Settings of the enclave pod from the operator's flags.
+    pub settings: PodSettings,
+    /// Port of the sidecar's HTTP API on the pod IP (8080; tests use another).
+    pub sidecar_port: Option<u16>,
+}
+
+fn kube_err(
+    verb: &'static str,
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> RuntimeError {
+    let name = name.to_owned();
+    move |source| RuntimeError::Kube {
+        verb,
+        kind,
+        name,
+        source,
+    }
+}
+
+fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<u64> {
+    u64::try_from(t.0.as_millisecond()).ok()
+}
+
+impl PodRuntime {
+    async fn ensure(&self, client: &Client, nm: &NautilusMaster, digest_hex: &str) -> Result<()> {
+        let names = Names::of(nm)?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
+        Api::<StatefulSet>::namespaced(client.clone(), &names.namespace)
+            .patch(&names.statefulset, &params, &Patch::Apply(&sts))
+            .await
+            .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?;
+        let svc = desired::service(nm)?;
+        Api::<Service>::namespaced(client.clone(), &names.namespace)
+            .patch(&names.service, &params, &Patch::Apply(&svc))
+            .await
+            .map_err(kube_err("apply", "Service", &names.service))?;
+        Ok(())
+    }
+
+    async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
+        let names = Names::of(nm)?;
+        let endpoint = desired::service_endpoint(nm)?;
+        let pod = Api::<Pod>::namespaced(client.clone(), &names.namespace)
+            .get_opt(&names.pod)
+            .await
+            .map_err(kube_err("get", "Pod", &names.pod))?;
+        let mut placement = EnclavePlacement {
+            runtime: Some("pod".into()),
+            ..EnclavePlacement::default()
+        };
+        let Some(pod) = pod else {
+            return Ok(Observed {
+                state: EnclaveState::Starting(format!(
+                    "waiting for pod {} to be created",
+                    names.pod
+                )),
+                sidecar: None,
+                placement,
+                endpoint,
+            });
+        };
+        placement.pod_name = Some(names.pod.clone());
+        let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        placement.node_name = spec_node;
+        let status = pod.status.clone().unwrap_or_default();
+        let phase = status.phase.clone().unwrap_or_else(|| "Unknown".into());
+        let sidecar_status = status
+            .container_statuses
+            .as_ref()
+            .and_then(|cs| cs.iter().find(|c| c.name == SIDECAR_CONTAINER));
+        let waiting = sidecar_status
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.as_ref());
+        let state = if phase == "Failed" {
+            EnclaveState::Failed(format!(
+                "pod {} failed: {}",
+                names.pod,
+                status
+                    .message
+                    .clone()
+                    .or(status.reason.clone())
+                    .unwrap_or_default()
+            ))
+        } else if let Some(w) = waiting.filter(|w| {
+            matches!(
+                w.reason.as_deref(),
+                Some(
+                    "CrashLoopBackOff"
+                        | "ImagePullBackOff"
+                        | "ErrImagePull"
+                        | "CreateContainerConfigError"
+                        | "InvalidImageName"
+                )
+            )
+        }) {
+            EnclaveState::Failed(format!(
+                "container {SIDECAR_CONTAINER} of pod {}: {}: {}",
+                names.pod,
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default()
+            ))
+        } else if phase != "Running" || status.pod_ip.is_none() {
+            let scheduling = status
+                .conditions
+                .as_ref()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "PodScheduled" && c.status != "True")
+                })
+                .and_then(|c| c.message.clone());
+            EnclaveState::Starting(match scheduling {
+                Some(m) => format!("pod {} is {phase}: {m}", names.pod),
+                None => format!("pod {} is {phase}", names.pod),
+            })
+        } else {
+            let started_ms = sidecar_status
+                .and_then(|c| c.state.as_ref())
+                .and_then(|s| s.running.as_ref())
+                .and_then(|r| r.started_at.as_ref())
+                .and_then(millis_of);
+            EnclaveState::SidecarUp { started_ms }
+        };
+        let sidecar = match (&state, status.pod_ip.as_deref()) {
+            (EnclaveState::SidecarUp { .. }, Some(ip)) => {
+                ip.parse::<std::net::IpAddr>().ok().map(|ip| {
+                    SocketAddr::new(ip, self.sidecar_port.unwrap_or(desired::SIDECAR_HTTP_PORT))
+                })
+            }
+            _ => None,
+        };
+        // A pod of the previous configuration is still a running enclave: verification waits
+        // for the new one, as the bundle names the digest it runs.
+        Ok(Observed {
+            state,
+            sidecar,
+            placement,
+            endpoint,
+        })
+    }
+
+    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+        let names = Names::of(nm)?;
+        let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
+        match sts_api
+            .delete(&names.statefulset, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err)),
+        }
+        let pod = Api::<Pod>::namespaced(client.clone(), &names.namespace)
+            .get_opt(&names.pod)
+            .await
+            .map_err(kube_err("get", "Pod", &names.pod))?;
+        Ok(pod.is_none())
+    }
+}
+
+/// Paths and commands of the local runtime.
+#[derive(Clone, Debug)]
+pub struct LocalSettings {
+    /// `nautilus-sidecar` binary.
+    pub sidecar_binary: PathBuf,
+    /// `nautilus-agent` binary.
+    pub agent_binary: PathBuf,
+    /// The control-plane command the agent runs (`k3s`, or a stand-in).
+    pub control_plane_command: String,
+    /// Directory under which each resource gets a work directory.
+    pub work_dir: PathBuf,
+}
+
+/// The development runtime: one local sidecar process per resource.
+#[derive(Debug)]
+pub struct LocalRuntime {
+    settings: LocalSettings,
+    processes: Mutex<HashMap<String, LocalProcess>>,
+}
+
+#[derive(Debug)]
+struct LocalProcess {
+    child: tokio::process::Child,
+    digest_hex: String,
+    http: SocketAddr,
+    api_port: u16,
+    started_ms: u64,
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn now_ms() -> u64 {
+    nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
+}
+
+impl LocalRuntime {
+    /// A local runtime with no processes yet.
+    pub fn new(settings: LocalSettings) -> Self {
+        Self {
+            settings,
+            processes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(names: &Names) -> String {
+        format!("{}/{}", names.namespace, names.name)
+    }
+
+    /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
+    /// the spec's PCRs, TCP instead of vsock, direct egress).
+    #[allow(clippy::too_many_arguments)]
+    fn command(
+        &self,
+        nm: &NautilusMaster,
+        dir: &std::path::Path,
+        boot_path: &std::path::Path,
+        ports: [u16; 8],
+    ) -> Result<tokio::process::Command> {
+        let [
+            agent,
+            api_upstream,
+            http,
+            api,
+            egress,
+            webhook,
+            scheduler,
+            controller,
+        ] = ports;
+        let s = &self.settings;
+        let enclave = &nm.spec.enclave;
+        let mut agent_args = vec![
+            format!("--listen=tcp://127.0.0.1:{agent}"),
+            format!("--api-listen=tcp://127.0.0.1:{api_upstream}"),
+            "--nsm=simulated".to_owned(),
+            format!("--simulated-pcr=0={}", enclave.pcr0),
+            format!("--simulated-pcr=1={}", enclave.pcr1),
+            format!("--simulated-pcr=2={}", enclave.pcr2),
+        ];
+        if let Some(pcr8) = &enclave.pcr8 {
+            agent_args.push(format!("--simulated-pcr=8={pcr8}"));
+        }
+        agent_args.extend([
+            format!("--control-plane-command={}", s.control_plane_command),
+            format!("--work-dir={}", dir.join("agent").display()),
+            format!("--webhook-listen=127.0.0.1:{webhook}"),
+            "--egress-proxy=none".to_owned(),
+        ]);
+        let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
+        cmd.arg(format!("--boot-config={}", boot_path.display()))
+            .arg("--launcher=process")
+            .arg(format!("--agent-command={}", s.agent_binary.display()));
+        for arg in agent_args {
+            cmd.arg(format!("--agent-arg={arg}"));
+        }
+        cmd.arg(format!("--agent=tcp://127.0.0.1:{agent}"))
+            .arg(format!("--api-upstream=tcp://127.0.0.1:{api_upstream}"))
+            .arg(format!("--http-listen=127.0.0.1:{http}"))
+            .arg(format!("--api-listen=127.0.0.1:{api}"))
+            .arg(format!("--egress-listen=tcp://127.0.0.1:{egress}"))
+            .arg(format!(
+                "--egress-allow={}",
+                desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
+            ))
+            // Parallel control planes on one machine must not share the health ports.
+            .env("NAUTILUS_CP_SCHEDULER_PORT", scheduler.to_string())
+            .env(
+                "NAUTILUS_CP_CONTROLLER_MANAGER_PORT",
+                controller.to_string(),
+            )
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    async fn ensure(&self, nm: &NautilusMaster, boot: &BootConfig, digest_hex: &str) -> Result<()> {
+        let names = Names::of(nm)?;
+        let key = Self::key(&names);
+        let mut processes = self.processes.lock().await;
+        if let Some(p) = processes.get_mut(&key) {
+            let alive = matches!(p.child.try_wait(), Ok(None));
+            if alive && p.digest_hex == digest_hex {
+                return Ok(());
+            }
+            if alive {
+                // A new configuration: replace the enclave, as a new pod revision would.
+                terminate(&mut p.child).await;
+            } else {
+                // It exited: leave it for observe() to report, unless the config changed.
+                if p.digest_hex == digest_hex {
+                    return Ok(());
+                }
+            }
+            processes.remove(&key);
+        }
+        let local_err = |what: String| move |source| RuntimeError::Local { what, source };
+        let dir = self
+            .settings
+            .work_dir
+            .join(format!("{}_{}", names.namespace, names.name));
+        std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
+        let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
+        let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
+            what: "serializing the boot config".into(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&boot_path, json)
+            .map_err(local_err(format!("writing {}", boot_path.display())))?;
+        let mut ports = [0u16; 8];
+        for port in &mut ports {
+            *port = free_port().map_err(local_err("finding a free port".into()))?;
+        }
+        let log_path = dir.join("sidecar.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(local_err(format!("creating {}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(local_err(format!("opening {}", log_path.display())))?;
+        let mut cmd = self.command(nm, &dir, &boot_path, ports)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let child = cmd.spawn().map_err(local_err(format!(
+            "starting {}",
+            self.settings.sidecar_binary.display()
+        )))?;
+        tracing::info!(
+            cluster = %key,
+            pid = child.id().unwrap_or(0),
+            http = ports[2],
+            api = ports[3],
+            log = %log_path.display(),
+            "started a local sidecar"
+        );
+        processes.insert(
+            key,
+            LocalProcess {
+                child,
+                digest_hex: digest_hex.to_owned(),
+                http: SocketAddr::from(([127, 0, 0, 1], ports[2])),
+                api_port: ports[3],
+                started_ms: now_ms(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
+        let names = Names::of(nm)?;
+        let mut processes = self.processes.lock().await;
+        let placement = EnclavePlacement {
+            runtime: Some("local".into()),
+            ..EnclavePlacement::default()
+        };
+        let Some(p) = processes.get_mut(&Self::key(&names)) else {
+            return Ok(Observed {
+                state: EnclaveState::Absent,
+                sidecar: None,
+                placement,
+                endpoint: String::new(),
+            });
+        };
+        let endpoint = format!("https://127.0.0.1:{}", p.api_port);
+        let state = match p.child.try_wait() {
+            Ok(None) => EnclaveState::SidecarUp {
+                started_ms: Some(p.started_ms),
+            },
+            Ok(Some(status)) => {
+                EnclaveState::Failed(format!("the local sidecar process exited: {status}"))
+            }
+            Err(err) => EnclaveState::Failed(format!("cannot check the local sidecar: {err}")),
+        };
+        let sidecar = matches!(state, EnclaveState::SidecarUp { .. }).then_some(p.http);
+        Ok(Observed {
+            state,
+            sidecar,
+            placement,
+            endpoint,
+        })
+    }
+
+    async fn stop(&self, nm: &NautilusMaster) -> Result<bool> {
+        let names = Names::of(nm)?;
+        let removed = self.processes.lock().await.remove(&Self::key(&names));
+        if let Some(mut p) = removed {
+            terminate(&mut p.child).await;
+        }
+        Ok(true)
+    }
+}
+
+/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // No `unsafe` for kill(2): ask the system's `kill`.
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::mk_nm;
+
+    fn local(binary: &str) -> LocalRuntime {
+        LocalRuntime::new(LocalSettings {
+            sidecar_binary: binary.into(),
+            agent_binary: "nautilus-agent".into(),
+            control_plane_command: "nautilus-standin".into(),
+            work_dir: std::env::temp_dir().join(format!("nautilus-op-test-{}", std::process::id())),
+        })
+    }
+
+    fn boot(nm: &NautilusMaster) -> BootConfig {
+        BootConfig {
+            config: desired::enclave_config(nm).expect("config"),
+            nonce: vec![1; 32],
+        }
+    }
+
+    #[tokio::test]
+    async fn local_runtime_starts_observes_and_stops_a_process() {
+        // A script that ignores its flags and sleeps stands in for the sidecar.
+        let script = std::env::temp_dir().join(format!("fake-sidecar-{}.sh", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let rt = local(script.to_str().expect("utf8"));
+        let nm = mk_nm("demo");
+        let observed = rt.observe(&nm).await.expect("observe");
+        assert_eq!(observed.state, EnclaveState::Absent);
+
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        let observed = rt.observe(&nm).await.expect("observe");
+        assert!(matches!(observed.state, EnclaveState::SidecarUp { .. }));
+        assert_eq!(observed.placement.runtime.as_deref(), Some("local"));
+        assert!(observed.endpoint.starts_with("https://127.0.0.1:"));
+        let addr = observed.sidecar.expect("addr");
+        assert!(addr.ip().is_loopback());
+
+        // Same digest: the same process.
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
+
+        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(
+            rt.observe(&nm).await.expect("o").state,
+            EnclaveState::Absent
+        );
+        let _ = std::fs::remove_file(&script);
+    }
+
+    #[tokio::test]
+    async fn local_runtime_reports_a_process_that_exited() {
+        let rt = local("false");
+        let nm = mk_nm("demo");
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        for _ in 0..50 {
+            if let EnclaveState::Failed(m) = rt.observe(&nm).await.expect("o").state {
+                assert!(m.contains("exited"), "{m}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the exit was not observed");
+    }
+
+    #[test]
+    fn local_command_passes_the_spec_pcrs_and_separate_ports() {
+        let rt = local("nautilus-sidecar");
+        let mut nm = mk_nm("demo");
+        nm.spec.enclave.pcr8 = Some("88".repeat(48));
+        let dir = std::path::Path::new("/tmp/x");
+        let cmd = rt
+            .command(
+                &nm,
+                dir,
+                &dir.join("boot-config.json"),
+                [1, 2, 3, 4, 5, 6, 7, 8],
+            )
+            .expect("cmd");
+        let args: Vec<String> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for expected in [
+            "--launcher=process",
+            "--agent-arg=--nsm=simulated",
+            "--agent-arg=--listen=tcp://127.0.0.1:1",
+            "--agent=tcp://127.0.0.1:1",
+            "--api-upstream=tcp://127.0.0.1:2",
+            "--http-listen=127.0.0.1:3",
+            "--api-listen=127.0.0.1:4",
+            "--agent-arg=--webhook-listen=127.0.0.1:6",
+            "--agent-arg=--egress-proxy=none",
+            "--agent-arg=--control-plane-command=nautilus-standin",
+        ] {
+            assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
+        }
+        assert!(
+            args.iter()
+                .any(|a| a == &format!("--agent-arg=--simulated-pcr=8={}", "88".repeat(48)))
+        );
+        let envs: Vec<_> = cmd.as_std().get_envs().collect();
+        assert!(envs.iter().any(|(k, v)| *k == "NAUTILUS_CP_SCHEDULER_PORT"
+            && v.map(|v| v.to_string_lossy() == "7").unwrap_or(false)));
+    }
+}

@@ -1,0 +1,267 @@
+//! A small HTTP/1.1 client for the sidecar's API: `GET /report` and `POST /attest`.
+//!
+//! Plain HTTP on purpose: nothing the sidecar says is trusted until [`crate::verify`] checked
+//! it, so TLS to the sidecar would add nothing. Answers are read with a size limit and every
+//! call has a timeout; a misbehaving sidecar yields an error, never a hang or a panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use nautilus_protocol::wire::EvidenceBundle;
+
+/// Largest `/report` answer read (an evidence bundle is about 10 KiB).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// Time allowed for one call, connection included.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to the sidecar failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    /// Connecting, sending or receiving failed.
+    #[error("{method} http://{addr}{path}: {reason}")]
+    Transport {
+        /// HTTP method.
+        method: &'static str,
+        /// The sidecar's address.
+        addr: SocketAddr,
+        /// Path called.
+        path: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// The call took longer than [`CALL_TIMEOUT`].
+    #[error("{method} http://{addr}{path}: no answer within {CALL_TIMEOUT:?}")]
+    Timeout {
+        /// HTTP method.
+        method: &'static str,
+        /// The sidecar's address.
+        addr: SocketAddr,
+        /// Path called.
+        path: &'static str,
+    },
+    /// The sidecar answered with an unexpected status.
+    #[error("{method} http://{addr}{path}: status {status}")]
+    Status {
+        /// HTTP method.
+        method: &'static str,
+        /// The sidecar's address.
+        addr: SocketAddr,
+        /// Path called.
+        path: &'static str,
+        /// The status code.
+        status: u16,
+    },
+    /// The `/report` body is not an evidence bundle.
+    #[error("/report from {addr} is not an evidence bundle: {reason}")]
+    Malformed {
+        /// The sidecar's address.
+        addr: SocketAddr,
+        /// What the parser reported.
+        reason: String,
+    },
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &'static str,
+    path: &'static str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Bytes), SidecarError> {
+    let transport = |reason: String| SidecarError::Transport {
+        method,
+        addr,
+        path,
+        reason,
+    };
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, addr.to_string());
+        if body.is_some() {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the body: {e}")))?
+            .to_bytes();
+        driver.abort();
+        Ok((status, bytes))
+    };
+    tokio::time::timeout(CALL_TIMEOUT, work)
+        .await
+        .map_err(|_| SidecarError::Timeout { method, addr, path })?
+}
+
+/// `GET /report`: the evidence bundle the sidecar relays.
+pub async fn fetch_report(addr: SocketAddr) -> Result<EvidenceBundle, SidecarError> {
+    let (status, body) = call(addr, "GET", "/report", None).await?;
+    if status != 200 {
+        return Err(SidecarError::Status {
+            method: "GET",
+            addr,
+            path: "/report",
+            status,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| SidecarError::Malformed {
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+/// `POST /attest` with a fresh nonce; the sidecar answers 202 and the enclave attests again.
+pub async fn request_attestation(addr: SocketAddr, nonce: &[u8]) -> Result<(), SidecarError> {
+    let body = serde_json::json!({
+        "nonce": base64::engine::general_purpose::STANDARD.encode(nonce),
+    });
+    let (status, _) = call(addr, "POST", "/attest", Some(body.to_string().into_bytes())).await?;
+    if status != 202 && status != 200 {
+        return Err(SidecarError::Status {
+            method: "POST",
+            addr,
+            path: "/attest",
+            status,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A fake sidecar: answers `/report` with `bundle` and records `/attest` bodies.
+    pub(crate) struct FakeSidecar {
+        pub(crate) addr: SocketAddr,
+        pub(crate) attests: Arc<Mutex<Vec<String>>>,
+        pub(crate) bundle: Arc<Mutex<String>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for FakeSidecar {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl FakeSidecar {
+        pub(crate) async fn start(bundle: &EvidenceBundle) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let attests = Arc::new(Mutex::new(Vec::new()));
+            let bundle = Arc::new(Mutex::new(
+                serde_json::to_string(bundle).expect("bundle json"),
+            ));
+            let (a, b) = (attests.clone(), bundle.clone());
+            let task = tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut got = 0;
+                    // Read until the headers and the announced body are in.
+                    loop {
+                        let n = stream.read(&mut buf[got..]).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                        let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if got >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                    let (status, body) = if text.starts_with("GET /report") {
+                        ("200 OK", b.lock().expect("lock").clone())
+                    } else if text.starts_with("POST /attest") {
+                        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                        a.lock().expect("lock").push(body.to_owned());
+                        ("202 Accepted", String::new())
+                    } else {
+                        ("404 Not Found", String::new())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                }
+            });
+            Self {
+                addr,
+                attests,
+                bundle,
+                task,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fetches_the_report_and_posts_a_nonce() {
+        let bundle = EvidenceBundle {
+            boot_config_digest: Some("ab".repeat(32)),
+            ..EvidenceBundle::default()
+        };
+        let sidecar = FakeSidecar::start(&bundle).await;
+        let got = fetch_report(sidecar.addr).await.expect("report");
+        assert_eq!(got, bundle);
+        request_attestation(sidecar.addr, &[1, 2, 3])
+            .await
+            .expect("attest");
+        let attests = sidecar.attests.lock().expect("lock").clone();
+        assert_eq!(attests, [r#"{"nonce":"AQID"}"#]);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_closed_ports_are_errors() {
+        let sidecar = FakeSidecar::start(&EvidenceBundle::default()).await;
+        *sidecar.bundle.lock().expect("lock") = "not json".into();
+        assert!(matches!(
+            fetch_report(sidecar.addr).await,
+            Err(SidecarError::Malformed { .. })
+        ));
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert!(matches!(
+            fetch_report(closed).await,
+            Err(SidecarError::Transport { .. })
+        ));
+    }
+}

@@ -525,6 +525,35 @@ async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Name of the NautilusMaster CRD.
+pub const CRD_NAME: &str = "nautilusmasters.nautilus.k3s-daas.io";
+
+/// Why the operator cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The CRD is not installed.
+    #[error(
+        "the CustomResourceDefinition {CRD_NAME} is not installed; install it with \
+         `kubectl apply --server-side -f crds/nautilusmaster.yaml`"
+    )]
+    CrdMissing,
+    /// The CRD could not be read.
+    #[error("cannot read the CustomResourceDefinition {CRD_NAME}")]
+    CrdUnreadable(#[source] kube::Error),
+}
+
+/// Check at startup that the NautilusMaster CRD is installed.
+pub async fn check_crd(client: &Client) -> Result<(), StartupError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match api.get_opt(CRD_NAME).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(StartupError::CrdMissing),
+        Err(err) => Err(StartupError::CrdUnreadable(err)),
+    }
+}
+
 /// Inputs of [`build_status`] besides the resource.
 #[derive(Debug)]
 pub struct StatusInput<'a> {
@@ -1150,6 +1179,23 @@ mod tests {
             !log.iter()
                 .any(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH)),
             "the finalizer stays while the pod runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn startup_checks_that_the_crd_is_installed() {
+        let (client, log) = fake_apiserver(Fixtures::default());
+        let err = check_crd(&client).await.expect_err("missing");
+        assert!(
+            err.to_string()
+                .contains("kubectl apply --server-side -f crds/nautilusmaster.yaml")
+        );
+        let log = requests(&log);
+        assert_eq!(
+            non_event_calls(&log),
+            [
+                "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/nautilusmasters.nautilus.k3s-daas.io"
+            ]
         );
     }
 

@@ -9,13 +9,14 @@
 //!   re-attestation, Events) and [`controller::run`].
 //! - [`runtime`]: where enclaves run: `pod` (StatefulSet) or `local` (a sidecar process).
 //! - [`sidecar`]: the HTTP client for the sidecar's `/report` and `/attest`.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`admin`]: the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`verify`]: verification of the relayed evidence (attestation, policy, signed report) and
 //!   the condition observations that follow, pure.
 //!
 //! See `docs/architecture.md` (section "Operator"). The `crdgen` binary renders the CRD from
 //! `nautilus-crds`; the `nautilus-operator` binary (`main.rs`) wires these together.
 
+pub mod admin;
 pub mod conditions;
 pub mod controller;
 pub mod desired;

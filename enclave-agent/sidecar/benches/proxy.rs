@@ -1,3 +1,145 @@
-//! Proxy benchmark (work in progress).
+//! The API proxy path (client → sidecar → enclave) against a direct connection, over Unix
+//! sockets standing in for vsock: small request/response round trips on a kept-alive
+//! connection, a fresh connection with one round trip, and 1 MiB bulk transfers.
+//!
+//! `cargo bench -p nautilus-sidecar --bench proxy -- --quick`
 
-fn main() {}
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
+use nautilus_sidecar::metrics::Metrics;
+use nautilus_sidecar::proxy;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::runtime::Runtime;
+
+const SMALL: usize = 256;
+const BULK: usize = 1024 * 1024;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An echo server on a Unix socket: the enclave's API server, as far as bytes go.
+async fn echo(path: &Path) -> Endpoint {
+    let listener = transport::bind(&Endpoint::Unix(path.to_owned()))
+        .await
+        .expect("bind echo");
+    let endpoint = listener.endpoint().clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(stream);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    endpoint
+}
+
+async fn round_trip(stream: &mut BoxedStream, message: &[u8], buf: &mut [u8]) {
+    stream.write_all(message).await.expect("write");
+    stream.read_exact(buf).await.expect("read");
+}
+
+async fn bulk(stream: BoxedStream, data: Arc<Vec<u8>>) -> BoxedStream {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let writer = async {
+        w.write_all(&data).await.expect("write");
+    };
+    let reader = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.expect("read");
+    };
+    tokio::join!(writer, reader);
+    r.unsplit(w)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (direct, via_proxy) = rt.block_on(async {
+        let upstream = echo(&dir.path().join("api.sock")).await;
+        let listener = transport::bind(&Endpoint::Unix(dir.path().join("proxy.sock")))
+            .await
+            .expect("bind proxy");
+        let proxied = listener.endpoint().clone();
+        tokio::spawn(proxy::serve_api(
+            listener,
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+        ));
+        (upstream, proxied)
+    });
+
+    let message = vec![0x17u8; SMALL];
+    let mut group = c.benchmark_group("api_proxy_rtt");
+    group.throughput(Throughput::Elements(1));
+    for (name, endpoint) in [("direct", &direct), ("proxy", &via_proxy)] {
+        group.bench_function(format!("{name}/{SMALL}B"), |b| {
+            let mut stream = rt.block_on(transport::connect(endpoint)).expect("connect");
+            let mut buf = vec![0u8; SMALL];
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        round_trip(&mut stream, &message, &mut buf).await;
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+        group.bench_function(format!("{name}/connect+{SMALL}B"), |b| {
+            let mut buf = vec![0u8; SMALL];
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let mut stream = transport::connect(endpoint).await.expect("connect");
+                        round_trip(&mut stream, &message, &mut buf).await;
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    group.finish();
+
+    let data = Arc::new((0..BULK).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let mut group = c.benchmark_group("api_proxy_bulk");
+    group.throughput(Throughput::Bytes(BULK as u64));
+    group.sample_size(10);
+    for (name, endpoint) in [("direct", &direct), ("proxy", &via_proxy)] {
+        group.bench_function(format!("{name}/1MiB"), |b| {
+            let mut stream = Some(rt.block_on(transport::connect(endpoint)).expect("connect"));
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let s = stream.take().expect("stream");
+                        stream = Some(bulk(s, Arc::clone(&data)).await);
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+
+criterion_main!(benches);

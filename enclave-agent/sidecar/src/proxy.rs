@@ -20,6 +20,8 @@ use crate::metrics::Metrics;
 
 /// Largest CONNECT request head read.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Copy buffer per direction and connection.
+const BUFFER: usize = 64 * 1024;
 /// How long a client may take to send its request head, and a target to accept.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -106,7 +108,7 @@ async fn pipe(
     metrics: &Metrics,
     peer: &str,
 ) {
-    match tokio::io::copy_bidirectional(&mut client, &mut target).await {
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, BUFFER, BUFFER).await {
         Ok((up, down)) => {
             metrics.proxy_bytes(proxy, up, down);
             debug!(proxy, %peer, up, down, "proxied connection closed");

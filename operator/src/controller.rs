@@ -34,7 +34,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource as _, ResourceExt as _};
-use nautilus_crds::conditions::types;
+use nautilus_crds::conditions::{reasons, types};
 use nautilus_crds::{
     EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,
 };
@@ -330,13 +330,14 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
             .await
             .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?
             .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
-        let needs_refresh = existing.is_some();
         let boot_nonce = existing.unwrap_or_else(fresh_nonce);
         state.boot = Some(BootState {
             digest_hex: digest_hex.clone(),
             nonces: IssuedNonces::new(boot_nonce.clone(), now, grace_ms(nm)),
             boot_nonce,
-            needs_refresh,
+            // This process does not know which challenge a running enclave answered last
+            // (operator restart, ConfigMap edited): ask for a fresh one as soon as it attests.
+            needs_refresh: true,
         });
         state.reports.reset();
     }
@@ -443,7 +444,9 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
                 key: KUBECONFIG_KEY.into(),
             })
         }
-        Outcome::Failed { .. } => {
+        // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
+        // report alone keeps it (the CA is still the attested one; Ready says the rest).
+        Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
             match secret_api
                 .delete(&names.kubeconfig_secret, &DeleteParams::default())
                 .await
@@ -456,7 +459,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
             }
             None
         }
-        Outcome::Pending(_) => previous.kubeconfig_secret_ref.clone(),
+        Outcome::Failed { .. } | Outcome::Pending(_) => previous.kubeconfig_secret_ref.clone(),
     };
 
     // 7. Status and Events.
@@ -1005,7 +1008,7 @@ mod tests {
         });
         let ctx = context(client, Some(sidecar.addr.port()));
         let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
-        // The operator restarted (the ConfigMap existed): it asked for a fresh attestation.
+        // A new operator process does not know the last challenge: it asked for a fresh one.
         assert_eq!(action, Action::requeue(Duration::from_secs(1)));
         let attests = sidecar.attests.lock().expect("lock").clone();
         assert_eq!(attests.len(), 1, "{attests:?}");

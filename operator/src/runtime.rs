@@ -312,6 +312,7 @@ struct LocalProcess {
     http: SocketAddr,
     api_port: u16,
     started_ms: u64,
+    exit_reported: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
@@ -415,11 +416,10 @@ impl LocalRuntime {
             if alive {
                 // A new configuration: replace the enclave, as a new pod revision would.
                 terminate(&mut p.child).await;
-            } else {
-                // It exited: leave it for observe() to report, unless the config changed.
-                if p.digest_hex == digest_hex {
-                    return Ok(());
-                }
+            } else if p.digest_hex == digest_hex && !p.exit_reported {
+                // It exited: leave it for observe() to report once, then restart it on the
+                // next reconcile (as the kubelet restarts a container).
+                return Ok(());
             }
             processes.remove(&key);
         }
@@ -470,6 +470,7 @@ impl LocalRuntime {
                 http: SocketAddr::from(([127, 0, 0, 1], ports[2])),
                 api_port: ports[3],
                 started_ms: now_ms(),
+                exit_reported: false,
             },
         );
         Ok(())
@@ -496,6 +497,7 @@ impl LocalRuntime {
                 started_ms: Some(p.started_ms),
             },
             Ok(Some(status)) => {
+                p.exit_reported = true;
                 EnclaveState::Failed(format!("the local sidecar process exited: {status}"))
             }
             Err(err) => EnclaveState::Failed(format!("cannot check the local sidecar: {err}")),
@@ -594,18 +596,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn local_runtime_reports_a_process_that_exited() {
-        let rt = local("false");
+    async fn local_runtime_reports_a_process_that_exited_then_restarts_it() {
+        // Exits the first time, runs the second.
+        let dir = std::env::temp_dir().join(format!("nautilus-op-exit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mark = dir.join("mark");
+        let script = dir.join("sidecar.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nif [ -f {m} ]; then exec sleep 30; fi\ntouch {m}\nexit 3\n",
+                m = mark.display()
+            ),
+        )
+        .expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        let mut seen = false;
         for _ in 0..50 {
             if let EnclaveState::Failed(m) = rt.observe(&nm).await.expect("o").state {
                 assert!(m.contains("exited"), "{m}");
-                return;
+                seen = true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the exit was not observed");
+        assert!(seen, "the exit was not observed");
+        // Reported once, the next ensure restarts it.
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("restart");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = rt.observe(&nm).await.expect("o");
+        assert!(
+            matches!(after.state, EnclaveState::SidecarUp { .. }),
+            "{after:?}"
+        );
+        assert!(rt.stop(&nm).await.expect("stop"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

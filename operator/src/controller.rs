@@ -971,6 +971,56 @@ mod tests {
         assert_eq!(event.body["regarding"]["name"], "demo");
     }
 
+    #[tokio::test]
+    async fn a_spec_change_gets_a_new_nonce_and_rolls_the_enclave() {
+        let old = with_finalizer(mk_nm("demo"));
+        let old_boot = BootConfig {
+            config: desired::enclave_config(&old).expect("config"),
+            nonce: vec![9; 32],
+        };
+        let existing = desired::boot_config_map(&old, &old_boot).expect("cm");
+        let mut nm = old.clone();
+        nm.spec.control_plane.https_port = 16443;
+        nm.metadata.generation = Some(2);
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            config_map: Some(serde_json::to_value(&existing).expect("json")),
+            ..Fixtures::default()
+        });
+        run_reconcile(context(client, None), nm.clone())
+            .await
+            .expect("ok");
+        let log = requests(&log);
+        let cm = find(
+            &log,
+            "PATCH",
+            "/api/v1/namespaces/team-a/configmaps/demo-boot",
+        );
+        let boot: BootConfig =
+            serde_json::from_str(cm.body["data"]["boot-config.json"].as_str().expect("data"))
+                .expect("boot");
+        let new_digest = desired::enclave_config(&nm).expect("c").digest_hex();
+        assert_eq!(boot.config.digest_hex(), new_digest);
+        assert_ne!(
+            boot.nonce, old_boot.nonce,
+            "a new configuration gets a new nonce"
+        );
+        let sts = find(
+            &log,
+            "PATCH",
+            "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
+        );
+        assert_eq!(
+            sts.body["spec"]["template"]["metadata"]["annotations"][desired::DIGEST_KEY],
+            new_digest
+        );
+        let svc = find(&log, "PATCH", "/api/v1/namespaces/team-a/services/demo");
+        assert_eq!(svc.body["spec"]["ports"][0]["port"], 16443);
+        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(status["bootConfigDigest"], new_digest);
+    }
+
     fn running_pod(ip: &str) -> Value {
         json!({
             "apiVersion": "v1", "kind": "Pod",

@@ -619,7 +619,9 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
         attestation,
         components,
         placement: Some(placement),
-        endpoint: (!input.endpoint.is_empty()).then_some(input.endpoint),
+        // Published with the kubeconfig: an endpoint is worth using only once attested.
+        endpoint: (input.kubeconfig.is_some() && !input.endpoint.is_empty())
+            .then_some(input.endpoint),
         kubeconfig_secret_ref: input.kubeconfig,
         boot_config_digest: Some(input.digest_hex.to_owned()),
     }
@@ -937,7 +939,10 @@ mod tests {
         assert_eq!(status["observedGeneration"], 1);
         assert_eq!(status["phase"], "Launching");
         assert_eq!(status["bootConfigDigest"], boot.config.digest_hex());
-        assert_eq!(status["endpoint"], "https://demo.team-a.svc:6443");
+        assert!(
+            status.get("endpoint").is_none(),
+            "no endpoint before attestation"
+        );
         assert_eq!(status["placement"]["runtime"], "pod");
         let conditions = status["conditions"].as_array().expect("conditions");
         assert_eq!(conditions.len(), 6);
@@ -1106,6 +1111,7 @@ mod tests {
         assert_eq!(conditions[1]["reason"], "SimulatedAttestation");
         assert_eq!(status["attestation"]["simulated"], true);
         assert_eq!(status["kubeconfigSecretRef"]["name"], "demo-kubeconfig");
+        assert_eq!(status["endpoint"], "https://demo.team-a.svc:6443");
         assert_eq!(status["components"].as_array().expect("c").len(), 3);
         assert_eq!(status["placement"]["podName"], "demo-enclave-0");
         assert_eq!(status["placement"]["nodeName"], "nitro-1");

@@ -1258,6 +1258,108 @@ mod tests {
         );
     }
 
+    /// The `local` runtime end to end through the reconcile loop: real sidecar, agent (simulated
+    /// NSM) and stand-in, API server mocked. Skips (saying so) when the binaries are not built.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_runtime_reaches_ready_through_the_reconcile_loop_and_stops() {
+        use crate::runtime::{LocalRuntime, LocalSettings};
+        let Some(bin) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .filter(|dir| {
+                ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"]
+                    .iter()
+                    .all(|b| dir.join(b).is_file())
+            })
+        else {
+            println!("skipped: nautilus-sidecar/agent/standin not built (cargo build --workspace)");
+            return;
+        };
+        let mut nm = with_finalizer(mk_sim_nm());
+        nm.spec.health.probe_interval_seconds = 1;
+        let work = std::env::temp_dir().join(format!("nautilus-op-loop-{}", std::process::id()));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let ctx = Arc::new(Context::new(
+            client,
+            EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
+                sidecar_binary: bin.join("nautilus-sidecar"),
+                agent_binary: bin.join("nautilus-agent"),
+                control_plane_command: bin.join("nautilus-standin").display().to_string(),
+                work_dir: work.clone(),
+            })),
+            Arc::new(Metrics::new()),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not Ready within 60 s: {:#?}",
+                nm.status
+            );
+            let action = run_reconcile(ctx.clone(), nm.clone())
+                .await
+                .expect("reconcile");
+            let last = requests(&log)
+                .into_iter()
+                .rfind(|r| r.path.split('?').next() == Some(&format!("{NM_PATH}/status")))
+                .expect("status patch");
+            let status: NautilusMasterStatus =
+                serde_json::from_value(last.body["status"].clone()).expect("status");
+            nm.status = Some(status.clone());
+            if status.phase == Some(Phase::Ready) {
+                break status;
+            }
+            assert_ne!(status.phase, Some(Phase::Failed), "{status:#?}");
+            assert!(action != Action::await_change());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let attested = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::ATTESTED)
+            .expect("attested");
+        assert_eq!(attested.reason, "SimulatedAttestation");
+        assert_eq!(
+            status.placement.as_ref().and_then(|p| p.runtime.as_deref()),
+            Some("local")
+        );
+        assert!(
+            status
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("https://127.0.0.1:"))
+        );
+        assert_eq!(status.components.len(), 3);
+        let log_now = requests(&log);
+        assert!(
+            log_now
+                .iter()
+                .any(|r| r.method == "PATCH" && r.path.contains("/secrets/demo-kubeconfig")),
+            "kubeconfig published"
+        );
+        assert!(
+            !log_now.iter().any(|r| r.path.contains("/statefulsets/")),
+            "no StatefulSet in local runtime"
+        );
+
+        // Delete: the processes stop and the finalizer goes.
+        let mut gone = nm.clone();
+        gone.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let action = run_reconcile(ctx.clone(), gone).await.expect("cleanup");
+        assert_eq!(action, Action::await_change());
+        let removed = requests(&log)
+            .into_iter()
+            .rfind(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH));
+        assert!(
+            removed.is_some_and(|r| r.body.to_string().contains("\"remove\"")),
+            "finalizer removed"
+        );
+        let _ = std::fs::remove_dir_all(&work);
+    }
+
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_secs(5));

@@ -105,7 +105,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_bytes",
-            "Bytes proxied, by proxy and direction",
+            "Bytes proxied, by proxy and direction (counted when a connection closes)",
             proxy_bytes.clone(),
         );
         registry.register(

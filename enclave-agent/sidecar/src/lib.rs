@@ -303,6 +303,9 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
             )
         }
     };
+    if egress_allow.is_empty() {
+        warn!("no --egress-allow: the egress proxy refuses every target");
+    }
     if tamper_reports {
         warn!("--tamper-reports: every relayed report is altered (tests only)");
     }

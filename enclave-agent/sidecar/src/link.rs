@@ -28,6 +28,9 @@ use crate::evidence::{Evidence, now_ms};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait for one connection attempt (a vsock connect to an enclave that is still
+/// booting can hang rather than fail).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the link stopped for good.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +87,18 @@ pub async fn run(
     let mut connected_once = false;
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        match transport::connect(&config.endpoint).await {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&config.endpoint))
+            .await
+            .unwrap_or_else(|_| {
+                Err(TransportError::Connect {
+                    endpoint: config.endpoint.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection attempt timed out",
+                    ),
+                })
+            });
+        match attempt {
             Ok(stream) => {
                 if connected_once {
                     evidence.metrics().link_reconnects.inc();

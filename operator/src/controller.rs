@@ -407,6 +407,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
 
     // 5. Fresh challenges.
     let mut requeue = Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds));
+    let mut challenged_now = false;
     if let (Some(addr), Some(bundle), Some(boot_state)) =
         (observed.sidecar, &bundle, state.boot.as_mut())
         && bundle.attestation.is_some()
@@ -421,6 +422,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
                     boot_state.nonces.refresh(nonce, now);
                     boot_state.needs_refresh = false;
                     requeue = Duration::from_secs(1);
+                    challenged_now = true;
                     tracing::info!("asked the enclave for a fresh attestation");
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
@@ -428,6 +430,19 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         }
     }
     drop(state);
+
+    // Just challenged an enclave whose current document answers a challenge this process never
+    // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
+    // instead of flapping Attested. Bounded: the next reconcile (1 s) decides.
+    let previously_attested = nm.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == types::ATTESTED && c.status == "True")
+    });
+    if challenged_now && previously_attested && matches!(outcome, Outcome::Pending(_)) {
+        tracing::debug!("waiting for the answer to a fresh challenge before updating status");
+        return Ok(Action::requeue(requeue));
+    }
 
     // 6. The kubeconfig, only for an attested CA.
     let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
@@ -1116,6 +1131,63 @@ mod tests {
         assert_eq!(status["placement"]["podName"], "demo-enclave-0");
         assert_eq!(status["placement"]["nodeName"], "nitro-1");
         assert_eq!(status["placement"]["enclaveID"], "4242");
+    }
+
+    #[tokio::test]
+    async fn after_an_operator_restart_the_enclave_is_challenged_before_status_changes() {
+        let mut nm = with_finalizer(mk_sim_nm());
+        let config = desired::enclave_config(&nm).expect("config");
+        let digest = config.digest();
+        let boot_nonce = vec![9u8; 32];
+        let cm = desired::boot_config_map(
+            &nm,
+            &BootConfig {
+                config,
+                nonce: boot_nonce,
+            },
+        )
+        .expect("cm");
+        // The previous operator process had refreshed the nonce; this one never saw it.
+        let enclave = FakeEnclave::new();
+        let sidecar = FakeSidecar::start(&enclave.bundle(digest, &[7u8; 32], 10, now_ms())).await;
+        let mut previous = NautilusMasterStatus::default();
+        previous.conditions.push(Condition {
+            type_: types::ATTESTED.into(),
+            status: "True".into(),
+            reason: "SimulatedAttestation".into(),
+            message: "m".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(1_000).expect("t")),
+        });
+        previous.phase = Some(Phase::Ready);
+        nm.status = Some(previous);
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
+            pod: Some(running_pod("127.0.0.1")),
+        });
+        let ctx = context(client, Some(sidecar.addr.port()));
+        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        let nonces = sidecar.attested_nonces();
+        assert_eq!(nonces.len(), 1, "challenged at once");
+        assert!(
+            !requests(&log)
+                .iter()
+                .any(|r| r.path.contains("/status") || r.path.contains("/secrets/")),
+            "status held for the round trip"
+        );
+
+        // The enclave answers the fresh challenge: verified again, status written.
+        sidecar.set_bundle(&enclave.bundle(digest, &nonces[0], 11, now_ms()));
+        run_reconcile(ctx, nm).await.expect("ok");
+        let log = requests(&log);
+        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
+        assert_eq!(status["phase"], "Ready", "{status:#}");
+        assert_eq!(
+            status["conditions"][1]["lastTransitionTime"], "1970-01-01T00:16:40Z",
+            "Attested never left True"
+        );
     }
 
     #[tokio::test]

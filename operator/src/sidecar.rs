@@ -231,6 +231,28 @@ pub(crate) mod tests {
         }
     }
 
+    impl FakeSidecar {
+        /// Serve `bundle` from now on.
+        pub(crate) fn set_bundle(&self, bundle: &EvidenceBundle) {
+            *self.bundle.lock().expect("lock") = serde_json::to_string(bundle).expect("json");
+        }
+
+        /// The nonces posted to `/attest`, decoded.
+        pub(crate) fn attested_nonces(&self) -> Vec<Vec<u8>> {
+            self.attests
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|body| {
+                    let v: serde_json::Value = serde_json::from_str(body).expect("json");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v["nonce"].as_str().expect("nonce"))
+                        .expect("base64")
+                })
+                .collect()
+        }
+    }
+
     #[tokio::test]
     async fn fetches_the_report_and_posts_a_nonce() {
         let bundle = EvidenceBundle {

@@ -1,6 +1,7 @@
 //! The control link to the agent: connect, send the boot configuration, relay evidence.
 //!
-//! The link dials the agent (vsock in production) with exponential backoff. On each
+//! The link dials the agent (vsock in production) with exponential backoff, reset only after a
+//! connection that lasted. On each
 //! connection it sends [`BootConfig`] first — with the latest nonce the operator asked for —
 //! then keeps every [`AttestationEvidence`] and [`SignedReport`] it receives in
 //! [`Evidence`], and forwards nonce refreshes. Any frame error (malformed, oversized, wrong
@@ -28,6 +29,8 @@ use crate::evidence::{Evidence, now_ms};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Longest wait for one connection attempt (a vsock connect to an enclave that is still
 /// booting can hang rather than fail).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,7 +107,7 @@ pub async fn run(
                     evidence.metrics().link_reconnects.inc();
                 }
                 connected_once = true;
-                backoff = INITIAL_BACKOFF;
+                let session_started = Instant::now();
                 // Nonces asked for while the link was down: the latest one goes in BootConfig.
                 while let Ok(nonce) = nonces.try_recv() {
                     config.boot_config.nonce = nonce;
@@ -113,6 +116,11 @@ pub async fn run(
                 evidence.set_link_up(true);
                 let end = session(stream, &evidence, &mut config.boot_config, &mut nonces).await;
                 evidence.set_link_up(false);
+                // An agent that drops every connection at once (a refused configuration, a
+                // protocol mismatch) is retried ever more slowly, not in a tight loop.
+                if session_started.elapsed() >= STABLE_SESSION {
+                    backoff = INITIAL_BACKOFF;
+                }
                 match end {
                     SessionEnd::Shutdown => return Ok(()),
                     SessionEnd::Wire(err) => {

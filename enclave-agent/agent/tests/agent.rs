@@ -318,3 +318,59 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     let third = next_attestation(&mut link).await;
     verify_evidence(&third, &renewed, b"after-restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_start_is_reported_and_sigterm_leaves_no_orphan() {
+    let mut agent = AgentProcess::start();
+    // The API server never gets ready until the health file changes.
+    agent.set_health(r#"{"readyz": false}"#);
+    let mut link = agent.connect().await;
+    let mut boot = agent.boot_config(b"nonce");
+    boot.config.health.startup_timeout_seconds = 1;
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("send boot config");
+    let evidence = next_attestation(&mut link).await;
+    let document = verify_evidence(&evidence, &boot, b"nonce");
+    let mut verifier = ReportVerifier::new(
+        &document.public_key.expect("key"),
+        boot.config.digest_hex(),
+        30_000,
+    )
+    .expect("key");
+    let slow = report_where(&mut link, &mut verifier, "startup timed out", |r| {
+        r.control_plane.startup_timed_out
+    })
+    .await;
+    let api = slow.component(Component::ApiServer).expect("api server");
+    assert!(!api.healthy);
+    assert!(
+        api.message
+            .as_deref()
+            .is_some_and(|m| m.contains("/readyz: 503")),
+        "{api:?}"
+    );
+    agent.set_health("{}");
+    let ok = report_where(&mut link, &mut verifier, "healthy after all", |r| {
+        r.all_healthy()
+    })
+    .await;
+    assert!(!ok.control_plane.startup_timed_out);
+
+    // SIGTERM: the agent stops the control plane before it exits.
+    let standin = nix::unistd::Pid::from_raw(ok.control_plane.pid.expect("pid") as i32);
+    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let (status, agent) = tokio::task::spawn_blocking(move || {
+        let status = agent.child.wait().expect("agent exits");
+        (status, agent)
+    })
+    .await
+    .expect("wait");
+    assert!(status.success(), "{status:?}");
+    drop(agent);
+    assert!(
+        nix::sys::signal::kill(standin, None).is_err(),
+        "the stand-in outlived the agent"
+    );
+}

@@ -31,8 +31,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use nautilus_crds::conditions::{reasons, types};
 use nautilus_crds::{
@@ -689,28 +689,40 @@ pub async fn run(
     }
     let ns = namespace.as_deref();
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    Controller::new(
+    // Status writes (every probe interval: verifiedAt, probe times) must not trigger another
+    // reconcile at once: only spec (generation, which deletion also bumps) and finalizer changes
+    // do; the requeue after each reconcile does the rest.
+    let (reader, writer) = reflector::store();
+    let masters = watcher(
         api::<NautilusMaster>(&client, ns),
         watcher::Config::default(),
     )
-    .owns(api::<ConfigMap>(&client, ns), managed())
-    .owns(api::<StatefulSet>(&client, ns), managed())
-    .owns(api::<Service>(&client, ns), managed())
-    .owns(api::<Secret>(&client, ns), managed())
-    .watches(api::<Pod>(&client, ns), managed(), |pod: Pod| {
-        let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
-        let namespace = pod.namespace()?;
-        Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
-    })
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
-            Err(err) => tracing::debug!(error = %err, "reconcile error"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
+    Controller::for_stream(masters, reader)
+        .owns(api::<ConfigMap>(&client, ns), managed())
+        .owns(api::<StatefulSet>(&client, ns), managed())
+        .owns(api::<Service>(&client, ns), managed())
+        .owns(api::<Secret>(&client, ns), managed())
+        .watches(api::<Pod>(&client, ns), managed(), |pod: Pod| {
+            let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
+            let namespace = pod.namespace()?;
+            Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "reconcile error"),
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -740,6 +752,9 @@ mod tests {
         nm: Value,
         config_map: Option<Value>,
         pod: Option<Value>,
+        /// Watch events not yet served on the NautilusMaster watch (status writes, as the real
+        /// API server reports them).
+        pending_watch: Arc<StdMutex<Vec<Value>>>,
     }
 
     fn not_found() -> (u16, Value) {
@@ -750,9 +765,39 @@ mod tests {
         )
     }
 
-    fn respond(fx: &Fixtures, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let path = path.split('?').next().unwrap_or_default();
+    fn respond(fx: &Fixtures, method: &str, full_path: &str, body: &Value) -> (u16, Value) {
+        let path = full_path.split('?').next().unwrap_or_default();
+        let list = |items: Vec<Value>| {
+            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
+                   "items": items})
+        };
         match method {
+            // Watches end at once (an empty stream); the watcher lists again later.
+            "GET" if full_path.contains("watch=true") && path.ends_with("/nautilusmasters") => {
+                let events: Vec<String> = fx
+                    .pending_watch
+                    .lock()
+                    .expect("lock")
+                    .drain(..)
+                    .map(|e| e.to_string())
+                    .collect();
+                (200, Value::String(format!("RAW:{}", events.join("\n"))))
+            }
+            "GET" if full_path.contains("watch=true") => (200, Value::Null),
+            "GET" if path.ends_with("/nautilusmasters") => (200, list(vec![fx.nm.clone()])),
+            "GET"
+                if [
+                    "/configmaps",
+                    "/secrets",
+                    "/services",
+                    "/statefulsets",
+                    "/pods",
+                ]
+                .iter()
+                .any(|plural| path.ends_with(plural)) =>
+            {
+                (200, list(Vec::new()))
+            }
             "GET" if path.contains("/configmaps/") => {
                 fx.config_map.clone().map_or_else(not_found, |v| (200, v))
             }
@@ -761,6 +806,9 @@ mod tests {
             "PATCH" if path.ends_with("/status") => {
                 let mut nm = fx.nm.clone();
                 nm["status"] = body["status"].clone();
+                let mut pending = fx.pending_watch.lock().expect("lock");
+                nm["metadata"]["resourceVersion"] = json!(format!("{}", 10 + pending.len()));
+                pending.push(json!({"type": "MODIFIED", "object": nm.clone()}));
                 (200, nm)
             }
             "PATCH" if path.contains("/nautilusmasters/") => (200, fx.nm.clone()),
@@ -807,10 +855,17 @@ mod tests {
                     content_type,
                     body,
                 });
+                let bytes = if answer.is_null() {
+                    Vec::new()
+                } else if let Some(raw) = answer.as_str().and_then(|s| s.strip_prefix("RAW:")) {
+                    raw.as_bytes().to_vec()
+                } else {
+                    serde_json::to_vec(&answer).expect("json")
+                };
                 send.send_response(
                     Response::builder()
                         .status(status)
-                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                        .body(Body::from(bytes))
                         .expect("response"),
                 );
             }
@@ -1075,6 +1130,7 @@ mod tests {
             nm: serde_json::to_value(&nm).expect("json"),
             config_map: Some(serde_json::to_value(&cm).expect("cm json")),
             pod: Some(running_pod("127.0.0.1")),
+            ..Fixtures::default()
         });
         let ctx = context(client, Some(sidecar.addr.port()));
         let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
@@ -1165,6 +1221,7 @@ mod tests {
             nm: serde_json::to_value(&nm).expect("json"),
             config_map: Some(serde_json::to_value(&cm).expect("cm json")),
             pod: Some(running_pod("127.0.0.1")),
+            ..Fixtures::default()
         });
         let ctx = context(client, Some(sidecar.addr.port()));
         let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
@@ -1214,6 +1271,7 @@ mod tests {
             nm: serde_json::to_value(&nm).expect("json"),
             config_map: Some(serde_json::to_value(&cm).expect("cm json")),
             pod: Some(running_pod("127.0.0.1")),
+            ..Fixtures::default()
         });
         run_reconcile(context(client, Some(sidecar.addr.port())), nm)
             .await
@@ -1430,6 +1488,48 @@ mod tests {
             "finalizer removed"
         );
         let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// The wired controller: lists and watches, reconciles, shuts down on request, and its own
+    /// status write (reported back on the watch, as the API server does) does not start a storm
+    /// of reconciles: the next one is the requeue after the probe interval.
+    #[tokio::test]
+    async fn the_controller_reconciles_once_per_probe_interval_not_per_status_write() {
+        let nm = with_finalizer(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let ctx = context(client, None);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(ctx.clone(), None, async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("shut down")
+            .expect("joined");
+        let status_writes = requests(&log)
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains("/status"))
+            .count();
+        assert_eq!(
+            status_writes, 1,
+            "one reconcile in 3 s with a 5 s probe interval"
+        );
+        assert!(
+            requests(&log)
+                .iter()
+                .any(|r| r.path.contains("/statefulsets/demo-enclave")),
+            "children applied"
+        );
+        assert!(
+            ctx.metrics
+                .encode()
+                .contains("nautilus_operator_reconciles_total 1")
+        );
     }
 
     #[test]

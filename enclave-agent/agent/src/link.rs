@@ -396,37 +396,74 @@ impl Agent {
         let cp = &config.control_plane;
         let api_target = local_target(&cp.bind_address, cp.https_port);
 
-        // Files for the control plane.
+        // Everything that can fail on the configuration's values fails before anything runs,
+        // so a refused boot leaves nothing behind and the next BootConfig starts afresh.
         let work = &options.work_dir;
         let ca_path = work.join("ca.crt");
         let cert_path = work.join("api-server.crt");
         let key_path = work.join("api-server.key");
         let kubeconfig_path = work.join("webhook-kubeconfig.yaml");
         let config_path = work.join("k3s-config.yaml");
-        k3s::write(&ca_path, material.serving_ca.cert_pem.as_bytes(), false)?;
-        k3s::write(&cert_path, material.api_server.cert_pem.as_bytes(), false)?;
-        k3s::write(&key_path, material.api_server.key_pem.as_bytes(), true)?;
-        k3s::write_ca_files(std::path::Path::new(&cp.data_dir), &material)?;
-
-        // The token webhook, before the API server that calls it.
+        let rendered = k3s::render_config(&config, &kubeconfig_path)?;
         let authenticator = auth::authenticator(
             &config.auth,
             options.egress_proxy.clone(),
             options.sui_ca_pem.as_deref(),
         )?;
         let tls = webhook_tls(&material)?;
+        let interval = Duration::from_secs(u64::from(config.health.probe_interval_seconds.max(1)));
+        let prober = Prober::new(
+            ProbeTargets {
+                api_server: api_target.clone(),
+                api_server_name: if cp
+                    .bind_address
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_unspecified())
+                {
+                    "127.0.0.1".into()
+                } else {
+                    cp.bind_address.clone()
+                },
+                scheduler_port: options.scheduler_port,
+                controller_manager_port: options.controller_manager_port,
+            },
+            &material.serving_ca.cert_pem,
+            Some((
+                &material.probe_client.cert_der,
+                &material.probe_client.key_der,
+            )),
+            interval.min(Duration::from_secs(5)),
+        )?;
+        let (attestation, _) = watch::channel(None);
+        BootedParts {
+            material: Arc::clone(&material),
+            attestation: attestation.clone(),
+        }
+        .attest(options, &boot.nonce)
+        .await?;
+
+        // Files for the control plane.
+        k3s::write(&ca_path, material.serving_ca.cert_pem.as_bytes(), false)?;
+        k3s::write(&cert_path, material.api_server.cert_pem.as_bytes(), false)?;
+        k3s::write(&key_path, material.api_server.key_pem.as_bytes(), true)?;
+        k3s::write_ca_files(std::path::Path::new(&cp.data_dir), &material)?;
+        k3s::write(&config_path, rendered.as_bytes(), false)?;
+
+        // The token webhook, before the API server that calls it.
         let webhook =
             WebhookService::start(options.webhook_listen, tls, Arc::new(authenticator)).await?;
-        let webhook_addr = webhook.local_addr();
-        let url = format!("https://{webhook_addr}{}", crate::webhook::PATH);
-        let kubeconfig = webhook_kubeconfig(&url, &material.serving_ca.cert_pem)?;
-        k3s::write(&kubeconfig_path, kubeconfig.as_bytes(), false)?;
-        let rendered = k3s::render_config(&config, &kubeconfig_path)?;
-        k3s::write(&config_path, rendered.as_bytes(), false)?;
+        let url = format!("https://{}{}", webhook.local_addr(), crate::webhook::PATH);
+        let written = webhook_kubeconfig(&url, &material.serving_ca.cert_pem)
+            .map_err(LinkError::from)
+            .and_then(|kubeconfig| {
+                k3s::write(&kubeconfig_path, kubeconfig.as_bytes(), false).map_err(LinkError::from)
+            });
+        if let Err(e) = written {
+            webhook.stop();
+            return Err(e);
+        }
         info!(webhook = %url, config = %config_path.display(), "control-plane files written");
 
-        // The attestation.
-        let (attestation, _) = watch::channel(None);
         let (reports, _) = watch::channel(None);
         let report_now = Arc::new(Notify::new());
 
@@ -460,36 +497,6 @@ impl Agent {
                 options.controller_manager_port.to_string(),
             ),
         ];
-
-        let interval = Duration::from_secs(u64::from(config.health.probe_interval_seconds.max(1)));
-        let prober = Prober::new(
-            ProbeTargets {
-                api_server: api_target.clone(),
-                api_server_name: if cp
-                    .bind_address
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_unspecified())
-                {
-                    "127.0.0.1".into()
-                } else {
-                    cp.bind_address.clone()
-                },
-                scheduler_port: options.scheduler_port,
-                controller_manager_port: options.controller_manager_port,
-            },
-            &material.serving_ca.cert_pem,
-            Some((
-                &material.probe_client.cert_der,
-                &material.probe_client.key_der,
-            )),
-            interval.min(Duration::from_secs(5)),
-        )?;
-
-        let booted_partial = BootedParts {
-            material: Arc::clone(&material),
-            attestation: attestation.clone(),
-        };
-        booted_partial.attest(options, &boot.nonce).await?;
 
         let supervisor = Supervisor::start(supervisor_config);
         let reporter = tokio::spawn(

@@ -268,6 +268,24 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     .expect("write");
     assert_closed(&mut link, "NonceRefresh first").await;
 
+    // Boot configurations that parse but cannot boot: an invalid TLS version, a nonce the NSM
+    // refuses. The connection closes and nothing stays booted.
+    let mut bad_tls = boot.clone();
+    bad_tls.config.control_plane.tls_min_version = "VersionTLS10".into();
+    let mut big_nonce = boot.clone();
+    big_nonce.nonce = vec![7; 600];
+    for (what, bad) in [("tls version", bad_tls), ("nonce size", big_nonce)] {
+        let mut link = agent.connect().await;
+        wire::write_message(&mut link, &Message::BootConfig(Box::new(bad)))
+            .await
+            .expect("write");
+        assert_closed(&mut link, what).await;
+    }
+    assert!(
+        !agent.work_file("k3s-config.yaml").exists(),
+        "a refused boot wrote files"
+    );
+
     // The agent is still there: a valid BootConfig boots it.
     let mut link = agent.connect().await;
     wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))

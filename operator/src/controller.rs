@@ -173,12 +173,12 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context with `runtime`; Events are reported as [`CONTROLLER_NAME`] (instance: the pod
-    /// name from `POD_NAME`, when set).
+    /// A context with `runtime`; Events are reported as [`CONTROLLER_NAME`] from
+    /// [`instance_name`].
     pub fn new(client: Client, runtime: EnclaveRuntime, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
-            instance: std::env::var("POD_NAME").ok(),
+            instance: Some(instance_name()),
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -225,6 +225,15 @@ impl Context {
             tracing::warn!(error = %err, reason, "cannot publish an event");
         }
     }
+}
+
+/// This replica's name: `POD_NAME`, else `HOSTNAME` (the pod name in Kubernetes), else
+/// `nautilus-operator-<pid>`. The Lease holder identity and the Events' reporting instance.
+pub fn instance_name() -> String {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("nautilus-operator-{}", std::process::id()))
 }
 
 fn now_ms() -> u64 {

@@ -320,7 +320,7 @@ pub struct PodSettings {
 impl Default for PodSettings {
     fn default() -> Self {
         Self {
-            sidecar_image: "ghcr.io/nautilus/nautilus-sidecar:latest".into(),
+            sidecar_image: "ghcr.io/nautilus-operator/nautilus-sidecar:0.1.0".into(),
             log_format: "json".into(),
         }
     }
@@ -780,7 +780,7 @@ pub(crate) mod tests {
         assert_eq!(c.name, SIDECAR_CONTAINER);
         assert_eq!(
             c.image.as_deref(),
-            Some("ghcr.io/nautilus/nautilus-sidecar:latest")
+            Some("ghcr.io/nautilus-operator/nautilus-sidecar:0.1.0")
         );
         let args = c.args.as_ref().expect("args");
         for expected in [

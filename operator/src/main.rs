@@ -47,7 +47,7 @@ struct Args {
     #[arg(
         long,
         env = "NAUTILUS_SIDECAR_IMAGE",
-        default_value = "ghcr.io/nautilus/nautilus-sidecar:latest"
+        default_value = "ghcr.io/nautilus-operator/nautilus-sidecar:0.1.0"
     )]
     sidecar_image: String,
     /// `nautilus-sidecar` binary (`local` runtime; a bare name is looked up on PATH).
@@ -151,9 +151,7 @@ impl Args {
             let lease_namespace = leader_election_namespace
                 .or_else(|| std::env::var("POD_NAMESPACE").ok())
                 .unwrap_or_else(|| "default".into());
-            let identity = std::env::var("POD_NAME")
-                .ok()
-                .unwrap_or_else(|| format!("nautilus-operator-{}", std::process::id()));
+            let identity = nautilus_operator::controller::instance_name();
             let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &lease_name)
                 .with_namespace(&lease_namespace)
                 .with_identity(&identity)

@@ -178,8 +178,9 @@ impl Args {
                 }
             };
             tokio::select! {
-                () = controller::run(ctx, namespace, shutdown_signal()) => {}
+                () = controller::run(ctx.clone(), namespace, shutdown_signal()) => {}
                 () = lost => {
+                    ctx.runtime.shutdown().await;
                     admin_task.abort();
                     lease_task.abort();
                     anyhow::bail!("lost the leader lease {lease_name}; exiting so a restart competes again");
@@ -187,8 +188,9 @@ impl Args {
             }
             lease_task.abort();
         } else {
-            controller::run(ctx, namespace, shutdown_signal()).await;
+            controller::run(ctx.clone(), namespace, shutdown_signal()).await;
         }
+        ctx.runtime.shutdown().await;
         admin_task.abort();
         tracing::info!("stopped");
         Ok(())

@@ -112,6 +112,23 @@ impl EnclaveRuntime {
         }
     }
 
+    /// At operator shutdown: stop local processes (SIGTERM, so each sidecar stops its agent);
+    /// pods keep running.
+    pub async fn shutdown(&self) {
+        if let Self::Local(local) = self {
+            let processes: Vec<LocalProcess> = local
+                .processes
+                .lock()
+                .await
+                .drain()
+                .map(|(_, p)| p)
+                .collect();
+            for mut p in processes {
+                terminate(&mut p.child).await;
+            }
+        }
+    }
+
     /// Stop the enclave. `Ok(true)` once it is gone, `Ok(false)` while it is stopping.
     pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
         match self {
@@ -590,6 +607,25 @@ mod tests {
         assert!(rt.stop(&nm).await.expect("stop"));
         assert_eq!(
             rt.observe(&nm).await.expect("o").state,
+            EnclaveState::Absent
+        );
+
+        // Operator shutdown stops whatever still runs.
+        let rt = EnclaveRuntime::Local(rt);
+        let client = {
+            let (service, _handle) = tower_test::mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            Client::new(service, "default")
+        };
+        rt.ensure(&client, &nm, &boot(&nm), "d2")
+            .await
+            .expect("ensure");
+        assert!(rt.observe(&client, &nm).await.expect("o").sidecar.is_some());
+        rt.shutdown().await;
+        assert_eq!(
+            rt.observe(&client, &nm).await.expect("o").state,
             EnclaveState::Absent
         );
         let _ = std::fs::remove_file(&script);

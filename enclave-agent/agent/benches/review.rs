@@ -1,5 +1,11 @@
-//! TokenReview throughput with a warm stake cache: what kube-apiserver sees per request once an
-//! address's stake is known (parse, seal-token signature verification, tier mapping, answer).
+//! TokenReview cost as kube-apiserver sees it.
+//!
+//! - `token_review_warm/*`: the address's stake is cached (parse, seal-token signature
+//!   verification, tier mapping, answer), per signature scheme, plus reviews/s and p99 with one
+//!   worker per core.
+//! - `token_review_cold`: an empty cache, so each review also reads the stake from a local Sui
+//!   full node (`nautilus-sui-fixture`: the real `sui-rpc` services over loopback HTTP/2,
+//!   `GetServiceInfo` + `ListOwnedObjects`) through the real `SuiStakeReader`.
 //!
 //! `cargo bench -p nautilus-agent --bench review`
 
@@ -121,7 +127,56 @@ fn throughput_on_all_cores() {
     );
 }
 
-criterion_group!(benches, bench);
+/// A review whose stake lookup goes to the fixture full node every time.
+fn cold(c: &mut Criterion) {
+    use nautilus_agent::stake::{StakeConfig, SuiStakeReader};
+    use nautilus_sui_fixture::{Chain, serve};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let key = generate_key(SignatureScheme::Ed25519).expect("key");
+    let chain = Arc::new(Chain::default().with_stake(key.address(), 50_000));
+    let addr = runtime.block_on(serve(chain));
+    let client =
+        runtime.block_on(async { sui_rpc::Client::new(format!("http://{addr}")).expect("client") });
+    let tiers = || {
+        Tiers::new(vec![Tier {
+            name: "reader".into(),
+            min_stake_mist: 100,
+            groups: vec![],
+        }])
+        .expect("tiers")
+    };
+    let token = key.mint_for("team-a/demo", unix_now(), 900).expect("mint");
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token}
+    }))
+    .expect("json");
+
+    let mut group = c.benchmark_group("token_review_cold");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("Ed25519/loopback_grpc", |b| {
+        b.iter(|| {
+            // A fresh cache per review: every review is a miss.
+            let reader =
+                SuiStakeReader::new(client.clone(), StakeConfig::default()).expect("reader");
+            let auth = Authenticator::new(
+                SealVerifier::new("team-a/demo"),
+                tiers(),
+                StakeCache::new(reader, Duration::from_secs(3600), 16),
+            );
+            let answer = runtime.block_on(auth.review(&body, unix_now()));
+            assert_eq!(answer.status.map(|s| s.authenticated), Some(true));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, cold);
 
 fn main() {
     benches();

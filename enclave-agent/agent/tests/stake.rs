@@ -3,181 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use nautilus_agent::stake::{ReadStake, StakeCache, StakeConfig, StakeError, SuiStakeReader};
-use serde::Serialize;
-use sui_rpc::proto::sui::rpc::v2::ledger_service_server::{LedgerService, LedgerServiceServer};
-use sui_rpc::proto::sui::rpc::v2::state_service_server::{StateService, StateServiceServer};
-use sui_rpc::proto::sui::rpc::v2::{
-    Bcs, GetServiceInfoRequest, GetServiceInfoResponse, ListOwnedObjectsRequest,
-    ListOwnedObjectsResponse, Object,
-};
-use sui_sdk_types::{Address, StructTag};
-use tonic::{Request, Response, Status};
+use nautilus_sui_fixture::{CHAIN_ID, Chain, EPOCH, serve, staked_sui};
+use sui_sdk_types::Address;
 
-const CHAIN_ID: &str = "4btiuiMPvEENsttpZC7CZ53DruC3MAgfznDbASZ7DR6S";
-const EPOCH: u64 = 700;
 const CUSTOM_TYPE: &str = "0xabc::vault::Locked";
 
-#[derive(Serialize)]
-struct StakedSuiBcs {
-    id: [u8; 32],
-    pool_id: [u8; 32],
-    stake_activation_epoch: u64,
-    principal: u64,
-}
-
-fn staked_sui(n: u8, activation_epoch: u64, principal: u64) -> Object {
-    let bytes = bcs::to_bytes(&StakedSuiBcs {
-        id: [n; 32],
-        pool_id: [0xaa; 32],
-        stake_activation_epoch: activation_epoch,
-        principal,
-    })
-    .expect("bcs encodes");
-    assert_eq!(bytes.len(), 80, "StakedSui is 80 bytes");
-    let mut object = Object::default();
-    object.object_id = Some(Address::new([n; 32]).to_string());
-    object.object_type = Some(
-        "0x0000000000000000000000000000000000000000000000000000000000000003::staking_pool::StakedSui"
-            .into(),
-    );
-    let mut contents = Bcs::default();
-    contents.name = Some("StakedSui".into());
-    contents.value = Some(bytes.into());
-    object.contents = Some(contents);
-    object
-}
-
-fn custom(n: u8, amount: &str) -> Object {
-    use prost_types::value::Kind;
-    let mut object = Object::default();
-    object.object_id = Some(Address::new([n; 32]).to_string());
-    object.object_type = Some(CUSTOM_TYPE.into());
-    let fields = [
-        (
-            "id".to_string(),
-            prost_types::Value {
-                kind: Some(Kind::StringValue("0x1".into())),
-            },
-        ),
-        (
-            "amount".to_string(),
-            prost_types::Value {
-                kind: Some(Kind::StringValue(amount.into())),
-            },
-        ),
-    ];
-    object.json = Some(Box::new(prost_types::Value {
-        kind: Some(Kind::StructValue(prost_types::Struct {
-            fields: fields.into_iter().collect(),
-        })),
-    }));
-    object
-}
-
-/// Fixture chain state and call counters.
-#[derive(Default)]
-struct Chain {
-    owned: HashMap<Address, Vec<Object>>,
-    page_limit: usize,
-    list_calls: AtomicUsize,
-    info_calls: AtomicUsize,
-    down: AtomicBool,
-    ignore_type_filter: bool,
-    delay: Duration,
-}
-
-#[tonic::async_trait]
-impl StateService for Chain {
-    async fn list_owned_objects(
-        &self,
-        request: Request<ListOwnedObjectsRequest>,
-    ) -> Result<Response<ListOwnedObjectsResponse>, Status> {
-        self.list_calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("fullnode is down"));
-        }
-        tokio::time::sleep(self.delay).await;
-        let request = request.into_inner();
-        let owner = Address::from_str(request.owner.as_deref().unwrap_or_default())
-            .map_err(|_| Status::invalid_argument("bad owner"))?;
-        let wanted = request
-            .object_type
-            .as_deref()
-            .map(|t| StructTag::from_str(t).expect("type"));
-        let mask = request.read_mask.map(|m| m.paths).unwrap_or_default();
-        assert!(
-            mask.iter().any(|p| p == "contents" || p == "json"),
-            "read mask asks for contents"
-        );
-        let objects: Vec<_> = self
-            .owned
-            .get(&owner)
-            .into_iter()
-            .flatten()
-            .filter(|o| {
-                self.ignore_type_filter
-                    || wanted.as_ref().is_none_or(|w| {
-                        StructTag::from_str(o.object_type.as_deref().unwrap_or_default())
-                            .ok()
-                            .as_ref()
-                            == Some(w)
-                    })
-            })
-            .cloned()
-            .collect();
-        let start = match request.page_token {
-            Some(token) => {
-                u32::from_be_bytes(token.as_ref().try_into().expect("our token")) as usize
-            }
-            None => 0,
-        };
-        let size = (request.page_size.unwrap_or(50) as usize).min(self.page_limit.max(1));
-        let end = (start + size).min(objects.len());
-        let mut response = ListOwnedObjectsResponse::default();
-        response.objects = objects[start..end].to_vec();
-        if end < objects.len() {
-            response.next_page_token = Some((end as u32).to_be_bytes().to_vec().into());
-        }
-        Ok(Response::new(response))
-    }
-}
-
-#[tonic::async_trait]
-impl LedgerService for Chain {
-    async fn get_service_info(
-        &self,
-        _: Request<GetServiceInfoRequest>,
-    ) -> Result<Response<GetServiceInfoResponse>, Status> {
-        self.info_calls.fetch_add(1, Ordering::SeqCst);
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("fullnode is down"));
-        }
-        let mut info = GetServiceInfoResponse::default();
-        info.chain_id = Some(CHAIN_ID.into());
-        info.chain = Some("mainnet".into());
-        info.epoch = Some(EPOCH);
-        Ok(Response::new(info))
-    }
-}
-
-async fn serve(chain: Arc<Chain>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(StateServiceServer::from_arc(Arc::clone(&chain)))
-            .add_service(LedgerServiceServer::from_arc(chain))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
+fn custom(n: u8, amount: &str) -> sui_rpc::proto::sui::rpc::v2::Object {
+    nautilus_sui_fixture::custom(n, CUSTOM_TYPE, amount)
 }
 
 fn reader(addr: SocketAddr, config: StakeConfig) -> SuiStakeReader {

@@ -226,13 +226,18 @@ fn router(chain: Arc<Chain>) -> tonic::transport::server::Router {
 /// Serve `chain` over plain HTTP/2 on a free loopback port; the server runs until the runtime
 /// ends. Returns its address (`http://{addr}`).
 pub async fn serve(chain: Arc<Chain>) -> SocketAddr {
+    use futures::StreamExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
     let addr = listener.local_addr().expect("bound address");
-    tokio::spawn(
-        router(chain).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|tcp| {
+        // As a real node's server does: without it, small responses wait on delayed ACKs.
+        tcp.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    });
+    tokio::spawn(router(chain).serve_with_incoming(incoming));
     addr
 }
 
@@ -305,6 +310,7 @@ pub async fn serve_tls(chain: Arc<Chain>, ca: &TestCa) -> SocketAddr {
             let acceptor = acceptor.clone();
             async move {
                 let tcp = tcp.ok()?;
+                let _ = tcp.set_nodelay(true);
                 // A failed handshake drops that connection only.
                 acceptor
                     .accept(tcp)

@@ -143,6 +143,8 @@ struct BootState {
     /// The enclave may have answered a challenge this process never saw (operator restart):
     /// ask for a fresh attestation at once.
     needs_refresh: bool,
+    /// The stale document (SHA-256 hex) already answered with one more challenge.
+    rechallenged: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -347,6 +349,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
             // This process does not know which challenge a running enclave answered last
             // (operator restart, ConfigMap edited): ask for a fresh one as soon as it attests.
             needs_refresh: true,
+            rechallenged: None,
         });
         state.reports.reset();
     }
@@ -406,13 +409,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         }
         None => Outcome::Pending("no evidence from the sidecar yet".into()),
     };
-    ctx.metrics.verification(match &outcome {
-        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
-        Outcome::Verified(_) => "Verified",
-        Outcome::Failed { reason, .. } => reason,
-        Outcome::Pending(_) => "Pending",
-    });
-    let observations = verify::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
+    let mut outcome = outcome;
 
     // 5. Fresh challenges.
     let mut requeue = Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds));
@@ -422,7 +419,12 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         && bundle.attestation.is_some()
     {
         let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
+        // A document answering an older challenge (an enclave that restarted answers the boot
+        // nonce) gets one more challenge before it counts as a failure; the same document
+        // served again after that is refused.
+        let recover = rechallenge(&outcome, boot_state.rechallenged.as_deref());
         if boot_state.needs_refresh
+            || recover.is_some()
             || now.saturating_sub(boot_state.nonces.latest_issued_ms) >= refresh_ms
         {
             let nonce = fresh_nonce();
@@ -433,12 +435,27 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
                     requeue = Duration::from_secs(1);
                     challenged_now = true;
                     tracing::info!("asked the enclave for a fresh attestation");
+                    if let Some(document) = recover {
+                        boot_state.rechallenged = Some(document);
+                        outcome = Outcome::Pending(
+                            "the enclave presented a document for an older challenge (it may \
+                             have restarted); it was challenged again"
+                                .into(),
+                        );
+                    }
                 }
                 Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
             }
         }
     }
     drop(state);
+    ctx.metrics.verification(match &outcome {
+        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
+        Outcome::Verified(_) => "Verified",
+        Outcome::Failed { reason, .. } => reason,
+        Outcome::Pending(_) => "Pending",
+    });
+    let observations = verify::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
 
     // Just challenged an enclave whose current document answers a challenge this process never
     // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
@@ -578,6 +595,18 @@ pub async fn check_crd(client: &Client) -> Result<(), StartupError> {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(StartupError::CrdMissing),
         Err(err) => Err(StartupError::CrdUnreadable(err)),
+    }
+}
+
+/// The document to challenge once more: one that failed only for its nonce and was not
+/// re-challenged already.
+fn rechallenge(outcome: &Outcome, already: Option<&str>) -> Option<String> {
+    match outcome {
+        Outcome::Failed {
+            unanswered_challenge: Some(document),
+            ..
+        } if already != Some(document.as_str()) => Some(document.clone()),
+        _ => None,
     }
 }
 
@@ -1539,6 +1568,27 @@ mod tests {
                 .encode()
                 .contains("nautilus_operator_reconciles_total 1")
         );
+    }
+
+    #[test]
+    fn a_stale_document_is_rechallenged_once() {
+        let stale = |doc: &str| Outcome::Failed {
+            reason: "AttestationFailed",
+            message: "nonce mismatch".into(),
+            attestation: None,
+            unanswered_challenge: Some(doc.into()),
+        };
+        assert_eq!(rechallenge(&stale("d1"), None).as_deref(), Some("d1"));
+        assert_eq!(rechallenge(&stale("d1"), Some("d1")), None, "only once");
+        assert_eq!(rechallenge(&stale("d2"), Some("d1")).as_deref(), Some("d2"));
+        let other = Outcome::Failed {
+            reason: "AttestationFailed",
+            message: "pcr0 mismatch".into(),
+            attestation: None,
+            unanswered_challenge: None,
+        };
+        assert_eq!(rechallenge(&other, None), None, "only nonce failures");
+        assert_eq!(rechallenge(&Outcome::Pending("x".into()), None), None);
     }
 
     #[test]

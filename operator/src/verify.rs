@@ -152,6 +152,10 @@ pub enum Outcome {
         message: String,
         /// The attestation summary when only the report failed.
         attestation: Option<Box<AttestationSummary>>,
+        /// Set when the only fault is the nonce: SHA-256 (hex) of the document, which answers a
+        /// challenge the operator no longer accepts (a restarted enclave answers its boot nonce).
+        /// The controller may challenge such an enclave once more before giving up.
+        unanswered_challenge: Option<String>,
     },
     /// The attestation and the latest report verified.
     Verified(Box<Verified>),
@@ -193,6 +197,7 @@ fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
         reason,
         message: message.into(),
         attestation: None,
+        unanswered_challenge: None,
     }
 }
 
@@ -320,13 +325,20 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
         ));
     }
     if let Err(err) = checked {
-        let message = match err {
-            PolicyError::NonceMismatch { .. } | PolicyError::NonceMissing { .. } => format!(
-                "{err} (the document does not answer the operator's latest challenge: stale or replayed)"
-            ),
-            other => other.to_string(),
+        return match err {
+            PolicyError::NonceMismatch { .. } | PolicyError::NonceMissing { .. } => {
+                Outcome::Failed {
+                    reason: reasons::ATTESTATION_FAILED,
+                    message: format!(
+                        "{err} (the document does not answer the operator's latest challenge: \
+                         stale or replayed)"
+                    ),
+                    attestation: None,
+                    unanswered_challenge: Some(hex::encode(Sha256::digest(&evidence.document))),
+                }
+            }
+            other => failed(reasons::ATTESTATION_FAILED, other.to_string()),
         };
-        return failed(reasons::ATTESTATION_FAILED, message);
     }
     let Some(public_key) = document.public_key.as_deref() else {
         return failed(
@@ -384,6 +396,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                 reason,
                 message: format!("health report refused: {err}"),
                 attestation: Some(Box::new(summary)),
+                unanswered_challenge: None,
             }
         }
     }
@@ -941,10 +954,20 @@ pub(crate) mod tests {
             Outcome::Pending(m) if m.contains("waiting for the enclave to answer")
         ));
         c.nonces.latest_issued_ms = c.now - 20_000;
-        expect_failed(
-            &run(&c, &bundle, &mut reports),
-            reasons::ATTESTATION_FAILED,
-            "stale or replayed",
+        let outcome = run(&c, &bundle, &mut reports);
+        expect_failed(&outcome, reasons::ATTESTATION_FAILED, "stale or replayed");
+        let Outcome::Failed {
+            unanswered_challenge,
+            ..
+        } = outcome
+        else {
+            unreachable!()
+        };
+        let document = &bundle.attestation.as_ref().expect("a").document;
+        assert_eq!(
+            unanswered_challenge,
+            Some(hex::encode(Sha256::digest(document))),
+            "a nonce-only failure names the document"
         );
         let mut c = case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);

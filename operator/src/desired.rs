@@ -51,8 +51,6 @@ pub const BOOT_CONFIG_KEY: &str = "boot-config.json";
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
 /// Name of the sidecar container.
 pub const SIDECAR_CONTAINER: &str = "nautilus-sidecar";
-/// Service account of the enclave pod (needs no API access; its token is not mounted).
-pub const ENCLAVE_SERVICE_ACCOUNT: &str = "nautilus-enclave";
 /// The Nitro Enclaves device plugin's extended resource.
 pub const NITRO_RESOURCE: &str = "aws.ec2.nitro/nitro_enclaves";
 /// Node label the Nitro Enclaves device plugin runs on, the default node selector.
@@ -506,7 +504,10 @@ pub fn enclave_statefulset(
     });
     let pod = PodSpec {
         containers: vec![container],
-        service_account_name: Some(ENCLAVE_SERVICE_ACCOUNT.into()),
+        // The namespace's default ServiceAccount with no token mounted: the sidecar and the
+        // enclave never call the host's API server, and nothing has to be created per tenant
+        // namespace (the operator may not create ServiceAccounts).
+        service_account_name: None,
         automount_service_account_token: Some(false),
         node_selector: Some(node_selector),
         tolerations: enclave.tolerations.clone(),
@@ -838,10 +839,7 @@ pub(crate) mod tests {
 
         let pod = pod(&sts);
         assert_eq!(pod.automount_service_account_token, Some(false));
-        assert_eq!(
-            pod.service_account_name.as_deref(),
-            Some("nautilus-enclave")
-        );
+        assert_eq!(pod.service_account_name, None);
         assert_eq!(
             pod.node_selector.as_ref().expect("selector"),
             &BTreeMap::from([("aws-nitro-enclaves-k8s-dp".to_owned(), "enabled".to_owned())])

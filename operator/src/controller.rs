@@ -1457,6 +1457,8 @@ mod tests {
                 agent_binary: bin.join("nautilus-agent"),
                 control_plane_command: bin.join("nautilus-standin").display().to_string(),
                 work_dir: work.clone(),
+                sui_ca_file: None,
+                tamper_reports: false,
             })),
             Arc::new(Metrics::new()),
         ));

@@ -67,6 +67,10 @@ struct Args {
     /// `nautilus-operator` directory under the system's temporary directory).
     #[arg(long, env = "NAUTILUS_LOCAL_WORK_DIR")]
     local_work_dir: Option<PathBuf>,
+    /// Extra CA (PEM) the agents trust for the Sui full node (`local` runtime, for a
+    /// development node with its own certificate).
+    #[arg(long, env = "NAUTILUS_LOCAL_SUI_CA_FILE")]
+    local_sui_ca_file: Option<PathBuf>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -94,6 +98,7 @@ impl Args {
             agent_binary,
             control_plane_command,
             local_work_dir,
+            local_sui_ca_file,
             listen,
             log_format,
             leader_election,
@@ -141,6 +146,8 @@ impl Args {
                     control_plane_command,
                     work_dir: local_work_dir
                         .unwrap_or_else(|| std::env::temp_dir().join("nautilus-operator")),
+                    sui_ca_file: local_sui_ca_file,
+                    tamper_reports: false,
                 }))
             }
         };

@@ -313,6 +313,12 @@ pub struct LocalSettings {
     pub control_plane_command: String,
     /// Directory under which each resource gets a work directory.
     pub work_dir: PathBuf,
+    /// An extra CA (PEM file) the agent trusts for the Sui full node's TLS, for a development
+    /// node with its own certificate; `None` trusts the webpki roots only.
+    pub sui_ca_file: Option<PathBuf>,
+    /// Tests only: sidecars flip a byte of every report they relay, to prove the operator
+    /// refuses them.
+    pub tamper_reports: bool,
 }
 
 /// The development runtime: one local sidecar process per resource.
@@ -357,7 +363,7 @@ impl LocalRuntime {
     }
 
     /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
-    /// the spec's PCRs, TCP instead of vsock, direct egress).
+    /// the spec's PCRs, TCP instead of vsock; Sui RPC through the sidecar's egress proxy).
     #[allow(clippy::too_many_arguments)]
     fn command(
         &self,
@@ -393,8 +399,11 @@ impl LocalRuntime {
             format!("--control-plane-command={}", s.control_plane_command),
             format!("--work-dir={}", dir.join("agent").display()),
             format!("--webhook-listen=127.0.0.1:{webhook}"),
-            "--egress-proxy=none".to_owned(),
+            format!("--egress-proxy=tcp://127.0.0.1:{egress}"),
         ]);
+        if let Some(ca) = &s.sui_ca_file {
+            agent_args.push(format!("--sui-ca-file={}", ca.display()));
+        }
         let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
         cmd.arg(format!("--boot-config={}", boot_path.display()))
             .arg("--launcher=process")
@@ -407,6 +416,7 @@ impl LocalRuntime {
             .arg(format!("--http-listen=127.0.0.1:{http}"))
             .arg(format!("--api-listen=127.0.0.1:{api}"))
             .arg(format!("--egress-listen=tcp://127.0.0.1:{egress}"))
+            .args(s.tamper_reports.then_some("--tamper-reports"))
             .arg(format!(
                 "--egress-allow={}",
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
@@ -567,6 +577,8 @@ mod tests {
             agent_binary: "nautilus-agent".into(),
             control_plane_command: "nautilus-standin".into(),
             work_dir: std::env::temp_dir().join(format!("nautilus-op-test-{}", std::process::id())),
+            sui_ca_file: Some("/etc/sui-ca.pem".into()),
+            tamper_reports: true,
         })
     }
 
@@ -704,7 +716,10 @@ mod tests {
             "--http-listen=127.0.0.1:3",
             "--api-listen=127.0.0.1:4",
             "--agent-arg=--webhook-listen=127.0.0.1:6",
-            "--agent-arg=--egress-proxy=none",
+            "--agent-arg=--egress-proxy=tcp://127.0.0.1:5",
+            "--egress-listen=tcp://127.0.0.1:5",
+            "--agent-arg=--sui-ca-file=/etc/sui-ca.pem",
+            "--tamper-reports",
             "--agent-arg=--control-plane-command=nautilus-standin",
         ] {
             assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");

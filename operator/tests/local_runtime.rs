@@ -67,6 +67,8 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
         agent_binary: bin.join("nautilus-agent"),
         control_plane_command: bin.join("nautilus-standin").display().to_string(),
         work_dir: work.clone(),
+        sui_ca_file: None,
+        tamper_reports: false,
     }));
     let client = kube_client_unused();
     let nm = mk_nm();

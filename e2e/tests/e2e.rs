@@ -1,0 +1,269 @@
+//! The whole system as a user drives it, against the cluster `KUBECONFIG` names. Without one,
+//! each test prints one `skipped:` line and passes (see `nautilus_e2e::cluster`).
+
+use std::time::Duration;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use nautilus_e2e::{Harness, WAIT, cluster, condition, is};
+use nautilus_seal::unix_now;
+
+const CONDITIONS: [&str; 6] = [
+    "EnclaveRunning",
+    "Attested",
+    "APIServerReady",
+    "SchedulerReady",
+    "ControllerManagerReady",
+    "Ready",
+];
+
+fn ready(nm: &nautilus_crds::NautilusMaster) -> bool {
+    is(nm, "Ready", "True")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn becomes_ready_and_admits_a_staked_seal_token() {
+    let Some(client) = cluster("becomes_ready_and_admits_a_staked_seal_token").await else {
+        return;
+    };
+    let h = Harness::start(client, "ready", false).await;
+    h.create("demo", h.development_spec()).await;
+    let nm = h.wait_for("demo", "Ready=True", WAIT, ready).await;
+
+    let status = nm.status.clone().expect("status");
+    assert_eq!(status.observed_generation, nm.metadata.generation);
+    for type_ in CONDITIONS {
+        assert_eq!(
+            condition(&nm, type_).map(|(s, _)| s).as_deref(),
+            Some("True"),
+            "{type_}"
+        );
+    }
+    // Simulated evidence is accepted only because the spec allows it, and says so.
+    assert_eq!(
+        condition(&nm, "Attested").map(|(_, r)| r).as_deref(),
+        Some("SimulatedAttestation")
+    );
+    let attestation = status.attestation.expect("attestation summary");
+    assert!(attestation.simulated);
+    assert!(!attestation.debug_mode);
+    assert_eq!(attestation.pcr0_prefix, "10".repeat(8));
+    assert_eq!(attestation.pcrs.get("0"), Some(&"10".repeat(48)));
+    assert_eq!(
+        status.placement.and_then(|p| p.runtime).as_deref(),
+        Some("local")
+    );
+    let endpoint = status.endpoint.expect("endpoint");
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let secret_ref = status.kubeconfig_secret_ref.expect("kubeconfig reference");
+    assert_eq!(secret_ref.name, "demo-kubeconfig");
+
+    // A seal token for the staked key, through the published kubeconfig (attested CA) and the
+    // control plane's TokenReview webhook, as kubectl would present it.
+    let token = h
+        .staker
+        .mint_for(&nm.token_audience(), unix_now(), 600)
+        .expect("mint");
+    let enclave = h.client_with_token("demo", &token).await;
+    let review: serde_json::Value = enclave
+        .request(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(
+                    serde_json::to_vec(&serde_json::json!({
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "SelfSubjectReview"
+                    }))
+                    .expect("body"),
+                )
+                .expect("request"),
+        )
+        .await
+        .expect("the control plane admits the staked token");
+    let user = &review["status"]["userInfo"];
+    assert_eq!(user["username"], format!("sui:{}", h.staker.address()));
+    assert!(
+        user["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "system:masters")),
+        "{user}"
+    );
+
+    // A key without stake is refused.
+    let broke = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
+        .expect("key")
+        .mint_for(&nm.token_audience(), unix_now(), 600)
+        .expect("mint");
+    let refused = h
+        .client_with_token("demo", &broke)
+        .await
+        .request::<serde_json::Value>(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(
+                    b"{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}"
+                        .to_vec(),
+                )
+                .expect("request"),
+        )
+        .await;
+    assert!(refused.is_err(), "an unstaked token must be refused");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_control_plane_is_reported_and_recovers() {
+    let Some(client) = cluster("a_killed_control_plane_is_reported_and_recovers").await else {
+        return;
+    };
+    let h = Harness::start(client, "kill", false).await;
+    h.create("demo", h.development_spec()).await;
+    h.wait_for("demo", "Ready=True", WAIT, ready).await;
+
+    let pids = h.processes("nautilus-standin");
+    assert_eq!(pids.len(), 1, "one control plane runs: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // One probe interval (1 s) plus the operator's own poll: well inside 20 s.
+    h.wait_for(
+        "demo",
+        "APIServerReady=False",
+        Duration::from_secs(20),
+        |nm| is(nm, "APIServerReady", "False") && !ready(nm),
+    )
+    .await;
+    h.wait_for("demo", "recovered to Ready=True", WAIT, ready)
+        .await;
+    assert_eq!(h.processes("nautilus-standin").len(), 1);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_rolls_the_enclave_and_reattests() {
+    let Some(client) = cluster("a_spec_change_rolls_the_enclave_and_reattests").await else {
+        return;
+    };
+    let h = Harness::start(client, "roll", false).await;
+    h.create("demo", h.development_spec()).await;
+    let before = h.wait_for("demo", "Ready=True", WAIT, ready).await;
+    let old_digest = before
+        .status
+        .as_ref()
+        .and_then(|s| s.boot_config_digest.clone())
+        .expect("digest");
+
+    h.masters()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"controlPlane": {"logLevel": "debug"}}})),
+        )
+        .await
+        .expect("change the spec");
+    let after = h
+        .wait_for("demo", "re-attested with the new config", WAIT, |nm| {
+            ready(nm)
+                && nm.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == nm.metadata.generation
+                        && s.boot_config_digest.as_deref() != Some(old_digest.as_str())
+                })
+        })
+        .await;
+    let expected = nautilus_operator::desired::enclave_config(&after)
+        .expect("config")
+        .digest_hex();
+    assert_eq!(
+        after
+            .status
+            .as_ref()
+            .and_then(|s| s.boot_config_digest.clone()),
+        Some(expected),
+        "the attested digest is the one the operator rendered for the new spec"
+    );
+    let (old_doc, new_doc) = (
+        before
+            .status
+            .and_then(|s| s.attestation)
+            .map(|a| a.document_sha256),
+        after
+            .status
+            .and_then(|s| s.attestation)
+            .map(|a| a.document_sha256),
+    );
+    assert_ne!(old_doc, new_doc, "a new attestation document");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampering_relay_is_never_ready() {
+    let Some(client) = cluster("a_tampering_relay_is_never_ready").await else {
+        return;
+    };
+    let h = Harness::start(client, "tamper", true).await;
+    h.create("demo", h.development_spec()).await;
+    let mut was_ready = false;
+    let nm = h
+        .wait_for(
+            "demo",
+            "Attested=False (ReportSignatureInvalid)",
+            WAIT,
+            |nm| {
+                was_ready |= ready(nm);
+                condition(nm, "Attested")
+                    .is_some_and(|(s, r)| s == "False" && r == "ReportSignatureInvalid")
+            },
+        )
+        .await;
+    assert!(!was_ready, "never Ready with corrupted reports");
+    assert!(is(&nm, "Ready", "False"));
+    assert!(
+        nm.status.and_then(|s| s.kubeconfig_secret_ref).is_none(),
+        "no kubeconfig for an enclave whose reports do not verify"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_stops_the_enclave_and_leaves_nothing_behind() {
+    let Some(client) = cluster("delete_stops_the_enclave_and_leaves_nothing_behind").await else {
+        return;
+    };
+    let h = Harness::start(client, "delete", false).await;
+    h.create("demo", h.development_spec()).await;
+    h.wait_for("demo", "Ready=True", WAIT, ready).await;
+    assert_eq!(h.processes("nautilus-sidecar").len(), 1);
+
+    h.masters()
+        .delete("demo", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.masters().get_opt("demo").await.expect("get").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "finalizer never released"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for exe in ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"] {
+        assert_eq!(h.processes(exe), Vec::<u32>::new(), "{exe} left behind");
+    }
+    // Owned children go with their owner (garbage collection by owner reference).
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(h.client.clone(), &h.namespace);
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(h.client.clone(), &h.namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let secret = secrets.get_opt("demo-kubeconfig").await.expect("get");
+        let boot = configmaps.get_opt("demo-boot").await.expect("get");
+        if secret.is_none() && boot.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "children left behind");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    h.finish().await;
+}

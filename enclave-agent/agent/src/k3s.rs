@@ -278,8 +278,80 @@ pub fn write_ca_files(data_dir: &Path, material: &BootMaterial) -> Result<(), K3
     )
 }
 
+/// Groups the enclave's control plane grants a built-in ClusterRole to, and that role: the
+/// default reader tier's `nautilus:readers` gets `view`, and `nautilus:editors` gets `edit`.
+/// `system:masters` (admin tier) and `system:nodes` (worker tier) are built into Kubernetes;
+/// any other tier group needs a binding its users create with an admin token.
+pub const GROUP_BINDINGS: [(&str, &str); 2] =
+    [("nautilus:readers", "view"), ("nautilus:editors", "edit")];
+
+/// Where K3s' deploy controller applies manifests from at start and on change, relative to the
+/// data directory ("auto-deploying manifests").
+pub const RBAC_MANIFEST: &str = "server/manifests/nautilus-rbac.yaml";
+
+/// ClusterRoleBindings of [`GROUP_BINDINGS`], as the YAML K3s applies from
+/// [`RBAC_MANIFEST`].
+pub fn rbac_manifest() -> Result<String, K3sError> {
+    let mut docs = Vec::new();
+    for (group, role) in GROUP_BINDINGS {
+        let name = format!("nautilus-{}", group.trim_start_matches("nautilus:"));
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "nautilus-agent"},
+            },
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+        });
+        docs.push(serde_yaml::to_string(&binding)?);
+    }
+    Ok(docs.join("---\n"))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reader_and_editor_groups_are_bound_to_view_and_edit() {
+        let text = rbac_manifest().expect("manifest");
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
+            .collect();
+        assert_eq!(docs.len(), 2);
+        let bound: Vec<(String, String)> = docs
+            .iter()
+            .map(|d| {
+                assert_eq!(d["kind"].as_str(), Some("ClusterRoleBinding"));
+                (
+                    d["subjects"][0]["name"].as_str().expect("group").to_owned(),
+                    d["roleRef"]["name"].as_str().expect("role").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            bound,
+            vec![
+                ("nautilus:readers".to_owned(), "view".to_owned()),
+                ("nautilus:editors".to_owned(), "edit".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_default_tier_group_grants_something() {
+        for tier in nautilus_crds::default_tiers() {
+            for group in &tier.groups {
+                assert!(
+                    ["system:masters", "system:nodes"].contains(&group.as_str())
+                        || GROUP_BINDINGS.iter().any(|(g, _)| g == group),
+                    "default tier {} grants group {group}, which nothing binds",
+                    tier.name
+                );
+            }
+        }
+    }
     use super::*;
     use nautilus_protocol::wire::{AuthConfig, HealthConfig, TierConfig};
 

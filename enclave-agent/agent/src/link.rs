@@ -447,6 +447,11 @@ impl Agent {
         k3s::write(&cert_path, material.api_server.cert_pem.as_bytes(), false)?;
         k3s::write(&key_path, material.api_server.key_pem.as_bytes(), true)?;
         k3s::write_ca_files(std::path::Path::new(&cp.data_dir), &material)?;
+        k3s::write(
+            &std::path::Path::new(&cp.data_dir).join(k3s::RBAC_MANIFEST),
+            k3s::rbac_manifest()?.as_bytes(),
+            false,
+        )?;
         k3s::write(&config_path, rendered.as_bytes(), false)?;
 
         // The token webhook, before the API server that calls it.

@@ -67,6 +67,10 @@ async fn boots_attests_reports_forwards_and_refreshes_the_nonce() {
     let k3s_ca = std::fs::read_to_string(agent.data_dir.join("server/tls/server-ca.crt"))
         .expect("server-ca.crt for k3s");
     assert_eq!(k3s_ca, ca_on_disk);
+    // K3s applies the reader/editor group bindings from its manifests directory.
+    let rbac = std::fs::read_to_string(agent.data_dir.join("server/manifests/nautilus-rbac.yaml"))
+        .expect("rbac manifest for k3s");
+    assert!(rbac.contains("nautilus:readers"), "{rbac}");
     let public_key = document.public_key.clone().expect("report key attested");
 
     // Reports arrive signed by the attested key, and turn all healthy.

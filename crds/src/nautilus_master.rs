@@ -365,6 +365,62 @@ pub struct AuthSpec {
         validation = Rule::new("self.all(t, self.exists_one(u, u.name == t.name))").message("tier names must be unique")
     )]
     pub tiers: Vec<StakeTier>,
+
+    /// zkLogin sign-in: seal tokens signed with a zkLogin address are accepted only when this is
+    /// set, with the OpenID providers' keys to check their proofs against. The keys are part of
+    /// the measured boot configuration, so the host cannot add a provider.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "zkLogin")]
+    pub zk_login: Option<ZkLoginSpec>,
+}
+
+/// zkLogin verification inputs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZkLoginSpec {
+    /// Groth16 verifying key of the zkLogin circuit: `mainnet` for proofs from the production
+    /// prover, `dev` for localnet test issuers only.
+    #[serde(default)]
+    pub verifying_key: ZkLoginVerifyingKey,
+
+    /// The OpenID providers' signing keys (RSA JWKs) whose tokens zkLogin proofs may rest on, as
+    /// the chain's authenticator state lists them.
+    #[schemars(length(min = 1, max = 64))]
+    pub jwks: Vec<ZkLoginJwk>,
+}
+
+/// Which Groth16 verifying key checks zkLogin proofs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ZkLoginVerifyingKey {
+    /// The production zkLogin circuit's key.
+    #[default]
+    Mainnet,
+    /// The development key, for proofs from localnet test issuers.
+    Dev,
+}
+
+/// One OpenID provider key (RFC 7517 JWK) with the issuer it belongs to.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZkLoginJwk {
+    /// Issuer (`iss`) of the provider, e.g. `https://accounts.google.com`.
+    #[schemars(length(min = 1, max = 256))]
+    pub iss: String,
+    /// Key id (`kid`) within the issuer's key set.
+    #[schemars(length(min = 1, max = 256))]
+    pub kid: String,
+    /// Key type; zkLogin uses `RSA`.
+    #[schemars(length(min = 1, max = 16))]
+    pub kty: String,
+    /// RSA public exponent, base64url.
+    #[schemars(length(min = 1, max = 16))]
+    pub e: String,
+    /// RSA modulus, base64url.
+    #[schemars(length(min = 1, max = 1024))]
+    pub n: String,
+    /// Signature algorithm; zkLogin uses `RS256`.
+    #[schemars(length(min = 1, max = 16))]
+    pub alg: String,
 }
 
 /// A Sui network.
@@ -639,6 +695,7 @@ impl Default for AuthSpec {
             max_token_lifetime_seconds: default_max_token_lifetime(),
             stake_cache_ttl_seconds: default_stake_cache_ttl(),
             tiers: default_tiers(),
+            zk_login: None,
         }
     }
 }

@@ -30,7 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
 use nautilus_crds::{HugepageSize, NautilusMaster};
 use nautilus_protocol::wire::{
-    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, TierConfig,
+    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig, TierConfig,
+    ZkLoginConfig,
 };
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -262,6 +263,24 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
                     groups: t.groups.clone(),
                 })
                 .collect(),
+            zk_login: match &auth.zk_login {
+                None => None,
+                Some(z) => Some(ZkLoginConfig {
+                    verifying_key: serialized(&z.verifying_key, "zkLogin.verifyingKey")?,
+                    jwks: z
+                        .jwks
+                        .iter()
+                        .map(|j| JwkConfig {
+                            iss: j.iss.clone(),
+                            kid: j.kid.clone(),
+                            kty: j.kty.clone(),
+                            e: j.e.clone(),
+                            n: j.n.clone(),
+                            alg: j.alg.clone(),
+                        })
+                        .collect(),
+                }),
+            },
         },
         health: HealthConfig {
             probe_interval_seconds: nm.spec.health.probe_interval_seconds,
@@ -733,6 +752,33 @@ pub(crate) mod tests {
         let other = enclave_config(&nm).expect("config");
         assert_eq!(other.auth.audience, "cluster-a.example");
         assert_ne!(config.digest(), other.digest(), "audience is measured");
+    }
+
+    #[test]
+    fn zklogin_keys_are_measured_and_absent_when_unset() {
+        let nm = mk_nm("demo");
+        let plain = enclave_config(&nm).expect("config");
+        assert!(plain.auth.zk_login.is_none());
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(
+            !json.contains("zkLogin"),
+            "unset zkLogin keeps older digests: {json}"
+        );
+
+        let mut with = mk_nm("demo");
+        with.spec.auth.zk_login = Some(
+            serde_json::from_value(serde_json::json!({
+                "verifyingKey": "dev",
+                "jwks": [{"iss": "https://oauth.sui.io", "kid": "sui-key-id", "kty": "RSA",
+                          "e": "AQAB", "n": "wdar6d", "alg": "RS256"}]
+            }))
+            .expect("zkLogin spec"),
+        );
+        let config = enclave_config(&with).expect("config");
+        let zk = config.auth.zk_login.as_ref().expect("zkLogin");
+        assert_eq!(zk.verifying_key, "dev");
+        assert_eq!(zk.jwks[0].kid, "sui-key-id");
+        assert_ne!(plain.digest(), config.digest(), "issuer keys are measured");
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! From the boot configuration's `auth` section to a running TokenReview authenticator: seal
 //! token verifier, stake tiers, and the stake reader reaching Sui through the egress proxy.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nautilus_protocol::transport::Endpoint;
-use nautilus_protocol::wire::{AuthConfig, TierConfig};
-use nautilus_seal::{SealVerifier, Tier, TierError, Tiers};
+use nautilus_protocol::wire::{AuthConfig, TierConfig, ZkLoginConfig};
+use nautilus_seal::personal_message::UNKNOWN_EPOCH;
+use nautilus_seal::{
+    Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkloginVerifier,
+};
 
 use crate::egress::{self, EgressConnector, EgressError, Target};
 use crate::stake::{StakeCache, StakeConfig, StakeError, SuiStakeReader};
@@ -26,6 +31,60 @@ pub enum AuthError {
     /// The Sui RPC URL or trust roots are unusable.
     #[error("sui rpc client")]
     Egress(#[from] EgressError),
+    /// The zkLogin configuration names no known verifying key.
+    #[error("zkLogin verifying key {0:?} is neither mainnet nor dev")]
+    ZkLoginKey(String),
+}
+
+/// How often the chain's current epoch is re-read for zkLogin's `max_epoch` check. Sui epochs
+/// last about a day; a few minutes of lag cannot accept a key expired long ago.
+pub const EPOCH_REFRESH: Duration = Duration::from_secs(60);
+
+/// The signature verifier of a zkLogin configuration: its Groth16 key and issuer keys, with
+/// the epoch unknown (zkLogin refused) until [`follow_epoch`] has read it.
+pub fn zklogin_signatures(config: &ZkLoginConfig) -> Result<SignatureVerifier, AuthError> {
+    let mut verifier = match config.verifying_key.as_str() {
+        "mainnet" => ZkloginVerifier::new_mainnet(),
+        "dev" => ZkloginVerifier::new_dev(),
+        other => return Err(AuthError::ZkLoginKey(other.to_owned())),
+    };
+    for jwk in &config.jwks {
+        verifier.jwks_mut().insert(
+            JwkId {
+                iss: jwk.iss.clone(),
+                kid: jwk.kid.clone(),
+            },
+            Jwk {
+                kty: jwk.kty.clone(),
+                e: jwk.e.clone(),
+                n: jwk.n.clone(),
+                alg: jwk.alg.clone(),
+            },
+        );
+    }
+    Ok(SignatureVerifier::with_zklogin(verifier, UNKNOWN_EPOCH))
+}
+
+/// Keep `epoch` at the chain's current epoch, read through `reader` (which checks the chain
+/// id) every [`EPOCH_REFRESH`], until nothing else holds `epoch`. A failed read keeps the last
+/// value; before the first success zkLogin stays refused.
+pub fn follow_epoch(reader: SuiStakeReader, epoch: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(&epoch);
+    drop(epoch);
+    tokio::spawn(async move {
+        loop {
+            let result = reader.current_epoch().await;
+            let Some(epoch) = weak.upgrade() else { return };
+            match result {
+                Ok(current) => epoch.store(current, Ordering::SeqCst),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the current epoch for zkLogin")
+                }
+            }
+            drop(epoch);
+            tokio::time::sleep(EPOCH_REFRESH).await;
+        }
+    })
 }
 
 /// The seal crate's tier for a wire tier (same fields, same JSON names).
@@ -68,13 +127,21 @@ pub fn authenticator(
     let connector = EgressConnector::new(proxy, target.clone(), tls);
     let client = egress::sui_client(&target, connector, stake.rpc_timeout)?;
     let reader = SuiStakeReader::new(client, stake)?;
+    let mut verifier = SealVerifier::new(config.audience.clone())
+        .with_max_lifetime(u64::from(config.max_token_lifetime_seconds));
+    if let Some(zk_login) = &config.zk_login {
+        let signatures = zklogin_signatures(zk_login)?;
+        if let Some(epoch) = signatures.epoch_handle() {
+            follow_epoch(reader.clone(), epoch);
+        }
+        tracing::info!(issuers = zk_login.jwks.len(), key = %zk_login.verifying_key, "zkLogin enabled");
+        verifier = verifier.with_signature_verifier(signatures);
+    }
     let cache = StakeCache::new(
         reader,
         Duration::from_secs(u64::from(config.stake_cache_ttl_seconds)),
         STAKE_CACHE_CAPACITY,
     );
-    let verifier = SealVerifier::new(config.audience.clone())
-        .with_max_lifetime(u64::from(config.max_token_lifetime_seconds));
     Ok(Authenticator::new(verifier, tiers(config)?, cache))
 }
 
@@ -91,6 +158,7 @@ mod tests {
             audience: "nautilus:default/demo".into(),
             max_token_lifetime_seconds: 900,
             stake_cache_ttl_seconds: 60,
+            zk_login: None,
             tiers: vec![
                 TierConfig {
                     name: "viewer".into(),

@@ -382,6 +382,7 @@ mod tests {
                 audience: "nautilus:default/demo".into(),
                 max_token_lifetime_seconds: 3600,
                 stake_cache_ttl_seconds: 60,
+                zk_login: None,
                 tiers: vec![TierConfig {
                     name: "admin".into(),
                     min_stake_mist: 1,

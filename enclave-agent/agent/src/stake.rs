@@ -210,7 +210,7 @@ impl SuiStakeReader {
     }
 
     /// The current epoch, after checking the node serves the configured chain.
-    async fn current_epoch(&self) -> Result<u64, StakeError> {
+    pub async fn current_epoch(&self) -> Result<u64, StakeError> {
         const METHOD: &str = "GetServiceInfo";
         let mut ledger = self.client.clone().ledger_client();
         let info = self

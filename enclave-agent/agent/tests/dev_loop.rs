@@ -153,6 +153,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                 audience: audience.into(),
                 max_token_lifetime_seconds: 900,
                 stake_cache_ttl_seconds: 30,
+                zk_login: None,
                 tiers: vec![TierConfig {
                     name: "admin".into(),
                     min_stake_mist: 10_000,

@@ -19,6 +19,8 @@
 //! configuration, and for passkeys, signatures are refused (fail closed).
 
 use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use sui_crypto::zklogin::ZkloginVerifier;
@@ -59,6 +61,11 @@ pub enum SignatureError {
         "zklogin not configured: this verifier has no issuer keys or current epoch; sign with an ed25519, secp256k1, secp256r1 or multisig key"
     )]
     ZkLoginNotConfigured,
+
+    /// A zkLogin signature, but the chain's current epoch is not known yet (fail closed until
+    /// it is).
+    #[error("zklogin refused: the current epoch of the chain is not known yet")]
+    ZkLoginEpochUnknown,
 
     /// A zkLogin signature whose ephemeral key expired: the chain is past its `max_epoch`.
     #[error("zklogin signature expired: max epoch {max_epoch}, current epoch {current_epoch}")]
@@ -168,25 +175,38 @@ pub fn signer_addresses(signature: &UserSignature) -> Result<Vec<Address>, Signa
 #[derive(Debug, Default, Clone)]
 pub struct SignatureVerifier {
     inner: UserSignatureVerifier,
-    current_epoch: Option<u64>,
+    /// The chain's current epoch, shared with whoever keeps it fresh ([`UNKNOWN_EPOCH`] until
+    /// known); `None` without zkLogin.
+    current_epoch: Option<Arc<AtomicU64>>,
 }
+
+/// The epoch value that means "not known yet": zkLogin signatures are refused meanwhile.
+pub const UNKNOWN_EPOCH: u64 = u64::MAX;
 
 impl SignatureVerifier {
     /// A verifier that also accepts zkLogin signatures whose proofs verify with `zklogin`
     /// (its JWKs and Groth16 key) and whose `max_epoch` is not before `current_epoch`.
+    /// `current_epoch` may be [`UNKNOWN_EPOCH`], to be set later through
+    /// [`SignatureVerifier::epoch_handle`].
     pub fn with_zklogin(zklogin: ZkloginVerifier, current_epoch: u64) -> Self {
         let mut inner = UserSignatureVerifier::new();
         inner.with_zklogin_verifier(zklogin);
         Self {
             inner,
-            current_epoch: Some(current_epoch),
+            current_epoch: Some(Arc::new(AtomicU64::new(current_epoch))),
         }
     }
 
-    /// Move the chain's current epoch forward (or set it), as the chain reports it.
-    pub fn set_current_epoch(&mut self, epoch: u64) {
-        if self.inner.zklogin_verifier().is_some() {
-            self.current_epoch = Some(epoch);
+    /// The shared current epoch, for a task that follows the chain (`None` without zkLogin).
+    /// Clones of this verifier share it.
+    pub fn epoch_handle(&self) -> Option<Arc<AtomicU64>> {
+        self.current_epoch.clone()
+    }
+
+    /// Set the chain's current epoch, as the chain reports it (no effect without zkLogin).
+    pub fn set_current_epoch(&self, epoch: u64) {
+        if let Some(current) = &self.current_epoch {
+            current.store(epoch, Ordering::SeqCst);
         }
     }
 
@@ -208,9 +228,16 @@ impl SignatureVerifier {
             });
         }
         if let UserSignature::ZkLogin(authenticator) = signature {
-            let Some(current_epoch) = self.current_epoch else {
+            let Some(current_epoch) = self
+                .current_epoch
+                .as_ref()
+                .map(|e| e.load(Ordering::SeqCst))
+            else {
                 return Err(SignatureError::ZkLoginNotConfigured);
             };
+            if current_epoch == UNKNOWN_EPOCH {
+                return Err(SignatureError::ZkLoginEpochUnknown);
+            }
             if authenticator.max_epoch < current_epoch {
                 return Err(SignatureError::ZkLoginExpired {
                     max_epoch: authenticator.max_epoch,

@@ -295,9 +295,9 @@ impl SealVerifier {
         self
     }
 
-    /// The signature verifier, to move its zkLogin epoch forward as the chain advances.
-    pub fn signature_verifier_mut(&mut self) -> &mut SignatureVerifier {
-        &mut self.signatures
+    /// The signature verifier (its [`SignatureVerifier::epoch_handle`] follows the chain).
+    pub fn signature_verifier(&self) -> &SignatureVerifier {
+        &self.signatures
     }
 
     /// Set the longest `exp - iat` accepted, in seconds.

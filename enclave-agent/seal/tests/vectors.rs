@@ -131,6 +131,20 @@ fn zklogin_needs_its_inputs_and_an_unexpired_epoch() {
         verify_personal_message(&address, &message, &signature),
         Err(SignatureError::ZkLoginNotConfigured)
     );
+    // The epoch is not known yet: refused until it is.
+    let waiting = zklogin_verifier(&inputs, nautilus_seal::personal_message::UNKNOWN_EPOCH);
+    assert_eq!(
+        waiting.verify(&address, &message, &signature),
+        Err(SignatureError::ZkLoginEpochUnknown)
+    );
+    waiting
+        .epoch_handle()
+        .expect("zklogin verifier has an epoch")
+        .store(inputs.max_epoch, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        waiting.verify(&address, &message, &signature).map(|_| ()),
+        Ok(())
+    );
     // The chain has moved past max_epoch: the ephemeral key expired.
     assert_eq!(
         zklogin_verifier(&inputs, inputs.max_epoch + 1).verify(&address, &message, &signature),

@@ -112,6 +112,7 @@ impl AgentProcess {
                     audience: "nautilus:test/agent".into(),
                     max_token_lifetime_seconds: 900,
                     stake_cache_ttl_seconds: 30,
+                    zk_login: None,
                     tiers: vec![TierConfig {
                         name: "admin".into(),
                         min_stake_mist: 1,

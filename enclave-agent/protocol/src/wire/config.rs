@@ -97,6 +97,38 @@ pub struct AuthConfig {
     pub stake_cache_ttl_seconds: u32,
     /// Tiers, highest stake first.
     pub tiers: Vec<TierConfig>,
+    /// zkLogin verification inputs; without them zkLogin tokens are refused. Absent from the
+    /// canonical JSON when unset, so configurations without zkLogin keep their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "zkLogin")]
+    pub zk_login: Option<ZkLoginConfig>,
+}
+
+/// zkLogin verification inputs (see the CRD's `spec.auth.zkLogin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZkLoginConfig {
+    /// `mainnet` or `dev`.
+    pub verifying_key: String,
+    /// The OpenID providers' keys.
+    pub jwks: Vec<JwkConfig>,
+}
+
+/// One OpenID provider key (RFC 7517 JWK) and its issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwkConfig {
+    /// Issuer.
+    pub iss: String,
+    /// Key id.
+    pub kid: String,
+    /// Key type (`RSA`).
+    pub kty: String,
+    /// Public exponent, base64url.
+    pub e: String,
+    /// Modulus, base64url.
+    pub n: String,
+    /// Algorithm (`RS256`).
+    pub alg: String,
 }
 
 /// One stake tier: same fields and JSON names as the CRD's and the seal crate's tier.

@@ -35,8 +35,8 @@ mod frame;
 mod report;
 
 pub use config::{
-    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, NonceRefresh,
-    TierConfig,
+    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig,
+    NonceRefresh, TierConfig, ZkLoginConfig,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{

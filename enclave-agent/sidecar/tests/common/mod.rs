@@ -51,6 +51,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             audience: "nautilus:tenants/alpha".to_owned(),
             max_token_lifetime_seconds: 3600,
             stake_cache_ttl_seconds: 60,
+            zk_login: None,
             tiers: vec![TierConfig {
                 name: "admin".to_owned(),
                 min_stake_mist: 1,

@@ -334,19 +334,8 @@ impl Verifier {
     ///
     /// Returns the decoded payload only when every check passes.
     pub fn verify(&self, bytes: &[u8], at: VerifyAt) -> Result<AttestationDocument, VerifyError> {
-        if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(VerifyError::TooLarge {
-                len: bytes.len(),
-                max: MAX_DOCUMENT_BYTES,
-            });
-        }
-        let sign1 = parse_cose_sign1(bytes)?;
-        check_protected_header(&sign1)?;
-        let payload = sign1
-            .payload
-            .as_deref()
-            .ok_or(VerifyError::MissingPayload)?;
-        let document = AttestationDocument::from_payload(payload)?;
+        let (sign1, document) = decode_structure(bytes)?;
+        let payload = sign1.payload.as_deref().unwrap_or_default();
 
         let at_ms = at.unix_millis(document.timestamp_ms)?;
         let leaf_key = chain::verify_chain(
@@ -382,6 +371,13 @@ impl Verifier {
 /// algorithm and payload-field checks as [`Verifier::verify`], so malformed input still fails
 /// closed.
 pub fn decode_unverified(bytes: &[u8]) -> Result<AttestationDocument, VerifyError> {
+    decode_structure(bytes).map(|(_, document)| document)
+}
+
+/// The checks every reader of a document makes before anything cryptographic: size limit,
+/// COSE_Sign1 structure, protected header (ES384), a payload, and the payload's fields. The
+/// returned `CoseSign1` always has a payload.
+fn decode_structure(bytes: &[u8]) -> Result<(CoseSign1, AttestationDocument), VerifyError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
         return Err(VerifyError::TooLarge {
             len: bytes.len(),
@@ -394,7 +390,8 @@ pub fn decode_unverified(bytes: &[u8]) -> Result<AttestationDocument, VerifyErro
         .payload
         .as_deref()
         .ok_or(VerifyError::MissingPayload)?;
-    AttestationDocument::from_payload(payload)
+    let document = AttestationDocument::from_payload(payload)?;
+    Ok((sign1, document))
 }
 
 /// Parse a COSE_Sign1, tagged (18) or untagged.

@@ -238,7 +238,9 @@ pub fn instance_name() -> String {
         .unwrap_or_else(|| format!("nautilus-operator-{}", std::process::id()))
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 for a clock before 1970: evidence then reads as
+/// future-dated and fails).
+pub(crate) fn now_ms() -> u64 {
     nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 

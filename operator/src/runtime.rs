@@ -23,6 +23,7 @@ use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::Mutex;
 
+use crate::controller::now_ms;
 use crate::desired::{self, FIELD_MANAGER, Names, PodSettings, SIDECAR_CONTAINER};
 use crate::verify::EnclaveState;
 
@@ -343,10 +344,6 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn now_ms() -> u64 {
-    nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
 impl LocalRuntime {

@@ -7,7 +7,6 @@
 //! `/readyz` never says ready on evidence that cannot verify.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::wire::{
@@ -54,10 +53,8 @@ pub fn reject_reason(err: &ReportError) -> &'static str {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    // Before 1970 the clock is wrong; 0 makes every report look future-dated: not ready.
+    nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
 #[derive(Debug)]

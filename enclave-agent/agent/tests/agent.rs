@@ -3,16 +3,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use nautilus_agent::client;
 use nautilus_protocol::transport;
 use nautilus_protocol::wire::{
     self, Component, Message, NonceRefresh, PROTOCOL_VERSION, ReportVerifier,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 
 /// One HTTP/1.1 request through the agent's API forwarder, TLS verified with `ca_pem`.
 async fn through_forwarder(
@@ -23,29 +21,16 @@ async fn through_forwarder(
     token: Option<&str>,
 ) -> (u16, String) {
     let stream = transport::connect(&agent.api).await.expect("forwarder");
-    let config = client::client_config(&[ca_pem], None).expect("tls config");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("kubernetes.default.svc").expect("name");
-    let mut tls = connector
-        .connect(name, stream)
-        .await
-        .expect("TLS through the forwarder, verified with the attested CA");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: kubernetes.default.svc\r\n{auth}Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    (status, text)
+    https_request(
+        stream,
+        ca_pem,
+        "kubernetes.default.svc",
+        method,
+        path,
+        token,
+        "{}",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,15 @@
 //! agent binary) + the agent + the stand-in control plane + the simulated NSM + a local Sui full
 //! node reached through the sidecar's egress proxy with TLS verified inside the agent.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser as _;
+use common::{free_port, https_request, now_ms};
 use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, EvidenceBundle, HealthConfig,
@@ -20,21 +23,6 @@ use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-}
 
 /// A plain HTTP/1.1 request to the sidecar's API: status and body.
 async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -93,27 +81,16 @@ async fn self_subject_review(api: SocketAddr, ca_pem: &str, token: &str) -> (u16
     let tcp = tokio::net::TcpStream::connect(api)
         .await
         .expect("api proxy");
-    let config = nautilus_agent::client::client_config(&[ca_pem], None).expect("tls");
-    let name = rustls::pki_types::ServerName::try_from("kubernetes").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("the API server's certificate chains to the attested CA");
-    let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
-    let request = format!(
-        "POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: kubernetes\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, text)
+    https_request(
+        Box::new(tcp),
+        ca_pem,
+        "kubernetes",
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(token),
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,3 +256,41 @@ pub fn verify_evidence(
         .expect("policy: pcrs, nonce, binding");
     document
 }
+
+/// One HTTP/1.1 request over TLS on `stream`, the server's certificate verified with `ca_pem`
+/// for `server_name` (also the Host header), a JSON `body`, and a bearer `token` if given.
+/// Returns the status code and the whole response text.
+pub async fn https_request(
+    stream: BoxedStream,
+    ca_pem: &str,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = nautilus_agent::client::client_config(&[ca_pem], None).expect("tls config");
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, stream)
+        .await
+        .expect("the server's certificate chains to the given CA");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}

@@ -62,24 +62,16 @@ pub async fn cluster(test: &str) -> Option<Client> {
     None
 }
 
-/// The directory holding `nautilus-sidecar`, `nautilus-agent` and `nautilus-standin`:
-/// `NAUTILUS_BIN_DIR`, else the target directory this test was built into.
+/// The directory holding the development binaries the local runtime starts
+/// ([`nautilus_operator::runtime::development_bin_dir`]); panics, saying how to build them, when
+/// they are missing.
 pub fn bin_dir() -> PathBuf {
-    let dir = match std::env::var_os("NAUTILUS_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
-            .expect("the test binary lives in target/<profile>/deps"),
-    };
-    for bin in ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` or set NAUTILUS_BIN_DIR",
-            dir.join(bin).display()
-        );
-    }
-    dir
+    nautilus_operator::runtime::development_bin_dir().unwrap_or_else(|| {
+        panic!(
+            "nautilus-sidecar, nautilus-agent or nautilus-standin is missing: run \
+             `cargo build --workspace --bins` or set NAUTILUS_BIN_DIR"
+        )
+    })
 }
 
 /// One test's world: a namespace, an operator scoped to it, a Sui node, a staked key.
@@ -148,12 +140,9 @@ impl Harness {
 
         let bin = bin_dir();
         let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
-            sidecar_binary: bin.join("nautilus-sidecar"),
-            agent_binary: bin.join("nautilus-agent"),
-            control_plane_command: bin.join("nautilus-standin").display().to_string(),
-            work_dir: dir.path().join("operator"),
             sui_ca_file: Some(ca_file),
             tamper_reports,
+            ..LocalSettings::development(&bin, dir.path().join("operator"))
         }));
         controller::check_crd(&client)
             .await

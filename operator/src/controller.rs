@@ -1432,16 +1432,8 @@ mod tests {
     /// NSM) and stand-in, API server mocked. Skips (saying so) when the binaries are not built.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_runtime_reaches_ready_through_the_reconcile_loop_and_stops() {
-        use crate::runtime::{LocalRuntime, LocalSettings};
-        let Some(bin) = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
-            .filter(|dir| {
-                ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"]
-                    .iter()
-                    .all(|b| dir.join(b).is_file())
-            })
-        else {
+        use crate::runtime::{LocalRuntime, LocalSettings, development_bin_dir};
+        let Some(bin) = development_bin_dir() else {
             println!("skipped: nautilus-sidecar/agent/standin not built (cargo build --workspace)");
             return;
         };
@@ -1454,14 +1446,10 @@ mod tests {
         });
         let ctx = Arc::new(Context::new(
             client,
-            EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
-                sidecar_binary: bin.join("nautilus-sidecar"),
-                agent_binary: bin.join("nautilus-agent"),
-                control_plane_command: bin.join("nautilus-standin").display().to_string(),
-                work_dir: work.clone(),
-                sui_ca_file: None,
-                tamper_reports: false,
-            })),
+            EnclaveRuntime::Local(LocalRuntime::new(LocalSettings::development(
+                &bin,
+                work.clone(),
+            ))),
             Arc::new(Metrics::new()),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -322,6 +322,43 @@ pub struct LocalSettings {
     pub tamper_reports: bool,
 }
 
+/// The binaries a development setup of the local runtime starts.
+pub const DEVELOPMENT_BINARIES: [&str; 3] =
+    ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"];
+
+impl LocalSettings {
+    /// The [`DEVELOPMENT_BINARIES`] in `dir`, with the stand-in as the control plane; no extra
+    /// Sui CA, no tampering.
+    pub fn development(dir: &std::path::Path, work_dir: PathBuf) -> Self {
+        Self {
+            sidecar_binary: dir.join("nautilus-sidecar"),
+            agent_binary: dir.join("nautilus-agent"),
+            control_plane_command: dir.join("nautilus-standin").display().to_string(),
+            work_dir,
+            sui_ca_file: None,
+            tamper_reports: false,
+        }
+    }
+}
+
+/// Where the [`DEVELOPMENT_BINARIES`] were built, for tests: `NAUTILUS_BIN_DIR`, else the
+/// cargo target directory of the running test (`target/<profile>/deps/<test>` →
+/// `target/<profile>`). `None` unless all of them are there.
+pub fn development_bin_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("NAUTILUS_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()?
+            .parent()?
+            .parent()?
+            .to_path_buf(),
+    };
+    DEVELOPMENT_BINARIES
+        .iter()
+        .all(|b| dir.join(b).is_file())
+        .then_some(dir)
+}
+
 /// The development runtime: one local sidecar process per resource.
 #[derive(Debug)]
 pub struct LocalRuntime {

@@ -6,32 +6,17 @@
 //! The binaries come from the workspace's target directory (`cargo nextest run --workspace`
 //! builds them) or from `NAUTILUS_BIN_DIR`; when they are absent the test says so and passes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use nautilus_crds::{NautilusMaster, NautilusMasterSpec};
 use nautilus_operator::desired;
-use nautilus_operator::runtime::{EnclaveRuntime, LocalRuntime, LocalSettings};
+use nautilus_operator::runtime::{
+    EnclaveRuntime, LocalRuntime, LocalSettings, development_bin_dir,
+};
 use nautilus_operator::sidecar;
 use nautilus_operator::verify::{self, EnclaveState, IssuedNonces, Outcome, ReportState};
 use nautilus_protocol::attestation::now_unix_millis;
 use nautilus_protocol::wire::BootConfig;
-
-fn bin_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("NAUTILUS_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        // target/debug/deps/local_runtime-… → target/debug
-        None => std::env::current_exe()
-            .ok()?
-            .parent()?
-            .parent()?
-            .to_path_buf(),
-    };
-    ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"]
-        .iter()
-        .all(|b| dir.join(b).is_file())
-        .then_some(dir)
-}
 
 fn mk_nm() -> NautilusMaster {
     let pcr = |b: u8| hex::encode([b; 48]);
@@ -54,7 +39,7 @@ fn mk_nm() -> NautilusMaster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_runtime_boots_attests_refreshes_and_stops() {
-    let Some(bin) = bin_dir() else {
+    let Some(bin) = development_bin_dir() else {
         println!(
             "skipped: nautilus-sidecar/agent/standin not built; run `cargo build --workspace` \
              or set NAUTILUS_BIN_DIR"
@@ -62,14 +47,10 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
         return;
     };
     let work = std::env::temp_dir().join(format!("nautilus-local-test-{}", std::process::id()));
-    let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
-        sidecar_binary: bin.join("nautilus-sidecar"),
-        agent_binary: bin.join("nautilus-agent"),
-        control_plane_command: bin.join("nautilus-standin").display().to_string(),
-        work_dir: work.clone(),
-        sui_ca_file: None,
-        tamper_reports: false,
-    }));
+    let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings::development(
+        &bin,
+        work.clone(),
+    )));
     let client = kube_client_unused();
     let nm = mk_nm();
     let config = desired::enclave_config(&nm).expect("config");

@@ -9,7 +9,7 @@ use nautilus_protocol::transport::Endpoint;
 use nautilus_protocol::wire::{AuthConfig, TierConfig, ZkLoginConfig};
 use nautilus_seal::personal_message::UNKNOWN_EPOCH;
 use nautilus_seal::{
-    Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkloginVerifier,
+    Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkLoginKey,
 };
 
 use crate::egress::{self, EgressConnector, EgressError, Target};
@@ -43,13 +43,12 @@ pub const EPOCH_REFRESH: Duration = Duration::from_secs(60);
 /// The signature verifier of a zkLogin configuration: its Groth16 key and issuer keys, with
 /// the epoch unknown (zkLogin refused) until [`follow_epoch`] has read it.
 pub fn zklogin_signatures(config: &ZkLoginConfig) -> Result<SignatureVerifier, AuthError> {
-    let mut verifier = match config.verifying_key.as_str() {
-        "mainnet" => ZkloginVerifier::new_mainnet(),
-        "dev" => ZkloginVerifier::new_dev(),
-        other => return Err(AuthError::ZkLoginKey(other.to_owned())),
-    };
-    for jwk in &config.jwks {
-        verifier.jwks_mut().insert(
+    let key: ZkLoginKey = config
+        .verifying_key
+        .parse()
+        .map_err(|_| AuthError::ZkLoginKey(config.verifying_key.clone()))?;
+    let jwks = config.jwks.iter().map(|jwk| {
+        (
             JwkId {
                 iss: jwk.iss.clone(),
                 kid: jwk.kid.clone(),
@@ -60,9 +59,13 @@ pub fn zklogin_signatures(config: &ZkLoginConfig) -> Result<SignatureVerifier, A
                 n: jwk.n.clone(),
                 alg: jwk.alg.clone(),
             },
-        );
-    }
-    Ok(SignatureVerifier::with_zklogin(verifier, UNKNOWN_EPOCH))
+        )
+    });
+    Ok(SignatureVerifier::with_zklogin_keys(
+        key,
+        jwks,
+        UNKNOWN_EPOCH,
+    ))
 }
 
 /// Keep `epoch` at the chain's current epoch, read through `reader` (which checks the chain

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use nautilus_seal::personal_message::{decode_signature_base64, scheme_name};
-use nautilus_seal::{Address, Jwk, JwkId, SignatureVerifier, ZkloginVerifier};
+use nautilus_seal::{Address, Jwk, JwkId, SignatureVerifier, ZkLoginKey};
 use serde::Deserialize;
 
 use crate::usage;
@@ -54,8 +54,8 @@ pub struct VerifyPersonalMessageArgs {
     #[arg(long, value_name = "EPOCH", requires = "zklogin_jwks")]
     zklogin_epoch: Option<u64>,
     /// zkLogin: the Groth16 verifying key, `mainnet` or `dev` (localnet test issuers).
-    #[arg(long, value_name = "KEY", default_value = "mainnet", value_parser = ["mainnet", "dev"])]
-    zklogin_key: String,
+    #[arg(long, value_name = "KEY", default_value = "mainnet")]
+    zklogin_key: ZkLoginKey,
 }
 
 /// One issuer key in a `--zklogin-jwks` file.
@@ -70,7 +70,7 @@ struct JwkEntry {
 fn zklogin_verifier(
     path: &std::path::Path,
     epoch: u64,
-    key: &str,
+    key: ZkLoginKey,
 ) -> anyhow::Result<SignatureVerifier> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         usage(format!(
@@ -84,15 +84,10 @@ fn zklogin_verifier(
             path.display()
         ))
     })?;
-    let mut verifier = if key == "dev" {
-        ZkloginVerifier::new_dev()
-    } else {
-        ZkloginVerifier::new_mainnet()
-    };
-    for JwkEntry { iss, kid, jwk } in entries {
-        verifier.jwks_mut().insert(JwkId { iss, kid }, jwk);
-    }
-    Ok(SignatureVerifier::with_zklogin(verifier, epoch))
+    let jwks = entries
+        .into_iter()
+        .map(|JwkEntry { iss, kid, jwk }| (JwkId { iss, kid }, jwk));
+    Ok(SignatureVerifier::with_zklogin_keys(key, jwks, epoch))
 }
 
 impl VerifyPersonalMessageArgs {
@@ -109,7 +104,7 @@ impl VerifyPersonalMessageArgs {
             .decode(message_base64.trim())
             .map_err(|e| usage(format!("--message-base64 is not base64: {e}")))?;
         let verifier = match (zklogin_jwks, zklogin_epoch) {
-            (Some(path), Some(epoch)) => zklogin_verifier(&path, epoch, &zklogin_key)?,
+            (Some(path), Some(epoch)) => zklogin_verifier(&path, epoch, zklogin_key)?,
             _ => SignatureVerifier::default(),
         };
         let outcome = decode_signature_base64(signature.trim())

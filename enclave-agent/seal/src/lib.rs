@@ -26,7 +26,7 @@ pub mod signer;
 pub mod tier;
 pub mod token;
 
-pub use personal_message::{SignatureError, SignatureVerifier};
+pub use personal_message::{SignatureError, SignatureVerifier, ZkLoginKey};
 pub use signer::{Keystore, KeystoreKey, SignerError};
 /// zkLogin verification inputs: the Groth16 verifying key and the issuers' JWKs.
 pub use sui_crypto::zklogin::{ZkLoginCircuitMode, ZkloginVerifier};

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use base64::Engine as _;
 use sui_crypto::zklogin::ZkloginVerifier;
 use sui_crypto::{SuiVerifier as _, UserSignatureVerifier};
-use sui_sdk_types::{Address, PersonalMessage, SignatureScheme, SimpleSignature, UserSignature};
+use sui_sdk_types::{
+    Address, Jwk, JwkId, PersonalMessage, SignatureScheme, SimpleSignature, UserSignature,
+};
 
 /// Largest serialized signature accepted, in bytes. A multisig of ten members with simple keys
 /// stays well below this; it bounds the work done on hostile input.
@@ -180,6 +182,30 @@ pub struct SignatureVerifier {
     current_epoch: Option<Arc<AtomicU64>>,
 }
 
+/// The Groth16 verifying key zkLogin proofs are checked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZkLoginKey {
+    /// The production circuit's key.
+    Mainnet,
+    /// The development key, for localnet test issuers.
+    Dev,
+}
+
+impl std::str::FromStr for ZkLoginKey {
+    type Err = String;
+
+    /// `mainnet` or `dev`.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "mainnet" => Ok(Self::Mainnet),
+            "dev" => Ok(Self::Dev),
+            other => Err(format!(
+                "zkLogin verifying key {other:?} is neither mainnet nor dev"
+            )),
+        }
+    }
+}
+
 /// The epoch value that means "not known yet": zkLogin signatures are refused meanwhile.
 pub const UNKNOWN_EPOCH: u64 = u64::MAX;
 
@@ -195,6 +221,21 @@ impl SignatureVerifier {
             inner,
             current_epoch: Some(Arc::new(AtomicU64::new(current_epoch))),
         }
+    }
+
+    /// A verifier that also accepts zkLogin signatures proven with `key` against the issuer
+    /// keys `jwks`; see [`SignatureVerifier::with_zklogin`] for `current_epoch`.
+    pub fn with_zklogin_keys(
+        key: ZkLoginKey,
+        jwks: impl IntoIterator<Item = (JwkId, Jwk)>,
+        current_epoch: u64,
+    ) -> Self {
+        let mut verifier = match key {
+            ZkLoginKey::Mainnet => ZkloginVerifier::new_mainnet(),
+            ZkLoginKey::Dev => ZkloginVerifier::new_dev(),
+        };
+        verifier.jwks_mut().extend(jwks);
+        Self::with_zklogin(verifier, current_epoch)
     }
 
     /// The shared current epoch, for a task that follows the chain (`None` without zkLogin).

@@ -666,7 +666,8 @@ pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Re
         }],
         "current-context": cluster,
     });
-    serde_yaml::to_string(&config).map_err(|err| DesiredError::Serialize {
+    // A namespace or name such as `no` or `on` must stay a string for client-go's YAML 1.1.
+    nautilus_protocol::yaml::to_string(&config).map_err(|err| DesiredError::Serialize {
         what: "kubeconfig",
         reason: err.to_string(),
     })

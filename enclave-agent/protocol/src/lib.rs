@@ -16,6 +16,7 @@
 //!   reports, nonce refresh) and the evidence bundle the sidecar serves.
 //! - [`transport`]: vsock, Unix and TCP endpoints behind one stream type.
 //! - [`testdata`]: where tests and benchmarks find the shared real documents.
+//! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
 //!
 //! ```text
 //! agent ── Nsm::attest(user_data = Binding::v1(config, ca), nonce, public_key) ──► document
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod testdata;
 pub mod transport;
 pub mod wire;
+pub mod yaml;
 
 pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};

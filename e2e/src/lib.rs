@@ -1,20 +1,23 @@
 //! Test harness for the e2e suite: the whole system against a real Kubernetes API server.
 //!
-//! Each test gets a fresh namespace, installs (or updates) the CRD, runs the operator in this
-//! process in the `local` runtime (sidecar and agent as local processes, simulated NSM,
-//! stand-in control plane), a local Sui full node over TLS, and drives NautilusMasters as a
-//! user would. Without a reachable cluster ([`cluster`] returns `None`) every test prints one
-//! `skipped:` line and passes.
+//! [`cluster`] decides what the suite runs against, in this order:
+//! 1. a throwaway control plane ([`envtest::ControlPlane`]) when `$KUBEBUILDER_ASSETS` (default
+//!    `/usr/local/kubebuilder/bin`) holds `etcd` and `kube-apiserver`;
+//! 2. else the cluster `KUBECONFIG` names (kind, k3d, any conformant server). A `KUBECONFIG` that
+//!    is set but does not work is a failure, not a skip;
+//! 3. else one `skipped:` line that names what is missing, or a failure when
+//!    `NAUTILUS_E2E_REQUIRE=1`.
 //!
-//! Run against kind or k3d (see the README):
-//!
-//! ```text
-//! kind create cluster            # or: k3d cluster create
-//! cargo build --workspace --bins
-//! KUBECONFIG=~/.kube/config cargo nextest run -p nautilus-e2e
-//! ```
+//! Each test then gets a fresh namespace, installs (or updates) the CRD, runs the operator in
+//! this process in the `local` runtime (sidecar and agent as local processes, simulated NSM), a
+//! local Sui full node over TLS, and drives NautilusMasters as a user would. Teardown deletes the
+//! NautilusMasters while the operator still runs (so finalizers complete), checks that no
+//! process is left, and deletes the namespace; whatever a failing test left running is killed
+//! when its [`Harness`] drops.
 //!
 //! This crate is test support: it panics with a message where a test would.
+
+pub mod envtest;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use nautilus_crds::{NautilusMaster, NautilusMasterSpec};
 use nautilus_operator::controller::{self, Context};
@@ -35,31 +38,85 @@ use nautilus_sui_fixture::{Chain, TestCa};
 pub const FIELD_MANAGER: &str = "nautilus-e2e";
 /// Longest wait for a state the operator should reach.
 pub const WAIT: Duration = Duration::from_secs(180);
+/// Set to `1` to turn a missing cluster into a failure.
+pub const REQUIRE_ENV: &str = "NAUTILUS_E2E_REQUIRE";
 
-/// A client for the cluster `KUBECONFIG` names, or `None` (after printing the one skip line for
-/// `test`) when there is none or it does not answer.
-pub async fn cluster(test: &str) -> Option<Client> {
-    let Some(path) = std::env::var_os("KUBECONFIG") else {
-        println!("skipped: e2e {test}: KUBECONFIG is not set (no cluster to test against)");
+/// The API server a test runs against.
+pub struct TestCluster {
+    /// An admin client.
+    pub client: Client,
+    /// A kubeconfig file for the same server and user, for kubectl.
+    pub kubeconfig: PathBuf,
+    /// The throwaway control plane, when the suite started one; it stops when this drops.
+    pub plane: Option<envtest::ControlPlane>,
+}
+
+impl std::fmt::Debug for TestCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCluster")
+            .field("kubeconfig", &self.kubeconfig)
+            .field("plane", &self.plane)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether [`REQUIRE_ENV`] asks for a cluster.
+pub fn required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The API server for `test` (see the crate documentation for the order), or `None` after
+/// printing the one skip line. Panics when a cluster is configured but does not work, or when
+/// none is found and [`REQUIRE_ENV`] is `1`.
+pub async fn cluster(test: &str) -> Option<TestCluster> {
+    let assets = envtest::Assets::find();
+    if let Ok(assets) = &assets {
+        let plane = envtest::ControlPlane::start(assets)
+            .await
+            .unwrap_or_else(|err| panic!("e2e {test}: the throwaway control plane: {err}"));
+        let client = plane
+            .client()
+            .await
+            .unwrap_or_else(|err| panic!("e2e {test}: {err}"));
+        return Some(TestCluster {
+            client,
+            kubeconfig: plane.kubeconfig.clone(),
+            plane: Some(plane),
+        });
+    }
+    let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) else {
+        let reason = format!(
+            "{}, and KUBECONFIG is not set",
+            assets.err().unwrap_or_default()
+        );
+        assert!(!required(), "e2e {test}: {REQUIRE_ENV}=1 but {reason}");
+        println!("skipped: e2e {test}: {reason}");
         return None;
     };
-    let reason = match kube::Config::infer().await {
-        Err(err) => format!("cannot read {}: {err}", PathBuf::from(&path).display()),
-        Ok(config) => match Client::try_from(config) {
-            Err(err) => format!("cannot build a client: {err}"),
-            Ok(client) => {
-                match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
-                    .await
-                {
-                    Ok(Ok(_)) => return Some(client),
-                    Ok(Err(err)) => format!("API server did not answer: {err}"),
-                    Err(_) => "API server did not answer within 10 s".to_owned(),
-                }
-            }
-        },
+    let path = PathBuf::from(path);
+    let broken = |what: String| -> ! {
+        panic!(
+            "e2e {test}: KUBECONFIG={} is set but {what} (unset it to skip)",
+            path.display()
+        )
     };
-    println!("skipped: e2e {test}: {reason}");
-    None
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(err) => broken(format!("cannot be read: {err}")),
+    };
+    let client = match Client::try_from(config) {
+        Ok(client) => client,
+        Err(err) => broken(format!("makes no client: {err}")),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(_)) => Some(TestCluster {
+            client,
+            kubeconfig: path,
+            plane: None,
+        }),
+        Ok(Err(err)) => broken(format!("its API server refused: {err}")),
+        Err(_) => broken("its API server did not answer within 10 s".into()),
+    }
 }
 
 /// The directory holding the development binaries the local runtime starts
@@ -78,6 +135,10 @@ pub fn bin_dir() -> PathBuf {
 pub struct Harness {
     /// Client of the cluster under test.
     pub client: Client,
+    /// The cluster (and its throwaway control plane, if any).
+    pub cluster: TestCluster,
+    /// The operator's context (its runtime places each resource's control plane).
+    pub ctx: Arc<Context>,
     /// The test's namespace.
     pub namespace: String,
     /// A Sui key with [`Harness::STAKE_MIST`] staked on the fixture node.
@@ -105,7 +166,19 @@ impl Harness {
 
     /// Namespace, CRD, Sui node and operator for `test`. `tamper_reports` makes every sidecar
     /// corrupt the reports it relays.
-    pub async fn start(client: Client, test: &str, tamper_reports: bool) -> Self {
+    pub async fn start(cluster: TestCluster, test: &str, tamper_reports: bool) -> Self {
+        let namespace = format!(
+            "nautilus-e2e-{}-{}",
+            test.replace('_', "-").chars().take(30).collect::<String>(),
+            std::process::id()
+        );
+        Self::start_in(cluster, namespace, tamper_reports).await
+    }
+
+    /// The same in a namespace of the caller's choosing (created here, deleted by
+    /// [`Harness::finish`]).
+    pub async fn start_in(cluster: TestCluster, namespace: String, tamper_reports: bool) -> Self {
+        let client = cluster.client.clone();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -113,11 +186,6 @@ impl Harness {
             )
             .with_test_writer()
             .try_init();
-        let namespace = format!(
-            "nautilus-e2e-{}-{}",
-            test.replace('_', "-").chars().take(30).collect::<String>(),
-            std::process::id()
-        );
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "nautilus-e2e"}}
@@ -153,11 +221,17 @@ impl Harness {
             Arc::new(Metrics::new()),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = tokio::spawn(controller::run(ctx, Some(namespace.clone()), async {
-            let _ = stopped.await;
-        }));
+        let operator = tokio::spawn(controller::run(
+            Arc::clone(&ctx),
+            Some(namespace.clone()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Self {
             client,
+            cluster,
+            ctx,
             namespace,
             staker,
             dir,
@@ -273,18 +347,127 @@ impl Harness {
             .collect()
     }
 
-    /// Stop the operator and delete the namespace.
+    /// The digest of the configuration the operator measures for `nm`: rendered from the spec
+    /// and placed by the local runtime (its own port and data directory).
+    pub fn measured_digest(&self, nm: &NautilusMaster) -> String {
+        let config = nautilus_operator::desired::enclave_config(nm).expect("config");
+        self.ctx
+            .runtime
+            .place(nm, config)
+            .expect("placed config")
+            .digest_hex()
+    }
+
+    /// PIDs of every process whose command line or environment names this test's work
+    /// directory, other than this one.
+    fn leftovers(&self) -> Vec<u32> {
+        let marker = self.dir.path().display().to_string();
+        let own = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != own)
+            .filter(|pid| {
+                let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&read("cmdline")).into_owned();
+                let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+                cmdline.contains(&marker) || environ.contains(&marker)
+            })
+            .collect()
+    }
+
+    /// Delete every NautilusMaster of the test while the operator still runs (so its finalizer
+    /// stops the enclave), stop the operator, check that no process is left, and delete the
+    /// namespace. Panics if any of that fails.
     pub async fn finish(mut self) {
+        let masters = self.masters();
+        let list = masters
+            .list(&ListParams::default())
+            .await
+            .expect("list the test's NautilusMasters");
+        for nm in &list {
+            masters
+                .delete(&nm.name_any(), &DeleteParams::default())
+                .await
+                .expect("delete a NautilusMaster");
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = masters
+                .list(&ListParams::default())
+                .await
+                .expect("list the test's NautilusMasters");
+            if left.items.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "teardown: NautilusMasters still present 90 s after deletion (finalizer not \
+                 released): {:?}",
+                left.iter()
+                    .map(kube::ResourceExt::name_any)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(operator) = self.operator.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
         }
+        self.ctx.runtime.shutdown().await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.leftovers().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "teardown: processes outlived their NautilusMaster: {left:?}"
+        );
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces
             .delete(&self.namespace, &DeleteParams::default())
             .await;
+        // A cluster that runs the namespace controller removes it; a throwaway control plane
+        // without one is discarded whole.
+        let collects = self
+            .cluster
+            .plane
+            .as_ref()
+            .is_none_or(|p| p.controller_manager);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while collects
+            && namespaces
+                .get_opt(&self.namespace)
+                .await
+                .expect("get the namespace")
+                .is_some()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "teardown: namespace {} still present 90 s after deletion",
+                self.namespace
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    /// A test that failed half-way still leaves nothing running: SIGKILL whatever it started.
+    fn drop(&mut self) {
+        for pid in self.leftovers() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The whole system as a user drives it, against the cluster `KUBECONFIG` names. Without one,
-//! each test prints one `skipped:` line and passes (see `nautilus_e2e::cluster`).
+//! The whole system as a user drives it, against a real API server: a throwaway control plane
+//! from `$KUBEBUILDER_ASSETS`, else the cluster `KUBECONFIG` names, else one `skipped:` line per
+//! test (a failure with `NAUTILUS_E2E_REQUIRE=1`); see `nautilus_e2e::cluster`.
 
 use std::time::Duration;
 
@@ -22,10 +23,10 @@ fn ready(nm: &nautilus_crds::NautilusMaster) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn becomes_ready_and_admits_a_staked_seal_token() {
-    let Some(client) = cluster("becomes_ready_and_admits_a_staked_seal_token").await else {
+    let Some(cluster) = cluster("becomes_ready_and_admits_a_staked_seal_token").await else {
         return;
     };
-    let h = Harness::start(client, "ready", false).await;
+    let h = Harness::start(cluster, "ready", false).await;
     h.create("demo", h.development_spec()).await;
     let nm = h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
@@ -112,10 +113,10 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_control_plane_is_reported_and_recovers() {
-    let Some(client) = cluster("a_killed_control_plane_is_reported_and_recovers").await else {
+    let Some(cluster) = cluster("a_killed_control_plane_is_reported_and_recovers").await else {
         return;
     };
-    let h = Harness::start(client, "kill", false).await;
+    let h = Harness::start(cluster, "kill", false).await;
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
@@ -142,10 +143,10 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_rolls_the_enclave_and_reattests() {
-    let Some(client) = cluster("a_spec_change_rolls_the_enclave_and_reattests").await else {
+    let Some(cluster) = cluster("a_spec_change_rolls_the_enclave_and_reattests").await else {
         return;
     };
-    let h = Harness::start(client, "roll", false).await;
+    let h = Harness::start(cluster, "roll", false).await;
     h.create("demo", h.development_spec()).await;
     let before = h.wait_for("demo", "Ready=True", WAIT, ready).await;
     let old_digest = before
@@ -171,9 +172,7 @@ async fn a_spec_change_rolls_the_enclave_and_reattests() {
                 })
         })
         .await;
-    let expected = nautilus_operator::desired::enclave_config(&after)
-        .expect("config")
-        .digest_hex();
+    let expected = h.measured_digest(&after);
     assert_eq!(
         after
             .status
@@ -198,10 +197,10 @@ async fn a_spec_change_rolls_the_enclave_and_reattests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampering_relay_is_never_ready() {
-    let Some(client) = cluster("a_tampering_relay_is_never_ready").await else {
+    let Some(cluster) = cluster("a_tampering_relay_is_never_ready").await else {
         return;
     };
-    let h = Harness::start(client, "tamper", true).await;
+    let h = Harness::start(cluster, "tamper", true).await;
     h.create("demo", h.development_spec()).await;
     let mut was_ready = false;
     let nm = h
@@ -227,10 +226,10 @@ async fn a_tampering_relay_is_never_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_stops_the_enclave_and_leaves_nothing_behind() {
-    let Some(client) = cluster("delete_stops_the_enclave_and_leaves_nothing_behind").await else {
+    let Some(cluster) = cluster("delete_stops_the_enclave_and_leaves_nothing_behind").await else {
         return;
     };
-    let h = Harness::start(client, "delete", false).await;
+    let h = Harness::start(cluster, "delete", false).await;
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
     assert_eq!(h.processes("nautilus-sidecar").len(), 1);

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
-use nautilus_protocol::wire::BootConfig;
+use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
 use crate::controller::now_ms;
@@ -88,6 +88,18 @@ impl EnclaveRuntime {
         match self {
             Self::Pod(_) => "pod",
             Self::Local(_) => "local",
+        }
+    }
+
+    /// The configuration the enclave of `nm` runs with: `config` (rendered from the spec) where
+    /// it will run. Pods run it unchanged; the local runtime gives each resource its own HTTPS
+    /// port and data directory under its work directory, so that control planes started side by
+    /// side on one machine share neither, and nothing lands in a host path such as
+    /// `/var/lib/rancher/k3s`. The result is what gets measured and attested.
+    pub fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
+        match self {
+            Self::Pod(_) => Ok(config),
+            Self::Local(local) => local.place(nm, config),
         }
     }
 
@@ -364,7 +376,14 @@ pub fn development_bin_dir() -> Option<PathBuf> {
 pub struct LocalRuntime {
     settings: LocalSettings,
     processes: Mutex<HashMap<String, LocalProcess>>,
+    /// The HTTPS port each resource's control plane got, kept for the resource's lifetime (and
+    /// across operator restarts, in the work directory) because it is part of the measured
+    /// configuration: a new port would roll the enclave.
+    https_ports: Box<std::sync::Mutex<HashMap<String, u16>>>,
 }
+
+/// Name of the file in a resource's work directory that keeps its control plane's HTTPS port.
+const HTTPS_PORT_FILE: &str = "https-port";
 
 #[derive(Debug)]
 struct LocalProcess {
@@ -389,11 +408,56 @@ impl LocalRuntime {
         Self {
             settings,
             processes: Mutex::new(HashMap::new()),
+            https_ports: Box::default(),
         }
     }
 
     fn key(names: &Names) -> String {
         format!("{}/{}", names.namespace, names.name)
+    }
+
+    /// The work directory of one resource.
+    fn resource_dir(&self, names: &Names) -> PathBuf {
+        self.settings
+            .work_dir
+            .join(format!("{}_{}", names.namespace, names.name))
+    }
+
+    fn place(&self, nm: &NautilusMaster, mut config: EnclaveConfig) -> Result<EnclaveConfig> {
+        let names = Names::of(nm)?;
+        let dir = self.resource_dir(&names);
+        let local_err = |what: String| move |source| RuntimeError::Local { what, source };
+        let mut ports = self
+            .https_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let port = match ports.get(&Self::key(&names)) {
+            Some(port) => *port,
+            None => {
+                let file = dir.join(HTTPS_PORT_FILE);
+                let kept = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u16>().ok())
+                    .filter(|port| *port != 0);
+                let port = match kept {
+                    Some(port) => port,
+                    None => {
+                        let port = free_port().map_err(local_err("finding a free port".into()))?;
+                        std::fs::create_dir_all(&dir)
+                            .map_err(local_err(format!("creating {}", dir.display())))?;
+                        std::fs::write(&file, port.to_string())
+                            .map_err(local_err(format!("writing {}", file.display())))?;
+                        port
+                    }
+                };
+                ports.insert(Self::key(&names), port);
+                port
+            }
+        };
+        config.control_plane.bind_address = "127.0.0.1".into();
+        config.control_plane.https_port = port;
+        config.control_plane.data_dir = dir.join("data").display().to_string();
+        Ok(config)
     }
 
     /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
@@ -485,10 +549,7 @@ impl LocalRuntime {
             processes.remove(&key);
         }
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
-        let dir = self
-            .settings
-            .work_dir
-            .join(format!("{}_{}", names.namespace, names.name));
+        let dir = self.resource_dir(&names);
         std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
         let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
         let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
@@ -577,6 +638,19 @@ impl LocalRuntime {
         let removed = self.processes.lock().await.remove(&Self::key(&names));
         if let Some(mut p) = removed {
             terminate(&mut p.child).await;
+        }
+        // The resource is gone: its work directory (logs, data directory, port) goes with it.
+        self.https_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&Self::key(&names));
+        let dir = self.resource_dir(&names);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory")
+            }
         }
         Ok(true)
     }

@@ -1,0 +1,184 @@
+//! `cargo dev`: the whole product on this machine, in one command.
+//!
+//! Against a throwaway control plane from `$KUBEBUILDER_ASSETS` (default
+//! `/usr/local/kubebuilder/bin`), or else the cluster `KUBECONFIG` names, it installs the CRD,
+//! runs the operator in the `local` runtime with this workspace's binaries, starts a local Sui
+//! full node with one staked key, applies a development NautilusMaster, waits for `Ready`, and
+//! prints `kubectl get`/`describe` and how to reach the enclave's control plane with a seal
+//! token. Ctrl-C removes everything it made.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use nautilus_e2e::{Harness, WAIT, envtest, is};
+
+const NAMESPACE: &str = "nautilus-dev";
+const NAME: &str = "dev";
+
+/// Build the sidecar, agent, stand-in and CLI next to this binary when run through cargo, so a
+/// fresh clone needs nothing but `cargo dev`.
+fn build_binaries() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("NAUTILUS_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let dir = exe
+        .parent()
+        .context("this binary has no directory")?
+        .to_path_buf();
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        eprintln!("building nautilus-sidecar, nautilus-agent, nautilus-standin and nautilusctl…");
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "nautilus-sidecar",
+            "-p",
+            "nautilus-agent",
+            "-p",
+            "nautilusctl",
+        ]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build of the development binaries failed");
+        }
+    }
+    Ok(dir)
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    match Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+    {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => format!("(kubectl did not run: {err})\n"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bin_dir = build_binaries()?;
+    for binary in nautilus_operator::runtime::DEVELOPMENT_BINARIES {
+        if !bin_dir.join(binary).is_file() {
+            bail!(
+                "{} is missing: run `cargo build --workspace --bins` or set NAUTILUS_BIN_DIR",
+                bin_dir.join(binary).display()
+            );
+        }
+    }
+    let assets = envtest::Assets::find();
+    if let Err(missing) = &assets
+        && std::env::var_os("KUBECONFIG").is_none()
+    {
+        bail!(
+            "no API server to run against: {missing}, and KUBECONFIG is not set. Build or \
+             install etcd and kube-apiserver there (see the README), or point KUBECONFIG at a \
+             cluster"
+        );
+    }
+    let cluster = nautilus_e2e::cluster("dev")
+        .await
+        .context("no API server")?;
+    let kubeconfig = cluster.kubeconfig.clone();
+    match &cluster.plane {
+        Some(plane) => eprintln!(
+            "throwaway control plane at {} (kubeconfig {}{})",
+            plane.server,
+            kubeconfig.display(),
+            if plane.controller_manager {
+                ", with kube-controller-manager"
+            } else {
+                ""
+            }
+        ),
+        None => eprintln!("using the cluster in KUBECONFIG ({})", kubeconfig.display()),
+    }
+
+    let h = Harness::start_in(cluster, NAMESPACE.to_owned(), false).await;
+    let keystore = h.dir.path().join("sui.keystore");
+    std::fs::write(
+        &keystore,
+        serde_json::to_string(&[h.staker.to_keystore_entry()])?,
+    )
+    .context("writing the keystore")?;
+    h.create(NAME, h.development_spec()).await;
+    eprintln!("created NautilusMaster {NAMESPACE}/{NAME}; waiting for Ready…");
+    let started = std::time::Instant::now();
+    let ready = tokio::select! {
+        nm = h.wait_for(NAME, "Ready=True", WAIT, |nm| is(nm, "Ready", "True")) => Some(nm),
+        () = shutdown_signal() => None,
+    };
+    if let Some(nm) = ready {
+        println!("Ready after {:.1} s\n", started.elapsed().as_secs_f64());
+        println!(
+            "$ kubectl get nm -n {NAMESPACE} -o wide\n{}",
+            kubectl(&kubeconfig, &["get", "nm", "-n", NAMESPACE, "-o", "wide"])
+        );
+        println!(
+            "$ kubectl describe nm -n {NAMESPACE} {NAME}\n{}",
+            kubectl(&kubeconfig, &["describe", "nm", "-n", NAMESPACE, NAME])
+        );
+        let enclave_kubeconfig = h.dir.path().join("enclave.kubeconfig");
+        let secret = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "secret",
+                "-n",
+                NAMESPACE,
+                &format!("{NAME}-kubeconfig"),
+                "-o",
+                "jsonpath={.data.kubeconfig}",
+            ],
+        );
+        use base64::Engine as _;
+        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(secret.trim()) {
+            std::fs::write(&enclave_kubeconfig, bytes).context("writing the kubeconfig")?;
+        }
+        println!(
+            "The enclave's control plane, with a seal token of the staked key {address} \
+             (audience {audience}):\n\n  export PATH={bin}:$PATH\n  export \
+             NAUTILUS_SUI_KEYSTORE={keystore}\n  kubectl --kubeconfig {enclave} auth whoami\n  \
+             kubectl --kubeconfig {enclave} get namespaces\n\nThe host cluster: kubectl \
+             --kubeconfig {host} get nm -A\n\nCtrl-C removes everything this made.",
+            address = h.staker.address(),
+            audience = nm.token_audience(),
+            bin = bin_dir.display(),
+            keystore = keystore.display(),
+            enclave = enclave_kubeconfig.display(),
+            host = kubeconfig.display(),
+        );
+        shutdown_signal().await;
+    }
+    eprintln!("removing {NAMESPACE}/{NAME}, the operator and the control plane…");
+    h.finish().await;
+    eprintln!("done");
+    Ok(())
+}

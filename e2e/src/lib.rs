@@ -172,12 +172,17 @@ impl Harness {
             test.replace('_', "-").chars().take(30).collect::<String>(),
             std::process::id()
         );
-        Self::start_in(cluster, namespace, tamper_reports).await
+        Self::start_in(cluster, namespace, tamper_reports, &bin_dir()).await
     }
 
     /// The same in a namespace of the caller's choosing (created here, deleted by
-    /// [`Harness::finish`]).
-    pub async fn start_in(cluster: TestCluster, namespace: String, tamper_reports: bool) -> Self {
+    /// [`Harness::finish`]), with the development binaries in `bin`.
+    pub async fn start_in(
+        cluster: TestCluster,
+        namespace: String,
+        tamper_reports: bool,
+        bin: &Path,
+    ) -> Self {
         let client = cluster.client.clone();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -206,11 +211,10 @@ impl Harness {
         let chain = Arc::new(Chain::default().with_stake(staker.address(), Self::STAKE_MIST));
         let sui = nautilus_sui_fixture::serve_tls(chain, &ca).await;
 
-        let bin = bin_dir();
         let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
             sui_ca_file: Some(ca_file),
             tamper_reports,
-            ..LocalSettings::development(&bin, dir.path().join("operator"))
+            ..LocalSettings::development(bin, dir.path().join("operator"))
         }));
         controller::check_crd(&client)
             .await
@@ -432,13 +436,9 @@ impl Harness {
         let _ = namespaces
             .delete(&self.namespace, &DeleteParams::default())
             .await;
-        // A cluster that runs the namespace controller removes it; a throwaway control plane
-        // without one is discarded whole.
-        let collects = self
-            .cluster
-            .plane
-            .as_ref()
-            .is_none_or(|p| p.controller_manager);
+        // On a cluster of the user's the namespace must really go (nothing left `Terminating`);
+        // a throwaway control plane is discarded whole right after.
+        let collects = self.cluster.plane.is_none();
         let deadline = Instant::now() + Duration::from_secs(90);
         while collects
             && namespaces

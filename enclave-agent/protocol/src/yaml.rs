@@ -195,10 +195,50 @@ mod tests {
     #[test]
     fn yaml_1_1_keywords_and_numbers_are_quoted() {
         for word in [
-            "n", "N", "y", "Y", "yes", "No", "on", "OFF", "true", "False", "null", "~", "0755",
-            "1:30", "0x1f", "1_000", "+1", "-1", ".inf", ".NaN", "2026-11-29", "=", "<<", "",
-            " lead", "trail ", "a: b", "a #b", "key:", "-", "*alias", "&anchor", "!tag", "@at",
-            "`tick", "%pct", "'q", "\"q", "[a]", "{a}", "|", ">", "?", ",",
+            "n",
+            "N",
+            "y",
+            "Y",
+            "yes",
+            "No",
+            "on",
+            "OFF",
+            "true",
+            "False",
+            "null",
+            "~",
+            "0755",
+            "1:30",
+            "0x1f",
+            "1_000",
+            "+1",
+            "-1",
+            ".inf",
+            ".NaN",
+            "2026-11-29",
+            "=",
+            "<<",
+            "",
+            " lead",
+            "trail ",
+            "a: b",
+            "a #b",
+            "key:",
+            "-",
+            "*alias",
+            "&anchor",
+            "!tag",
+            "@at",
+            "`tick",
+            "%pct",
+            "'q",
+            "\"q",
+            "[a]",
+            "{a}",
+            "|",
+            ">",
+            "?",
+            ",",
         ] {
             assert!(!is_plain_safe(word), "{word:?} must be quoted");
             let text = to_string(&json!({ word: word })).expect("yaml");
@@ -209,7 +249,13 @@ mod tests {
                 "{text}"
             );
         }
-        for word in ["nautilus", "kind", "a-b_c.d", "/v1/path", "A sentence, with (punctuation)."] {
+        for word in [
+            "nautilus",
+            "kind",
+            "a-b_c.d",
+            "/v1/path",
+            "A sentence, with (punctuation).",
+        ] {
             assert!(is_plain_safe(word), "{word:?} may be plain");
         }
     }

@@ -42,6 +42,10 @@ pub const CRD_PATH: &str = "crds/nautilusmaster.yaml";
 /// not know (the API server warns `unrecognized format` on every apply). They are written as the
 /// signed formats that hold every value (`int32` for 16 bits, `int64` beyond); the `minimum: 0`
 /// schemars adds keeps them unsigned.
+///
+/// Descriptions come from doc comments, whose line breaks are the source's wrapping, not the
+/// text's: `kubectl explain` would break lines mid-sentence. Lines are joined into paragraphs,
+/// as the core types' descriptions read; blank lines stay paragraph breaks.
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = NautilusMaster::crd();
     for version in &mut crd.spec.versions {
@@ -50,36 +54,47 @@ pub fn crd() -> CustomResourceDefinition {
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
-            known_formats(schema);
+            kubernetes_conventions(schema);
         }
     }
     crd
 }
 
-fn known_formats(
+/// Join the lines of each paragraph of a doc-comment description.
+fn paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn kubernetes_conventions(
     schema: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
 ) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    if let Some(description) = schema.description.as_mut() {
+        *description = paragraphs(description);
+    }
     schema.format = match schema.format.take().as_deref() {
         Some("uint8" | "uint16") => Some("int32".to_owned()),
         Some("uint32" | "uint64") => Some("int64".to_owned()),
         other => other.map(str::to_owned),
     };
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
-        known_formats(child);
+        kubernetes_conventions(child);
     }
     match schema.items.as_mut() {
-        Some(JSONSchemaPropsOrArray::Schema(item)) => known_formats(item),
-        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(known_formats),
+        Some(JSONSchemaPropsOrArray::Schema(item)) => kubernetes_conventions(item),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(kubernetes_conventions),
         None => {}
     }
     if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
         schema.additional_properties.as_mut()
     {
-        known_formats(extra);
+        kubernetes_conventions(extra);
     }
     for junctor in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
-        junctor.iter_mut().flatten().for_each(known_formats);
+        junctor.iter_mut().flatten().for_each(kubernetes_conventions);
     }
 }
 

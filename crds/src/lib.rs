@@ -85,7 +85,9 @@ fn kubernetes_conventions(
     }
     match schema.items.as_mut() {
         Some(JSONSchemaPropsOrArray::Schema(item)) => kubernetes_conventions(item),
-        Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(kubernetes_conventions),
+        Some(JSONSchemaPropsOrArray::Schemas(items)) => {
+            items.iter_mut().for_each(kubernetes_conventions)
+        }
         None => {}
     }
     if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra)) =
@@ -94,7 +96,10 @@ fn kubernetes_conventions(
         kubernetes_conventions(extra);
     }
     for junctor in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
-        junctor.iter_mut().flatten().for_each(kubernetes_conventions);
+        junctor
+            .iter_mut()
+            .flatten()
+            .for_each(kubernetes_conventions);
     }
 }
 

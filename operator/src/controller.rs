@@ -83,8 +83,8 @@ pub enum Error {
     #[error("waiting for the enclave of {0} to stop")]
     Stopping(String),
     /// Adding or removing the finalizer failed, or the apply/cleanup step did.
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -105,13 +105,18 @@ impl Error {
         }
     }
 
-    /// The whole chain of causes, for Events and logs.
+    /// The whole chain of causes, for Events and logs. A cause whose message the text already
+    /// holds is not repeated: kube's errors (the finalizer's, the API's) print their cause in
+    /// their own message and also return it as their source.
     pub fn chain(&self) -> String {
         let mut out = self.to_string();
         let mut source = std::error::Error::source(self);
         while let Some(s) = source {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
+            let message = s.to_string();
+            if !out.contains(&message) {
+                out.push_str(": ");
+                out.push_str(&message);
+            }
             source = s.source();
         }
         out
@@ -1581,6 +1586,29 @@ mod tests {
         };
         assert_eq!(rechallenge(&other, None), None, "only nonce failures");
         assert_eq!(rechallenge(&Outcome::Pending("x".into()), None), None);
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let api = kube::Error::Api(Box::new(
+            kube::core::Status::failure("boom", "Conflict").with_code(409),
+        ));
+        let err = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
+            kube_err("apply", "ConfigMap", "demo-boot")(api),
+        )));
+        let chain = err.chain();
+        assert_eq!(
+            chain.matches("apply ConfigMap demo-boot").count(),
+            1,
+            "{chain}"
+        );
+        assert_eq!(
+            chain.matches("failed to apply object").count(),
+            1,
+            "{chain}"
+        );
+        assert_eq!(chain.matches("boom: Conflict").count(), 1, "{chain}");
+        assert_eq!(err.category(), "KubernetesAPI");
     }
 
     #[test]

@@ -658,18 +658,17 @@ impl LocalRuntime {
 
 /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
 async fn terminate(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // No `unsafe` for kill(2): ask the system's `kill`.
-        let _ = tokio::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await;
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        use nix::sys::signal::{Signal, kill};
+        if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+            tracing::warn!(pid, error = %err, "cannot send SIGTERM to a local sidecar");
+        }
     }
     if tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .is_err()
     {
+        tracing::warn!("a local sidecar ignored SIGTERM for 10 s; killing it");
         let _ = child.kill().await;
     }
 }

@@ -156,26 +156,26 @@ impl Report {
     fn print_text(&self) {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
         if let Some(module_id) = &self.module_id {
-            println!("module_id:    {module_id}");
+            out!("module_id:    {module_id}");
         }
         if let Some(ts) = self.timestamp_ms {
-            println!("timestamp_ms: {ts}");
+            out!("timestamp_ms: {ts}");
         }
         if let Some(digest) = &self.digest {
-            println!("digest:       {digest}");
+            out!("digest:       {digest}");
         }
         if let Some(debug) = self.debug_mode {
-            println!("debug_mode:   {debug}");
+            out!("debug_mode:   {debug}");
         }
         for (index, value) in self.pcrs.iter().flatten() {
-            println!("pcr{index:<10} {value}");
+            out!("pcr{index:<10} {value}");
         }
         if self.module_id.is_some() {
-            println!("public_key:   {}", opt(&self.public_key));
-            println!("user_data:    {}", opt(&self.user_data));
-            println!("nonce:        {}", opt(&self.nonce));
+            out!("public_key:   {}", opt(&self.public_key));
+            out!("user_data:    {}", opt(&self.user_data));
+            out!("nonce:        {}", opt(&self.nonce));
         }
-        println!("valid:        {}", self.valid);
+        out!("valid:        {}", self.valid);
     }
 }
 
@@ -238,7 +238,7 @@ impl VerifyArgs {
 
         match output {
             Output::Json => {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out!("{}", serde_json::to_string_pretty(&report)?);
             }
             Output::Text => report.print_text(),
         }
@@ -348,13 +348,13 @@ impl SimulateArgs {
         std::fs::write(&out, &document).with_context(|| format!("writing {}", out.display()))?;
         std::fs::write(&root_out, nsm.root_pem())
             .with_context(|| format!("writing {}", root_out.display()))?;
-        println!(
+        out!(
             "wrote a simulated document ({} bytes) to {} and its root to {}",
             document.len(),
             out.display(),
             root_out.display()
         );
-        println!(
+        out!(
             "verify with: nautilusctl attestation verify {} --root {}",
             out.display(),
             root_out.display()

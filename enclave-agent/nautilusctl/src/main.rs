@@ -5,9 +5,34 @@
 //! codes. Exit codes: 0 success, 1 the checked evidence is invalid (or an operation
 //! failed), 2 usage errors (bad flags, bad hex, unreadable inputs).
 
+/// `println!` for the command's output, which ends the process quietly when stdout is a closed
+/// pipe (`nautilusctl … | head`) instead of panicking as `println!` does.
+macro_rules! out {
+    () => { $crate::write_stdout(format_args!("")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
 mod attestation;
 mod sui;
 mod token;
+
+/// Write one line of output; exit 0 on a closed pipe (the reader has what it wanted), 1 on any
+/// other write error.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+    {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {err}");
+        std::process::exit(1);
+    }
+}
 
 use std::process::ExitCode;
 

@@ -111,7 +111,7 @@ impl VerifyPersonalMessageArgs {
             .and_then(|signature| verifier.verify(&address, &message, &signature));
         match outcome {
             Ok(scheme) => {
-                println!(
+                out!(
                     "valid {} personal-message signature by {address}",
                     scheme_name(scheme)
                 );

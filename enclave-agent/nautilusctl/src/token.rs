@@ -42,13 +42,13 @@ impl Command {
         match self {
             Command::Mint(args) => {
                 let minted = args.mint()?;
-                println!("{}", minted.token);
+                out!("{}", minted.token);
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify(args) => args.run(),
             Command::ExecCredential(args) => {
                 let minted = args.mint()?;
-                println!("{}", exec_credential(&minted)?);
+                out!("{}", exec_credential(&minted)?);
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -227,22 +227,22 @@ impl VerifyArgs {
             Ok(verified) => {
                 match output {
                     Output::Json => {
-                        println!(
+                        out!(
                             "{}",
                             serde_json::to_string_pretty(&Report::valid(&verified))?
                         )
                     }
                     Output::Text => {
-                        println!("valid seal token");
-                        println!("address:    {}", verified.address);
-                        println!("scheme:     {}", scheme_name(verified.scheme));
-                        println!("audience:   {}", verified.audience);
-                        println!("issued at:  {}", rfc3339(verified.issued_at));
-                        println!("expires at: {}", rfc3339(verified.expires_at));
+                        out!("valid seal token");
+                        out!("address:    {}", verified.address);
+                        out!("scheme:     {}", scheme_name(verified.scheme));
+                        out!("audience:   {}", verified.audience);
+                        out!("issued at:  {}", rfc3339(verified.issued_at));
+                        out!("expires at: {}", rfc3339(verified.expires_at));
                         if let Some(nbf) = verified.not_before {
-                            println!("not before: {}", rfc3339(nbf));
+                            out!("not before: {}", rfc3339(nbf));
                         }
-                        println!("id:         {}", verified.id);
+                        out!("id:         {}", verified.id);
                     }
                 }
                 Ok(ExitCode::SUCCESS)
@@ -251,7 +251,7 @@ impl VerifyArgs {
                 let reason = format!("{:#}", anyhow::Error::new(err));
                 eprintln!("invalid token: {reason}");
                 if output == Output::Json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::to_string_pretty(&Report::invalid(reason))?
                     );

@@ -92,6 +92,7 @@ impl AgentProcess {
             config: EnclaveConfig {
                 cluster: "test/agent".into(),
                 control_plane: ControlPlaneConfig {
+                    distribution: "k3s".into(),
                     bind_address: "127.0.0.1".into(),
                     https_port: self.https_port,
                     cluster_cidr: "10.42.0.0/16".into(),

@@ -766,7 +766,11 @@ pub(crate) mod tests {
         nm.spec.control_plane.distribution = nautilus_crds::Distribution::Kubernetes;
         let kubernetes = enclave_config(&nm).expect("config");
         assert_eq!(kubernetes.control_plane.distribution, "kubernetes");
-        assert_ne!(k3s.digest(), kubernetes.digest(), "distribution is measured");
+        assert_ne!(
+            k3s.digest(),
+            kubernetes.digest(),
+            "distribution is measured"
+        );
     }
 
     #[test]

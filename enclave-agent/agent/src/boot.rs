@@ -118,8 +118,8 @@ pub fn sec1_pem(key: &KeyPair) -> Result<String, BootError> {
         what: "a SEC1 key encoding",
         reason,
     };
-    let secret = p256::SecretKey::from_pkcs8_der(&key.serialize_der())
-        .map_err(|e| err(e.to_string()))?;
+    let secret =
+        p256::SecretKey::from_pkcs8_der(&key.serialize_der()).map_err(|e| err(e.to_string()))?;
     let private_key = secret.to_bytes();
     let public_key = secret.public_key().to_encoded_point(false);
     // `p256`'s own `to_sec1_pem` leaves the parameters out, which Go refuses for a SEC1 key

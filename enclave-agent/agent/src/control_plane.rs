@@ -188,10 +188,20 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
     let r = &plan.readiness;
     start(ETCD, &plan.binaries.etcd, &plan.etcd).await;
     kubernetes::wait_for("etcd healthy", || r.etcd_healthy()).await;
-    start(KUBE_APISERVER, &plan.binaries.kube_apiserver, &plan.apiserver).await;
+    start(
+        KUBE_APISERVER,
+        &plan.binaries.kube_apiserver,
+        &plan.apiserver,
+    )
+    .await;
     kubernetes::wait_for("kube-apiserver ready", || r.api_ready()).await;
     kubernetes::wait_for("tier groups bound", || r.apply_rbac()).await;
-    start(KUBE_SCHEDULER, &plan.binaries.kube_scheduler, &plan.scheduler).await;
+    start(
+        KUBE_SCHEDULER,
+        &plan.binaries.kube_scheduler,
+        &plan.scheduler,
+    )
+    .await;
     start(
         KUBE_CONTROLLER_MANAGER,
         &plan.binaries.kube_controller_manager,
@@ -272,7 +282,10 @@ mod tests {
 
     #[test]
     fn the_aggregate_runs_only_when_all_four_run() {
-        let some = [(ETCD, running(1, 100, 0)), (KUBE_APISERVER, running(2, 200, 0))];
+        let some = [
+            (ETCD, running(1, 100, 0)),
+            (KUBE_APISERVER, running(2, 200, 0)),
+        ];
         let state = aggregate(4, &some, None);
         assert!(!state.running, "two of four");
         assert_eq!(state.pid, Some(2), "the API server's pid");

@@ -74,8 +74,14 @@ pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String,
         "disable",
         seq(DISABLED_ADDONS.iter().map(|s| (*s).to_owned())),
     );
-    put("kube-apiserver-arg", seq(flags::as_k3s_args(&spec.apiserver)));
-    put("kube-scheduler-arg", seq(flags::as_k3s_args(&spec.scheduler)));
+    put(
+        "kube-apiserver-arg",
+        seq(flags::as_k3s_args(&spec.apiserver)),
+    );
+    put(
+        "kube-scheduler-arg",
+        seq(flags::as_k3s_args(&spec.scheduler)),
+    );
     put(
         "kube-controller-manager-arg",
         seq(flags::as_k3s_args(&spec.controller_manager)),
@@ -109,13 +115,19 @@ pub fn implied_apiserver_flags(rendered: &str) -> Result<Flags, K3sError> {
     let mut base = vec![
         f("allow-privileged", "true".into()),
         f("authorization-mode", "Node,RBAC".into()),
-        f("service-account-signing-key-file", format!("{tls}/service.key")),
+        f(
+            "service-account-signing-key-file",
+            format!("{tls}/service.key"),
+        ),
         f("service-cluster-ip-range", text("service-cidr")),
         f("service-node-port-range", "30000-32767".into()),
         f("secure-port", embedded_apiserver_port(https).to_string()),
         f("bind-address", "127.0.0.1".into()),
         f("tls-cert-file", format!("{tls}/serving-kube-apiserver.crt")),
-        f("tls-private-key-file", format!("{tls}/serving-kube-apiserver.key")),
+        f(
+            "tls-private-key-file",
+            format!("{tls}/serving-kube-apiserver.key"),
+        ),
         f("service-account-key-file", format!("{tls}/service.key")),
         f(
             "service-account-issuer",
@@ -125,14 +137,38 @@ pub fn implied_apiserver_flags(rendered: &str) -> Result<Flags, K3sError> {
             "api-audiences",
             "https://kubernetes.default.svc.cluster.local,k3s".into(),
         ),
-        f("kubelet-certificate-authority", format!("{tls}/server-ca.crt")),
-        f("kubelet-client-certificate", format!("{tls}/client-kube-apiserver.crt")),
-        f("kubelet-client-key", format!("{tls}/client-kube-apiserver.key")),
-        f("requestheader-client-ca-file", format!("{tls}/request-header-ca.crt")),
-        f("requestheader-allowed-names", crate::boot::REQUEST_HEADER_CN.into()),
-        f("proxy-client-cert-file", format!("{tls}/client-auth-proxy.crt")),
-        f("proxy-client-key-file", format!("{tls}/client-auth-proxy.key")),
-        f("requestheader-extra-headers-prefix", "X-Remote-Extra-".into()),
+        f(
+            "kubelet-certificate-authority",
+            format!("{tls}/server-ca.crt"),
+        ),
+        f(
+            "kubelet-client-certificate",
+            format!("{tls}/client-kube-apiserver.crt"),
+        ),
+        f(
+            "kubelet-client-key",
+            format!("{tls}/client-kube-apiserver.key"),
+        ),
+        f(
+            "requestheader-client-ca-file",
+            format!("{tls}/request-header-ca.crt"),
+        ),
+        f(
+            "requestheader-allowed-names",
+            crate::boot::REQUEST_HEADER_CN.into(),
+        ),
+        f(
+            "proxy-client-cert-file",
+            format!("{tls}/client-auth-proxy.crt"),
+        ),
+        f(
+            "proxy-client-key-file",
+            format!("{tls}/client-auth-proxy.key"),
+        ),
+        f(
+            "requestheader-extra-headers-prefix",
+            "X-Remote-Extra-".into(),
+        ),
         f("requestheader-group-headers", "X-Remote-Group".into()),
         f("requestheader-username-headers", "X-Remote-User".into()),
         f("client-ca-file", format!("{tls}/client-ca.crt")),
@@ -407,10 +443,7 @@ kube-controller-manager-arg:
         let rendered = render(&mk_config()).expect("renders");
         pretty_assertions::assert_eq!(rendered, GOLDEN);
         // Deterministic.
-        assert_eq!(
-            rendered,
-            render(&mk_config()).expect("again")
-        );
+        assert_eq!(rendered, render(&mk_config()).expect("again"));
     }
 
     #[test]

@@ -193,7 +193,10 @@ pub fn apiserver_flags(
         f("secure-port", cp.https_port),
         f("bind-address", &cp.bind_address),
         f("tls-cert-file", layout.tls("serving-kube-apiserver.crt")),
-        f("tls-private-key-file", layout.tls("serving-kube-apiserver.key")),
+        f(
+            "tls-private-key-file",
+            layout.tls("serving-kube-apiserver.key"),
+        ),
         f("service-account-key-file", layout.tls("service.key")),
         f(
             "service-account-issuer",
@@ -208,13 +211,22 @@ pub fn apiserver_flags(
             "kubelet-client-certificate",
             layout.tls("client-kube-apiserver.crt"),
         ),
-        f("kubelet-client-key", layout.tls("client-kube-apiserver.key")),
+        f(
+            "kubelet-client-key",
+            layout.tls("client-kube-apiserver.key"),
+        ),
         f(
             "requestheader-client-ca-file",
             layout.tls("request-header-ca.crt"),
         ),
-        f("requestheader-allowed-names", crate::boot::REQUEST_HEADER_CN),
-        f("proxy-client-cert-file", layout.tls("client-auth-proxy.crt")),
+        f(
+            "requestheader-allowed-names",
+            crate::boot::REQUEST_HEADER_CN,
+        ),
+        f(
+            "proxy-client-cert-file",
+            layout.tls("client-auth-proxy.crt"),
+        ),
         f("proxy-client-key-file", layout.tls("client-auth-proxy.key")),
         f("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
         f("requestheader-group-headers", "X-Remote-Group"),
@@ -492,8 +504,7 @@ impl Readiness {
         .await
         .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&body);
-        if status == http::StatusCode::OK && text.replace(' ', "").contains(r#""health":"true""#)
-        {
+        if status == http::StatusCode::OK && text.replace(' ', "").contains(r#""health":"true""#) {
             Ok(())
         } else {
             Err(format!("{status} {}", text.trim()))
@@ -577,10 +588,7 @@ where
     loop {
         match check().await {
             Ok(()) => {
-                info!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "{what}"
-                );
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "{what}");
                 return;
             }
             Err(reason) if last_log.elapsed() >= Duration::from_secs(10) => {
@@ -653,7 +661,9 @@ mod tests {
                 assert_eq!(kubernetes.get(name), Some(value), "kubernetes {name}");
             }
             assert_eq!(
-                kubernetes.get("authentication-token-webhook-version").map(String::as_str),
+                kubernetes
+                    .get("authentication-token-webhook-version")
+                    .map(String::as_str),
                 Some("v1")
             );
             assert_eq!(

@@ -126,7 +126,12 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
         config: EnclaveConfig {
             cluster: "dev/loop".into(),
             control_plane: ControlPlaneConfig {
-                distribution: if assets.is_some() { "kubernetes" } else { "k3s" }.into(),
+                distribution: if assets.is_some() {
+                    "kubernetes"
+                } else {
+                    "k3s"
+                }
+                .into(),
                 bind_address: "127.0.0.1".into(),
                 https_port: free_port(),
                 cluster_cidr: "10.42.0.0/16".into(),

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use common::{
-    KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms,
-    pid_of, processes_mentioning, rss_kib,
+    KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
+    processes_mentioning, rss_kib,
 };
 use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{
@@ -38,8 +38,9 @@ const AUDIENCE: &str = "nautilus:real/control-plane";
 /// A plain HTTP/1.1 request to the sidecar's API: status and body.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     tcp.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tcp.read_to_end(&mut response).await.expect("read");
@@ -216,10 +217,7 @@ impl Fixture {
             if status == 200 {
                 break;
             }
-            assert!(
-                started.elapsed() < WAIT,
-                "/readyz stayed {status}: {body}"
-            );
+            assert!(started.elapsed() < WAIT, "/readyz stayed {status}: {body}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let boot_to_ready = started.elapsed();
@@ -450,7 +448,9 @@ async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
 
     // Unstaked, another audience, expired: 401.
     let unstaked_token = unstaked.mint_for(AUDIENCE, now, 600).expect("token");
-    let other_audience = admin.mint_for("nautilus:someone/else", now, 600).expect("token");
+    let other_audience = admin
+        .mint_for("nautilus:someone/else", now, 600)
+        .expect("token");
     let expired = admin.mint_for(AUDIENCE, now - 3_600, 600).expect("token");
     for (what, token) in [
         ("unstaked", &unstaked_token),
@@ -631,7 +631,10 @@ async fn the_k3s_files_and_flags_start_a_real_kube_apiserver() {
         if matches!(&answer, Ok((status, _)) if status.is_success()) {
             break;
         }
-        assert!(start.elapsed() < WAIT, "kube-apiserver never ready: {answer:?}");
+        assert!(
+            start.elapsed() < WAIT,
+            "kube-apiserver never ready: {answer:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(

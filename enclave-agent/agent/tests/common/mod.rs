@@ -310,13 +310,18 @@ pub struct KubernetesAssets {
 /// Where the assets are, or exactly what is missing.
 pub fn kubernetes_assets() -> Result<KubernetesAssets, String> {
     let dir = PathBuf::from(
-        std::env::var_os("KUBEBUILDER_ASSETS").unwrap_or_else(|| "/usr/local/kubebuilder/bin".into()),
+        std::env::var_os("KUBEBUILDER_ASSETS")
+            .unwrap_or_else(|| "/usr/local/kubebuilder/bin".into()),
     );
-    let mut missing: Vec<String> = ["kube-apiserver", "kube-scheduler", "kube-controller-manager"]
-        .iter()
-        .filter(|name| !dir.join(name).is_file())
-        .map(|name| dir.join(name).display().to_string())
-        .collect();
+    let mut missing: Vec<String> = [
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ]
+    .iter()
+    .filter(|name| !dir.join(name).is_file())
+    .map(|name| dir.join(name).display().to_string())
+    .collect();
     let etcd = if dir.join("etcd").is_file() {
         Some(dir.join("etcd"))
     } else {
@@ -327,7 +332,10 @@ pub fn kubernetes_assets() -> Result<KubernetesAssets, String> {
         })
     };
     if etcd.is_none() {
-        missing.push(format!("etcd (neither {} nor on PATH)", dir.join("etcd").display()));
+        missing.push(format!(
+            "etcd (neither {} nor on PATH)",
+            dir.join("etcd").display()
+        ));
     }
     match etcd {
         Some(etcd) if missing.is_empty() => Ok(KubernetesAssets { bin_dir: dir, etcd }),
@@ -359,7 +367,11 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
         return found;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == std::process::id() as i32 {

@@ -436,6 +436,14 @@ impl Agent {
         } else {
             cp.bind_address.clone()
         };
+        if distribution == Distribution::Kubernetes {
+            let missing = options.kubernetes_binaries.missing();
+            if !missing.is_empty() {
+                // Not fatal: the supervisors report each spawn failure, so the operator sees
+                // it in status; the image may also be fixed under a running agent in development.
+                warn!(?missing, "kubernetes distribution: programs not found");
+            }
+        }
         let readiness = match distribution {
             Distribution::K3s => None,
             Distribution::Kubernetes => Some(Readiness::new(

@@ -1,12 +1,24 @@
 # syntax=docker/dockerfile:1
-# The enclave's root file system: nautilus-agent as the entrypoint, plus a pinned k3s server.
-# This image is never run as a container; nitro-cli turns it into the enclave image file (EIF)
-# and prints PCR0/1/2 for the NautilusMaster spec:
+# The enclave's root file system: nautilus-agent as the entrypoint, plus the control plane of
+# one distribution (spec.controlPlane.distribution), chosen with --target:
+#
+#   --target k3s         /usr/local/bin/k3s                       (the agent's --control-plane-command)
+#   --target kubernetes  /usr/local/bin/{etcd,kube-apiserver,kube-scheduler,kube-controller-manager}
+#                        (the agent's --kubernetes-bin-dir, default /usr/local/bin)
+#
+# An image carries one distribution: the PCRs then say which one runs, and a spec naming the
+# other fails to start (the agent reports the missing program) rather than running unmeasured
+# code. This image is never run as a container; nitro-cli turns it into the enclave image file
+# (EIF) and prints PCR0/1/2 for the NautilusMaster spec:
 #
 #   export SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
-#   docker buildx build -f images/enclave.Dockerfile \
+#   docker buildx build -f images/enclave.Dockerfile --target k3s \
 #     --build-arg SOURCE_DATE_EPOCH --build-arg K3S_SHA256=<sha256 of the k3s binary> \
 #     --output type=docker,name=nautilus-enclave:0.1.0,rewrite-timestamp=true .
+#   docker buildx build -f images/enclave.Dockerfile --target kubernetes \
+#     --build-arg SOURCE_DATE_EPOCH --build-arg KUBERNETES_SHA256=<sha256sum lines> \
+#     --build-arg ETCD_SHA256=<sha256 of the etcd tarball> \
+#     --output type=docker,name=nautilus-enclave-kubernetes:0.1.0,rewrite-timestamp=true .
 #   nitro-cli build-enclave --docker-uri nautilus-enclave:0.1.0 --output-file nautilus.eif
 #
 # Reproducibility: the same sources, base digests, k3s binary and SOURCE_DATE_EPOCH give the same
@@ -32,7 +44,7 @@ RUN cargo build --release --locked -p nautilus-agent --target x86_64-unknown-lin
 
 # k3s is a static binary; it must match spec.controlPlane.k3sVersion. No checksum, no build:
 # pass the sha256 published beside the release (sha256sum-amd64.txt).
-FROM ${RUST_IMAGE} AS k3s
+FROM ${RUST_IMAGE} AS k3s-bin
 ARG K3S_VERSION=v1.33.4+k3s1
 ARG K3S_SHA256
 ARG SOURCE_DATE_EPOCH=0
@@ -41,10 +53,40 @@ RUN test -n "${K3S_SHA256}" || { echo "pass --build-arg K3S_SHA256=<sha256 of k3
  && echo "${K3S_SHA256}  /k3s" | sha256sum -c - \
  && chmod 0755 /k3s && touch -d "@${SOURCE_DATE_EPOCH}" /k3s
 
-FROM ${BASE_IMAGE}
+# The kubernetes distribution's four programs, static release binaries fetched by version and
+# verified by SHA-256 (the build refuses to run without them). KUBERNETES_SHA256 holds three
+# `sha256sum` lines (kube-apiserver, kube-scheduler, kube-controller-manager, as published in
+# the release's .sha256 files); ETCD_SHA256 the etcd tarball's. etcd must be a version the
+# Kubernetes release supports (3.5 or later for Kubernetes 1.36).
+FROM ${RUST_IMAGE} AS kubernetes-bin
+ARG KUBERNETES_VERSION=v1.36.2
+ARG KUBERNETES_SHA256
+ARG ETCD_VERSION=v3.6.5
+ARG ETCD_SHA256
+ARG SOURCE_DATE_EPOCH=0
+RUN test -n "${KUBERNETES_SHA256}" || { echo "pass --build-arg KUBERNETES_SHA256=<sha256sum lines of the three binaries>" >&2; exit 1; } \
+ && test -n "${ETCD_SHA256}" || { echo "pass --build-arg ETCD_SHA256=<sha256 of etcd-${ETCD_VERSION}-linux-amd64.tar.gz>" >&2; exit 1; } \
+ && mkdir -p /out && cd /out \
+ && for b in kube-apiserver kube-scheduler kube-controller-manager; do \
+      curl -fsSL -o "$b" "https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/amd64/$b" || exit 1; \
+    done \
+ && printf '%s\n' "${KUBERNETES_SHA256}" | sha256sum -c - \
+ && curl -fsSL -o /etcd.tar.gz "https://github.com/etcd-io/etcd/releases/download/${ETCD_VERSION}/etcd-${ETCD_VERSION}-linux-amd64.tar.gz" \
+ && echo "${ETCD_SHA256}  /etcd.tar.gz" | sha256sum -c - \
+ && tar -xzf /etcd.tar.gz --strip-components=1 -C /out "etcd-${ETCD_VERSION}-linux-amd64/etcd" \
+ && chmod 0755 /out/* && touch -d "@${SOURCE_DATE_EPOCH}" /out/*
+
+# Root inside the enclave: the control plane writes its data directory and binds its ports; the
+# host cannot see into the enclave, so this grants the host nothing.
+FROM ${BASE_IMAGE} AS kubernetes
 COPY --from=build /out/nautilus-agent /usr/local/bin/nautilus-agent
-COPY --from=k3s /k3s /usr/local/bin/k3s
-# Root inside the enclave: k3s writes /var/lib/rancher/k3s and binds its ports; the host cannot
-# see into the enclave, so this grants the host nothing.
+COPY --from=kubernetes-bin /out/ /usr/local/bin/
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/nautilus-agent"]
+
+# The default target (last): k3s.
+FROM ${BASE_IMAGE} AS k3s
+COPY --from=build /out/nautilus-agent /usr/local/bin/nautilus-agent
+COPY --from=k3s-bin /k3s /usr/local/bin/k3s
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/nautilus-agent"]

@@ -185,7 +185,7 @@ pub enum HugepageSize {
     OneGi,
 }
 
-/// K3s control-plane settings (control plane only: no kubelet runs in the enclave).
+/// Control-plane settings (control plane only: no kubelet runs in the enclave).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -193,6 +193,14 @@ pub enum HugepageSize {
     validation = Rule::new("!isCIDR(self.serviceCIDR) || !isIP(self.clusterDNS) || cidr(self.serviceCIDR).containsIP(self.clusterDNS)").message("clusterDNS must be an address inside serviceCIDR")
 )]
 pub struct ControlPlaneSpec {
+    /// Which control plane the enclave runs: `k3s` (one `k3s server` process, the default) or
+    /// `kubernetes` (etcd, kube-apiserver, kube-scheduler and kube-controller-manager started in
+    /// order by the agent). Both get the same attested CA, token webhook, flags, probes and
+    /// restart policy; the enclave image must carry the chosen distribution's binaries. Part of
+    /// the measured boot configuration.
+    #[serde(default)]
+    pub distribution: Distribution,
+
     /// Address the API server binds inside the enclave (`--bind-address`).
     #[serde(default = "default_bind_address")]
     #[schemars(length(min = 2, max = 45))]
@@ -222,7 +230,8 @@ pub struct ControlPlaneSpec {
     #[x_kube(validation = Rule::new("isIP(self)").message("clusterDNS must be an IPv4 or IPv6 address"))]
     pub cluster_dns: String,
 
-    /// K3s data directory inside the enclave (`--data-dir`).
+    /// Data directory of the control plane inside the enclave (K3s `--data-dir`; the
+    /// `kubernetes` distribution keeps its files in the same layout under it).
     #[serde(default = "default_data_dir")]
     #[schemars(length(min = 2, max = 256), regex(pattern = r"^/"))]
     pub data_dir: String,
@@ -250,7 +259,8 @@ pub struct ControlPlaneSpec {
     #[serde(default)]
     pub log_format: LogFormat,
 
-    /// K3s version the enclave image is expected to carry, such as `v1.33.4+k3s1`. Informational:
+    /// K3s version the enclave image is expected to carry, such as `v1.33.4+k3s1` (for the
+    /// `kubernetes` distribution, the Kubernetes version such as `v1.36.2`). Informational:
     /// the image measurement (PCR0), not this field, proves what runs.
     #[serde(
         default,
@@ -262,6 +272,17 @@ pub struct ControlPlaneSpec {
         length(max = 64)
     )]
     pub k3s_version: Option<String>,
+}
+
+/// Which control plane the enclave runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// One `k3s server` process with its embedded components.
+    #[default]
+    K3s,
+    /// etcd, kube-apiserver, kube-scheduler and kube-controller-manager as separate processes.
+    Kubernetes,
 }
 
 /// Lowest TLS version the API server accepts.
@@ -667,6 +688,7 @@ impl NautilusMaster {
 impl Default for ControlPlaneSpec {
     fn default() -> Self {
         Self {
+            distribution: Distribution::default(),
             bind_address: default_bind_address(),
             https_port: default_https_port(),
             cluster_cidr: default_cluster_cidr(),

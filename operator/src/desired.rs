@@ -234,6 +234,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
     Ok(EnclaveConfig {
         cluster: format!("{}/{}", names.namespace, names.name),
         control_plane: ControlPlaneConfig {
+            distribution: serialized(&cp.distribution, "distribution")?,
             bind_address: cp.bind_address.clone(),
             https_port: cp.https_port,
             cluster_cidr: cp.cluster_cidr.clone(),
@@ -753,6 +754,23 @@ pub(crate) mod tests {
         let other = enclave_config(&nm).expect("config");
         assert_eq!(other.auth.audience, "cluster-a.example");
         assert_ne!(config.digest(), other.digest(), "audience is measured");
+    }
+
+    #[test]
+    fn the_distribution_is_measured_and_absent_when_k3s() {
+        let mut nm = mk_nm("demo");
+        let k3s = enclave_config(&nm).expect("config");
+        assert_eq!(k3s.control_plane.distribution, "k3s");
+        let json = serde_json::to_string(&k3s).expect("json");
+        assert!(!json.contains("distribution"), "default omitted: {json}");
+        nm.spec.control_plane.distribution = nautilus_crds::Distribution::Kubernetes;
+        let kubernetes = enclave_config(&nm).expect("config");
+        assert_eq!(kubernetes.control_plane.distribution, "kubernetes");
+        assert_ne!(
+            k3s.digest(),
+            kubernetes.digest(),
+            "distribution is measured"
+        );
     }
 
     #[test]

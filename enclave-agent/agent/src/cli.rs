@@ -9,8 +9,11 @@ use clap::{Parser, ValueEnum};
 use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
+use crate::flags::{
+    CONTROLLER_MANAGER_PORT, ComponentPorts, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SCHEDULER_PORT,
+};
+use crate::kubernetes::Binaries;
 use crate::link::{Agent, AgentOptions, LinkError, env};
-use crate::prober::{CONTROLLER_MANAGER_PORT, SCHEDULER_PORT};
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +66,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// The in-enclave agent: boots the K3s control plane from the sidecar's BootConfig, attests it,
-/// supervises and probes it, and streams signed health reports.
+/// The in-enclave agent: boots the control plane (`k3s`, or etcd and the Kubernetes components
+/// for the `kubernetes` distribution) from the sidecar's BootConfig, attests it, supervises and
+/// probes it, and streams signed health reports.
 #[derive(Debug, Parser)]
 #[command(name = "nautilus-agent", version)]
 pub struct Args {
@@ -88,10 +92,21 @@ pub struct Args {
     /// PCR value for the simulated NSM, INDEX=HEX (48 bytes); repeatable.
     #[arg(long = "simulated-pcr", value_name = "I=HEX")]
     pub simulated_pcr: Vec<String>,
-    /// The control-plane program.
+    /// The control-plane program of the `k3s` distribution.
     #[arg(long, default_value = "k3s")]
     pub control_plane_command: PathBuf,
-    /// An argument of the control-plane program; repeatable (default `server` for k3s).
+    /// Where the `kubernetes` distribution's programs are: etcd, kube-apiserver,
+    /// kube-scheduler and kube-controller-manager.
+    #[arg(
+        long,
+        env = "NAUTILUS_AGENT_KUBERNETES_BIN_DIR",
+        default_value = "/usr/local/bin"
+    )]
+    pub kubernetes_bin_dir: PathBuf,
+    /// etcd for the `kubernetes` distribution, when not `<kubernetes-bin-dir>/etcd`.
+    #[arg(long, env = "NAUTILUS_AGENT_ETCD_COMMAND")]
+    pub etcd_command: Option<PathBuf>,
+    /// An argument of the `k3s` distribution's program; repeatable (default `server` for k3s).
     #[arg(
         long = "control-plane-arg",
         value_name = "ARG",
@@ -116,6 +131,12 @@ pub struct Args {
     /// kube-controller-manager's secure port.
     #[arg(long, env = env::CONTROLLER_MANAGER_PORT, default_value_t = CONTROLLER_MANAGER_PORT, hide = true)]
     pub controller_manager_port: u16,
+    /// etcd's client port on 127.0.0.1 (`kubernetes` distribution).
+    #[arg(long, env = env::ETCD_CLIENT_PORT, default_value_t = ETCD_CLIENT_PORT, hide = true)]
+    pub etcd_client_port: u16,
+    /// etcd's peer port on 127.0.0.1 (`kubernetes` distribution).
+    #[arg(long, env = env::ETCD_PEER_PORT, default_value_t = ETCD_PEER_PORT, hide = true)]
+    pub etcd_peer_port: u16,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -151,6 +172,8 @@ impl Args {
             nsm,
             simulated_pcr,
             control_plane_command,
+            kubernetes_bin_dir,
+            etcd_command,
             control_plane_arg,
             work_dir,
             webhook_listen,
@@ -158,6 +181,8 @@ impl Args {
             sui_ca_file,
             scheduler_port,
             controller_manager_port,
+            etcd_client_port,
+            etcd_peer_port,
             log_format: _,
         } = self;
         let (nsm, simulated_root_pem): (Arc<dyn Nsm>, Option<String>) = match nsm {
@@ -200,8 +225,13 @@ impl Args {
             webhook_listen,
             egress_proxy,
             sui_ca_pem,
-            scheduler_port,
-            controller_manager_port,
+            ports: ComponentPorts {
+                scheduler: scheduler_port,
+                controller_manager: controller_manager_port,
+                etcd_client: etcd_client_port,
+                etcd_peer: etcd_peer_port,
+            },
+            kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
             restart_backoff: Duration::from_secs(1),
         });
         let result = tokio::select! {

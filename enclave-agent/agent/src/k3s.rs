@@ -16,40 +16,19 @@
 //! signs client identities.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nautilus_protocol::wire::{ControlPlaneConfig, EnclaveConfig};
 use serde_yaml::{Mapping, Value};
 
 use crate::boot::{BootMaterial, CertificateAuthority};
+use crate::flags::{self, Flags, FlagsError, SpecFlags};
 
 /// Why the K3s configuration could not be rendered or written.
 #[derive(Debug, thiserror::Error)]
 pub enum K3sError {
-    /// `tlsMinVersion` is not a version K3s understands.
-    #[error("invalid tls min version {0:?}: expected VersionTLS12 or VersionTLS13")]
-    TlsVersion(String),
-    /// A cipher suite is not a Go TLS cipher-suite name.
-    #[error(
-        "invalid tls cipher suite {0:?}: expected a Go cipher-suite name such as TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
-    )]
-    CipherSuite(String),
-    /// `logLevel` is not one of the four levels.
-    #[error("invalid log level {0:?}: expected debug, info, warn or error")]
-    LogLevel(String),
-    /// `logFormat` is not text or json.
-    #[error("invalid log format {0:?}: expected text or json")]
-    LogFormat(String),
-    /// A value would need a character that does not belong in a flag value.
-    #[error("invalid {field} {value:?}: {reason}")]
-    Value {
-        /// The field.
-        field: &'static str,
-        /// Its value.
-        value: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
+    /// A value of the configuration does not make a valid flag.
+    #[error(transparent)]
+    Flags(#[from] FlagsError),
     /// Serializing the YAML failed.
     #[error("rendering the k3s config")]
     Yaml(#[from] serde_yaml::Error),
@@ -63,131 +42,19 @@ pub enum K3sError {
     },
 }
 
-/// Go's cipher-suite names that K3s' components accept (`crypto/tls` secure and insecure lists).
-const CIPHER_SUITES: &[&str] = &[
-    "TLS_AES_128_GCM_SHA256",
-    "TLS_AES_256_GCM_SHA384",
-    "TLS_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384",
-];
-
 /// Add-ons a control-plane-only K3s does not run.
 const DISABLED_ADDONS: [&str; 4] = ["traefik", "servicelb", "local-storage", "metrics-server"];
-
-/// Where the agent's files for K3s live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct K3sPaths {
-    /// The `--config` file.
-    pub config_file: PathBuf,
-    /// The kubeconfig of the token webhook.
-    pub webhook_kubeconfig: PathBuf,
-}
-
-/// klog verbosity for a log level.
-fn verbosity(level: &str) -> Result<u8, K3sError> {
-    Ok(match level {
-        "debug" => 4,
-        "info" => 2,
-        "warn" => 1,
-        "error" => 0,
-        other => return Err(K3sError::LogLevel(other.to_owned())),
-    })
-}
-
-fn check_flag_value(field: &'static str, value: &str) -> Result<(), K3sError> {
-    if value.is_empty() {
-        return Err(K3sError::Value {
-            field,
-            value: value.to_owned(),
-            reason: "must not be empty",
-        });
-    }
-    if value
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '=')
-    {
-        return Err(K3sError::Value {
-            field,
-            value: value.to_owned(),
-            reason: "must not contain whitespace, control characters, ',' or '='",
-        });
-    }
-    Ok(())
-}
 
 fn seq(items: impl IntoIterator<Item = String>) -> Value {
     Value::Sequence(items.into_iter().map(Value::String).collect())
 }
 
-/// The webhook's answer cache in kube-apiserver: no longer than the stake cache, at most 30 s,
-/// so a lost stake stops granting access quickly.
-pub fn webhook_cache_ttl(stake_cache_ttl_seconds: u32) -> Duration {
-    Duration::from_secs(u64::from(stake_cache_ttl_seconds.min(30)))
-}
-
-/// Render the K3s `--config` YAML for `config`, with the token webhook's kubeconfig at
-/// `webhook_kubeconfig`. Deterministic: the same input gives the same bytes.
-pub fn render_config(
-    config: &EnclaveConfig,
-    webhook_kubeconfig: &Path,
-) -> Result<String, K3sError> {
+/// Render the K3s `--config` YAML for `config` with the component flags `spec` (from
+/// [`crate::flags::spec_flags`] for the same configuration). Deterministic: the same input
+/// gives the same bytes.
+pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String, K3sError> {
     let cp: &ControlPlaneConfig = &config.control_plane;
-    let tls_min = match cp.tls_min_version.as_str() {
-        v @ ("VersionTLS12" | "VersionTLS13") => v.to_owned(),
-        other => return Err(K3sError::TlsVersion(other.to_owned())),
-    };
-    for suite in &cp.cipher_suites {
-        if !CIPHER_SUITES.contains(&suite.as_str()) {
-            return Err(K3sError::CipherSuite(suite.clone()));
-        }
-    }
-    let v = verbosity(&cp.log_level)?;
-    let log_format = match cp.log_format.as_str() {
-        f @ ("text" | "json") => f.to_owned(),
-        other => return Err(K3sError::LogFormat(other.to_owned())),
-    };
-    for (field, value) in [
-        ("bindAddress", cp.bind_address.as_str()),
-        ("clusterCIDR", &cp.cluster_cidr),
-        ("serviceCIDR", &cp.service_cidr),
-        ("clusterDNS", &cp.cluster_dns),
-        ("dataDir", &cp.data_dir),
-    ] {
-        check_flag_value(field, value)?;
-    }
-    let kubeconfig = webhook_kubeconfig.display().to_string();
-    check_flag_value("webhook kubeconfig path", &kubeconfig)?;
-
-    // Arguments every Kubernetes component gets: TLS policy and logging.
-    let mut common = vec![format!("tls-min-version={tls_min}")];
-    if !cp.cipher_suites.is_empty() {
-        common.push(format!("tls-cipher-suites={}", cp.cipher_suites.join(",")));
-    }
-    common.push(format!("v={v}"));
-    common.push(format!("logging-format={log_format}"));
-
-    let ttl = webhook_cache_ttl(config.auth.stake_cache_ttl_seconds).as_secs();
-    let mut apiserver = vec![
-        format!("authentication-token-webhook-config-file={kubeconfig}"),
-        format!("authentication-token-webhook-cache-ttl={ttl}s"),
-    ];
-    apiserver.extend(common.iter().cloned());
-
+    flags::validate(cp)?;
     let mut map = Mapping::new();
     let mut put = |key: &str, value: Value| {
         map.insert(Value::String(key.to_owned()), value);
@@ -207,10 +74,123 @@ pub fn render_config(
         "disable",
         seq(DISABLED_ADDONS.iter().map(|s| (*s).to_owned())),
     );
-    put("kube-apiserver-arg", seq(apiserver));
-    put("kube-scheduler-arg", seq(common.iter().cloned()));
-    put("kube-controller-manager-arg", seq(common.iter().cloned()));
+    put(
+        "kube-apiserver-arg",
+        seq(flags::as_k3s_args(&spec.apiserver)),
+    );
+    put(
+        "kube-scheduler-arg",
+        seq(flags::as_k3s_args(&spec.scheduler)),
+    );
+    put(
+        "kube-controller-manager-arg",
+        seq(flags::as_k3s_args(&spec.controller_manager)),
+    );
     Ok(serde_yaml::to_string(&Value::Mapping(map))?)
+}
+
+/// The port K3s' embedded kube-apiserver listens on behind its supervisor: `https-listen-port`
+/// + 1 unless set otherwise (K3s `daemons/control` defaults).
+pub fn embedded_apiserver_port(https_listen_port: u16) -> u16 {
+    https_listen_port.saturating_add(1)
+}
+
+/// The flags K3s gives its embedded kube-apiserver for the config file `rendered`, as
+/// K3s' `daemons/control/server.go` builds them (`apiServer`: a base map from the config,
+/// then every `kube-apiserver-arg` over it), restricted to the flags that do not depend on
+/// K3s' own datastore (kine) and supervisor. This is what the `kubernetes` distribution's
+/// API server flags are compared with, so both distributions provably run the API server the
+/// same way.
+pub fn implied_apiserver_flags(rendered: &str) -> Result<Flags, K3sError> {
+    let yaml: Value = serde_yaml::from_str(rendered)?;
+    let text = |key: &str| yaml[key].as_str().unwrap_or_default().to_owned();
+    let data_dir = text("data-dir");
+    let tls = format!("{data_dir}/server/tls");
+    let cred = format!("{data_dir}/server/cred");
+    let https = yaml["https-listen-port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(6443);
+    let f = |k: &str, v: String| (k.to_owned(), v);
+    let mut base = vec![
+        f("allow-privileged", "true".into()),
+        f("authorization-mode", "Node,RBAC".into()),
+        f(
+            "service-account-signing-key-file",
+            format!("{tls}/service.key"),
+        ),
+        f("service-cluster-ip-range", text("service-cidr")),
+        f("service-node-port-range", "30000-32767".into()),
+        f("secure-port", embedded_apiserver_port(https).to_string()),
+        f("bind-address", "127.0.0.1".into()),
+        f("tls-cert-file", format!("{tls}/serving-kube-apiserver.crt")),
+        f(
+            "tls-private-key-file",
+            format!("{tls}/serving-kube-apiserver.key"),
+        ),
+        f("service-account-key-file", format!("{tls}/service.key")),
+        f(
+            "service-account-issuer",
+            "https://kubernetes.default.svc.cluster.local".into(),
+        ),
+        f(
+            "api-audiences",
+            "https://kubernetes.default.svc.cluster.local,k3s".into(),
+        ),
+        f(
+            "kubelet-certificate-authority",
+            format!("{tls}/server-ca.crt"),
+        ),
+        f(
+            "kubelet-client-certificate",
+            format!("{tls}/client-kube-apiserver.crt"),
+        ),
+        f(
+            "kubelet-client-key",
+            format!("{tls}/client-kube-apiserver.key"),
+        ),
+        f(
+            "requestheader-client-ca-file",
+            format!("{tls}/request-header-ca.crt"),
+        ),
+        f(
+            "requestheader-allowed-names",
+            crate::boot::REQUEST_HEADER_CN.into(),
+        ),
+        f(
+            "proxy-client-cert-file",
+            format!("{tls}/client-auth-proxy.crt"),
+        ),
+        f(
+            "proxy-client-key-file",
+            format!("{tls}/client-auth-proxy.key"),
+        ),
+        f(
+            "requestheader-extra-headers-prefix",
+            "X-Remote-Extra-".into(),
+        ),
+        f("requestheader-group-headers", "X-Remote-Group".into()),
+        f("requestheader-username-headers", "X-Remote-User".into()),
+        f("client-ca-file", format!("{tls}/client-ca.crt")),
+        f("enable-admission-plugins", "NodeRestriction".into()),
+        f("anonymous-auth", "false".into()),
+        f("profiling", "false".into()),
+    ];
+    if yaml["secrets-encryption"].as_bool() == Some(true) {
+        base.push(f(
+            "encryption-provider-config",
+            format!("{cred}/encryption-config.json"),
+        ));
+    }
+    let extra: Flags = yaml["kube-apiserver-arg"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .filter_map(|arg| arg.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    Ok(flags::merge(&base, &extra))
 }
 
 /// Write a file readable only by the agent's user (`private`: keys) or by everyone
@@ -289,29 +269,38 @@ pub const GROUP_BINDINGS: [(&str, &str); 2] =
 /// data directory ("auto-deploying manifests").
 pub const RBAC_MANIFEST: &str = "server/manifests/nautilus-rbac.yaml";
 
+/// ClusterRoleBindings of [`GROUP_BINDINGS`], as JSON objects.
+pub fn group_bindings() -> Vec<serde_json::Value> {
+    GROUP_BINDINGS
+        .iter()
+        .map(|(group, role)| {
+            let name = format!("nautilus-{}", group.trim_start_matches("nautilus:"));
+            serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {
+                    "name": name,
+                    "labels": {"app.kubernetes.io/managed-by": "nautilus-agent"},
+                },
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
+            })
+        })
+        .collect()
+}
+
 /// ClusterRoleBindings of [`GROUP_BINDINGS`], as the YAML K3s applies from
-/// [`RBAC_MANIFEST`].
+/// [`RBAC_MANIFEST`] (the `kubernetes` distribution applies [`group_bindings`] itself).
 pub fn rbac_manifest() -> Result<String, K3sError> {
     let mut docs = Vec::new();
-    for (group, role) in GROUP_BINDINGS {
-        let name = format!("nautilus-{}", group.trim_start_matches("nautilus:"));
-        let binding = serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {
-                "name": name,
-                "labels": {"app.kubernetes.io/managed-by": "nautilus-agent"},
-            },
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}],
-        });
+    for binding in group_bindings() {
         docs.push(serde_yaml::to_string(&binding)?);
     }
     Ok(docs.join("---\n"))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
 
     #[test]
     fn reader_and_editor_groups_are_bound_to_view_and_edit() {
@@ -359,6 +348,7 @@ mod tests {
         EnclaveConfig {
             cluster: "default/demo".into(),
             control_plane: ControlPlaneConfig {
+                distribution: "k3s".into(),
                 bind_address: "127.0.0.1".into(),
                 https_port: 6443,
                 cluster_cidr: "10.42.0.0/16".into(),
@@ -416,16 +406,23 @@ disable:
 kube-apiserver-arg:
 - authentication-token-webhook-config-file=/var/lib/nautilus/webhook-kubeconfig.yaml
 - authentication-token-webhook-cache-ttl=30s
+- authentication-token-webhook-version=v1
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
 - logging-format=json
 kube-scheduler-arg:
+- secure-port=10259
+- bind-address=127.0.0.1
+- leader-elect=false
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
 - logging-format=json
 kube-controller-manager-arg:
+- secure-port=10257
+- bind-address=127.0.0.1
+- leader-elect=false
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
@@ -436,15 +433,17 @@ kube-controller-manager-arg:
         PathBuf::from("/var/lib/nautilus/webhook-kubeconfig.yaml")
     }
 
+    fn render(config: &EnclaveConfig) -> Result<String, K3sError> {
+        let spec = flags::spec_flags(config, &kubeconfig(), &flags::ComponentPorts::default())?;
+        render_config(config, &spec)
+    }
+
     #[test]
     fn renders_the_golden_config() {
-        let rendered = render_config(&mk_config(), &kubeconfig()).expect("renders");
+        let rendered = render(&mk_config()).expect("renders");
         pretty_assertions::assert_eq!(rendered, GOLDEN);
         // Deterministic.
-        assert_eq!(
-            rendered,
-            render_config(&mk_config(), &kubeconfig()).expect("again")
-        );
+        assert_eq!(rendered, render(&mk_config()).expect("again"));
     }
 
     #[test]
@@ -457,7 +456,7 @@ kube-controller-manager-arg:
         cp.cipher_suites.clear();
         cp.encrypt_secrets = false;
         config.auth.stake_cache_ttl_seconds = 5;
-        let rendered = render_config(&config, &kubeconfig()).expect("renders");
+        let rendered = render(&config).expect("renders");
         for needle in [
             "debug: true",
             "secrets-encryption: false",
@@ -474,10 +473,11 @@ kube-controller-manager-arg:
     #[test]
     fn every_control_plane_field_reaches_k3s() {
         let config = mk_config();
-        let rendered = render_config(&config, &kubeconfig()).expect("renders");
+        let rendered = render(&config).expect("renders");
         let yaml: serde_yaml::Value = serde_yaml::from_str(&rendered).expect("valid yaml");
         // Destructure so a new field fails to compile here until it is rendered and checked.
         let ControlPlaneConfig {
+            distribution: _,
             bind_address,
             https_port,
             cluster_cidr,
@@ -542,7 +542,7 @@ kube-controller-manager-arg:
         for (mutate, needle) in cases {
             let mut config = mk_config();
             mutate(&mut config.control_plane);
-            let err = render_config(&config, &kubeconfig()).expect_err("refused");
+            let err = render(&config).expect_err("refused");
             assert!(err.to_string().contains(needle), "{err} lacks {needle}");
         }
     }
@@ -561,6 +561,13 @@ kube-controller-manager-arg:
             );
             if name.ends_with(".key") {
                 assert_eq!(mode & 0o077, 0, "{name} is private");
+                // SEC1, as K3s' custom-CA script makes them and as kube-apiserver's
+                // --service-account-key-file requires for EC keys.
+                assert!(
+                    text.starts_with("-----BEGIN EC PRIVATE KEY-----\n"),
+                    "{name}: {}",
+                    text.lines().next().unwrap_or_default()
+                );
             }
         }
         let server_ca =

@@ -4,8 +4,12 @@
 //! - [`cli`]: the `nautilus-agent` command line.
 //! - [`link`]: the runtime: control link to the sidecar, boot, report stream, API forwarder.
 //! - [`boot`]: report key, CAs and serving certificates, and the attestation binding them.
+//! - [`flags`]: the one source of the components' flags for both distributions.
 //! - [`k3s`]: the K3s `--config` YAML and the custom CA files in its data directory.
-//! - [`supervisor`]: runs the control-plane command, restarts it with backoff.
+//! - [`kubernetes`]: the `kubernetes` distribution's files, flags and readiness checks.
+//! - [`control_plane`]: the running control plane: one supervised `k3s`, or etcd,
+//!   kube-apiserver, kube-scheduler and kube-controller-manager started in order.
+//! - [`supervisor`]: runs one command, restarts it with backoff.
 //! - [`prober`]: health probes of the API server, scheduler and controller manager.
 //! - [`client`]: one-request HTTPS client used by the prober and the stand-in.
 //! - [`egress`]: Sui RPC through the sidecar's CONNECT proxy, TLS verified in the enclave.
@@ -21,8 +25,11 @@ pub mod auth;
 pub mod boot;
 pub mod cli;
 pub mod client;
+pub mod control_plane;
 pub mod egress;
+pub mod flags;
 pub mod k3s;
+pub mod kubernetes;
 pub mod link;
 pub mod prober;
 pub mod stake;

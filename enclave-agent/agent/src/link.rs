@@ -32,9 +32,12 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::auth::{self, AuthError};
 use crate::boot::{BootError, BootMaterial};
 use crate::client::ClientError;
+use crate::control_plane::{ControlPlane, KubernetesPlan};
+use crate::flags::{self, ComponentPorts, Distribution, FlagsError};
 use crate::k3s::{self, K3sError};
+use crate::kubernetes::{self, Binaries, KubernetesError, Readiness};
 use crate::prober::{ProbeTargets, Prober};
-use crate::supervisor::{Supervisor, SupervisorConfig, unix_ms};
+use crate::supervisor::{SupervisorConfig, unix_ms};
 use crate::webhook::{WebhookError, WebhookService, webhook_kubeconfig};
 
 /// How long a new connection may take to send its BootConfig.
@@ -62,6 +65,10 @@ pub mod env {
     pub const SCHEDULER_PORT: &str = "NAUTILUS_CP_SCHEDULER_PORT";
     /// kube-controller-manager's secure port, when not 10257 (read by the prober too).
     pub const CONTROLLER_MANAGER_PORT: &str = "NAUTILUS_CP_CONTROLLER_MANAGER_PORT";
+    /// etcd's client port, when not 2379 (`kubernetes` distribution; read by the agent).
+    pub const ETCD_CLIENT_PORT: &str = "NAUTILUS_CP_ETCD_CLIENT_PORT";
+    /// etcd's peer port, when not 2380 (`kubernetes` distribution; read by the agent).
+    pub const ETCD_PEER_PORT: &str = "NAUTILUS_CP_ETCD_PEER_PORT";
 }
 
 /// Why the agent could not boot or serve a connection.
@@ -87,9 +94,15 @@ pub enum LinkError {
     /// Keys, certificates or the attestation failed.
     #[error("boot failed")]
     Boot(#[from] BootError),
+    /// The configuration does not make valid component flags.
+    #[error("control-plane flags")]
+    Flags(#[from] FlagsError),
     /// The K3s configuration could not be rendered or written.
     #[error("k3s configuration")]
     K3s(#[from] K3sError),
+    /// The `kubernetes` distribution's files could not be written.
+    #[error("kubernetes control-plane files")]
+    Kubernetes(#[from] KubernetesError),
     /// The authenticator could not be built.
     #[error("token authentication")]
     Auth(#[from] AuthError),
@@ -127,10 +140,10 @@ pub struct AgentOptions {
     pub egress_proxy: Option<Endpoint>,
     /// An extra trust root for the full node (PEM).
     pub sui_ca_pem: Option<String>,
-    /// kube-scheduler's port.
-    pub scheduler_port: u16,
-    /// kube-controller-manager's port.
-    pub controller_manager_port: u16,
+    /// The components' local ports (scheduler, controller manager, etcd).
+    pub ports: ComponentPorts,
+    /// The `kubernetes` distribution's programs.
+    pub kubernetes_binaries: Binaries,
     /// The supervisor's first restart delay.
     pub restart_backoff: Duration,
 }
@@ -143,7 +156,7 @@ struct Booted {
     reports: watch::Sender<Option<SignedReport>>,
     report_now: Arc<Notify>,
     api_target: String,
-    supervisor: Mutex<Option<Supervisor>>,
+    control_plane: Mutex<Option<ControlPlane>>,
     webhook: std::sync::Mutex<Option<WebhookService>>,
     reporter: tokio::task::JoinHandle<()>,
 }
@@ -269,8 +282,8 @@ impl Agent {
             {
                 webhook.stop();
             }
-            if let Some(supervisor) = booted.supervisor.lock().await.take() {
-                supervisor.stop().await;
+            if let Some(control_plane) = booted.control_plane.lock().await.take() {
+                control_plane.stop().await;
             }
         }
     }
@@ -404,7 +417,9 @@ impl Agent {
         let key_path = work.join("api-server.key");
         let kubeconfig_path = work.join("webhook-kubeconfig.yaml");
         let config_path = work.join("k3s-config.yaml");
-        let rendered = k3s::render_config(&config, &kubeconfig_path)?;
+        let distribution = Distribution::of(cp)?;
+        let spec = flags::spec_flags(&config, &kubeconfig_path, &options.ports)?;
+        let rendered = k3s::render_config(&config, &spec)?;
         let authenticator = auth::authenticator(
             &config.auth,
             options.egress_proxy.clone(),
@@ -412,20 +427,38 @@ impl Agent {
         )?;
         let tls = webhook_tls(&material)?;
         let interval = Duration::from_secs(u64::from(config.health.probe_interval_seconds.max(1)));
+        let api_server_name = if cp
+            .bind_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+        {
+            "127.0.0.1".to_owned()
+        } else {
+            cp.bind_address.clone()
+        };
+        if distribution == Distribution::Kubernetes {
+            let missing = options.kubernetes_binaries.missing();
+            if !missing.is_empty() {
+                // Not fatal: the supervisors report each spawn failure, so the operator sees
+                // it in status; the image may also be fixed under a running agent in development.
+                warn!(?missing, "kubernetes distribution: programs not found");
+            }
+        }
+        let readiness = match distribution {
+            Distribution::K3s => None,
+            Distribution::Kubernetes => Some(Readiness::new(
+                &material,
+                &options.ports,
+                api_target.clone(),
+                api_server_name.clone(),
+            )?),
+        };
         let prober = Prober::new(
             ProbeTargets {
                 api_server: api_target.clone(),
-                api_server_name: if cp
-                    .bind_address
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_unspecified())
-                {
-                    "127.0.0.1".into()
-                } else {
-                    cp.bind_address.clone()
-                },
-                scheduler_port: options.scheduler_port,
-                controller_manager_port: options.controller_manager_port,
+                api_server_name: api_server_name.clone(),
+                scheduler_port: options.ports.scheduler,
+                controller_manager_port: options.ports.controller_manager,
             },
             &material.serving_ca.cert_pem,
             Some((
@@ -446,13 +479,22 @@ impl Agent {
         k3s::write(&ca_path, material.serving_ca.cert_pem.as_bytes(), false)?;
         k3s::write(&cert_path, material.api_server.cert_pem.as_bytes(), false)?;
         k3s::write(&key_path, material.api_server.key_pem.as_bytes(), true)?;
-        k3s::write_ca_files(std::path::Path::new(&cp.data_dir), &material)?;
-        k3s::write(
-            &std::path::Path::new(&cp.data_dir).join(k3s::RBAC_MANIFEST),
-            k3s::rbac_manifest()?.as_bytes(),
-            false,
-        )?;
-        k3s::write(&config_path, rendered.as_bytes(), false)?;
+        let data_dir = std::path::Path::new(&cp.data_dir);
+        let layout = kubernetes::Layout::new(data_dir);
+        match distribution {
+            Distribution::K3s => {
+                k3s::write_ca_files(data_dir, &material)?;
+                k3s::write(
+                    &data_dir.join(k3s::RBAC_MANIFEST),
+                    k3s::rbac_manifest()?.as_bytes(),
+                    false,
+                )?;
+                k3s::write(&config_path, rendered.as_bytes(), false)?;
+            }
+            Distribution::Kubernetes => {
+                kubernetes::write_files(&config, &layout, &material, &api_target)?;
+            }
+        }
 
         // The token webhook, before the API server that calls it.
         let webhook =
@@ -467,49 +509,72 @@ impl Agent {
             webhook.stop();
             return Err(e);
         }
-        info!(webhook = %url, config = %config_path.display(), "control-plane files written");
+        info!(webhook = %url, ?distribution, "control-plane files written");
 
         let (reports, _) = watch::channel(None);
         let report_now = Arc::new(Notify::new());
 
         // The control plane.
-        let mut args = options.control_plane_args.clone();
-        if is_k3s(&options.control_plane_command) {
-            if args.is_empty() {
-                args.push("server".into());
-            }
-            args.push("--config".into());
-            args.push(config_path.display().to_string());
-        }
-        let mut supervisor_config = SupervisorConfig::new(&options.control_plane_command, args);
+        let mut supervisor_config = SupervisorConfig::new(&options.control_plane_command, vec![]);
         supervisor_config.initial_backoff = options.restart_backoff;
-        let path = |p: &std::path::Path| p.display().to_string();
-        supervisor_config.env = vec![
-            (env::DATA_DIR.into(), cp.data_dir.clone()),
-            (env::BIND_ADDRESS.into(), cp.bind_address.clone()),
-            (env::HTTPS_PORT.into(), cp.https_port.to_string()),
-            (env::WEBHOOK_KUBECONFIG.into(), path(&kubeconfig_path)),
-            (env::TLS_CERT.into(), path(&cert_path)),
-            (env::TLS_KEY.into(), path(&key_path)),
-            (env::CA_CERT.into(), path(&ca_path)),
-            (env::CONFIG_FILE.into(), path(&config_path)),
-            (
-                env::SCHEDULER_PORT.into(),
-                options.scheduler_port.to_string(),
-            ),
-            (
-                env::CONTROLLER_MANAGER_PORT.into(),
-                options.controller_manager_port.to_string(),
-            ),
-        ];
-
-        let supervisor = Supervisor::start(supervisor_config);
+        let control_plane = match (distribution, readiness) {
+            (Distribution::Kubernetes, Some(readiness)) => {
+                let argv = flags::as_argv;
+                ControlPlane::kubernetes(KubernetesPlan {
+                    binaries: options.kubernetes_binaries.clone(),
+                    etcd: argv(&kubernetes::etcd_flags(&layout, &options.ports)),
+                    apiserver: argv(&kubernetes::apiserver_flags(
+                        &config,
+                        &spec,
+                        &layout,
+                        &options.ports,
+                    )),
+                    scheduler: argv(&kubernetes::scheduler_flags(&spec, &layout)),
+                    controller_manager: argv(&kubernetes::controller_manager_flags(
+                        &config, &spec, &layout,
+                    )),
+                    readiness,
+                    template: supervisor_config,
+                })
+            }
+            _ => {
+                let mut args = options.control_plane_args.clone();
+                if is_k3s(&options.control_plane_command) {
+                    if args.is_empty() {
+                        args.push("server".into());
+                    }
+                    args.push("--config".into());
+                    args.push(config_path.display().to_string());
+                }
+                supervisor_config.args = args;
+                let path = |p: &std::path::Path| p.display().to_string();
+                supervisor_config.env = vec![
+                    (env::DATA_DIR.into(), cp.data_dir.clone()),
+                    (env::BIND_ADDRESS.into(), cp.bind_address.clone()),
+                    (env::HTTPS_PORT.into(), cp.https_port.to_string()),
+                    (env::WEBHOOK_KUBECONFIG.into(), path(&kubeconfig_path)),
+                    (env::TLS_CERT.into(), path(&cert_path)),
+                    (env::TLS_KEY.into(), path(&key_path)),
+                    (env::CA_CERT.into(), path(&ca_path)),
+                    (env::CONFIG_FILE.into(), path(&config_path)),
+                    (
+                        env::SCHEDULER_PORT.into(),
+                        options.ports.scheduler.to_string(),
+                    ),
+                    (
+                        env::CONTROLLER_MANAGER_PORT.into(),
+                        options.ports.controller_manager.to_string(),
+                    ),
+                ];
+                ControlPlane::single(supervisor_config)
+            }
+        };
         let reporter = tokio::spawn(
             report_loop(ReportLoop {
                 material: Arc::clone(&material),
                 digest_hex: digest_hex.clone(),
                 prober,
-                process: supervisor.state(),
+                process: control_plane.state(),
                 reports: reports.clone(),
                 report_now: Arc::clone(&report_now),
                 interval,
@@ -528,7 +593,7 @@ impl Agent {
             reports,
             report_now,
             api_target,
-            supervisor: Mutex::new(Some(supervisor)),
+            control_plane: Mutex::new(Some(control_plane)),
             webhook: std::sync::Mutex::new(Some(webhook)),
             reporter,
         })

@@ -21,10 +21,7 @@ use nautilus_protocol::wire::{Component, ComponentReport};
 use crate::client::{self, ClientError, Request};
 use crate::supervisor::unix_ms;
 
-/// Default kube-scheduler secure port.
-pub const SCHEDULER_PORT: u16 = 10259;
-/// Default kube-controller-manager secure port.
-pub const CONTROLLER_MANAGER_PORT: u16 = 10257;
+pub use crate::flags::{CONTROLLER_MANAGER_PORT, SCHEDULER_PORT};
 /// Longest message kept from an unhealthy answer.
 const MAX_MESSAGE: usize = 200;
 

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nautilus_protocol::wire::ProcessState;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
@@ -69,23 +69,46 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Longest output line logged as one event; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Log every line of `reader` as an event. Bytes that are not UTF-8 are replaced rather than
+/// ending the forwarding: a stream nobody reads fills its pipe and stalls (or, once closed,
+/// kills) the component writing to it.
 fn forward_lines<R: AsyncRead + Unpin + Send + 'static>(
     name: String,
     stream: &'static str,
-    reader: R,
+    mut reader: R,
 ) {
+    use tokio::io::AsyncReadExt as _;
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 8 * 1024];
         loop {
-            match lines.next_line().await {
-                Ok(Some(line)) => info!(component = %name, stream, "{line}"),
-                Ok(None) => break,
+            let n = match reader.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => n,
                 Err(e) => {
-                    // Not UTF-8 or a read error: say so once and stop reading this stream.
                     warn!(component = %name, stream, error = %e, "cannot read output");
                     break;
                 }
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(end) = pending
+                .iter()
+                .position(|b| *b == b'\n')
+                .or_else(|| (pending.len() >= MAX_LINE).then_some(MAX_LINE))
+            {
+                let line: Vec<u8> = pending.drain(..end.min(pending.len())).collect();
+                if pending.first() == Some(&b'\n') {
+                    pending.remove(0);
+                }
+                let text = String::from_utf8_lossy(&line);
+                info!(component = %name, stream, "{}", text.trim_end_matches('\r'));
             }
+        }
+        if !pending.is_empty() {
+            info!(component = %name, stream, "{}", String::from_utf8_lossy(&pending));
         }
     });
 }
@@ -287,6 +310,18 @@ mod tests {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err(),
             "process {pid} must be gone"
         );
+    }
+
+    #[tokio::test]
+    async fn output_that_is_not_utf8_keeps_being_read() {
+        // 200 KiB after a byte that is not UTF-8: more than a pipe holds, so the command ends
+        // by itself only if its output is still read (else it blocks or dies of SIGPIPE).
+        let script = r#"printf '\377\n' >&2; i=0; while [ $i -lt 2000 ]; do echo "line $i: ..................................................................................................." >&2; i=$((i+1)); done; exit 7"#;
+        let sup = Supervisor::start(fast("sh", &["-c", script]));
+        let mut rx = sup.state();
+        let state = wait_for(&mut rx, "exit", |s| s.last_exit.is_some()).await;
+        assert_eq!(state.last_exit.as_deref(), Some("exit status: 7"));
+        sup.stop().await;
     }
 
     #[tokio::test]

@@ -92,6 +92,7 @@ impl AgentProcess {
             config: EnclaveConfig {
                 cluster: "test/agent".into(),
                 control_plane: ControlPlaneConfig {
+                    distribution: "k3s".into(),
                     bind_address: "127.0.0.1".into(),
                     https_port: self.https_port,
                     cluster_cidr: "10.42.0.0/16".into(),
@@ -293,4 +294,140 @@ pub async fn https_request(
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
     (status, text)
+}
+
+/// The `kubernetes` distribution's programs for tests: kube-apiserver, kube-scheduler and
+/// kube-controller-manager from `$KUBEBUILDER_ASSETS` (default `/usr/local/kubebuilder/bin`,
+/// the envtest convention), etcd from there or else from `PATH`.
+#[derive(Debug, Clone)]
+pub struct KubernetesAssets {
+    /// The directory holding the three Kubernetes programs.
+    pub bin_dir: PathBuf,
+    /// etcd.
+    pub etcd: PathBuf,
+}
+
+/// Where the assets are, or exactly what is missing.
+pub fn kubernetes_assets() -> Result<KubernetesAssets, String> {
+    let dir = PathBuf::from(
+        std::env::var_os("KUBEBUILDER_ASSETS")
+            .unwrap_or_else(|| "/usr/local/kubebuilder/bin".into()),
+    );
+    let mut missing: Vec<String> = [
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ]
+    .iter()
+    .filter(|name| !dir.join(name).is_file())
+    .map(|name| dir.join(name).display().to_string())
+    .collect();
+    let etcd = if dir.join("etcd").is_file() {
+        Some(dir.join("etcd"))
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|p| p.join("etcd"))
+                .find(|p| p.is_file())
+        })
+    };
+    if etcd.is_none() {
+        missing.push(format!(
+            "etcd (neither {} nor on PATH)",
+            dir.join("etcd").display()
+        ));
+    }
+    match etcd {
+        Some(etcd) if missing.is_empty() => Ok(KubernetesAssets { bin_dir: dir, etcd }),
+        _ => Err(missing.join(", ")),
+    }
+}
+
+/// The assets, or `None` after printing one `skipped:` line; with `NAUTILUS_E2E_REQUIRE=1` a
+/// missing asset fails the test instead.
+pub fn kubernetes_assets_or_skip(test: &str) -> Option<KubernetesAssets> {
+    match kubernetes_assets() {
+        Ok(assets) => Some(assets),
+        Err(missing) => {
+            assert!(
+                std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
+                "{test}: NAUTILUS_E2E_REQUIRE=1 but missing: {missing}"
+            );
+            println!("skipped: {test}: missing {missing}");
+            None
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle` (a test's temporary directory), with
+/// their command lines.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push((pid, cmdline));
+            }
+        }
+    }
+    found
+}
+
+/// The pid of the one process whose command line starts with a program named `program` and
+/// mentions `needle`.
+pub fn pid_of(program: &str, needle: &str) -> Option<i32> {
+    processes_mentioning(needle)
+        .into_iter()
+        .find(|(_, cmdline)| {
+            cmdline
+                .split(' ')
+                .next()
+                .is_some_and(|p| Path::new(p).file_name().is_some_and(|n| n == program))
+        })
+        .map(|(pid, _)| pid)
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Kills, on drop, every process still mentioning a directory: nothing a test starts may
+/// outlive it, even when the agent could not stop its components (a panic, a SIGKILL).
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let left = processes_mentioning(&self.0);
+            if left.is_empty() {
+                return;
+            }
+            for (pid, _) in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

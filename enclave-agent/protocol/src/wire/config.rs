@@ -43,10 +43,18 @@ pub struct EnclaveConfig {
     pub health: HealthConfig,
 }
 
-/// The K3s control plane's settings (see the CRD's `spec.controlPlane`).
+/// The control plane's settings (see the CRD's `spec.controlPlane`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneConfig {
+    /// `k3s` (one binary) or `kubernetes` (etcd, kube-apiserver, kube-scheduler,
+    /// kube-controller-manager started by the agent). Absent from the canonical JSON when
+    /// `k3s`, so configurations from before the field keep their digest.
+    #[serde(
+        default = "default_distribution",
+        skip_serializing_if = "is_default_distribution"
+    )]
+    pub distribution: String,
     /// Address the API server binds.
     pub bind_address: String,
     /// HTTPS port of the API server.
@@ -72,6 +80,17 @@ pub struct ControlPlaneConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+}
+
+/// The distribution a configuration without `distribution` runs.
+pub const DEFAULT_DISTRIBUTION: &str = "k3s";
+
+fn default_distribution() -> String {
+    DEFAULT_DISTRIBUTION.to_owned()
+}
+
+fn is_default_distribution(value: &str) -> bool {
+    value == DEFAULT_DISTRIBUTION
 }
 
 /// Seal-token authentication (see the CRD's `spec.auth`).
@@ -168,5 +187,30 @@ impl EnclaveConfig {
     /// [`EnclaveConfig::digest`] as lowercase hex.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE_DISTRIBUTION: &str = r#"{"cluster":"ns/x","controlPlane":{"bindAddress":"127.0.0.1","httpsPort":6443,"clusterCIDR":"10.42.0.0/16","serviceCIDR":"10.43.0.0/16","clusterDNS":"10.43.0.10","dataDir":"/var/lib/rancher/k3s","encryptSecrets":true,"tlsMinVersion":"VersionTLS12","cipherSuites":[],"logLevel":"info","logFormat":"text"},"auth":{"suiRpcURL":"https://fullnode.testnet.sui.io:443","chainID":null,"stakeType":"0x3::staking_pool::StakedSui","stakeAmountField":null,"audience":"ns/x","maxTokenLifetimeSeconds":3600,"stakeCacheTTLSeconds":60,"tiers":[]},"health":{"probeIntervalSeconds":10,"startupTimeoutSeconds":300}}"#;
+
+    #[test]
+    fn k3s_is_the_default_and_keeps_the_digest_of_configs_without_the_field() {
+        let config: EnclaveConfig = serde_json::from_str(BEFORE_DISTRIBUTION).expect("parses");
+        assert_eq!(config.control_plane.distribution, "k3s");
+        // The canonical JSON of a k3s config is byte-for-byte what it was before the field.
+        assert_eq!(
+            serde_json::to_string(&config).expect("json"),
+            BEFORE_DISTRIBUTION
+        );
+        let mut kubernetes = config.clone();
+        kubernetes.control_plane.distribution = "kubernetes".into();
+        let json = serde_json::to_string(&kubernetes).expect("json");
+        assert!(json.contains(r#""distribution":"kubernetes""#), "{json}");
+        assert_ne!(kubernetes.digest(), config.digest());
+        let back: EnclaveConfig = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, kubernetes);
     }
 }

@@ -31,6 +31,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
     EnclaveConfig {
         cluster: "tenants/alpha".to_owned(),
         control_plane: ControlPlaneConfig {
+            distribution: "k3s".into(),
             bind_address: "127.0.0.1".to_owned(),
             https_port: 6443,
             cluster_cidr: "10.42.0.0/16".to_owned(),

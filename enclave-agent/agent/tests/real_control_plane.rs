@@ -1,0 +1,684 @@
+//! The `kubernetes` distribution on real binaries: etcd, kube-apiserver, kube-scheduler and
+//! kube-controller-manager from `$KUBEBUILDER_ASSETS` (default `/usr/local/kubebuilder/bin`;
+//! etcd from there or `PATH`), started by the real agent under the real sidecar (process
+//! launcher), with the simulated NSM and a local Sui full node reached through the sidecar's
+//! egress proxy. Without the binaries each test prints one `skipped:` line; with
+//! `NAUTILUS_E2E_REQUIRE=1` it fails instead.
+//!
+//! A second test proves the `k3s` path's files: the real kube-apiserver started with exactly
+//! the rendered K3s config's `kube-apiserver-arg` list plus the flags K3s implies, on the CA
+//! files and `service.key` the agent writes for K3s.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use common::{
+    KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
+    processes_mentioning, rss_kib,
+};
+use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
+use nautilus_protocol::wire::{
+    AuthConfig, BootConfig, Component, ControlPlaneConfig, EnclaveConfig, EvidenceBundle,
+    HealthConfig, Report, ReportVerifier, TierConfig,
+};
+use nautilus_protocol::{Binding, Policy};
+use nautilus_seal::SignatureScheme;
+use nautilus_seal::signer::{KeystoreKey, generate_key};
+use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const WAIT: Duration = Duration::from_secs(90);
+const AUDIENCE: &str = "nautilus:real/control-plane";
+
+/// A plain HTTP/1.1 request to the sidecar's API: status and body.
+async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`) and a
+/// reader tier (100 MIST, `nautilus:readers`).
+fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> EnclaveConfig {
+    EnclaveConfig {
+        cluster: "real/control-plane".into(),
+        control_plane: ControlPlaneConfig {
+            distribution: "kubernetes".into(),
+            bind_address: "127.0.0.1".into(),
+            https_port,
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_dns: "10.43.0.10".into(),
+            data_dir: data_dir.display().to_string(),
+            encrypt_secrets: true,
+            tls_min_version: "VersionTLS12".into(),
+            cipher_suites: vec![],
+            log_level: "warn".into(),
+            // The v1.36.2 binaries built on this machine (a MicroShift-vendored tree whose main
+            // packages omit component-base's json log registration) refuse
+            // --logging-format=json; upstream's support it.
+            log_format: "text".into(),
+        },
+        auth: AuthConfig {
+            sui_rpc_url: sui_rpc_url.into(),
+            chain_id: Some(CHAIN_ID.into()),
+            stake_type: "0x3::staking_pool::StakedSui".into(),
+            stake_amount_field: None,
+            audience: AUDIENCE.into(),
+            max_token_lifetime_seconds: 900,
+            stake_cache_ttl_seconds: 30,
+            zk_login: None,
+            tiers: vec![
+                TierConfig {
+                    name: "admin".into(),
+                    min_stake_mist: 10_000,
+                    groups: vec!["system:masters".into()],
+                },
+                TierConfig {
+                    name: "reader".into(),
+                    min_stake_mist: 100,
+                    groups: vec!["nautilus:readers".into()],
+                },
+            ],
+        },
+        health: HealthConfig {
+            probe_interval_seconds: 1,
+            startup_timeout_seconds: 120,
+        },
+    }
+}
+
+/// The whole system with the `kubernetes` distribution; see the module documentation.
+struct Fixture {
+    // Dropped in this order: the sidecar (stops the agent), the reaper (anything left), the
+    // directory.
+    sidecar: Option<nautilus_sidecar::Running>,
+    _reaper: Reaper,
+    dir: tempfile::TempDir,
+    http: SocketAddr,
+    api: SocketAddr,
+    ca_pem: String,
+    verifier: ReportVerifier,
+    /// From starting the sidecar (which starts the agent) to `/readyz` 200.
+    boot_to_ready: Duration,
+}
+
+impl Fixture {
+    async fn start(assets: &KubernetesAssets, stakes: &[(&KeystoreKey, u64)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reaper = Reaper(dir.path().display().to_string());
+        let mut chain = Chain::default();
+        for (key, stake) in stakes {
+            chain = chain.with_stake(key.address(), *stake);
+        }
+        let ca = TestCa::generate();
+        let node = serve_tls(Arc::new(chain), &ca).await;
+        let sui_ca = dir.path().join("sui-ca.pem");
+        std::fs::write(&sui_ca, &ca.ca_pem).expect("ca file");
+
+        let boot = BootConfig {
+            config: enclave_config(
+                &dir.path().join("data"),
+                free_port(),
+                &format!("https://localhost:{}", node.port()),
+            ),
+            nonce: b"operator nonce".to_vec(),
+        };
+        let boot_path = dir.path().join("boot-config.json");
+        std::fs::write(&boot_path, serde_json::to_vec(&boot).expect("json")).expect("boot");
+
+        let sock = |name: &str| format!("unix:{}", dir.path().join(name).display());
+        let (agent_sock, api_sock, egress_sock) =
+            (sock("agent.sock"), sock("api.sock"), sock("egress.sock"));
+        let agent_args = [
+            "--listen".to_owned(),
+            agent_sock.clone(),
+            "--api-listen".into(),
+            api_sock.clone(),
+            "--nsm".into(),
+            "simulated".into(),
+            "--work-dir".into(),
+            dir.path().join("work").display().to_string(),
+            "--webhook-listen".into(),
+            "127.0.0.1:0".into(),
+            "--egress-proxy".into(),
+            egress_sock.clone(),
+            "--sui-ca-file".into(),
+            sui_ca.display().to_string(),
+            "--kubernetes-bin-dir".into(),
+            assets.bin_dir.display().to_string(),
+            "--etcd-command".into(),
+            assets.etcd.display().to_string(),
+            "--scheduler-port".into(),
+            free_port().to_string(),
+            "--controller-manager-port".into(),
+            free_port().to_string(),
+            "--etcd-client-port".into(),
+            free_port().to_string(),
+            "--etcd-peer-port".into(),
+            free_port().to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        let mut args = vec![
+            "nautilus-sidecar".to_owned(),
+            "--boot-config".into(),
+            boot_path.display().to_string(),
+            "--launcher".into(),
+            "process".into(),
+            "--agent-command".into(),
+            env!("CARGO_BIN_EXE_nautilus-agent").into(),
+            "--agent".into(),
+            agent_sock,
+            "--api-upstream".into(),
+            api_sock,
+            "--http-listen".into(),
+            "127.0.0.1:0".into(),
+            "--api-listen".into(),
+            "127.0.0.1:0".into(),
+            "--egress-listen".into(),
+            egress_sock,
+            "--egress-allow".into(),
+            format!("localhost:{}", node.port()),
+        ];
+        for arg in agent_args {
+            args.push("--agent-arg".into());
+            args.push(arg);
+        }
+        let started = Instant::now();
+        let sidecar =
+            nautilus_sidecar::start(nautilus_sidecar::Args::try_parse_from(args).expect("args"))
+                .await
+                .expect("sidecar starts");
+        let http_addr = sidecar.http_addr();
+        let api = sidecar.api_addr().expect("tcp api proxy");
+        loop {
+            let (status, body) = http(http_addr, "GET", "/readyz").await;
+            if status == 200 {
+                break;
+            }
+            assert!(started.elapsed() < WAIT, "/readyz stayed {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let boot_to_ready = started.elapsed();
+
+        // The attestation binds this configuration and the CA the API server serves with.
+        let bundle = bundle(http_addr).await;
+        let attestation = bundle.attestation.expect("attestation");
+        let root = attestation.simulated_root_pem.clone().expect("root");
+        let document = Verifier::new(TrustAnchor::from_pem(&root).expect("root"))
+            .verify(&attestation.document, VerifyAt::Now)
+            .expect("document verifies");
+        Policy {
+            challenge: Some(boot.nonce.clone()),
+            binding: Some(Binding::v1(
+                boot.config.digest(),
+                attestation.serving_ca_digest().expect("ca"),
+            )),
+            allow_debug: true,
+            ..Policy::default()
+        }
+        .check(&document, now_ms())
+        .expect("nonce and binding");
+        let verifier = ReportVerifier::new(
+            &document.public_key.clone().expect("key"),
+            boot.config.digest_hex(),
+            5_000,
+        )
+        .expect("key");
+        Self {
+            sidecar: Some(sidecar),
+            _reaper: reaper,
+            dir,
+            http: http_addr,
+            api,
+            ca_pem: attestation.serving_ca_pem,
+            verifier,
+            boot_to_ready,
+        }
+    }
+
+    fn needle(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// A request to the enclave's API server through the sidecar's byte proxy, TLS verified
+    /// with the attested CA.
+    async fn api(&self, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(self.api)
+            .await
+            .expect("api proxy");
+        https_request(
+            Box::new(tcp),
+            &self.ca_pem,
+            "kubernetes",
+            method,
+            path,
+            Some(token),
+            body,
+        )
+        .await
+    }
+
+    /// Reports from `/report` until one satisfies `pred`.
+    async fn report_where(&self, what: &str, pred: impl Fn(&Report) -> bool) -> Report {
+        let start = Instant::now();
+        loop {
+            let bundle = bundle(self.http).await;
+            if let Some(signed) = bundle.report.as_ref() {
+                let report = self
+                    .verifier
+                    .check(signed, now_ms())
+                    .expect("the relayed report verifies");
+                if pred(&report) {
+                    return report;
+                }
+            }
+            assert!(start.elapsed() < WAIT, "no report where {what} in {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop the sidecar (which stops the agent, which stops the components) and check that
+    /// nothing is left.
+    async fn shutdown(mut self) {
+        if let Some(sidecar) = self.sidecar.take() {
+            sidecar.shutdown().await.expect("sidecar stops the agent");
+        }
+        let start = Instant::now();
+        loop {
+            let left = processes_mentioning(&self.needle());
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "left behind after shutdown: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn bundle(addr: SocketAddr) -> EvidenceBundle {
+    let (status, body) = http(addr, "GET", "/report").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("EvidenceBundle JSON")
+}
+
+fn healthy(report: &Report, component: Component) -> bool {
+    report
+        .components
+        .iter()
+        .any(|c| c.component == component && c.healthy)
+}
+
+fn kill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+}
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn pod(name: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"automountServiceAccountToken":false,"containers":[{{"name":"c","image":"registry.k8s.io/pause:3.10"}}]}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
+    let Some(assets) =
+        kubernetes_assets_or_skip("seal_tokens_and_tiers_on_a_real_kubernetes_control_plane")
+    else {
+        return;
+    };
+    let admin = generate_key(SignatureScheme::Ed25519).expect("key");
+    let reader = generate_key(SignatureScheme::Ed25519).expect("key");
+    let unstaked = generate_key(SignatureScheme::Ed25519).expect("key");
+    let fx = Fixture::start(&assets, &[(&admin, 25_000), (&reader, 500)]).await;
+
+    // Start time and memory, once everything is healthy.
+    let report = fx.report_where("all healthy", Report::all_healthy).await;
+    let first_start = report.control_plane.started_unix_ms.expect("started");
+    println!(
+        "measured: sidecar start -> /readyz 200 (agent boot, attestation, etcd, kube-apiserver, rbac, scheduler, controller-manager healthy): {:?}; first component start -> first all-healthy report: <= {} ms",
+        fx.boot_to_ready,
+        report.time_unix_ms.saturating_sub(first_start)
+    );
+    let needle = fx.needle();
+    for program in [
+        "nautilus-agent",
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ] {
+        let pid = pid_of(program, &needle).unwrap_or_else(|| panic!("{program} runs"));
+        println!(
+            "measured: VmRSS {program} (pid {pid}): {} KiB",
+            rss_kib(pid).unwrap_or_default()
+        );
+    }
+
+    let now = nautilus_seal::unix_now();
+    let admin_token = admin.mint_for(AUDIENCE, now, 600).expect("token");
+    let reader_token = reader.mint_for(AUDIENCE, now, 600).expect("token");
+
+    // A staked seal token is admitted by the real kube-apiserver (SelfSubjectReview).
+    let review = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let (status, body) = fx
+        .api(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &admin_token,
+            review,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body.contains(&format!("\"username\":\"sui:{}\"", admin.address())),
+        "{body}"
+    );
+    assert!(body.contains("system:masters"), "{body}");
+
+    // Tiers on real RBAC: the reader tier can get pods and not create them.
+    // `view` is an aggregated ClusterRole: its rules appear once the controller manager's
+    // clusterrole-aggregation controller has run, shortly after it started.
+    let start = Instant::now();
+    loop {
+        let (status, body) = fx.api("GET", PODS, &reader_token, "").await;
+        if status == 200 {
+            println!(
+                "measured: reader tier could list pods {:?} after all components were healthy",
+                start.elapsed()
+            );
+            break;
+        }
+        assert!(
+            status == 403 && start.elapsed() < WAIT,
+            "reader lists pods: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = fx.api("POST", PODS, &reader_token, &pod("by-reader")).await;
+    assert_eq!(status, 403, "reader cannot create pods: {body}");
+    assert!(body.contains("cannot create resource"), "{body}");
+    // The admin tier can (once the controller manager made the default ServiceAccount, which
+    // the ServiceAccount admission plugin looks up).
+    let start = Instant::now();
+    loop {
+        let (status, body) = fx.api("POST", PODS, &admin_token, &pod("by-admin")).await;
+        if status == 201 {
+            break;
+        }
+        assert!(
+            status == 403 && body.contains("service account") && start.elapsed() < WAIT,
+            "admin creates a pod: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, body) = fx
+        .api("GET", &format!("{PODS}/by-admin"), &reader_token, "")
+        .await;
+    assert_eq!(status, 200, "reader gets the pod: {body}");
+
+    // Unstaked, another audience, expired: 401.
+    let unstaked_token = unstaked.mint_for(AUDIENCE, now, 600).expect("token");
+    let other_audience = admin
+        .mint_for("nautilus:someone/else", now, 600)
+        .expect("token");
+    let expired = admin.mint_for(AUDIENCE, now - 3_600, 600).expect("token");
+    for (what, token) in [
+        ("unstaked", &unstaked_token),
+        ("other audience", &other_audience),
+        ("expired", &expired),
+    ] {
+        let (status, body) = fx.api("GET", PODS, token, "").await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+
+    // Killing kube-apiserver turns APIServerReady false; it comes back.
+    let apiserver = report.control_plane.pid.expect("kube-apiserver pid") as i32;
+    assert_eq!(pid_of("kube-apiserver", &needle), Some(apiserver));
+    let killed = Instant::now();
+    kill(apiserver);
+    fx.report_where("the API server unhealthy", |r| {
+        !healthy(r, Component::ApiServer)
+    })
+    .await;
+    let detected = killed.elapsed();
+    let back = fx
+        .report_where("the API server back", |r| {
+            r.control_plane.pid.is_some_and(|p| p as i32 != apiserver) && r.all_healthy()
+        })
+        .await;
+    println!(
+        "measured: kube-apiserver killed -> unhealthy in {detected:?}, healthy again in {:?}",
+        killed.elapsed()
+    );
+    assert!(back.control_plane.restarts >= 1);
+    assert!(
+        back.control_plane
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.starts_with("kube-apiserver: ")),
+        "{:?}",
+        back.control_plane.last_exit
+    );
+    let (status, body) = fx.api("GET", PODS, &reader_token, "").await;
+    assert_eq!(status, 200, "tokens work after the restart: {body}");
+
+    // Killing kube-scheduler turns SchedulerReady false; it comes back.
+    let scheduler = pid_of("kube-scheduler", &needle).expect("scheduler runs");
+    let killed = Instant::now();
+    kill(scheduler);
+    fx.report_where("the scheduler unhealthy", |r| {
+        !healthy(r, Component::Scheduler)
+    })
+    .await;
+    fx.report_where("the scheduler back", |r| {
+        healthy(r, Component::Scheduler) && r.all_healthy()
+    })
+    .await;
+    assert_ne!(pid_of("kube-scheduler", &needle), Some(scheduler));
+    println!(
+        "measured: kube-scheduler killed -> healthy again in {:?}",
+        killed.elapsed()
+    );
+
+    fx.shutdown().await;
+}
+
+/// The files the agent prepares for K3s, taken by the real kube-apiserver with exactly the
+/// rendered config's `kube-apiserver-arg` list plus the flags K3s implies for them (K3s'
+/// own datastore, kine, is stood in for by etcd; the serving certificate K3s would issue
+/// from `server-ca` by the agent's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_k3s_files_and_flags_start_a_real_kube_apiserver() {
+    use nautilus_agent::{boot, flags, k3s, kubernetes};
+    let Some(assets) =
+        kubernetes_assets_or_skip("the_k3s_files_and_flags_start_a_real_kube_apiserver")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _reaper = Reaper(dir.path().display().to_string());
+    let data_dir = dir.path().join("k3s");
+    let mut config = enclave_config(&data_dir, free_port(), "https://127.0.0.1:1");
+    config.control_plane.distribution = "k3s".into();
+    let material = boot::BootMaterial::generate(&config).expect("material");
+    let ports = flags::ComponentPorts {
+        etcd_client: free_port(),
+        etcd_peer: free_port(),
+        ..flags::ComponentPorts::default()
+    };
+    // The webhook's kubeconfig only has to parse for the API server to start.
+    let webhook_kubeconfig = dir.path().join("webhook-kubeconfig.yaml");
+    std::fs::write(
+        &webhook_kubeconfig,
+        nautilus_agent::webhook::webhook_kubeconfig(
+            "https://127.0.0.1:1/authenticate",
+            &material.serving_ca.cert_pem,
+        )
+        .expect("kubeconfig"),
+    )
+    .expect("write");
+    let spec = flags::spec_flags(&config, &webhook_kubeconfig, &ports).expect("flags");
+    let rendered = k3s::render_config(&config, &spec).expect("k3s config");
+    // What the agent writes for K3s, and only that.
+    k3s::write_ca_files(&data_dir, &material).expect("ca files");
+    // What K3s makes itself before it starts the API server: a serving certificate from
+    // server-ca, the request-header and kubelet client certificates, the encryption config.
+    let layout = kubernetes::Layout::new(&data_dir);
+    kubernetes::write_files(&config, &layout, &material, "127.0.0.1:1").expect("k3s-made files");
+    k3s::write_ca_files(&data_dir, &material).expect("the agent's CA files again, on top");
+
+    let mut flags = k3s::implied_apiserver_flags(&rendered).expect("implied");
+    let port = free_port();
+    for (name, value) in flags.iter_mut() {
+        if name == "secure-port" {
+            *value = port.to_string();
+        }
+    }
+    flags.extend([
+        ("storage-backend".to_owned(), "etcd3".to_owned()),
+        (
+            "etcd-servers".to_owned(),
+            format!("https://127.0.0.1:{}", ports.etcd_client),
+        ),
+        (
+            "etcd-cafile".to_owned(),
+            layout.tls.join("etcd/server-ca.crt").display().to_string(),
+        ),
+        (
+            "etcd-certfile".to_owned(),
+            layout.tls.join("etcd/client.crt").display().to_string(),
+        ),
+        (
+            "etcd-keyfile".to_owned(),
+            layout.tls.join("etcd/client.key").display().to_string(),
+        ),
+        (
+            "cert-dir".to_owned(),
+            layout.tls.join("temporary-certs").display().to_string(),
+        ),
+        ("advertise-address".to_owned(), "127.0.0.1".to_owned()),
+    ]);
+    let mut etcd = ProcessGuard::spawn(
+        &assets.etcd,
+        &flags::as_argv(&kubernetes::etcd_flags(&layout, &ports)),
+        &dir.path().join("etcd.log"),
+    );
+    let mut apiserver = ProcessGuard::spawn(
+        &assets.bin_dir.join("kube-apiserver"),
+        &flags::as_argv(&flags),
+        &dir.path().join("kube-apiserver.log"),
+    );
+
+    // /readyz over TLS verified with the agent's serving CA, as the agent's admin.
+    let tls = Arc::new(
+        nautilus_agent::client::client_config(
+            &[&material.serving_ca.cert_pem],
+            Some((
+                &material.components.admin.cert_der,
+                &material.components.admin.key_der,
+            )),
+        )
+        .expect("tls"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let start = Instant::now();
+    loop {
+        etcd.assert_running("etcd");
+        apiserver.assert_running("kube-apiserver");
+        let answer = nautilus_agent::client::send(
+            Arc::clone(&tls),
+            nautilus_agent::client::Request {
+                addr: &addr,
+                server_name: "127.0.0.1",
+                method: http::Method::GET,
+                path: "/readyz",
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+            Duration::from_secs(2),
+        )
+        .await;
+        if matches!(&answer, Ok((status, _)) if status.is_success()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "kube-apiserver never ready: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "kube-apiserver ready on the k3s files and flags in {:?}",
+        start.elapsed()
+    );
+}
+
+/// A child process (its output in a log file) killed with its group on drop.
+struct ProcessGuard(std::process::Child, std::path::PathBuf);
+
+impl ProcessGuard {
+    fn spawn(program: &Path, args: &[String], log: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let file = std::fs::File::create(log).expect("log file");
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+        Self(child, log.to_path_buf())
+    }
+
+    fn assert_running(&mut self, name: &str) {
+        if let Ok(Some(status)) = self.0.try_wait() {
+            let stderr = std::fs::read_to_string(&self.1).unwrap_or_default();
+            let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+            panic!(
+                "{name} exited ({status}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}

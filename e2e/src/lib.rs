@@ -143,6 +143,12 @@ pub struct Harness {
     pub namespace: String,
     /// A Sui key with [`Harness::STAKE_MIST`] staked on the fixture node.
     pub staker: KeystoreKey,
+    /// A Sui key with [`Harness::READER_STAKE_MIST`] staked: the default reader tier.
+    pub reader: KeystoreKey,
+    /// The control-plane distribution of [`Harness::development_spec`]: `kubernetes` when
+    /// `$KUBEBUILDER_ASSETS` holds etcd, kube-apiserver, kube-scheduler and
+    /// kube-controller-manager (real components), else `k3s` run by the stand-in.
+    pub distribution: &'static str,
     /// Scratch space: the operator's work directory, the Sui CA file.
     pub dir: tempfile::TempDir,
     /// The fixture node's address (`https://127.0.0.1:port`).
@@ -163,6 +169,8 @@ impl std::fmt::Debug for Harness {
 impl Harness {
     /// Stake of [`Harness::staker`]: the default admin tier needs 10 000.
     pub const STAKE_MIST: u64 = 20_000;
+    /// Stake of [`Harness::reader`]: the default reader tier needs 100, the worker tier 1 000.
+    pub const READER_STAKE_MIST: u64 = 500;
 
     /// Namespace, CRD, Sui node and operator for `test`. `tamper_reports` makes every sidecar
     /// corrupt the reports it relays.
@@ -208,12 +216,29 @@ impl Harness {
         let ca = TestCa::generate();
         let ca_file = dir.path().join("sui-ca.pem");
         std::fs::write(&ca_file, &ca.ca_pem).expect("write the Sui CA");
-        let chain = Arc::new(Chain::default().with_stake(staker.address(), Self::STAKE_MIST));
+        let reader = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
+            .expect("key");
+        let chain = Arc::new(
+            Chain::default()
+                .with_stake(staker.address(), Self::STAKE_MIST)
+                .with_stake(reader.address(), Self::READER_STAKE_MIST),
+        );
         let sui = nautilus_sui_fixture::serve_tls(chain, &ca).await;
 
+        // Real components for the enclave's control plane wherever they exist.
+        let kubernetes = envtest::Assets::find()
+            .ok()
+            .filter(|a| a.kube_scheduler.is_some() && a.kube_controller_manager.is_some());
+        let distribution = if kubernetes.is_some() {
+            "kubernetes"
+        } else {
+            "k3s"
+        };
         let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
             sui_ca_file: Some(ca_file),
             tamper_reports,
+            kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
+            etcd_command: kubernetes.map(|a| a.etcd),
             ..LocalSettings::development(bin, dir.path().join("operator"))
         }));
         controller::check_crd(&client)
@@ -238,6 +263,8 @@ impl Harness {
             ctx,
             namespace,
             staker,
+            reader,
+            distribution,
             dir,
             sui_url: format!("https://127.0.0.1:{}", sui.port()),
             stop: Some(stop),
@@ -260,7 +287,9 @@ impl Harness {
                 "pcr0": pcr(0x10), "pcr1": pcr(0x11), "pcr2": pcr(0x12),
             },
             "auth": { "suiRpcURL": self.sui_url },
-            "health": { "probeIntervalSeconds": 1, "startupTimeoutSeconds": 60 },
+            // Text logs: the JSON log format is a build option of the Kubernetes binaries.
+            "controlPlane": { "distribution": self.distribution, "logFormat": "text" },
+            "health": { "probeIntervalSeconds": 1, "startupTimeoutSeconds": 90 },
             "attestation": { "allowSimulated": true },
         }))
         .expect("development spec")
@@ -328,6 +357,15 @@ impl Harness {
             .await
             .expect("config from kubeconfig");
         Client::try_from(config).expect("client for the enclave's control plane")
+    }
+
+    /// The executable of the control plane's API server: `kube-apiserver`, or the stand-in.
+    pub fn api_server_exe(&self) -> &'static str {
+        if self.distribution == "kubernetes" {
+            "kube-apiserver"
+        } else {
+            "nautilus-standin"
+        }
     }
 
     /// PIDs of this test's processes whose executable name is `exe` (`nautilus-standin`,

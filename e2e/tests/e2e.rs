@@ -89,6 +89,10 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
         "{user}"
     );
 
+    if h.distribution == "kubernetes" {
+        tiers_map_onto_real_rbac(&h, &nm, &enclave).await;
+    }
+
     // A key without stake is refused.
     let broke = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
         .expect("key")
@@ -111,6 +115,67 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
     h.finish().await;
 }
 
+/// Retry `op` for up to 30 s while it fails (RBAC's aggregated roles and the default
+/// ServiceAccount appear a few seconds after the controller manager starts).
+async fn eventually<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(err) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %err, "{what}: not yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("{what}: {err}"),
+        }
+    }
+}
+
+/// The reader tier (`nautilus:readers`, bound to `view`) can list pods and cannot create one;
+/// the admin tier (`system:masters`) can.
+async fn tiers_map_onto_real_rbac(
+    h: &Harness,
+    nm: &nautilus_crds::NautilusMaster,
+    admin: &kube::Client,
+) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, PostParams};
+    let reader_token = h
+        .reader
+        .mint_for(&nm.token_audience(), unix_now(), 600)
+        .expect("mint");
+    let reader = h.client_with_token("demo", &reader_token).await;
+    let as_reader: Api<Pod> = Api::namespaced(reader, "default");
+    let as_admin: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let list = kube::api::ListParams::default();
+    eventually("the reader tier lists pods", || as_reader.list(&list)).await;
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "registry.example.com/pause:1"}]},
+        }))
+        .expect("pod")
+    };
+    match as_reader
+        .create(&PostParams::default(), &pod("by-reader"))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("the reader tier must not create pods: {other:?}"),
+    }
+    let (params, by_admin) = (PostParams::default(), pod("by-admin"));
+    eventually("the admin tier creates a pod", || {
+        as_admin.create(&params, &by_admin)
+    })
+    .await;
+    let seen = as_reader.get("by-admin").await.expect("the reader gets it");
+    assert_eq!(seen.metadata.name.as_deref(), Some("by-admin"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_control_plane_is_reported_and_recovers() {
     let Some(cluster) = cluster("a_killed_control_plane_is_reported_and_recovers").await else {
@@ -120,8 +185,8 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
-    let pids = h.processes("nautilus-standin");
-    assert_eq!(pids.len(), 1, "one control plane runs: {pids:?}");
+    let pids = h.processes(h.api_server_exe());
+    assert_eq!(pids.len(), 1, "one API server runs: {pids:?}");
     let killed = std::process::Command::new("kill")
         .args(["-9", &pids[0].to_string()])
         .status()
@@ -137,7 +202,7 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
     .await;
     h.wait_for("demo", "recovered to Ready=True", WAIT, ready)
         .await;
-    assert_eq!(h.processes("nautilus-standin").len(), 1);
+    assert_eq!(h.processes(h.api_server_exe()).len(), 1);
     h.finish().await;
 }
 
@@ -246,7 +311,15 @@ async fn delete_stops_the_enclave_and_leaves_nothing_behind() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for exe in ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"] {
+    for exe in [
+        "nautilus-sidecar",
+        "nautilus-agent",
+        "nautilus-standin",
+        "etcd",
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ] {
         assert_eq!(h.processes(exe), Vec::<u32>::new(), "{exe} left behind");
     }
     // Owned children go with their owner (garbage collection by owner reference).

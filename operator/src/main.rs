@@ -71,6 +71,14 @@ struct Args {
     /// development node with its own certificate).
     #[arg(long, env = "NAUTILUS_LOCAL_SUI_CA_FILE")]
     local_sui_ca_file: Option<PathBuf>,
+    /// Directory with kube-apiserver, kube-scheduler and kube-controller-manager for resources
+    /// of the `kubernetes` distribution (`local` runtime; e.g. `$KUBEBUILDER_ASSETS`).
+    #[arg(long, env = "NAUTILUS_LOCAL_KUBERNETES_BIN_DIR")]
+    local_kubernetes_bin_dir: Option<PathBuf>,
+    /// etcd for resources of the `kubernetes` distribution (`local` runtime; default: `etcd` in
+    /// the Kubernetes directory).
+    #[arg(long, env = "NAUTILUS_LOCAL_ETCD_COMMAND")]
+    local_etcd_command: Option<PathBuf>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -99,6 +107,8 @@ impl Args {
             control_plane_command,
             local_work_dir,
             local_sui_ca_file,
+            local_kubernetes_bin_dir,
+            local_etcd_command,
             listen,
             log_format,
             leader_election,
@@ -148,6 +158,8 @@ impl Args {
                         .unwrap_or_else(|| std::env::temp_dir().join("nautilus-operator")),
                     sui_ca_file: local_sui_ca_file,
                     tamper_reports: false,
+                    kubernetes_bin_dir: local_kubernetes_bin_dir,
+                    etcd_command: local_etcd_command,
                 }))
             }
         };

@@ -332,6 +332,12 @@ pub struct LocalSettings {
     /// Tests only: sidecars flip a byte of every report they relay, to prove the operator
     /// refuses them.
     pub tamper_reports: bool,
+    /// Where the agent finds kube-apiserver, kube-scheduler and kube-controller-manager for
+    /// resources of the `kubernetes` distribution (`None`: the agent's default).
+    pub kubernetes_bin_dir: Option<PathBuf>,
+    /// The etcd the agent starts for the `kubernetes` distribution (`None`: `etcd` in
+    /// `kubernetes_bin_dir`).
+    pub etcd_command: Option<PathBuf>,
 }
 
 /// The binaries a development setup of the local runtime starts.
@@ -349,6 +355,8 @@ impl LocalSettings {
             work_dir,
             sui_ca_file: None,
             tamper_reports: false,
+            kubernetes_bin_dir: None,
+            etcd_command: None,
         }
     }
 }
@@ -468,7 +476,7 @@ impl LocalRuntime {
         nm: &NautilusMaster,
         dir: &std::path::Path,
         boot_path: &std::path::Path,
-        ports: [u16; 8],
+        ports: [u16; 10],
     ) -> Result<tokio::process::Command> {
         let [
             agent,
@@ -479,6 +487,8 @@ impl LocalRuntime {
             webhook,
             scheduler,
             controller,
+            etcd_client,
+            etcd_peer,
         ] = ports;
         let s = &self.settings;
         let enclave = &nm.spec.enclave;
@@ -501,6 +511,12 @@ impl LocalRuntime {
         ]);
         if let Some(ca) = &s.sui_ca_file {
             agent_args.push(format!("--sui-ca-file={}", ca.display()));
+        }
+        if let Some(dir) = &s.kubernetes_bin_dir {
+            agent_args.push(format!("--kubernetes-bin-dir={}", dir.display()));
+        }
+        if let Some(etcd) = &s.etcd_command {
+            agent_args.push(format!("--etcd-command={}", etcd.display()));
         }
         let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
         cmd.arg(format!("--boot-config={}", boot_path.display()))
@@ -525,6 +541,8 @@ impl LocalRuntime {
                 "NAUTILUS_CP_CONTROLLER_MANAGER_PORT",
                 controller.to_string(),
             )
+            .env("NAUTILUS_CP_ETCD_CLIENT_PORT", etcd_client.to_string())
+            .env("NAUTILUS_CP_ETCD_PEER_PORT", etcd_peer.to_string())
             .kill_on_drop(true);
         Ok(cmd)
     }
@@ -558,7 +576,7 @@ impl LocalRuntime {
         })?;
         std::fs::write(&boot_path, json)
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
-        let mut ports = [0u16; 8];
+        let mut ports = [0u16; 10];
         for port in &mut ports {
             *port = free_port().map_err(local_err("finding a free port".into()))?;
         }
@@ -686,6 +704,8 @@ mod tests {
             work_dir: std::env::temp_dir().join(format!("nautilus-op-test-{}", std::process::id())),
             sui_ca_file: Some("/etc/sui-ca.pem".into()),
             tamper_reports: true,
+            kubernetes_bin_dir: Some("/opt/kubernetes/bin".into()),
+            etcd_command: None,
         })
     }
 
@@ -806,7 +826,7 @@ mod tests {
                 &nm,
                 dir,
                 &dir.join("boot-config.json"),
-                [1, 2, 3, 4, 5, 6, 7, 8],
+                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
             )
             .expect("cmd");
         let args: Vec<String> = cmd
@@ -828,6 +848,7 @@ mod tests {
             "--agent-arg=--sui-ca-file=/etc/sui-ca.pem",
             "--tamper-reports",
             "--agent-arg=--control-plane-command=nautilus-standin",
+            "--agent-arg=--kubernetes-bin-dir=/opt/kubernetes/bin",
         ] {
             assert!(args.iter().any(|a| a == expected), "{expected} in {args:?}");
         }
@@ -836,7 +857,17 @@ mod tests {
                 .any(|a| a == &format!("--agent-arg=--simulated-pcr=8={}", "88".repeat(48)))
         );
         let envs: Vec<_> = cmd.as_std().get_envs().collect();
-        assert!(envs.iter().any(|(k, v)| *k == "NAUTILUS_CP_SCHEDULER_PORT"
-            && v.map(|v| v.to_string_lossy() == "7").unwrap_or(false)));
+        for (name, port) in [
+            ("NAUTILUS_CP_SCHEDULER_PORT", "7"),
+            ("NAUTILUS_CP_CONTROLLER_MANAGER_PORT", "8"),
+            ("NAUTILUS_CP_ETCD_CLIENT_PORT", "9"),
+            ("NAUTILUS_CP_ETCD_PEER_PORT", "10"),
+        ] {
+            assert!(
+                envs.iter()
+                    .any(|(k, v)| *k == name && v.is_some_and(|v| v.to_string_lossy() == port)),
+                "{name}={port} in {envs:?}"
+            );
+        }
     }
 }

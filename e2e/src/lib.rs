@@ -234,13 +234,13 @@ impl Harness {
         } else {
             "k3s"
         };
-        let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
+        let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings {
             sui_ca_file: Some(ca_file),
             tamper_reports,
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
             ..LocalSettings::development(bin, dir.path().join("operator"))
-        }));
+        })));
         controller::check_crd(&client)
             .await
             .expect("the operator sees the CRD");

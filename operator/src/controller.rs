@@ -1451,10 +1451,10 @@ mod tests {
         });
         let ctx = Arc::new(Context::new(
             client,
-            EnclaveRuntime::Local(LocalRuntime::new(LocalSettings::development(
+            EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings::development(
                 &bin,
                 work.clone(),
-            ))),
+            )))),
             Arc::new(Metrics::new()),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

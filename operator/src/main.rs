@@ -150,7 +150,7 @@ impl Args {
                     "local runtime: enclaves are local processes with a simulated NSM; \
                      development only"
                 );
-                EnclaveRuntime::Local(LocalRuntime::new(LocalSettings {
+                EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings {
                     sidecar_binary,
                     agent_binary,
                     control_plane_command,
@@ -160,7 +160,7 @@ impl Args {
                     tamper_reports: false,
                     kubernetes_bin_dir: local_kubernetes_bin_dir,
                     etcd_command: local_etcd_command,
-                }))
+                })))
             }
         };
         let ctx = Arc::new(Context::new(client.clone(), runtime, metrics));

@@ -79,7 +79,7 @@ pub enum EnclaveRuntime {
     /// A StatefulSet per resource (production).
     Pod(PodRuntime),
     /// A local sidecar process per resource (development).
-    Local(LocalRuntime),
+    Local(Box<LocalRuntime>),
 }
 
 impl EnclaveRuntime {
@@ -387,7 +387,7 @@ pub struct LocalRuntime {
     /// The HTTPS port each resource's control plane got, kept for the resource's lifetime (and
     /// across operator restarts, in the work directory) because it is part of the measured
     /// configuration: a new port would roll the enclave.
-    https_ports: Box<std::sync::Mutex<HashMap<String, u16>>>,
+    https_ports: std::sync::Mutex<HashMap<String, u16>>,
 }
 
 /// Name of the file in a resource's work directory that keeps its control plane's HTTPS port.
@@ -416,7 +416,7 @@ impl LocalRuntime {
         Self {
             settings,
             processes: Mutex::new(HashMap::new()),
-            https_ports: Box::default(),
+            https_ports: std::sync::Mutex::default(),
         }
     }
 
@@ -750,7 +750,7 @@ mod tests {
         );
 
         // Operator shutdown stops whatever still runs.
-        let rt = EnclaveRuntime::Local(rt);
+        let rt = EnclaveRuntime::Local(Box::new(rt));
         let client = {
             let (service, _handle) = tower_test::mock::pair::<
                 http::Request<kube::client::Body>,

@@ -47,13 +47,23 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
         return;
     };
     let work = std::env::temp_dir().join(format!("nautilus-local-test-{}", std::process::id()));
-    let runtime = EnclaveRuntime::Local(LocalRuntime::new(LocalSettings::development(
+    let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings::development(
         &bin,
         work.clone(),
-    )));
+    ))));
     let client = kube_client_unused();
     let nm = mk_nm();
-    let config = desired::enclave_config(&nm).expect("config");
+    // Placed as the controller places it: its own port and data directory under `work`.
+    let config = runtime
+        .place(&nm, desired::enclave_config(&nm).expect("config"))
+        .expect("placed");
+    assert_eq!(config.control_plane.bind_address, "127.0.0.1");
+    assert!(
+        config
+            .control_plane
+            .data_dir
+            .starts_with(&*work.to_string_lossy())
+    );
     let digest = config.digest();
     let now = now_unix_millis().expect("clock");
     let boot = BootConfig {

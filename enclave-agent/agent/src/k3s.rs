@@ -29,9 +29,12 @@ pub enum K3sError {
     /// A value of the configuration does not make a valid flag.
     #[error(transparent)]
     Flags(#[from] FlagsError),
-    /// Serializing the YAML failed.
-    #[error("rendering the k3s config")]
+    /// Reading YAML back failed.
+    #[error("reading the k3s config")]
     Yaml(#[from] serde_yaml::Error),
+    /// Rendering YAML failed.
+    #[error("rendering k3s YAML")]
+    Render(#[from] nautilus_protocol::yaml::YamlError),
     /// Writing a file failed.
     #[error("writing {path}")]
     Io {
@@ -86,7 +89,8 @@ pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String,
         "kube-controller-manager-arg",
         seq(flags::as_k3s_args(&spec.controller_manager)),
     );
-    Ok(serde_yaml::to_string(&Value::Mapping(map))?)
+    // Go's YAML 1.1 readers see the same strings (a group or value such as `on` stays a string).
+    Ok(nautilus_protocol::yaml::to_string(&Value::Mapping(map))?)
 }
 
 /// The port K3s' embedded kube-apiserver listens on behind its supervisor: `https-listen-port`
@@ -294,7 +298,7 @@ pub fn group_bindings() -> Vec<serde_json::Value> {
 pub fn rbac_manifest() -> Result<String, K3sError> {
     let mut docs = Vec::new();
     for binding in group_bindings() {
-        docs.push(serde_yaml::to_string(&binding)?);
+        docs.push(nautilus_protocol::yaml::to_string(&binding)?);
     }
     Ok(docs.join("---\n"))
 }
@@ -387,34 +391,24 @@ pub(crate) mod tests {
     }
 
     const GOLDEN: &str = "\
-bind-address: 127.0.0.1
-https-listen-port: 6443
-cluster-cidr: 10.42.0.0/16
-service-cidr: 10.43.0.0/16
-cluster-dns: 10.43.0.10
+bind-address: '127.0.0.1'
+cluster-cidr: '10.42.0.0/16'
+cluster-dns: '10.43.0.10'
 data-dir: /var/lib/rancher/k3s
-secrets-encryption: true
 debug: false
-disable-agent: true
-disable-cloud-controller: true
-disable-network-policy: true
 disable:
 - traefik
 - servicelb
 - local-storage
 - metrics-server
+disable-agent: true
+disable-cloud-controller: true
+disable-network-policy: true
+https-listen-port: 6443
 kube-apiserver-arg:
 - authentication-token-webhook-config-file=/var/lib/nautilus/webhook-kubeconfig.yaml
 - authentication-token-webhook-cache-ttl=30s
 - authentication-token-webhook-version=v1
-- tls-min-version=VersionTLS13
-- tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
-- v=2
-- logging-format=json
-kube-scheduler-arg:
-- secure-port=10259
-- bind-address=127.0.0.1
-- leader-elect=false
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
@@ -427,6 +421,16 @@ kube-controller-manager-arg:
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
 - logging-format=json
+kube-scheduler-arg:
+- secure-port=10259
+- bind-address=127.0.0.1
+- leader-elect=false
+- tls-min-version=VersionTLS13
+- tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+- v=2
+- logging-format=json
+secrets-encryption: true
+service-cidr: '10.43.0.0/16'
 ";
 
     fn kubeconfig() -> PathBuf {

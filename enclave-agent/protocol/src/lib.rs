@@ -29,6 +29,8 @@ pub mod testdata;
 pub mod transport;
 pub mod wire;
 
-pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
+pub use attestation::{
+    AttestationDocument, ChainCache, TrustAnchor, Verifier, VerifyAt, VerifyError,
+};
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 pub use policy::{Binding, Policy, PolicyError};

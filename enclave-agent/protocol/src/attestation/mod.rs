@@ -17,7 +17,7 @@
 //!
 //! Every failure is a [`VerifyError`]; nothing here panics on untrusted input.
 //!
-//! ECDSA runs on `ring`. Certificate signatures that verified are remembered in the verifier's
+//! ECDSA runs on `aws-lc-rs`. Certificate signatures that verified are remembered in the verifier's
 //! [`ChainCache`], keyed on the exact issuer key and certificate bytes, because the chain
 //! repeats across documents and refreshes; clones of a [`Verifier`] share the cache. Validity
 //! times and every other chain check are made on each call, and the COSE signature is always

@@ -5,7 +5,9 @@
 //!
 //! 1. The attestation document is verified with [`Verifier`] against the pinned AWS Nitro root
 //!    (or, only where `spec.attestation.allowSimulated` is true, against the simulated root the
-//!    evidence carries, and then the result is marked simulated).
+//!    evidence carries, and then the result is marked simulated). One verifier serves every
+//!    resource, so with its cache of verified certificate signatures a document whose chain was
+//!    seen before costs one COSE signature check, whatever the number of resources.
 //! 2. [`Policy`] checks it is *our* enclave: PCR0/1/2 (and PCR8 when set) equal to the spec,
 //!    debug mode only if allowed, the nonce equal to the latest one the operator issued (or the
 //!    one before it while a refresh is in flight), `user_data` equal to
@@ -14,9 +16,11 @@
 //!    across reconciles ([`ReportState`]) so a replayed older report is caught.
 //! 4. [`observe`] turns the outcome and the enclave's state into condition observations.
 //!
-//! Everything is a pure function of its inputs, time included.
+//! Everything is a pure function of its inputs, time included (the shared verifier's cache
+//! changes how fast an answer comes, never the answer).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -26,10 +30,22 @@ use nautilus_protocol::attestation::VerifyError;
 use nautilus_protocol::wire::{
     Component, EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport,
 };
-use nautilus_protocol::{Binding, Policy, PolicyError, TrustAnchor, Verifier, VerifyAt};
+use nautilus_protocol::{
+    Binding, ChainCache, Policy, PolicyError, TrustAnchor, Verifier, VerifyAt,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::conditions::{Observation, Status};
+
+/// The verifier for the pinned AWS root, shared by every resource the process reconciles. AWS
+/// chains repeat across documents and refreshes (the leaf belongs to an enclave for hours), so
+/// after the first document of an enclave each refresh checks only the COSE signature; the
+/// cache is bounded, and it remembers signatures, never trust (see [`ChainCache`]).
+static AWS_VERIFIER: LazyLock<Verifier> = LazyLock::new(Verifier::default);
+
+/// Signatures under simulated roots (development only, root supplied by the host) are kept in
+/// their own cache, so that host-made chains cannot evict AWS entries.
+static SIMULATED_CACHE: LazyLock<Arc<ChainCache>> = LazyLock::new(Arc::default);
 
 /// The challenges the operator issued to one enclave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,7 +273,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
     // 1. Genuine document?
     let allow_simulated = nm.spec.attestation.allow_simulated;
     let at = VerifyAt::UnixMillis(now_ms);
-    let (document, simulated) = match Verifier::default().verify(&evidence.document, at) {
+    let (document, simulated) = match AWS_VERIFIER.verify(&evidence.document, at) {
         Ok(doc) => (doc, false),
         Err(VerifyError::UntrustedRoot { .. }) if evidence.simulated_root_pem.is_some() => {
             if !allow_simulated {
@@ -277,7 +293,8 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                     );
                 }
             };
-            match Verifier::new(anchor).verify(&evidence.document, at) {
+            let verifier = Verifier::with_cache(anchor, Arc::clone(&SIMULATED_CACHE));
+            match verifier.verify(&evidence.document, at) {
                 Ok(doc) => (doc, true),
                 Err(err) => {
                     return failed(

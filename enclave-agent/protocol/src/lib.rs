@@ -31,6 +31,8 @@ pub mod transport;
 pub mod wire;
 pub mod yaml;
 
-pub use attestation::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
+pub use attestation::{
+    AttestationDocument, ChainCache, TrustAnchor, Verifier, VerifyAt, VerifyError,
+};
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 pub use policy::{Binding, Policy, PolicyError};

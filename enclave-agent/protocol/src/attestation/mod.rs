@@ -16,16 +16,24 @@
 //!    documents whose payload map uses indefinite length).
 //!
 //! Every failure is a [`VerifyError`]; nothing here panics on untrusted input.
+//!
+//! ECDSA runs on `aws-lc-rs`. Certificate signatures that verified are remembered in the verifier's
+//! [`ChainCache`], keyed on the exact issuer key and certificate bytes, because the chain
+//! repeats across documents and refreshes; clones of a [`Verifier`] share the cache. Validity
+//! times and every other chain check are made on each call, and the COSE signature is always
+//! verified, so a cached chain saves signature checks and nothing else.
 
+mod cache;
 mod chain;
 mod document;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use coset::{CborSerializable, CoseSign1, TaggedCborSerializable, iana};
-use p384::ecdsa::signature::Verifier as _;
 use sha2::{Digest, Sha256};
 
+pub use cache::{ChainCache, DEFAULT_CHAIN_CACHE_CAPACITY};
 pub use document::AttestationDocument;
 
 /// The AWS Nitro Enclaves root certificate (G1), the default trust anchor.
@@ -314,20 +322,36 @@ impl Default for TrustAnchor {
 }
 
 /// Verifies attestation documents against one trust anchor.
+///
+/// Cloning is cheap and the clones share one [`ChainCache`]: keep one verifier per anchor for
+/// the whole process so that each distinct certificate signature is checked once.
 #[derive(Debug, Clone, Default)]
 pub struct Verifier {
     anchor: TrustAnchor,
+    cache: Arc<ChainCache>,
 }
 
 impl Verifier {
-    /// A verifier that accepts chains starting at `anchor`.
+    /// A verifier that accepts chains starting at `anchor`, with its own empty cache.
     pub fn new(anchor: TrustAnchor) -> Self {
-        Self { anchor }
+        Self::with_cache(anchor, Arc::default())
+    }
+
+    /// A verifier that accepts chains starting at `anchor` and remembers verified certificate
+    /// signatures in `cache`. A cache may be shared between anchors: its entries say only
+    /// that a certificate's signature verifies under a key, never that a chain is trusted.
+    pub fn with_cache(anchor: TrustAnchor, cache: Arc<ChainCache>) -> Self {
+        Self { anchor, cache }
     }
 
     /// The trust anchor in use.
     pub fn anchor(&self) -> &TrustAnchor {
         &self.anchor
+    }
+
+    /// The cache of verified certificate signatures.
+    pub fn cache(&self) -> &Arc<ChainCache> {
+        &self.cache
     }
 
     /// Verify `bytes` (a COSE_Sign1 document) with certificate validity checked at `at`.
@@ -343,6 +367,7 @@ impl Verifier {
             &document.cabundle,
             &document.certificate,
             at_ms / 1000,
+            &self.cache,
         )?;
 
         if sign1.signature.len() != ES384_SIGNATURE_BYTES {
@@ -350,14 +375,12 @@ impl Verifier {
                 len: sign1.signature.len(),
             });
         }
-        // Fails for r or s zero or not below the group order: not a valid signature.
-        let signature = p384::ecdsa::Signature::from_slice(&sign1.signature)
-            .map_err(|_| VerifyError::Signature)?;
         let protected = sign1.protected.original_data.as_deref().unwrap_or_default();
         let to_be_signed = sig_structure(protected, payload)?;
-        leaf_key
-            .verify(&to_be_signed, &signature)
-            .map_err(|_| VerifyError::Signature)?;
+        // Refuses r or s zero or not below the group order, and a leaf key off the curve.
+        if !leaf_key.verify_fixed(&to_be_signed, &sign1.signature) {
+            return Err(VerifyError::Signature);
+        }
         Ok(document)
     }
 }

@@ -23,7 +23,6 @@ use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
-use crate::controller::now_ms;
 use crate::desired::{self, FIELD_MANAGER, Names, PodSettings, SIDECAR_CONTAINER};
 use crate::verify::EnclaveState;
 
@@ -609,7 +608,8 @@ impl LocalRuntime {
                 digest_hex: digest_hex.to_owned(),
                 http: SocketAddr::from(([127, 0, 0, 1], ports[2])),
                 api_port: ports[3],
-                started_ms: now_ms(),
+                // The protocol crate's wall clock (no dependency back on the controller).
+                started_ms: nautilus_protocol::attestation::now_unix_millis().unwrap_or(0),
                 exit_reported: false,
             },
         );

@@ -469,7 +469,6 @@ impl LocalRuntime {
 
     /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
     /// the spec's PCRs, TCP instead of vsock; Sui RPC through the sidecar's egress proxy).
-    #[allow(clippy::too_many_arguments)]
     fn command(
         &self,
         nm: &NautilusMaster,

@@ -64,7 +64,7 @@ async fn bad_frames_drop_the_link_with_a_reason_and_it_reconnects() {
     conn.send_raw(&[0, 2, 3, 0, 0, 0, 0, 0]).await;
     conn.expect_closed().await;
     let mut conn = agent.accept().await;
-    conn.send_raw(&frame(4, 12, br#"{"nonce":""}"#)).await;
+    conn.send_raw(&frame(4, 16, br#"{"nonce":"AA=="}"#)).await;
     conn.expect_closed().await;
 
     // The link still works, and so does the sidecar.

@@ -278,7 +278,7 @@ impl BoundedListener {
                 continue;
             };
             self.tag.observer.observe(name, Event::Opened);
-            return Conn::new(stream, peer, &self.limits, self.tag.clone(), Some(permit));
+            return Conn::new(stream, peer, &self.limits, self.tag.clone(), permit);
         }
     }
 }
@@ -295,7 +295,8 @@ pub struct Conn {
     timer: Pin<Box<Sleep>>,
     expired: bool,
     tag: Tag,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// The slot under the cap, given back when the connection is dropped.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for Conn {
@@ -314,7 +315,7 @@ impl Conn {
         peer: String,
         limits: &Limits,
         tag: Tag,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: OwnedSemaphorePermit,
     ) -> Self {
         let last = Instant::now();
         let idle = limits.idle_timeout;
@@ -385,9 +386,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if self._permit.is_some() {
-            self.tag.observer.observe(self.tag.name, Event::Closed);
-        }
+        self.tag.observer.observe(self.tag.name, Event::Closed);
     }
 }
 

@@ -140,7 +140,9 @@ async fn get(addr: SocketAddr) -> Option<Duration> {
         .ok()?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.ok()?;
-    answer.starts_with(b"HTTP/1.1 200").then(|| started.elapsed())
+    answer
+        .starts_with(b"HTTP/1.1 200")
+        .then(|| started.elapsed())
 }
 
 async fn drip(addr: SocketAddr) -> (bool, Duration) {
@@ -248,7 +250,11 @@ async fn main() {
     })
     .await;
     let cut = results.iter().filter(|(answered, _)| *answered).count();
-    let longest = results.iter().map(|(_, took)| *took).max().unwrap_or_default();
+    let longest = results
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
     println!(
         "drip: {CLIENTS} clients dripping 1 B / 20 ms into POST /attest: {cut} answered 408, longest held {:.2} s",
         longest.as_secs_f64()

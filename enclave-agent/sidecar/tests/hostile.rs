@@ -342,21 +342,16 @@ async fn the_proxies_cut_silent_and_idle_clients_and_serve_the_others() {
     assert!(tunnelled.elapsed() >= Duration::from_millis(1900));
 
     let (_, metrics) = get(running.http_addr(), "/metrics").await;
-    for (series, count) in [
-        ("listener=\"api\",phase=\"handshake\"", 1),
-        ("listener=\"api\",phase=\"idle\"", 1),
-        ("listener=\"egress\",phase=\"header\"", 2),
-        ("listener=\"egress\",phase=\"idle\"", 1),
-    ] {
-        assert_eq!(
-            metric(
-                &metrics,
-                &format!("nautilus_sidecar_listener_timeouts_total{{{series}}}")
-            ),
-            count,
-            "{series}: {metrics}"
-        );
-    }
+    assert_series(
+        &metrics,
+        "nautilus_sidecar_listener_timeouts_total",
+        &[
+            ("listener=\"api\",phase=\"handshake\"", 1),
+            ("listener=\"api\",phase=\"idle\"", 1),
+            ("listener=\"egress\",phase=\"header\"", 2),
+            ("listener=\"egress\",phase=\"idle\"", 1),
+        ],
+    );
     running.shutdown().await.expect("shutdown");
 }
 

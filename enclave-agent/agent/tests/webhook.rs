@@ -259,6 +259,9 @@ async fn tls_connect(
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // As Go's client (kube-apiserver's) does: the head and the body are two TLS records, and
+    // with Nagle the second waits for the server's delayed ACK (40 ms).
+    tcp.set_nodelay(true).expect("nodelay");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     connector.connect(name, tcp).await.expect("TLS handshake")
 }

@@ -20,8 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nautilus_protocol::bounded::{BoundedListener, Conn, Limits, Phase, Unobserved};
 use nautilus_protocol::nsm::Nsm;
-use nautilus_protocol::transport::{self, BoxedStream, Endpoint, Listener, TransportError};
+use nautilus_protocol::transport::{self, Endpoint, Listener, TransportError};
 use nautilus_protocol::wire::{
     self, AttestationEvidence, BootConfig, ComponentReport, EnclaveConfig, Message, ProcessState,
     Report, SignedReport, WireError,
@@ -42,6 +43,29 @@ use crate::webhook::{WebhookError, WebhookService, webhook_kubeconfig};
 
 /// How long a new connection may take to send its BootConfig.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds of the control listener. Only the sidecar connects (one connection, a second while
+/// it reconnects), so 8 is plenty. Once a frame starts it must complete within
+/// [`wire::FRAME_TIMEOUT`]; between frames the sidecar may rightly stay quiet, but the agent
+/// writes a report every probe interval (at most 300 s), so a connection that moves no byte
+/// for 15 minutes is dead, or its reader stopped reading.
+pub const CONTROL_LIMITS: Limits = Limits {
+    max_connections: 8,
+    handshake_timeout: FIRST_MESSAGE_TIMEOUT,
+    header_timeout: wire::FRAME_TIMEOUT,
+    body_timeout: wire::FRAME_TIMEOUT,
+    idle_timeout: Duration::from_secs(900),
+};
+
+/// Bounds of the API forwarder (the sidecar's API proxy's connections): the same as the
+/// sidecar's defaults for its API proxy; the first bytes (a ClientHello) within 10 s.
+pub const API_LIMITS: Limits = Limits {
+    max_connections: 1024,
+    handshake_timeout: Duration::from_secs(10),
+    header_timeout: Duration::from_secs(10),
+    body_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(1800),
+};
 
 /// Environment variables given to the control-plane command.
 pub mod env {
@@ -206,23 +230,19 @@ impl Agent {
         self.serve_control(control).await
     }
 
-    /// Accept control connections one after another, each served in its own task.
+    /// Accept control connections one after another, each served in its own task, within
+    /// [`CONTROL_LIMITS`].
     pub async fn serve_control(self: Arc<Self>, listener: Listener) -> Result<(), LinkError> {
+        let listener =
+            BoundedListener::new(listener, "control", CONTROL_LIMITS, Arc::new(Unobserved));
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(error = %e, "control accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let conn = listener.accept().await;
             let agent = Arc::clone(&self);
-            let span = info_span!("control", %peer);
+            let span = info_span!("control", peer = %conn.peer());
             tokio::spawn(
                 async move {
                     info!("sidecar connected");
-                    match agent.serve_connection(stream).await {
+                    match agent.serve_connection(conn).await {
                         Ok(()) => info!("sidecar disconnected"),
                         Err(e) => warn!(reason = %error_chain(&e), "control connection closed"),
                     }
@@ -232,17 +252,12 @@ impl Agent {
         }
     }
 
-    /// Forward every connection on `listener` to the local API server, byte for byte.
+    /// Forward every connection on `listener` to the local API server, byte for byte, within
+    /// [`API_LIMITS`]: the upstream is dialled once the first bytes arrived.
     pub async fn serve_api(self: Arc<Self>, listener: Listener) {
+        let listener = BoundedListener::new(listener, "api", API_LIMITS, Arc::new(Unobserved));
         loop {
-            let (mut stream, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(error = %e, "api accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let mut stream = listener.accept().await;
             let target = self
                 .booted
                 .lock()
@@ -250,16 +265,34 @@ impl Agent {
                 .as_ref()
                 .map(|b| b.api_target.clone());
             tokio::spawn(async move {
+                let peer = stream.peer().to_owned();
                 let Some(target) = target else {
                     debug!(%peer, "api connection before boot: closed");
                     return;
                 };
+                let mut first = vec![0u8; 4096];
+                let read = tokio::time::timeout(
+                    API_LIMITS.handshake_timeout,
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut first),
+                )
+                .await;
+                let n = match read {
+                    Ok(Ok(n)) if n > 0 => n,
+                    Ok(_) => return,
+                    Err(_) => {
+                        stream.tag().timed_out(Phase::Handshake, &peer);
+                        return;
+                    }
+                };
                 match tokio::net::TcpStream::connect(&target).await {
                     Ok(mut upstream) => {
                         let _ = upstream.set_nodelay(true);
-                        if let Err(e) =
+                        let forwarded = async {
+                            tokio::io::AsyncWriteExt::write_all(&mut upstream, &first[..n]).await?;
+                            drop(first);
                             tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
-                        {
+                        };
+                        if let Err(e) = forwarded.await {
                             debug!(%peer, error = %e, "api connection ended");
                         }
                     }
@@ -288,7 +321,7 @@ impl Agent {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: BoxedStream) -> Result<(), LinkError> {
+    async fn serve_connection(self: Arc<Self>, stream: Conn) -> Result<(), LinkError> {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, wire::read_message(&mut reader))
             .await
@@ -309,7 +342,9 @@ impl Agent {
         let (incoming_tx, mut incoming) = mpsc::channel::<Result<Message, WireError>>(4);
         let read_task = tokio::spawn(async move {
             loop {
-                let message = wire::read_message(&mut reader).await;
+                // A frame that starts must complete within FRAME_TIMEOUT; a nonce outside
+                // 1..=512 bytes is refused while parsing, as the sidecar refuses it.
+                let message = wire::read_message_within(&mut reader, wire::FRAME_TIMEOUT).await;
                 let stop = message.is_err();
                 if incoming_tx.send(message).await.is_err() || stop {
                     break;

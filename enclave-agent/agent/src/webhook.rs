@@ -7,17 +7,30 @@
 //! from the chain and mapped to a tier. Anything else — not a seal token, a bad signature, an
 //! unreachable chain, a stake below every tier — answers `authenticated: false`, so the API
 //! server's other authenticators (client certificates) keep working and nothing is granted by
-//! accident. Tokens are never logged; the address and the decision are.
+//! accident. Tokens are never logged; the address and the decision are. Rejected tokens are
+//! logged at most once per [`LOG_EVERY`](nautilus_protocol::bounded::LOG_EVERY) with a count of the lines left out, since anyone who
+//! can reach the API server can send them.
+//!
+//! The server speaks HTTP/1.1 (its TLS configuration offers no ALPN, so kube-apiserver's client
+//! uses HTTP/1.1). The listener is a [`BoundedListener`] ([`WEBHOOK_LIMITS`] unless told
+//! otherwise): a cap on connections; the TLS handshake, each request head (so also the wait
+//! for the next request on a kept-alive connection) and each whole body within 10 s, a body of
+//! at most [`MAX_BODY_BYTES`] counted as it streams in; and a connection that moves no byte for
+//! 60 s (a client that stops reading its answer) is closed. kube-apiserver's client reconnects
+//! on its own when a kept-alive connection was closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use nautilus_protocol::bounded::{
+    BoundedListener, Client, Conn, Limits, LogLimit, Phase, Unobserved,
+};
+use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use nautilus_seal::{SealVerifier, Tiers, UserInfo, unix_now};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -33,6 +46,12 @@ pub const PATH: &str = "/authenticate";
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Prefix that marks a seal token; other bearer tokens are declined without work.
 pub const SEAL_PREFIX: &str = "sui-seal.";
+/// The webhook's bounds: only the enclave's own API server calls it, over one or a few
+/// kept-alive connections, so 256 connections are plenty; 10 s for the TLS handshake, the
+/// head and the body each; 60 s of silence closes a connection.
+pub const WEBHOOK_LIMITS: Limits = Limits::api(256);
+/// hyper's HTTP/1 read buffer per connection.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Why the webhook server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +62,7 @@ pub enum WebhookError {
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        source: TransportError,
     },
     /// Rendering the kubeconfig failed.
     #[error("rendering the webhook kubeconfig")]
@@ -101,6 +120,9 @@ pub struct Authenticator<R> {
     verifier: SealVerifier,
     tiers: Tiers,
     stakes: StakeCache<R>,
+    /// Rejections and failed lookups are logged once per interval, with a count.
+    rejections: LogLimit,
+    lookups: LogLimit,
 }
 
 impl<R> std::fmt::Debug for Authenticator<R> {
@@ -126,6 +148,8 @@ impl<R: ReadStake> Authenticator<R> {
             verifier,
             tiers,
             stakes,
+            rejections: LogLimit::default(),
+            lookups: LogLimit::default(),
         }
     }
 
@@ -162,7 +186,9 @@ impl<R: ReadStake> Authenticator<R> {
         let token = match self.verifier.verify(&spec.token, now) {
             Ok(token) => token,
             Err(e) => {
-                info!(decision = "deny", reason = %e, "seal token rejected");
+                if let Some(suppressed) = self.rejections.check() {
+                    info!(decision = "deny", reason = %e, suppressed, "seal token rejected");
+                }
                 return decline(e.to_string());
             }
         };
@@ -170,7 +196,9 @@ impl<R: ReadStake> Authenticator<R> {
         let stake = match self.stakes.stake_of(address).await {
             Ok(stake) => stake,
             Err(e) => {
-                warn!(%address, jti = %token.id, decision = "deny", error = %e, "stake lookup failed");
+                if let Some(suppressed) = self.lookups.check() {
+                    warn!(%address, jti = %token.id, decision = "deny", error = %e, suppressed, "stake lookup failed");
+                }
                 return decline(format!("stake of {address} could not be read: {e}"));
             }
         };
@@ -216,20 +244,24 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Byt
 
 async fn handle<R: ReadStake>(
     auth: Arc<Authenticator<R>>,
+    client: Client,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     if request.method() != Method::POST || request.uri().path() != PATH {
         let status = answer(decline(format!("POST {PATH} only")));
         return Ok(json_response(StatusCode::NOT_FOUND, &status));
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            let status = answer(decline(format!("review body over {MAX_BODY_BYTES} bytes")));
-            return Ok(json_response(StatusCode::PAYLOAD_TOO_LARGE, &status));
+    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = json_response(status, &answer(decline(e.to_string())));
+            // The rest of the body is not read: end the connection with this answer.
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return Ok(response);
         }
     };
     let review = auth.review(&body, unix_now()).await;
@@ -244,48 +276,39 @@ pub struct WebhookService {
 }
 
 impl WebhookService {
-    /// Serves `auth` over HTTPS (`tls`) on `addr` until [`WebhookService::stop`].
+    /// Serves `auth` over HTTPS (`tls`) on `addr` within [`WEBHOOK_LIMITS`] until
+    /// [`WebhookService::stop`].
     pub async fn start<R: ReadStake>(
         addr: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
         auth: Arc<Authenticator<R>>,
     ) -> Result<Self, WebhookError> {
-        let listener = TcpListener::bind(addr)
+        Self::start_with(addr, tls, auth, WEBHOOK_LIMITS).await
+    }
+
+    /// [`WebhookService::start`] with other limits (tests use short timeouts).
+    pub async fn start_with<R: ReadStake>(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        auth: Arc<Authenticator<R>>,
+        limits: Limits,
+    ) -> Result<Self, WebhookError> {
+        let listener = transport::bind(&Endpoint::Tcp(addr.to_string()))
             .await
             .map_err(|source| WebhookError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| WebhookError::Bind { addr, source })?;
+        let addr = match listener.endpoint() {
+            Endpoint::Tcp(bound) => bound.parse().unwrap_or(addr),
+            _ => addr,
+        };
+        // The agent has no metrics endpoint: the listener logs refusals and cuts itself.
+        let listener = BoundedListener::new(listener, "webhook", limits, Arc::new(Unobserved));
         let acceptor = TlsAcceptor::from(tls);
         let task = tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        warn!(error = %e, "webhook accept failed");
-                        continue;
-                    }
-                };
+                let conn = listener.accept().await;
                 let acceptor = acceptor.clone();
                 let auth = Arc::clone(&auth);
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(tls) => tls,
-                        Err(e) => {
-                            debug!(%peer, error = %e, "webhook TLS handshake failed");
-                            return;
-                        }
-                    };
-                    let service =
-                        hyper::service::service_fn(move |req| handle(Arc::clone(&auth), req));
-                    let io = hyper_util::rt::TokioIo::new(tls);
-                    let builder = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    );
-                    if let Err(e) = builder.serve_connection(io, service).await {
-                        debug!(%peer, error = %e, "webhook connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(conn, acceptor, auth, limits));
             }
         });
         Ok(Self { addr, task })
@@ -299,6 +322,42 @@ impl WebhookService {
     /// Stops accepting reviews.
     pub fn stop(self) {
         self.task.abort();
+    }
+}
+
+async fn serve_connection<R: ReadStake>(
+    conn: Conn,
+    acceptor: TlsAcceptor,
+    auth: Arc<Authenticator<R>>,
+    limits: Limits,
+) {
+    let client = conn.client();
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(conn)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(peer = %client.peer(), error = %e, "webhook TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            client.tag().timed_out(Phase::Handshake, client.peer());
+            return;
+        }
+    };
+    let service_client = client.clone();
+    let service = hyper::service::service_fn(move |req| {
+        handle(Arc::clone(&auth), service_client.clone(), req)
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(READ_BUFFER)
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        if e.is_timeout() {
+            client.tag().timed_out(Phase::Header, client.peer());
+        }
+        debug!(peer = %client.peer(), error = %e, "webhook connection ended with an error");
     }
 }
 

@@ -211,6 +211,15 @@ async fn assert_closed(stream: &mut transport::BoxedStream, what: &str) {
     }
 }
 
+/// A frame of `kind` around `body`, as is.
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut frame = PROTOCOL_VERSION.to_be_bytes().to_vec();
+    frame.extend([kind, 0]);
+    frame.extend(u32::try_from(body.len()).expect("small").to_be_bytes());
+    frame.extend(body);
+    frame
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     let agent = AgentProcess::start();
@@ -239,11 +248,7 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
         serde_json::to_vec(&text).expect("json"),
     ] {
         let mut link = agent.connect().await;
-        let mut frame = PROTOCOL_VERSION.to_be_bytes().to_vec();
-        frame.extend([1, 0]);
-        frame.extend((body.len() as u32).to_be_bytes());
-        frame.extend(&body);
-        link.write_all(&frame).await.expect("write");
+        link.write_all(&frame(1, &body)).await.expect("write");
         assert_closed(&mut link, "malformed BootConfig").await;
     }
 
@@ -257,15 +262,24 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     .expect("write");
     assert_closed(&mut link, "NonceRefresh first").await;
 
-    // Boot configurations that parse but cannot boot: an invalid TLS version, a nonce the NSM
-    // refuses. The connection closes and nothing stays booted.
+    // A boot configuration that parses but cannot boot (an invalid TLS version), and nonces
+    // outside 1..=512 bytes (which this crate's writer refuses to send, so they go raw). The
+    // connection closes and nothing stays booted.
     let mut bad_tls = boot.clone();
     bad_tls.config.control_plane.tls_min_version = "VersionTLS10".into();
-    let mut big_nonce = boot.clone();
-    big_nonce.nonce = vec![7; 600];
-    for (what, bad) in [("tls version", bad_tls), ("nonce size", big_nonce)] {
+    let mut link = agent.connect().await;
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(bad_tls)))
+        .await
+        .expect("write");
+    assert_closed(&mut link, "tls version").await;
+    for (what, nonce) in [
+        ("big nonce", "Bw".repeat(400)),
+        ("empty nonce", String::new()),
+    ] {
+        let mut json = serde_json::to_value(&boot).expect("json");
+        json["nonce"] = serde_json::json!(nonce);
         let mut link = agent.connect().await;
-        wire::write_message(&mut link, &Message::BootConfig(Box::new(bad)))
+        link.write_all(&frame(1, &serde_json::to_vec(&json).expect("json")))
             .await
             .expect("write");
         assert_closed(&mut link, what).await;
@@ -314,6 +328,13 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     assert_eq!(again.serving_ca_pem, evidence.serving_ca_pem);
     let after = report_where(&mut link, &mut verifier, "a later report", |_| true).await;
     assert!(after.sequence > before.sequence);
+
+    // An empty nonce is refused as the sidecar's HTTP API refuses it: the frame is malformed,
+    // the connection closes, and nothing is attested.
+    link.write_all(&frame(4, br#"{"nonce":""}"#))
+        .await
+        .expect("write");
+    assert_closed(&mut link, "empty nonce").await;
 
     // A restarted sidecar with a new nonce gets an attestation carrying it.
     let mut link = agent.connect().await;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use nautilus_agent::stake::{ReadStake, StakeCache, StakeError};
 use nautilus_agent::webhook::{
-    Authenticator, MAX_BODY_BYTES, TokenReview, WebhookService, webhook_kubeconfig,
+    Authenticator, MAX_BODY_BYTES, TokenReview, WEBHOOK_LIMITS, WebhookService, webhook_kubeconfig,
 };
+use nautilus_protocol::bounded::Limits;
 use nautilus_seal::signer::generate_key;
 use nautilus_seal::{Address, KeystoreKey, SealVerifier, SignatureScheme, Tier, Tiers, unix_now};
 use serde_json::{Value, json};
@@ -246,12 +247,10 @@ fn tls_pair() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
     (Arc::new(server), roots)
 }
 
-async fn post(
+async fn tls_connect(
     addr: std::net::SocketAddr,
     roots: rustls::RootCertStore,
-    path: &str,
-    body: &[u8],
-) -> (u16, Value) {
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -260,8 +259,20 @@ async fn post(
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // As Go's client (kube-apiserver's) does: the head and the body are two TLS records, and
+    // with Nagle the second waits for the server's delayed ACK (40 ms).
+    tcp.set_nodelay(true).expect("nodelay");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    roots: rustls::RootCertStore,
+    path: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let mut tls = tls_connect(addr, roots).await;
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -327,6 +338,140 @@ async fn serves_reviews_over_https_as_kube_apiserver_calls_it() {
         (413, &json!(false))
     );
     service.stop();
+}
+
+/// Wait until the server closes the stream (EOF or an error); fail after `within`.
+async fn closed_by_server<S: AsyncReadExt + Unpin>(stream: &mut S, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("the webhook kept a connection open for {within:?}"),
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_cut_while_reviews_are_answered() {
+    let f = fixture();
+    let (server, roots) = tls_pair();
+    let timeout = Duration::from_secs(1);
+    let slack = Duration::from_secs(2);
+    let limits = Limits {
+        handshake_timeout: timeout,
+        header_timeout: timeout,
+        body_timeout: timeout,
+        ..WEBHOOK_LIMITS
+    };
+    let service = WebhookService::start_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        server,
+        Arc::clone(&f.auth),
+        limits,
+    )
+    .await
+    .expect("webhook starts");
+    let addr = service.local_addr();
+    let token = mint(&f.admin, AUDIENCE, unix_now(), 600);
+    let started = std::time::Instant::now();
+
+    // Fifty TCP connections that never start TLS.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // TLS, then half a request head; TLS, then a body dripped one byte every 20 ms.
+    let mut half_head = tls_connect(addr, roots.clone()).await;
+    half_head
+        .write_all(b"POST /authenticate HTTP/1.1\r\nHost: lo")
+        .await
+        .expect("write");
+    let mut dripping = tls_connect(addr, roots.clone()).await;
+    dripping
+        .write_all(
+            b"POST /authenticate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let (mut drip_reader, mut drip_writer) = tokio::io::split(dripping);
+    let drip = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if drip_writer.write_all(b" ").await.is_err() || drip_writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // Legitimate reviews are answered all along.
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < timeout + Duration::from_millis(500) {
+        let sent = std::time::Instant::now();
+        let (status, answer) = post(
+            addr,
+            roots.clone(),
+            "/authenticate",
+            &review_body(&token, &[]),
+        )
+        .await;
+        slowest = slowest.max(sent.elapsed());
+        assert_eq!(
+            (status, &answer["status"]["authenticated"]),
+            (200, &json!(true))
+        );
+    }
+    assert!(slowest < slack, "a review took {slowest:?}");
+
+    for stream in &mut idle {
+        closed_by_server(stream, timeout + slack).await;
+    }
+    closed_by_server(&mut half_head, timeout + slack).await;
+    let answer = closed_by_server(&mut drip_reader, timeout + slack).await;
+    drip.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"authenticated\":false"), "{answer}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout - Duration::from_millis(100) && elapsed <= timeout * 2 + slack,
+        "cut after {elapsed:?}"
+    );
+    // Still serving.
+    let (status, _) = post(addr, roots, "/authenticate", &review_body(&token, &[])).await;
+    assert_eq!(status, 200);
+    service.stop();
+}
+
+#[tokio::test]
+async fn rejected_tokens_are_logged_once_per_interval_and_never_in_part() {
+    let f = fixture();
+    // `&File` is a writer, so an `Arc<File>` is a MakeWriter: no capture type needed.
+    let logs = tempfile::NamedTempFile::new().expect("log file");
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(Arc::new(logs.reopen().expect("log file")))
+        .with_ansi(false)
+        .finish();
+    // This runtime has one thread, the test's: the subscriber sees every line of the reviews.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let secret = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY";
+    let forged = review_body(&format!("sui-seal.v1.{secret}.{secret}"), &[]);
+    for _ in 0..1_000 {
+        let answer = review(&f, &forged).await;
+        assert_eq!(answer["status"]["authenticated"], json!(false));
+    }
+    let text = std::fs::read_to_string(logs.path()).expect("log");
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("seal token rejected"))
+        .count();
+    assert_eq!(lines, 1, "{text}");
+    assert!(
+        !text.contains(&secret[..12]),
+        "token material in the log: {text}"
+    );
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //! - [`wire`]: the framed messages of the vsock link (boot config, attestation, signed
 //!   reports, nonce refresh) and the evidence bundle the sidecar serves.
 //! - [`transport`]: vsock, Unix and TCP endpoints behind one stream type.
+//! - [`bounded`]: connection caps, idle/handshake/header/body timeouts and rate-limited
+//!   refusal logs shared by every listener of the agent and the sidecar.
 //! - [`testdata`]: where tests and benchmarks find the shared real documents.
 //! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
 //!
@@ -24,6 +26,7 @@
 //! ```
 
 pub mod attestation;
+pub mod bounded;
 pub mod nsm;
 pub mod policy;
 pub mod testdata;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nautilus_protocol::bounded::{BoundedListener, Limits, Unobserved};
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
 use nautilus_sidecar::metrics::Metrics;
 use nautilus_sidecar::proxy;
@@ -70,6 +71,15 @@ fn bench(c: &mut Criterion) {
             .await
             .expect("bind proxy");
         let proxied = listener.endpoint().clone();
+        let listener = BoundedListener::new(
+            listener,
+            "api",
+            Limits {
+                idle_timeout: Duration::from_secs(1800),
+                ..Limits::api(1024)
+            },
+            Arc::new(Unobserved),
+        );
         tokio::spawn(proxy::serve_api(
             listener,
             upstream.clone(),

@@ -4,7 +4,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
+use nautilus_protocol::bounded::Limits;
 use nautilus_protocol::transport::{Endpoint, TransportError, VSOCK_CID_ANY};
 
 /// The agent's control-link port inside the enclave.
@@ -86,7 +88,8 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// One `--egress-allow` entry: a host (compared case-insensitively) and an exact port.
+/// One `--egress-allow` entry or CONNECT target: a host (compared in canonical form, so
+/// case-insensitively) and an exact port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostPort {
     /// Lower-case host name or address (IPv6 without brackets).
@@ -98,32 +101,85 @@ pub struct HostPort {
 impl FromStr for HostPort {
     type Err = ArgError;
 
+    /// Strict: `host:port` or `[ipv6]:port`. The host is a DNS name (letters, digits and
+    /// hyphens in dot-separated labels of 1 to 63, lower-cased), a dotted IPv4 address in its
+    /// canonical form, or a bracketed IPv6 address (printed canonically); the port is 1 to
+    /// 65535 in plain decimal. No sign, no leading zero, no user info, no trailing dot: a
+    /// target that only matches an entry after lenient parsing is refused, not normalised.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let err = |reason| ArgError::HostPort {
             text: text.to_owned(),
             reason,
         };
-        let (host, port) = text.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() {
-            return Err(err("empty host"));
-        }
-        if host.contains(['/', ' ', '@']) {
-            return Err(err("host contains a character not allowed in a host name"));
-        }
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| err("port is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err(err("port is not a number from 1 to 65535"));
-        }
+        let (host, port) = match text.strip_prefix('[') {
+            Some(rest) => {
+                let (ip, port) = rest
+                    .split_once("]:")
+                    .ok_or_else(|| err("expected [IPV6]:PORT"))?;
+                let ip: std::net::Ipv6Addr = ip.parse().map_err(|_| err("not an IPv6 address"))?;
+                (ip.to_string(), port)
+            }
+            None => {
+                let (host, port) = text.rsplit_once(':').ok_or_else(|| err("missing :PORT"))?;
+                (canonical_host(host).map_err(err)?, port)
+            }
+        };
         Ok(Self {
-            host: host.to_ascii_lowercase(),
-            port,
+            host,
+            port: parse_port(port).map_err(err)?,
         })
+    }
+}
+
+/// A host name or IPv4 address, lower-cased, or why it is not one.
+fn canonical_host(host: &str) -> Result<String, &'static str> {
+    if host.is_empty() {
+        return Err("empty host");
+    }
+    if host.len() > 253 {
+        return Err("host name longer than 253 characters");
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    for label in &labels {
+        if label.is_empty() || label.len() > 63 {
+            return Err("host name labels must be 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err("host contains a character not allowed in a host name");
+        }
+    }
+    // A numeric last label makes it an address: it must be a canonical dotted IPv4
+    // (the standard parser refuses leading zeros, octal, hex and short forms).
+    if labels
+        .last()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        let ip: std::net::Ipv4Addr = host
+            .parse()
+            .map_err(|_| "numeric host is not a canonical IPv4 address")?;
+        return Ok(ip.to_string());
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// A port in plain decimal, 1 to 65535.
+fn parse_port(port: &str) -> Result<u16, &'static str> {
+    const BAD: &str = "port is not a number from 1 to 65535 in plain decimal";
+    if port.is_empty()
+        || port.len() > 5
+        || port.starts_with('0')
+        || !port.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(BAD);
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(BAD),
     }
 }
 
@@ -134,6 +190,74 @@ impl fmt::Display for HostPort {
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// Connection caps and timeouts of the sidecar's listeners. A connection over a cap is closed
+/// as it arrives and counted in `listener_refused_total{listener}`; a cut one in
+/// `listener_timeouts_total{listener,phase}`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Seconds a peer has for each step before it is cut: the request head and the whole
+    /// request body on the HTTP API and the egress proxy, the first bytes (the TLS
+    /// ClientHello) on the API proxy, the rest of a control-link frame once it started.
+    #[arg(long, env = "NAUTILUS_CLIENT_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_timeout_seconds: u64,
+
+    /// Concurrent connections to the HTTP API.
+    #[arg(long, env = "NAUTILUS_HTTP_MAX_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_max_connections: u64,
+
+    /// Seconds an HTTP API connection may move no byte in either direction (a client that
+    /// stops reading its answer). Between kept-alive requests the client timeout applies.
+    #[arg(long, env = "NAUTILUS_HTTP_IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_seconds: u64,
+
+    /// Concurrent connections through the API proxy (kubectl, workers, in-cluster clients).
+    #[arg(long, env = "NAUTILUS_API_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_max_connections: u64,
+
+    /// Seconds an API proxy connection may carry no byte in either direction. Long enough for
+    /// a quiet watch: kube-apiserver ends watches after 30 to 60 minutes, HTTP/2 clients
+    /// (client-go, kubectl) ping every 30 s, and client-go re-opens a cut watch.
+    #[arg(long, env = "NAUTILUS_API_IDLE_TIMEOUT_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_idle_timeout_seconds: u64,
+
+    /// Concurrent tunnels through the egress proxy (only the agent dials it).
+    #[arg(long, env = "NAUTILUS_EGRESS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub egress_max_connections: u64,
+
+    /// Seconds an egress tunnel may carry no byte in either direction (the agent's Sui RPC
+    /// client reconnects when it needs the chain again).
+    #[arg(long, env = "NAUTILUS_EGRESS_IDLE_TIMEOUT_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub egress_idle_timeout_seconds: u64,
+}
+
+impl LimitArgs {
+    /// The limits of the HTTP API, the API proxy and the egress proxy, in that order.
+    pub fn limits(&self) -> [Limits; 3] {
+        let Self {
+            client_timeout_seconds,
+            http_max_connections,
+            http_idle_timeout_seconds,
+            api_max_connections,
+            api_idle_timeout_seconds,
+            egress_max_connections,
+            egress_idle_timeout_seconds,
+        } = *self;
+        let client = Duration::from_secs(client_timeout_seconds);
+        let limits = |max: u64, idle: u64| Limits {
+            max_connections: usize::try_from(max).unwrap_or(usize::MAX),
+            handshake_timeout: client,
+            header_timeout: client,
+            body_timeout: client,
+            idle_timeout: Duration::from_secs(idle),
+        };
+        [
+            limits(http_max_connections, http_idle_timeout_seconds),
+            limits(api_max_connections, api_idle_timeout_seconds),
+            limits(egress_max_connections, egress_idle_timeout_seconds),
+        ]
     }
 }
 
@@ -214,6 +338,10 @@ pub struct Args {
     #[arg(long, env = "NAUTILUS_LINK_TIMEOUT_SECONDS", default_value_t = 120)]
     pub link_timeout_seconds: u64,
 
+    /// Connection caps and timeouts of the HTTP API and the proxies.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// Tests only: flip one byte of every relayed report, to prove that readers notice.
     #[arg(long, hide = true)]
     pub tamper_reports: bool,
@@ -263,6 +391,19 @@ mod tests {
             }]
         );
         assert!(!args.tamper_reports);
+        let [http, api, egress] = args.limits.limits();
+        assert_eq!(
+            (http.max_connections, http.body_timeout, http.idle_timeout),
+            (128, Duration::from_secs(10), Duration::from_secs(60))
+        );
+        assert_eq!(
+            (api.max_connections, api.handshake_timeout, api.idle_timeout),
+            (1024, Duration::from_secs(10), Duration::from_secs(1800))
+        );
+        assert_eq!(
+            (egress.max_connections, egress.idle_timeout),
+            (64, Duration::from_secs(300))
+        );
     }
 
     #[test]
@@ -277,7 +418,41 @@ mod tests {
             "[::1]:443".parse::<HostPort>().expect("v6").to_string(),
             "[::1]:443"
         );
-        for bad in ["host", ":443", "host:0", "host:x", "host:70000", "a/b:1"] {
+        assert_eq!(
+            "[0:0::1]:443".parse::<HostPort>().expect("v6").to_string(),
+            "[::1]:443"
+        );
+        assert_eq!(
+            "LOCALHOST:31999".parse::<HostPort>().expect("case"),
+            "localhost:31999".parse::<HostPort>().expect("lower")
+        );
+        for bad in [
+            "host",
+            ":443",
+            "host:0",
+            "host:x",
+            "host:70000",
+            "a/b:1",
+            "localhost:+31999",
+            "LOCALHOST:031999",
+            "localhost:-1",
+            "localhost: 443",
+            "localhost:443 ",
+            "localhost.:443",
+            "local..host:443",
+            "-host:443",
+            "host_name:443",
+            "user@host:443",
+            "127.0.0.01:443",
+            "127.1:443",
+            "0x7f.0.0.1:443",
+            "2130706433:443",
+            "::1:443",
+            "[::1]443",
+            "[::1]:0443",
+            "[localhost]:443",
+            "h\u{e9}te:443",
+        ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad}");
         }
     }

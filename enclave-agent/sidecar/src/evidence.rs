@@ -9,17 +9,17 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nautilus_protocol::attestation::decode_unverified;
+use nautilus_protocol::bounded::LogLimit;
 use nautilus_protocol::wire::{
     AttestationEvidence, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
-    ReportVerifier, SignedReport,
+    ReportVerifier, SignedReport, check_nonce,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
-/// Largest nonce the NSM accepts.
-pub const MAX_NONCE_BYTES: usize = 512;
+pub use nautilus_protocol::wire::MAX_NONCE_BYTES;
 
 /// Why a nonce refresh could not be queued.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,12 +57,19 @@ pub fn now_ms() -> u64 {
     nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
+/// Why the latest attestation gives no report key: a metric label and a one-line reason.
+#[derive(Debug, Clone)]
+struct KeyProblem {
+    label: &'static str,
+    reason: String,
+}
+
 #[derive(Debug)]
 struct State {
     attestation: Option<AttestationEvidence>,
     attested_key: Option<Vec<u8>>,
     verifier: Option<ReportVerifier>,
-    key_problem: Option<String>,
+    key_problem: Option<KeyProblem>,
     report: Option<SignedReport>,
     verdict: Option<Result<Report, String>>,
     link_up: bool,
@@ -77,6 +84,8 @@ pub struct Evidence {
     tamper: bool,
     metrics: Arc<Metrics>,
     nonces: mpsc::Sender<Vec<u8>>,
+    /// Rejected reports are counted one by one but logged once per interval.
+    rejections: LogLimit,
     state: Mutex<State>,
 }
 
@@ -96,6 +105,7 @@ impl Evidence {
             tamper,
             metrics,
             nonces,
+            rejections: LogLimit::default(),
             state: Mutex::new(State {
                 attestation: None,
                 attested_key: None,
@@ -147,9 +157,7 @@ impl Evidence {
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
     pub fn request_nonce(&self, nonce: Vec<u8>) -> Result<(), NonceError> {
-        if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
-            return Err(NonceError::Size(nonce.len()));
-        }
+        check_nonce(&nonce).map_err(|e| NonceError::Size(e.0))?;
         if !self.link_up() {
             return Err(NonceError::NoLink);
         }
@@ -163,10 +171,15 @@ impl Evidence {
     pub fn on_attestation(&self, evidence: AttestationEvidence) {
         self.metrics.attestations_received.inc();
         let key = decode_unverified(&evidence.document)
-            .map_err(|e| format!("attestation document does not decode: {e}"))
+            .map_err(|e| KeyProblem {
+                label: "undecodable_attestation",
+                reason: format!("attestation document does not decode: {e}"),
+            })
             .and_then(|doc| {
-                doc.public_key
-                    .ok_or_else(|| "attestation document has no public_key".to_owned())
+                doc.public_key.ok_or_else(|| KeyProblem {
+                    label: "no_public_key",
+                    reason: "attestation document has no public_key".to_owned(),
+                })
             });
         let mut state = self.lock();
         state.attestation = Some(evidence);
@@ -186,11 +199,14 @@ impl Evidence {
                     warn!(error = %e, "attested public key is unusable");
                     state.verifier = None;
                     state.attested_key = None;
-                    state.key_problem = Some(e.to_string());
+                    state.key_problem = Some(KeyProblem {
+                        label: reject_reason(&e),
+                        reason: e.to_string(),
+                    });
                 }
             },
             Err(problem) => {
-                warn!(%problem, "attestation unusable for report verification");
+                warn!(problem = %problem.reason, "attestation unusable for report verification");
                 state.verifier = None;
                 state.attested_key = None;
                 state.key_problem = Some(problem);
@@ -212,17 +228,26 @@ impl Evidence {
                 self.metrics.reject(reject_reason(&e));
                 e.to_string()
             }),
-            None => {
-                self.metrics.reject("no_attestation");
-                Err(match &state.key_problem {
-                    Some(problem) => problem.clone(),
-                    None => "no attestation received yet".to_owned(),
-                })
-            }
+            None => Err(match &state.key_problem {
+                Some(problem) => {
+                    self.metrics.reject(problem.label);
+                    problem.reason.clone()
+                }
+                None => {
+                    self.metrics.reject("no_attestation");
+                    "no attestation received yet".to_owned()
+                }
+            }),
         };
         match &verdict {
             Ok(report) => debug!(sequence = report.sequence, "report verified"),
-            Err(reason) => warn!(%reason, "report rejected"),
+            // A peer can send rejected reports as fast as it likes: the metric counts each,
+            // the log says it once per interval.
+            Err(reason) => {
+                if let Some(suppressed) = self.rejections.check() {
+                    warn!(%reason, suppressed, "report rejected");
+                }
+            }
         }
         state.report = Some(signed);
         state.verdict = Some(verdict);
@@ -418,6 +443,13 @@ mod tests {
                 .expect_err("no key")
                 .contains("does not decode")
         );
+        // Counted under what the log says, not as a missing attestation.
+        let text = ev.metrics().encode();
+        assert!(
+            text.contains("reports_rejected_total{reason=\"undecodable_attestation\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("no_attestation"), "{text}");
     }
 
     #[test]

@@ -8,28 +8,31 @@
 //! | GET | `/metrics` | Prometheus text |
 //! | POST | `/attest` | `{"nonce":"<base64>"}` (1–512 bytes): 202 once the agent is asked to attest again; 503 without a link |
 //!
-//! Request bodies are limited to [`MAX_BODY_BYTES`]; plain HTTP/1.1, no credentials.
+//! Plain HTTP/1.1, no credentials. The listener is a
+//! [`BoundedListener`]: a cap on connections, the request head within the header timeout, a
+//! request body of at most [`MAX_BODY_BYTES`] within the body timeout (counted as it streams
+//! in; a late body gets 408 and the connection is closed), and the idle timeout between
+//! requests.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nautilus_protocol::bounded::{BoundedListener, Client, Phase};
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::evidence::{Evidence, NonceError, now_ms};
 
 /// Largest request body read.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's read buffer per connection (its minimum is 8 KiB).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// `POST /attest` body.
 #[derive(Debug, Deserialize)]
@@ -50,17 +53,21 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn attest(evidence: &Evidence, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {MAX_BODY_BYTES} bytes"),
-            );
+async fn attest(
+    evidence: &Evidence,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            // The rest of the body is not read: the connection ends with this answer.
+            let mut response = text(status, e.to_string());
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let nonce = match serde_json::from_slice::<AttestRequest>(&body) {
@@ -86,6 +93,7 @@ async fn attest(evidence: &Evidence, request: Request<Incoming>) -> Response<Ful
 /// Answer one request.
 pub async fn handle(
     evidence: Arc<Evidence>,
+    client: Client,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
@@ -114,7 +122,7 @@ pub async fn handle(
             );
             response
         }
-        (&Method::POST, "/attest") => attest(&evidence, request).await,
+        (&Method::POST, "/attest") => attest(&evidence, &client, request).await,
         (_, "/healthz" | "/readyz" | "/report" | "/metrics" | "/attest") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -125,31 +133,29 @@ pub async fn handle(
 }
 
 /// Serve the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, evidence: Arc<Evidence>) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "http api listening");
-    }
+pub async fn serve(listener: BoundedListener, evidence: Arc<Evidence>) {
+    info!(addr = %listener.endpoint(), limits = ?listener.limits(), "http api listening");
+    let header_timeout = listener.limits().header_timeout;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "http accept failed");
-                // Out of file descriptors and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let conn = listener.accept().await;
+        let client = conn.client();
         let evidence = Arc::clone(&evidence);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(Arc::clone(&evidence), req));
+            let service_client = client.clone();
+            let service = hyper::service::service_fn(move |req| {
+                handle(Arc::clone(&evidence), service_client.clone(), req)
+            });
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
+                .header_read_timeout(header_timeout)
+                .max_buf_size(READ_BUFFER)
+                .serve_connection(TokioIo::new(conn), service)
                 .await;
             if let Err(e) = result {
-                debug!(%peer, error = %e, "http connection ended with an error");
+                if e.is_timeout() {
+                    client.tag().timed_out(Phase::Header, client.peer());
+                }
+                debug!(peer = %client.peer(), error = %e, "http connection ended with an error");
             }
         });
     }

@@ -40,13 +40,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nautilus_protocol::bounded::{BoundedListener, Observer};
 use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use cli::{Args, HostPort, LauncherKind, ListenAddr, LogFormat};
+pub use cli::{Args, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
 use evidence::Evidence;
 use launcher::{LaunchError, Launcher, NitroConfig, NitroLauncher, ProcessLauncher};
 use link::{LinkConfig, LinkError};
@@ -84,9 +85,9 @@ pub enum SidecarError {
     HttpBind {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
+        /// The cause.
         #[source]
-        source: std::io::Error,
+        source: TransportError,
     },
     /// A proxy listener could not bind.
     #[error("cannot start the {proxy} proxy")]
@@ -137,16 +138,7 @@ pub fn load_boot_config(path: &Path) -> Result<BootConfig, SidecarError> {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    if config.nonce.len() > evidence::MAX_NONCE_BYTES {
-        return Err(SidecarError::BootConfig {
-            path: path.to_owned(),
-            reason: format!(
-                "nonce is {} bytes, at most {} allowed",
-                config.nonce.len(),
-                evidence::MAX_NONCE_BYTES
-            ),
-        });
-    }
+    // The nonce's size rule (wire::check_nonce) was applied while parsing.
     Ok(config)
 }
 
@@ -267,9 +259,12 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         egress_allow,
         report_max_age_seconds,
         link_timeout_seconds,
+        limits,
         tamper_reports,
         log_format: _,
     } = args;
+    let [http_limits, api_limits, egress_limits] = limits.limits();
+    let frame_timeout = Duration::from_secs(limits.client_timeout_seconds);
 
     let boot = load_boot_config(&boot_config)?;
     let digest = boot.config.digest_hex();
@@ -320,16 +315,16 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     let evidence = Arc::new(evidence);
 
     // Listen before launching: the enclave dials the egress proxy as it boots.
-    let http = tokio::net::TcpListener::bind(http_listen)
+    let http = transport::bind(&Endpoint::Tcp(http_listen.to_string()))
         .await
         .map_err(|source| SidecarError::HttpBind {
             addr: http_listen,
             source,
         })?;
-    let http_addr = http.local_addr().map_err(|source| SidecarError::HttpBind {
-        addr: http_listen,
-        source,
-    })?;
+    let http_addr = match http.endpoint() {
+        Endpoint::Tcp(addr) => addr.parse().unwrap_or(http_listen),
+        _ => http_listen,
+    };
     let api = transport::bind(&api_listen.0)
         .await
         .map_err(|source| SidecarError::ProxyBind {
@@ -345,6 +340,10 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
             })?;
     let api_endpoint = api.endpoint().clone();
     let egress_endpoint = egress.endpoint().clone();
+    let observer = Arc::clone(&metrics) as Arc<dyn Observer>;
+    let http = BoundedListener::new(http, "http", http_limits, Arc::clone(&observer));
+    let api = BoundedListener::new(api, "api", api_limits, Arc::clone(&observer));
+    let egress = BoundedListener::new(egress, "egress", egress_limits, observer);
 
     let info = launcher.start().await.map_err(SidecarError::Launch)?;
     let cid = info.enclave_cid.or(enclave_cid);
@@ -386,6 +385,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         endpoint: agent_endpoint.clone(),
         boot_config: boot,
         startup_deadline: Duration::from_secs(link_timeout_seconds),
+        frame_timeout,
     };
     let link_evidence = Arc::clone(&evidence);
     let link_fatal = fatal_tx.clone();

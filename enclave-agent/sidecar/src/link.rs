@@ -5,7 +5,8 @@
 //! connection it sends [`BootConfig`] first — with the latest nonce the operator asked for —
 //! then keeps every [`AttestationEvidence`] and [`SignedReport`] it receives in
 //! [`Evidence`], and forwards nonce refreshes. Any frame error (malformed, oversized, wrong
-//! version, unexpected kind) or a closed stream drops the connection with a logged reason and
+//! version, unexpected kind, a frame not complete within the frame timeout) or a closed stream
+//! drops the connection with a logged reason and
 //! a metric, and the link dials again. If no connection succeeds before the startup deadline
 //! the link gives up: the enclave did not come up.
 //!
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
-    BootConfig, Message, NonceRefresh, WireError, read_message, write_message,
+    BootConfig, Message, NonceRefresh, WireError, read_message_within, write_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -61,6 +62,9 @@ pub struct LinkConfig {
     pub boot_config: BootConfig,
     /// How long the first connection may take.
     pub startup_deadline: Duration,
+    /// How long a frame may take once its first byte arrived
+    /// ([`FRAME_TIMEOUT`](nautilus_protocol::wire::FRAME_TIMEOUT) by default).
+    pub frame_timeout: Duration,
 }
 
 /// The metric label of a dropped connection.
@@ -75,6 +79,7 @@ pub fn drop_reason(err: &WireError) -> &'static str {
         WireError::TooLarge { .. } => "too_large",
         WireError::Malformed { .. } => "malformed",
         WireError::Unexpected { .. } => "unexpected",
+        WireError::TimedOut(_) => "timeout",
         _ => "other",
     }
 }
@@ -114,7 +119,7 @@ pub async fn run(
                 }
                 info!(endpoint = %config.endpoint, "connected to the agent");
                 evidence.set_link_up(true);
-                let end = session(stream, &evidence, &mut config.boot_config, &mut nonces).await;
+                let end = session(stream, &evidence, &mut config, &mut nonces).await;
                 evidence.set_link_up(false);
                 // An agent that drops every connection at once (a refused configuration, a
                 // protocol mismatch) is retried ever more slowly, not in a tight loop.
@@ -166,9 +171,11 @@ impl Drop for AbortOnDrop {
 async fn session(
     stream: BoxedStream,
     evidence: &Evidence,
-    boot_config: &mut BootConfig,
+    config: &mut LinkConfig,
     nonces: &mut mpsc::Receiver<Vec<u8>>,
 ) -> SessionEnd {
+    let frame_timeout = config.frame_timeout;
+    let boot_config = &mut config.boot_config;
     let (mut reader, mut writer) = tokio::io::split(stream);
     if let Err(err) = write_message(
         &mut writer,
@@ -183,7 +190,9 @@ async fn session(
     let (tx, mut rx) = mpsc::channel(16);
     let _reader = AbortOnDrop(tokio::spawn(async move {
         loop {
-            let message = read_message(&mut reader).await;
+            // A frame that starts must complete within FRAME_TIMEOUT: a peer that announces a
+            // body and sends part of it does not hold the link.
+            let message = read_message_within(&mut reader, frame_timeout).await;
             let failed = message.is_err();
             if tx.send(message).await.is_err() || failed {
                 break;

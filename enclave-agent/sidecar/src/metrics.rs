@@ -1,5 +1,6 @@
 //! Prometheus metrics, served as text on `GET /metrics`, all prefixed `nautilus_sidecar_`.
 
+use nautilus_protocol::bounded::{Event, Observer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +30,22 @@ pub struct BytesLabels {
     pub direction: String,
 }
 
+/// Label set naming a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `http`, `api` or `egress`.
+    pub listener: String,
+}
+
+/// Label set naming a listener and the timeout that cut a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// `http`, `api` or `egress`.
+    pub listener: String,
+    /// `handshake`, `header`, `body` or `idle`.
+    pub phase: String,
+}
+
 /// Every metric the sidecar keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -51,6 +68,12 @@ pub struct Metrics {
     pub proxy_bytes: Family<BytesLabels, Counter>,
     /// Egress requests refused, by reason.
     pub egress_refused: Family<ReasonLabels, Counter>,
+    /// Connections open, by listener.
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    /// Connections closed on arrival because the listener's cap was reached.
+    pub listener_refused: Family<ListenerLabels, Counter>,
+    /// Connections cut by a timeout, by listener and phase.
+    pub listener_timeouts: Family<TimeoutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -72,6 +95,9 @@ impl Metrics {
         let proxy_connections = Family::<ProxyLabels, Counter>::default();
         let proxy_bytes = Family::<BytesLabels, Counter>::default();
         let egress_refused = Family::<ReasonLabels, Counter>::default();
+        let listener_connections = Family::<ListenerLabels, Gauge>::default();
+        let listener_refused = Family::<ListenerLabels, Counter>::default();
+        let listener_timeouts = Family::<TimeoutLabels, Counter>::default();
         registry.register(
             "reports_received",
             "Signed reports relayed by the agent",
@@ -113,6 +139,21 @@ impl Metrics {
             "Egress proxy requests refused, by reason",
             egress_refused.clone(),
         );
+        registry.register(
+            "listener_connections",
+            "Connections open, by listener",
+            listener_connections.clone(),
+        );
+        registry.register(
+            "listener_refused",
+            "Connections closed on arrival because the listener's connection cap was reached",
+            listener_refused.clone(),
+        );
+        registry.register(
+            "listener_timeouts",
+            "Connections cut by a timeout, by listener and phase",
+            listener_timeouts.clone(),
+        );
         Self {
             registry,
             reports_received,
@@ -124,6 +165,9 @@ impl Metrics {
             proxy_connections,
             proxy_bytes,
             egress_refused,
+            listener_connections,
+            listener_refused,
+            listener_timeouts,
         }
     }
 
@@ -184,6 +228,33 @@ impl Metrics {
     }
 }
 
+impl Observer for Metrics {
+    fn observe(&self, listener: &'static str, event: Event) {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        match event {
+            Event::Opened => {
+                self.listener_connections.get_or_create(&labels).inc();
+            }
+            Event::Closed => {
+                self.listener_connections.get_or_create(&labels).dec();
+            }
+            Event::Refused => {
+                self.listener_refused.get_or_create(&labels).inc();
+            }
+            Event::TimedOut(phase) => {
+                self.listener_timeouts
+                    .get_or_create(&TimeoutLabels {
+                        listener: labels.listener,
+                        phase: phase.as_str().to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +264,11 @@ mod tests {
         let metrics = Metrics::new();
         metrics.reject("bad_signature");
         metrics.proxy_bytes("api", 3, 4);
+        metrics.observe("http", Event::Refused);
+        metrics.observe(
+            "http",
+            Event::TimedOut(nautilus_protocol::bounded::Phase::Body),
+        );
         let text = metrics.encode();
         assert!(
             text.contains("nautilus_sidecar_reports_rejected_total{reason=\"bad_signature\"} 1"),
@@ -201,6 +277,16 @@ mod tests {
         assert!(
             text.contains(
                 "nautilus_sidecar_proxy_bytes_total{proxy=\"api\",direction=\"downstream\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("nautilus_sidecar_listener_refused_total{listener=\"http\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nautilus_sidecar_listener_timeouts_total{listener=\"http\",phase=\"body\"} 1"
             ),
             "{text}"
         );

@@ -1,17 +1,26 @@
 //! Byte proxies: the API server port into the enclave, and the enclave's only way out.
 //!
 //! - [`serve_api`]: every connection accepted on `--api-listen` is joined byte for byte to a
-//!   new connection to `--api-upstream` (the agent's vsock port 6443). TLS stays end to end
-//!   between the client and the API server in the enclave.
+//!   new connection to `--api-upstream` (the agent's vsock port 6443) once the client's first
+//!   bytes (its TLS ClientHello) arrived within the handshake timeout, so a silent client
+//!   never costs a connection into the enclave. TLS stays end to end between the client and
+//!   the API server in the enclave.
 //! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
-//!   Only `CONNECT host:port` to an exact `--egress-allow` entry (host compared
-//!   case-insensitively) is tunnelled; another target gets 403, another method 405, a request
-//!   head over [`MAX_HEAD_BYTES`] 431. The agent still verifies the far end's TLS itself.
+//!   Only `CONNECT host:port` to an `--egress-allow` entry is tunnelled, compared after strict
+//!   parsing in canonical form ([`HostPort`]); another target gets 403, a target that does not
+//!   parse strictly 400, another method 405, a request head over [`MAX_HEAD_BYTES`] 431, a
+//!   head not complete within the header timeout nothing (the connection is closed). The
+//!   agent still verifies the far end's TLS itself.
+//!
+//! Both listen through a [`BoundedListener`] (connection cap, idle timeout); a refusal is
+//! counted in `egress_refused_total{reason}` and logged at most once per
+//! [`LOG_EVERY`](nautilus_protocol::bounded::LOG_EVERY).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nautilus_protocol::transport::{self, BoxedStream, Endpoint, Listener};
+use nautilus_protocol::bounded::{BoundedListener, Conn, LogLimit, Phase};
+use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
@@ -22,8 +31,10 @@ use crate::metrics::Metrics;
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Copy buffer per direction and connection.
 const BUFFER: usize = 64 * 1024;
-/// How long a client may take to send its request head, and a target to accept.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a target (the enclave's API port, an egress target) may take to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest first read of an API client before the upstream is dialled (a ClientHello).
+const FIRST_READ: usize = 4 * 1024;
 
 /// Why an egress request was refused: the HTTP answer and a metric label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,70 +88,92 @@ pub fn check_connect(head: &[u8], allow: &[HostPort]) -> Result<HostPort, Refusa
 }
 
 /// Accept connections on `listener` and join each to `upstream`, until the task is dropped.
-pub async fn serve_api(listener: Listener, upstream: Endpoint, metrics: Arc<Metrics>) {
-    info!(listen = %listener.endpoint(), %upstream, "api proxy listening");
+pub async fn serve_api(listener: BoundedListener, upstream: Endpoint, metrics: Arc<Metrics>) {
+    info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), "api proxy listening");
     let upstream = Arc::new(upstream);
+    let first_bytes = listener.limits().handshake_timeout;
+    let unreachable = Arc::new(LogLimit::default());
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "api proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let client = listener.accept().await;
         metrics.proxy_connection("api");
         let upstream = Arc::clone(&upstream);
         let metrics = Arc::clone(&metrics);
+        let unreachable = Arc::clone(&unreachable);
         tokio::spawn(async move {
-            match transport::connect(&upstream).await {
-                Ok(target) => pipe("api", client, target, &metrics, &peer).await,
-                Err(e) => warn!(%peer, error = %e, "api upstream unreachable"),
+            let mut client = client;
+            let mut first = vec![0u8; FIRST_READ];
+            let n = match tokio::time::timeout(first_bytes, client.read(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                Ok(_) => return,
+                Err(_) => {
+                    client.tag().timed_out(Phase::Handshake, client.peer());
+                    return;
+                }
+            };
+            first.truncate(n);
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&upstream))
+                .await
+                .map_err(|_| "connection attempt timed out".to_owned())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match connected {
+                Ok(mut target) => {
+                    if target.write_all(&first).await.is_ok() {
+                        metrics.proxy_bytes("api", n as u64, 0);
+                        pipe("api", client, target, &metrics).await;
+                    }
+                }
+                Err(error) => {
+                    if let Some(suppressed) = unreachable.check() {
+                        warn!(peer = %client.peer(), %error, suppressed, "api upstream unreachable");
+                    }
+                }
             }
         });
     }
 }
 
-async fn pipe(
-    proxy: &'static str,
-    mut client: BoxedStream,
-    mut target: BoxedStream,
-    metrics: &Metrics,
-    peer: &str,
-) {
+async fn pipe(proxy: &'static str, mut client: Conn, mut target: BoxedStream, metrics: &Metrics) {
     match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut target, BUFFER, BUFFER).await {
         Ok((up, down)) => {
             metrics.proxy_bytes(proxy, up, down);
-            debug!(proxy, %peer, up, down, "proxied connection closed");
+            debug!(proxy, peer = %client.peer(), up, down, "proxied connection closed");
         }
-        Err(e) => debug!(proxy, %peer, error = %e, "proxied connection failed"),
+        Err(e) => debug!(proxy, peer = %client.peer(), error = %e, "proxied connection failed"),
     }
 }
 
 /// Accept CONNECT requests on `listener` and tunnel the allowed ones, until the task is
 /// dropped.
-pub async fn serve_egress(listener: Listener, allow: Vec<HostPort>, metrics: Arc<Metrics>) {
+pub async fn serve_egress(listener: BoundedListener, allow: Vec<HostPort>, metrics: Arc<Metrics>) {
     let allowed: Vec<String> = allow.iter().map(ToString::to_string).collect();
-    info!(listen = %listener.endpoint(), allow = ?allowed, "egress proxy listening");
+    info!(listen = %listener.endpoint(), allow = ?allowed, limits = ?listener.limits(), "egress proxy listening");
     let allow = Arc::new(allow);
+    let head_timeout = listener.limits().header_timeout;
+    let log = Arc::new(LogLimit::default());
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                debug!(error = %e, "egress proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let client = listener.accept().await;
         metrics.proxy_connection("egress");
-        let allow = Arc::clone(&allow);
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move { egress(client, &peer, &allow, &metrics).await });
+        let egress = Egress {
+            allow: Arc::clone(&allow),
+            metrics: Arc::clone(&metrics),
+            head_timeout,
+            log: Arc::clone(&log),
+        };
+        tokio::spawn(async move { egress.serve(client).await });
     }
 }
 
+/// What one egress connection needs.
+struct Egress {
+    allow: Arc<Vec<HostPort>>,
+    metrics: Arc<Metrics>,
+    head_timeout: Duration,
+    /// One line per interval for refusals and unreachable targets; the metric counts all.
+    log: Arc<LogLimit>,
+}
+
 /// Read a request head: the bytes through `\r\n\r\n` and whatever followed them.
-async fn read_head(client: &mut BoxedStream) -> Result<(Vec<u8>, Vec<u8>), Option<Refusal>> {
+async fn read_head(client: &mut Conn) -> Result<(Vec<u8>, Vec<u8>), Option<Refusal>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -172,78 +205,89 @@ async fn read_head(client: &mut BoxedStream) -> Result<(Vec<u8>, Vec<u8>), Optio
     }))
 }
 
-async fn refuse(client: &mut BoxedStream, refusal: &Refusal, metrics: &Metrics, peer: &str) {
-    metrics.refuse_egress(refusal.reason);
-    info!(%peer, status = refusal.status, reason = refusal.reason, "egress request refused");
-    let allow = if refusal.status == 405 {
-        "Allow: CONNECT\r\n"
-    } else {
-        ""
-    };
-    let answer = format!(
-        "HTTP/1.1 {} {}\r\n{allow}Content-Length: 0\r\nConnection: close\r\n\r\n",
-        refusal.status, refusal.text
-    );
-    let _ = client.write_all(answer.as_bytes()).await;
-    let _ = client.shutdown().await;
-}
+impl Egress {
+    async fn refuse(&self, client: &mut Conn, refusal: &Refusal) {
+        self.metrics.refuse_egress(refusal.reason);
+        if let Some(suppressed) = self.log.check() {
+            info!(peer = %client.peer(), status = refusal.status, reason = refusal.reason, suppressed, "egress request refused");
+        }
+        let allow = if refusal.status == 405 {
+            "Allow: CONNECT\r\n"
+        } else {
+            ""
+        };
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\n{allow}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            refusal.status, refusal.text
+        );
+        let _ = client.write_all(answer.as_bytes()).await;
+        let _ = client.shutdown().await;
+    }
 
-async fn egress(mut client: BoxedStream, peer: &str, allow: &[HostPort], metrics: &Metrics) {
-    let (head, rest) = match tokio::time::timeout(TIMEOUT, read_head(&mut client)).await {
-        Ok(Ok(read)) => read,
-        Ok(Err(Some(refusal))) => return refuse(&mut client, &refusal, metrics, peer).await,
-        Ok(Err(None)) | Err(_) => {
-            debug!(%peer, "egress client went away before its request");
+    async fn serve(&self, mut client: Conn) {
+        let (head, rest) =
+            match tokio::time::timeout(self.head_timeout, read_head(&mut client)).await {
+                Ok(Ok(read)) => read,
+                Ok(Err(Some(refusal))) => return self.refuse(&mut client, &refusal).await,
+                Ok(Err(None)) => {
+                    debug!(peer = %client.peer(), "egress client went away before its request");
+                    return;
+                }
+                Err(_) => {
+                    client.tag().timed_out(Phase::Header, client.peer());
+                    return;
+                }
+            };
+        let target = match check_connect(&head, &self.allow) {
+            Ok(target) => target,
+            Err(refusal) => return self.refuse(&mut client, &refusal).await,
+        };
+        let connected = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await;
+        let upstream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                if let Some(suppressed) = self.log.check() {
+                    warn!(peer = %client.peer(), %target, error = %e, suppressed, "egress target unreachable");
+                }
+                let refusal = Refusal {
+                    status: 502,
+                    text: "Bad Gateway",
+                    reason: "unreachable",
+                };
+                return self.refuse(&mut client, &refusal).await;
+            }
+            Err(_) => {
+                let refusal = Refusal {
+                    status: 504,
+                    text: "Gateway Timeout",
+                    reason: "timeout",
+                };
+                return self.refuse(&mut client, &refusal).await;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let mut upstream: BoxedStream = Box::new(upstream);
+        info!(peer = %client.peer(), %target, "egress tunnel opened");
+        if client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
             return;
         }
-    };
-    let target = match check_connect(&head, allow) {
-        Ok(target) => target,
-        Err(refusal) => return refuse(&mut client, &refusal, metrics, peer).await,
-    };
-    let connected = tokio::time::timeout(
-        TIMEOUT,
-        tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await;
-    let upstream = match connected {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            warn!(%peer, %target, error = %e, "egress target unreachable");
-            let refusal = Refusal {
-                status: 502,
-                text: "Bad Gateway",
-                reason: "unreachable",
-            };
-            return refuse(&mut client, &refusal, metrics, peer).await;
+        // Bytes the client sent after its head (a TLS ClientHello, typically) go first.
+        if !rest.is_empty() {
+            if upstream.write_all(&rest).await.is_err() {
+                return;
+            }
+            self.metrics.proxy_bytes("egress", rest.len() as u64, 0);
         }
-        Err(_) => {
-            let refusal = Refusal {
-                status: 504,
-                text: "Gateway Timeout",
-                reason: "timeout",
-            };
-            return refuse(&mut client, &refusal, metrics, peer).await;
-        }
-    };
-    let _ = upstream.set_nodelay(true);
-    let mut upstream: BoxedStream = Box::new(upstream);
-    info!(%peer, %target, "egress tunnel opened");
-    if client
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return;
+        pipe("egress", client, upstream, &self.metrics).await;
     }
-    // Bytes the client sent after its head (a TLS ClientHello, typically) go first.
-    if !rest.is_empty() {
-        if upstream.write_all(&rest).await.is_err() {
-            return;
-        }
-        metrics.proxy_bytes("egress", rest.len() as u64, 0);
-    }
-    pipe("egress", client, upstream, metrics, peer).await;
 }
 
 #[cfg(test)]
@@ -287,6 +331,19 @@ mod tests {
             ),
             (b"CONNECT fullnode.testnet.sui.io:443 SPDY/3\r\n\r\n", 400),
             (b"\xff\xfe\r\n\r\n", 400),
+            // Targets that would match only after lenient parsing.
+            (
+                b"CONNECT fullnode.testnet.sui.io:+443 HTTP/1.1\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT FULLNODE.TESTNET.SUI.IO:0443 HTTP/1.1\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT fullnode.testnet.sui.io.:443 HTTP/1.1\r\n\r\n",
+                400,
+            ),
             (b"no line end", 400),
         ] {
             assert_eq!(

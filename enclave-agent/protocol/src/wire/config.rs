@@ -3,6 +3,45 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+/// Largest nonce: the NSM refuses more than 512 bytes.
+pub const MAX_NONCE_BYTES: usize = 512;
+
+/// Why a nonce is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("nonce must be 1 to {MAX_NONCE_BYTES} bytes, got {0}")]
+pub struct NonceSizeError(pub usize);
+
+/// The one rule for a nonce, on every side of every link: 1 to [`MAX_NONCE_BYTES`] bytes.
+///
+/// An empty nonce would make a document that answers no challenge; a longer one the NSM
+/// refuses. Readers of [`BootConfig`] and [`NonceRefresh`] apply it while parsing (a frame
+/// carrying another nonce is malformed), writers while serializing, and the sidecar's
+/// `POST /attest` before it queues a refresh.
+pub fn check_nonce(nonce: &[u8]) -> Result<(), NonceSizeError> {
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
+        return Err(NonceSizeError(nonce.len()));
+    }
+    Ok(())
+}
+
+/// Serde for nonce fields: base64 with [`check_nonce`] applied both ways.
+mod nonce_b64 {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        super::check_nonce(bytes).map_err(serde::ser::Error::custom)?;
+        super::super::b64::serialize(bytes, serializer)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        let bytes = super::super::b64::deserialize(deserializer)?;
+        super::check_nonce(&bytes).map_err(serde::de::Error::custom)?;
+        Ok(bytes)
+    }
+}
+
 /// The sidecar's first message: the configuration to boot and the operator's challenge.
 ///
 /// The nonce sits beside the configuration, not inside it, so that a fresh nonce does not
@@ -12,8 +51,8 @@ use sha2::{Digest as _, Sha256};
 pub struct BootConfig {
     /// The measured configuration.
     pub config: EnclaveConfig,
-    /// The operator's challenge for the first attestation document (at most 512 bytes).
-    #[serde(with = "super::b64")]
+    /// The operator's challenge for the first attestation document (1 to 512 bytes).
+    #[serde(with = "nonce_b64")]
     pub nonce: Vec<u8>,
 }
 
@@ -21,8 +60,8 @@ pub struct BootConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NonceRefresh {
-    /// The operator's new challenge (at most 512 bytes).
-    #[serde(with = "super::b64")]
+    /// The operator's new challenge (1 to 512 bytes).
+    #[serde(with = "nonce_b64")]
     pub nonce: Vec<u8>,
 }
 

@@ -14,6 +14,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const FRAME_HEADER_LEN: usize = 8;
 /// Largest body accepted. An attestation document is at most 16 KiB, base64 adds a third.
 pub const MAX_FRAME_BODY: usize = 64 * 1024;
+/// Once a frame's first byte arrived, the rest must follow within this long
+/// ([`read_message_within`]): a whole frame is at most 64 KiB, sent at once by either side.
+pub const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a frame could not be read or written. Every error closes the connection.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum WireError {
         /// What the JSON parser reported.
         reason: String,
     },
+    /// A frame started but did not complete in time.
+    #[error("frame incomplete after {0:?}")]
+    TimedOut(std::time::Duration),
     /// A message arrived where the protocol does not allow it.
     #[error("unexpected {found} message, expected {expected}")]
     Unexpected {
@@ -178,7 +184,7 @@ where
     Ok(())
 }
 
-/// Read one frame and parse its message.
+/// Read one frame and parse its message, however long the peer takes.
 ///
 /// Returns [`WireError::Closed`] when the stream ends cleanly before a header. The body is
 /// read only after the header has passed every check, so an oversized announcement costs no
@@ -187,16 +193,55 @@ pub async fn read_message<R>(reader: &mut R) -> Result<Message, WireError>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
+    read_frame(reader, None).await
+}
+
+/// [`read_message`], except that once the frame's first byte has arrived the rest must arrive
+/// within `timeout` ([`WireError::TimedOut`] otherwise). The wait for the first byte is not
+/// bounded: a link may rightly be quiet between messages.
+pub async fn read_message_within<R>(
+    reader: &mut R,
+    timeout: std::time::Duration,
+) -> Result<Message, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    read_frame(reader, Some(timeout)).await
+}
+
+async fn read_frame<R>(
+    reader: &mut R,
+    timeout: Option<std::time::Duration>,
+) -> Result<Message, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     let mut header = [0u8; FRAME_HEADER_LEN];
-    let mut filled = 0;
+    let n = reader.read(&mut header).await?;
+    if n == 0 {
+        return Err(WireError::Closed);
+    }
+    let rest = read_rest(reader, header, n);
+    match timeout {
+        None => rest.await,
+        Some(timeout) => tokio::time::timeout(timeout, rest)
+            .await
+            .map_err(|_| WireError::TimedOut(timeout))?,
+    }
+}
+
+async fn read_rest<R>(
+    reader: &mut R,
+    mut header: [u8; FRAME_HEADER_LEN],
+    mut filled: usize,
+) -> Result<Message, WireError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
     while filled < FRAME_HEADER_LEN {
         let n = reader.read(&mut header[filled..]).await?;
         if n == 0 {
-            return Err(if filled == 0 {
-                WireError::Closed
-            } else {
-                WireError::Truncated
-            });
+            return Err(WireError::Truncated);
         }
         filled += n;
     }
@@ -289,11 +334,61 @@ mod tests {
         assert!(matches!(roundtrip(&[]).await, Err(WireError::Closed)));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_after_its_first_byte_times_out() {
+        let mut good = Vec::new();
+        write_message(&mut good, &nonce_message())
+            .await
+            .expect("write");
+        let timeout = std::time::Duration::from_secs(10);
+        // Announces its body and sends part of it, then nothing: cut at the timeout.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&good[..18]).await.expect("write");
+        let started = tokio::time::Instant::now();
+        let err = read_message_within(&mut server, timeout)
+            .await
+            .expect_err("stalled");
+        assert!(matches!(err, WireError::TimedOut(_)), "{err}");
+        assert_eq!(started.elapsed(), timeout);
+        // A quiet link is not a stalled frame: the wait for a first byte is not bounded.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let reader = tokio::spawn(async move { read_message_within(&mut server, timeout).await });
+        tokio::time::sleep(timeout * 5).await;
+        client.write_all(&good).await.expect("write");
+        assert_eq!(reader.await.expect("task").expect("read"), nonce_message());
+    }
+
+    #[tokio::test]
+    async fn nonces_follow_one_rule_both_ways() {
+        for nonce in [Vec::new(), vec![1; 513]] {
+            let mut buf = Vec::new();
+            let err = write_message(&mut buf, &Message::NonceRefresh(NonceRefresh { nonce }))
+                .await
+                .expect_err("the writer refuses it");
+            assert!(
+                err.to_string().contains("nonce must be 1 to 512 bytes"),
+                "{err}"
+            );
+        }
+        let mut buf = Vec::new();
+        write_message(
+            &mut buf,
+            &Message::NonceRefresh(NonceRefresh {
+                nonce: vec![1; 512],
+            }),
+        )
+        .await
+        .expect("512 bytes pass");
+    }
+
     #[tokio::test]
     async fn unknown_fields_and_wrong_bodies_are_malformed() {
+        let too_long = format!(r#"{{"nonce":"{}"}}"#, "AAAA".repeat(171));
         for body in [
             &br#"{"nonce":"AAAA","extra":1}"#[..],
             br#"{"nonce":"not base64!"}"#,
+            br#"{"nonce":""}"#,
+            too_long.as_bytes(),
             br#"[]"#,
             b"\xff\xfe",
         ] {

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! Readers refuse a frame of another version, an unknown kind, a non-zero reserved byte, a
-//! body longer than [`MAX_FRAME_BODY`], or a body that is not exactly the message's JSON (unknown
-//! fields included). The code is generic over [`tokio::io::AsyncRead`]/[`AsyncWrite`], so vsock,
-//! Unix and TCP streams all carry it.
+//! body longer than [`MAX_FRAME_BODY`], a body that is not exactly the message's JSON (unknown
+//! fields included), a nonce that is empty or over 512 bytes ([`check_nonce`]: the same rule
+//! on both sides), and, with [`read_message_within`], a frame whose rest does not follow its
+//! first byte within [`FRAME_TIMEOUT`]. The code is generic over
+//! [`tokio::io::AsyncRead`]/[`AsyncWrite`], so vsock, Unix and TCP streams all carry it.
 //!
 //! | kind | message | direction |
 //! |---|---|---|
@@ -36,12 +38,12 @@ mod report;
 
 pub use config::{
     AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig,
-    NonceRefresh, TierConfig, ZkLoginConfig,
+    MAX_NONCE_BYTES, NonceRefresh, NonceSizeError, TierConfig, ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{
-    FRAME_HEADER_LEN, MAX_FRAME_BODY, Message, MessageKind, PROTOCOL_VERSION, WireError,
-    read_message, write_message,
+    FRAME_HEADER_LEN, FRAME_TIMEOUT, MAX_FRAME_BODY, Message, MessageKind, PROTOCOL_VERSION,
+    WireError, read_message, read_message_within, write_message,
 };
 pub use report::{
     Component, ComponentReport, MAX_REPORT_BYTES, ProcessState, Report, ReportError, ReportSigner,

@@ -336,6 +336,14 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Assert the value of `name{labels}` for each `(labels, value)` in an exposition.
+pub fn assert_series(metrics: &str, name: &str, expected: &[(&str, u64)]) {
+    for (labels, value) in expected {
+        let series = format!("{name}{{{labels}}}");
+        assert_eq!(metric(metrics, &series), *value, "{series}: {metrics}");
+    }
+}
+
 /// Wait until `/readyz` answers `status` and return its body.
 pub async fn readyz_becomes(running: &Running, status: u16) -> String {
     let addr = running.http_addr();

@@ -280,31 +280,35 @@ fn simulate_then_verify_with_the_written_root() {
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
 
+/// Run nautilusctl with `args` and its output pipe closed before it writes (`… | head -1`, the
+/// reader gone early); returns its exit status and standard error.
+fn with_closed_output(args: &[&std::ffi::OsStr]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nautilusctl"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nautilusctl starts");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("nautilusctl ends");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (output.status, stderr)
+}
+
 #[test]
 fn a_closed_output_pipe_ends_the_command_quietly() {
-    // `nautilusctl … | head -1`: the reader goes away before the command has written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nautilusctl"))
-        .args(["attestation", "simulate", "--help"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("nautilusctl starts");
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("nautilusctl ends");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    with_closed_output(&[os("attestation"), os("simulate"), os("--help")]);
     let Some(dir) = nitro_dir() else { return };
     let doc = dir.join("evervault-debug-userdata-2023-09-18.cbor");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nautilusctl"))
-        .args(["attestation", "verify", "--at", "doc", "--allow-debug"])
-        .arg(&doc)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("nautilusctl starts");
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("nautilusctl ends");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    let (status, stderr) = with_closed_output(&[
+        os("attestation"),
+        os("verify"),
+        os("--at"),
+        os("doc"),
+        os("--allow-debug"),
+        doc.as_os_str(),
+    ]);
+    assert!(status.success(), "{status:?}: {stderr}");
 }

@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser as _;
-use common::{Reaper, free_port, https_request, kubernetes_assets, now_ms};
+use common::{Reaper, free_port, https_request, kubernetes_assets, now_ms, verify_boot_evidence};
 use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, EvidenceBundle, HealthConfig,
     Report, ReportVerifier, TierConfig,
 };
-use nautilus_protocol::{Binding, Policy};
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::generate_key;
 use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
@@ -260,24 +259,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
     let evidence = bundle(http_addr).await;
     assert_eq!(evidence.boot_config_digest, Some(boot.config.digest_hex()));
     let attestation = evidence.attestation.clone().expect("attestation");
-    let root = attestation
-        .simulated_root_pem
-        .clone()
-        .expect("simulated root");
-    let document = Verifier::new(TrustAnchor::from_pem(&root).expect("root"))
-        .verify(&attestation.document, VerifyAt::Now)
-        .expect("document verifies");
-    Policy {
-        challenge: Some(boot.nonce.clone()),
-        binding: Some(Binding::v1(
-            boot.config.digest(),
-            attestation.serving_ca_digest().expect("ca"),
-        )),
-        allow_debug: true,
-        ..Policy::default()
-    }
-    .check(&document, now_ms())
-    .expect("nonce and binding");
+    let document = verify_boot_evidence(&attestation, &boot);
     let verifier = ReportVerifier::new(
         &document.public_key.clone().expect("key"),
         boot.config.digest_hex(),
@@ -332,6 +314,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
     let start = Instant::now();
     loop {
         let attestation = bundle(http_addr).await.attestation.expect("attestation");
+        let root = attestation.simulated_root_pem.clone().expect("root");
         let document = Verifier::new(TrustAnchor::from_pem(&root).expect("root"))
             .verify(&attestation.document, VerifyAt::Now)
             .expect("verifies");

@@ -19,14 +19,12 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use common::{
     KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
-    processes_mentioning, rss_kib,
+    processes_mentioning, rss_kib, verify_boot_evidence,
 };
-use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, Component, ControlPlaneConfig, EnclaveConfig, EvidenceBundle,
     HealthConfig, Report, ReportVerifier, TierConfig,
 };
-use nautilus_protocol::{Binding, Policy};
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::{KeystoreKey, generate_key};
 use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
@@ -225,21 +223,7 @@ impl Fixture {
         // The attestation binds this configuration and the CA the API server serves with.
         let bundle = bundle(http_addr).await;
         let attestation = bundle.attestation.expect("attestation");
-        let root = attestation.simulated_root_pem.clone().expect("root");
-        let document = Verifier::new(TrustAnchor::from_pem(&root).expect("root"))
-            .verify(&attestation.document, VerifyAt::Now)
-            .expect("document verifies");
-        Policy {
-            challenge: Some(boot.nonce.clone()),
-            binding: Some(Binding::v1(
-                boot.config.digest(),
-                attestation.serving_ca_digest().expect("ca"),
-            )),
-            allow_debug: true,
-            ..Policy::default()
-        }
-        .check(&document, now_ms())
-        .expect("nonce and binding");
+        let document = verify_boot_evidence(&attestation, &boot);
         let verifier = ReportVerifier::new(
             &document.public_key.clone().expect("key"),
             boot.config.digest_hex(),

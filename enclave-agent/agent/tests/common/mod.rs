@@ -258,6 +258,33 @@ pub fn verify_evidence(
     document
 }
 
+/// Verify `evidence` for `boot` against its simulated root: the boot nonce and the binding of
+/// the configuration digest and the CA (PCRs as the agent was given them, debug allowed).
+pub fn verify_boot_evidence(
+    evidence: &AttestationEvidence,
+    boot: &BootConfig,
+) -> AttestationDocument {
+    let root = evidence
+        .simulated_root_pem
+        .as_deref()
+        .expect("simulated mode carries its root");
+    let document = Verifier::new(TrustAnchor::from_pem(root).expect("root"))
+        .verify(&evidence.document, VerifyAt::Now)
+        .expect("document verifies");
+    Policy {
+        challenge: Some(boot.nonce.clone()),
+        binding: Some(Binding::v1(
+            boot.config.digest(),
+            evidence.serving_ca_digest().expect("ca"),
+        )),
+        allow_debug: true,
+        ..Policy::default()
+    }
+    .check(&document, now_ms())
+    .expect("nonce and binding");
+    document
+}
+
 /// One HTTP/1.1 request over TLS on `stream`, the server's certificate verified with `ca_pem`
 /// for `server_name` (also the Host header), a JSON `body`, and a bearer `token` if given.
 /// Returns the status code and the whole response text.

@@ -5,7 +5,7 @@
 //! byte at a time. Without bounds each such connection holds a task, a file descriptor and
 //! buffers for as long as the peer likes. Every listener therefore goes through this module:
 //!
-//! - [`BoundedListener`] wraps a [`transport::Listener`] with a cap on concurrent connections.
+//! - [`BoundedListener`] wraps a [`crate::transport::Listener`] with a cap on concurrent connections.
 //!   A connection over the cap is closed at once (the peer sees a reset or an immediate EOF),
 //!   counted through the [`Observer`] and logged at most once per [`LOG_EVERY`].
 //! - Each accepted [`Conn`] fails a read or a write once nothing has moved in either direction

@@ -31,7 +31,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use nautilus_crds::conditions::{reasons, types};
@@ -158,6 +158,61 @@ struct ClusterState {
     reports: ReportState,
 }
 
+/// The watch cache: the children and enclave pods as the controller's watches see them. Reconciles
+/// read from it instead of the API server, and compare the desired children with it (through
+/// [`desired::APPLIED_HASH_KEY`]) so that nothing unchanged is applied again.
+#[derive(Clone)]
+pub struct Cache {
+    /// Boot ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Enclave StatefulSets.
+    pub stateful_sets: Store<StatefulSet>,
+    /// Enclave Services.
+    pub services: Store<Service>,
+    /// Kubeconfig Secrets.
+    pub secrets: Store<Secret>,
+    /// Enclave pods.
+    pub pods: Store<Pod>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("config_maps", &self.config_maps.len())
+            .field("stateful_sets", &self.stateful_sets.len())
+            .field("services", &self.services.len())
+            .field("secrets", &self.secrets.len())
+            .field("pods", &self.pods.len())
+            .finish()
+    }
+}
+
+/// How long a reconcile waits for the watch cache's first list before it reads and writes
+/// through the API server instead.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
+
+impl Cache {
+    /// The cached object `name` in `namespace`.
+    pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Wait (at most [`CACHE_WAIT`]) until every store has its first list; `false` if one did not.
+    async fn ready(&self) -> bool {
+        let all = async {
+            self.config_maps.wait_until_ready().await.is_ok()
+                && self.stateful_sets.wait_until_ready().await.is_ok()
+                && self.services.wait_until_ready().await.is_ok()
+                && self.secrets.wait_until_ready().await.is_ok()
+                && self.pods.wait_until_ready().await.is_ok()
+        };
+        tokio::time::timeout(CACHE_WAIT, all).await.unwrap_or(false)
+    }
+}
+
 /// Shared state of the controller.
 pub struct Context {
     /// Client of the host cluster.
@@ -169,6 +224,9 @@ pub struct Context {
     recorder: Recorder,
     clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<ClusterState>>>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Set by [`run`] once the watches exist; `None` (tests without watches) reads and writes
+    /// through the API server every time.
+    cache: std::sync::OnceLock<Cache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -194,7 +252,14 @@ impl Context {
             metrics,
             clusters: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            cache: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The watch cache, once it has its first lists.
+    async fn cache(&self) -> Option<&Cache> {
+        let cache = self.cache.get()?;
+        cache.ready().await.then_some(cache)
     }
 
     fn cluster(&self, key: &str) -> Arc<Mutex<ClusterState>> {
@@ -334,6 +399,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&key_of(&names));
+    let cache = ctx.cache().await;
     let mut state = cluster.lock().await;
 
     // 1. The boot nonce: kept while the configuration stays the same.
@@ -343,11 +409,15 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         .as_ref()
         .is_none_or(|b| b.digest_hex != digest_hex)
     {
-        let existing = cm_api
-            .get_opt(&names.boot_config_map)
-            .await
-            .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?
-            .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
+        let existing = match cache {
+            Some(cache) => Cache::get(&cache.config_maps, &names.namespace, &names.boot_config_map)
+                .map(|cm| cm.as_ref().clone()),
+            None => cm_api
+                .get_opt(&names.boot_config_map)
+                .await
+                .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?,
+        }
+        .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
         let boot_nonce = existing.unwrap_or_else(fresh_nonce);
         state.boot = Some(BootState {
             digest_hex: digest_hex.clone(),
@@ -372,17 +442,27 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
 
     // 2. Children.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let cm = desired::boot_config_map(nm, &boot)?;
-    cm_api
-        .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
-        .await
-        .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
-    ctx.runtime
-        .ensure(&ctx.client, nm, &boot, &digest_hex)
-        .await?;
+    let mut cm = desired::boot_config_map(nm, &boot)?;
+    let hash = desired::stamp_applied_hash(&mut cm)?;
+    let cached =
+        cache.and_then(|c| Cache::get(&c.config_maps, &names.namespace, &names.boot_config_map));
+    if !desired::applied_with(cached.as_deref(), &hash) {
+        cm_api
+            .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
+            .await
+            .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
+        ctx.metrics.child_applied("ConfigMap");
+    }
+    for kind in ctx
+        .runtime
+        .ensure_cached(&ctx.client, cache, nm, &boot, &digest_hex)
+        .await?
+    {
+        ctx.metrics.child_applied(kind);
+    }
 
     // 3. Observe.
-    let observed = ctx.runtime.observe(&ctx.client, nm).await?;
+    let observed = ctx.runtime.observe_cached(&ctx.client, cache, nm).await?;
     let mut enclave = observed.state.clone();
     let bundle: Option<EvidenceBundle> = match observed.sidecar {
         Some(addr) => match sidecar::fetch_report(addr).await {
@@ -482,11 +562,17 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let previous = nm.status.clone().unwrap_or_default();
     let kubeconfig_ref = match &outcome {
         Outcome::Verified(v) => {
-            let secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
-            secret_api
-                .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
-                .await
-                .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+            let mut secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
+            let hash = desired::stamp_applied_hash(&mut secret)?;
+            let cached = cache
+                .and_then(|c| Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret));
+            if !desired::applied_with(cached.as_deref(), &hash) {
+                secret_api
+                    .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
+                    .await
+                    .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+                ctx.metrics.child_applied("Secret");
+            }
             Some(SecretKeyReference {
                 name: names.kubeconfig_secret.clone(),
                 key: KUBECONFIG_KEY.into(),
@@ -495,14 +581,20 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
         // report alone keeps it (the CA is still the attested one; Ready says the rest).
         Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
-            match secret_api
-                .delete(&names.kubeconfig_secret, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(err) => {
-                    return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+            // Already gone from the watch cache: nothing to delete.
+            let cached_absent = cache.is_some_and(|c| {
+                Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret).is_none()
+            });
+            if !cached_absent {
+                match secret_api
+                    .delete(&names.kubeconfig_secret, &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(err) => {
+                        return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+                    }
                 }
             }
             None
@@ -524,7 +616,9 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
             now: time_now(),
         },
     );
-    patch_status(ctx, nm, &status).await?;
+    if status_changed(&previous, &status) {
+        patch_status(ctx, nm, &status).await?;
+    }
     for (type_, reason, note) in transitions(&previous.conditions, &status.conditions) {
         ctx.publish(nm, type_, &reason, note).await;
     }
@@ -550,6 +644,7 @@ async fn patch_status(
     )
     .await
     .map_err(kube_err("patch status of", "NautilusMaster", &names.name))?;
+    ctx.metrics.status_patched();
     Ok(())
 }
 
@@ -687,6 +782,26 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
     }
 }
 
+/// Whether `new` differs from `old` in anything a user would see. Per-probe values
+/// (`attestation.verifiedAt`, `components[].lastProbeTime` and `latencyMillis`) do not count:
+/// they are written with
+/// the rest of the status when something else changes, never on their own, so an idle resource
+/// costs no writes (as node heartbeats moved out of Node status into Leases, KEP-589).
+pub fn status_changed(old: &NautilusMasterStatus, new: &NautilusMasterStatus) -> bool {
+    fn without_probe_times(status: &NautilusMasterStatus) -> NautilusMasterStatus {
+        let mut status = status.clone();
+        if let Some(attestation) = status.attestation.as_mut() {
+            attestation.verified_at = Time(Timestamp::UNIX_EPOCH);
+        }
+        for component in &mut status.components {
+            component.last_probe_time = None;
+            component.latency_millis = None;
+        }
+        status
+    }
+    without_probe_times(old) != without_probe_times(new)
+}
+
 /// Events for conditions whose status changed (or that appeared): `Normal` when they became
 /// `True`, `Warning` otherwise; the reason is the condition's reason.
 pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, String, String)> {
@@ -734,9 +849,9 @@ pub async fn run(
     }
     let ns = namespace.as_deref();
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    // Status writes (every probe interval: verifiedAt, probe times) must not trigger another
-    // reconcile at once: only spec (generation, which deletion also bumps) and finalizer changes
-    // do; the requeue after each reconcile does the rest.
+    // Status writes must not trigger another reconcile at once: only spec (generation, which
+    // deletion also bumps) and finalizer changes do; the requeue after each reconcile does the
+    // rest. The store still holds the latest status, which the next reconcile compares with.
     let (reader, writer) = reflector::store();
     let masters = watcher(
         api::<NautilusMaster>(&client, ns),
@@ -749,12 +864,56 @@ pub async fn run(
         predicates::generation.combine(predicates::finalizers),
         Default::default(),
     );
+    // The children and pods are reflected into stores (the watch cache reconciles read and
+    // compare against), without managedFields, which nothing here reads.
+    fn cached<K>(
+        api: Api<K>,
+        config: watcher::Config,
+    ) -> (
+        Store<K>,
+        impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    )
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect(writer)
+            .touched_objects();
+        (reader, stream)
+    }
+    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed());
+    let (stateful_sets, stateful_set_events) = cached(api::<StatefulSet>(&client, ns), managed());
+    let (services, service_events) = cached(api::<Service>(&client, ns), managed());
+    let (secrets, secret_events) = cached(api::<Secret>(&client, ns), managed());
+    let (pods, pod_events) = cached(api::<Pod>(&client, ns), managed());
+    if ctx
+        .cache
+        .set(Cache {
+            config_maps,
+            stateful_sets,
+            services,
+            secrets,
+            pods,
+        })
+        .is_err()
+    {
+        tracing::warn!("the controller was started twice on one context; keeping the first cache");
+    }
     Controller::for_stream(masters, reader)
-        .owns(api::<ConfigMap>(&client, ns), managed())
-        .owns(api::<StatefulSet>(&client, ns), managed())
-        .owns(api::<Service>(&client, ns), managed())
-        .owns(api::<Secret>(&client, ns), managed())
-        .watches(api::<Pod>(&client, ns), managed(), |pod: Pod| {
+        .owns_stream(config_map_events)
+        .owns_stream(stateful_set_events)
+        .owns_stream(service_events)
+        .owns_stream(secret_events)
+        .watches_stream(pod_events, |pod: Pod| {
             let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
             let namespace = pod.namespace()?;
             Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
@@ -1565,6 +1724,153 @@ mod tests {
                 .encode()
                 .contains("nautilus_operator_reconciles_total 1")
         );
+    }
+
+    /// Writers of a [`Cache`] filled by hand (the watch events a test decides).
+    struct CacheWriters {
+        config_maps: reflector::store::Writer<ConfigMap>,
+        stateful_sets: reflector::store::Writer<StatefulSet>,
+        services: reflector::store::Writer<Service>,
+        secrets: reflector::store::Writer<Secret>,
+        pods: reflector::store::Writer<Pod>,
+    }
+
+    fn listed<K>(writer: &mut reflector::store::Writer<K>, objects: Vec<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    fn cached_context(client: Client) -> (Arc<Context>, CacheWriters) {
+        let ctx = context(client, None);
+        let (config_maps, cm_writer) = reflector::store();
+        let (stateful_sets, sts_writer) = reflector::store();
+        let (services, svc_writer) = reflector::store();
+        let (secrets, secret_writer) = reflector::store();
+        let (pods, pod_writer) = reflector::store();
+        ctx.cache
+            .set(Cache {
+                config_maps,
+                stateful_sets,
+                services,
+                secrets,
+                pods,
+            })
+            .expect("fresh context");
+        let writers = CacheWriters {
+            config_maps: cm_writer,
+            stateful_sets: sts_writer,
+            services: svc_writer,
+            secrets: secret_writer,
+            pods: pod_writer,
+        };
+        (ctx, writers)
+    }
+
+    fn body_of<K: serde::de::DeserializeOwned>(log: &[Recorded], path: &str) -> K {
+        serde_json::from_value(find(log, "PATCH", path).body.clone()).expect("an object")
+    }
+
+    #[tokio::test]
+    async fn an_idle_resource_reads_the_cache_and_writes_nothing() {
+        let nm = with_finalizer(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let (ctx, mut writers) = cached_context(client);
+        listed(&mut writers.config_maps, Vec::new());
+        listed(&mut writers.stateful_sets, Vec::new());
+        listed(&mut writers.services, Vec::new());
+        listed(&mut writers.secrets, Vec::new());
+        listed(&mut writers.pods, Vec::new());
+
+        // First reconcile: nothing cached, so every child and the status are written, and
+        // nothing is read from the API server.
+        run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        let first = requests(&log);
+        let cm_path = "/api/v1/namespaces/team-a/configmaps/demo-boot";
+        let sts_path = "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave";
+        let svc_path = "/api/v1/namespaces/team-a/services/demo";
+        assert_eq!(
+            non_event_calls(&first),
+            [
+                format!("PATCH {cm_path}"),
+                format!("PATCH {sts_path}"),
+                format!("PATCH {svc_path}"),
+                format!("PATCH {NM_PATH}/status"),
+            ]
+        );
+        let cm: ConfigMap = body_of(&first, cm_path);
+        assert!(
+            cm.annotations().contains_key(desired::APPLIED_HASH_KEY),
+            "the applied object carries its hash"
+        );
+
+        // The watches now hold what was applied, and the resource its status.
+        listed(&mut writers.config_maps, vec![cm]);
+        listed(&mut writers.stateful_sets, vec![body_of(&first, sts_path)]);
+        listed(&mut writers.services, vec![body_of(&first, svc_path)]);
+        let mut nm = nm;
+        nm.status = Some(
+            serde_json::from_value(
+                find(&first, "PATCH", &format!("{NM_PATH}/status")).body["status"].clone(),
+            )
+            .expect("status"),
+        );
+        log.lock().expect("log").clear();
+
+        // Second reconcile, nothing changed: no request at all.
+        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(non_event_calls(&requests(&log)), Vec::<String>::new());
+
+        // A child whose cached copy differs (edited, or from an older spec) is applied again.
+        let mut sts: StatefulSet = body_of(&first, sts_path);
+        sts.annotations_mut()
+            .insert(desired::APPLIED_HASH_KEY.into(), "old".into());
+        listed(&mut writers.stateful_sets, vec![sts]);
+        run_reconcile(ctx.clone(), nm).await.expect("ok");
+        assert_eq!(
+            non_event_calls(&requests(&log)),
+            [format!("PATCH {sts_path}")]
+        );
+        let metrics = ctx.metrics.encode();
+        assert!(
+            metrics.contains("nautilus_operator_writes_total{kind=\"StatefulSet\"} 2"),
+            "{metrics}"
+        );
+    }
+
+    #[test]
+    fn probe_times_alone_are_no_status_change() {
+        use nautilus_crds::ComponentHealth;
+        let component = |healthy, at: i64, latency| ComponentHealth {
+            name: "apiserver".into(),
+            healthy,
+            last_probe_time: Some(Time(Timestamp::from_second(at).expect("time"))),
+            latency_millis: Some(latency),
+            message: None,
+        };
+        let old = NautilusMasterStatus {
+            phase: Some(Phase::Ready),
+            components: vec![component(true, 1_000, 3)],
+            ..NautilusMasterStatus::default()
+        };
+        let mut probed = old.clone();
+        probed.components = vec![component(true, 1_005, 4)];
+        assert!(!status_changed(&old, &probed), "a new probe alone");
+        let mut failing = old.clone();
+        failing.components = vec![component(false, 1_005, 4)];
+        assert!(status_changed(&old, &failing), "health changed");
+        let mut moved = old.clone();
+        moved.phase = Some(Phase::Degraded);
+        assert!(status_changed(&old, &moved));
     }
 
     #[test]

@@ -11,8 +11,13 @@
 //! 4. [`verify`](crate::verify::verify) the evidence and derive the conditions;
 //! 5. every refresh interval, `POST /attest` a fresh nonce;
 //! 6. publish the kubeconfig Secret once attested (delete it when verification fails);
-//! 7. server-side apply the status subresource; publish Events for condition transitions;
+//! 7. server-side apply the status subresource when something visible changed
+//!    ([`status_changed`]); publish Events for condition transitions;
 //! 8. requeue after the probe interval.
+//!
+//! Idle costs nothing: reads come from the watch cache ([`Cache`]), a child is applied only when
+//! its cached copy lacks the hash of the desired object ([`desired::APPLIED_HASH_KEY`]), and the
+//! status only when it changed; so a resource whose world does not change makes no request.
 //!
 //! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
 //! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
@@ -186,6 +191,12 @@ impl std::fmt::Debug for Cache {
             .finish()
     }
 }
+
+/// Reconciles in flight at once.
+pub const CONCURRENCY: u16 = 32;
+
+/// Requeue of a pod-runtime resource with no sidecar to probe (watch events do the rest).
+pub const RESYNC_WITHOUT_SIDECAR: Duration = Duration::from_secs(300);
 
 /// How long a reconcile waits for the watch cache's first list before it reads and writes
 /// through the API server instead.
@@ -622,6 +633,12 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     for (type_, reason, note) in transitions(&previous.conditions, &status.conditions) {
         ctx.publish(nm, type_, &reason, note).await;
     }
+    // Nothing to probe in the pod runtime (no sidecar up): every change that matters (the pod,
+    // the children, the spec) arrives as a watch event, and no condition of a pod that is not
+    // running depends on time; the requeue is only a safety net then.
+    if observed.sidecar.is_none() && matches!(ctx.runtime, EnclaveRuntime::Pod(_)) {
+        requeue = requeue.max(RESYNC_WITHOUT_SIDECAR);
+    }
     Ok(Action::requeue(requeue))
 }
 
@@ -858,6 +875,9 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    // Nothing reads the managed fields, which for a resource whose spec was applied hold a copy
+    // of its field names.
+    .modify(|nm| nm.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(
@@ -865,10 +885,13 @@ pub async fn run(
         Default::default(),
     );
     // The children and pods are reflected into stores (the watch cache reconciles read and
-    // compare against), without managedFields, which nothing here reads.
+    // compare against), keeping only what reconciles read: no managedFields; of the StatefulSet,
+    // Service and Secret only metadata (their applied hash; no kubeconfig in memory); of the pod
+    // its node and status.
     fn cached<K>(
         api: Api<K>,
         config: watcher::Config,
+        slim: fn(&mut K),
     ) -> (
         Store<K>,
         impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -885,16 +908,37 @@ pub async fn run(
         let (reader, writer) = reflector::store();
         let stream = watcher(api, config)
             .default_backoff()
-            .modify(|o| o.managed_fields_mut().clear())
+            .modify(move |o| {
+                o.managed_fields_mut().clear();
+                slim(o);
+            })
             .reflect(writer)
             .touched_objects();
         (reader, stream)
     }
-    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed());
-    let (stateful_sets, stateful_set_events) = cached(api::<StatefulSet>(&client, ns), managed());
-    let (services, service_events) = cached(api::<Service>(&client, ns), managed());
-    let (secrets, secret_events) = cached(api::<Secret>(&client, ns), managed());
-    let (pods, pod_events) = cached(api::<Pod>(&client, ns), managed());
+    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed(), |_| {});
+    let (stateful_sets, stateful_set_events) =
+        cached(api::<StatefulSet>(&client, ns), managed(), |sts| {
+            sts.spec = Default::default();
+            sts.status = None;
+        });
+    let (services, service_events) = cached(api::<Service>(&client, ns), managed(), |svc| {
+        svc.spec = None;
+        svc.status = None;
+    });
+    let (secrets, secret_events) = cached(api::<Secret>(&client, ns), managed(), |secret| {
+        secret.data = None;
+        secret.string_data = None;
+    });
+    let (pods, pod_events) = cached(api::<Pod>(&client, ns), managed(), |pod| {
+        pod.spec = pod
+            .spec
+            .take()
+            .map(|spec| k8s_openapi::api::core::v1::PodSpec {
+                node_name: spec.node_name,
+                ..Default::default()
+            });
+    });
     if ctx
         .cache
         .set(Cache {
@@ -909,6 +953,10 @@ pub async fn run(
         tracing::warn!("the controller was started twice on one context; keeping the first cache");
     }
     Controller::for_stream(masters, reader)
+        // Bounded: with thousands of resources (creation, an operator restart) unbounded
+        // reconciles each hold their rendered objects while the API server is slow to answer,
+        // which costs memory and only queues work at the API server.
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(config_map_events)
         .owns_stream(stateful_set_events)
         .owns_stream(service_events)
@@ -1160,7 +1208,7 @@ mod tests {
             ..Fixtures::default()
         });
         let action = run_reconcile(context(client, None), nm).await.expect("ok");
-        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
         let log = requests(&log);
         assert_eq!(
             non_event_calls(&log),
@@ -1573,6 +1621,12 @@ mod tests {
                 .any(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH)),
             "the finalizer stays while the pod runs"
         );
+        assert!(
+            log.iter().any(|r| r.method == "DELETE"
+                && r.path.split('?').next()
+                    == Some("/api/v1/namespaces/team-a/pods/demo-enclave-0")),
+            "the orphaned pod is deleted, not left to the garbage collector"
+        );
     }
 
     #[tokio::test]
@@ -1827,7 +1881,7 @@ mod tests {
 
         // Second reconcile, nothing changed: no request at all.
         let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
-        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
         assert_eq!(non_event_calls(&requests(&log)), Vec::<String>::new());
 
         // A child whose cached copy differs (edited, or from an older spec) is applied again.

@@ -363,10 +363,23 @@ impl PodRuntime {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(err) => return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err)),
         }
-        let pod = Api::<Pod>::namespaced(client.clone(), &names.namespace)
+        let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
+        let pod = pods
             .get_opt(&names.pod)
             .await
             .map_err(kube_err("get", "Pod", &names.pod))?;
+        // Delete the orphaned pod rather than wait for the garbage collector (whose rate limit
+        // makes a mass deletion take minutes); with its default grace period, as the collector
+        // would, so the sidecar still stops the enclave on SIGTERM.
+        if let Some(pod) = &pod
+            && pod.metadata.deletion_timestamp.is_none()
+        {
+            match pods.delete(&names.pod, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
+                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err)),
+            }
+        }
         Ok(pod.is_none())
     }
 }

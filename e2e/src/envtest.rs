@@ -424,7 +424,7 @@ impl ControlPlane {
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p(&pki.sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&pki.sa_key)),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--service-cluster-ip-range=10.0.0.0/16".into(),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
                 "--v=1".into(),

@@ -11,8 +11,13 @@
 //! 4. [`verify`](crate::verify::verify) the evidence and derive the conditions;
 //! 5. every refresh interval, `POST /attest` a fresh nonce;
 //! 6. publish the kubeconfig Secret once attested (delete it when verification fails);
-//! 7. server-side apply the status subresource; publish Events for condition transitions;
+//! 7. server-side apply the status subresource when something visible changed
+//!    ([`status_changed`]); publish Events for condition transitions;
 //! 8. requeue after the probe interval.
+//!
+//! Idle costs nothing: reads come from the watch cache ([`Cache`]), a child is applied only when
+//! its cached copy lacks the hash of the desired object ([`desired::APPLIED_HASH_KEY`]), and the
+//! status only when it changed; so a resource whose world does not change makes no request.
 //!
 //! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
 //! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
@@ -31,7 +36,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use nautilus_crds::conditions::{reasons, types};
@@ -158,6 +163,67 @@ struct ClusterState {
     reports: ReportState,
 }
 
+/// The watch cache: the children and enclave pods as the controller's watches see them. Reconciles
+/// read from it instead of the API server, and compare the desired children with it (through
+/// [`desired::APPLIED_HASH_KEY`]) so that nothing unchanged is applied again.
+#[derive(Clone)]
+pub struct Cache {
+    /// Boot ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+    /// Enclave StatefulSets.
+    pub stateful_sets: Store<StatefulSet>,
+    /// Enclave Services.
+    pub services: Store<Service>,
+    /// Kubeconfig Secrets.
+    pub secrets: Store<Secret>,
+    /// Enclave pods.
+    pub pods: Store<Pod>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("config_maps", &self.config_maps.len())
+            .field("stateful_sets", &self.stateful_sets.len())
+            .field("services", &self.services.len())
+            .field("secrets", &self.secrets.len())
+            .field("pods", &self.pods.len())
+            .finish()
+    }
+}
+
+/// Reconciles in flight at once.
+pub const CONCURRENCY: u16 = 32;
+
+/// Requeue of a pod-runtime resource with no sidecar to probe (watch events do the rest).
+pub const RESYNC_WITHOUT_SIDECAR: Duration = Duration::from_secs(300);
+
+/// How long a reconcile waits for the watch cache's first list before it reads and writes
+/// through the API server instead.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
+
+impl Cache {
+    /// The cached object `name` in `namespace`.
+    pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Wait (at most [`CACHE_WAIT`]) until every store has its first list; `false` if one did not.
+    async fn ready(&self) -> bool {
+        let all = async {
+            self.config_maps.wait_until_ready().await.is_ok()
+                && self.stateful_sets.wait_until_ready().await.is_ok()
+                && self.services.wait_until_ready().await.is_ok()
+                && self.secrets.wait_until_ready().await.is_ok()
+                && self.pods.wait_until_ready().await.is_ok()
+        };
+        tokio::time::timeout(CACHE_WAIT, all).await.unwrap_or(false)
+    }
+}
+
 /// Shared state of the controller.
 pub struct Context {
     /// Client of the host cluster.
@@ -169,6 +235,9 @@ pub struct Context {
     recorder: Recorder,
     clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<ClusterState>>>>,
     failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Set by [`run`] once the watches exist; `None` (tests without watches) reads and writes
+    /// through the API server every time.
+    cache: std::sync::OnceLock<Cache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -194,7 +263,14 @@ impl Context {
             metrics,
             clusters: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
+            cache: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The watch cache, once it has its first lists.
+    async fn cache(&self) -> Option<&Cache> {
+        let cache = self.cache.get()?;
+        cache.ready().await.then_some(cache)
     }
 
     fn cluster(&self, key: &str) -> Arc<Mutex<ClusterState>> {
@@ -334,6 +410,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&key_of(&names));
+    let cache = ctx.cache().await;
     let mut state = cluster.lock().await;
 
     // 1. The boot nonce: kept while the configuration stays the same.
@@ -343,11 +420,15 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         .as_ref()
         .is_none_or(|b| b.digest_hex != digest_hex)
     {
-        let existing = cm_api
-            .get_opt(&names.boot_config_map)
-            .await
-            .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?
-            .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
+        let existing = match cache {
+            Some(cache) => Cache::get(&cache.config_maps, &names.namespace, &names.boot_config_map)
+                .map(|cm| cm.as_ref().clone()),
+            None => cm_api
+                .get_opt(&names.boot_config_map)
+                .await
+                .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?,
+        }
+        .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
         let boot_nonce = existing.unwrap_or_else(fresh_nonce);
         state.boot = Some(BootState {
             digest_hex: digest_hex.clone(),
@@ -372,17 +453,27 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
 
     // 2. Children.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let cm = desired::boot_config_map(nm, &boot)?;
-    cm_api
-        .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
-        .await
-        .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
-    ctx.runtime
-        .ensure(&ctx.client, nm, &boot, &digest_hex)
-        .await?;
+    let mut cm = desired::boot_config_map(nm, &boot)?;
+    let hash = desired::stamp_applied_hash(&mut cm)?;
+    let cached =
+        cache.and_then(|c| Cache::get(&c.config_maps, &names.namespace, &names.boot_config_map));
+    if !desired::applied_with(cached.as_deref(), &hash) {
+        cm_api
+            .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
+            .await
+            .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
+        ctx.metrics.child_applied("ConfigMap");
+    }
+    for kind in ctx
+        .runtime
+        .ensure_cached(&ctx.client, cache, nm, &boot, &digest_hex)
+        .await?
+    {
+        ctx.metrics.child_applied(kind);
+    }
 
     // 3. Observe.
-    let observed = ctx.runtime.observe(&ctx.client, nm).await?;
+    let observed = ctx.runtime.observe_cached(&ctx.client, cache, nm).await?;
     let mut enclave = observed.state.clone();
     let bundle: Option<EvidenceBundle> = match observed.sidecar {
         Some(addr) => match sidecar::fetch_report(addr).await {
@@ -482,11 +573,17 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let previous = nm.status.clone().unwrap_or_default();
     let kubeconfig_ref = match &outcome {
         Outcome::Verified(v) => {
-            let secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
-            secret_api
-                .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
-                .await
-                .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+            let mut secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
+            let hash = desired::stamp_applied_hash(&mut secret)?;
+            let cached = cache
+                .and_then(|c| Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret));
+            if !desired::applied_with(cached.as_deref(), &hash) {
+                secret_api
+                    .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
+                    .await
+                    .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+                ctx.metrics.child_applied("Secret");
+            }
             Some(SecretKeyReference {
                 name: names.kubeconfig_secret.clone(),
                 key: KUBECONFIG_KEY.into(),
@@ -495,14 +592,20 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
         // report alone keeps it (the CA is still the attested one; Ready says the rest).
         Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
-            match secret_api
-                .delete(&names.kubeconfig_secret, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(err) => {
-                    return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+            // Already gone from the watch cache: nothing to delete.
+            let cached_absent = cache.is_some_and(|c| {
+                Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret).is_none()
+            });
+            if !cached_absent {
+                match secret_api
+                    .delete(&names.kubeconfig_secret, &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(err) => {
+                        return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+                    }
                 }
             }
             None
@@ -524,9 +627,17 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
             now: time_now(),
         },
     );
-    patch_status(ctx, nm, &status).await?;
+    if status_changed(&previous, &status) {
+        patch_status(ctx, nm, &status).await?;
+    }
     for (type_, reason, note) in transitions(&previous.conditions, &status.conditions) {
         ctx.publish(nm, type_, &reason, note).await;
+    }
+    // Nothing to probe in the pod runtime (no sidecar up): every change that matters (the pod,
+    // the children, the spec) arrives as a watch event, and no condition of a pod that is not
+    // running depends on time; the requeue is only a safety net then.
+    if observed.sidecar.is_none() && matches!(ctx.runtime, EnclaveRuntime::Pod(_)) {
+        requeue = requeue.max(RESYNC_WITHOUT_SIDECAR);
     }
     Ok(Action::requeue(requeue))
 }
@@ -550,6 +661,7 @@ async fn patch_status(
     )
     .await
     .map_err(kube_err("patch status of", "NautilusMaster", &names.name))?;
+    ctx.metrics.status_patched();
     Ok(())
 }
 
@@ -687,6 +799,26 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
     }
 }
 
+/// Whether `new` differs from `old` in anything a user would see. Per-probe values
+/// (`attestation.verifiedAt`, `components[].lastProbeTime` and `latencyMillis`) do not count:
+/// they are written with
+/// the rest of the status when something else changes, never on their own, so an idle resource
+/// costs no writes (as node heartbeats moved out of Node status into Leases, KEP-589).
+pub fn status_changed(old: &NautilusMasterStatus, new: &NautilusMasterStatus) -> bool {
+    fn without_probe_times(status: &NautilusMasterStatus) -> NautilusMasterStatus {
+        let mut status = status.clone();
+        if let Some(attestation) = status.attestation.as_mut() {
+            attestation.verified_at = Time(Timestamp::UNIX_EPOCH);
+        }
+        for component in &mut status.components {
+            component.last_probe_time = None;
+            component.latency_millis = None;
+        }
+        status
+    }
+    without_probe_times(old) != without_probe_times(new)
+}
+
 /// Events for conditions whose status changed (or that appeared): `Normal` when they became
 /// `True`, `Warning` otherwise; the reason is the condition's reason.
 pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, String, String)> {
@@ -734,27 +866,102 @@ pub async fn run(
     }
     let ns = namespace.as_deref();
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    // Status writes (every probe interval: verifiedAt, probe times) must not trigger another
-    // reconcile at once: only spec (generation, which deletion also bumps) and finalizer changes
-    // do; the requeue after each reconcile does the rest.
+    // Status writes must not trigger another reconcile at once: only spec (generation, which
+    // deletion also bumps) and finalizer changes do; the requeue after each reconcile does the
+    // rest. The store still holds the latest status, which the next reconcile compares with.
     let (reader, writer) = reflector::store();
     let masters = watcher(
         api::<NautilusMaster>(&client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
+    // Nothing reads the managed fields, which for a resource whose spec was applied hold a copy
+    // of its field names.
+    .modify(|nm| nm.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(
         predicates::generation.combine(predicates::finalizers),
         Default::default(),
     );
+    // The children and pods are reflected into stores (the watch cache reconciles read and
+    // compare against), keeping only what reconciles read: no managedFields; of the StatefulSet,
+    // Service and Secret only metadata (their applied hash; no kubeconfig in memory); of the pod
+    // its node and status.
+    fn cached<K>(
+        api: Api<K>,
+        config: watcher::Config,
+        slim: fn(&mut K),
+    ) -> (
+        Store<K>,
+        impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    )
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(move |o| {
+                o.managed_fields_mut().clear();
+                slim(o);
+            })
+            .reflect(writer)
+            .touched_objects();
+        (reader, stream)
+    }
+    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed(), |_| {});
+    let (stateful_sets, stateful_set_events) =
+        cached(api::<StatefulSet>(&client, ns), managed(), |sts| {
+            sts.spec = Default::default();
+            sts.status = None;
+        });
+    let (services, service_events) = cached(api::<Service>(&client, ns), managed(), |svc| {
+        svc.spec = None;
+        svc.status = None;
+    });
+    let (secrets, secret_events) = cached(api::<Secret>(&client, ns), managed(), |secret| {
+        secret.data = None;
+        secret.string_data = None;
+    });
+    let (pods, pod_events) = cached(api::<Pod>(&client, ns), managed(), |pod| {
+        pod.spec = pod
+            .spec
+            .take()
+            .map(|spec| k8s_openapi::api::core::v1::PodSpec {
+                node_name: spec.node_name,
+                ..Default::default()
+            });
+    });
+    if ctx
+        .cache
+        .set(Cache {
+            config_maps,
+            stateful_sets,
+            services,
+            secrets,
+            pods,
+        })
+        .is_err()
+    {
+        tracing::warn!("the controller was started twice on one context; keeping the first cache");
+    }
     Controller::for_stream(masters, reader)
-        .owns(api::<ConfigMap>(&client, ns), managed())
-        .owns(api::<StatefulSet>(&client, ns), managed())
-        .owns(api::<Service>(&client, ns), managed())
-        .owns(api::<Secret>(&client, ns), managed())
-        .watches(api::<Pod>(&client, ns), managed(), |pod: Pod| {
+        // Bounded: with thousands of resources (creation, an operator restart) unbounded
+        // reconciles each hold their rendered objects while the API server is slow to answer,
+        // which costs memory and only queues work at the API server.
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(config_map_events)
+        .owns_stream(stateful_set_events)
+        .owns_stream(service_events)
+        .owns_stream(secret_events)
+        .watches_stream(pod_events, |pod: Pod| {
             let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
             let namespace = pod.namespace()?;
             Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
@@ -1001,7 +1208,7 @@ mod tests {
             ..Fixtures::default()
         });
         let action = run_reconcile(context(client, None), nm).await.expect("ok");
-        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
         let log = requests(&log);
         assert_eq!(
             non_event_calls(&log),
@@ -1414,6 +1621,12 @@ mod tests {
                 .any(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH)),
             "the finalizer stays while the pod runs"
         );
+        assert!(
+            log.iter().any(|r| r.method == "DELETE"
+                && r.path.split('?').next()
+                    == Some("/api/v1/namespaces/team-a/pods/demo-enclave-0")),
+            "the orphaned pod is deleted, not left to the garbage collector"
+        );
     }
 
     #[tokio::test]
@@ -1565,6 +1778,153 @@ mod tests {
                 .encode()
                 .contains("nautilus_operator_reconciles_total 1")
         );
+    }
+
+    /// Writers of a [`Cache`] filled by hand (the watch events a test decides).
+    struct CacheWriters {
+        config_maps: reflector::store::Writer<ConfigMap>,
+        stateful_sets: reflector::store::Writer<StatefulSet>,
+        services: reflector::store::Writer<Service>,
+        secrets: reflector::store::Writer<Secret>,
+        pods: reflector::store::Writer<Pod>,
+    }
+
+    fn listed<K>(writer: &mut reflector::store::Writer<K>, objects: Vec<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    fn cached_context(client: Client) -> (Arc<Context>, CacheWriters) {
+        let ctx = context(client, None);
+        let (config_maps, cm_writer) = reflector::store();
+        let (stateful_sets, sts_writer) = reflector::store();
+        let (services, svc_writer) = reflector::store();
+        let (secrets, secret_writer) = reflector::store();
+        let (pods, pod_writer) = reflector::store();
+        ctx.cache
+            .set(Cache {
+                config_maps,
+                stateful_sets,
+                services,
+                secrets,
+                pods,
+            })
+            .expect("fresh context");
+        let writers = CacheWriters {
+            config_maps: cm_writer,
+            stateful_sets: sts_writer,
+            services: svc_writer,
+            secrets: secret_writer,
+            pods: pod_writer,
+        };
+        (ctx, writers)
+    }
+
+    fn body_of<K: serde::de::DeserializeOwned>(log: &[Recorded], path: &str) -> K {
+        serde_json::from_value(find(log, "PATCH", path).body.clone()).expect("an object")
+    }
+
+    #[tokio::test]
+    async fn an_idle_resource_reads_the_cache_and_writes_nothing() {
+        let nm = with_finalizer(mk_nm("demo"));
+        let (client, log) = fake_apiserver(Fixtures {
+            nm: serde_json::to_value(&nm).expect("json"),
+            ..Fixtures::default()
+        });
+        let (ctx, mut writers) = cached_context(client);
+        listed(&mut writers.config_maps, Vec::new());
+        listed(&mut writers.stateful_sets, Vec::new());
+        listed(&mut writers.services, Vec::new());
+        listed(&mut writers.secrets, Vec::new());
+        listed(&mut writers.pods, Vec::new());
+
+        // First reconcile: nothing cached, so every child and the status are written, and
+        // nothing is read from the API server.
+        run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        let first = requests(&log);
+        let cm_path = "/api/v1/namespaces/team-a/configmaps/demo-boot";
+        let sts_path = "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave";
+        let svc_path = "/api/v1/namespaces/team-a/services/demo";
+        assert_eq!(
+            non_event_calls(&first),
+            [
+                format!("PATCH {cm_path}"),
+                format!("PATCH {sts_path}"),
+                format!("PATCH {svc_path}"),
+                format!("PATCH {NM_PATH}/status"),
+            ]
+        );
+        let cm: ConfigMap = body_of(&first, cm_path);
+        assert!(
+            cm.annotations().contains_key(desired::APPLIED_HASH_KEY),
+            "the applied object carries its hash"
+        );
+
+        // The watches now hold what was applied, and the resource its status.
+        listed(&mut writers.config_maps, vec![cm]);
+        listed(&mut writers.stateful_sets, vec![body_of(&first, sts_path)]);
+        listed(&mut writers.services, vec![body_of(&first, svc_path)]);
+        let mut nm = nm;
+        nm.status = Some(
+            serde_json::from_value(
+                find(&first, "PATCH", &format!("{NM_PATH}/status")).body["status"].clone(),
+            )
+            .expect("status"),
+        );
+        log.lock().expect("log").clear();
+
+        // Second reconcile, nothing changed: no request at all.
+        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
+        assert_eq!(non_event_calls(&requests(&log)), Vec::<String>::new());
+
+        // A child whose cached copy differs (edited, or from an older spec) is applied again.
+        let mut sts: StatefulSet = body_of(&first, sts_path);
+        sts.annotations_mut()
+            .insert(desired::APPLIED_HASH_KEY.into(), "old".into());
+        listed(&mut writers.stateful_sets, vec![sts]);
+        run_reconcile(ctx.clone(), nm).await.expect("ok");
+        assert_eq!(
+            non_event_calls(&requests(&log)),
+            [format!("PATCH {sts_path}")]
+        );
+        let metrics = ctx.metrics.encode();
+        assert!(
+            metrics.contains("nautilus_operator_writes_total{kind=\"StatefulSet\"} 2"),
+            "{metrics}"
+        );
+    }
+
+    #[test]
+    fn probe_times_alone_are_no_status_change() {
+        use nautilus_crds::ComponentHealth;
+        let component = |healthy, at: i64, latency| ComponentHealth {
+            name: "apiserver".into(),
+            healthy,
+            last_probe_time: Some(Time(Timestamp::from_second(at).expect("time"))),
+            latency_millis: Some(latency),
+            message: None,
+        };
+        let old = NautilusMasterStatus {
+            phase: Some(Phase::Ready),
+            components: vec![component(true, 1_000, 3)],
+            ..NautilusMasterStatus::default()
+        };
+        let mut probed = old.clone();
+        probed.components = vec![component(true, 1_005, 4)];
+        assert!(!status_changed(&old, &probed), "a new probe alone");
+        let mut failing = old.clone();
+        failing.components = vec![component(false, 1_005, 4)];
+        assert!(status_changed(&old, &failing), "health changed");
+        let mut moved = old.clone();
+        moved.phase = Some(Phase::Degraded);
+        assert!(status_changed(&old, &moved));
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub const BOOT_CONFIG_DIR: &str = "/etc/nautilus";
 pub const ENCLAVE_IMAGE_DIR: &str = "/enclave-image";
 /// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
+/// Annotation carrying the SHA-256 of the desired object the operator last applied: a child whose
+/// cached copy carries the hash of the object rendered now is not applied again.
+pub const APPLIED_HASH_KEY: &str = "nautilus.k3s-daas.io/applied-hash";
 
 /// Longest name of a Service (a DNS-1035 label).
 const MAX_SERVICE_NAME: usize = 63;
@@ -97,6 +100,39 @@ pub enum DesiredError {
         /// What serde reported.
         reason: String,
     },
+}
+
+/// Stamp `object` with [`APPLIED_HASH_KEY`]: the SHA-256 (hex) of its JSON without that
+/// annotation. Returns the hash.
+///
+/// The hash covers exactly what the operator applies (its managed fields), so "the cached child
+/// carries this hash" means "applying it again would change nothing the operator owns".
+pub fn stamp_applied_hash<K>(object: &mut K) -> Result<String>
+where
+    K: kube::Resource + Serialize,
+{
+    if let Some(annotations) = object.meta_mut().annotations.as_mut() {
+        annotations.remove(APPLIED_HASH_KEY);
+    }
+    let json = serde_json::to_vec(object).map_err(|e| DesiredError::Serialize {
+        what: "a child object",
+        reason: e.to_string(),
+    })?;
+    let hash = hex::encode(Sha256::digest(&json));
+    object
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH_KEY.to_owned(), hash.clone());
+    Ok(hash)
+}
+
+/// Whether `cached` (the watch cache's copy of a child) was last applied with `hash`.
+pub fn applied_with<K: kube::Resource>(cached: Option<&K>, hash: &str) -> bool {
+    cached
+        .and_then(|c| c.meta().annotations.as_ref())
+        .and_then(|a| a.get(APPLIED_HASH_KEY))
+        .is_some_and(|h| h == hash)
 }
 
 /// Result of this module.

@@ -6,6 +6,8 @@
 //! - `nautilus_operator_reconcile_duration_seconds`: histogram of reconcile durations.
 //! - `nautilus_operator_attestation_verifications_total{result}`: verification outcomes
 //!   (`Verified`, `SimulatedAttestation`, `Pending`, or the failure reason).
+//! - `nautilus_operator_writes_total{kind}`: writes the reconciler sent (server-side applies of
+//!   children by kind, `NautilusMasterStatus` for status patches). Idle resources add none.
 
 use std::time::Instant;
 
@@ -29,6 +31,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label set of the write counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Kind of the object written.
+    pub kind: String,
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,6 +46,7 @@ pub struct Metrics {
     failures: Family<CategoryLabel, Counter>,
     duration: Histogram,
     verifications: Family<ResultLabel, Counter>,
+    writes: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +63,7 @@ impl Metrics {
         let failures = Family::<CategoryLabel, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let verifications = Family::<ResultLabel, Counter>::default();
+        let writes = Family::<KindLabel, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -69,8 +80,14 @@ impl Metrics {
             "Attestation verifications by result",
             verifications.clone(),
         );
+        registry.register(
+            "writes",
+            "Writes the reconciler sent, by kind",
+            writes.clone(),
+        );
         Self {
             registry,
+            writes,
             reconciles,
             failures,
             duration,
@@ -94,6 +111,20 @@ impl Metrics {
                 category: category.to_owned(),
             })
             .inc();
+    }
+
+    /// Count a server-side apply of a child of `kind`.
+    pub fn child_applied(&self, kind: &str) {
+        self.writes
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a status patch.
+    pub fn status_patched(&self) {
+        self.child_applied("NautilusMasterStatus");
     }
 
     /// Count a verification result.

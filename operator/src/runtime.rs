@@ -23,6 +23,7 @@ use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
+use crate::controller::Cache;
 use crate::desired::{self, FIELD_MANAGER, Names, PodSettings, SIDECAR_CONTAINER};
 use crate::verify::EnclaveState;
 
@@ -110,16 +111,44 @@ impl EnclaveRuntime {
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
+        self.ensure_cached(client, None, nm, boot, digest_hex)
+            .await
+            .map(drop)
+    }
+
+    /// [`Self::ensure`], skipping the applies of children whose cached copy already carries the
+    /// desired object's [`desired::APPLIED_HASH_KEY`]. Returns the kinds it applied.
+    pub async fn ensure_cached(
+        &self,
+        client: &Client,
+        cache: Option<&Cache>,
+        nm: &NautilusMaster,
+        boot: &BootConfig,
+        digest_hex: &str,
+    ) -> Result<Vec<&'static str>> {
         match self {
-            Self::Pod(pod) => pod.ensure(client, nm, digest_hex).await,
-            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
+            Self::Pod(pod) => pod.ensure(client, cache, nm, digest_hex).await,
+            Self::Local(local) => local
+                .ensure(nm, boot, digest_hex)
+                .await
+                .map(|()| Vec::new()),
         }
     }
 
     /// What runs now.
     pub async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
+        self.observe_cached(client, None, nm).await
+    }
+
+    /// [`Self::observe`], reading the pod from the watch cache when there is one.
+    pub async fn observe_cached(
+        &self,
+        client: &Client,
+        cache: Option<&Cache>,
+        nm: &NautilusMaster,
+    ) -> Result<Observed> {
         match self {
-            Self::Pod(pod) => pod.observe(client, nm).await,
+            Self::Pod(pod) => pod.observe(client, cache, nm).await,
             Self::Local(local) => local.observe(nm).await,
         }
     }
@@ -178,29 +207,57 @@ fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option
 }
 
 impl PodRuntime {
-    async fn ensure(&self, client: &Client, nm: &NautilusMaster, digest_hex: &str) -> Result<()> {
+    async fn ensure(
+        &self,
+        client: &Client,
+        cache: Option<&Cache>,
+        nm: &NautilusMaster,
+        digest_hex: &str,
+    ) -> Result<Vec<&'static str>> {
         let names = Names::of(nm)?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
-        Api::<StatefulSet>::namespaced(client.clone(), &names.namespace)
-            .patch(&names.statefulset, &params, &Patch::Apply(&sts))
-            .await
-            .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?;
-        let svc = desired::service(nm)?;
-        Api::<Service>::namespaced(client.clone(), &names.namespace)
-            .patch(&names.service, &params, &Patch::Apply(&svc))
-            .await
-            .map_err(kube_err("apply", "Service", &names.service))?;
-        Ok(())
+        let mut applied = Vec::new();
+        let mut sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
+        let hash = desired::stamp_applied_hash(&mut sts)?;
+        let cached =
+            cache.and_then(|c| Cache::get(&c.stateful_sets, &names.namespace, &names.statefulset));
+        if !desired::applied_with(cached.as_deref(), &hash) {
+            Api::<StatefulSet>::namespaced(client.clone(), &names.namespace)
+                .patch(&names.statefulset, &params, &Patch::Apply(&sts))
+                .await
+                .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?;
+            applied.push("StatefulSet");
+        }
+        let mut svc = desired::service(nm)?;
+        let hash = desired::stamp_applied_hash(&mut svc)?;
+        let cached = cache.and_then(|c| Cache::get(&c.services, &names.namespace, &names.service));
+        if !desired::applied_with(cached.as_deref(), &hash) {
+            Api::<Service>::namespaced(client.clone(), &names.namespace)
+                .patch(&names.service, &params, &Patch::Apply(&svc))
+                .await
+                .map_err(kube_err("apply", "Service", &names.service))?;
+            applied.push("Service");
+        }
+        Ok(applied)
     }
 
-    async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
+    async fn observe(
+        &self,
+        client: &Client,
+        cache: Option<&Cache>,
+        nm: &NautilusMaster,
+    ) -> Result<Observed> {
         let names = Names::of(nm)?;
         let endpoint = desired::service_endpoint(nm)?;
-        let pod = Api::<Pod>::namespaced(client.clone(), &names.namespace)
-            .get_opt(&names.pod)
-            .await
-            .map_err(kube_err("get", "Pod", &names.pod))?;
+        let pod = match cache {
+            Some(cache) => {
+                Cache::get(&cache.pods, &names.namespace, &names.pod).map(|p| p.as_ref().clone())
+            }
+            None => Api::<Pod>::namespaced(client.clone(), &names.namespace)
+                .get_opt(&names.pod)
+                .await
+                .map_err(kube_err("get", "Pod", &names.pod))?,
+        };
         let mut placement = EnclavePlacement {
             runtime: Some("pod".into()),
             ..EnclavePlacement::default()
@@ -306,10 +363,23 @@ impl PodRuntime {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(err) => return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err)),
         }
-        let pod = Api::<Pod>::namespaced(client.clone(), &names.namespace)
+        let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
+        let pod = pods
             .get_opt(&names.pod)
             .await
             .map_err(kube_err("get", "Pod", &names.pod))?;
+        // Delete the orphaned pod rather than wait for the garbage collector (whose rate limit
+        // makes a mass deletion take minutes); with its default grace period, as the collector
+        // would, so the sidecar still stops the enclave on SIGTERM.
+        if let Some(pod) = &pod
+            && pod.metadata.deletion_timestamp.is_none()
+        {
+            match pods.delete(&names.pod, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
+                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err)),
+            }
+        }
         Ok(pod.is_none())
     }
 }

@@ -273,6 +273,11 @@ fn delegating(layout: &Layout, user: &str) -> Flags {
         f("kubeconfig", &kubeconfig),
         f("authentication-kubeconfig", &kubeconfig),
         f("authorization-kubeconfig", &kubeconfig),
+        // The client CA from the file, not only from kube-system's
+        // extension-apiserver-authentication ConfigMap: a component that starts before the API
+        // server has published it answers the agent's authenticated probe with 401 until it
+        // reloads (seen as StartTimeout on a loaded machine).
+        f("client-ca-file", layout.tls("client-ca.crt")),
         f("profiling", "false"),
     ]
 }

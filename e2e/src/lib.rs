@@ -372,21 +372,7 @@ impl Harness {
     /// `nautilus-sidecar`, `nautilus-agent`), found through their command line or environment
     /// naming this test's work directory.
     pub fn processes(&self, exe: &str) -> Vec<u32> {
-        let marker = self.dir.path().display().to_string();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&read("cmdline")).into_owned();
-                let environ = String::from_utf8_lossy(&read("environ")).into_owned();
-                let name = cmdline.split('\0').next().unwrap_or_default();
-                Path::new(name).file_name().and_then(|n| n.to_str()) == Some(exe)
-                    && (cmdline.contains(&marker) || environ.contains(&marker))
-            })
-            .collect()
+        self.scan(Some(exe))
     }
 
     /// The digest of the configuration the operator measures for `nm`: rendered from the spec
@@ -403,6 +389,12 @@ impl Harness {
     /// PIDs of every process whose command line or environment names this test's work
     /// directory, other than this one.
     fn leftovers(&self) -> Vec<u32> {
+        self.scan(None)
+    }
+
+    /// PIDs (other than this process) whose command line or environment names this test's work
+    /// directory and, with `exe`, whose executable has that file name.
+    fn scan(&self, exe: Option<&str>) -> Vec<u32> {
         let marker = self.dir.path().display().to_string();
         let own = std::process::id();
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -415,7 +407,10 @@ impl Harness {
                 let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
                 let cmdline = String::from_utf8_lossy(&read("cmdline")).into_owned();
                 let environ = String::from_utf8_lossy(&read("environ")).into_owned();
-                cmdline.contains(&marker) || environ.contains(&marker)
+                let program = cmdline.split('\0').next().unwrap_or_default();
+                exe.is_none_or(|exe| {
+                    Path::new(program).file_name().and_then(|n| n.to_str()) == Some(exe)
+                }) && (cmdline.contains(&marker) || environ.contains(&marker))
             })
             .collect()
     }

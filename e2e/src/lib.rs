@@ -491,15 +491,28 @@ impl Harness {
 }
 
 impl Drop for Harness {
-    /// A test that failed half-way still leaves nothing running: SIGKILL whatever it started.
+    /// A test that failed half-way still leaves nothing running: stop the operator (which would
+    /// otherwise restart a killed sidecar, whose new agent then outlives the test), then SIGKILL
+    /// whatever the test started until nothing is left (bounded: 5 s).
     fn drop(&mut self) {
-        for pid in self.leftovers() {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+        if let Some(operator) = self.operator.take() {
+            operator.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || Instant::now() > deadline {
+                return;
             }
+            for pid in left {
+                if let Ok(pid) = i32::try_from(pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -211,6 +211,33 @@ impl Cache {
         store.get(&ObjectRef::new(name).within(namespace))
     }
 
+    /// Server-side apply `object` (already stamped with `hash` by
+    /// [`desired::stamp_applied_hash`]) as `name`, unless the copy of it in `store` already
+    /// carries that hash; without a store it is always applied. `Ok(true)` when it was applied.
+    pub async fn apply_changed<K>(
+        store: Option<&Store<K>>,
+        api: &Api<K>,
+        name: &str,
+        object: &K,
+        hash: &str,
+    ) -> Result<bool, kube::Error>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let cached =
+            store.and_then(|store| Self::get(store, api.namespace().unwrap_or_default(), name));
+        if desired::applied_with(cached.as_deref(), hash) {
+            return Ok(false);
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &params, &Patch::Apply(object)).await?;
+        Ok(true)
+    }
+
     /// Wait (at most [`CACHE_WAIT`]) until every store has its first list; `false` if one did not.
     async fn ready(&self) -> bool {
         let all = async {
@@ -452,16 +479,13 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     };
 
     // 2. Children.
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut cm = desired::boot_config_map(nm, &boot)?;
     let hash = desired::stamp_applied_hash(&mut cm)?;
-    let cached =
-        cache.and_then(|c| Cache::get(&c.config_maps, &names.namespace, &names.boot_config_map));
-    if !desired::applied_with(cached.as_deref(), &hash) {
-        cm_api
-            .patch(&names.boot_config_map, &params, &Patch::Apply(&cm))
-            .await
-            .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?;
+    let store = cache.map(|c| &c.config_maps);
+    if Cache::apply_changed(store, &cm_api, &names.boot_config_map, &cm, &hash)
+        .await
+        .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?
+    {
         ctx.metrics.child_applied("ConfigMap");
     }
     for kind in ctx
@@ -575,13 +599,11 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         Outcome::Verified(v) => {
             let mut secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
             let hash = desired::stamp_applied_hash(&mut secret)?;
-            let cached = cache
-                .and_then(|c| Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret));
-            if !desired::applied_with(cached.as_deref(), &hash) {
-                secret_api
-                    .patch(&names.kubeconfig_secret, &params, &Patch::Apply(&secret))
-                    .await
-                    .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?;
+            let store = cache.map(|c| &c.secrets);
+            if Cache::apply_changed(store, &secret_api, &names.kubeconfig_secret, &secret, &hash)
+                .await
+                .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?
+            {
                 ctx.metrics.child_applied("Secret");
             }
             Some(SecretKeyReference {

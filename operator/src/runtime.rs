@@ -18,13 +18,13 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
 use crate::controller::Cache;
-use crate::desired::{self, FIELD_MANAGER, Names, PodSettings, SIDECAR_CONTAINER};
+use crate::desired::{self, Names, PodSettings, SIDECAR_CONTAINER};
 use crate::verify::EnclaveState;
 
 /// Why the runtime could not do its part.
@@ -215,27 +215,25 @@ impl PodRuntime {
         digest_hex: &str,
     ) -> Result<Vec<&'static str>> {
         let names = Names::of(nm)?;
-        let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut applied = Vec::new();
         let mut sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
         let hash = desired::stamp_applied_hash(&mut sts)?;
-        let cached =
-            cache.and_then(|c| Cache::get(&c.stateful_sets, &names.namespace, &names.statefulset));
-        if !desired::applied_with(cached.as_deref(), &hash) {
-            Api::<StatefulSet>::namespaced(client.clone(), &names.namespace)
-                .patch(&names.statefulset, &params, &Patch::Apply(&sts))
-                .await
-                .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?;
+        let api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
+        let store = cache.map(|c| &c.stateful_sets);
+        if Cache::apply_changed(store, &api, &names.statefulset, &sts, &hash)
+            .await
+            .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?
+        {
             applied.push("StatefulSet");
         }
         let mut svc = desired::service(nm)?;
         let hash = desired::stamp_applied_hash(&mut svc)?;
-        let cached = cache.and_then(|c| Cache::get(&c.services, &names.namespace, &names.service));
-        if !desired::applied_with(cached.as_deref(), &hash) {
-            Api::<Service>::namespaced(client.clone(), &names.namespace)
-                .patch(&names.service, &params, &Patch::Apply(&svc))
-                .await
-                .map_err(kube_err("apply", "Service", &names.service))?;
+        let api = Api::<Service>::namespaced(client.clone(), &names.namespace);
+        let store = cache.map(|c| &c.services);
+        if Cache::apply_changed(store, &api, &names.service, &svc, &hash)
+            .await
+            .map_err(kube_err("apply", "Service", &names.service))?
+        {
             applied.push("Service");
         }
         Ok(applied)

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser as _;
-use common::{Reaper, free_port, https_request, kubernetes_assets, now_ms, verify_boot_evidence};
+use common::{
+    Reaper, free_port, https_request, kubernetes_assets, now_ms, sidecar_http, verify_boot_evidence,
+};
 use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, EvidenceBundle, HealthConfig,
@@ -23,38 +25,14 @@ use nautilus_protocol::wire::{
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::generate_key;
 use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A plain HTTP/1.1 request to the sidecar's API: status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// Poll `/readyz` until it answers `status`; returns how long it took.
 async fn readyz_becomes(addr: SocketAddr, status: u16) -> Duration {
     let start = Instant::now();
     loop {
-        let (got, body) = http(addr, "GET", "/readyz", "").await;
+        let (got, body) = sidecar_http(addr, "GET", "/readyz", "").await;
         if got == status {
             return start.elapsed();
         }
@@ -67,7 +45,7 @@ async fn readyz_becomes(addr: SocketAddr, status: u16) -> Duration {
 }
 
 async fn bundle(addr: SocketAddr) -> EvidenceBundle {
-    let (status, body) = http(addr, "GET", "/report", "").await;
+    let (status, body) = sidecar_http(addr, "GET", "/report", "").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("EvidenceBundle JSON")
 }
@@ -309,7 +287,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
         r#"{{"nonce":"{}"}}"#,
         base64::engine::general_purpose::STANDARD.encode(&nonce)
     );
-    let (status, _) = http(http_addr, "POST", "/attest", &body).await;
+    let (status, _) = sidecar_http(http_addr, "POST", "/attest", &body).await;
     assert_eq!(status, 202);
     let start = Instant::now();
     loop {

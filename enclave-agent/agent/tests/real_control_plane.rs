@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use common::{
     KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
-    processes_mentioning, rss_kib, verify_boot_evidence,
+    processes_mentioning, rss_kib, sidecar_http, verify_boot_evidence,
 };
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, Component, ControlPlaneConfig, EnclaveConfig, EvidenceBundle,
@@ -28,32 +28,9 @@ use nautilus_protocol::wire::{
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::{KeystoreKey, generate_key};
 use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT: Duration = Duration::from_secs(90);
 const AUDIENCE: &str = "nautilus:real/control-plane";
-
-/// A plain HTTP/1.1 request to the sidecar's API: status and body.
-async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`) and a
 /// reader tier (100 MIST, `nautilus:readers`).
@@ -211,7 +188,7 @@ impl Fixture {
         let http_addr = sidecar.http_addr();
         let api = sidecar.api_addr().expect("tcp api proxy");
         loop {
-            let (status, body) = http(http_addr, "GET", "/readyz").await;
+            let (status, body) = sidecar_http(http_addr, "GET", "/readyz", "").await;
             if status == 200 {
                 break;
             }
@@ -305,7 +282,7 @@ impl Fixture {
 }
 
 async fn bundle(addr: SocketAddr) -> EvidenceBundle {
-    let (status, body) = http(addr, "GET", "/report").await;
+    let (status, body) = sidecar_http(addr, "GET", "/report", "").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).expect("EvidenceBundle JSON")
 }

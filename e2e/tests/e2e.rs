@@ -112,6 +112,30 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
         )
         .await;
     assert!(refused.is_err(), "an unstaked token must be refused");
+
+    // Idle costs nothing: with nothing changing, five probe intervals (each one a new signed
+    // report the operator verifies) write neither the resource nor its kubeconfig Secret.
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(h.client.clone(), &h.namespace);
+    let snapshot = || async {
+        let nm = h.masters().get("demo").await.expect("get demo");
+        let secret = secrets.get("demo-kubeconfig").await.expect("get secret");
+        (nm, secret.metadata.resource_version)
+    };
+    let (nm_before, secret_before) = snapshot().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (nm_after, secret_after) = snapshot().await;
+    assert_eq!(
+        secret_after, secret_before,
+        "the kubeconfig Secret was rewritten"
+    );
+    assert_eq!(
+        nm_after.metadata.resource_version,
+        nm_before.metadata.resource_version,
+        "a Ready resource was written while nothing changed: status before {}, after {}",
+        serde_json::to_string(&nm_before.status).unwrap_or_default(),
+        serde_json::to_string(&nm_after.status).unwrap_or_default(),
+    );
     h.finish().await;
 }
 

@@ -826,8 +826,13 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
 /// they are written with
 /// the rest of the status when something else changes, never on their own, so an idle resource
 /// costs no writes (as node heartbeats moved out of Node status into Leases, KEP-589).
+///
+/// The two are compared as the API server stores them, in their JSON form: `old` was read back
+/// from it, and a `metav1.Time` there has whole seconds, so an in-memory time with milliseconds
+/// (the attestation document's timestamp) would otherwise differ from its stored self at every
+/// reconcile and be written again each time.
 pub fn status_changed(old: &NautilusMasterStatus, new: &NautilusMasterStatus) -> bool {
-    fn without_probe_times(status: &NautilusMasterStatus) -> NautilusMasterStatus {
+    fn stored_without_probe_times(status: &NautilusMasterStatus) -> Option<serde_json::Value> {
         let mut status = status.clone();
         if let Some(attestation) = status.attestation.as_mut() {
             attestation.verified_at = Time(Timestamp::UNIX_EPOCH);
@@ -836,9 +841,17 @@ pub fn status_changed(old: &NautilusMasterStatus, new: &NautilusMasterStatus) ->
             component.last_probe_time = None;
             component.latency_millis = None;
         }
-        status
+        serde_json::to_value(status).ok()
     }
-    without_probe_times(old) != without_probe_times(new)
+    // A status that cannot be serialized could not be written either: count it as changed,
+    // so the patch reports the error.
+    match (
+        stored_without_probe_times(old),
+        stored_without_probe_times(new),
+    ) {
+        (Some(old), Some(new)) => old != new,
+        _ => true,
+    }
 }
 
 /// Events for conditions whose status changed (or that appeared): `Normal` when they became
@@ -1947,6 +1960,43 @@ mod tests {
         let mut moved = old.clone();
         moved.phase = Some(Phase::Degraded);
         assert!(status_changed(&old, &moved));
+    }
+
+    /// What the operator computes carries milliseconds (the document's timestamp); what it
+    /// reads back from the API server has whole seconds. The two are the same status.
+    #[test]
+    fn a_status_read_back_from_the_api_server_is_unchanged() {
+        let computed = NautilusMasterStatus {
+            phase: Some(Phase::Ready),
+            attestation: Some(nautilus_crds::AttestationSummary {
+                module_id: "i-0123-enc0123".into(),
+                verified_at: Time(Timestamp::from_millisecond(1_764_620_025_456).expect("time")),
+                document_timestamp: Time(
+                    Timestamp::from_millisecond(1_764_620_020_123).expect("time"),
+                ),
+                pcrs: std::collections::BTreeMap::new(),
+                pcr0_prefix: "10".repeat(8),
+                public_key_fingerprint: "ab".repeat(32),
+                document_sha256: "cd".repeat(32),
+                simulated: true,
+                debug_mode: false,
+            }),
+            ..NautilusMasterStatus::default()
+        };
+        let stored: NautilusMasterStatus =
+            serde_json::from_value(serde_json::to_value(&computed).expect("to json"))
+                .expect("from json");
+        assert_ne!(stored, computed, "the round trip drops the milliseconds");
+        assert!(!status_changed(&stored, &computed));
+        let mut later = computed.clone();
+        if let Some(a) = later.attestation.as_mut() {
+            a.document_timestamp =
+                Time(Timestamp::from_millisecond(1_764_620_021_123).expect("time"));
+        }
+        assert!(
+            status_changed(&stored, &later),
+            "a new document is a change"
+        );
     }
 
     #[test]

@@ -1,10 +1,18 @@
-//! The API proxy path (client → sidecar → enclave) against a direct connection, over Unix
-//! sockets standing in for vsock: small request/response round trips on a kept-alive
-//! connection, a fresh connection with one round trip, and 1 MiB bulk transfers.
+//! The API proxy path (client → sidecar → enclave) against a direct connection, and against
+//! socat (a C relay, the peer), over Unix sockets standing in for vsock: small
+//! request/response round trips on a kept-alive connection, a fresh connection with one round
+//! trip, and 1 MiB bulk transfers.
+//!
+//! The echo server (the enclave's API server, as far as bytes go), the sidecar's proxy and the
+//! client each run on a runtime of their own, as three processes would: a proxy sharing the
+//! client's runtime would be woken on the same worker and look cheaper than it is. socat runs
+//! as a child process (`fork`, one process per connection) when it is on `PATH`; otherwise its
+//! rows are skipped with a line saying so.
 //!
 //! `cargo bench -p nautilus-sidecar --bench proxy -- --quick`
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,29 +27,95 @@ use tokio::runtime::Runtime;
 const SMALL: usize = 256;
 const BULK: usize = 1024 * 1024;
 
-fn runtime() -> Runtime {
+fn runtime(workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime")
 }
 
-/// An echo server on a Unix socket: the enclave's API server, as far as bytes go.
-async fn echo(path: &Path) -> Endpoint {
-    let listener = transport::bind(&Endpoint::Unix(path.to_owned()))
-        .await
-        .expect("bind echo");
-    let endpoint = listener.endpoint().clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(stream);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
+/// An echo server on a Unix socket, on `rt`.
+fn echo(rt: &Runtime, path: &Path) -> Endpoint {
+    rt.block_on(async {
+        let listener = transport::bind(&Endpoint::Unix(path.to_owned()))
+            .await
+            .expect("bind echo");
+        let endpoint = listener.endpoint().clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = tokio::io::split(stream);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        endpoint
+    })
+}
+
+/// The sidecar's API proxy from `path` to `upstream`, on `rt`, with the sidecar's limits.
+fn sidecar_proxy(rt: &Runtime, path: &Path, upstream: &Endpoint) -> Endpoint {
+    rt.block_on(async {
+        let listener = transport::bind(&Endpoint::Unix(path.to_owned()))
+            .await
+            .expect("bind proxy");
+        let proxied = listener.endpoint().clone();
+        let listener = BoundedListener::new(
+            listener,
+            "api",
+            Limits {
+                idle_timeout: Duration::from_secs(1800),
+                ..Limits::api(1024)
+            },
+            Arc::new(Unobserved),
+        );
+        tokio::spawn(proxy::serve_api(
+            listener,
+            upstream.clone(),
+            Arc::new(Metrics::new()),
+        ));
+        proxied
+    })
+}
+
+/// socat relaying `path` to `upstream`, killed on drop.
+struct Socat {
+    child: Child,
+    endpoint: Endpoint,
+}
+
+impl Socat {
+    fn start(path: &Path, upstream: &Path) -> Option<Self> {
+        let child = Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", path.display()))
+            .arg(format!("UNIX-CONNECT:{}", upstream.display()))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                println!("skipped: socat rows: socat could not be started ({e}); install socat");
+                return None;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-    });
-    endpoint
+        Some(Self {
+            child,
+            endpoint: Endpoint::Unix(PathBuf::from(path)),
+        })
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 async fn round_trip(stream: &mut BoxedStream, message: &[u8], buf: &mut [u8]) {
@@ -63,35 +137,23 @@ async fn bulk(stream: BoxedStream, data: Arc<Vec<u8>>) -> BoxedStream {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = runtime(1);
+    let upstream_rt = runtime(1);
+    let proxy_rt = runtime(2);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (direct, via_proxy) = rt.block_on(async {
-        let upstream = echo(&dir.path().join("api.sock")).await;
-        let listener = transport::bind(&Endpoint::Unix(dir.path().join("proxy.sock")))
-            .await
-            .expect("bind proxy");
-        let proxied = listener.endpoint().clone();
-        let listener = BoundedListener::new(
-            listener,
-            "api",
-            Limits {
-                idle_timeout: Duration::from_secs(1800),
-                ..Limits::api(1024)
-            },
-            Arc::new(Unobserved),
-        );
-        tokio::spawn(proxy::serve_api(
-            listener,
-            upstream.clone(),
-            Arc::new(Metrics::new()),
-        ));
-        (upstream, proxied)
-    });
+    let api = dir.path().join("api.sock");
+    let direct = echo(&upstream_rt, &api);
+    let via_proxy = sidecar_proxy(&proxy_rt, &dir.path().join("proxy.sock"), &direct);
+    let socat = Socat::start(&dir.path().join("socat.sock"), &api);
+    let mut paths = vec![("direct", &direct), ("proxy", &via_proxy)];
+    if let Some(socat) = &socat {
+        paths.push(("socat", &socat.endpoint));
+    }
 
     let message = vec![0x17u8; SMALL];
     let mut group = c.benchmark_group("api_proxy_rtt");
     group.throughput(Throughput::Elements(1));
-    for (name, endpoint) in [("direct", &direct), ("proxy", &via_proxy)] {
+    for &(name, endpoint) in &paths {
         group.bench_function(format!("{name}/{SMALL}B"), |b| {
             let mut stream = rt.block_on(transport::connect(endpoint)).expect("connect");
             let mut buf = vec![0u8; SMALL];
@@ -125,7 +187,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("api_proxy_bulk");
     group.throughput(Throughput::Bytes(BULK as u64));
     group.sample_size(10);
-    for (name, endpoint) in [("direct", &direct), ("proxy", &via_proxy)] {
+    for &(name, endpoint) in &paths {
         group.bench_function(format!("{name}/1MiB"), |b| {
             let mut stream = Some(rt.block_on(transport::connect(endpoint)).expect("connect"));
             b.iter_custom(|iters| {

@@ -1002,150 +1002,26 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::tests::mk_nm;
+    use crate::fixtures::{
+        ApiServer, Background, Call, FakeEnclave, FakeSidecar, JSON_PATCH, Received, Reply,
+        Scenario, api_server, deleting, list, mk_nm, mk_sim_nm, not_found, running_pod,
+        with_finalizer,
+    };
     use crate::runtime::PodRuntime;
-    use crate::sidecar::tests::FakeSidecar;
-    use crate::verify::tests::{FakeEnclave, mk_sim_nm};
-    use http::{Request, Response};
-    use kube::client::Body;
     use serde_json::{Value, json};
-    use std::sync::Mutex as StdMutex;
 
-    /// One request the fake API server received.
-    #[derive(Clone, Debug)]
-    struct Recorded {
-        method: String,
-        path: String,
-        content_type: String,
-        body: Value,
-    }
-
-    /// Objects the fake API server answers GETs with.
-    #[derive(Clone, Debug, Default)]
-    struct Fixtures {
-        nm: Value,
-        config_map: Option<Value>,
-        pod: Option<Value>,
-        /// Watch events not yet served on the NautilusMaster watch (status writes, as the real
-        /// API server reports them).
-        pending_watch: Arc<StdMutex<Vec<Value>>>,
-    }
-
-    fn not_found() -> (u16, Value) {
-        (
-            404,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": "not found", "reason": "NotFound", "code": 404}),
-        )
-    }
-
-    fn respond(fx: &Fixtures, method: &str, full_path: &str, body: &Value) -> (u16, Value) {
-        let path = full_path.split('?').next().unwrap_or_default();
-        let list = |items: Vec<Value>| {
-            json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"},
-                   "items": items})
-        };
-        match method {
-            // Watches end at once (an empty stream); the watcher lists again later.
-            "GET" if full_path.contains("watch=true") && path.ends_with("/nautilusmasters") => {
-                let events: Vec<String> = fx
-                    .pending_watch
-                    .lock()
-                    .expect("lock")
-                    .drain(..)
-                    .map(|e| e.to_string())
-                    .collect();
-                (200, Value::String(format!("RAW:{}", events.join("\n"))))
-            }
-            "GET" if full_path.contains("watch=true") => (200, Value::Null),
-            "GET" if path.ends_with("/nautilusmasters") => (200, list(vec![fx.nm.clone()])),
-            "GET"
-                if [
-                    "/configmaps",
-                    "/secrets",
-                    "/services",
-                    "/statefulsets",
-                    "/pods",
-                ]
-                .iter()
-                .any(|plural| path.ends_with(plural)) =>
-            {
-                (200, list(Vec::new()))
-            }
-            "GET" if path.contains("/configmaps/") => {
-                fx.config_map.clone().map_or_else(not_found, |v| (200, v))
-            }
-            "GET" if path.contains("/pods/") => fx.pod.clone().map_or_else(not_found, |v| (200, v)),
-            "GET" => not_found(),
-            "PATCH" if path.ends_with("/status") => {
-                let mut nm = fx.nm.clone();
-                nm["status"] = body["status"].clone();
-                let mut pending = fx.pending_watch.lock().expect("lock");
-                nm["metadata"]["resourceVersion"] = json!(format!("{}", 10 + pending.len()));
-                pending.push(json!({"type": "MODIFIED", "object": nm.clone()}));
-                (200, nm)
-            }
-            "PATCH" if path.contains("/nautilusmasters/") => (200, fx.nm.clone()),
-            "PATCH" => (200, body.clone()),
-            "POST" => (201, body.clone()),
-            "DELETE" => (
-                200,
-                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
-            ),
-            _ => not_found(),
-        }
-    }
-
-    /// A mocked API server (kube's documented tower-test pattern) that answers from fixtures
-    /// and records every request.
-    fn fake_apiserver(fx: Fixtures) -> (Client, Arc<StdMutex<Vec<Recorded>>>) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let log = Arc::new(StdMutex::new(Vec::new()));
-        let recorded = log.clone();
-        tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let method = request.method().to_string();
-                let path = request
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                let content_type = request
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                let bytes = request
-                    .into_body()
-                    .collect_bytes()
-                    .await
-                    .expect("request body");
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let (status, answer) = respond(&fx, &method, &path, &body);
-                recorded.lock().expect("log").push(Recorded {
-                    method,
-                    path,
-                    content_type,
-                    body,
-                });
-                let bytes = if answer.is_null() {
-                    Vec::new()
-                } else if let Some(raw) = answer.as_str().and_then(|s| s.strip_prefix("RAW:")) {
-                    raw.as_bytes().to_vec()
-                } else {
-                    serde_json::to_vec(&answer).expect("json")
-                };
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(bytes))
-                        .expect("response"),
-                );
-            }
-        });
-        (Client::new(service, "default"), log)
-    }
+    const NM_PATH: &str =
+        "/apis/nautilus.k3s-daas.io/v1alpha1/namespaces/team-a/nautilusmasters/demo";
+    const CM_PATH: &str = "/api/v1/namespaces/team-a/configmaps/demo-boot";
+    const STS_PATH: &str = "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave";
+    const SVC_PATH: &str = "/api/v1/namespaces/team-a/services/demo";
+    const POD_PATH: &str = "/api/v1/namespaces/team-a/pods/demo-enclave-0";
+    const SECRET_PATH: &str = "/api/v1/namespaces/team-a/secrets/demo-kubeconfig";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events?";
+    /// Prefix of the path of one Event.
+    const EVENTS_ONE: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events/demo.";
+    /// The query of every server-side apply the operator sends.
+    const SSA: &str = "?&force=true&fieldManager=nautilus-operator";
 
     fn context(client: Client, sidecar_port: Option<u16>) -> Arc<Context> {
         Arc::new(Context::new(
@@ -1158,166 +1034,169 @@ mod tests {
         ))
     }
 
-    fn with_finalizer(mut nm: NautilusMaster) -> NautilusMaster {
-        nm.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        nm
+    fn to_json<T: serde::Serialize>(value: &T) -> Value {
+        serde_json::to_value(value).expect("json")
     }
 
-    fn requests(log: &Arc<StdMutex<Vec<Recorded>>>) -> Vec<Recorded> {
-        log.lock().expect("log").clone()
+    /// A server-side apply of a child at `path`, owned by the resource.
+    fn apply_child(path: &str, kind: &str) -> Call {
+        Call::apply(format!("{path}{SSA}")).body(json!({
+            "kind": kind,
+            "metadata": {"ownerReferences": [{"kind": "NautilusMaster", "name": "demo",
+                                              "controller": true}]},
+        }))
     }
 
-    fn find<'a>(log: &'a [Recorded], method: &str, path: &str) -> &'a Recorded {
-        log.iter()
-            .find(|r| r.method == method && r.path.split('?').next() == Some(path))
-            .unwrap_or_else(|| {
-                let seen: Vec<_> = log
-                    .iter()
-                    .map(|r| format!("{} {}", r.method, r.path))
-                    .collect();
-                panic!("no {method} {path} in {seen:#?}")
-            })
+    /// The status apply, answered with `nm` carrying it (as the API server does); the body must
+    /// hold `status`.
+    fn apply_status(nm: &NautilusMaster, status: Value) -> Call {
+        Call::apply(format!("{NM_PATH}/status{SSA}"))
+            .body(json!({
+                "apiVersion": "nautilus.k3s-daas.io/v1alpha1",
+                "kind": "NautilusMaster",
+                "status": status,
+            }))
+            .reply(Reply::WithStatus(to_json(nm)))
     }
 
-    fn non_event_calls(log: &[Recorded]) -> Vec<String> {
-        log.iter()
-            .filter(|r| !r.path.contains("/events"))
-            .map(|r| {
-                format!(
-                    "{} {}",
-                    r.method,
-                    r.path.split('?').next().unwrap_or_default()
-                )
-            })
-            .collect()
+    /// `status.conditions` as (type, status, reason), in the order of [`types::ALL`].
+    fn conditions(expected: [(&str, &str); 6]) -> Value {
+        Value::Array(
+            types::ALL
+                .iter()
+                .zip(expected)
+                .map(|(type_, (status, reason))| {
+                    json!({"type": type_, "status": status, "reason": reason,
+                           "observedGeneration": 1})
+                })
+                .collect(),
+        )
     }
 
-    const NM_PATH: &str =
-        "/apis/nautilus.k3s-daas.io/v1alpha1/namespaces/team-a/nautilusmasters/demo";
+    /// An Event about `demo`.
+    fn event(type_: &str, reason: &str, note: &str) -> Call {
+        Call::post(EVENTS).body(json!({
+            "type": type_,
+            "reason": reason,
+            "note": note,
+            "action": "Reconcile",
+            "reportingController": CONTROLLER_NAME,
+            "regarding": {"kind": "NautilusMaster", "name": "demo", "namespace": "team-a"},
+        }))
+    }
 
-    async fn run_reconcile(ctx: Arc<Context>, nm: NautilusMaster) -> Result<Action> {
-        tokio::time::timeout(Duration::from_secs(20), reconcile(Arc::new(nm), ctx))
-            .await
-            .expect("reconcile finished in time")
+    /// The two Events of a resource whose pod does not exist yet.
+    fn launching_events() -> [Call; 2] {
+        [
+            event(
+                "Warning",
+                "Launching",
+                "EnclaveRunning: (none) → False: waiting for pod demo-enclave-0 to be created",
+            ),
+            event(
+                "Warning",
+                "NotReady",
+                "Ready: (none) → False: not ready: EnclaveRunning=False (Launching), \
+                 Attested=Unknown (Pending), APIServerReady=Unknown (Pending), \
+                 SchedulerReady=Unknown (Pending), ControllerManagerReady=Unknown (Pending)",
+            ),
+        ]
+    }
+
+    /// Run one reconcile of `nm` against `scenario`, then check the scenario.
+    async fn reconcile_in(
+        ctx: &Arc<Context>,
+        nm: &NautilusMaster,
+        scenario: Scenario,
+    ) -> (Result<Action>, ApiServer, Vec<Received>) {
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            reconcile(Arc::new(nm.clone()), ctx.clone()),
+        )
+        .await
+        .expect("reconcile finished in time");
+        let (server, received) = scenario.verified().await;
+        (result, server, received)
+    }
+
+    /// The one request of `received` to `path` (no query) with `method`.
+    fn find<'a>(received: &'a [Received], method: &str, path: &str) -> &'a Received {
+        received
+            .iter()
+            .find(|r| r.method == method && r.path() == path)
+            .unwrap_or_else(|| panic!("no {method} {path} in {received:#?}"))
+    }
+
+    fn boot_config_of(cm: &Received) -> BootConfig {
+        serde_json::from_str(cm.body["data"]["boot-config.json"].as_str().expect("data"))
+            .expect("boot config")
     }
 
     #[tokio::test]
     async fn create_adds_the_finalizer_first() {
         let nm = mk_nm("demo");
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
-        run_reconcile(context(client, None), nm).await.expect("ok");
-        let log = requests(&log);
-        assert_eq!(non_event_calls(&log), [format!("PATCH {NM_PATH}")]);
-        let patch = &log[0];
-        assert_eq!(patch.content_type, "application/json-patch+json");
-        let ops = patch.body.as_array().expect("json patch");
-        assert!(
-            ops.iter().any(|op| op["op"] == "add"
-                && op["path"] == "/metadata/finalizers"
-                && op["value"] == json!([FINALIZER])),
-            "{ops:?}"
-        );
+        let (client, server) = api_server();
+        let scenario = server.expect(vec![
+            Call::patch(format!("{NM_PATH}?"))
+                .content_type(JSON_PATCH)
+                .body(json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+                ]))
+                .reply(Reply::Json(200, to_json(&with_finalizer(nm.clone())))),
+        ]);
+        let (result, _, _) = reconcile_in(&context(client, None), &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::await_change());
     }
 
     #[tokio::test]
     async fn apply_children_and_status_while_the_pod_is_pending() {
         let nm = with_finalizer(mk_nm("demo"));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
-        let action = run_reconcile(context(client, None), nm).await.expect("ok");
-        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
-        let log = requests(&log);
-        assert_eq!(
-            non_event_calls(&log),
-            [
-                "GET /api/v1/namespaces/team-a/configmaps/demo-boot",
-                "PATCH /api/v1/namespaces/team-a/configmaps/demo-boot",
-                "PATCH /apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
-                "PATCH /api/v1/namespaces/team-a/services/demo",
-                "GET /api/v1/namespaces/team-a/pods/demo-enclave-0",
-                &format!("PATCH {NM_PATH}/status"),
-            ]
-        );
-        for r in log.iter().filter(|r| r.method == "PATCH") {
-            assert_eq!(r.content_type, "application/apply-patch+yaml", "{}", r.path);
-            assert!(
-                r.path.contains("fieldManager=nautilus-operator"),
-                "{}",
-                r.path
-            );
-            assert!(r.path.contains("force=true"), "{}", r.path);
-        }
-        let cm = find(
-            &log,
-            "PATCH",
-            "/api/v1/namespaces/team-a/configmaps/demo-boot",
-        );
-        assert_eq!(
-            cm.body["metadata"]["ownerReferences"][0]["controller"],
-            true
-        );
-        let boot: BootConfig =
-            serde_json::from_str(cm.body["data"]["boot-config.json"].as_str().expect("data"))
-                .expect("boot config");
-        assert_eq!(boot.nonce.len(), 32);
-        let sts = find(
-            &log,
-            "PATCH",
-            "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
-        );
-        assert_eq!(sts.body["kind"], "StatefulSet");
-        assert_eq!(
-            sts.body["spec"]["template"]["metadata"]["annotations"][desired::DIGEST_KEY],
-            boot.config.digest_hex()
-        );
+        let digest = desired::enclave_config(&nm).expect("config").digest_hex();
+        let (client, server) = api_server();
+        let mut calls = vec![
+            Call::get(CM_PATH),
+            apply_child(CM_PATH, "ConfigMap").body(json!({
+                "metadata": {"annotations": {desired::DIGEST_KEY: &digest}},
+            })),
+            apply_child(STS_PATH, "StatefulSet").body(json!({
+                "spec": {"template": {"metadata": {"annotations": {desired::DIGEST_KEY: &digest}}}},
+            })),
+            apply_child(SVC_PATH, "Service"),
+            Call::get(POD_PATH),
+            apply_status(
+                &nm,
+                json!({
+                    "observedGeneration": 1,
+                    "phase": "Launching",
+                    "bootConfigDigest": &digest,
+                    "placement": {"runtime": "pod"},
+                    "conditions": conditions([
+                        ("False", "Launching"),
+                        ("Unknown", "Pending"),
+                        ("Unknown", "Pending"),
+                        ("Unknown", "Pending"),
+                        ("Unknown", "Pending"),
+                        ("False", "NotReady"),
+                    ]),
+                }),
+            ),
+        ];
+        calls.extend(launching_events());
+        let scenario = server.expect(calls);
+        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::requeue(RESYNC_WITHOUT_SIDECAR));
 
-        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body;
-        assert_eq!(status["apiVersion"], "nautilus.k3s-daas.io/v1alpha1");
-        assert_eq!(status["kind"], "NautilusMaster");
-        let status = &status["status"];
-        assert_eq!(status["observedGeneration"], 1);
-        assert_eq!(status["phase"], "Launching");
-        assert_eq!(status["bootConfigDigest"], boot.config.digest_hex());
+        let boot = boot_config_of(find(&received, "PATCH", CM_PATH));
+        assert_eq!(boot.nonce.len(), 32);
+        assert_eq!(boot.config.digest_hex(), digest);
+        let status = &find(&received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
         assert!(
             status.get("endpoint").is_none(),
             "no endpoint before attestation"
         );
-        assert_eq!(status["placement"]["runtime"], "pod");
-        let conditions = status["conditions"].as_array().expect("conditions");
-        assert_eq!(conditions.len(), 6);
-        assert_eq!(conditions[0]["type"], "EnclaveRunning");
-        assert_eq!(conditions[0]["status"], "False");
-        assert_eq!(conditions[0]["reason"], "Launching");
-        assert!(
-            conditions[0]["message"]
-                .as_str()
-                .expect("m")
-                .contains("demo-enclave-0")
-        );
-        assert_eq!(conditions[5]["type"], "Ready");
-        assert_eq!(conditions[5]["status"], "False");
         assert!(status.get("kubeconfigSecretRef").is_none());
-
-        // The transition of EnclaveRunning is an Event with the condition's reason.
-        let event = log
-            .iter()
-            .find(|r| r.method == "POST" && r.path.contains("/namespaces/team-a/events"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "an event in {:#?}",
-                    log.iter()
-                        .map(|r| format!("{} {}", r.method, r.path))
-                        .collect::<Vec<_>>()
-                )
-            });
-        assert_eq!(event.body["reason"], "Launching");
-        assert_eq!(event.body["type"], "Warning");
-        assert_eq!(event.body["regarding"]["name"], "demo");
+        assert!(status.get("attestation").is_none());
     }
 
     #[tokio::test]
@@ -1331,59 +1210,114 @@ mod tests {
         let mut nm = old.clone();
         nm.spec.control_plane.https_port = 16443;
         nm.metadata.generation = Some(2);
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            config_map: Some(serde_json::to_value(&existing).expect("json")),
-            ..Fixtures::default()
-        });
-        run_reconcile(context(client, None), nm.clone())
-            .await
-            .expect("ok");
-        let log = requests(&log);
-        let cm = find(
-            &log,
-            "PATCH",
-            "/api/v1/namespaces/team-a/configmaps/demo-boot",
-        );
-        let boot: BootConfig =
-            serde_json::from_str(cm.body["data"]["boot-config.json"].as_str().expect("data"))
-                .expect("boot");
         let new_digest = desired::enclave_config(&nm).expect("c").digest_hex();
+        let (client, server) = api_server();
+        let mut calls = vec![
+            Call::get(CM_PATH).reply(Reply::Json(200, to_json(&existing))),
+            apply_child(CM_PATH, "ConfigMap").body(json!({
+                "metadata": {"annotations": {desired::DIGEST_KEY: &new_digest}},
+            })),
+            apply_child(STS_PATH, "StatefulSet").body(json!({
+                "spec": {"template": {"metadata": {"annotations": {
+                    desired::DIGEST_KEY: &new_digest}}}},
+            })),
+            apply_child(SVC_PATH, "Service").body(json!({"spec": {"ports": [{"port": 16443}]}})),
+            Call::get(POD_PATH),
+            apply_status(
+                &nm,
+                json!({"observedGeneration": 2, "bootConfigDigest": &new_digest}),
+            ),
+        ];
+        calls.extend(launching_events());
+        let scenario = server.expect(calls);
+        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        result.expect("ok");
+        let boot = boot_config_of(find(&received, "PATCH", CM_PATH));
         assert_eq!(boot.config.digest_hex(), new_digest);
         assert_ne!(
             boot.nonce, old_boot.nonce,
             "a new configuration gets a new nonce"
         );
-        let sts = find(
-            &log,
-            "PATCH",
-            "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave",
-        );
-        assert_eq!(
-            sts.body["spec"]["template"]["metadata"]["annotations"][desired::DIGEST_KEY],
-            new_digest
-        );
-        let svc = find(&log, "PATCH", "/api/v1/namespaces/team-a/services/demo");
-        assert_eq!(svc.body["spec"]["ports"][0]["port"], 16443);
-        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
-        assert_eq!(status["observedGeneration"], 2);
-        assert_eq!(status["bootConfigDigest"], new_digest);
     }
 
-    fn running_pod(ip: &str) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "demo-enclave-0", "namespace": "team-a"},
-            "spec": {"nodeName": "nitro-1", "containers": [{"name": "nautilus-sidecar"}]},
-            "status": {
-                "phase": "Running", "podIP": ip,
-                "containerStatuses": [{
-                    "name": "nautilus-sidecar", "ready": true, "restartCount": 0,
-                    "image": "x", "imageID": "x",
-                    "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-                }]
-            }
-        })
+    /// The children of `demo` once its pod runs: the boot ConfigMap with `cm` already there.
+    fn running_children(cm: Option<&ConfigMap>) -> Vec<Call> {
+        let mut calls = Vec::new();
+        if let Some(cm) = cm {
+            calls.push(Call::get(CM_PATH).reply(Reply::Json(200, to_json(cm))));
+        }
+        calls.extend([
+            apply_child(CM_PATH, "ConfigMap"),
+            apply_child(STS_PATH, "StatefulSet"),
+            apply_child(SVC_PATH, "Service"),
+            Call::get(POD_PATH).reply(Reply::Json(200, running_pod("127.0.0.1"))),
+        ]);
+        calls
+    }
+
+    /// The Events the recorder sends for `events` (type, reason, note), in order: the first
+    /// of each reason is posted, a later one with the same reason patches it into a series
+    /// (which keeps the first note).
+    fn events(events: &[(&str, &str, String)]) -> Vec<Call> {
+        let mut seen: Vec<(&str, &str, u32)> = Vec::new();
+        events
+            .iter()
+            .map(
+                |(type_, reason, note)| match seen.iter_mut().find(|(r, _, _)| r == reason) {
+                    Some((_, first, count)) => {
+                        *count += 1;
+                        Call::patch(format!("{EVENTS_ONE}*")).body(json!({
+                            "type": type_, "reason": reason, "note": first,
+                            "series": {"count": count},
+                        }))
+                    }
+                    None => {
+                        seen.push((reason, note, 1));
+                        event(type_, reason, note)
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// The reasons of a Ready `demo`'s conditions.
+    const READY_REASONS: [&str; 6] = [
+        "Running",
+        "SimulatedAttestation",
+        "Healthy",
+        "Healthy",
+        "Healthy",
+        "AllReady",
+    ];
+
+    /// The Events of `demo` becoming Ready, for the conditions that were not `True` before
+    /// (`before`: their previous status).
+    fn became_ready(enclave: &FakeEnclave, before: [Option<&str>; 6]) -> Vec<Call> {
+        let notes = [
+            "enclave running (process launcher, id 4242)".to_owned(),
+            format!(
+                "SIMULATED attestation accepted because spec.attestation.allowSimulated is true: \
+                 this is not hardware evidence (module {}, pcr0 1010101010101010…); reports \
+                 signed by the attested key",
+                enclave.nsm.module_id()
+            ),
+            "api-server is healthy".into(),
+            "scheduler is healthy".into(),
+            "controller-manager is healthy".into(),
+            "control plane is attested and every component is healthy".into(),
+        ];
+        let list: Vec<(&str, &str, String)> = types::ALL
+            .iter()
+            .zip(READY_REASONS)
+            .zip(before)
+            .zip(notes)
+            .filter(|(((_, _), before), _)| *before != Some("True"))
+            .map(|(((type_, reason), before), note)| {
+                let from = before.unwrap_or("(none)");
+                ("Normal", reason, format!("{type_}: {from} → True: {note}"))
+            })
+            .collect();
+        events(&list)
     }
 
     #[tokio::test]
@@ -1400,38 +1334,37 @@ mod tests {
         let enclave = FakeEnclave::new();
         let now = now_ms();
         let sidecar = FakeSidecar::start(&enclave.bundle(digest, &nonce, 1, now)).await;
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
-            pod: Some(running_pod("127.0.0.1")),
-            ..Fixtures::default()
-        });
+        let (client, server) = api_server();
+        let mut calls = running_children(Some(&cm));
+        calls.extend([
+            apply_child(SECRET_PATH, "Secret").body(json!({"type": "Opaque"})),
+            apply_status(
+                &nm,
+                json!({
+                    "phase": "Ready",
+                    "conditions": conditions(READY_REASONS.map(|r| ("True", r))),
+                    "attestation": {"simulated": true},
+                    "kubeconfigSecretRef": {"name": "demo-kubeconfig", "key": "kubeconfig"},
+                    "endpoint": "https://demo.team-a.svc:6443",
+                    "placement": {"runtime": "pod", "podName": "demo-enclave-0",
+                                  "nodeName": "nitro-1", "enclaveID": "4242"},
+                }),
+            ),
+        ]);
+        calls.extend(became_ready(&enclave, [None; 6]));
+        let scenario = server.expect(calls);
         let ctx = context(client, Some(sidecar.addr.port()));
-        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
+        let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
         // A new operator process does not know the last challenge: it asked for a fresh one.
-        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
-        let attests = sidecar.attests.lock().expect("lock").clone();
-        assert_eq!(attests.len(), 1, "{attests:?}");
+        assert_eq!(result.expect("ok"), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(sidecar.attested_nonces().len(), 1);
 
-        let log_now = requests(&log);
-        let cm_apply = find(
-            &log_now,
-            "PATCH",
-            "/api/v1/namespaces/team-a/configmaps/demo-boot",
+        assert_eq!(
+            boot_config_of(find(&received, "PATCH", CM_PATH)).nonce,
+            nonce,
+            "the existing boot nonce is kept"
         );
-        let applied: BootConfig = serde_json::from_str(
-            cm_apply.body["data"]["boot-config.json"]
-                .as_str()
-                .expect("data"),
-        )
-        .expect("boot");
-        assert_eq!(applied.nonce, nonce, "the existing boot nonce is kept");
-
-        let secret = find(
-            &log_now,
-            "PATCH",
-            "/api/v1/namespaces/team-a/secrets/demo-kubeconfig",
-        );
+        let secret = find(&received, "PATCH", SECRET_PATH);
         use base64::Engine as _;
         let kubeconfig = base64::engine::general_purpose::STANDARD
             .decode(secret.body["data"]["kubeconfig"].as_str().expect("data"))
@@ -1445,22 +1378,8 @@ mod tests {
             )
             .expect("b64");
         assert_eq!(ca, enclave.serving_ca_pem.as_bytes());
-
-        let status = &find(&log_now, "PATCH", &format!("{NM_PATH}/status")).body["status"];
-        assert_eq!(status["phase"], "Ready", "{status:#}");
-        let conditions = status["conditions"].as_array().expect("conditions");
-        assert!(
-            conditions.iter().all(|c| c["status"] == "True"),
-            "{conditions:#?}"
-        );
-        assert_eq!(conditions[1]["reason"], "SimulatedAttestation");
-        assert_eq!(status["attestation"]["simulated"], true);
-        assert_eq!(status["kubeconfigSecretRef"]["name"], "demo-kubeconfig");
-        assert_eq!(status["endpoint"], "https://demo.team-a.svc:6443");
+        let status = &find(&received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
         assert_eq!(status["components"].as_array().expect("c").len(), 3);
-        assert_eq!(status["placement"]["podName"], "demo-enclave-0");
-        assert_eq!(status["placement"]["nodeName"], "nitro-1");
-        assert_eq!(status["placement"]["enclaveID"], "4242");
     }
 
     #[tokio::test]
@@ -1468,12 +1387,11 @@ mod tests {
         let mut nm = with_finalizer(mk_sim_nm());
         let config = desired::enclave_config(&nm).expect("config");
         let digest = config.digest();
-        let boot_nonce = vec![9u8; 32];
         let cm = desired::boot_config_map(
             &nm,
             &BootConfig {
                 config,
-                nonce: boot_nonce,
+                nonce: vec![9u8; 32],
             },
         )
         .expect("cm");
@@ -1491,34 +1409,39 @@ mod tests {
         });
         previous.phase = Some(Phase::Ready);
         nm.status = Some(previous);
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
-            pod: Some(running_pod("127.0.0.1")),
-            ..Fixtures::default()
-        });
+        let (client, server) = api_server();
         let ctx = context(client, Some(sidecar.addr.port()));
-        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
-        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        // Challenged at once; status (and the kubeconfig) held for the round trip.
+        let scenario = server.expect(running_children(Some(&cm)));
+        let (result, server, _) = reconcile_in(&ctx, &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::requeue(Duration::from_secs(1)));
         let nonces = sidecar.attested_nonces();
         assert_eq!(nonces.len(), 1, "challenged at once");
-        assert!(
-            !requests(&log)
-                .iter()
-                .any(|r| r.path.contains("/status") || r.path.contains("/secrets/")),
-            "status held for the round trip"
-        );
 
-        // The enclave answers the fresh challenge: verified again, status written.
+        // The enclave answers the fresh challenge: verified again, status written. The boot
+        // state is known now: the ConfigMap is not read again.
         sidecar.set_bundle(&enclave.bundle(digest, &nonces[0], 11, now_ms()));
-        run_reconcile(ctx, nm).await.expect("ok");
-        let log = requests(&log);
-        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
-        assert_eq!(status["phase"], "Ready", "{status:#}");
-        assert_eq!(
-            status["conditions"][1]["lastTransitionTime"], "1970-01-01T00:16:40Z",
-            "Attested never left True"
-        );
+        let mut calls = running_children(None);
+        calls.extend([
+            apply_child(SECRET_PATH, "Secret"),
+            apply_status(
+                &nm,
+                json!({
+                    "phase": "Ready",
+                    "conditions": [{}, {"type": "Attested", "status": "True",
+                                        "lastTransitionTime": "1970-01-01T00:16:40Z"},
+                                   {}, {}, {}, {}],
+                }),
+            ),
+        ]);
+        calls.extend(became_ready(
+            &enclave,
+            [None, Some("True"), None, None, None, None],
+        ));
+        let scenario = server.expect(calls);
+        let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
+        result.expect("ok");
+        assert_eq!(sidecar.attested_nonces().len(), 1, "no second challenge");
     }
 
     #[tokio::test]
@@ -1541,135 +1464,124 @@ mod tests {
         let forger = nautilus_protocol::wire::ReportSigner::generate();
         bundle.report = Some(forger.sign(&enclave.report(1, &hex::encode(digest), now)));
         let sidecar = FakeSidecar::start(&bundle).await;
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            config_map: Some(serde_json::to_value(&cm).expect("cm json")),
-            pod: Some(running_pod("127.0.0.1")),
-            ..Fixtures::default()
-        });
-        run_reconcile(context(client, Some(sidecar.addr.port())), nm)
-            .await
-            .expect("ok");
-        let log = requests(&log);
-        find(
-            &log,
-            "DELETE",
-            "/api/v1/namespaces/team-a/secrets/demo-kubeconfig",
-        );
-        assert!(
-            !log.iter()
-                .any(|r| r.method == "PATCH" && r.path.contains("/secrets/")),
-            "no kubeconfig for a forged report"
-        );
-        let status = &find(&log, "PATCH", &format!("{NM_PATH}/status")).body["status"];
-        let attested = &status["conditions"][1];
-        assert_eq!(attested["type"], "Attested");
-        assert_eq!(attested["status"], "False");
-        assert_eq!(attested["reason"], "ReportSignatureInvalid");
-        assert_eq!(status["conditions"][5]["reason"], "ReportSignatureInvalid");
-        assert_eq!(status["phase"], "Failed");
+        let (client, server) = api_server();
+        let mut calls = running_children(Some(&cm));
+        calls.extend([
+            Call::delete(format!("{SECRET_PATH}?")).body(json!({})),
+            apply_status(
+                &nm,
+                json!({
+                    "phase": "Failed",
+                    "conditions": conditions([
+                        ("True", "Running"),
+                        ("False", "ReportSignatureInvalid"),
+                        ("Unknown", "Pending"),
+                        ("Unknown", "Pending"),
+                        ("Unknown", "Pending"),
+                        ("False", "ReportSignatureInvalid"),
+                    ]),
+                }),
+            ),
+        ]);
+        let refused = "health report refused: report signature does not verify against the \
+                       attested key";
+        calls.extend(events(&[
+            (
+                "Normal",
+                "Running",
+                "EnclaveRunning: (none) → True: enclave running (process launcher, id 4242)".into(),
+            ),
+            (
+                "Warning",
+                "ReportSignatureInvalid",
+                format!("Attested: (none) → False: {refused}"),
+            ),
+            (
+                "Warning",
+                "ReportSignatureInvalid",
+                format!("Ready: (none) → False: {refused}"),
+            ),
+        ]));
+        let scenario = server.expect(calls);
+        let (result, _, received) =
+            reconcile_in(&context(client, Some(sidecar.addr.port())), &nm, scenario).await;
+        result.expect("ok");
+        let status = &find(&received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
         assert!(status.get("kubeconfigSecretRef").is_none());
-        let event = log
-            .iter()
-            .find(|r| r.method == "POST" && r.body["reason"] == "ReportSignatureInvalid")
-            .expect("event");
-        assert_eq!(event.body["type"], "Warning");
+        assert!(status.get("endpoint").is_none());
     }
 
-    fn deleting(nm: NautilusMaster) -> NautilusMaster {
-        let mut nm = with_finalizer(nm);
-        nm.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-        nm
+    /// The calls of a deletion up to the pod lookup, which answers `pod`.
+    fn stopping(nm: &NautilusMaster, pod: Reply) -> Vec<Call> {
+        vec![
+            apply_status(nm, json!({"phase": "Terminating"})),
+            event(
+                "Normal",
+                "Stopping",
+                "stopping the enclave before the resource is removed",
+            ),
+            Call::delete(format!("{STS_PATH}?")).body(json!({"propagationPolicy": "Background"})),
+            Call::get(POD_PATH).reply(pod),
+        ]
     }
 
     #[tokio::test]
     async fn delete_stops_the_enclave_then_removes_the_finalizer() {
         let nm = deleting(mk_nm("demo"));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
-        let action = run_reconcile(context(client, None), nm).await.expect("ok");
-        assert_eq!(action, Action::await_change());
-        let log = requests(&log);
-        assert_eq!(
-            non_event_calls(&log),
-            [
-                format!("PATCH {NM_PATH}/status"),
-                "DELETE /apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave".to_owned(),
-                "GET /api/v1/namespaces/team-a/pods/demo-enclave-0".to_owned(),
-                format!("PATCH {NM_PATH}"),
-            ]
+        let (client, server) = api_server();
+        let mut calls = stopping(&nm, not_found());
+        calls.push(
+            Call::patch(format!("{NM_PATH}?"))
+                .content_type(JSON_PATCH)
+                .body(json!([
+                    {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                    {"op": "remove", "path": "/metadata/finalizers/0"},
+                ]))
+                .reply(Reply::Json(200, to_json(&nm))),
         );
-        let status = &log
-            .iter()
-            .find(|r| r.path.split('?').next() == Some(&format!("{NM_PATH}/status")))
-            .expect("status")
-            .body;
-        assert_eq!(status["status"]["phase"], "Terminating");
-        let remove = log
-            .iter()
-            .rfind(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH))
-            .expect("finalizer patch");
-        assert_eq!(remove.content_type, "application/json-patch+json");
-        let ops = remove.body.as_array().expect("ops");
-        assert!(
-            ops.iter()
-                .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
-            "{ops:?}"
-        );
+        let scenario = server.expect(calls);
+        let (result, _, _) = reconcile_in(&context(client, None), &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::await_change());
     }
 
     #[tokio::test]
     async fn delete_waits_while_the_enclave_pod_still_runs() {
         let nm = deleting(mk_nm("demo"));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            pod: Some(running_pod("10.0.0.5")),
-            ..Fixtures::default()
-        });
+        let (client, server) = api_server();
+        let mut calls = stopping(&nm, Reply::Json(200, running_pod("10.0.0.5")));
+        // The orphaned pod is deleted, not left to the garbage collector; the finalizer stays.
+        calls.push(Call::delete(format!("{POD_PATH}?")).body(json!({})));
+        let scenario = server.expect(calls);
         let ctx = context(client, None);
-        let err = run_reconcile(ctx.clone(), nm.clone())
-            .await
-            .expect_err("waits");
+        let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
+        let err = result.expect_err("waits");
         assert_eq!(err.category(), "EnclaveStopping");
         assert_eq!(
             error_policy(Arc::new(nm), &err, ctx),
             Action::requeue(Duration::from_secs(2))
         );
-        let log = requests(&log);
-        assert!(
-            !log.iter()
-                .any(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH)),
-            "the finalizer stays while the pod runs"
-        );
-        assert!(
-            log.iter().any(|r| r.method == "DELETE"
-                && r.path.split('?').next()
-                    == Some("/api/v1/namespaces/team-a/pods/demo-enclave-0")),
-            "the orphaned pod is deleted, not left to the garbage collector"
-        );
     }
 
     #[tokio::test]
     async fn startup_checks_that_the_crd_is_installed() {
-        let (client, log) = fake_apiserver(Fixtures::default());
+        let (client, server) = api_server();
+        let scenario = server.expect(vec![Call::get(format!(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+        ))]);
         let err = check_crd(&client).await.expect_err("missing");
+        scenario.verified().await;
         assert!(
             err.to_string()
                 .contains("kubectl apply --server-side -f crds/nautilusmaster.yaml")
-        );
-        let log = requests(&log);
-        assert_eq!(
-            non_event_calls(&log),
-            [
-                "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/nautilusmasters.nautilus.k3s-daas.io"
-            ]
         );
     }
 
     /// The `local` runtime end to end through the reconcile loop: real sidecar, agent (simulated
     /// NSM) and stand-in, API server mocked. Skips (saying so) when the binaries are not built.
+    ///
+    /// How many reconciles it takes, and which of them find the enclave attested, is the real
+    /// processes' business: each reconcile's scenario lists every call it may make, in order,
+    /// and marks optional the ones that depend on how far the enclave got.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_runtime_reaches_ready_through_the_reconcile_loop_and_stops() {
         use crate::runtime::{LocalRuntime, LocalSettings, development_bin_dir};
@@ -1680,10 +1592,7 @@ mod tests {
         let mut nm = with_finalizer(mk_sim_nm());
         nm.spec.health.probe_interval_seconds = 1;
         let work = std::env::temp_dir().join(format!("nautilus-op-loop-{}", std::process::id()));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
+        let (client, mut server) = api_server();
         let ctx = Arc::new(Context::new(
             client,
             EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings::development(
@@ -1693,23 +1602,49 @@ mod tests {
             Arc::new(Metrics::new()),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut first = true;
         let status = loop {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "not Ready within 60 s: {:#?}",
                 nm.status
             );
-            let action = run_reconcile(ctx.clone(), nm.clone())
-                .await
-                .expect("reconcile");
-            let last = requests(&log)
-                .into_iter()
-                .rfind(|r| r.path.split('?').next() == Some(&format!("{NM_PATH}/status")))
-                .expect("status patch");
-            let status: NautilusMasterStatus =
-                serde_json::from_value(last.body["status"].clone()).expect("status");
-            nm.status = Some(status.clone());
+            let mut calls = Vec::new();
+            if first {
+                calls.push(Call::get(CM_PATH));
+            }
+            // No StatefulSet or Service in the local runtime, and no pod to read.
+            calls.push(apply_child(CM_PATH, "ConfigMap"));
+            calls.push(apply_child(SECRET_PATH, "Secret").optional());
+            calls.push(
+                Call::apply(format!("{NM_PATH}/status{SSA}"))
+                    .reply(Reply::WithStatus(to_json(&nm)))
+                    .optional(),
+            );
+            // Six conditions, each an Event when it changes: new ones posted, repeated ones
+            // (the recorder keeps a series) patched.
+            for _ in 0..6 {
+                calls.push(Call::post(EVENTS).optional());
+                calls.push(Call::patch(format!("{EVENTS_ONE}*")).optional());
+            }
+            let (action, next, received) = reconcile_in(&ctx, &nm, server.expect(calls)).await;
+            server = next;
+            first = false;
+            let action = action.expect("reconcile");
+            if let Some(last) = received
+                .iter()
+                .rfind(|r| r.path() == format!("{NM_PATH}/status"))
+            {
+                let status: NautilusMasterStatus =
+                    serde_json::from_value(last.body["status"].clone()).expect("status");
+                nm.status = Some(status);
+            }
+            let status = nm.status.clone().unwrap_or_default();
             if status.phase == Some(Phase::Ready) {
+                assert!(
+                    received.iter().any(|r| r.path() == SECRET_PATH),
+                    "the kubeconfig is published with Ready"
+                );
                 break status;
             }
             assert_ne!(status.phase, Some(Phase::Failed), "{status:#?}");
@@ -1733,31 +1668,59 @@ mod tests {
                 .is_some_and(|e| e.starts_with("https://127.0.0.1:"))
         );
         assert_eq!(status.components.len(), 3);
-        let log_now = requests(&log);
-        assert!(
-            log_now
-                .iter()
-                .any(|r| r.method == "PATCH" && r.path.contains("/secrets/demo-kubeconfig")),
-            "kubeconfig published"
-        );
-        assert!(
-            !log_now.iter().any(|r| r.path.contains("/statefulsets/")),
-            "no StatefulSet in local runtime"
-        );
 
         // Delete: the processes stop and the finalizer goes.
         let mut gone = nm.clone();
         gone.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-        let action = run_reconcile(ctx.clone(), gone).await.expect("cleanup");
-        assert_eq!(action, Action::await_change());
-        let removed = requests(&log)
-            .into_iter()
-            .rfind(|r| r.method == "PATCH" && r.path.split('?').next() == Some(NM_PATH));
-        assert!(
-            removed.is_some_and(|r| r.body.to_string().contains("\"remove\"")),
-            "finalizer removed"
-        );
+        let scenario = server.expect(vec![
+            apply_status(&gone, json!({"phase": "Terminating"})),
+            event(
+                "Normal",
+                "Stopping",
+                "stopping the enclave before the resource is removed",
+            ),
+            Call::patch(format!("{NM_PATH}?"))
+                .content_type(JSON_PATCH)
+                .body(json!([{}, {"op": "remove", "path": "/metadata/finalizers/0"}]))
+                .reply(Reply::Json(200, to_json(&gone))),
+        ]);
+        let (result, _, _) = reconcile_in(&ctx, &gone, scenario).await;
+        assert_eq!(result.expect("cleanup"), Action::await_change());
         let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// Answers the controller's lists and watches: `nm` in the NautilusMaster list, its status
+    /// writes as MODIFIED events on the next NautilusMaster watch (as the API server reports
+    /// them), and empty lists and watches for the children.
+    fn watches(nm: &NautilusMaster) -> Background {
+        let nm = to_json(nm);
+        let mut modified: Vec<String> = Vec::new();
+        Box::new(move |request: &Received| {
+            let masters = request.path().ends_with("/nautilusmasters");
+            if request.method == "PATCH" && request.path() == format!("{NM_PATH}/status") {
+                let mut object = nm.clone();
+                object["status"] = request.body["status"].clone();
+                object["metadata"]["resourceVersion"] = json!(format!("{}", 10 + modified.len()));
+                modified.push(json!({"type": "MODIFIED", "object": object}).to_string());
+                return None;
+            }
+            if request.method != "GET" {
+                return None;
+            }
+            let watch = request.uri.contains("watch=true");
+            let children = ["configmaps", "statefulsets", "services", "secrets", "pods"]
+                .iter()
+                .any(|plural| request.path().ends_with(&format!("/{plural}")));
+            match (watch, masters) {
+                (true, true) => Some(Reply::Raw(
+                    200,
+                    std::mem::take(&mut modified).join("\n").into_bytes(),
+                )),
+                (true, false) => Some(Reply::Raw(200, Vec::new())),
+                (false, true) => Some(list(vec![nm.clone()])),
+                (false, false) => children.then(|| list(Vec::new())),
+            }
+        })
     }
 
     /// The wired controller: lists and watches, reconciles, shuts down on request, and its own
@@ -1766,10 +1729,16 @@ mod tests {
     #[tokio::test]
     async fn the_controller_reconciles_once_per_probe_interval_not_per_status_write() {
         let nm = with_finalizer(mk_nm("demo"));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
+        let (client, server) = api_server();
+        // One reconcile in 3 s with a 5 s probe interval. It reads from the watch cache: no GET.
+        let mut calls = vec![
+            apply_child(CM_PATH, "ConfigMap"),
+            apply_child(STS_PATH, "StatefulSet"),
+            apply_child(SVC_PATH, "Service"),
+            apply_status(&nm, json!({"phase": "Launching"})),
+        ];
+        calls.extend(launching_events());
+        let scenario = server.expect_with(calls, watches(&nm));
         let ctx = context(client, None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(ctx.clone(), None, async move {
@@ -1781,20 +1750,7 @@ mod tests {
             .await
             .expect("shut down")
             .expect("joined");
-        let status_writes = requests(&log)
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.path.contains("/status"))
-            .count();
-        assert_eq!(
-            status_writes, 1,
-            "one reconcile in 3 s with a 5 s probe interval"
-        );
-        assert!(
-            requests(&log)
-                .iter()
-                .any(|r| r.path.contains("/statefulsets/demo-enclave")),
-            "children applied"
-        );
+        scenario.verified().await;
         assert!(
             ctx.metrics
                 .encode()
@@ -1848,17 +1804,10 @@ mod tests {
         (ctx, writers)
     }
 
-    fn body_of<K: serde::de::DeserializeOwned>(log: &[Recorded], path: &str) -> K {
-        serde_json::from_value(find(log, "PATCH", path).body.clone()).expect("an object")
-    }
-
     #[tokio::test]
     async fn an_idle_resource_reads_the_cache_and_writes_nothing() {
         let nm = with_finalizer(mk_nm("demo"));
-        let (client, log) = fake_apiserver(Fixtures {
-            nm: serde_json::to_value(&nm).expect("json"),
-            ..Fixtures::default()
-        });
+        let (client, server) = api_server();
         let (ctx, mut writers) = cached_context(client);
         listed(&mut writers.config_maps, Vec::new());
         listed(&mut writers.stateful_sets, Vec::new());
@@ -1868,21 +1817,16 @@ mod tests {
 
         // First reconcile: nothing cached, so every child and the status are written, and
         // nothing is read from the API server.
-        run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
-        let first = requests(&log);
-        let cm_path = "/api/v1/namespaces/team-a/configmaps/demo-boot";
-        let sts_path = "/apis/apps/v1/namespaces/team-a/statefulsets/demo-enclave";
-        let svc_path = "/api/v1/namespaces/team-a/services/demo";
-        assert_eq!(
-            non_event_calls(&first),
-            [
-                format!("PATCH {cm_path}"),
-                format!("PATCH {sts_path}"),
-                format!("PATCH {svc_path}"),
-                format!("PATCH {NM_PATH}/status"),
-            ]
-        );
-        let cm: ConfigMap = body_of(&first, cm_path);
+        let mut calls = vec![
+            apply_child(CM_PATH, "ConfigMap"),
+            apply_child(STS_PATH, "StatefulSet"),
+            apply_child(SVC_PATH, "Service"),
+            apply_status(&nm, json!({"phase": "Launching"})),
+        ];
+        calls.extend(launching_events());
+        let (result, server, first) = reconcile_in(&ctx, &nm, server.expect(calls)).await;
+        result.expect("ok");
+        let cm: ConfigMap = find(&first, "PATCH", CM_PATH).object();
         assert!(
             cm.annotations().contains_key(desired::APPLIED_HASH_KEY),
             "the applied object carries its hash"
@@ -1890,8 +1834,14 @@ mod tests {
 
         // The watches now hold what was applied, and the resource its status.
         listed(&mut writers.config_maps, vec![cm]);
-        listed(&mut writers.stateful_sets, vec![body_of(&first, sts_path)]);
-        listed(&mut writers.services, vec![body_of(&first, svc_path)]);
+        listed(
+            &mut writers.stateful_sets,
+            vec![find(&first, "PATCH", STS_PATH).object()],
+        );
+        listed(
+            &mut writers.services,
+            vec![find(&first, "PATCH", SVC_PATH).object()],
+        );
         let mut nm = nm;
         nm.status = Some(
             serde_json::from_value(
@@ -1899,23 +1849,19 @@ mod tests {
             )
             .expect("status"),
         );
-        log.lock().expect("log").clear();
 
         // Second reconcile, nothing changed: no request at all.
-        let action = run_reconcile(ctx.clone(), nm.clone()).await.expect("ok");
-        assert_eq!(action, Action::requeue(RESYNC_WITHOUT_SIDECAR));
-        assert_eq!(non_event_calls(&requests(&log)), Vec::<String>::new());
+        let (result, server, _) = reconcile_in(&ctx, &nm, server.expect(Vec::new())).await;
+        assert_eq!(result.expect("ok"), Action::requeue(RESYNC_WITHOUT_SIDECAR));
 
         // A child whose cached copy differs (edited, or from an older spec) is applied again.
-        let mut sts: StatefulSet = body_of(&first, sts_path);
+        let mut sts: StatefulSet = find(&first, "PATCH", STS_PATH).object();
         sts.annotations_mut()
             .insert(desired::APPLIED_HASH_KEY.into(), "old".into());
         listed(&mut writers.stateful_sets, vec![sts]);
-        run_reconcile(ctx.clone(), nm).await.expect("ok");
-        assert_eq!(
-            non_event_calls(&requests(&log)),
-            [format!("PATCH {sts_path}")]
-        );
+        let scenario = server.expect(vec![apply_child(STS_PATH, "StatefulSet")]);
+        let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
+        result.expect("ok");
         let metrics = ctx.metrics.encode();
         assert!(
             metrics.contains("nautilus_operator_writes_total{kind=\"StatefulSet\"} 2"),

@@ -730,30 +730,13 @@ pub fn kubeconfig_secret(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fixtures::{PCR, mk_nm};
     use k8s_openapi::api::core::v1::Toleration;
-    use nautilus_crds::{HugepageSize, NautilusMasterSpec};
+    use nautilus_crds::HugepageSize;
     use pretty_assertions::assert_eq;
     use rstest::rstest;
-
-    pub(crate) const PCR: &str = "3aa0e6e6ed7d8301655fced7e6ddcc443a3e57bf62f070caa6becf337069e859c0f03d68136440ff1cab8adefd20634c";
-
-    /// A NautilusMaster as the API server would hand it over: the sample spec, a uid.
-    pub(crate) fn mk_nm(name: &str) -> NautilusMaster {
-        let spec: NautilusMasterSpec = serde_json::from_value(serde_json::json!({
-            "enclave": {
-                "image": "registry.example.com/nautilus/enclave:v1",
-                "pcr0": PCR, "pcr1": PCR, "pcr2": PCR,
-            },
-        }))
-        .expect("minimal spec");
-        let mut nm = NautilusMaster::new(name, spec);
-        nm.metadata.namespace = Some("team-a".into());
-        nm.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000001".into());
-        nm.metadata.generation = Some(1);
-        nm
-    }
 
     fn boot(nm: &NautilusMaster) -> BootConfig {
         BootConfig {

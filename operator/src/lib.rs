@@ -20,6 +20,8 @@ pub mod admin;
 pub mod conditions;
 pub mod controller;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
 pub mod runtime;
 pub mod sidecar;

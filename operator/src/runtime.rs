@@ -761,7 +761,7 @@ async fn terminate(child: &mut tokio::process::Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::tests::mk_nm;
+    use crate::fixtures::mk_nm;
 
     fn local(binary: &str) -> LocalRuntime {
         LocalRuntime::new(LocalSettings {

@@ -696,123 +696,12 @@ pub fn component_health(report: &Report) -> Vec<ComponentHealth> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::desired::{self, tests::mk_nm};
-    use nautilus_protocol::nsm::Nsm as _;
-    use nautilus_protocol::wire::{
-        AttestationEvidence, ComponentReport, EnclaveInfo, ProcessState, ReportSigner,
-    };
+    use crate::desired;
+    use crate::fixtures::{FakeEnclave, mk_sim_nm};
+    use nautilus_protocol::wire::ReportSigner;
     use nautilus_protocol::{SimulatedNsm, attestation::now_unix_millis};
-
-    pub(crate) const PCR0: [u8; 48] = [0x10; 48];
-    pub(crate) const PCR1: [u8; 48] = [0x11; 48];
-    pub(crate) const PCR2: [u8; 48] = [0x12; 48];
-
-    /// An enclave made of a simulated NSM and a report signer, answering like the agent does.
-    pub(crate) struct FakeEnclave {
-        pub(crate) nsm: SimulatedNsm,
-        pub(crate) signer: ReportSigner,
-        pub(crate) serving_ca_pem: String,
-    }
-
-    impl FakeEnclave {
-        pub(crate) fn new() -> Self {
-            let nsm = SimulatedNsm::new()
-                .and_then(|n| n.with_pcr(0, &PCR0))
-                .and_then(|n| n.with_pcr(1, &PCR1))
-                .and_then(|n| n.with_pcr(2, &PCR2))
-                .expect("simulated nsm");
-            // Any certificate will do as the serving CA: another simulator's root.
-            let serving_ca_pem = SimulatedNsm::new().expect("ca").root_pem().to_owned();
-            Self {
-                nsm,
-                signer: ReportSigner::generate(),
-                serving_ca_pem,
-            }
-        }
-
-        pub(crate) fn evidence(&self, digest: [u8; 32], nonce: &[u8]) -> AttestationEvidence {
-            let ca = AttestationEvidence {
-                document: Vec::new(),
-                serving_ca_pem: self.serving_ca_pem.clone(),
-                simulated_root_pem: None,
-            }
-            .serving_ca_digest()
-            .expect("ca digest");
-            let document = self
-                .nsm
-                .attest(
-                    Some(&Binding::v1(digest, ca)),
-                    Some(nonce),
-                    Some(&self.signer.public_key_der()),
-                )
-                .expect("attest");
-            AttestationEvidence {
-                document,
-                serving_ca_pem: self.serving_ca_pem.clone(),
-                simulated_root_pem: Some(self.nsm.root_pem().to_owned()),
-            }
-        }
-
-        pub(crate) fn report(&self, sequence: u64, digest_hex: &str, now_ms: u64) -> Report {
-            Report {
-                sequence,
-                time_unix_ms: now_ms,
-                boot_config_digest: digest_hex.to_owned(),
-                components: Component::ALL
-                    .iter()
-                    .map(|&component| ComponentReport {
-                        component,
-                        healthy: true,
-                        checked_unix_ms: now_ms,
-                        latency_ms: Some(2),
-                        message: None,
-                    })
-                    .collect(),
-                control_plane: ProcessState {
-                    running: true,
-                    pid: Some(7),
-                    ..ProcessState::default()
-                },
-            }
-        }
-
-        pub(crate) fn bundle(
-            &self,
-            digest: [u8; 32],
-            nonce: &[u8],
-            sequence: u64,
-            now_ms: u64,
-        ) -> EvidenceBundle {
-            let digest_hex = hex::encode(digest);
-            EvidenceBundle {
-                boot_config_digest: Some(digest_hex.clone()),
-                attestation: Some(self.evidence(digest, nonce)),
-                report: Some(
-                    self.signer
-                        .sign(&self.report(sequence, &digest_hex, now_ms)),
-                ),
-                enclave: EnclaveInfo {
-                    launcher: "process".into(),
-                    enclave_id: Some("4242".into()),
-                    enclave_cid: None,
-                    running: true,
-                    last_exit: None,
-                },
-            }
-        }
-    }
-
-    /// The test resource: PCRs of the fake enclave, simulated attestation allowed.
-    pub(crate) fn mk_sim_nm() -> NautilusMaster {
-        let mut nm = mk_nm("demo");
-        nm.spec.enclave.pcr0 = hex::encode(PCR0);
-        nm.spec.enclave.pcr1 = hex::encode(PCR1);
-        nm.spec.enclave.pcr2 = hex::encode(PCR2);
-        nm.spec.attestation.allow_simulated = true;
-        nm
-    }
 
     struct Case {
         nm: NautilusMaster,

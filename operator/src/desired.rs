@@ -161,6 +161,12 @@ pub struct Names {
 }
 
 impl Names {
+    /// `namespace/name`: the resource's key in the operator's per-cluster state, and the
+    /// cluster name in its configuration and kubeconfig.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// The names of `nm`'s children.
     pub fn of(nm: &NautilusMaster) -> Result<Self> {
         let name = nm
@@ -268,7 +274,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
     let cp = &nm.spec.control_plane;
     let auth = &nm.spec.auth;
     Ok(EnclaveConfig {
-        cluster: format!("{}/{}", names.namespace, names.name),
+        cluster: names.key(),
         control_plane: ControlPlaneConfig {
             distribution: serialized(&cp.distribution, "distribution")?,
             bind_address: cp.bind_address.clone(),
@@ -666,7 +672,7 @@ pub fn service_endpoint(nm: &NautilusMaster) -> Result<String> {
 pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Result<String> {
     use base64::Engine as _;
     let names = Names::of(nm)?;
-    let cluster = format!("{}/{}", names.namespace, names.name);
+    let cluster = names.key();
     let ttl = DEFAULT_TOKEN_TTL_SECONDS.min(nm.spec.auth.max_token_lifetime_seconds);
     let config = serde_json::json!({
         "apiVersion": "v1",

@@ -21,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use nautilus_crds::{NautilusMaster, NautilusMasterSpec};
+use nautilus_protocol::attestation::now_unix_millis;
 use nautilus_protocol::nsm::Nsm as _;
 use nautilus_protocol::wire::{
     AttestationEvidence, Component, ComponentReport, EnclaveInfo, EvidenceBundle, ProcessState,
@@ -31,6 +32,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::controller::FINALIZER;
+use crate::desired;
+use crate::verify::{self, IssuedNonces, Outcome, ReportState};
 
 // ---------------------------------------------------------------------------------------------
 // The mocked API server.
@@ -483,6 +486,46 @@ pub(crate) fn running_pod(ip: &str) -> Value {
 
 // ---------------------------------------------------------------------------------------------
 // The enclave and its sidecar.
+
+/// A resource, an enclave answering for it, and the challenges issued to it: what
+/// [`verify::verify`] needs.
+pub(crate) struct VerifyCase {
+    pub(crate) nm: NautilusMaster,
+    pub(crate) enclave: FakeEnclave,
+    pub(crate) digest: [u8; 32],
+    pub(crate) nonces: IssuedNonces,
+    pub(crate) now: u64,
+}
+
+/// [`mk_sim_nm`] and a [`FakeEnclave`]; the challenge `[1; 32]`, issued a minute ago.
+pub(crate) fn verify_case() -> VerifyCase {
+    let nm = mk_sim_nm();
+    let digest = desired::enclave_config(&nm).expect("config").digest();
+    let now = now_unix_millis().expect("clock");
+    VerifyCase {
+        nm,
+        enclave: FakeEnclave::new(),
+        digest,
+        nonces: IssuedNonces::new(vec![1; 32], now - 60_000, 10_000),
+        now,
+    }
+}
+
+impl VerifyCase {
+    /// Verify `bundle` as the operator would for this case.
+    pub(crate) fn run(&self, bundle: &EvidenceBundle, reports: &mut ReportState) -> Outcome {
+        verify::verify(
+            &verify::Input {
+                nm: &self.nm,
+                bundle,
+                nonces: &self.nonces,
+                config_digest: self.digest,
+                now_ms: self.now,
+            },
+            reports,
+        )
+    }
+}
 
 /// An enclave made of a simulated NSM and a report signer, answering like the agent does.
 pub(crate) struct FakeEnclave {

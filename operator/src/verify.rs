@@ -14,7 +14,7 @@
 //!    `Binding::v1(boot config digest, sha256(serving CA DER))`, and the document's age.
 //! 3. The report is verified with a [`ReportVerifier`] for the attested key, kept per cluster
 //!    across reconciles ([`ReportState`]) so a replayed older report is caught.
-//! 4. [`observe`] turns the outcome and the enclave's state into condition observations.
+//! 4. [`crate::observe`] turns the outcome and the enclave's state into condition observations.
 //!
 //! Everything is a pure function of its inputs, time included (the shared verifier's cache
 //! changes how fast an answer comes, never the answer).
@@ -24,18 +24,14 @@ use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use nautilus_crds::conditions::{reasons, types};
-use nautilus_crds::{AttestationSummary, ComponentHealth, NautilusMaster};
+use nautilus_crds::conditions::reasons;
+use nautilus_crds::{AttestationSummary, NautilusMaster};
 use nautilus_protocol::attestation::VerifyError;
-use nautilus_protocol::wire::{
-    Component, EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport,
-};
+use nautilus_protocol::wire::{EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport};
 use nautilus_protocol::{
     Binding, ChainCache, Policy, PolicyError, TrustAnchor, Verifier, VerifyAt,
 };
 use sha2::{Digest as _, Sha256};
-
-use crate::conditions::{Observation, Status};
 
 /// The verifier for the pinned AWS root, shared by every resource the process reconciles. AWS
 /// chains repeat across documents and refreshes (the leaf belongs to an enclave for hours), so
@@ -240,7 +236,7 @@ fn pcr_policy(nm: &NautilusMaster) -> Result<Policy, String> {
     Ok(policy)
 }
 
-fn time_of(ms: u64) -> Time {
+pub(crate) fn time_of(ms: u64) -> Time {
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);
     Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
 }
@@ -423,319 +419,15 @@ fn short(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
-/// What the operator sees of the enclave's workload, before verification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EnclaveState {
-    /// No workload yet.
-    Absent,
-    /// The workload exists but the sidecar is not up (pod pending, process starting).
-    Starting(String),
-    /// The workload failed (pod failed, crash loop, process exited).
-    Failed(String),
-    /// The sidecar answered `/report`; the enclave runs if the bundle says so.
-    SidecarUp {
-        /// When the workload started (ms since the epoch), for the startup timeout.
-        started_ms: Option<u64>,
-    },
-    /// The workload runs but the sidecar did not answer.
-    Unreachable(String),
-}
-
-/// The condition observations (all but `Ready`) for the enclave's state and the outcome.
-pub fn observe(
-    nm: &NautilusMaster,
-    enclave: &EnclaveState,
-    bundle: Option<&EvidenceBundle>,
-    outcome: &Outcome,
-    now_ms: u64,
-) -> Vec<Observation> {
-    let mut out = Vec::with_capacity(5);
-    let (running, started_ms) = match enclave {
-        EnclaveState::Absent => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::Unknown,
-                reasons::PENDING,
-                "the enclave workload has not been created yet",
-            ));
-            (false, None)
-        }
-        EnclaveState::Starting(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::LAUNCHING,
-                message.clone(),
-            ));
-            (false, None)
-        }
-        EnclaveState::Failed(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::ENCLAVE_FAILED,
-                message.clone(),
-            ));
-            (false, None)
-        }
-        EnclaveState::Unreachable(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::LAUNCHING,
-                format!("the sidecar does not answer: {message}"),
-            ));
-            (false, None)
-        }
-        EnclaveState::SidecarUp { started_ms } => {
-            let info = bundle.map(|b| b.enclave.clone()).unwrap_or_default();
-            if info.running {
-                let mut message = format!("enclave running ({} launcher", info.launcher);
-                if let Some(id) = &info.enclave_id {
-                    message.push_str(&format!(", id {id}"));
-                }
-                if let Some(cid) = info.enclave_cid {
-                    message.push_str(&format!(", cid {cid}"));
-                }
-                message.push(')');
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::True,
-                    reasons::RUNNING,
-                    message,
-                ));
-                (true, *started_ms)
-            } else if let Some(exit) = &info.last_exit {
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::False,
-                    reasons::ENCLAVE_FAILED,
-                    format!("the enclave exited: {exit}"),
-                ));
-                (false, None)
-            } else {
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::False,
-                    reasons::LAUNCHING,
-                    "the sidecar is up and launching the enclave",
-                ));
-                (false, None)
-            }
-        }
-    };
-
-    let component_types = [
-        (Component::ApiServer, types::API_SERVER_READY),
-        (Component::Scheduler, types::SCHEDULER_READY),
-        (
-            Component::ControllerManager,
-            types::CONTROLLER_MANAGER_READY,
-        ),
-    ];
-    if !running {
-        out.push(Observation::new(
-            types::ATTESTED,
-            Status::Unknown,
-            reasons::PENDING,
-            "the enclave is not running",
-        ));
-        for (_, type_) in component_types {
-            out.push(Observation::new(
-                type_,
-                Status::Unknown,
-                reasons::PENDING,
-                "the enclave is not running",
-            ));
-        }
-        return out;
-    }
-
-    let startup_ms = u64::from(nm.spec.health.startup_timeout_seconds) * 1000;
-    let timed_out = started_ms.is_some_and(|s| now_ms.saturating_sub(s) > startup_ms);
-    match outcome {
-        Outcome::Verified(v) => {
-            let (reason, message) = if v.summary.simulated {
-                (
-                    reasons::SIMULATED_ATTESTATION,
-                    format!(
-                        "SIMULATED attestation accepted because spec.attestation.allowSimulated \
-                         is true: this is not hardware evidence (module {}, pcr0 {}…); reports \
-                         signed by the attested key",
-                        v.summary.module_id, v.summary.pcr0_prefix
-                    ),
-                )
-            } else {
-                (
-                    reasons::VERIFIED,
-                    format!(
-                        "document from {} verified against the AWS Nitro root, PCRs match the \
-                         spec (pcr0 {}…){}; reports signed by the attested key",
-                        v.summary.module_id,
-                        v.summary.pcr0_prefix,
-                        if v.summary.debug_mode {
-                            ", DEBUG MODE allowed by the spec"
-                        } else {
-                            ""
-                        }
-                    ),
-                )
-            };
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::True,
-                reason,
-                message,
-            ));
-            let cp_timed_out = v.report.control_plane.startup_timed_out;
-            for (component, type_) in component_types {
-                out.push(match v.report.component(component) {
-                    Some(c) if c.healthy => Observation::new(
-                        type_,
-                        Status::True,
-                        reasons::HEALTHY,
-                        // No probe latency or report sequence here: they change at every
-                        // probe, and a message that changes is a status write (the figures
-                        // ride in status.components, written only with a visible change).
-                        format!("{} is healthy", component.name()),
-                    ),
-                    Some(c) => {
-                        let why = c.message.clone().unwrap_or_else(|| "unhealthy".into());
-                        if cp_timed_out || timed_out {
-                            Observation::new(
-                                type_,
-                                Status::False,
-                                reasons::START_TIMEOUT,
-                                format!(
-                                    "{} not healthy within {}s of starting: {why}",
-                                    component.name(),
-                                    nm.spec.health.startup_timeout_seconds
-                                ),
-                            )
-                        } else {
-                            Observation::new(
-                                type_,
-                                Status::False,
-                                reasons::UNHEALTHY,
-                                format!("{}: {why}", component.name()),
-                            )
-                        }
-                    }
-                    None => Observation::new(
-                        type_,
-                        Status::Unknown,
-                        reasons::PENDING,
-                        format!("{} is not in the report yet", component.name()),
-                    ),
-                });
-            }
-        }
-        Outcome::Failed {
-            reason, message, ..
-        } => {
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::False,
-                reason,
-                message.clone(),
-            ));
-            for (_, type_) in component_types {
-                out.push(Observation::new(
-                    type_,
-                    Status::Unknown,
-                    reasons::PENDING,
-                    "no trusted report: verification failed",
-                ));
-            }
-        }
-        Outcome::Pending(message) => {
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::Unknown,
-                reasons::PENDING,
-                message.clone(),
-            ));
-            for (_, type_) in component_types {
-                out.push(if timed_out {
-                    Observation::new(
-                        type_,
-                        Status::False,
-                        reasons::START_TIMEOUT,
-                        format!(
-                            "no verified report within {}s of the enclave starting",
-                            nm.spec.health.startup_timeout_seconds
-                        ),
-                    )
-                } else {
-                    Observation::new(
-                        type_,
-                        Status::Unknown,
-                        reasons::PENDING,
-                        "waiting for a verified report",
-                    )
-                });
-            }
-        }
-    }
-    out
-}
-
-/// `status.components` from a verified report.
-pub fn component_health(report: &Report) -> Vec<ComponentHealth> {
-    report
-        .components
-        .iter()
-        .map(|c| ComponentHealth {
-            name: c.component.name().to_owned(),
-            healthy: c.healthy,
-            last_probe_time: Some(time_of(c.checked_unix_ms)),
-            latency_millis: c.latency_ms,
-            message: c.message.clone(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired;
-    use crate::fixtures::{FakeEnclave, mk_sim_nm};
+    use crate::conditions::Status;
+    use crate::fixtures::verify_case;
+    use crate::observe::{EnclaveState, observe};
+    use nautilus_crds::conditions::types;
+    use nautilus_protocol::SimulatedNsm;
     use nautilus_protocol::wire::ReportSigner;
-    use nautilus_protocol::{SimulatedNsm, attestation::now_unix_millis};
-
-    struct Case {
-        nm: NautilusMaster,
-        enclave: FakeEnclave,
-        digest: [u8; 32],
-        nonces: IssuedNonces,
-        now: u64,
-    }
-
-    fn case() -> Case {
-        let nm = mk_sim_nm();
-        let digest = desired::enclave_config(&nm).expect("config").digest();
-        let now = now_unix_millis().expect("clock");
-        Case {
-            nm,
-            enclave: FakeEnclave::new(),
-            digest,
-            nonces: IssuedNonces::new(vec![1; 32], now - 60_000, 10_000),
-            now,
-        }
-    }
-
-    fn run(c: &Case, bundle: &EvidenceBundle, reports: &mut ReportState) -> Outcome {
-        verify(
-            &Input {
-                nm: &c.nm,
-                bundle,
-                nonces: &c.nonces,
-                config_digest: c.digest,
-                now_ms: c.now,
-            },
-            reports,
-        )
-    }
 
     fn expect_failed(outcome: &Outcome, reason: &str, needle: &str) {
         match outcome {
@@ -751,9 +443,9 @@ mod tests {
 
     #[test]
     fn genuine_simulated_evidence_verifies_and_is_marked_simulated() {
-        let c = case();
+        let c = verify_case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         let Outcome::Verified(v) = &outcome else {
             panic!("{outcome:?}");
         };
@@ -792,11 +484,11 @@ mod tests {
 
     #[test]
     fn simulated_evidence_is_refused_unless_allowed() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.attestation.allow_simulated = false;
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "allowSimulated is false",
         );
@@ -806,7 +498,7 @@ mod tests {
             a.simulated_root_pem = None;
         }
         expect_failed(
-            &run(&c, &bare, &mut ReportState::default()),
+            &c.run(&bare, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "untrusted root",
         );
@@ -814,11 +506,11 @@ mod tests {
 
     #[test]
     fn a_wrong_pcr_is_refused_with_both_values() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.enclave.pcr1 = "ff".repeat(48);
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             &format!(
                 "pcr1 mismatch: expected {}, attested {}",
@@ -830,11 +522,11 @@ mod tests {
 
     #[test]
     fn pcr8_is_checked_when_the_spec_pins_it() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.enclave.pcr8 = Some("88".repeat(48));
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "pcr8 mismatch",
         );
@@ -842,24 +534,24 @@ mod tests {
 
     #[test]
     fn a_stale_nonce_is_refused_and_the_previous_one_only_during_the_grace_period() {
-        let mut c = case();
+        let mut c = verify_case();
         let old = c.nonces.latest.clone();
         let bundle = c.enclave.bundle(c.digest, &old, 1, c.now);
         c.nonces.refresh(vec![2; 32], c.now);
         let mut reports = ReportState::default();
         assert!(
-            matches!(run(&c, &bundle, &mut reports), Outcome::Verified(_)),
+            matches!(c.run(&bundle, &mut reports), Outcome::Verified(_)),
             "previous nonce within grace"
         );
         // Two refreshes later the document answers neither: while the latest challenge is
         // young it is "not answered yet", after the grace period a failure.
         c.nonces.refresh(vec![3; 32], c.now);
         assert!(matches!(
-            run(&c, &bundle, &mut reports),
+            c.run(&bundle, &mut reports),
             Outcome::Pending(m) if m.contains("waiting for the enclave to answer")
         ));
         c.nonces.latest_issued_ms = c.now - 20_000;
-        let outcome = run(&c, &bundle, &mut reports);
+        let outcome = c.run(&bundle, &mut reports);
         expect_failed(&outcome, reasons::ATTESTATION_FAILED, "stale or replayed");
         let Outcome::Failed {
             unanswered_challenge,
@@ -874,11 +566,11 @@ mod tests {
             Some(hex::encode(Sha256::digest(document))),
             "a nonce-only failure names the document"
         );
-        let mut c = case();
+        let mut c = verify_case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         c.nonces.refresh(vec![2; 32], c.now - 20_000);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "nonce mismatch",
         );
@@ -886,19 +578,19 @@ mod tests {
 
     #[test]
     fn a_debug_document_is_refused_unless_allowed() {
-        let mut c = case();
+        let mut c = verify_case();
         c.enclave.nsm = SimulatedNsm::new().expect("nsm"); // all PCRs zero: debug mode
         c.nm.spec.enclave.pcr0 = "00".repeat(48);
         c.nm.spec.enclave.pcr1 = "00".repeat(48);
         c.nm.spec.enclave.pcr2 = "00".repeat(48);
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "debug mode",
         );
         c.nm.spec.attestation.allow_debug_mode = true;
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         let Outcome::Verified(v) = outcome else {
             panic!("{outcome:?}")
         };
@@ -907,13 +599,13 @@ mod tests {
 
     #[test]
     fn a_document_for_another_config_or_ca_is_refused() {
-        let c = case();
+        let c = verify_case();
         let mut other = c.digest;
         other[0] ^= 1;
         let mut bundle = c.enclave.bundle(other, &c.nonces.latest, 1, c.now);
         bundle.boot_config_digest = Some(hex::encode(c.digest)); // the sidecar lies
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "binding mismatch",
         );
@@ -922,7 +614,7 @@ mod tests {
             a.serving_ca_pem = SimulatedNsm::new().expect("n").root_pem().to_owned();
         }
         expect_failed(
-            &run(&c, &swapped, &mut ReportState::default()),
+            &c.run(&swapped, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "binding mismatch",
         );
@@ -930,12 +622,12 @@ mod tests {
 
     #[test]
     fn a_forged_report_is_refused() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         let forger = ReportSigner::generate();
         bundle.report = Some(forger.sign(&c.enclave.report(1, &hex::encode(c.digest), c.now)));
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::REPORT_SIGNATURE_INVALID,
             "does not verify against the attested key",
         );
@@ -943,7 +635,7 @@ mod tests {
 
     #[test]
     fn an_altered_report_is_refused_but_the_attestation_summary_is_kept() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         let mut unhealthy = c.enclave.report(1, &hex::encode(c.digest), c.now);
         unhealthy.components[1].healthy = false;
@@ -952,7 +644,7 @@ mod tests {
             // The healthy bytes with the unhealthy signature: altered in transit.
             r.signature = signed.signature;
         }
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         expect_failed(
             &outcome,
             reasons::REPORT_SIGNATURE_INVALID,
@@ -966,18 +658,12 @@ mod tests {
 
     #[test]
     fn stale_and_replayed_reports() {
-        let c = case();
+        let c = verify_case();
         let mut reports = ReportState::default();
         let fresh = c.enclave.bundle(c.digest, &c.nonces.latest, 5, c.now);
-        assert!(matches!(
-            run(&c, &fresh, &mut reports),
-            Outcome::Verified(_)
-        ));
+        assert!(matches!(c.run(&fresh, &mut reports), Outcome::Verified(_)));
         // Re-reading the same report is fine.
-        assert!(matches!(
-            run(&c, &fresh, &mut reports),
-            Outcome::Verified(_)
-        ));
+        assert!(matches!(c.run(&fresh, &mut reports), Outcome::Verified(_)));
         // An older one is a replay.
         let mut older = fresh.clone();
         older.report = Some(c.enclave.signer.sign(&c.enclave.report(
@@ -986,7 +672,7 @@ mod tests {
             c.now,
         )));
         expect_failed(
-            &run(&c, &older, &mut reports),
+            &c.run(&older, &mut reports),
             reasons::REPORT_STALE,
             "not after the last",
         );
@@ -998,7 +684,7 @@ mod tests {
             c.now - 60_000,
         )));
         expect_failed(
-            &run(&c, &stale, &mut reports),
+            &c.run(&stale, &mut reports),
             reasons::REPORT_STALE,
             "ms old",
         );
@@ -1006,126 +692,23 @@ mod tests {
 
     #[test]
     fn pending_while_rolling_or_before_evidence() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         bundle.boot_config_digest = Some("ab".repeat(32));
         assert!(matches!(
-            run(&c, &bundle, &mut ReportState::default()),
+            c.run(&bundle, &mut ReportState::default()),
             Outcome::Pending(m) if m.contains("waiting for")
         ));
         let empty = EvidenceBundle::default();
         assert!(matches!(
-            run(&c, &empty, &mut ReportState::default()),
+            c.run(&empty, &mut ReportState::default()),
             Outcome::Pending(_)
         ));
         let mut no_report = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         no_report.report = None;
         assert!(matches!(
-            run(&c, &no_report, &mut ReportState::default()),
+            c.run(&no_report, &mut ReportState::default()),
             Outcome::Pending(m) if m.contains("first signed report")
         ));
-    }
-
-    #[test]
-    fn observations_for_enclave_states_and_startup_timeout() {
-        let c = case();
-        let pending = Outcome::Pending("x".into());
-        let obs = observe(&c.nm, &EnclaveState::Absent, None, &pending, c.now);
-        assert_eq!(obs.len(), 5);
-        assert!(obs.iter().all(|o| o.status == Status::Unknown));
-
-        let obs = observe(
-            &c.nm,
-            &EnclaveState::Failed("pod failed".into()),
-            None,
-            &pending,
-            c.now,
-        );
-        assert_eq!(
-            (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
-        );
-
-        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let started = c.now - 121_000;
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(started),
-        };
-        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
-        assert_eq!(obs[0].status, Status::True);
-        assert!(
-            obs[2..]
-                .iter()
-                .all(|o| o.status == Status::False && o.reason == reasons::START_TIMEOUT),
-            "{obs:?}"
-        );
-
-        bundle.enclave.running = false;
-        bundle.enclave.last_exit = Some("exit status: 1".into());
-        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
-        assert_eq!(
-            (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
-        );
-        assert!(obs[0].message.contains("exit status: 1"));
-    }
-
-    /// A Ready resource whose enclave keeps reporting the same health must observe the same
-    /// conditions at every probe: a new sequence number, probe time or latency is not something
-    /// a user sees change, and a changed message would be a status write per probe.
-    #[test]
-    fn steady_reports_observe_identical_conditions() {
-        let c = case();
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(c.now - 5_000),
-        };
-        let mut reports = ReportState::default();
-        let first = c
-            .enclave
-            .bundle(c.digest, &c.nonces.latest, 1, c.now - 1_000);
-        let outcome = run(&c, &first, &mut reports);
-        let before = observe(&c.nm, &up, Some(&first), &outcome, c.now);
-
-        let mut next = c.enclave.report(2, &hex::encode(c.digest), c.now);
-        for component in &mut next.components {
-            component.latency_ms = Some(17);
-        }
-        let mut second = first.clone();
-        second.report = Some(c.enclave.signer.sign(&next));
-        let outcome = run(&c, &second, &mut reports);
-        assert!(matches!(outcome, Outcome::Verified(_)), "{outcome:?}");
-        let after = observe(&c.nm, &up, Some(&second), &outcome, c.now);
-        assert_eq!(before, after);
-    }
-
-    #[test]
-    fn an_unhealthy_component_is_reported_with_its_message() {
-        let c = case();
-        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let mut report = c.enclave.report(1, &hex::encode(c.digest), c.now);
-        report.components[1].healthy = false;
-        report.components[1].message = Some("connection refused".into());
-        bundle.report = Some(c.enclave.signer.sign(&report));
-        let outcome = run(&c, &bundle, &mut ReportState::default());
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(c.now),
-        };
-        let obs = observe(&c.nm, &up, Some(&bundle), &outcome, c.now);
-        let sched = obs
-            .iter()
-            .find(|o| o.type_ == types::SCHEDULER_READY)
-            .expect("s");
-        assert_eq!(
-            (sched.status, sched.reason),
-            (Status::False, reasons::UNHEALTHY)
-        );
-        assert!(sched.message.contains("connection refused"));
-        let Outcome::Verified(v) = outcome else {
-            panic!()
-        };
-        let health = component_health(&v.report);
-        assert_eq!(health.len(), 3);
-        assert_eq!(health[1].name, "scheduler");
-        assert!(!health[1].healthy);
     }
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use nautilus_crds::{NautilusMaster, NautilusMasterSpec};
 use nautilus_operator::desired;
+use nautilus_operator::observe::EnclaveState;
 use nautilus_operator::runtime::{
     EnclaveRuntime, LocalRuntime, LocalSettings, development_bin_dir,
 };
 use nautilus_operator::sidecar;
-use nautilus_operator::verify::{self, EnclaveState, IssuedNonces, Outcome, ReportState};
+use nautilus_operator::verify::{self, IssuedNonces, Outcome, ReportState};
 use nautilus_protocol::attestation::now_unix_millis;
 use nautilus_protocol::wire::BootConfig;
 

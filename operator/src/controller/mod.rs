@@ -30,7 +30,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -40,19 +40,25 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
 use nautilus_crds::conditions::{reasons, types};
-use nautilus_crds::{
-    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,
-};
+use nautilus_crds::{NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference};
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
-use rand_core::RngCore as _;
 use tokio::sync::Mutex;
 
-use crate::conditions::{self, Observation};
+use crate::api::{Cache, kube_err};
 use crate::desired::{self, FIELD_MANAGER, KUBECONFIG_KEY, Names};
 use crate::metrics::Metrics;
-use crate::runtime::{EnclaveRuntime, RuntimeError};
+use crate::observe::{self, EnclaveState};
+use crate::runtime::EnclaveRuntime;
 use crate::sidecar;
-use crate::verify::{self, EnclaveState, IssuedNonces, Outcome, ReportState};
+use crate::verify::{self, IssuedNonces, Outcome};
+
+mod attestation;
+mod error;
+mod status;
+
+use attestation::{BootState, ClusterState, fresh_nonce, grace_ms, rechallenge};
+pub use error::{Error, Result};
+pub use status::{StatusInput, build_status, status_changed, transitions};
 
 /// The finalizer that keeps a resource until its enclave is stopped.
 pub const FINALIZER: &str = "nautilus.k3s-daas.io/enclave";
@@ -61,195 +67,11 @@ pub const CONTROLLER_NAME: &str = "nautilus-operator";
 /// Label selecting every object the operator manages (for the owned-object watches).
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=nautilus-operator";
 
-/// Why a reconcile failed. [`Error::category`] is the Event reason and the metric label.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The spec or metadata could not be turned into children.
-    #[error("computing the desired state")]
-    Desired(#[from] desired::DesiredError),
-    /// An API call failed.
-    #[error("{verb} {kind} {name}")]
-    Kube {
-        /// What was attempted.
-        verb: &'static str,
-        /// Kind of the object.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The enclave runtime failed.
-    #[error("enclave runtime")]
-    Runtime(#[from] RuntimeError),
-    /// Deletion waits for the enclave pod to terminate (not a failure; retried soon).
-    #[error("waiting for the enclave of {0} to stop")]
-    Stopping(String),
-    /// Adding or removing the finalizer failed, or the apply/cleanup step did.
-    #[error(transparent)]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// A short PascalCase category: the Event reason and the failure metric's label.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Desired(_) => "InvalidSpec",
-            Error::Kube { .. } => "KubernetesAPI",
-            Error::Runtime(RuntimeError::Local { .. }) => "LocalRuntime",
-            Error::Runtime(RuntimeError::Desired(_)) => "InvalidSpec",
-            Error::Runtime(_) => "KubernetesAPI",
-            Error::Stopping(_) => "EnclaveStopping",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
-                _ => "Finalizer",
-            },
-        }
-    }
-
-    /// The whole chain of causes, for Events and logs. A cause whose message the text already
-    /// holds is not repeated: kube's errors (the finalizer's, the API's) print their cause in
-    /// their own message and also return it as their source.
-    pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            let message = s.to_string();
-            if !out.contains(&message) {
-                out.push_str(": ");
-                out.push_str(&message);
-            }
-            source = s.source();
-        }
-        out
-    }
-}
-
-fn kube_err(
-    verb: &'static str,
-    kind: &'static str,
-    name: &str,
-) -> impl FnOnce(kube::Error) -> Error {
-    let name = name.to_owned();
-    move |source| Error::Kube {
-        verb,
-        kind,
-        name,
-        source,
-    }
-}
-
-/// Result of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[derive(Debug)]
-struct BootState {
-    digest_hex: String,
-    boot_nonce: Vec<u8>,
-    nonces: IssuedNonces,
-    /// The enclave may have answered a challenge this process never saw (operator restart):
-    /// ask for a fresh attestation at once.
-    needs_refresh: bool,
-    /// The stale document (SHA-256 hex) already answered with one more challenge.
-    rechallenged: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct ClusterState {
-    boot: Option<BootState>,
-    reports: ReportState,
-}
-
-/// The watch cache: the children and enclave pods as the controller's watches see them. Reconciles
-/// read from it instead of the API server, and compare the desired children with it (through
-/// [`desired::APPLIED_HASH_KEY`]) so that nothing unchanged is applied again.
-#[derive(Clone)]
-pub struct Cache {
-    /// Boot ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
-    /// Enclave StatefulSets.
-    pub stateful_sets: Store<StatefulSet>,
-    /// Enclave Services.
-    pub services: Store<Service>,
-    /// Kubeconfig Secrets.
-    pub secrets: Store<Secret>,
-    /// Enclave pods.
-    pub pods: Store<Pod>,
-}
-
-impl std::fmt::Debug for Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("config_maps", &self.config_maps.len())
-            .field("stateful_sets", &self.stateful_sets.len())
-            .field("services", &self.services.len())
-            .field("secrets", &self.secrets.len())
-            .field("pods", &self.pods.len())
-            .finish()
-    }
-}
-
 /// Reconciles in flight at once.
 pub const CONCURRENCY: u16 = 32;
 
 /// Requeue of a pod-runtime resource with no sidecar to probe (watch events do the rest).
 pub const RESYNC_WITHOUT_SIDECAR: Duration = Duration::from_secs(300);
-
-/// How long a reconcile waits for the watch cache's first list before it reads and writes
-/// through the API server instead.
-const CACHE_WAIT: Duration = Duration::from_secs(30);
-
-impl Cache {
-    /// The cached object `name` in `namespace`.
-    pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
-    where
-        K: kube::Resource<DynamicType = ()> + Clone,
-    {
-        store.get(&ObjectRef::new(name).within(namespace))
-    }
-
-    /// Server-side apply `object` (already stamped with `hash` by
-    /// [`desired::stamp_applied_hash`]) as `name`, unless the copy of it in `store` already
-    /// carries that hash; without a store it is always applied. `Ok(true)` when it was applied.
-    pub async fn apply_changed<K>(
-        store: Option<&Store<K>>,
-        api: &Api<K>,
-        name: &str,
-        object: &K,
-        hash: &str,
-    ) -> Result<bool, kube::Error>
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let cached =
-            store.and_then(|store| Self::get(store, api.namespace().unwrap_or_default(), name));
-        if desired::applied_with(cached.as_deref(), hash) {
-            return Ok(false);
-        }
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(name, &params, &Patch::Apply(object)).await?;
-        Ok(true)
-    }
-
-    /// Wait (at most [`CACHE_WAIT`]) until every store has its first list; `false` if one did not.
-    async fn ready(&self) -> bool {
-        let all = async {
-            self.config_maps.wait_until_ready().await.is_ok()
-                && self.stateful_sets.wait_until_ready().await.is_ok()
-                && self.services.wait_until_ready().await.is_ok()
-                && self.secrets.wait_until_ready().await.is_ok()
-                && self.pods.wait_until_ready().await.is_ok()
-        };
-        tokio::time::timeout(CACHE_WAIT, all).await.unwrap_or(false)
-    }
-}
 
 /// Shared state of the controller.
 pub struct Context {
@@ -261,7 +83,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
     clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<ClusterState>>>>,
-    failures: std::sync::Mutex<HashMap<String, u32>>,
+    /// Consecutive failures per resource, for the backoff.
+    failures: std::sync::Mutex<HashMap<ObjectRef<NautilusMaster>, u32>>,
     /// Set by [`run`] once the watches exist; `None` (tests without watches) reads and writes
     /// through the API server every time.
     cache: std::sync::OnceLock<Cache>,
@@ -356,21 +179,6 @@ fn time_now() -> Time {
     Time(Timestamp::now())
 }
 
-fn fresh_nonce() -> Vec<u8> {
-    let mut nonce = vec![0u8; 32];
-    rand_core::OsRng.fill_bytes(&mut nonce);
-    nonce
-}
-
-/// How long a just-issued challenge may go unanswered before that is a failure.
-fn grace_ms(nm: &NautilusMaster) -> u64 {
-    (u64::from(nm.spec.health.probe_interval_seconds) * 3_000).max(30_000)
-}
-
-fn key_of(names: &Names) -> String {
-    format!("{}/{}", names.namespace, names.name)
-}
-
 /// Reconcile one resource (the function given to the [`Controller`]).
 #[tracing::instrument(skip(nm, ctx), fields(name = %nm.name_any(), namespace = nm.namespace().unwrap_or_default()))]
 pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Action> {
@@ -387,13 +195,12 @@ pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    let key = format!("{namespace}/{}", nm.name_any());
     match &result {
         Ok(_) => {
             ctx.failures
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&key);
+                .remove(&ObjectRef::from_obj(&*nm));
         }
         Err(err) => {
             let category = err.category();
@@ -414,12 +221,11 @@ pub fn error_policy(nm: Arc<NautilusMaster>, err: &Error, ctx: Arc<Context>) -> 
     if matches!(err.category(), "EnclaveStopping") {
         return Action::requeue(Duration::from_secs(2));
     }
-    let key = format!("{}/{}", nm.namespace().unwrap_or_default(), nm.name_any());
     let mut failures = ctx
         .failures
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let n = failures.entry(key).or_insert(0);
+    let n = failures.entry(ObjectRef::from_obj(&*nm)).or_insert(0);
     *n = n.saturating_add(1);
     Action::requeue(backoff(*n))
 }
@@ -436,7 +242,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let config = ctx.runtime.place(nm, desired::enclave_config(nm)?)?;
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
-    let cluster = ctx.cluster(&key_of(&names));
+    let cluster = ctx.cluster(&names.key());
     let cache = ctx.cache().await;
     let mut state = cluster.lock().await;
 
@@ -577,7 +383,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         Outcome::Failed { reason, .. } => reason,
         Outcome::Pending(_) => "Pending",
     });
-    let observations = verify::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
+    let observations = observe::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
 
     // Just challenged an enclave whose current document answers a challenge this process never
     // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
@@ -626,7 +432,9 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(err) => {
-                        return Err(kube_err("delete", "Secret", &names.kubeconfig_secret)(err));
+                        return Err(
+                            kube_err("delete", "Secret", &names.kubeconfig_secret)(err).into()
+                        );
                     }
                 }
             }
@@ -703,9 +511,9 @@ async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         .await;
     }
     if !ctx.runtime.stop(&ctx.client, nm).await? {
-        return Err(Error::Stopping(key_of(&names)));
+        return Err(Error::Stopping(names.key()));
     }
-    ctx.forget(&key_of(&names));
+    ctx.forget(&names.key());
     tracing::info!("enclave stopped; removing the finalizer");
     Ok(Action::await_change())
 }
@@ -737,136 +545,6 @@ pub async fn check_crd(client: &Client) -> Result<(), StartupError> {
         Ok(None) => Err(StartupError::CrdMissing),
         Err(err) => Err(StartupError::CrdUnreadable(err)),
     }
-}
-
-/// The document to challenge once more: one that failed only for its nonce and was not
-/// re-challenged already.
-fn rechallenge(outcome: &Outcome, already: Option<&str>) -> Option<String> {
-    match outcome {
-        Outcome::Failed {
-            unanswered_challenge: Some(document),
-            ..
-        } if already != Some(document.as_str()) => Some(document.clone()),
-        _ => None,
-    }
-}
-
-/// Inputs of [`build_status`] besides the resource.
-#[derive(Debug)]
-pub struct StatusInput<'a> {
-    /// Condition observations (without `Ready`).
-    pub observations: Vec<Observation>,
-    /// The verification outcome.
-    pub outcome: &'a Outcome,
-    /// Placement from the runtime.
-    pub placement: EnclavePlacement,
-    /// What the sidecar served, if anything.
-    pub bundle: Option<&'a EvidenceBundle>,
-    /// The control plane's endpoint.
-    pub endpoint: String,
-    /// The kubeconfig Secret, when published.
-    pub kubeconfig: Option<SecretKeyReference>,
-    /// The boot configuration's digest.
-    pub digest_hex: &'a str,
-    /// Now.
-    pub now: Time,
-}
-
-/// The whole status to apply: conditions merged into the previous ones (transition times kept
-/// where the status did not change), `Ready`, the phase and the summaries.
-pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMasterStatus {
-    let previous = nm.status.clone().unwrap_or_default();
-    let generation = nm.metadata.generation.unwrap_or(0);
-    let mut conditions_now = previous.conditions.clone();
-    for observation in input.observations {
-        conditions::merge(&mut conditions_now, observation, generation, &input.now);
-    }
-    let ready = conditions::ready(&conditions_now);
-    conditions::merge(&mut conditions_now, ready, generation, &input.now);
-    // Keep the order of `types::ALL` whatever order the previous status had.
-    conditions_now.sort_by_key(|c| {
-        types::ALL
-            .iter()
-            .position(|t| *t == c.type_)
-            .unwrap_or(usize::MAX)
-    });
-    let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded))
-        || previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == types::READY && c.status == "True");
-    let phase = conditions::phase(&conditions_now, false, was_ready);
-    let (attestation, components) = match input.outcome {
-        Outcome::Verified(v) => (Some(v.summary.clone()), verify::component_health(&v.report)),
-        Outcome::Failed { attestation, .. } => (attestation.as_deref().cloned(), Vec::new()),
-        Outcome::Pending(_) => (None, Vec::new()),
-    };
-    let mut placement = input.placement;
-    if let Some(info) = input.bundle.map(|b| &b.enclave) {
-        placement.enclave_id = info.enclave_id.clone();
-        placement.enclave_cid = info.enclave_cid;
-    }
-    NautilusMasterStatus {
-        observed_generation: Some(generation),
-        conditions: conditions_now,
-        phase: Some(phase),
-        attestation,
-        components,
-        placement: Some(placement),
-        // Published with the kubeconfig: an endpoint is worth using only once attested.
-        endpoint: (input.kubeconfig.is_some() && !input.endpoint.is_empty())
-            .then_some(input.endpoint),
-        kubeconfig_secret_ref: input.kubeconfig,
-        boot_config_digest: Some(input.digest_hex.to_owned()),
-    }
-}
-
-/// Whether `new` differs from `old` in anything a user would see. Per-probe values
-/// (`attestation.verifiedAt`, `components[].lastProbeTime` and `latencyMillis`) do not count:
-/// they are written with
-/// the rest of the status when something else changes, never on their own, so an idle resource
-/// costs no writes (as node heartbeats moved out of Node status into Leases, KEP-589).
-pub fn status_changed(old: &NautilusMasterStatus, new: &NautilusMasterStatus) -> bool {
-    fn without_probe_times(status: &NautilusMasterStatus) -> NautilusMasterStatus {
-        let mut status = status.clone();
-        if let Some(attestation) = status.attestation.as_mut() {
-            attestation.verified_at = Time(Timestamp::UNIX_EPOCH);
-        }
-        for component in &mut status.components {
-            component.last_probe_time = None;
-            component.latency_millis = None;
-        }
-        status
-    }
-    without_probe_times(old) != without_probe_times(new)
-}
-
-/// Events for conditions whose status changed (or that appeared): `Normal` when they became
-/// `True`, `Warning` otherwise; the reason is the condition's reason.
-pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, String, String)> {
-    new.iter()
-        .filter_map(|c| {
-            let before = old.iter().find(|o| o.type_ == c.type_);
-            if before.is_some_and(|b| b.status == c.status) {
-                return None;
-            }
-            let from = before.map_or("(none)", |b| b.status.as_str());
-            let type_ = if c.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            // Unknown at creation is not worth a warning.
-            if before.is_none() && c.status == "Unknown" {
-                return None;
-            }
-            Some((
-                type_,
-                c.reason.clone(),
-                format!("{}: {from} → {}: {}", c.type_, c.status, c.message),
-            ))
-        })
-        .collect()
 }
 
 /// Run the controller until `shutdown` resolves: watch NautilusMaster (in `namespace`, or all
@@ -1008,6 +686,7 @@ mod tests {
         with_finalizer,
     };
     use crate::runtime::PodRuntime;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use serde_json::{Value, json};
 
     const NM_PATH: &str =
@@ -1870,130 +1549,11 @@ mod tests {
     }
 
     #[test]
-    fn probe_times_alone_are_no_status_change() {
-        use nautilus_crds::ComponentHealth;
-        let component = |healthy, at: i64, latency| ComponentHealth {
-            name: "apiserver".into(),
-            healthy,
-            last_probe_time: Some(Time(Timestamp::from_second(at).expect("time"))),
-            latency_millis: Some(latency),
-            message: None,
-        };
-        let old = NautilusMasterStatus {
-            phase: Some(Phase::Ready),
-            components: vec![component(true, 1_000, 3)],
-            ..NautilusMasterStatus::default()
-        };
-        let mut probed = old.clone();
-        probed.components = vec![component(true, 1_005, 4)];
-        assert!(!status_changed(&old, &probed), "a new probe alone");
-        let mut failing = old.clone();
-        failing.components = vec![component(false, 1_005, 4)];
-        assert!(status_changed(&old, &failing), "health changed");
-        let mut moved = old.clone();
-        moved.phase = Some(Phase::Degraded);
-        assert!(status_changed(&old, &moved));
-    }
-
-    #[test]
-    fn a_stale_document_is_rechallenged_once() {
-        let stale = |doc: &str| Outcome::Failed {
-            reason: "AttestationFailed",
-            message: "nonce mismatch".into(),
-            attestation: None,
-            unanswered_challenge: Some(doc.into()),
-        };
-        assert_eq!(rechallenge(&stale("d1"), None).as_deref(), Some("d1"));
-        assert_eq!(rechallenge(&stale("d1"), Some("d1")), None, "only once");
-        assert_eq!(rechallenge(&stale("d2"), Some("d1")).as_deref(), Some("d2"));
-        let other = Outcome::Failed {
-            reason: "AttestationFailed",
-            message: "pcr0 mismatch".into(),
-            attestation: None,
-            unanswered_challenge: None,
-        };
-        assert_eq!(rechallenge(&other, None), None, "only nonce failures");
-        assert_eq!(rechallenge(&Outcome::Pending("x".into()), None), None);
-    }
-
-    #[test]
-    fn an_error_chain_names_each_cause_once() {
-        let api = kube::Error::Api(Box::new(
-            kube::core::Status::failure("boom", "Conflict").with_code(409),
-        ));
-        let err = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
-            kube_err("apply", "ConfigMap", "demo-boot")(api),
-        )));
-        let chain = err.chain();
-        assert_eq!(
-            chain.matches("apply ConfigMap demo-boot").count(),
-            1,
-            "{chain}"
-        );
-        assert_eq!(
-            chain.matches("failed to apply object").count(),
-            1,
-            "{chain}"
-        );
-        assert_eq!(chain.matches("boom: Conflict").count(), 1, "{chain}");
-        assert_eq!(err.category(), "KubernetesAPI");
-    }
-
-    #[test]
     fn backoff_doubles_up_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_secs(5));
         assert_eq!(backoff(2), Duration::from_secs(10));
         assert_eq!(backoff(6), Duration::from_secs(160));
         assert_eq!(backoff(7), Duration::from_secs(300));
         assert_eq!(backoff(100), Duration::from_secs(300));
-    }
-
-    #[test]
-    fn status_keeps_transition_times_and_orders_conditions() {
-        use crate::conditions::Status;
-        use nautilus_crds::conditions::reasons;
-        let mut nm = mk_nm("demo");
-        let t0 = Time(Timestamp::from_second(1_000).expect("t"));
-        let t1 = Time(Timestamp::from_second(2_000).expect("t"));
-        let outcome = Outcome::Pending("x".into());
-        let input = |now: &Time, status: Status| StatusInput {
-            observations: vec![Observation::new(
-                types::ENCLAVE_RUNNING,
-                status,
-                reasons::LAUNCHING,
-                "m",
-            )],
-            outcome: &outcome,
-            placement: EnclavePlacement::default(),
-            bundle: None,
-            endpoint: String::new(),
-            kubeconfig: None,
-            digest_hex: "d",
-            now: now.clone(),
-        };
-        let first = build_status(&nm, input(&t0, Status::False));
-        nm.status = Some(first.clone());
-        let second = build_status(&nm, input(&t1, Status::False));
-        assert_eq!(second.conditions[0].last_transition_time, t0);
-        assert_eq!(second.conditions.last().expect("ready").type_, types::READY);
-        assert!(second.endpoint.is_none());
-        let events = transitions(&first.conditions, &second.conditions);
-        assert!(events.is_empty(), "{events:?}");
-        let third = build_status(&nm, input(&t1, Status::True));
-        assert_eq!(third.conditions[0].last_transition_time, t1);
-        let events = transitions(&second.conditions, &third.conditions);
-        let running = events
-            .iter()
-            .find(|e| e.2.starts_with("EnclaveRunning: False → True"))
-            .expect("EnclaveRunning event");
-        assert_eq!(running.0, EventType::Normal);
-        // Ready moves from False (a condition was False) to Unknown (others not observed).
-        assert!(
-            events
-                .iter()
-                .any(|e| e.0 == EventType::Warning && e.2.starts_with("Ready: False → Unknown")),
-            "{events:?}"
-        );
-        assert_eq!(events.len(), 2);
     }
 }

@@ -94,6 +94,8 @@ impl IssuedNonces {
 /// Per-cluster report verification state, kept by the controller across reconciles.
 #[derive(Debug, Default)]
 pub struct ReportState {
+    /// The verifier of the last attested key, `None` before the first report; a report is
+    /// only ever checked by a verifier for its key (see [`ReportState::verify`]).
     verifier: Option<KeyedVerifier>,
 }
 
@@ -104,6 +106,14 @@ struct KeyedVerifier {
     max_age_ms: u64,
     verifier: ReportVerifier,
     last_accepted: Option<SignedReport>,
+}
+
+impl KeyedVerifier {
+    fn is_for(&self, public_key: &[u8], digest_hex: &str, max_age_ms: u64) -> bool {
+        self.public_key == public_key
+            && self.digest_hex == digest_hex
+            && self.max_age_ms == max_age_ms
+    }
 }
 
 impl ReportState {
@@ -119,20 +129,15 @@ impl ReportState {
         signed: &SignedReport,
         now_ms: u64,
     ) -> Result<Report, ReportError> {
-        let reuse = self.verifier.as_ref().is_some_and(|k| {
-            k.public_key == public_key && k.digest_hex == digest_hex && k.max_age_ms == max_age_ms
-        });
-        if !reuse {
-            self.verifier = Some(KeyedVerifier {
+        let keyed = match &mut self.verifier {
+            Some(keyed) if keyed.is_for(public_key, digest_hex, max_age_ms) => keyed,
+            slot => slot.insert(KeyedVerifier {
                 public_key: public_key.to_vec(),
                 digest_hex: digest_hex.to_owned(),
                 max_age_ms,
                 verifier: ReportVerifier::new(public_key, digest_hex, max_age_ms)?,
                 last_accepted: None,
-            });
-        }
-        let Some(keyed) = self.verifier.as_mut() else {
-            return Err(ReportError::PublicKey("no verifier".into()));
+            }),
         };
         if keyed.last_accepted.as_ref() == Some(signed) {
             // Same bytes as last time: check signature and freshness with a verifier that has
@@ -142,11 +147,6 @@ impl ReportState {
         let report = keyed.verifier.verify(signed, now_ms)?;
         keyed.last_accepted = Some(signed.clone());
         Ok(report)
-    }
-
-    /// Forget the verifier (after the enclave was replaced).
-    pub fn reset(&mut self) {
-        self.verifier = None;
     }
 }
 

@@ -7,22 +7,90 @@ use rand_core::RngCore as _;
 
 use crate::verify::{IssuedNonces, Outcome, ReportState};
 
+/// One cluster's attestation state, for the configuration (digest) its enclave boots with.
+///
+/// There is no value without a boot nonce and its issued challenges: the controller keeps an
+/// `Option<Attestation>` per cluster, `None` until this process first looked at the boot
+/// ConfigMap, and replaces the whole value when the configuration changes (see [`Self::boot`]).
 #[derive(Debug)]
-pub(super) struct BootState {
-    pub(super) digest_hex: String,
-    pub(super) boot_nonce: Vec<u8>,
-    pub(super) nonces: IssuedNonces,
+pub(super) struct Attestation {
+    /// The configuration this state is for.
+    digest_hex: String,
+    /// The nonce in the boot ConfigMap.
+    boot_nonce: Vec<u8>,
+    /// The challenges issued to this configuration's enclave.
+    nonces: IssuedNonces,
     /// The enclave may have answered a challenge this process never saw (operator restart):
     /// ask for a fresh attestation at once.
-    pub(super) needs_refresh: bool,
+    needs_refresh: bool,
     /// The stale document (SHA-256 hex) already answered with one more challenge.
-    pub(super) rechallenged: Option<String>,
+    rechallenged: Option<String>,
+    /// The report verifier of the attested key.
+    reports: ReportState,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct ClusterState {
-    pub(super) boot: Option<BootState>,
-    pub(super) reports: ReportState,
+impl Attestation {
+    /// The state for configuration `digest_hex` booted with `boot_nonce` (the existing
+    /// ConfigMap's when it holds this configuration, else a fresh one), as of `now_ms`.
+    pub(super) fn boot(
+        digest_hex: String,
+        boot_nonce: Vec<u8>,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Self {
+        Self {
+            digest_hex,
+            nonces: IssuedNonces::new(boot_nonce.clone(), now_ms, grace_ms),
+            boot_nonce,
+            // This process does not know which challenge a running enclave answered last
+            // (operator restart, ConfigMap edited): ask for a fresh one as soon as it attests.
+            needs_refresh: true,
+            rechallenged: None,
+            reports: ReportState::default(),
+        }
+    }
+
+    /// Whether this is the state of configuration `digest_hex`.
+    pub(super) fn is_for(&self, digest_hex: &str) -> bool {
+        self.digest_hex == digest_hex
+    }
+
+    /// The nonce the boot ConfigMap carries.
+    pub(super) fn boot_nonce(&self) -> &[u8] {
+        &self.boot_nonce
+    }
+
+    /// The challenges issued so far, and the report verifier, for [`crate::verify::verify`].
+    pub(super) fn verification(&mut self) -> (&IssuedNonces, &mut ReportState) {
+        (&self.nonces, &mut self.reports)
+    }
+
+    /// Whether the enclave must be challenged now, having presented a document with `outcome`:
+    /// at once after this process booted the state, every `refresh_ms`, and once more for a
+    /// document that answers an older challenge (an enclave that restarted answers its boot
+    /// nonce). `Some` with that document when it is such a re-challenge.
+    pub(super) fn challenge_due(
+        &self,
+        outcome: &Outcome,
+        now_ms: u64,
+        refresh_ms: u64,
+    ) -> Option<Option<String>> {
+        let recover = rechallenge(outcome, self.rechallenged.as_deref());
+        let due = self.needs_refresh
+            || recover.is_some()
+            || now_ms.saturating_sub(self.nonces.latest_issued_ms) >= refresh_ms;
+        due.then_some(recover)
+    }
+
+    /// The enclave received the challenge `nonce` at `now_ms`; `rechallenged` is the stale
+    /// document it answers, if it was a re-challenge.
+    pub(super) fn challenged(&mut self, nonce: Vec<u8>, now_ms: u64, rechallenged: Option<String>) {
+        self.nonces.refresh(nonce, now_ms);
+        self.needs_refresh = false;
+        if rechallenged.is_some() {
+            self.rechallenged = rechallenged;
+        }
+    }
 }
 
 pub(super) fn fresh_nonce() -> Vec<u8> {
@@ -38,7 +106,7 @@ pub(super) fn grace_ms(nm: &NautilusMaster) -> u64 {
 
 /// The document to challenge once more: one that failed only for its nonce and was not
 /// re-challenged already.
-pub(super) fn rechallenge(outcome: &Outcome, already: Option<&str>) -> Option<String> {
+fn rechallenge(outcome: &Outcome, already: Option<&str>) -> Option<String> {
     match outcome {
         Outcome::Failed {
             unanswered_challenge: Some(document),

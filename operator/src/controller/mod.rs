@@ -50,13 +50,13 @@ use crate::metrics::Metrics;
 use crate::observe::{self, EnclaveState};
 use crate::runtime::EnclaveRuntime;
 use crate::sidecar;
-use crate::verify::{self, IssuedNonces, Outcome};
+use crate::verify::{self, Outcome};
 
 mod attestation;
 mod error;
 mod status;
 
-use attestation::{BootState, ClusterState, fresh_nonce, grace_ms, rechallenge};
+use attestation::{Attestation, fresh_nonce, grace_ms};
 pub use error::{Error, Result};
 pub use status::{StatusInput, build_status, status_changed, transitions};
 
@@ -82,7 +82,8 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
-    clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<ClusterState>>>>,
+    /// Per cluster, its attestation state once this process booted it.
+    clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Attestation>>>>>,
     /// Consecutive failures per resource, for the backoff.
     failures: std::sync::Mutex<HashMap<ObjectRef<NautilusMaster>, u32>>,
     /// Set by [`run`] once the watches exist; `None` (tests without watches) reads and writes
@@ -123,7 +124,7 @@ impl Context {
         cache.ready().await.then_some(cache)
     }
 
-    fn cluster(&self, key: &str) -> Arc<Mutex<ClusterState>> {
+    fn cluster(&self, key: &str) -> Arc<Mutex<Option<Attestation>>> {
         let mut clusters = self
             .clusters
             .lock()
@@ -244,44 +245,36 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&names.key());
     let cache = ctx.cache().await;
-    let mut state = cluster.lock().await;
+    let mut slot = cluster.lock().await;
 
     // 1. The boot nonce: kept while the configuration stays the same.
     let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &names.namespace);
-    if state
-        .boot
-        .as_ref()
-        .is_none_or(|b| b.digest_hex != digest_hex)
-    {
-        let existing = match cache {
-            Some(cache) => Cache::get(&cache.config_maps, &names.namespace, &names.boot_config_map)
-                .map(|cm| cm.as_ref().clone()),
-            None => cm_api
-                .get_opt(&names.boot_config_map)
-                .await
-                .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?,
+    let attestation = match slot.take() {
+        Some(attestation) if attestation.is_for(&digest_hex) => slot.insert(attestation),
+        _ => {
+            let existing = match cache {
+                Some(cache) => {
+                    Cache::get(&cache.config_maps, &names.namespace, &names.boot_config_map)
+                        .map(|cm| cm.as_ref().clone())
+                }
+                None => cm_api
+                    .get_opt(&names.boot_config_map)
+                    .await
+                    .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?,
+            }
+            .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
+            let boot_nonce = existing.unwrap_or_else(fresh_nonce);
+            slot.insert(Attestation::boot(
+                digest_hex.clone(),
+                boot_nonce,
+                now,
+                grace_ms(nm),
+            ))
         }
-        .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
-        let boot_nonce = existing.unwrap_or_else(fresh_nonce);
-        state.boot = Some(BootState {
-            digest_hex: digest_hex.clone(),
-            nonces: IssuedNonces::new(boot_nonce.clone(), now, grace_ms(nm)),
-            boot_nonce,
-            // This process does not know which challenge a running enclave answered last
-            // (operator restart, ConfigMap edited): ask for a fresh one as soon as it attests.
-            needs_refresh: true,
-            rechallenged: None,
-        });
-        state.reports.reset();
-    }
-    let Some(boot_state) = state.boot.as_ref() else {
-        return Err(Error::Desired(desired::DesiredError::Metadata(
-            "boot state",
-        )));
     };
     let boot = BootConfig {
         config,
-        nonce: boot_state.boot_nonce.clone(),
+        nonce: attestation.boot_nonce().to_vec(),
     };
 
     // 2. Children.
@@ -317,13 +310,9 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     };
 
     // 4. Verify.
-    let outcome = match &bundle {
+    let mut outcome = match &bundle {
         Some(bundle) => {
-            let ClusterState { boot, reports } = &mut *state;
-            let nonces = &boot
-                .as_ref()
-                .map(|b| b.nonces.clone())
-                .unwrap_or_else(|| IssuedNonces::new(Vec::new(), now, grace_ms(nm)));
+            let (nonces, reports) = attestation.verification();
             verify::verify(
                 &verify::Input {
                     nm,
@@ -337,46 +326,34 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         }
         None => Outcome::Pending("no evidence from the sidecar yet".into()),
     };
-    let mut outcome = outcome;
 
     // 5. Fresh challenges.
     let mut requeue = Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds));
     let mut challenged_now = false;
-    if let (Some(addr), Some(bundle), Some(boot_state)) =
-        (observed.sidecar, &bundle, state.boot.as_mut())
+    let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
+    if let (Some(addr), Some(bundle)) = (observed.sidecar, &bundle)
         && bundle.attestation.is_some()
+        && let Some(recover) = attestation.challenge_due(&outcome, now, refresh_ms)
     {
-        let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
-        // A document answering an older challenge (an enclave that restarted answers the boot
-        // nonce) gets one more challenge before it counts as a failure; the same document
-        // served again after that is refused.
-        let recover = rechallenge(&outcome, boot_state.rechallenged.as_deref());
-        if boot_state.needs_refresh
-            || recover.is_some()
-            || now.saturating_sub(boot_state.nonces.latest_issued_ms) >= refresh_ms
-        {
-            let nonce = fresh_nonce();
-            match sidecar::request_attestation(addr, &nonce).await {
-                Ok(()) => {
-                    boot_state.nonces.refresh(nonce, now);
-                    boot_state.needs_refresh = false;
-                    requeue = Duration::from_secs(1);
-                    challenged_now = true;
-                    tracing::info!("asked the enclave for a fresh attestation");
-                    if let Some(document) = recover {
-                        boot_state.rechallenged = Some(document);
-                        outcome = Outcome::Pending(
-                            "the enclave presented a document for an older challenge (it may \
-                             have restarted); it was challenged again"
-                                .into(),
-                        );
-                    }
+        let nonce = fresh_nonce();
+        match sidecar::request_attestation(addr, &nonce).await {
+            Ok(()) => {
+                requeue = Duration::from_secs(1);
+                challenged_now = true;
+                tracing::info!("asked the enclave for a fresh attestation");
+                if recover.is_some() {
+                    outcome = Outcome::Pending(
+                        "the enclave presented a document for an older challenge (it may \
+                         have restarted); it was challenged again"
+                            .into(),
+                    );
                 }
-                Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
+                attestation.challenged(nonce, now, recover);
             }
+            Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
         }
     }
-    drop(state);
+    drop(slot);
     ctx.metrics.verification(match &outcome {
         Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
         Outcome::Verified(_) => "Verified",

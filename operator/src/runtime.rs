@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
@@ -80,35 +80,19 @@ impl EnclaveRuntime {
         }
     }
 
-    /// Make the workload match `boot` (whose configuration digest is `digest_hex`).
-    pub async fn ensure(
+    /// Start what the runtime runs itself for `boot` (whose configuration digest is
+    /// `digest_hex`): the local runtime's sidecar process, replaced when the configuration
+    /// changed and restarted after it exited. Pods are started by the StatefulSet the
+    /// controller applies, so the pod runtime does nothing here.
+    pub async fn start(
         &self,
-        client: &Client,
         nm: &NautilusMaster,
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
-        self.ensure_cached(client, None, nm, boot, digest_hex)
-            .await
-            .map(drop)
-    }
-
-    /// [`Self::ensure`], skipping the applies of children whose cached copy already carries the
-    /// desired object's [`desired::APPLIED_HASH_KEY`]. Returns the kinds it applied.
-    pub async fn ensure_cached(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-        boot: &BootConfig,
-        digest_hex: &str,
-    ) -> Result<Vec<&'static str>> {
         match self {
-            Self::Pod(pod) => pod.ensure(client, cache, nm, digest_hex).await,
-            Self::Local(local) => local
-                .ensure(nm, boot, digest_hex)
-                .await
-                .map(|()| Vec::new()),
+            Self::Pod(_) => Ok(()),
+            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
         }
     }
 
@@ -170,38 +154,6 @@ fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option
 }
 
 impl PodRuntime {
-    async fn ensure(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-        digest_hex: &str,
-    ) -> Result<Vec<&'static str>> {
-        let names = Names::of(nm)?;
-        let mut applied = Vec::new();
-        let mut sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
-        let hash = desired::stamp_applied_hash(&mut sts)?;
-        let api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
-        let store = cache.map(|c| &c.stateful_sets);
-        if Cache::apply_changed(store, &api, &names.statefulset, &sts, &hash)
-            .await
-            .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?
-        {
-            applied.push("StatefulSet");
-        }
-        let mut svc = desired::service(nm)?;
-        let hash = desired::stamp_applied_hash(&mut svc)?;
-        let api = Api::<Service>::namespaced(client.clone(), &names.namespace);
-        let store = cache.map(|c| &c.services);
-        if Cache::apply_changed(store, &api, &names.service, &svc, &hash)
-            .await
-            .map_err(kube_err("apply", "Service", &names.service))?
-        {
-            applied.push("Service");
-        }
-        Ok(applied)
-    }
-
     async fn observe(
         &self,
         client: &Client,
@@ -786,9 +738,7 @@ mod tests {
             >();
             Client::new(service, "default")
         };
-        rt.ensure(&client, &nm, &boot(&nm), "d2")
-            .await
-            .expect("ensure");
+        rt.start(&nm, &boot(&nm), "d2").await.expect("start");
         assert!(rt.observe(&client, &nm).await.expect("o").sidecar.is_some());
         rt.shutdown().await;
         assert_eq!(

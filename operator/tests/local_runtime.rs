@@ -73,7 +73,7 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     };
     let mut nonces = IssuedNonces::new(boot.nonce.clone(), now, 30_000);
     runtime
-        .ensure(&client, &nm, &boot, &hex::encode(digest))
+        .start(&nm, &boot, &hex::encode(digest))
         .await
         .expect("start");
     let observed = runtime.observe(&client, &nm).await.expect("observe");

@@ -140,4 +140,35 @@ mod tests {
         assert_eq!(rechallenge(&other, None), None, "only nonce failures");
         assert_eq!(rechallenge(&Outcome::Pending("x".into()), None), None);
     }
+
+    #[test]
+    fn challenges_are_due_after_boot_every_refresh_and_once_per_stale_document() {
+        let stale = Outcome::Failed {
+            reason: "AttestationFailed",
+            message: "nonce mismatch".into(),
+            attestation: None,
+            unanswered_challenge: Some("d1".into()),
+        };
+        let fine = Outcome::Pending(String::new());
+        let mut state = Attestation::boot("digest".into(), vec![9; 32], 1_000, 30_000);
+        assert!(state.is_for("digest") && !state.is_for("other"));
+        assert_eq!(state.boot_nonce(), [9; 32]);
+        // A process that just booted the state does not know the last challenge.
+        assert_eq!(state.challenge_due(&fine, 1_000, 60_000), Some(None));
+        state.challenged(vec![1; 32], 2_000, None);
+        assert_eq!(state.verification().0.latest, [1; 32]);
+        assert_eq!(
+            state.verification().0.previous.as_deref(),
+            Some(&[9; 32][..])
+        );
+        assert_eq!(state.challenge_due(&fine, 61_999, 60_000), None);
+        assert_eq!(state.challenge_due(&fine, 62_000, 60_000), Some(None));
+        // A stale document gets one more challenge, then never again.
+        assert_eq!(
+            state.challenge_due(&stale, 3_000, 60_000),
+            Some(Some("d1".into()))
+        );
+        state.challenged(vec![2; 32], 3_000, Some("d1".into()));
+        assert_eq!(state.challenge_due(&stale, 4_000, 60_000), None);
+    }
 }

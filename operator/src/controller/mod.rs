@@ -1,19 +1,21 @@
-//! The reconcile loop of `NautilusMaster`.
+//! The reconcile loop of `NautilusMaster`: observe, plan, execute.
 //!
 //! One reconcile, for a resource that is not being deleted:
 //!
-//! 1. render the [`EnclaveConfig`](nautilus_protocol::wire::EnclaveConfig) and its digest; reuse
-//!    the boot nonce of the existing ConfigMap when it holds the same configuration, else issue a
-//!    new one;
-//! 2. server-side apply the boot ConfigMap, then let the [`EnclaveRuntime`] apply the workload
-//!    (StatefulSet + Service, or a local process);
-//! 3. observe the workload and fetch the sidecar's `/report`;
-//! 4. [`verify`](crate::verify::verify) the evidence and derive the conditions;
-//! 5. every refresh interval, `POST /attest` a fresh nonce;
-//! 6. publish the kubeconfig Secret once attested (delete it when verification fails);
-//! 7. server-side apply the status subresource when something visible changed
-//!    ([`status_changed`]); publish Events for condition transitions;
-//! 8. requeue after the probe interval.
+//! 1. render the [`EnclaveConfig`](nautilus_protocol::wire::EnclaveConfig) and its digest, and
+//!    find the cluster's `attestation` state for it: kept while the configuration stays the
+//!    same, else booted with the nonce of the existing ConfigMap when that holds the same
+//!    configuration, or a new one;
+//! 2. `plan::children`: the boot ConfigMap, and for the pod runtime the StatefulSet and
+//!    Service; the executor applies them, then the [`EnclaveRuntime`] starts what it runs
+//!    itself (the local runtime's process);
+//! 3. the executor observes the workload and fetches the sidecar's `/report`;
+//! 4. `plan::plan`, pure: [`verify`](crate::verify::verify) the evidence, decide whether to
+//!    `POST /attest` a fresh nonce (at once after this process booted the state, every refresh
+//!    interval, once more for a document answering an older challenge), and for either fate of
+//!    that challenge whether to publish or withdraw the kubeconfig Secret, which status to apply
+//!    (only when something visible changed, [`status_changed`]), which Events, when to requeue;
+//! 5. the executor (`execute`) sends the challenge and carries out the steps that follow.
 //!
 //! Idle costs nothing: reads come from the watch cache ([`Cache`]), a child is applied only when
 //! its cached copy lacks the hash of the desired object ([`desired::APPLIED_HASH_KEY`]), and the
@@ -22,6 +24,9 @@
 //! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
 //! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
 //! the finalizer is removed and the children are garbage-collected.
+//!
+//! Modules: `plan` (pure), `execute` (the I/O), `attestation` (per-cluster state),
+//! `status` (status and Events, pure), `error`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,32 +37,32 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
 use kube::{Client, Resource as _, ResourceExt as _};
-use nautilus_crds::conditions::{reasons, types};
-use nautilus_crds::{NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference};
-use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
+use nautilus_crds::{NautilusMaster, Phase};
+use nautilus_protocol::wire::BootConfig;
 use tokio::sync::Mutex;
 
-use crate::api::{Cache, kube_err};
-use crate::desired::{self, FIELD_MANAGER, KUBECONFIG_KEY, Names};
+use crate::api::Cache;
+use crate::desired::{self, Names};
 use crate::metrics::Metrics;
-use crate::observe::{self, EnclaveState};
 use crate::runtime::EnclaveRuntime;
-use crate::sidecar;
-use crate::verify::{self, Outcome};
 
 mod attestation;
 mod error;
+mod execute;
+mod plan;
 mod status;
 
 use attestation::{Attestation, fresh_nonce, grace_ms};
 pub use error::{Error, Result};
+use execute::Executor;
+use plan::{Observation, Workload};
 pub use status::{StatusInput, build_status, status_changed, transitions};
 
 /// The finalizer that keeps a resource until its enclave is stopped.
@@ -176,10 +181,6 @@ pub(crate) fn now_ms() -> u64 {
     nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
-fn time_now() -> Time {
-    Time(Timestamp::now())
-}
-
 /// Reconcile one resource (the function given to the [`Controller`]).
 #[tracing::instrument(skip(nm, ctx), fields(name = %nm.name_any(), namespace = nm.namespace().unwrap_or_default()))]
 pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Action> {
@@ -237,6 +238,8 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << exp).min(300))
 }
 
+/// One reconcile of a resource that is not being deleted: observe, plan, execute (see the
+/// module documentation).
 async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let now = now_ms();
     let names = Names::of(nm)?;
@@ -244,26 +247,23 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&names.key());
-    let cache = ctx.cache().await;
+    let exec = Executor {
+        ctx,
+        nm,
+        names: &names,
+        cache: ctx.cache().await,
+    };
     let mut slot = cluster.lock().await;
 
-    // 1. The boot nonce: kept while the configuration stays the same.
-    let cm_api = Api::<ConfigMap>::namespaced(ctx.client.clone(), &names.namespace);
+    // 1. The attestation state of this configuration: its boot nonce is the existing
+    //    ConfigMap's when that holds the same configuration, else a new one.
     let attestation = match slot.take() {
         Some(attestation) if attestation.is_for(&digest_hex) => slot.insert(attestation),
         _ => {
-            let existing = match cache {
-                Some(cache) => {
-                    Cache::get(&cache.config_maps, &names.namespace, &names.boot_config_map)
-                        .map(|cm| cm.as_ref().clone())
-                }
-                None => cm_api
-                    .get_opt(&names.boot_config_map)
-                    .await
-                    .map_err(kube_err("get", "ConfigMap", &names.boot_config_map))?,
-            }
-            .and_then(|cm| desired::existing_boot_nonce(&cm, &digest_hex));
-            let boot_nonce = existing.unwrap_or_else(fresh_nonce);
+            let boot_nonce = exec
+                .existing_boot_nonce(&digest_hex)
+                .await?
+                .unwrap_or_else(fresh_nonce);
             slot.insert(Attestation::boot(
                 digest_hex.clone(),
                 boot_nonce,
@@ -277,199 +277,27 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         nonce: attestation.boot_nonce().to_vec(),
     };
 
-    // 2. Children.
-    let mut cm = desired::boot_config_map(nm, &boot)?;
-    let hash = desired::stamp_applied_hash(&mut cm)?;
-    let store = cache.map(|c| &c.config_maps);
-    if Cache::apply_changed(store, &cm_api, &names.boot_config_map, &cm, &hash)
-        .await
-        .map_err(kube_err("apply", "ConfigMap", &names.boot_config_map))?
-    {
-        ctx.metrics.child_applied("ConfigMap");
-    }
-    for kind in ctx
-        .runtime
-        .ensure_cached(&ctx.client, cache, nm, &boot, &digest_hex)
-        .await?
-    {
-        ctx.metrics.child_applied(kind);
-    }
-
-    // 3. Observe.
-    let observed = ctx.runtime.observe_cached(&ctx.client, cache, nm).await?;
-    let mut enclave = observed.state.clone();
-    let bundle: Option<EvidenceBundle> = match observed.sidecar {
-        Some(addr) => match sidecar::fetch_report(addr).await {
-            Ok(bundle) => Some(bundle),
-            Err(err) => {
-                enclave = EnclaveState::Unreachable(err.to_string());
-                None
-            }
-        },
-        None => None,
+    // 2. The children.
+    let workload = match &ctx.runtime {
+        EnclaveRuntime::Pod(pod) => Workload::Pod(&pod.settings),
+        EnclaveRuntime::Local(_) => Workload::Local,
     };
+    let children = plan::children(nm, &boot, workload)?;
+    exec.apply_children(&children, &boot, &digest_hex).await?;
 
-    // 4. Verify.
-    let mut outcome = match &bundle {
-        Some(bundle) => {
-            let (nonces, reports) = attestation.verification();
-            verify::verify(
-                &verify::Input {
-                    nm,
-                    bundle,
-                    nonces,
-                    config_digest: digest,
-                    now_ms: now,
-                },
-                reports,
-            )
-        }
-        None => Outcome::Pending("no evidence from the sidecar yet".into()),
-    };
-
-    // 5. Fresh challenges.
-    let mut requeue = Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds));
-    let mut challenged_now = false;
-    let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
-    if let (Some(addr), Some(bundle)) = (observed.sidecar, &bundle)
-        && bundle.attestation.is_some()
-        && let Some(recover) = attestation.challenge_due(&outcome, now, refresh_ms)
-    {
-        let nonce = fresh_nonce();
-        match sidecar::request_attestation(addr, &nonce).await {
-            Ok(()) => {
-                requeue = Duration::from_secs(1);
-                challenged_now = true;
-                tracing::info!("asked the enclave for a fresh attestation");
-                if recover.is_some() {
-                    outcome = Outcome::Pending(
-                        "the enclave presented a document for an older challenge (it may \
-                         have restarted); it was challenged again"
-                            .into(),
-                    );
-                }
-                attestation.challenged(nonce, now, recover);
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot ask for a fresh attestation"),
-        }
-    }
-    drop(slot);
-    ctx.metrics.verification(match &outcome {
-        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
-        Outcome::Verified(_) => "Verified",
-        Outcome::Failed { reason, .. } => reason,
-        Outcome::Pending(_) => "Pending",
-    });
-    let observations = observe::observe(nm, &enclave, bundle.as_ref(), &outcome, now);
-
-    // Just challenged an enclave whose current document answers a challenge this process never
-    // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
-    // instead of flapping Attested. Bounded: the next reconcile (1 s) decides.
-    let previously_attested = nm.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == types::ATTESTED && c.status == "True")
-    });
-    if challenged_now && previously_attested && matches!(outcome, Outcome::Pending(_)) {
-        tracing::debug!("waiting for the answer to a fresh challenge before updating status");
-        return Ok(Action::requeue(requeue));
-    }
-
-    // 6. The kubeconfig, only for an attested CA.
-    let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &names.namespace);
-    let previous = nm.status.clone().unwrap_or_default();
-    let kubeconfig_ref = match &outcome {
-        Outcome::Verified(v) => {
-            let mut secret = desired::kubeconfig_secret(nm, &observed.endpoint, &v.serving_ca_pem)?;
-            let hash = desired::stamp_applied_hash(&mut secret)?;
-            let store = cache.map(|c| &c.secrets);
-            if Cache::apply_changed(store, &secret_api, &names.kubeconfig_secret, &secret, &hash)
-                .await
-                .map_err(kube_err("apply", "Secret", &names.kubeconfig_secret))?
-            {
-                ctx.metrics.child_applied("Secret");
-            }
-            Some(SecretKeyReference {
-                name: names.kubeconfig_secret.clone(),
-                key: KUBECONFIG_KEY.into(),
-            })
-        }
-        // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
-        // report alone keeps it (the CA is still the attested one; Ready says the rest).
-        Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
-            // Already gone from the watch cache: nothing to delete.
-            let cached_absent = cache.is_some_and(|c| {
-                Cache::get(&c.secrets, &names.namespace, &names.kubeconfig_secret).is_none()
-            });
-            if !cached_absent {
-                match secret_api
-                    .delete(&names.kubeconfig_secret, &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(err) => {
-                        return Err(
-                            kube_err("delete", "Secret", &names.kubeconfig_secret)(err).into()
-                        );
-                    }
-                }
-            }
-            None
-        }
-        Outcome::Failed { .. } | Outcome::Pending(_) => previous.kubeconfig_secret_ref.clone(),
-    };
-
-    // 7. Status and Events.
-    let status = build_status(
+    // 3. Observe, plan, execute.
+    let (observed, bundle) = exec.observe().await?;
+    let seen = Observation {
         nm,
-        StatusInput {
-            observations,
-            outcome: &outcome,
-            placement: observed.placement.clone(),
-            bundle: bundle.as_ref(),
-            endpoint: observed.endpoint.clone(),
-            kubeconfig: kubeconfig_ref,
-            digest_hex: &digest_hex,
-            now: time_now(),
-        },
-    );
-    if status_changed(&previous, &status) {
-        patch_status(ctx, nm, &status).await?;
-    }
-    for (type_, reason, note) in transitions(&previous.conditions, &status.conditions) {
-        ctx.publish(nm, type_, &reason, note).await;
-    }
-    // Nothing to probe in the pod runtime (no sidecar up): every change that matters (the pod,
-    // the children, the spec) arrives as a watch event, and no condition of a pod that is not
-    // running depends on time; the requeue is only a safety net then.
-    if observed.sidecar.is_none() && matches!(ctx.runtime, EnclaveRuntime::Pod(_)) {
-        requeue = requeue.max(RESYNC_WITHOUT_SIDECAR);
-    }
-    Ok(Action::requeue(requeue))
-}
-
-async fn patch_status(
-    ctx: &Context,
-    nm: &NautilusMaster,
-    status: &NautilusMasterStatus,
-) -> Result<()> {
-    let names = Names::of(nm)?;
-    let api: Api<NautilusMaster> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let body = serde_json::json!({
-        "apiVersion": NautilusMaster::api_version(&()),
-        "kind": NautilusMaster::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &names.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_err("patch status of", "NautilusMaster", &names.name))?;
-    ctx.metrics.status_patched();
-    Ok(())
+        workload: &observed,
+        bundle: bundle.as_ref(),
+        digest,
+        pod_runtime: matches!(workload, Workload::Pod(_)),
+        now_ms: now,
+        now: Time(Timestamp::now()),
+    };
+    let plan = plan::plan(&seen, attestation, fresh_nonce())?;
+    exec.execute(plan, attestation).await
 }
 
 async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
@@ -478,7 +306,13 @@ async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     if previous.phase != Some(Phase::Terminating) {
         let mut status = previous.clone();
         status.phase = Some(Phase::Terminating);
-        patch_status(ctx, nm, &status).await?;
+        let exec = Executor {
+            ctx,
+            nm,
+            names: &names,
+            cache: None,
+        };
+        exec.patch_status(&status).await?;
         ctx.publish(
             nm,
             EventType::Normal,
@@ -664,6 +498,8 @@ mod tests {
     };
     use crate::runtime::PodRuntime;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use nautilus_crds::NautilusMasterStatus;
+    use nautilus_crds::conditions::types;
     use serde_json::{Value, json};
 
     const NM_PATH: &str =

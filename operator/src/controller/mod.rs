@@ -595,6 +595,19 @@ mod tests {
         ]
     }
 
+    /// The first reconcile of a resource whose pod does not exist, read from an empty watch
+    /// cache: the children, the status and the Events, and no read.
+    fn launching_from_cache(nm: &NautilusMaster) -> Vec<Call> {
+        let mut calls = vec![
+            apply_child(CM_PATH, "ConfigMap"),
+            apply_child(STS_PATH, "StatefulSet"),
+            apply_child(SVC_PATH, "Service"),
+            apply_status(nm, json!({"phase": "Launching"})),
+        ];
+        calls.extend(launching_events());
+        calls
+    }
+
     /// Run one reconcile of `nm` against `scenario`, then check the scenario.
     async fn reconcile_in(
         ctx: &Arc<Context>,
@@ -1223,14 +1236,7 @@ mod tests {
         let nm = with_finalizer(mk_nm("demo"));
         let (client, server) = api_server();
         // One reconcile in 3 s with a 5 s probe interval. It reads from the watch cache: no GET.
-        let mut calls = vec![
-            apply_child(CM_PATH, "ConfigMap"),
-            apply_child(STS_PATH, "StatefulSet"),
-            apply_child(SVC_PATH, "Service"),
-            apply_status(&nm, json!({"phase": "Launching"})),
-        ];
-        calls.extend(launching_events());
-        let scenario = server.expect_with(calls, watches(&nm));
+        let scenario = server.expect_with(launching_from_cache(&nm), watches(&nm));
         let ctx = context(client, None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(ctx.clone(), None, async move {
@@ -1309,14 +1315,8 @@ mod tests {
 
         // First reconcile: nothing cached, so every child and the status are written, and
         // nothing is read from the API server.
-        let mut calls = vec![
-            apply_child(CM_PATH, "ConfigMap"),
-            apply_child(STS_PATH, "StatefulSet"),
-            apply_child(SVC_PATH, "Service"),
-            apply_status(&nm, json!({"phase": "Launching"})),
-        ];
-        calls.extend(launching_events());
-        let (result, server, first) = reconcile_in(&ctx, &nm, server.expect(calls)).await;
+        let scenario = server.expect(launching_from_cache(&nm));
+        let (result, server, first) = reconcile_in(&ctx, &nm, scenario).await;
         result.expect("ok");
         let cm: ConfigMap = find(&first, "PATCH", CM_PATH).object();
         assert!(

@@ -387,6 +387,16 @@ mod tests {
         desired::enclave_config(nm).expect("config").digest()
     }
 
+    /// The attestation state of `nm`'s configuration, booted with [`BOOT_NONCE`] at `now_ms`.
+    fn booted(nm: &NautilusMaster, now_ms: u64) -> Attestation {
+        Attestation::boot(
+            hex::encode(digest_of(nm)),
+            BOOT_NONCE.to_vec(),
+            now_ms,
+            GRACE_MS,
+        )
+    }
+
     fn pod_placement() -> EnclavePlacement {
         EnclavePlacement {
             runtime: Some("pod".into()),
@@ -478,12 +488,7 @@ mod tests {
             placement: pod_placement(),
             endpoint: "https://demo.team-a.svc:6443".into(),
         };
-        let mut attestation = Attestation::boot(
-            hex::encode(digest_of(&nm)),
-            BOOT_NONCE.to_vec(),
-            now,
-            GRACE_MS,
-        );
+        let mut attestation = booted(&nm, now);
         let waiting = "waiting for pod demo-enclave-0 to be created";
         let not_running = "the enclave is not running";
         let not_ready = "not ready: EnclaveRunning=False (Launching), Attested=Unknown (Pending), \
@@ -525,6 +530,17 @@ mod tests {
             kubeconfig_secret_ref: None,
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
         };
+        // No challenge without a sidecar: the plan is its `otherwise` steps alone.
+        let pending = |status, events| Plan {
+            challenge: None,
+            otherwise: Steps {
+                verification: "Pending",
+                kubeconfig: Kubeconfig::Keep,
+                status,
+                events,
+                requeue: RESYNC_WITHOUT_SIDECAR,
+            },
+        };
         let planned = plan(
             &seen(&nm, &workload, None, now),
             &mut attestation,
@@ -532,27 +548,21 @@ mod tests {
         );
         assert_eq!(
             planned.expect("plan"),
-            Plan {
-                challenge: None,
-                otherwise: Steps {
-                    verification: "Pending",
-                    kubeconfig: Kubeconfig::Keep,
-                    status: Some(status.clone()),
-                    events: vec![
-                        note(
-                            EventType::Warning,
-                            "Launching",
-                            &format!("EnclaveRunning: (none) → False: {waiting}"),
-                        ),
-                        note(
-                            EventType::Warning,
-                            "NotReady",
-                            &format!("Ready: (none) → False: {not_ready}"),
-                        ),
-                    ],
-                    requeue: RESYNC_WITHOUT_SIDECAR,
-                },
-            }
+            pending(
+                Some(status.clone()),
+                vec![
+                    note(
+                        EventType::Warning,
+                        "Launching",
+                        &format!("EnclaveRunning: (none) → False: {waiting}"),
+                    ),
+                    note(
+                        EventType::Warning,
+                        "NotReady",
+                        &format!("Ready: (none) → False: {not_ready}"),
+                    ),
+                ],
+            )
         );
 
         nm.status = Some(status);
@@ -562,19 +572,7 @@ mod tests {
             &mut attestation,
             FRESH.to_vec(),
         );
-        assert_eq!(
-            planned.expect("plan"),
-            Plan {
-                challenge: None,
-                otherwise: Steps {
-                    verification: "Pending",
-                    kubeconfig: Kubeconfig::Keep,
-                    status: None,
-                    events: Vec::new(),
-                    requeue: RESYNC_WITHOUT_SIDECAR,
-                },
-            }
-        );
+        assert_eq!(planned.expect("plan"), pending(None, Vec::new()));
     }
 
     /// The summary verification gives `bundle` (checked in `verify`'s own tests).
@@ -621,12 +619,7 @@ mod tests {
         let enclave = FakeEnclave::new();
         let bundle = enclave.bundle(digest_of(&nm), &BOOT_NONCE, 1, now);
         let workload = running();
-        let mut attestation = Attestation::boot(
-            hex::encode(digest_of(&nm)),
-            BOOT_NONCE.to_vec(),
-            now,
-            GRACE_MS,
-        );
+        let mut attestation = booted(&nm, now);
         let summary = summary_of(
             &nm,
             &bundle,
@@ -739,13 +732,7 @@ mod tests {
         assert_eq!(
             planned,
             Plan {
-                challenge: Some(Challenge {
-                    sidecar: SocketAddr::from(([10, 0, 0, 5], 8080)),
-                    nonce: FRESH.to_vec(),
-                    issued_ms: now,
-                    rechallenges: None,
-                    delivered: steps(Duration::from_secs(1)),
-                }),
+                challenge: Some(fresh_challenge(now, steps(Duration::from_secs(1)))),
                 otherwise: steps(PROBE),
             }
         );
@@ -754,6 +741,17 @@ mod tests {
             attestation.challenge_due(&Outcome::Pending(String::new()), now, 3_600_000),
             Some(None)
         );
+    }
+
+    /// The refresh challenge [`running`]'s sidecar gets at `now`, then `delivered`.
+    fn fresh_challenge(now: u64, delivered: Steps) -> Challenge {
+        Challenge {
+            sidecar: SocketAddr::from(([10, 0, 0, 5], 8080)),
+            nonce: FRESH.to_vec(),
+            issued_ms: now,
+            rechallenges: None,
+            delivered,
+        }
     }
 
     fn running_placement() -> EnclavePlacement {
@@ -784,12 +782,7 @@ mod tests {
             ..NautilusMasterStatus::default()
         });
         let workload = running();
-        let mut attestation = Attestation::boot(
-            hex::encode(digest_of(&nm)),
-            BOOT_NONCE.to_vec(),
-            now,
-            GRACE_MS,
-        );
+        let mut attestation = booted(&nm, now);
         let planned = plan(
             &seen(&nm, &workload, Some(&bundle), now),
             &mut attestation,
@@ -830,19 +823,16 @@ mod tests {
         assert_eq!(
             planned,
             Plan {
-                challenge: Some(Challenge {
-                    sidecar: SocketAddr::from(([10, 0, 0, 5], 8080)),
-                    nonce: FRESH.to_vec(),
-                    issued_ms: now,
-                    rechallenges: None,
-                    delivered: Steps {
+                challenge: Some(fresh_challenge(
+                    now,
+                    Steps {
                         verification: "Pending",
                         kubeconfig: Kubeconfig::Keep,
                         status: None,
                         events: Vec::new(),
                         requeue: Duration::from_secs(1),
                     },
-                }),
+                )),
                 // Undelivered, the verdict is written as it stands.
                 otherwise: Steps {
                     verification: "Pending",
@@ -878,12 +868,7 @@ mod tests {
         let document = &bundle.attestation.as_ref().expect("a").document;
         let document_sha = hex::encode(Sha256::digest(document));
         // Booted a minute ago and challenged since; the enclave still serves the boot answer.
-        let mut attestation = Attestation::boot(
-            hex::encode(digest_of(&nm)),
-            BOOT_NONCE.to_vec(),
-            now - 60_000,
-            GRACE_MS,
-        );
+        let mut attestation = booted(&nm, now - 60_000);
         attestation.challenged(vec![1; 32], now - 50_000, None);
         attestation.challenged(vec![2; 32], now - 40_000, None);
         let workload = running();

@@ -161,6 +161,12 @@ pub struct Names {
 }
 
 impl Names {
+    /// `namespace/name`: the resource's key in the operator's per-cluster state, and the
+    /// cluster name in its configuration and kubeconfig.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// The names of `nm`'s children.
     pub fn of(nm: &NautilusMaster) -> Result<Self> {
         let name = nm
@@ -268,7 +274,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
     let cp = &nm.spec.control_plane;
     let auth = &nm.spec.auth;
     Ok(EnclaveConfig {
-        cluster: format!("{}/{}", names.namespace, names.name),
+        cluster: names.key(),
         control_plane: ControlPlaneConfig {
             distribution: serialized(&cp.distribution, "distribution")?,
             bind_address: cp.bind_address.clone(),
@@ -666,7 +672,7 @@ pub fn service_endpoint(nm: &NautilusMaster) -> Result<String> {
 pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Result<String> {
     use base64::Engine as _;
     let names = Names::of(nm)?;
-    let cluster = format!("{}/{}", names.namespace, names.name);
+    let cluster = names.key();
     let ttl = DEFAULT_TOKEN_TTL_SECONDS.min(nm.spec.auth.max_token_lifetime_seconds);
     let config = serde_json::json!({
         "apiVersion": "v1",
@@ -730,30 +736,13 @@ pub fn kubeconfig_secret(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fixtures::{PCR, mk_nm};
     use k8s_openapi::api::core::v1::Toleration;
-    use nautilus_crds::{HugepageSize, NautilusMasterSpec};
+    use nautilus_crds::HugepageSize;
     use pretty_assertions::assert_eq;
     use rstest::rstest;
-
-    pub(crate) const PCR: &str = "3aa0e6e6ed7d8301655fced7e6ddcc443a3e57bf62f070caa6becf337069e859c0f03d68136440ff1cab8adefd20634c";
-
-    /// A NautilusMaster as the API server would hand it over: the sample spec, a uid.
-    pub(crate) fn mk_nm(name: &str) -> NautilusMaster {
-        let spec: NautilusMasterSpec = serde_json::from_value(serde_json::json!({
-            "enclave": {
-                "image": "registry.example.com/nautilus/enclave:v1",
-                "pcr0": PCR, "pcr1": PCR, "pcr2": PCR,
-            },
-        }))
-        .expect("minimal spec");
-        let mut nm = NautilusMaster::new(name, spec);
-        nm.metadata.namespace = Some("team-a".into());
-        nm.metadata.uid = Some("0a1b2c3d-0000-4000-8000-000000000001".into());
-        nm.metadata.generation = Some(1);
-        nm
-    }
 
     fn boot(nm: &NautilusMaster) -> BootConfig {
         BootConfig {

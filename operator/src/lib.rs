@@ -5,22 +5,31 @@
 //! - [`conditions`]: `metav1.Condition` maths (merge, `Ready`, phase), pure and unit-tested.
 //! - [`desired`]: the children (boot ConfigMap, enclave StatefulSet, Service, kubeconfig Secret)
 //!   computed from the spec, pure.
+//! - [`verify`]: verification of the relayed evidence (attestation, policy, signed report), pure.
+//! - [`observe`]: what the operator sees of an enclave ([`observe::EnclaveState`]) and the
+//!   condition observations that follow from it and the verification outcome, pure.
 //! - [`controller`]: the reconcile loop (finalizer, server-side apply of children and status,
 //!   re-attestation, Events) and [`controller::run`].
 //! - [`runtime`]: where enclaves run: `pod` (StatefulSet) or `local` (a sidecar process).
+//! - [`api`]: the watch cache, applies that skip unchanged children, the error of one API call.
 //! - [`sidecar`]: the HTTP client for the sidecar's `/report` and `/attest`.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the `/metrics`, `/healthz`, `/readyz` endpoint.
-//! - [`verify`]: verification of the relayed evidence (attestation, policy, signed report) and
-//!   the condition observations that follow, pure.
+//!
+//! Dependencies point one way: `controller` → `runtime` → `api`, `observe` → `verify`, and
+//! everything → `desired`, `conditions`; nothing below `controller` imports it.
 //!
 //! See `docs/architecture.md` (section "Operator"). The `crdgen` binary renders the CRD from
 //! `nautilus-crds`; the `nautilus-operator` binary (`main.rs`) wires these together.
 
 pub mod admin;
+pub mod api;
 pub mod conditions;
 pub mod controller;
 pub mod desired;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
+pub mod observe;
 pub mod runtime;
 pub mod sidecar;
 pub mod verify;

@@ -16,16 +16,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
-use crate::controller::Cache;
+use crate::api::{ApiError, Cache, kube_err};
 use crate::desired::{self, Names, PodSettings, SIDECAR_CONTAINER};
-use crate::verify::EnclaveState;
+use crate::observe::{EnclaveState, Observed};
 
 /// Why the runtime could not do its part.
 #[derive(Debug, thiserror::Error)]
@@ -35,18 +35,8 @@ pub enum RuntimeError {
     #[error(transparent)]
     Desired(#[from] desired::DesiredError),
     /// An API call failed.
-    #[error("{verb} {kind} {name}")]
-    Kube {
-        /// What was attempted.
-        verb: &'static str,
-        /// Kind of the object.
-        kind: &'static str,
-        /// Its name.
-        name: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Kube(#[from] ApiError),
     /// A local process could not be started or stopped.
     #[error("local runtime: {what}")]
     Local {
@@ -59,19 +49,6 @@ pub enum RuntimeError {
 }
 
 type Result<T, E = RuntimeError> = std::result::Result<T, E>;
-
-/// What the runtime sees of a resource's enclave workload.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Observed {
-    /// The workload's state.
-    pub state: EnclaveState,
-    /// Where the sidecar's HTTP API answers, once it should.
-    pub sidecar: Option<SocketAddr>,
-    /// `status.placement` (the enclave ID and CID are added from the sidecar's report).
-    pub placement: EnclavePlacement,
-    /// `status.endpoint`.
-    pub endpoint: String,
-}
 
 /// Where enclaves run.
 #[derive(Debug)]
@@ -103,35 +80,19 @@ impl EnclaveRuntime {
         }
     }
 
-    /// Make the workload match `boot` (whose configuration digest is `digest_hex`).
-    pub async fn ensure(
+    /// Start what the runtime runs itself for `boot` (whose configuration digest is
+    /// `digest_hex`): the local runtime's sidecar process, replaced when the configuration
+    /// changed and restarted after it exited. Pods are started by the StatefulSet the
+    /// controller applies, so the pod runtime does nothing here.
+    pub async fn start(
         &self,
-        client: &Client,
         nm: &NautilusMaster,
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
-        self.ensure_cached(client, None, nm, boot, digest_hex)
-            .await
-            .map(drop)
-    }
-
-    /// [`Self::ensure`], skipping the applies of children whose cached copy already carries the
-    /// desired object's [`desired::APPLIED_HASH_KEY`]. Returns the kinds it applied.
-    pub async fn ensure_cached(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-        boot: &BootConfig,
-        digest_hex: &str,
-    ) -> Result<Vec<&'static str>> {
         match self {
-            Self::Pod(pod) => pod.ensure(client, cache, nm, digest_hex).await,
-            Self::Local(local) => local
-                .ensure(nm, boot, digest_hex)
-                .await
-                .map(|()| Vec::new()),
+            Self::Pod(_) => Ok(()),
+            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
         }
     }
 
@@ -188,57 +149,11 @@ pub struct PodRuntime {
     pub sidecar_port: Option<u16>,
 }
 
-fn kube_err(
-    verb: &'static str,
-    kind: &'static str,
-    name: &str,
-) -> impl FnOnce(kube::Error) -> RuntimeError {
-    let name = name.to_owned();
-    move |source| RuntimeError::Kube {
-        verb,
-        kind,
-        name,
-        source,
-    }
-}
-
 fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<u64> {
     u64::try_from(t.0.as_millisecond()).ok()
 }
 
 impl PodRuntime {
-    async fn ensure(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-        digest_hex: &str,
-    ) -> Result<Vec<&'static str>> {
-        let names = Names::of(nm)?;
-        let mut applied = Vec::new();
-        let mut sts = desired::enclave_statefulset(nm, digest_hex, &self.settings)?;
-        let hash = desired::stamp_applied_hash(&mut sts)?;
-        let api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
-        let store = cache.map(|c| &c.stateful_sets);
-        if Cache::apply_changed(store, &api, &names.statefulset, &sts, &hash)
-            .await
-            .map_err(kube_err("apply", "StatefulSet", &names.statefulset))?
-        {
-            applied.push("StatefulSet");
-        }
-        let mut svc = desired::service(nm)?;
-        let hash = desired::stamp_applied_hash(&mut svc)?;
-        let api = Api::<Service>::namespaced(client.clone(), &names.namespace);
-        let store = cache.map(|c| &c.services);
-        if Cache::apply_changed(store, &api, &names.service, &svc, &hash)
-            .await
-            .map_err(kube_err("apply", "Service", &names.service))?
-        {
-            applied.push("Service");
-        }
-        Ok(applied)
-    }
-
     async fn observe(
         &self,
         client: &Client,
@@ -359,7 +274,9 @@ impl PodRuntime {
         {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err)),
+            Err(err) => {
+                return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err).into());
+            }
         }
         let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
         let pod = pods
@@ -375,7 +292,7 @@ impl PodRuntime {
             match pods.delete(&names.pod, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
-                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err)),
+                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
             }
         }
         Ok(pod.is_none())
@@ -487,10 +404,6 @@ impl LocalRuntime {
         }
     }
 
-    fn key(names: &Names) -> String {
-        format!("{}/{}", names.namespace, names.name)
-    }
-
     /// The work directory of one resource.
     fn resource_dir(&self, names: &Names) -> PathBuf {
         self.settings
@@ -506,7 +419,7 @@ impl LocalRuntime {
             .https_ports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let port = match ports.get(&Self::key(&names)) {
+        let port = match ports.get(&names.key()) {
             Some(port) => *port,
             None => {
                 let file = dir.join(HTTPS_PORT_FILE);
@@ -525,7 +438,7 @@ impl LocalRuntime {
                         port
                     }
                 };
-                ports.insert(Self::key(&names), port);
+                ports.insert(names.key(), port);
                 port
             }
         };
@@ -615,7 +528,7 @@ impl LocalRuntime {
 
     async fn ensure(&self, nm: &NautilusMaster, boot: &BootConfig, digest_hex: &str) -> Result<()> {
         let names = Names::of(nm)?;
-        let key = Self::key(&names);
+        let key = names.key();
         let mut processes = self.processes.lock().await;
         if let Some(p) = processes.get_mut(&key) {
             let alive = matches!(p.child.try_wait(), Ok(None));
@@ -690,7 +603,7 @@ impl LocalRuntime {
             runtime: Some("local".into()),
             ..EnclavePlacement::default()
         };
-        let Some(p) = processes.get_mut(&Self::key(&names)) else {
+        let Some(p) = processes.get_mut(&names.key()) else {
             return Ok(Observed {
                 state: EnclaveState::Absent,
                 sidecar: None,
@@ -720,7 +633,7 @@ impl LocalRuntime {
 
     async fn stop(&self, nm: &NautilusMaster) -> Result<bool> {
         let names = Names::of(nm)?;
-        let removed = self.processes.lock().await.remove(&Self::key(&names));
+        let removed = self.processes.lock().await.remove(&names.key());
         if let Some(mut p) = removed {
             terminate(&mut p.child).await;
         }
@@ -728,7 +641,7 @@ impl LocalRuntime {
         self.https_ports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&Self::key(&names));
+            .remove(&names.key());
         let dir = self.resource_dir(&names);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -761,7 +674,7 @@ async fn terminate(child: &mut tokio::process::Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::tests::mk_nm;
+    use crate::fixtures::mk_nm;
 
     fn local(binary: &str) -> LocalRuntime {
         LocalRuntime::new(LocalSettings {
@@ -825,9 +738,7 @@ mod tests {
             >();
             Client::new(service, "default")
         };
-        rt.ensure(&client, &nm, &boot(&nm), "d2")
-            .await
-            .expect("ensure");
+        rt.start(&nm, &boot(&nm), "d2").await.expect("start");
         assert!(rt.observe(&client, &nm).await.expect("o").sidecar.is_some());
         rt.shutdown().await;
         assert_eq!(

@@ -14,7 +14,7 @@
 //!    `Binding::v1(boot config digest, sha256(serving CA DER))`, and the document's age.
 //! 3. The report is verified with a [`ReportVerifier`] for the attested key, kept per cluster
 //!    across reconciles ([`ReportState`]) so a replayed older report is caught.
-//! 4. [`observe`] turns the outcome and the enclave's state into condition observations.
+//! 4. [`crate::observe`] turns the outcome and the enclave's state into condition observations.
 //!
 //! Everything is a pure function of its inputs, time included (the shared verifier's cache
 //! changes how fast an answer comes, never the answer).
@@ -24,18 +24,14 @@ use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use nautilus_crds::conditions::{reasons, types};
-use nautilus_crds::{AttestationSummary, ComponentHealth, NautilusMaster};
+use nautilus_crds::conditions::reasons;
+use nautilus_crds::{AttestationSummary, NautilusMaster};
 use nautilus_protocol::attestation::VerifyError;
-use nautilus_protocol::wire::{
-    Component, EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport,
-};
+use nautilus_protocol::wire::{EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport};
 use nautilus_protocol::{
     Binding, ChainCache, Policy, PolicyError, TrustAnchor, Verifier, VerifyAt,
 };
 use sha2::{Digest as _, Sha256};
-
-use crate::conditions::{Observation, Status};
 
 /// The verifier for the pinned AWS root, shared by every resource the process reconciles. AWS
 /// chains repeat across documents and refreshes (the leaf belongs to an enclave for hours), so
@@ -98,6 +94,8 @@ impl IssuedNonces {
 /// Per-cluster report verification state, kept by the controller across reconciles.
 #[derive(Debug, Default)]
 pub struct ReportState {
+    /// The verifier of the last attested key, `None` before the first report; a report is
+    /// only ever checked by a verifier for its key (see [`ReportState::verify`]).
     verifier: Option<KeyedVerifier>,
 }
 
@@ -108,6 +106,14 @@ struct KeyedVerifier {
     max_age_ms: u64,
     verifier: ReportVerifier,
     last_accepted: Option<SignedReport>,
+}
+
+impl KeyedVerifier {
+    fn is_for(&self, public_key: &[u8], digest_hex: &str, max_age_ms: u64) -> bool {
+        self.public_key == public_key
+            && self.digest_hex == digest_hex
+            && self.max_age_ms == max_age_ms
+    }
 }
 
 impl ReportState {
@@ -123,20 +129,15 @@ impl ReportState {
         signed: &SignedReport,
         now_ms: u64,
     ) -> Result<Report, ReportError> {
-        let reuse = self.verifier.as_ref().is_some_and(|k| {
-            k.public_key == public_key && k.digest_hex == digest_hex && k.max_age_ms == max_age_ms
-        });
-        if !reuse {
-            self.verifier = Some(KeyedVerifier {
+        let keyed = match &mut self.verifier {
+            Some(keyed) if keyed.is_for(public_key, digest_hex, max_age_ms) => keyed,
+            slot => slot.insert(KeyedVerifier {
                 public_key: public_key.to_vec(),
                 digest_hex: digest_hex.to_owned(),
                 max_age_ms,
                 verifier: ReportVerifier::new(public_key, digest_hex, max_age_ms)?,
                 last_accepted: None,
-            });
-        }
-        let Some(keyed) = self.verifier.as_mut() else {
-            return Err(ReportError::PublicKey("no verifier".into()));
+            }),
         };
         if keyed.last_accepted.as_ref() == Some(signed) {
             // Same bytes as last time: check signature and freshness with a verifier that has
@@ -146,11 +147,6 @@ impl ReportState {
         let report = keyed.verifier.verify(signed, now_ms)?;
         keyed.last_accepted = Some(signed.clone());
         Ok(report)
-    }
-
-    /// Forget the verifier (after the enclave was replaced).
-    pub fn reset(&mut self) {
-        self.verifier = None;
     }
 }
 
@@ -240,7 +236,7 @@ fn pcr_policy(nm: &NautilusMaster) -> Result<Policy, String> {
     Ok(policy)
 }
 
-fn time_of(ms: u64) -> Time {
+pub(crate) fn time_of(ms: u64) -> Time {
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);
     Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
 }
@@ -423,430 +419,15 @@ fn short(hex: &str) -> &str {
     hex.get(..12).unwrap_or(hex)
 }
 
-/// What the operator sees of the enclave's workload, before verification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EnclaveState {
-    /// No workload yet.
-    Absent,
-    /// The workload exists but the sidecar is not up (pod pending, process starting).
-    Starting(String),
-    /// The workload failed (pod failed, crash loop, process exited).
-    Failed(String),
-    /// The sidecar answered `/report`; the enclave runs if the bundle says so.
-    SidecarUp {
-        /// When the workload started (ms since the epoch), for the startup timeout.
-        started_ms: Option<u64>,
-    },
-    /// The workload runs but the sidecar did not answer.
-    Unreachable(String),
-}
-
-/// The condition observations (all but `Ready`) for the enclave's state and the outcome.
-pub fn observe(
-    nm: &NautilusMaster,
-    enclave: &EnclaveState,
-    bundle: Option<&EvidenceBundle>,
-    outcome: &Outcome,
-    now_ms: u64,
-) -> Vec<Observation> {
-    let mut out = Vec::with_capacity(5);
-    let (running, started_ms) = match enclave {
-        EnclaveState::Absent => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::Unknown,
-                reasons::PENDING,
-                "the enclave workload has not been created yet",
-            ));
-            (false, None)
-        }
-        EnclaveState::Starting(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::LAUNCHING,
-                message.clone(),
-            ));
-            (false, None)
-        }
-        EnclaveState::Failed(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::ENCLAVE_FAILED,
-                message.clone(),
-            ));
-            (false, None)
-        }
-        EnclaveState::Unreachable(message) => {
-            out.push(Observation::new(
-                types::ENCLAVE_RUNNING,
-                Status::False,
-                reasons::LAUNCHING,
-                format!("the sidecar does not answer: {message}"),
-            ));
-            (false, None)
-        }
-        EnclaveState::SidecarUp { started_ms } => {
-            let info = bundle.map(|b| b.enclave.clone()).unwrap_or_default();
-            if info.running {
-                let mut message = format!("enclave running ({} launcher", info.launcher);
-                if let Some(id) = &info.enclave_id {
-                    message.push_str(&format!(", id {id}"));
-                }
-                if let Some(cid) = info.enclave_cid {
-                    message.push_str(&format!(", cid {cid}"));
-                }
-                message.push(')');
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::True,
-                    reasons::RUNNING,
-                    message,
-                ));
-                (true, *started_ms)
-            } else if let Some(exit) = &info.last_exit {
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::False,
-                    reasons::ENCLAVE_FAILED,
-                    format!("the enclave exited: {exit}"),
-                ));
-                (false, None)
-            } else {
-                out.push(Observation::new(
-                    types::ENCLAVE_RUNNING,
-                    Status::False,
-                    reasons::LAUNCHING,
-                    "the sidecar is up and launching the enclave",
-                ));
-                (false, None)
-            }
-        }
-    };
-
-    let component_types = [
-        (Component::ApiServer, types::API_SERVER_READY),
-        (Component::Scheduler, types::SCHEDULER_READY),
-        (
-            Component::ControllerManager,
-            types::CONTROLLER_MANAGER_READY,
-        ),
-    ];
-    if !running {
-        out.push(Observation::new(
-            types::ATTESTED,
-            Status::Unknown,
-            reasons::PENDING,
-            "the enclave is not running",
-        ));
-        for (_, type_) in component_types {
-            out.push(Observation::new(
-                type_,
-                Status::Unknown,
-                reasons::PENDING,
-                "the enclave is not running",
-            ));
-        }
-        return out;
-    }
-
-    let startup_ms = u64::from(nm.spec.health.startup_timeout_seconds) * 1000;
-    let timed_out = started_ms.is_some_and(|s| now_ms.saturating_sub(s) > startup_ms);
-    match outcome {
-        Outcome::Verified(v) => {
-            let (reason, message) = if v.summary.simulated {
-                (
-                    reasons::SIMULATED_ATTESTATION,
-                    format!(
-                        "SIMULATED attestation accepted because spec.attestation.allowSimulated \
-                         is true: this is not hardware evidence (module {}, pcr0 {}…); reports \
-                         signed by the attested key",
-                        v.summary.module_id, v.summary.pcr0_prefix
-                    ),
-                )
-            } else {
-                (
-                    reasons::VERIFIED,
-                    format!(
-                        "document from {} verified against the AWS Nitro root, PCRs match the \
-                         spec (pcr0 {}…){}; reports signed by the attested key",
-                        v.summary.module_id,
-                        v.summary.pcr0_prefix,
-                        if v.summary.debug_mode {
-                            ", DEBUG MODE allowed by the spec"
-                        } else {
-                            ""
-                        }
-                    ),
-                )
-            };
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::True,
-                reason,
-                message,
-            ));
-            let cp_timed_out = v.report.control_plane.startup_timed_out;
-            for (component, type_) in component_types {
-                out.push(match v.report.component(component) {
-                    Some(c) if c.healthy => Observation::new(
-                        type_,
-                        Status::True,
-                        reasons::HEALTHY,
-                        // No probe latency or report sequence here: they change at every
-                        // probe, and a message that changes is a status write (the figures
-                        // ride in status.components, written only with a visible change).
-                        format!("{} is healthy", component.name()),
-                    ),
-                    Some(c) => {
-                        let why = c.message.clone().unwrap_or_else(|| "unhealthy".into());
-                        if cp_timed_out || timed_out {
-                            Observation::new(
-                                type_,
-                                Status::False,
-                                reasons::START_TIMEOUT,
-                                format!(
-                                    "{} not healthy within {}s of starting: {why}",
-                                    component.name(),
-                                    nm.spec.health.startup_timeout_seconds
-                                ),
-                            )
-                        } else {
-                            Observation::new(
-                                type_,
-                                Status::False,
-                                reasons::UNHEALTHY,
-                                format!("{}: {why}", component.name()),
-                            )
-                        }
-                    }
-                    None => Observation::new(
-                        type_,
-                        Status::Unknown,
-                        reasons::PENDING,
-                        format!("{} is not in the report yet", component.name()),
-                    ),
-                });
-            }
-        }
-        Outcome::Failed {
-            reason, message, ..
-        } => {
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::False,
-                reason,
-                message.clone(),
-            ));
-            for (_, type_) in component_types {
-                out.push(Observation::new(
-                    type_,
-                    Status::Unknown,
-                    reasons::PENDING,
-                    "no trusted report: verification failed",
-                ));
-            }
-        }
-        Outcome::Pending(message) => {
-            out.push(Observation::new(
-                types::ATTESTED,
-                Status::Unknown,
-                reasons::PENDING,
-                message.clone(),
-            ));
-            for (_, type_) in component_types {
-                out.push(if timed_out {
-                    Observation::new(
-                        type_,
-                        Status::False,
-                        reasons::START_TIMEOUT,
-                        format!(
-                            "no verified report within {}s of the enclave starting",
-                            nm.spec.health.startup_timeout_seconds
-                        ),
-                    )
-                } else {
-                    Observation::new(
-                        type_,
-                        Status::Unknown,
-                        reasons::PENDING,
-                        "waiting for a verified report",
-                    )
-                });
-            }
-        }
-    }
-    out
-}
-
-/// `status.components` from a verified report.
-pub fn component_health(report: &Report) -> Vec<ComponentHealth> {
-    report
-        .components
-        .iter()
-        .map(|c| ComponentHealth {
-            name: c.component.name().to_owned(),
-            healthy: c.healthy,
-            last_probe_time: Some(time_of(c.checked_unix_ms)),
-            latency_millis: c.latency_ms,
-            message: c.message.clone(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::desired::{self, tests::mk_nm};
-    use nautilus_protocol::nsm::Nsm as _;
-    use nautilus_protocol::wire::{
-        AttestationEvidence, ComponentReport, EnclaveInfo, ProcessState, ReportSigner,
-    };
-    use nautilus_protocol::{SimulatedNsm, attestation::now_unix_millis};
-
-    pub(crate) const PCR0: [u8; 48] = [0x10; 48];
-    pub(crate) const PCR1: [u8; 48] = [0x11; 48];
-    pub(crate) const PCR2: [u8; 48] = [0x12; 48];
-
-    /// An enclave made of a simulated NSM and a report signer, answering like the agent does.
-    pub(crate) struct FakeEnclave {
-        pub(crate) nsm: SimulatedNsm,
-        pub(crate) signer: ReportSigner,
-        pub(crate) serving_ca_pem: String,
-    }
-
-    impl FakeEnclave {
-        pub(crate) fn new() -> Self {
-            let nsm = SimulatedNsm::new()
-                .and_then(|n| n.with_pcr(0, &PCR0))
-                .and_then(|n| n.with_pcr(1, &PCR1))
-                .and_then(|n| n.with_pcr(2, &PCR2))
-                .expect("simulated nsm");
-            // Any certificate will do as the serving CA: another simulator's root.
-            let serving_ca_pem = SimulatedNsm::new().expect("ca").root_pem().to_owned();
-            Self {
-                nsm,
-                signer: ReportSigner::generate(),
-                serving_ca_pem,
-            }
-        }
-
-        pub(crate) fn evidence(&self, digest: [u8; 32], nonce: &[u8]) -> AttestationEvidence {
-            let ca = AttestationEvidence {
-                document: Vec::new(),
-                serving_ca_pem: self.serving_ca_pem.clone(),
-                simulated_root_pem: None,
-            }
-            .serving_ca_digest()
-            .expect("ca digest");
-            let document = self
-                .nsm
-                .attest(
-                    Some(&Binding::v1(digest, ca)),
-                    Some(nonce),
-                    Some(&self.signer.public_key_der()),
-                )
-                .expect("attest");
-            AttestationEvidence {
-                document,
-                serving_ca_pem: self.serving_ca_pem.clone(),
-                simulated_root_pem: Some(self.nsm.root_pem().to_owned()),
-            }
-        }
-
-        pub(crate) fn report(&self, sequence: u64, digest_hex: &str, now_ms: u64) -> Report {
-            Report {
-                sequence,
-                time_unix_ms: now_ms,
-                boot_config_digest: digest_hex.to_owned(),
-                components: Component::ALL
-                    .iter()
-                    .map(|&component| ComponentReport {
-                        component,
-                        healthy: true,
-                        checked_unix_ms: now_ms,
-                        latency_ms: Some(2),
-                        message: None,
-                    })
-                    .collect(),
-                control_plane: ProcessState {
-                    running: true,
-                    pid: Some(7),
-                    ..ProcessState::default()
-                },
-            }
-        }
-
-        pub(crate) fn bundle(
-            &self,
-            digest: [u8; 32],
-            nonce: &[u8],
-            sequence: u64,
-            now_ms: u64,
-        ) -> EvidenceBundle {
-            let digest_hex = hex::encode(digest);
-            EvidenceBundle {
-                boot_config_digest: Some(digest_hex.clone()),
-                attestation: Some(self.evidence(digest, nonce)),
-                report: Some(
-                    self.signer
-                        .sign(&self.report(sequence, &digest_hex, now_ms)),
-                ),
-                enclave: EnclaveInfo {
-                    launcher: "process".into(),
-                    enclave_id: Some("4242".into()),
-                    enclave_cid: None,
-                    running: true,
-                    last_exit: None,
-                },
-            }
-        }
-    }
-
-    /// The test resource: PCRs of the fake enclave, simulated attestation allowed.
-    pub(crate) fn mk_sim_nm() -> NautilusMaster {
-        let mut nm = mk_nm("demo");
-        nm.spec.enclave.pcr0 = hex::encode(PCR0);
-        nm.spec.enclave.pcr1 = hex::encode(PCR1);
-        nm.spec.enclave.pcr2 = hex::encode(PCR2);
-        nm.spec.attestation.allow_simulated = true;
-        nm
-    }
-
-    struct Case {
-        nm: NautilusMaster,
-        enclave: FakeEnclave,
-        digest: [u8; 32],
-        nonces: IssuedNonces,
-        now: u64,
-    }
-
-    fn case() -> Case {
-        let nm = mk_sim_nm();
-        let digest = desired::enclave_config(&nm).expect("config").digest();
-        let now = now_unix_millis().expect("clock");
-        Case {
-            nm,
-            enclave: FakeEnclave::new(),
-            digest,
-            nonces: IssuedNonces::new(vec![1; 32], now - 60_000, 10_000),
-            now,
-        }
-    }
-
-    fn run(c: &Case, bundle: &EvidenceBundle, reports: &mut ReportState) -> Outcome {
-        verify(
-            &Input {
-                nm: &c.nm,
-                bundle,
-                nonces: &c.nonces,
-                config_digest: c.digest,
-                now_ms: c.now,
-            },
-            reports,
-        )
-    }
+    use crate::conditions::Status;
+    use crate::fixtures::verify_case;
+    use crate::observe::{EnclaveState, observe};
+    use nautilus_crds::conditions::types;
+    use nautilus_protocol::SimulatedNsm;
+    use nautilus_protocol::wire::ReportSigner;
 
     fn expect_failed(outcome: &Outcome, reason: &str, needle: &str) {
         match outcome {
@@ -862,9 +443,9 @@ pub(crate) mod tests {
 
     #[test]
     fn genuine_simulated_evidence_verifies_and_is_marked_simulated() {
-        let c = case();
+        let c = verify_case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         let Outcome::Verified(v) = &outcome else {
             panic!("{outcome:?}");
         };
@@ -903,11 +484,11 @@ pub(crate) mod tests {
 
     #[test]
     fn simulated_evidence_is_refused_unless_allowed() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.attestation.allow_simulated = false;
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "allowSimulated is false",
         );
@@ -917,7 +498,7 @@ pub(crate) mod tests {
             a.simulated_root_pem = None;
         }
         expect_failed(
-            &run(&c, &bare, &mut ReportState::default()),
+            &c.run(&bare, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "untrusted root",
         );
@@ -925,11 +506,11 @@ pub(crate) mod tests {
 
     #[test]
     fn a_wrong_pcr_is_refused_with_both_values() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.enclave.pcr1 = "ff".repeat(48);
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             &format!(
                 "pcr1 mismatch: expected {}, attested {}",
@@ -941,11 +522,11 @@ pub(crate) mod tests {
 
     #[test]
     fn pcr8_is_checked_when_the_spec_pins_it() {
-        let mut c = case();
+        let mut c = verify_case();
         c.nm.spec.enclave.pcr8 = Some("88".repeat(48));
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "pcr8 mismatch",
         );
@@ -953,24 +534,24 @@ pub(crate) mod tests {
 
     #[test]
     fn a_stale_nonce_is_refused_and_the_previous_one_only_during_the_grace_period() {
-        let mut c = case();
+        let mut c = verify_case();
         let old = c.nonces.latest.clone();
         let bundle = c.enclave.bundle(c.digest, &old, 1, c.now);
         c.nonces.refresh(vec![2; 32], c.now);
         let mut reports = ReportState::default();
         assert!(
-            matches!(run(&c, &bundle, &mut reports), Outcome::Verified(_)),
+            matches!(c.run(&bundle, &mut reports), Outcome::Verified(_)),
             "previous nonce within grace"
         );
         // Two refreshes later the document answers neither: while the latest challenge is
         // young it is "not answered yet", after the grace period a failure.
         c.nonces.refresh(vec![3; 32], c.now);
         assert!(matches!(
-            run(&c, &bundle, &mut reports),
+            c.run(&bundle, &mut reports),
             Outcome::Pending(m) if m.contains("waiting for the enclave to answer")
         ));
         c.nonces.latest_issued_ms = c.now - 20_000;
-        let outcome = run(&c, &bundle, &mut reports);
+        let outcome = c.run(&bundle, &mut reports);
         expect_failed(&outcome, reasons::ATTESTATION_FAILED, "stale or replayed");
         let Outcome::Failed {
             unanswered_challenge,
@@ -985,11 +566,11 @@ pub(crate) mod tests {
             Some(hex::encode(Sha256::digest(document))),
             "a nonce-only failure names the document"
         );
-        let mut c = case();
+        let mut c = verify_case();
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         c.nonces.refresh(vec![2; 32], c.now - 20_000);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "nonce mismatch",
         );
@@ -997,19 +578,19 @@ pub(crate) mod tests {
 
     #[test]
     fn a_debug_document_is_refused_unless_allowed() {
-        let mut c = case();
+        let mut c = verify_case();
         c.enclave.nsm = SimulatedNsm::new().expect("nsm"); // all PCRs zero: debug mode
         c.nm.spec.enclave.pcr0 = "00".repeat(48);
         c.nm.spec.enclave.pcr1 = "00".repeat(48);
         c.nm.spec.enclave.pcr2 = "00".repeat(48);
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "debug mode",
         );
         c.nm.spec.attestation.allow_debug_mode = true;
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         let Outcome::Verified(v) = outcome else {
             panic!("{outcome:?}")
         };
@@ -1018,13 +599,13 @@ pub(crate) mod tests {
 
     #[test]
     fn a_document_for_another_config_or_ca_is_refused() {
-        let c = case();
+        let c = verify_case();
         let mut other = c.digest;
         other[0] ^= 1;
         let mut bundle = c.enclave.bundle(other, &c.nonces.latest, 1, c.now);
         bundle.boot_config_digest = Some(hex::encode(c.digest)); // the sidecar lies
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "binding mismatch",
         );
@@ -1033,7 +614,7 @@ pub(crate) mod tests {
             a.serving_ca_pem = SimulatedNsm::new().expect("n").root_pem().to_owned();
         }
         expect_failed(
-            &run(&c, &swapped, &mut ReportState::default()),
+            &c.run(&swapped, &mut ReportState::default()),
             reasons::ATTESTATION_FAILED,
             "binding mismatch",
         );
@@ -1041,12 +622,12 @@ pub(crate) mod tests {
 
     #[test]
     fn a_forged_report_is_refused() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         let forger = ReportSigner::generate();
         bundle.report = Some(forger.sign(&c.enclave.report(1, &hex::encode(c.digest), c.now)));
         expect_failed(
-            &run(&c, &bundle, &mut ReportState::default()),
+            &c.run(&bundle, &mut ReportState::default()),
             reasons::REPORT_SIGNATURE_INVALID,
             "does not verify against the attested key",
         );
@@ -1054,7 +635,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_altered_report_is_refused_but_the_attestation_summary_is_kept() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         let mut unhealthy = c.enclave.report(1, &hex::encode(c.digest), c.now);
         unhealthy.components[1].healthy = false;
@@ -1063,7 +644,7 @@ pub(crate) mod tests {
             // The healthy bytes with the unhealthy signature: altered in transit.
             r.signature = signed.signature;
         }
-        let outcome = run(&c, &bundle, &mut ReportState::default());
+        let outcome = c.run(&bundle, &mut ReportState::default());
         expect_failed(
             &outcome,
             reasons::REPORT_SIGNATURE_INVALID,
@@ -1077,18 +658,12 @@ pub(crate) mod tests {
 
     #[test]
     fn stale_and_replayed_reports() {
-        let c = case();
+        let c = verify_case();
         let mut reports = ReportState::default();
         let fresh = c.enclave.bundle(c.digest, &c.nonces.latest, 5, c.now);
-        assert!(matches!(
-            run(&c, &fresh, &mut reports),
-            Outcome::Verified(_)
-        ));
+        assert!(matches!(c.run(&fresh, &mut reports), Outcome::Verified(_)));
         // Re-reading the same report is fine.
-        assert!(matches!(
-            run(&c, &fresh, &mut reports),
-            Outcome::Verified(_)
-        ));
+        assert!(matches!(c.run(&fresh, &mut reports), Outcome::Verified(_)));
         // An older one is a replay.
         let mut older = fresh.clone();
         older.report = Some(c.enclave.signer.sign(&c.enclave.report(
@@ -1097,7 +672,7 @@ pub(crate) mod tests {
             c.now,
         )));
         expect_failed(
-            &run(&c, &older, &mut reports),
+            &c.run(&older, &mut reports),
             reasons::REPORT_STALE,
             "not after the last",
         );
@@ -1109,7 +684,7 @@ pub(crate) mod tests {
             c.now - 60_000,
         )));
         expect_failed(
-            &run(&c, &stale, &mut reports),
+            &c.run(&stale, &mut reports),
             reasons::REPORT_STALE,
             "ms old",
         );
@@ -1117,126 +692,23 @@ pub(crate) mod tests {
 
     #[test]
     fn pending_while_rolling_or_before_evidence() {
-        let c = case();
+        let c = verify_case();
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         bundle.boot_config_digest = Some("ab".repeat(32));
         assert!(matches!(
-            run(&c, &bundle, &mut ReportState::default()),
+            c.run(&bundle, &mut ReportState::default()),
             Outcome::Pending(m) if m.contains("waiting for")
         ));
         let empty = EvidenceBundle::default();
         assert!(matches!(
-            run(&c, &empty, &mut ReportState::default()),
+            c.run(&empty, &mut ReportState::default()),
             Outcome::Pending(_)
         ));
         let mut no_report = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         no_report.report = None;
         assert!(matches!(
-            run(&c, &no_report, &mut ReportState::default()),
+            c.run(&no_report, &mut ReportState::default()),
             Outcome::Pending(m) if m.contains("first signed report")
         ));
-    }
-
-    #[test]
-    fn observations_for_enclave_states_and_startup_timeout() {
-        let c = case();
-        let pending = Outcome::Pending("x".into());
-        let obs = observe(&c.nm, &EnclaveState::Absent, None, &pending, c.now);
-        assert_eq!(obs.len(), 5);
-        assert!(obs.iter().all(|o| o.status == Status::Unknown));
-
-        let obs = observe(
-            &c.nm,
-            &EnclaveState::Failed("pod failed".into()),
-            None,
-            &pending,
-            c.now,
-        );
-        assert_eq!(
-            (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
-        );
-
-        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let started = c.now - 121_000;
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(started),
-        };
-        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
-        assert_eq!(obs[0].status, Status::True);
-        assert!(
-            obs[2..]
-                .iter()
-                .all(|o| o.status == Status::False && o.reason == reasons::START_TIMEOUT),
-            "{obs:?}"
-        );
-
-        bundle.enclave.running = false;
-        bundle.enclave.last_exit = Some("exit status: 1".into());
-        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
-        assert_eq!(
-            (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
-        );
-        assert!(obs[0].message.contains("exit status: 1"));
-    }
-
-    /// A Ready resource whose enclave keeps reporting the same health must observe the same
-    /// conditions at every probe: a new sequence number, probe time or latency is not something
-    /// a user sees change, and a changed message would be a status write per probe.
-    #[test]
-    fn steady_reports_observe_identical_conditions() {
-        let c = case();
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(c.now - 5_000),
-        };
-        let mut reports = ReportState::default();
-        let first = c
-            .enclave
-            .bundle(c.digest, &c.nonces.latest, 1, c.now - 1_000);
-        let outcome = run(&c, &first, &mut reports);
-        let before = observe(&c.nm, &up, Some(&first), &outcome, c.now);
-
-        let mut next = c.enclave.report(2, &hex::encode(c.digest), c.now);
-        for component in &mut next.components {
-            component.latency_ms = Some(17);
-        }
-        let mut second = first.clone();
-        second.report = Some(c.enclave.signer.sign(&next));
-        let outcome = run(&c, &second, &mut reports);
-        assert!(matches!(outcome, Outcome::Verified(_)), "{outcome:?}");
-        let after = observe(&c.nm, &up, Some(&second), &outcome, c.now);
-        assert_eq!(before, after);
-    }
-
-    #[test]
-    fn an_unhealthy_component_is_reported_with_its_message() {
-        let c = case();
-        let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
-        let mut report = c.enclave.report(1, &hex::encode(c.digest), c.now);
-        report.components[1].healthy = false;
-        report.components[1].message = Some("connection refused".into());
-        bundle.report = Some(c.enclave.signer.sign(&report));
-        let outcome = run(&c, &bundle, &mut ReportState::default());
-        let up = EnclaveState::SidecarUp {
-            started_ms: Some(c.now),
-        };
-        let obs = observe(&c.nm, &up, Some(&bundle), &outcome, c.now);
-        let sched = obs
-            .iter()
-            .find(|o| o.type_ == types::SCHEDULER_READY)
-            .expect("s");
-        assert_eq!(
-            (sched.status, sched.reason),
-            (Status::False, reasons::UNHEALTHY)
-        );
-        assert!(sched.message.contains("connection refused"));
-        let Outcome::Verified(v) = outcome else {
-            panic!()
-        };
-        let health = component_health(&v.report);
-        assert_eq!(health.len(), 3);
-        assert_eq!(health[1].name, "scheduler");
-        assert!(!health[1].healthy);
     }
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use nautilus_crds::{NautilusMaster, NautilusMasterSpec};
 use nautilus_operator::desired;
+use nautilus_operator::observe::EnclaveState;
 use nautilus_operator::runtime::{
     EnclaveRuntime, LocalRuntime, LocalSettings, development_bin_dir,
 };
 use nautilus_operator::sidecar;
-use nautilus_operator::verify::{self, EnclaveState, IssuedNonces, Outcome, ReportState};
+use nautilus_operator::verify::{self, IssuedNonces, Outcome, ReportState};
 use nautilus_protocol::attestation::now_unix_millis;
 use nautilus_protocol::wire::BootConfig;
 
@@ -72,7 +73,7 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     };
     let mut nonces = IssuedNonces::new(boot.nonce.clone(), now, 30_000);
     runtime
-        .ensure(&client, &nm, &boot, &hex::encode(digest))
+        .start(&nm, &boot, &hex::encode(digest))
         .await
         .expect("start");
     let observed = runtime.observe(&client, &nm).await.expect("observe");

@@ -1,0 +1,923 @@
+//! The reconcile as a plan: what to do, computed from what was observed, with no I/O.
+//!
+//! A reconcile observes in two rounds, because the second depends on the first being carried
+//! out: the children are applied before the workload can be observed.
+//!
+//! 1. [`children`]: from the spec and the boot nonce, the objects to apply (the boot ConfigMap,
+//!    and for the pod runtime the StatefulSet and Service), each stamped with its hash.
+//! 2. [`plan`]: from the workload, the sidecar's bundle, the previous status and the
+//!    per-cluster [`Attestation`] state, a [`Plan`]: which challenge to send, and for each way
+//!    that can go (delivered, or not sent / not delivered) the [`Steps`] that follow: whether to
+//!    publish or withdraw the kubeconfig, which status to write (none when nothing visible
+//!    changed), which Events, and when to requeue.
+//!
+//! The executor ([`super::execute`]) carries a plan out and only skips what the watch cache
+//! shows already done. Verification's report memory (replay detection) is part of the
+//! attestation state, so [`plan`] updates it; everything else it decides is in its output.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+use nautilus_crds::conditions::{reasons, types};
+use nautilus_crds::{NautilusMaster, NautilusMasterStatus, SecretKeyReference};
+use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
+
+use super::RESYNC_WITHOUT_SIDECAR;
+use super::attestation::Attestation;
+use super::status::{StatusInput, build_status, status_changed, transitions};
+use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, PodSettings};
+use crate::observe::{self, Observed};
+use crate::verify::{self, Outcome};
+
+/// An object to apply, stamped with [`desired::APPLIED_HASH_KEY`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stamped<K> {
+    /// The object, carrying its hash.
+    pub object: K,
+    /// The hash.
+    pub hash: String,
+}
+
+impl<K: kube::Resource + serde::Serialize> Stamped<K> {
+    /// `object`, stamped.
+    pub fn new(mut object: K) -> Result<Self, DesiredError> {
+        let hash = desired::stamp_applied_hash(&mut object)?;
+        Ok(Self { object, hash })
+    }
+}
+
+/// A child to server-side apply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    /// The boot ConfigMap.
+    ConfigMap(Stamped<ConfigMap>),
+    /// The enclave StatefulSet (pod runtime).
+    StatefulSet(Box<Stamped<StatefulSet>>),
+    /// The Service in front of it (pod runtime).
+    Service(Box<Stamped<Service>>),
+    /// The kubeconfig Secret.
+    Secret(Stamped<Secret>),
+}
+
+/// Where the workload runs, as far as the plan cares.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload<'a> {
+    /// A StatefulSet with these settings, and a Service: children to apply.
+    Pod(&'a PodSettings),
+    /// A local process, which the runtime starts itself: no children besides the ConfigMap.
+    Local,
+}
+
+/// The children to apply, in order, for `boot`.
+pub fn children(
+    nm: &NautilusMaster,
+    boot: &BootConfig,
+    workload: Workload<'_>,
+) -> Result<Vec<Child>, DesiredError> {
+    let mut out = vec![Child::ConfigMap(Stamped::new(desired::boot_config_map(
+        nm, boot,
+    )?)?)];
+    if let Workload::Pod(settings) = workload {
+        let digest_hex = boot.config.digest_hex();
+        out.push(Child::StatefulSet(Box::new(Stamped::new(
+            desired::enclave_statefulset(nm, &digest_hex, settings)?,
+        )?)));
+        out.push(Child::Service(Box::new(Stamped::new(desired::service(
+            nm,
+        )?)?)));
+    }
+    Ok(out)
+}
+
+/// What a reconcile saw once the children were applied.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    /// The resource, with its previous status.
+    pub nm: &'a NautilusMaster,
+    /// The workload (its state is `Unreachable` when the sidecar's `/report` failed).
+    pub workload: &'a Observed,
+    /// What the sidecar served at `/report`.
+    pub bundle: Option<&'a EvidenceBundle>,
+    /// The digest of the boot configuration rendered now.
+    pub digest: [u8; 32],
+    /// Whether the workload is a pod (no sidecar then means nothing to probe until a watch
+    /// event).
+    pub pod_runtime: bool,
+    /// Now, ms since the epoch.
+    pub now_ms: u64,
+    /// Now, for condition transition times.
+    pub now: Time,
+}
+
+/// An Event to publish about the resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    /// `Normal` or `Warning`.
+    pub type_: EventType,
+    /// The reason (a condition's reason).
+    pub reason: String,
+    /// The text.
+    pub note: String,
+}
+
+/// What becomes of the kubeconfig Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kubeconfig {
+    /// Nothing to do: it stays as it is (published or not).
+    Keep,
+    /// Apply it: the CA in it is the attested one.
+    Publish(Box<Stamped<Secret>>),
+    /// Delete it: the evidence shows the wrong enclave or tampering.
+    Withdraw,
+}
+
+/// What the reconcile does after the challenge step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Steps {
+    /// The verification result, as the metric counts it.
+    pub verification: &'static str,
+    /// The kubeconfig Secret.
+    pub kubeconfig: Kubeconfig,
+    /// The status to apply; `None` when nothing a user sees changed.
+    pub status: Option<NautilusMasterStatus>,
+    /// Events, in order.
+    pub events: Vec<Note>,
+    /// When to reconcile again.
+    pub requeue: Duration,
+}
+
+/// A challenge to send (`POST /attest`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Challenge {
+    /// The sidecar to send it to.
+    pub sidecar: SocketAddr,
+    /// The fresh nonce.
+    pub nonce: Vec<u8>,
+    /// When it counts as issued (ms since the epoch): the reconcile's now.
+    pub issued_ms: u64,
+    /// The stale document (SHA-256 hex) it challenges once more, if that is why it is sent.
+    pub rechallenges: Option<String>,
+    /// The steps once the enclave has it.
+    pub delivered: Steps,
+}
+
+/// The whole plan of a reconcile, after the children.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Send this challenge first, then follow its [`Challenge::delivered`] steps if it went
+    /// through.
+    pub challenge: Option<Challenge>,
+    /// The steps without a challenge, or when it could not be delivered.
+    pub otherwise: Steps,
+}
+
+/// The message of a document answering an older challenge, once challenged again.
+const RECHALLENGED: &str = "the enclave presented a document for an older challenge (it may have \
+                            restarted); it was challenged again";
+
+/// Plan the rest of a reconcile from `seen`. Verifies the bundle (updating the report memory in
+/// `attestation`); `fresh_nonce` is the nonce of a challenge, if one is due. `attestation` is
+/// only told about the challenge once it was delivered ([`Attestation::challenged`]).
+pub fn plan(
+    seen: &Observation<'_>,
+    attestation: &mut Attestation,
+    fresh_nonce: Vec<u8>,
+) -> Result<Plan, DesiredError> {
+    let nm = seen.nm;
+    let outcome = match seen.bundle {
+        Some(bundle) => {
+            let (nonces, reports) = attestation.verification();
+            verify::verify(
+                &verify::Input {
+                    nm,
+                    bundle,
+                    nonces,
+                    config_digest: seen.digest,
+                    now_ms: seen.now_ms,
+                },
+                reports,
+            )
+        }
+        None => Outcome::Pending("no evidence from the sidecar yet".into()),
+    };
+    let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
+    let challenge = match (seen.workload.sidecar, seen.bundle) {
+        (Some(sidecar), Some(bundle)) if bundle.attestation.is_some() => attestation
+            .challenge_due(&outcome, seen.now_ms, refresh_ms)
+            .map(|rechallenges| (sidecar, rechallenges)),
+        _ => None,
+    };
+    let challenge = match challenge {
+        Some((sidecar, rechallenges)) => {
+            // A re-challenged document is pending the answer, not yet a failure.
+            let delivered = match &rechallenges {
+                Some(_) => steps(seen, &Outcome::Pending(RECHALLENGED.into()), true)?,
+                None => steps(seen, &outcome, true)?,
+            };
+            Some(Challenge {
+                sidecar,
+                nonce: fresh_nonce,
+                issued_ms: seen.now_ms,
+                rechallenges,
+                delivered,
+            })
+        }
+        None => None,
+    };
+    Ok(Plan {
+        challenge,
+        otherwise: steps(seen, &outcome, false)?,
+    })
+}
+
+/// The steps that follow `outcome`; `challenged`: a challenge was just delivered.
+fn steps(
+    seen: &Observation<'_>,
+    outcome: &Outcome,
+    challenged: bool,
+) -> Result<Steps, DesiredError> {
+    let nm = seen.nm;
+    let verification = match outcome {
+        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
+        Outcome::Verified(_) => "Verified",
+        Outcome::Failed { reason, .. } => reason,
+        Outcome::Pending(_) => "Pending",
+    };
+    let mut requeue = if challenged {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(u64::from(nm.spec.health.probe_interval_seconds))
+    };
+    // Nothing to probe in the pod runtime (no sidecar up): every change that matters (the pod,
+    // the children, the spec) arrives as a watch event, and no condition of a pod that is not
+    // running depends on time; the requeue is only a safety net then.
+    if seen.workload.sidecar.is_none() && seen.pod_runtime {
+        requeue = requeue.max(RESYNC_WITHOUT_SIDECAR);
+    }
+    let previous = nm.status.clone().unwrap_or_default();
+
+    // Just challenged an enclave whose current document answers a challenge this process never
+    // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
+    // instead of flapping Attested. Bounded: the next reconcile (1 s) decides.
+    let previously_attested = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::ATTESTED && c.status == "True");
+    if challenged && previously_attested && matches!(outcome, Outcome::Pending(_)) {
+        return Ok(Steps {
+            verification,
+            kubeconfig: Kubeconfig::Keep,
+            status: None,
+            events: Vec::new(),
+            requeue,
+        });
+    }
+
+    let names = Names::of(nm)?;
+    let published = || {
+        Some(SecretKeyReference {
+            name: names.kubeconfig_secret.clone(),
+            key: KUBECONFIG_KEY.into(),
+        })
+    };
+    let (kubeconfig, reference) = match outcome {
+        Outcome::Verified(v) => {
+            let secret =
+                desired::kubeconfig_secret(nm, &seen.workload.endpoint, &v.serving_ca_pem)?;
+            (
+                Kubeconfig::Publish(Box::new(Stamped::new(secret)?)),
+                published(),
+            )
+        }
+        // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
+        // report alone keeps it (the CA is still the attested one; Ready says the rest).
+        Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
+            (Kubeconfig::Withdraw, None)
+        }
+        Outcome::Failed { .. } | Outcome::Pending(_) => {
+            (Kubeconfig::Keep, previous.kubeconfig_secret_ref.clone())
+        }
+    };
+    let status = build_status(
+        nm,
+        StatusInput {
+            observations: observe::observe(
+                nm,
+                &seen.workload.state,
+                seen.bundle,
+                outcome,
+                seen.now_ms,
+            ),
+            outcome,
+            placement: seen.workload.placement.clone(),
+            bundle: seen.bundle,
+            endpoint: seen.workload.endpoint.clone(),
+            kubeconfig: reference,
+            digest_hex: &hex::encode(seen.digest),
+            now: seen.now.clone(),
+        },
+    );
+    let events = transitions(&previous.conditions, &status.conditions)
+        .into_iter()
+        .map(|(type_, reason, note)| Note {
+            type_,
+            reason,
+            note,
+        })
+        .collect();
+    Ok(Steps {
+        verification,
+        kubeconfig,
+        status: status_changed(&previous, &status).then_some(status),
+        events,
+        requeue,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{FakeEnclave, mk_nm, mk_sim_nm};
+    use crate::verify::{IssuedNonces, ReportState};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    use k8s_openapi::jiff::Timestamp;
+    use nautilus_crds::{ComponentHealth, EnclavePlacement, Phase};
+    use pretty_assertions::assert_eq;
+    use sha2::{Digest as _, Sha256};
+
+    const PROBE: Duration = Duration::from_secs(5);
+    const BOOT_NONCE: [u8; 32] = [9; 32];
+    const FRESH: [u8; 32] = [5; 32];
+    const GRACE_MS: u64 = 30_000;
+
+    fn at(ms: u64) -> Time {
+        Time(Timestamp::from_millisecond(i64::try_from(ms).expect("ms")).expect("time"))
+    }
+
+    /// Now: the simulated NSM stamps documents with the wall clock, which verification checks
+    /// against.
+    fn now_ms() -> u64 {
+        nautilus_protocol::attestation::now_unix_millis().expect("clock")
+    }
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str, t: &Time) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: Some(1),
+            last_transition_time: t.clone(),
+        }
+    }
+
+    fn note(type_: EventType, reason: &str, note: &str) -> Note {
+        Note {
+            type_,
+            reason: reason.into(),
+            note: note.into(),
+        }
+    }
+
+    fn digest_of(nm: &NautilusMaster) -> [u8; 32] {
+        desired::enclave_config(nm).expect("config").digest()
+    }
+
+    /// The attestation state of `nm`'s configuration, booted with [`BOOT_NONCE`] at `now_ms`.
+    fn booted(nm: &NautilusMaster, now_ms: u64) -> Attestation {
+        Attestation::boot(
+            hex::encode(digest_of(nm)),
+            BOOT_NONCE.to_vec(),
+            now_ms,
+            GRACE_MS,
+        )
+    }
+
+    fn pod_placement() -> EnclavePlacement {
+        EnclavePlacement {
+            runtime: Some("pod".into()),
+            ..EnclavePlacement::default()
+        }
+    }
+
+    /// `demo`'s pod, running, its sidecar at 10.0.0.5.
+    fn running() -> Observed {
+        Observed {
+            state: observe::EnclaveState::SidecarUp {
+                started_ms: Some(now_ms()),
+            },
+            sidecar: Some(SocketAddr::from(([10, 0, 0, 5], 8080))),
+            placement: EnclavePlacement {
+                pod_name: Some("demo-enclave-0".into()),
+                node_name: Some("nitro-1".into()),
+                ..pod_placement()
+            },
+            endpoint: "https://demo.team-a.svc:6443".into(),
+        }
+    }
+
+    fn seen<'a>(
+        nm: &'a NautilusMaster,
+        workload: &'a Observed,
+        bundle: Option<&'a EvidenceBundle>,
+        now_ms: u64,
+    ) -> Observation<'a> {
+        Observation {
+            nm,
+            workload,
+            bundle,
+            digest: digest_of(nm),
+            pod_runtime: true,
+            now_ms,
+            now: at(now_ms),
+        }
+    }
+
+    #[test]
+    fn children_are_the_boot_config_map_then_the_pod_runtime_workload() {
+        let nm = mk_nm("demo");
+        let boot = BootConfig {
+            config: desired::enclave_config(&nm).expect("config"),
+            nonce: BOOT_NONCE.to_vec(),
+        };
+        let settings = PodSettings::default();
+        let digest_hex = boot.config.digest_hex();
+        let stamped_cm = || {
+            Child::ConfigMap(
+                Stamped::new(desired::boot_config_map(&nm, &boot).expect("cm")).expect("hash"),
+            )
+        };
+        assert_eq!(
+            children(&nm, &boot, Workload::Pod(&settings)).expect("children"),
+            [
+                stamped_cm(),
+                Child::StatefulSet(Box::new(
+                    Stamped::new(
+                        desired::enclave_statefulset(&nm, &digest_hex, &settings).expect("sts")
+                    )
+                    .expect("hash")
+                )),
+                Child::Service(Box::new(
+                    Stamped::new(desired::service(&nm).expect("svc")).expect("hash")
+                )),
+            ]
+        );
+        assert_eq!(
+            children(&nm, &boot, Workload::Local).expect("children"),
+            [stamped_cm()],
+            "the local runtime starts its process itself"
+        );
+    }
+
+    /// No pod yet: the status says so, two Events, no challenge, the long resync; once that
+    /// status is the previous one, the same observation plans nothing at all.
+    #[test]
+    fn a_pending_pod_gets_its_status_once_then_nothing() {
+        let mut nm = mk_nm("demo");
+        let now = now_ms();
+        let t = at(now);
+        let workload = Observed {
+            state: observe::EnclaveState::Starting(
+                "waiting for pod demo-enclave-0 to be created".into(),
+            ),
+            sidecar: None,
+            placement: pod_placement(),
+            endpoint: "https://demo.team-a.svc:6443".into(),
+        };
+        let mut attestation = booted(&nm, now);
+        let waiting = "waiting for pod demo-enclave-0 to be created";
+        let not_running = "the enclave is not running";
+        let not_ready = "not ready: EnclaveRunning=False (Launching), Attested=Unknown (Pending), \
+                         APIServerReady=Unknown (Pending), SchedulerReady=Unknown (Pending), \
+                         ControllerManagerReady=Unknown (Pending)";
+        let status = NautilusMasterStatus {
+            observed_generation: Some(1),
+            conditions: vec![
+                condition(types::ENCLAVE_RUNNING, "False", "Launching", waiting, &t),
+                condition(types::ATTESTED, "Unknown", "Pending", not_running, &t),
+                condition(
+                    types::API_SERVER_READY,
+                    "Unknown",
+                    "Pending",
+                    not_running,
+                    &t,
+                ),
+                condition(
+                    types::SCHEDULER_READY,
+                    "Unknown",
+                    "Pending",
+                    not_running,
+                    &t,
+                ),
+                condition(
+                    types::CONTROLLER_MANAGER_READY,
+                    "Unknown",
+                    "Pending",
+                    not_running,
+                    &t,
+                ),
+                condition(types::READY, "False", "NotReady", not_ready, &t),
+            ],
+            phase: Some(Phase::Launching),
+            attestation: None,
+            components: Vec::new(),
+            placement: Some(pod_placement()),
+            endpoint: None,
+            kubeconfig_secret_ref: None,
+            boot_config_digest: Some(hex::encode(digest_of(&nm))),
+        };
+        // No challenge without a sidecar: the plan is its `otherwise` steps alone.
+        let pending = |status, events| Plan {
+            challenge: None,
+            otherwise: Steps {
+                verification: "Pending",
+                kubeconfig: Kubeconfig::Keep,
+                status,
+                events,
+                requeue: RESYNC_WITHOUT_SIDECAR,
+            },
+        };
+        let planned = plan(
+            &seen(&nm, &workload, None, now),
+            &mut attestation,
+            FRESH.to_vec(),
+        );
+        assert_eq!(
+            planned.expect("plan"),
+            pending(
+                Some(status.clone()),
+                vec![
+                    note(
+                        EventType::Warning,
+                        "Launching",
+                        &format!("EnclaveRunning: (none) → False: {waiting}"),
+                    ),
+                    note(
+                        EventType::Warning,
+                        "NotReady",
+                        &format!("Ready: (none) → False: {not_ready}"),
+                    ),
+                ],
+            )
+        );
+
+        nm.status = Some(status);
+        let later = now + 5_000;
+        let planned = plan(
+            &seen(&nm, &workload, None, later),
+            &mut attestation,
+            FRESH.to_vec(),
+        );
+        assert_eq!(planned.expect("plan"), pending(None, Vec::new()));
+    }
+
+    /// The summary verification gives `bundle` (checked in `verify`'s own tests).
+    fn summary_of(
+        nm: &NautilusMaster,
+        bundle: &EvidenceBundle,
+        nonces: &IssuedNonces,
+        now: u64,
+    ) -> nautilus_crds::AttestationSummary {
+        let outcome = verify::verify(
+            &verify::Input {
+                nm,
+                bundle,
+                nonces,
+                config_digest: digest_of(nm),
+                now_ms: now,
+            },
+            &mut ReportState::default(),
+        );
+        match outcome {
+            Outcome::Verified(v) => v.summary,
+            Outcome::Failed { attestation, .. } => *attestation.expect("a summary"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn simulated_message(enclave: &FakeEnclave) -> String {
+        format!(
+            "SIMULATED attestation accepted because spec.attestation.allowSimulated is true: this \
+             is not hardware evidence (module {}, pcr0 1010101010101010…); reports signed by the \
+             attested key",
+            enclave.nsm.module_id()
+        )
+    }
+
+    /// A new process finds an attested enclave: the kubeconfig and a Ready status either way,
+    /// and a challenge (it cannot know what the enclave last answered) whose delivery only
+    /// shortens the requeue.
+    #[test]
+    fn an_attested_enclave_is_published_and_challenged_after_boot() {
+        let nm = mk_sim_nm();
+        let now = now_ms();
+        let t = at(now);
+        let enclave = FakeEnclave::new();
+        let bundle = enclave.bundle(digest_of(&nm), &BOOT_NONCE, 1, now);
+        let workload = running();
+        let mut attestation = booted(&nm, now);
+        let summary = summary_of(
+            &nm,
+            &bundle,
+            &IssuedNonces::new(BOOT_NONCE.to_vec(), now, GRACE_MS),
+            now,
+        );
+        let planned = plan(
+            &seen(&nm, &workload, Some(&bundle), now),
+            &mut attestation,
+            FRESH.to_vec(),
+        )
+        .expect("plan");
+
+        let secret = desired::kubeconfig_secret(
+            &nm,
+            "https://demo.team-a.svc:6443",
+            &enclave.serving_ca_pem,
+        )
+        .expect("secret");
+        let component = |name: &str| ComponentHealth {
+            name: name.into(),
+            healthy: true,
+            last_probe_time: Some(at(now)),
+            latency_millis: Some(2),
+            message: None,
+        };
+        let running = "enclave running (process launcher, id 4242)";
+        let ready = "control plane is attested and every component is healthy";
+        let status = NautilusMasterStatus {
+            observed_generation: Some(1),
+            conditions: vec![
+                condition(types::ENCLAVE_RUNNING, "True", "Running", running, &t),
+                condition(
+                    types::ATTESTED,
+                    "True",
+                    "SimulatedAttestation",
+                    &simulated_message(&enclave),
+                    &t,
+                ),
+                condition(
+                    types::API_SERVER_READY,
+                    "True",
+                    "Healthy",
+                    "api-server is healthy",
+                    &t,
+                ),
+                condition(
+                    types::SCHEDULER_READY,
+                    "True",
+                    "Healthy",
+                    "scheduler is healthy",
+                    &t,
+                ),
+                condition(
+                    types::CONTROLLER_MANAGER_READY,
+                    "True",
+                    "Healthy",
+                    "controller-manager is healthy",
+                    &t,
+                ),
+                condition(types::READY, "True", "AllReady", ready, &t),
+            ],
+            phase: Some(Phase::Ready),
+            attestation: Some(summary),
+            components: vec![
+                component("api-server"),
+                component("scheduler"),
+                component("controller-manager"),
+            ],
+            placement: Some(EnclavePlacement {
+                enclave_id: Some("4242".into()),
+                ..running_placement()
+            }),
+            endpoint: Some("https://demo.team-a.svc:6443".into()),
+            kubeconfig_secret_ref: Some(SecretKeyReference {
+                name: "demo-kubeconfig".into(),
+                key: "kubeconfig".into(),
+            }),
+            boot_config_digest: Some(hex::encode(digest_of(&nm))),
+        };
+        let became = |type_: &str, reason: &str, message: &str| {
+            note(
+                EventType::Normal,
+                reason,
+                &format!("{type_}: (none) → True: {message}"),
+            )
+        };
+        let steps = |requeue| Steps {
+            verification: "SimulatedAttestation",
+            kubeconfig: Kubeconfig::Publish(Box::new(Stamped::new(secret.clone()).expect("hash"))),
+            status: Some(status.clone()),
+            events: vec![
+                became(types::ENCLAVE_RUNNING, "Running", running),
+                became(
+                    types::ATTESTED,
+                    "SimulatedAttestation",
+                    &simulated_message(&enclave),
+                ),
+                became(types::API_SERVER_READY, "Healthy", "api-server is healthy"),
+                became(types::SCHEDULER_READY, "Healthy", "scheduler is healthy"),
+                became(
+                    types::CONTROLLER_MANAGER_READY,
+                    "Healthy",
+                    "controller-manager is healthy",
+                ),
+                became(types::READY, "AllReady", ready),
+            ],
+            requeue,
+        };
+        assert_eq!(
+            planned,
+            Plan {
+                challenge: Some(fresh_challenge(now, steps(Duration::from_secs(1)))),
+                otherwise: steps(PROBE),
+            }
+        );
+        // Planning told the state nothing about the challenge: it is due until delivered.
+        assert_eq!(
+            attestation.challenge_due(&Outcome::Pending(String::new()), now, 3_600_000),
+            Some(None)
+        );
+    }
+
+    /// The refresh challenge [`running`]'s sidecar gets at `now`, then `delivered`.
+    fn fresh_challenge(now: u64, delivered: Steps) -> Challenge {
+        Challenge {
+            sidecar: SocketAddr::from(([10, 0, 0, 5], 8080)),
+            nonce: FRESH.to_vec(),
+            issued_ms: now,
+            rechallenges: None,
+            delivered,
+        }
+    }
+
+    fn running_placement() -> EnclavePlacement {
+        running().placement
+    }
+
+    /// After an operator restart the enclave answers a challenge this process never issued:
+    /// challenged at once, and while it answers a previously attested resource keeps its
+    /// status (nothing written, no Event, the kubeconfig left alone).
+    #[test]
+    fn a_restart_challenges_and_holds_the_status_of_an_attested_enclave() {
+        let mut nm = mk_sim_nm();
+        let now = now_ms();
+        let earlier = at(1_000_000);
+        let enclave = FakeEnclave::new();
+        // The previous process's last challenge.
+        let bundle = enclave.bundle(digest_of(&nm), &[7; 32], 10, now);
+        let attested = condition(
+            types::ATTESTED,
+            "True",
+            "SimulatedAttestation",
+            "m",
+            &earlier,
+        );
+        nm.status = Some(NautilusMasterStatus {
+            conditions: vec![attested.clone()],
+            phase: Some(Phase::Ready),
+            ..NautilusMasterStatus::default()
+        });
+        let workload = running();
+        let mut attestation = booted(&nm, now);
+        let planned = plan(
+            &seen(&nm, &workload, Some(&bundle), now),
+            &mut attestation,
+            FRESH.to_vec(),
+        )
+        .expect("plan");
+        let waiting = "waiting for the enclave to answer the challenge issued 0 ms ago";
+        let t = at(now);
+        let no_report = "waiting for a verified report";
+        let not_ready = "not ready: Attested=Unknown (Pending), APIServerReady=Unknown (Pending), \
+                         SchedulerReady=Unknown (Pending), ControllerManagerReady=Unknown \
+                         (Pending)";
+        let running = "enclave running (process launcher, id 4242)";
+        let status = NautilusMasterStatus {
+            observed_generation: Some(1),
+            conditions: vec![
+                condition(types::ENCLAVE_RUNNING, "True", "Running", running, &t),
+                condition(types::ATTESTED, "Unknown", "Pending", waiting, &t),
+                condition(types::API_SERVER_READY, "Unknown", "Pending", no_report, &t),
+                condition(types::SCHEDULER_READY, "Unknown", "Pending", no_report, &t),
+                condition(
+                    types::CONTROLLER_MANAGER_READY,
+                    "Unknown",
+                    "Pending",
+                    no_report,
+                    &t,
+                ),
+                condition(types::READY, "Unknown", "NotReady", not_ready, &t),
+            ],
+            phase: Some(Phase::Degraded),
+            placement: Some(EnclavePlacement {
+                enclave_id: Some("4242".into()),
+                ..running_placement()
+            }),
+            boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            ..NautilusMasterStatus::default()
+        };
+        assert_eq!(
+            planned,
+            Plan {
+                challenge: Some(fresh_challenge(
+                    now,
+                    Steps {
+                        verification: "Pending",
+                        kubeconfig: Kubeconfig::Keep,
+                        status: None,
+                        events: Vec::new(),
+                        requeue: Duration::from_secs(1),
+                    },
+                )),
+                // Undelivered, the verdict is written as it stands.
+                otherwise: Steps {
+                    verification: "Pending",
+                    kubeconfig: Kubeconfig::Keep,
+                    status: Some(status),
+                    events: vec![
+                        note(
+                            EventType::Normal,
+                            "Running",
+                            &format!("EnclaveRunning: (none) → True: {running}"),
+                        ),
+                        note(
+                            EventType::Warning,
+                            "Pending",
+                            &format!("Attested: True → Unknown: {waiting}"),
+                        ),
+                        // Ready appears Unknown: not worth an Event.
+                    ],
+                    requeue: PROBE,
+                },
+            }
+        );
+    }
+
+    /// A document that answers an older challenge once the grace is over: challenged once more
+    /// (pending while it answers), or, undelivered, refused with the kubeconfig withdrawn.
+    #[test]
+    fn a_stale_document_is_challenged_once_more_before_it_fails() {
+        let nm = mk_sim_nm();
+        let now = now_ms();
+        let enclave = FakeEnclave::new();
+        let bundle = enclave.bundle(digest_of(&nm), &BOOT_NONCE, 1, now);
+        let document = &bundle.attestation.as_ref().expect("a").document;
+        let document_sha = hex::encode(Sha256::digest(document));
+        // Booted a minute ago and challenged since; the enclave still serves the boot answer.
+        let mut attestation = booted(&nm, now - 60_000);
+        attestation.challenged(vec![1; 32], now - 50_000, None);
+        attestation.challenged(vec![2; 32], now - 40_000, None);
+        let workload = running();
+        let planned = plan(
+            &seen(&nm, &workload, Some(&bundle), now),
+            &mut attestation,
+            FRESH.to_vec(),
+        )
+        .expect("plan");
+        let challenge = planned.challenge.expect("a challenge");
+        assert_eq!(challenge.rechallenges, Some(document_sha.clone()));
+        assert_eq!(challenge.nonce, FRESH.to_vec());
+        let delivered = challenge.delivered;
+        assert_eq!(delivered.verification, "Pending");
+        assert_eq!(delivered.kubeconfig, Kubeconfig::Keep);
+        assert_eq!(delivered.requeue, Duration::from_secs(1));
+        let attested = |status: &NautilusMasterStatus| status.conditions[1].clone();
+        assert_eq!(
+            attested(delivered.status.as_ref().expect("a status")),
+            condition(
+                types::ATTESTED,
+                "Unknown",
+                "Pending",
+                RECHALLENGED,
+                &at(now)
+            )
+        );
+        let otherwise = planned.otherwise;
+        assert_eq!(otherwise.verification, "AttestationFailed");
+        assert_eq!(otherwise.kubeconfig, Kubeconfig::Withdraw);
+        assert_eq!(otherwise.requeue, PROBE);
+        let status = otherwise.status.expect("a status");
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.kubeconfig_secret_ref, None);
+        assert_eq!(attested(&status).reason, "AttestationFailed");
+
+        // Delivered: the same document served again once the new grace is over is refused,
+        // without another re-challenge.
+        attestation.challenged(FRESH.to_vec(), now - 35_000, Some(document_sha));
+        let again = plan(
+            &seen(&nm, &workload, Some(&bundle), now),
+            &mut attestation,
+            vec![6; 32],
+        )
+        .expect("plan");
+        assert_eq!(
+            again.challenge, None,
+            "refresh not due, re-challenged already"
+        );
+        assert_eq!(again.otherwise.kubeconfig, Kubeconfig::Withdraw);
+    }
+}

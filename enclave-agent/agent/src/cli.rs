@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use nautilus_protocol::constants::{
+    API_PORT, CONTROL_PORT, EGRESS_PORT, VSOCK_CID_ANY, VSOCK_CID_HOST,
+};
 use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
@@ -76,14 +79,14 @@ pub struct Args {
     #[arg(
         long,
         env = "NAUTILUS_AGENT_LISTEN",
-        default_value = "vsock://4294967295:5000"
+        default_value_t = Endpoint::Vsock { cid: VSOCK_CID_ANY, port: CONTROL_PORT }
     )]
     pub listen: Endpoint,
     /// Endpoint forwarded byte for byte to the local API server (bindAddress:httpsPort).
     #[arg(
         long,
         env = "NAUTILUS_AGENT_API_LISTEN",
-        default_value = "vsock://4294967295:6443"
+        default_value_t = Endpoint::Vsock { cid: VSOCK_CID_ANY, port: API_PORT }
     )]
     pub api_listen: Endpoint,
     /// Which NSM attests.
@@ -120,7 +123,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_listen: SocketAddr,
     /// HTTP CONNECT proxy for Sui RPC (an endpoint), or `none` to dial directly (development).
-    #[arg(long, default_value = "vsock://3:8001")]
+    #[arg(long, default_value_t = Endpoint::Vsock { cid: VSOCK_CID_HOST, port: EGRESS_PORT }.to_string())]
     pub egress_proxy: String,
     /// An extra trust root (PEM) for the Sui full node's TLS (development fixtures).
     #[arg(long)]

@@ -7,14 +7,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nautilus_protocol::bounded::Limits;
-use nautilus_protocol::transport::{Endpoint, TransportError, VSOCK_CID_ANY};
-
-/// The agent's control-link port inside the enclave.
-pub const AGENT_CONTROL_PORT: u32 = 5000;
-/// The enclave's forwarded API server port.
-pub const AGENT_API_PORT: u32 = 6443;
-/// The egress proxy's vsock port, as the agent dials it (`vsock://3:8001`).
-pub const EGRESS_PORT: u32 = 8001;
+use nautilus_protocol::constants::{EGRESS_PORT, VSOCK_CID_ANY};
+use nautilus_protocol::transport::{Endpoint, TransportError};
 
 /// Why a command-line value could not be parsed.
 #[derive(Debug, thiserror::Error)]

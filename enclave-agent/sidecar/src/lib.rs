@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nautilus_protocol::bounded::{BoundedListener, Observer};
+use nautilus_protocol::constants;
 use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::mpsc;
@@ -350,8 +351,8 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     evidence.set_enclave(info);
     let vsock = |port| cid.map(|cid| Endpoint::Vsock { cid, port });
     let (Some(agent_endpoint), Some(api_upstream)) = (
-        agent.or_else(|| vsock(cli::AGENT_CONTROL_PORT)),
-        api_upstream.or_else(|| vsock(cli::AGENT_API_PORT)),
+        agent.or_else(|| vsock(constants::CONTROL_PORT)),
+        api_upstream.or_else(|| vsock(constants::API_PORT)),
     ) else {
         let _ = launcher.stop().await;
         return Err(SidecarError::Config(

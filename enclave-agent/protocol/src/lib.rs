@@ -18,7 +18,6 @@
 //! - [`constants`]: the vsock ports and CIDs the agent and the sidecar agree on.
 //! - [`bounded`]: connection caps, idle/handshake/header/body timeouts and rate-limited
 //!   refusal logs shared by every listener of the agent and the sidecar.
-//! - [`testdata`]: where tests and benchmarks find the shared real documents.
 //! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
 //!
 //! ```text
@@ -31,7 +30,6 @@ pub mod bounded;
 pub mod constants;
 pub mod nsm;
 pub mod policy;
-pub mod testdata;
 pub mod transport;
 pub mod wire;
 pub mod yaml;

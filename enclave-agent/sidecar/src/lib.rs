@@ -261,7 +261,6 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         report_max_age_seconds,
         link_timeout_seconds,
         limits,
-        tamper_reports,
         log_format: _,
     } = args;
     let [http_limits, api_limits, egress_limits] = limits.limits();
@@ -302,17 +301,9 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     if egress_allow.is_empty() {
         warn!("no --egress-allow: the egress proxy refuses every target");
     }
-    if tamper_reports {
-        warn!("--tamper-reports: every relayed report is altered (tests only)");
-    }
 
     let metrics = Arc::new(Metrics::new());
-    let (evidence, nonces) = Evidence::new(
-        digest.clone(),
-        max_age_ms,
-        tamper_reports,
-        Arc::clone(&metrics),
-    );
+    let (evidence, nonces) = Evidence::new(digest.clone(), max_age_ms, Arc::clone(&metrics));
     let evidence = Arc::new(evidence);
 
     // Listen before launching: the enclave dials the egress proxy as it boots.

@@ -12,11 +12,12 @@ use nautilus_protocol::constants::{
 use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
+use crate::boot::{BootOptions, env};
 use crate::flags::{
     CONTROLLER_MANAGER_PORT, ComponentPorts, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SCHEDULER_PORT,
 };
 use crate::kubernetes::Binaries;
-use crate::link::{Agent, AgentOptions, LinkError, env};
+use crate::link::{Agent, AgentOptions, LinkError};
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]
@@ -220,22 +221,24 @@ impl Args {
         let agent = Agent::new(AgentOptions {
             listen,
             api_listen,
-            nsm,
-            simulated_root_pem,
-            control_plane_command,
-            control_plane_args: control_plane_arg,
-            work_dir,
-            webhook_listen,
-            egress_proxy,
-            sui_ca_pem,
-            ports: ComponentPorts {
-                scheduler: scheduler_port,
-                controller_manager: controller_manager_port,
-                etcd_client: etcd_client_port,
-                etcd_peer: etcd_peer_port,
+            boot: BootOptions {
+                nsm,
+                simulated_root_pem,
+                control_plane_command,
+                control_plane_args: control_plane_arg,
+                work_dir,
+                webhook_listen,
+                egress_proxy,
+                sui_ca_pem,
+                ports: ComponentPorts {
+                    scheduler: scheduler_port,
+                    controller_manager: controller_manager_port,
+                    etcd_client: etcd_client_port,
+                    etcd_peer: etcd_peer_port,
+                },
+                kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
+                restart_backoff: Duration::from_secs(1),
             },
-            kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
-            restart_backoff: Duration::from_secs(1),
         });
         let result = tokio::select! {
             result = Arc::clone(&agent).run() => result.map_err(CliError::from),

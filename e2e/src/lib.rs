@@ -18,6 +18,7 @@
 //! This crate is test support: it panics with a message where a test would.
 
 pub mod envtest;
+pub mod tamper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -172,15 +173,16 @@ impl Harness {
     /// Stake of [`Harness::reader`]: the default reader tier needs 100, the worker tier 1 000.
     pub const READER_STAKE_MIST: u64 = 500;
 
-    /// Namespace, CRD, Sui node and operator for `test`. `tamper_reports` makes every sidecar
-    /// corrupt the reports it relays.
-    pub async fn start(cluster: TestCluster, test: &str, tamper_reports: bool) -> Self {
+    /// Namespace, CRD, Sui node and operator for `test`. `sidecar` is a program the local
+    /// runtime starts in place of `nautilus-sidecar`, with its arguments (for example
+    /// `nautilus-tamper-sidecar`, see [`tamper`]); `None` runs the real sidecar.
+    pub async fn start(cluster: TestCluster, test: &str, sidecar: Option<&Path>) -> Self {
         let namespace = format!(
             "nautilus-e2e-{}-{}",
             test.replace('_', "-").chars().take(30).collect::<String>(),
             std::process::id()
         );
-        Self::start_in(cluster, namespace, tamper_reports, &bin_dir()).await
+        Self::start_in(cluster, namespace, sidecar, &bin_dir()).await
     }
 
     /// The same in a namespace of the caller's choosing (created here, deleted by
@@ -188,7 +190,7 @@ impl Harness {
     pub async fn start_in(
         cluster: TestCluster,
         namespace: String,
-        tamper_reports: bool,
+        sidecar: Option<&Path>,
         bin: &Path,
     ) -> Self {
         let client = cluster.client.clone();
@@ -234,12 +236,13 @@ impl Harness {
         } else {
             "k3s"
         };
+        let development = LocalSettings::development(bin, dir.path().join("operator"));
         let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings {
+            sidecar_binary: sidecar.map_or(development.sidecar_binary.clone(), Path::to_owned),
             sui_ca_file: Some(ca_file),
-            tamper_reports,
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
-            ..LocalSettings::development(bin, dir.path().join("operator"))
+            ..development
         })));
         controller::check_crd(&client)
             .await

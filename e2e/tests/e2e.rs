@@ -26,7 +26,7 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
     let Some(cluster) = cluster("becomes_ready_and_admits_a_staked_seal_token").await else {
         return;
     };
-    let h = Harness::start(cluster, "ready", false).await;
+    let h = Harness::start(cluster, "ready", None).await;
     h.create("demo", h.development_spec()).await;
     let nm = h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
@@ -205,7 +205,7 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
     let Some(cluster) = cluster("a_killed_control_plane_is_reported_and_recovers").await else {
         return;
     };
-    let h = Harness::start(cluster, "kill", false).await;
+    let h = Harness::start(cluster, "kill", None).await;
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
@@ -235,7 +235,7 @@ async fn a_spec_change_rolls_the_enclave_and_reattests() {
     let Some(cluster) = cluster("a_spec_change_rolls_the_enclave_and_reattests").await else {
         return;
     };
-    let h = Harness::start(cluster, "roll", false).await;
+    let h = Harness::start(cluster, "roll", None).await;
     h.create("demo", h.development_spec()).await;
     let before = h.wait_for("demo", "Ready=True", WAIT, ready).await;
     let old_digest = before
@@ -289,7 +289,9 @@ async fn a_tampering_relay_is_never_ready() {
     let Some(cluster) = cluster("a_tampering_relay_is_never_ready").await else {
         return;
     };
-    let h = Harness::start(cluster, "tamper", true).await;
+    // The real sidecar, its control link relayed through a host that alters every report.
+    let relay = std::path::Path::new(env!("CARGO_BIN_EXE_nautilus-tamper-sidecar"));
+    let h = Harness::start(cluster, "tamper", Some(relay)).await;
     h.create("demo", h.development_spec()).await;
     let mut was_ready = false;
     let nm = h
@@ -305,6 +307,11 @@ async fn a_tampering_relay_is_never_ready() {
         )
         .await;
     assert!(!was_ready, "never Ready with corrupted reports");
+    assert_eq!(
+        h.processes("nautilus-sidecar").len(),
+        1,
+        "a real sidecar relayed them"
+    );
     assert!(is(&nm, "Ready", "False"));
     assert!(
         nm.status.and_then(|s| s.kubeconfig_secret_ref).is_none(),
@@ -318,7 +325,7 @@ async fn delete_stops_the_enclave_and_leaves_nothing_behind() {
     let Some(cluster) = cluster("delete_stops_the_enclave_and_leaves_nothing_behind").await else {
         return;
     };
-    let h = Harness::start(cluster, "delete", false).await;
+    let h = Harness::start(cluster, "delete", None).await;
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
     assert_eq!(h.processes("nautilus-sidecar").len(), 1);

@@ -157,7 +157,6 @@ impl Args {
                     work_dir: local_work_dir
                         .unwrap_or_else(|| std::env::temp_dir().join("nautilus-operator")),
                     sui_ca_file: local_sui_ca_file,
-                    tamper_reports: false,
                     kubernetes_bin_dir: local_kubernetes_bin_dir,
                     etcd_command: local_etcd_command,
                 })))

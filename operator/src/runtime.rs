@@ -313,9 +313,6 @@ pub struct LocalSettings {
     /// An extra CA (PEM file) the agent trusts for the Sui full node's TLS, for a development
     /// node with its own certificate; `None` trusts the webpki roots only.
     pub sui_ca_file: Option<PathBuf>,
-    /// Tests only: sidecars flip a byte of every report they relay, to prove the operator
-    /// refuses them.
-    pub tamper_reports: bool,
     /// Where the agent finds kube-apiserver, kube-scheduler and kube-controller-manager for
     /// resources of the `kubernetes` distribution (`None`: the agent's default).
     pub kubernetes_bin_dir: Option<PathBuf>,
@@ -330,7 +327,7 @@ pub const DEVELOPMENT_BINARIES: [&str; 3] =
 
 impl LocalSettings {
     /// The [`DEVELOPMENT_BINARIES`] in `dir`, with the stand-in as the control plane; no extra
-    /// Sui CA, no tampering.
+    /// Sui CA.
     pub fn development(dir: &std::path::Path, work_dir: PathBuf) -> Self {
         Self {
             sidecar_binary: dir.join("nautilus-sidecar"),
@@ -338,7 +335,6 @@ impl LocalSettings {
             control_plane_command: dir.join("nautilus-standin").display().to_string(),
             work_dir,
             sui_ca_file: None,
-            tamper_reports: false,
             kubernetes_bin_dir: None,
             etcd_command: None,
         }
@@ -509,7 +505,6 @@ impl LocalRuntime {
             .arg(format!("--http-listen=127.0.0.1:{http}"))
             .arg(format!("--api-listen=127.0.0.1:{api}"))
             .arg(format!("--egress-listen=tcp://127.0.0.1:{egress}"))
-            .args(s.tamper_reports.then_some("--tamper-reports"))
             .arg(format!(
                 "--egress-allow={}",
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
@@ -683,7 +678,6 @@ mod tests {
             control_plane_command: "nautilus-standin".into(),
             work_dir: std::env::temp_dir().join(format!("nautilus-op-test-{}", std::process::id())),
             sui_ca_file: Some("/etc/sui-ca.pem".into()),
-            tamper_reports: true,
             kubernetes_bin_dir: Some("/opt/kubernetes/bin".into()),
             etcd_command: None,
         })
@@ -824,7 +818,6 @@ mod tests {
             "--agent-arg=--egress-proxy=tcp://127.0.0.1:5",
             "--egress-listen=tcp://127.0.0.1:5",
             "--agent-arg=--sui-ca-file=/etc/sui-ca.pem",
-            "--tamper-reports",
             "--agent-arg=--control-plane-command=nautilus-standin",
             "--agent-arg=--kubernetes-bin-dir=/opt/kubernetes/bin",
         ] {

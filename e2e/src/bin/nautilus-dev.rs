@@ -121,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         None => eprintln!("using the cluster in KUBECONFIG ({})", kubeconfig.display()),
     }
 
-    let h = Harness::start_in(cluster, NAMESPACE.to_owned(), false, &bin_dir).await;
+    let h = Harness::start_in(cluster, NAMESPACE.to_owned(), None, &bin_dir).await;
     let keystore = h.dir.path().join("sui.keystore");
     std::fs::write(
         &keystore,

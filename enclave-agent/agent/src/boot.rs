@@ -1,452 +1,427 @@
-//! What the agent makes on boot: the ephemeral report key, the control plane's CA and serving
-//! certificates, and the attestation that binds them to the boot configuration.
+//! The boot: from the sidecar's first `BootConfig` to a running, attested control plane.
 //!
 //! ```text
-//! BootConfig ──► ReportSigner::generate()                    (report key, public half → public_key)
-//!            ──► CA "nautilus <cluster> CA" (ECDSA P-256)    (its DER hash → Binding::v1)
-//!                ├─ API server serving cert (bind address, 127.0.0.1, localhost, kubernetes…)
-//!                ├─ webhook serving cert (127.0.0.1, localhost)
-//!                └─ probe client cert (signed by the separate client CA)
-//!            ──► Nsm::attest(user_data = Binding::v1(config.digest(), sha256(CA DER)),
-//!                            nonce = BootConfig.nonce, public_key = report key)
+//! BootConfig ─► material (report key, CAs, certificates; material.rs)
+//!            ─► every value checked: distribution, flags, K3s config, authenticator, TLS,
+//!               prober                          (a refused boot leaves nothing behind)
+//!            ─► attestation (Nsm::attest: binding, nonce, report key)
+//!            ─► files: CA, serving certificate, K3s config and CA files, or the
+//!               `kubernetes` distribution's certificates, kubeconfigs and flags
+//!            ─► token webhook (WebhookService) and its kubeconfig
+//!            ─► control plane (ControlPlane: one supervised `k3s`, or etcd,
+//!               kube-apiserver, kube-scheduler, kube-controller-manager in order)
+//!            ─► reporter (signed reports every probe interval)
 //! ```
 //!
-//! Every key is generated inside the enclave and never leaves it. A nonce refresh attests again
-//! with the same key and binding.
+//! The agent boots once per process (`Booted::start`); a nonce refresh attests again with the
+//! same key and binding (`Booted::attest`); `Booted::stop` ends the reporter, the webhook
+//! and the control plane (no orphan).
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use nautilus_protocol::Binding;
-use nautilus_protocol::nsm::{Nsm, NsmError};
-use nautilus_protocol::wire::{AttestationEvidence, EnclaveConfig, ReportSigner};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-};
-use sha2::{Digest as _, Sha256};
+use nautilus_protocol::nsm::Nsm;
+use nautilus_protocol::transport::Endpoint;
+use nautilus_protocol::wire::{AttestationEvidence, BootConfig, EnclaveConfig};
+use tokio::sync::{Mutex, watch};
+use tracing::{info, warn};
 
-/// Why boot material could not be made or attested.
+use crate::auth::{self, AuthError};
+use crate::client::ClientError;
+use crate::control_plane::{ControlPlane, KubernetesPlan};
+use crate::flags::{self, ComponentPorts, Distribution, FlagsError};
+use crate::k3s::{self, K3sError};
+use crate::kubernetes::{self, Binaries, KubernetesError, Readiness};
+use crate::material::{BootMaterial, MaterialError};
+use crate::prober::{ProbeTargets, Prober};
+use crate::reporter::{Reporter, ReporterConfig};
+use crate::supervisor::SupervisorConfig;
+use crate::webhook::{WebhookError, WebhookService, webhook_kubeconfig};
+
+/// Environment variables given to the control-plane command.
+pub mod env {
+    /// The control plane's data directory (`dataDir`).
+    pub const DATA_DIR: &str = "NAUTILUS_CP_DATA_DIR";
+    /// The API server's bind address.
+    pub const BIND_ADDRESS: &str = "NAUTILUS_CP_BIND_ADDRESS";
+    /// The API server's HTTPS port.
+    pub const HTTPS_PORT: &str = "NAUTILUS_CP_HTTPS_PORT";
+    /// The token webhook's kubeconfig.
+    pub const WEBHOOK_KUBECONFIG: &str = "NAUTILUS_CP_WEBHOOK_KUBECONFIG";
+    /// A serving certificate for the API server, signed by the agent's CA (PEM file).
+    pub const TLS_CERT: &str = "NAUTILUS_CP_TLS_CERT";
+    /// Its private key (PKCS#8 PEM file).
+    pub const TLS_KEY: &str = "NAUTILUS_CP_TLS_KEY";
+    /// The agent's serving CA (PEM file).
+    pub const CA_CERT: &str = "NAUTILUS_CP_CA_CERT";
+    /// The rendered K3s `--config` file.
+    pub const CONFIG_FILE: &str = "NAUTILUS_CP_CONFIG_FILE";
+    /// kube-scheduler's secure port, when not 10259 (read by the agent's prober too).
+    pub const SCHEDULER_PORT: &str = "NAUTILUS_CP_SCHEDULER_PORT";
+    /// kube-controller-manager's secure port, when not 10257 (read by the prober too).
+    pub const CONTROLLER_MANAGER_PORT: &str = "NAUTILUS_CP_CONTROLLER_MANAGER_PORT";
+    /// etcd's client port, when not 2379 (`kubernetes` distribution; read by the agent).
+    pub const ETCD_CLIENT_PORT: &str = "NAUTILUS_CP_ETCD_CLIENT_PORT";
+    /// etcd's peer port, when not 2380 (`kubernetes` distribution; read by the agent).
+    pub const ETCD_PEER_PORT: &str = "NAUTILUS_CP_ETCD_PEER_PORT";
+}
+
+/// Why the agent could not boot.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// rcgen could not generate a key or certificate.
-    #[error("generating {what}: {reason}")]
-    Certificate {
-        /// Which certificate.
-        what: &'static str,
-        /// What rcgen reported.
-        reason: String,
-    },
-    /// The NSM refused the attestation request.
-    #[error("attestation request failed")]
-    Nsm(#[from] NsmError),
-    /// The blocking attestation task panicked or was cancelled.
-    #[error("attestation task failed: {0}")]
-    Task(String),
+    /// Keys, certificates or the attestation failed.
+    #[error("boot failed")]
+    Material(#[from] MaterialError),
+    /// The configuration does not make valid component flags.
+    #[error("control-plane flags")]
+    Flags(#[from] FlagsError),
+    /// The K3s configuration could not be rendered or written.
+    #[error("k3s configuration")]
+    K3s(#[from] K3sError),
+    /// The `kubernetes` distribution's files could not be written.
+    #[error("kubernetes control-plane files")]
+    Kubernetes(#[from] KubernetesError),
+    /// The authenticator could not be built.
+    #[error("token authentication")]
+    Auth(#[from] AuthError),
+    /// The webhook could not start.
+    #[error("token webhook")]
+    Webhook(#[from] WebhookError),
+    /// The prober's TLS configuration failed.
+    #[error("health prober")]
+    Prober(#[from] ClientError),
+    /// The webhook's TLS configuration failed.
+    #[error("webhook tls: {0}")]
+    Tls(String),
 }
 
-/// A CA: its certificate and the issuer that signs with its key.
-pub struct CertificateAuthority {
-    /// The certificate, PEM.
-    pub cert_pem: String,
-    /// The certificate, DER.
-    pub cert_der: Vec<u8>,
-    /// The private key, SEC1 PEM (`EC PRIVATE KEY`), the form K3s' custom-CA files take.
-    pub key_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+/// Everything a boot runs with that does not come from the BootConfig.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// The NSM.
+    pub nsm: Arc<dyn Nsm>,
+    /// The simulated NSM's root (development only), put into the evidence.
+    pub simulated_root_pem: Option<String>,
+    /// The control-plane program.
+    pub control_plane_command: PathBuf,
+    /// Its arguments.
+    pub control_plane_args: Vec<String>,
+    /// Where the agent writes its files.
+    pub work_dir: PathBuf,
+    /// The token webhook's address.
+    pub webhook_listen: SocketAddr,
+    /// The egress proxy for Sui RPC (`None`: direct).
+    pub egress_proxy: Option<Endpoint>,
+    /// An extra trust root for the full node (PEM).
+    pub sui_ca_pem: Option<String>,
+    /// The components' local ports (scheduler, controller manager, etcd).
+    pub ports: ComponentPorts,
+    /// The `kubernetes` distribution's programs.
+    pub kubernetes_binaries: Binaries,
+    /// The supervisor's first restart delay.
+    pub restart_backoff: Duration,
 }
 
-impl std::fmt::Debug for CertificateAuthority {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority")
-            .field("cert_sha256", &hex::encode(Sha256::digest(&self.cert_der)))
-            .finish_non_exhaustive()
+/// The address to reach a server bound to `bind` on `port` from inside the enclave.
+pub fn local_target(bind: &str, port: u16) -> String {
+    match bind.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => format!("127.0.0.1:{port}"),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{bind}:{port}"),
     }
 }
 
-/// A leaf certificate and its key.
-#[derive(Clone)]
-pub struct LeafCertificate {
-    /// The certificate, PEM.
-    pub cert_pem: String,
-    /// The certificate, DER.
-    pub cert_der: Vec<u8>,
-    /// The private key, PKCS#8 DER (what rustls takes).
-    pub key_der: Vec<u8>,
-    /// The private key, SEC1 PEM (what every Kubernetes component and etcd read).
-    pub key_pem: String,
+fn is_k3s(command: &std::path::Path) -> bool {
+    command.file_name().is_some_and(|name| name == "k3s")
 }
 
-impl std::fmt::Debug for LeafCertificate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeafCertificate").finish_non_exhaustive()
+/// The latest attestation (with the nonce it answers) and what makes the next one.
+struct Attestations {
+    material: Arc<BootMaterial>,
+    nsm: Arc<dyn Nsm>,
+    simulated_root_pem: Option<String>,
+    latest: watch::Sender<Option<(Vec<u8>, AttestationEvidence)>>,
+}
+
+impl Attestations {
+    async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
+        let evidence = self
+            .material
+            .attest(
+                Arc::clone(&self.nsm),
+                nonce,
+                self.simulated_root_pem.clone(),
+            )
+            .await?;
+        info!(document_bytes = evidence.document.len(), "attested");
+        self.latest.send_replace(Some((nonce.to_vec(), evidence)));
+        Ok(())
     }
 }
 
-fn cert_err(what: &'static str) -> impl Fn(rcgen::Error) -> BootError {
-    move |e| BootError::Certificate {
-        what,
-        reason: e.to_string(),
-    }
+/// A booted enclave: its configuration, attestation, reporter, webhook and control plane.
+pub(crate) struct Booted {
+    /// The configuration it booted with.
+    pub(crate) config: EnclaveConfig,
+    /// Its digest, hex.
+    pub(crate) digest_hex: String,
+    /// `host:port` of the API server, for the forwarder.
+    pub(crate) api_target: String,
+    /// The signed reports.
+    pub(crate) reporter: Reporter,
+    attestations: Attestations,
+    control_plane: Mutex<Option<ControlPlane>>,
+    webhook: std::sync::Mutex<Option<WebhookService>>,
 }
 
-fn dn(common_name: &str) -> DistinguishedName {
-    dn_in(common_name, &["nautilus"])
-}
+impl Booted {
+    /// Boot `boot.config`, attesting with `boot.nonce` (see the module documentation).
+    pub(crate) async fn start(options: &BootOptions, boot: &BootConfig) -> Result<Self, BootError> {
+        let config = boot.config.clone();
+        let digest_hex = config.digest_hex();
+        info!(cluster = %config.cluster, digest = %digest_hex, "booting");
+        let material = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || BootMaterial::generate(&config))
+                .await
+                .map_err(|e| MaterialError::Task(e.to_string()))??
+        };
+        let material = Arc::new(material);
+        let cp = &config.control_plane;
+        let api_target = local_target(&cp.bind_address, cp.https_port);
 
-/// A name with `organizations` (for client certificates: the Kubernetes groups) and
-/// `common_name` (the user).
-fn dn_in(common_name: &str, organizations: &[&str]) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    for organization in organizations {
-        dn.push(DnType::OrganizationName, *organization);
-    }
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-/// `key` as SEC1 PEM (`-----BEGIN EC PRIVATE KEY-----`, named curve included).
-///
-/// kube-apiserver's `--service-account-key-file` (client-go `keyutil.ParsePublicKeysPEM`)
-/// reads an EC private key only in this form (PKCS#8 only for RSA), and K3s' custom-CA
-/// documentation makes its EC CA keys this way (`openssl ecparam -genkey -noout`).
-pub fn sec1_pem(key: &KeyPair) -> Result<String, BootError> {
-    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
-    use p256::pkcs8::DecodePrivateKey as _;
-    use sec1::der::{Encode as _, pem::LineEnding};
-    let err = |reason: String| BootError::Certificate {
-        what: "a SEC1 key encoding",
-        reason,
-    };
-    let secret =
-        p256::SecretKey::from_pkcs8_der(&key.serialize_der()).map_err(|e| err(e.to_string()))?;
-    let private_key = secret.to_bytes();
-    let public_key = secret.public_key().to_encoded_point(false);
-    // `p256`'s own `to_sec1_pem` leaves the parameters out, which Go refuses for a SEC1 key
-    // read on its own ("x509: unknown elliptic curve"); name the curve (prime256v1).
-    let der = sec1::EcPrivateKey {
-        private_key: &private_key,
-        parameters: Some(sec1::EcParameters::NamedCurve(
-            sec1::der::asn1::ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7"),
-        )),
-        public_key: Some(public_key.as_bytes()),
-    }
-    .to_der()
-    .map_err(|e| err(e.to_string()))?;
-    sec1::der::pem::encode_string("EC PRIVATE KEY", LineEnding::LF, &der)
-        .map_err(|e| err(e.to_string()))
-}
-
-impl CertificateAuthority {
-    /// A fresh self-signed CA named `common_name` (ECDSA P-256, valid 10 years).
-    pub fn generate(common_name: &str) -> Result<Self, BootError> {
-        let err = cert_err("a certificate authority");
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(&err)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-        ];
-        let now = time_now();
-        params.not_before = now - std::time::Duration::from_secs(300);
-        params.not_after = now + std::time::Duration::from_secs(10 * 365 * 24 * 3600);
-        let cert = params.self_signed(&key).map_err(&err)?;
-        Ok(Self {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key_pem: sec1_pem(&key)?,
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    /// SHA-256 of the certificate's DER: the second input of [`Binding::v1`].
-    pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(&self.cert_der).into()
-    }
-
-    /// A serving certificate for `names` (DNS names or IP addresses), valid one year.
-    pub fn issue_server(
-        &self,
-        common_name: &str,
-        names: &[String],
-    ) -> Result<LeafCertificate, BootError> {
-        self.issue_named(common_name, names, false)
-    }
-
-    /// A certificate for `names` usable both to serve and as a client (etcd members dial each
-    /// other and themselves with their serving certificate), valid one year.
-    pub fn issue_server_and_client(
-        &self,
-        common_name: &str,
-        names: &[String],
-    ) -> Result<LeafCertificate, BootError> {
-        self.issue_named(common_name, names, true)
-    }
-
-    fn issue_named(
-        &self,
-        common_name: &str,
-        names: &[String],
-        client_too: bool,
-    ) -> Result<LeafCertificate, BootError> {
-        let err = cert_err("a serving certificate");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(common_name);
-        let mut sans = Vec::new();
-        for name in names {
-            let san = match name.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.as_str().try_into().map_err(&err)?),
-            };
-            if !sans.contains(&san) {
-                sans.push(san);
+        // Everything that can fail on the configuration's values fails before anything runs,
+        // so a refused boot leaves nothing behind and the next BootConfig starts afresh.
+        let work = &options.work_dir;
+        let ca_path = work.join("ca.crt");
+        let cert_path = work.join("api-server.crt");
+        let key_path = work.join("api-server.key");
+        let kubeconfig_path = work.join("webhook-kubeconfig.yaml");
+        let config_path = work.join("k3s-config.yaml");
+        let distribution = Distribution::of(cp)?;
+        let spec = flags::spec_flags(&config, &kubeconfig_path, &options.ports)?;
+        let rendered = k3s::render_config(&config, &spec)?;
+        let authenticator = auth::authenticator(
+            &config.auth,
+            options.egress_proxy.clone(),
+            options.sui_ca_pem.as_deref(),
+        )?;
+        let tls = webhook_tls(&material)?;
+        let interval = Duration::from_secs(u64::from(config.health.probe_interval_seconds.max(1)));
+        let api_server_name = if cp
+            .bind_address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+        {
+            "127.0.0.1".to_owned()
+        } else {
+            cp.bind_address.clone()
+        };
+        if distribution == Distribution::Kubernetes {
+            let missing = options.kubernetes_binaries.missing();
+            if !missing.is_empty() {
+                // Not fatal: the supervisors report each spawn failure, so the operator sees
+                // it in status; the image may also be fixed under a running agent in development.
+                warn!(?missing, "kubernetes distribution: programs not found");
             }
         }
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        if client_too {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
-        }
-        self.issue(params, err)
-    }
-
-    /// A client certificate for user `common_name` (organization `nautilus`).
-    pub fn issue_client(&self, common_name: &str) -> Result<LeafCertificate, BootError> {
-        self.issue_client_in(common_name, &["nautilus"])
-    }
-
-    /// A client certificate for user `common_name` in the Kubernetes groups `groups` (the
-    /// certificate's organizations).
-    pub fn issue_client_in(
-        &self,
-        common_name: &str,
-        groups: &[&str],
-    ) -> Result<LeafCertificate, BootError> {
-        let err = cert_err("a client certificate");
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn_in(common_name, groups);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.issue(params, err)
-    }
-
-    fn issue(
-        &self,
-        mut params: CertificateParams,
-        err: impl Fn(rcgen::Error) -> BootError,
-    ) -> Result<LeafCertificate, BootError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(&err)?;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = time_now();
-        params.not_before = now - std::time::Duration::from_secs(300);
-        params.not_after = now + std::time::Duration::from_secs(365 * 24 * 3600);
-        let cert = params.signed_by(&key, &self.issuer).map_err(&err)?;
-        Ok(LeafCertificate {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            key_der: key.serialize_der(),
-            key_pem: sec1_pem(&key)?,
-        })
-    }
-}
-
-fn time_now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-/// The first address of `service_cidr`: the `kubernetes` Service's cluster IP, which
-/// in-cluster clients reach the API server by.
-pub fn kubernetes_service_ip(service_cidr: &str) -> Option<IpAddr> {
-    let (network, _) = service_cidr.split_once('/')?;
-    Some(match network.parse::<IpAddr>().ok()? {
-        IpAddr::V4(ip) => IpAddr::V4(u32::from(ip).checked_add(1)?.into()),
-        IpAddr::V6(ip) => IpAddr::V6(u128::from(ip).checked_add(1)?.into()),
-    })
-}
-
-/// The names the API server's certificate is valid for.
-pub fn api_server_names(bind_address: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    // An unspecified address (0.0.0.0) is not a name anyone connects to.
-    if bind_address
-        .parse::<IpAddr>()
-        .map_or(true, |ip| !ip.is_unspecified())
-    {
-        names.push(bind_address.to_owned());
-    }
-    for name in [
-        "127.0.0.1",
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ] {
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_owned());
-        }
-    }
-    names
-}
-
-/// The certificates the agent issues when it runs the components itself (the `kubernetes`
-/// distribution), named after the files K3s makes for the same purpose.
-#[derive(Debug)]
-pub struct ComponentCertificates {
-    /// etcd's serving (and self-dialling) certificate, from the etcd server CA
-    /// (`etcd/server-client`).
-    pub etcd_server: LeafCertificate,
-    /// etcd's peer certificate, from the etcd peer CA (`etcd/peer-server-client`).
-    pub etcd_peer: LeafCertificate,
-    /// The client certificate kube-apiserver and the agent present to etcd (`etcd/client`).
-    pub etcd_client: LeafCertificate,
-    /// `system:kube-scheduler`, from the client CA (`client-scheduler`).
-    pub scheduler: LeafCertificate,
-    /// `system:kube-controller-manager`, from the client CA (`client-controller`).
-    pub controller_manager: LeafCertificate,
-    /// `nautilus-agent` in `system:masters`, from the client CA: the agent's own admin
-    /// identity, used only to create the tier groups' RoleBindings (`client-admin`).
-    pub admin: LeafCertificate,
-    /// kube-apiserver's client certificate towards kubelets (`client-kube-apiserver`).
-    pub kubelet_client: LeafCertificate,
-    /// The front proxy's client certificate, from the request-header CA (`client-auth-proxy`).
-    pub auth_proxy: LeafCertificate,
-}
-
-/// The user the request-header CA's client certificate names (as K3s does).
-pub const REQUEST_HEADER_CN: &str = "system:auth-proxy";
-
-impl ComponentCertificates {
-    fn generate(
-        client_ca: &CertificateAuthority,
-        request_header_ca: &CertificateAuthority,
-        etcd_server_ca: &CertificateAuthority,
-        etcd_peer_ca: &CertificateAuthority,
-    ) -> Result<Self, BootError> {
-        let loopback = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-        Ok(Self {
-            etcd_server: etcd_server_ca.issue_server_and_client("etcd-server", &loopback)?,
-            etcd_peer: etcd_peer_ca.issue_server_and_client("etcd-peer", &loopback)?,
-            etcd_client: etcd_server_ca.issue_client_in("etcd-client", &[])?,
-            scheduler: client_ca.issue_client_in("system:kube-scheduler", &[])?,
-            controller_manager: client_ca.issue_client_in("system:kube-controller-manager", &[])?,
-            admin: client_ca.issue_client_in("nautilus-agent", &["system:masters"])?,
-            kubelet_client: client_ca.issue_client_in("kube-apiserver", &[])?,
-            auth_proxy: request_header_ca.issue_client_in(REQUEST_HEADER_CN, &[])?,
-        })
-    }
-}
-
-/// Everything made on boot; see the module documentation.
-#[derive(Debug)]
-pub struct BootMaterial {
-    /// The report-signing key.
-    pub signer: ReportSigner,
-    /// The serving CA (bound into the attestation; k3s `server-ca`).
-    pub serving_ca: CertificateAuthority,
-    /// The client CA (k3s `client-ca`); signs the prober's client certificate.
-    pub client_ca: CertificateAuthority,
-    /// The request-header CA (k3s `request-header-ca`).
-    pub request_header_ca: CertificateAuthority,
-    /// The etcd server CA (k3s `etcd/server-ca`).
-    pub etcd_server_ca: CertificateAuthority,
-    /// The etcd peer CA (k3s `etcd/peer-ca`).
-    pub etcd_peer_ca: CertificateAuthority,
-    /// The service-account signing key (k3s `service.key`), SEC1 PEM.
-    pub service_account_key_pem: String,
-    /// Certificates of the `kubernetes` distribution's components (K3s makes its own).
-    pub components: ComponentCertificates,
-    /// The API server's serving certificate (for stand-ins; k3s issues its own from the CA).
-    pub api_server: LeafCertificate,
-    /// The webhook's serving certificate.
-    pub webhook: LeafCertificate,
-    /// The prober's client certificate, signed by the client CA.
-    pub probe_client: LeafCertificate,
-    /// [`EnclaveConfig::digest`].
-    pub config_digest: [u8; 32],
-    /// [`Binding::v1`] of the digest and the serving CA.
-    pub binding: Vec<u8>,
-}
-
-impl BootMaterial {
-    /// Generate the keys and certificates for `config`.
-    pub fn generate(config: &EnclaveConfig) -> Result<Self, BootError> {
-        let signer = ReportSigner::generate();
-        let cluster = &config.cluster;
-        let serving_ca = CertificateAuthority::generate(&format!("nautilus {cluster} CA"))?;
-        let client_ca = CertificateAuthority::generate(&format!("nautilus {cluster} client CA"))?;
-        let request_header_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} request-header CA"))?;
-        let etcd_server_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} etcd server CA"))?;
-        let etcd_peer_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} etcd peer CA"))?;
-        let service_account_key_pem = sec1_pem(
-            &KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-                .map_err(cert_err("the service-account key"))?,
+        let readiness = match distribution {
+            Distribution::K3s => None,
+            Distribution::Kubernetes => Some(Readiness::new(
+                &material,
+                &options.ports,
+                api_target.clone(),
+                api_server_name.clone(),
+            )?),
+        };
+        let prober = Prober::new(
+            ProbeTargets {
+                api_server: api_target.clone(),
+                api_server_name: api_server_name.clone(),
+                scheduler_port: options.ports.scheduler,
+                controller_manager_port: options.ports.controller_manager,
+            },
+            &material.serving_ca.cert_pem,
+            Some((
+                &material.probe_client.cert_der,
+                &material.probe_client.key_der,
+            )),
+            interval.min(Duration::from_secs(5)),
         )?;
-        let components = ComponentCertificates::generate(
-            &client_ca,
-            &request_header_ca,
-            &etcd_server_ca,
-            &etcd_peer_ca,
-        )?;
-        let mut names = api_server_names(&config.control_plane.bind_address);
-        if let Some(ip) = kubernetes_service_ip(&config.control_plane.service_cidr) {
-            names.push(ip.to_string());
+        let attestations = Attestations {
+            material: Arc::clone(&material),
+            nsm: Arc::clone(&options.nsm),
+            simulated_root_pem: options.simulated_root_pem.clone(),
+            latest: watch::channel(None).0,
+        };
+        attestations.attest(&boot.nonce).await?;
+
+        // Files for the control plane.
+        k3s::write(&ca_path, material.serving_ca.cert_pem.as_bytes(), false)?;
+        k3s::write(&cert_path, material.api_server.cert_pem.as_bytes(), false)?;
+        k3s::write(&key_path, material.api_server.key_pem.as_bytes(), true)?;
+        let data_dir = std::path::Path::new(&cp.data_dir);
+        let layout = kubernetes::Layout::new(data_dir);
+        match distribution {
+            Distribution::K3s => {
+                k3s::write_ca_files(data_dir, &material)?;
+                k3s::write(
+                    &data_dir.join(k3s::RBAC_MANIFEST),
+                    k3s::rbac_manifest()?.as_bytes(),
+                    false,
+                )?;
+                k3s::write(&config_path, rendered.as_bytes(), false)?;
+            }
+            Distribution::Kubernetes => {
+                kubernetes::write_files(&config, &layout, &material, &api_target)?;
+            }
         }
-        let api_server = serving_ca.issue_server("kube-apiserver", &names)?;
-        let webhook = serving_ca.issue_server(
-            "nautilus-token-webhook",
-            &["127.0.0.1".to_owned(), "localhost".to_owned()],
-        )?;
-        let probe_client = client_ca.issue_client("nautilus-agent-prober")?;
-        let config_digest = config.digest();
-        let binding = Binding::v1(config_digest, serving_ca.digest());
-        Ok(Self {
-            signer,
-            serving_ca,
-            client_ca,
-            request_header_ca,
-            etcd_server_ca,
-            etcd_peer_ca,
-            service_account_key_pem,
-            components,
-            api_server,
-            webhook,
-            probe_client,
-            config_digest,
-            binding,
+
+        // The token webhook, before the API server that calls it.
+        let webhook =
+            WebhookService::start(options.webhook_listen, tls, Arc::new(authenticator)).await?;
+        let url = format!("https://{}{}", webhook.local_addr(), crate::webhook::PATH);
+        let written = webhook_kubeconfig(&url, &material.serving_ca.cert_pem)
+            .map_err(BootError::from)
+            .and_then(|kubeconfig| {
+                k3s::write(&kubeconfig_path, kubeconfig.as_bytes(), false).map_err(BootError::from)
+            });
+        if let Err(e) = written {
+            webhook.stop();
+            return Err(e);
+        }
+        info!(webhook = %url, ?distribution, "control-plane files written");
+
+        // The control plane.
+        let mut supervisor_config = SupervisorConfig::new(&options.control_plane_command, vec![]);
+        supervisor_config.initial_backoff = options.restart_backoff;
+        let control_plane = match (distribution, readiness) {
+            (Distribution::Kubernetes, Some(readiness)) => {
+                let argv = flags::as_argv;
+                ControlPlane::kubernetes(KubernetesPlan {
+                    binaries: options.kubernetes_binaries.clone(),
+                    etcd: argv(&kubernetes::etcd_flags(&layout, &options.ports)),
+                    apiserver: argv(&kubernetes::apiserver_flags(
+                        &config,
+                        &spec,
+                        &layout,
+                        &options.ports,
+                    )),
+                    scheduler: argv(&kubernetes::scheduler_flags(&spec, &layout)),
+                    controller_manager: argv(&kubernetes::controller_manager_flags(
+                        &config, &spec, &layout,
+                    )),
+                    readiness,
+                    template: supervisor_config,
+                })
+            }
+            _ => {
+                let mut args = options.control_plane_args.clone();
+                if is_k3s(&options.control_plane_command) {
+                    if args.is_empty() {
+                        args.push("server".into());
+                    }
+                    args.push("--config".into());
+                    args.push(config_path.display().to_string());
+                }
+                supervisor_config.args = args;
+                let path = |p: &std::path::Path| p.display().to_string();
+                supervisor_config.env = vec![
+                    (env::DATA_DIR.into(), cp.data_dir.clone()),
+                    (env::BIND_ADDRESS.into(), cp.bind_address.clone()),
+                    (env::HTTPS_PORT.into(), cp.https_port.to_string()),
+                    (env::WEBHOOK_KUBECONFIG.into(), path(&kubeconfig_path)),
+                    (env::TLS_CERT.into(), path(&cert_path)),
+                    (env::TLS_KEY.into(), path(&key_path)),
+                    (env::CA_CERT.into(), path(&ca_path)),
+                    (env::CONFIG_FILE.into(), path(&config_path)),
+                    (
+                        env::SCHEDULER_PORT.into(),
+                        options.ports.scheduler.to_string(),
+                    ),
+                    (
+                        env::CONTROLLER_MANAGER_PORT.into(),
+                        options.ports.controller_manager.to_string(),
+                    ),
+                ];
+                ControlPlane::single(supervisor_config)
+            }
+        };
+        let reporter = Reporter::start(ReporterConfig {
+            material: Arc::clone(&material),
+            digest_hex: digest_hex.clone(),
+            prober,
+            process: control_plane.state(),
+            interval,
+            startup_timeout: Duration::from_secs(u64::from(config.health.startup_timeout_seconds)),
+        });
+        info!(digest = %digest_hex, api = %api_target, "booted");
+        Ok(Booted {
+            config,
+            digest_hex,
+            attestations,
+            reporter,
+            api_target,
+            control_plane: Mutex::new(Some(control_plane)),
+            webhook: std::sync::Mutex::new(Some(webhook)),
         })
     }
 
-    /// Ask `nsm` for a document binding this material, with `nonce`; wrap it as evidence.
-    /// `simulated_root_pem` is set only for a simulated NSM.
-    pub async fn attest(
-        &self,
-        nsm: Arc<dyn Nsm>,
-        nonce: &[u8],
-        simulated_root_pem: Option<String>,
-    ) -> Result<AttestationEvidence, BootError> {
-        let user_data = self.binding.clone();
-        let public_key = self.signer.public_key_der();
-        let nonce = nonce.to_vec();
-        let document = tokio::task::spawn_blocking(move || {
-            nsm.attest(Some(&user_data), Some(&nonce), Some(&public_key))
-        })
-        .await
-        .map_err(|e| BootError::Task(e.to_string()))??;
-        Ok(AttestationEvidence {
-            document,
-            serving_ca_pem: self.serving_ca.cert_pem.clone(),
-            simulated_root_pem,
-        })
+    /// The latest attestation evidence and the ones that follow.
+    pub(crate) fn attestations(&self) -> watch::Receiver<Option<(Vec<u8>, AttestationEvidence)>> {
+        self.attestations.latest.subscribe()
     }
+
+    /// Whether the latest attestation answers `nonce`.
+    pub(crate) fn attested_with(&self, nonce: &[u8]) -> bool {
+        self.attestations
+            .latest
+            .borrow()
+            .as_ref()
+            .is_some_and(|(attested, _)| attested == nonce)
+    }
+
+    /// Attest again with `nonce`: the same key and binding.
+    pub(crate) async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
+        self.attestations.attest(nonce).await
+    }
+
+    /// Stop the reporter, the webhook and the control plane (no orphan).
+    pub(crate) async fn stop(&self) {
+        self.reporter.stop();
+        if let Some(webhook) = self
+            .webhook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            webhook.stop();
+        }
+        if let Some(control_plane) = self.control_plane.lock().await.take() {
+            control_plane.stop().await;
+        }
+    }
+}
+
+fn webhook_tls(material: &BootMaterial) -> Result<Arc<rustls::ServerConfig>, BootError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let key = PrivateKeyDer::try_from(material.webhook.key_der.clone())
+        .map_err(|e| BootError::Tls(e.to_owned()))?;
+    rustls::ServerConfig::builder_with_provider(crate::client::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BootError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![
+                CertificateDer::from(material.webhook.cert_der.clone()),
+                CertificateDer::from(material.serving_ca.cert_der.clone()),
+            ],
+            key,
+        )
+        .map(Arc::new)
+        .map_err(|e| BootError::Tls(e.to_string()))
 }
 
 #[cfg(test)]
@@ -454,54 +429,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_server_names_cover_the_service_and_loopback() {
-        let names = api_server_names("10.0.0.5");
-        assert_eq!(names[0], "10.0.0.5");
-        for n in ["127.0.0.1", "localhost", "kubernetes.default.svc"] {
-            assert!(names.iter().any(|x| x == n), "{n}");
-        }
-        let names = api_server_names("0.0.0.0");
-        assert!(!names.iter().any(|x| x == "0.0.0.0"));
-        let names = api_server_names("127.0.0.1");
-        assert_eq!(names.iter().filter(|x| *x == "127.0.0.1").count(), 1);
-    }
-
-    #[test]
-    fn the_kubernetes_service_ip_is_the_first_of_the_range() {
-        assert_eq!(
-            kubernetes_service_ip("10.43.0.0/16").map(|ip| ip.to_string()),
-            Some("10.43.0.1".into())
-        );
-        assert_eq!(
-            kubernetes_service_ip("fd00:43::/112").map(|ip| ip.to_string()),
-            Some("fd00:43::1".into())
-        );
-        assert_eq!(kubernetes_service_ip("nonsense"), None);
-    }
-
-    #[test]
-    fn private_keys_are_sec1_with_the_named_curve() {
-        use p256::pkcs8::DecodePrivateKey as _;
-        let ca = CertificateAuthority::generate("test CA").expect("ca");
-        let leaf = ca.issue_client_in("u", &["g"]).expect("leaf");
-        for pem in [&ca.key_pem, &leaf.key_pem] {
-            assert!(pem.starts_with("-----BEGIN EC PRIVATE KEY-----\n"), "{pem}");
-            // Go's x509.ParseECPrivateKey needs the curve inside the SEC1 structure when it
-            // is read on its own: the DER carries the P-256 OID (1.2.840.10045.3.1.7).
-            use base64::Engine as _;
-            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-            let der = base64::engine::general_purpose::STANDARD
-                .decode(body)
-                .expect("base64");
-            let oid = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-            assert!(der.windows(oid.len()).any(|w| w == oid), "curve named");
-            p256::SecretKey::from_sec1_der(&der).expect("sec1");
-        }
-        // The PKCS#8 DER rustls takes is the same key.
-        let pkcs8 = p256::SecretKey::from_pkcs8_der(&leaf.key_der).expect("pkcs8");
-        assert_eq!(
-            pkcs8,
-            p256::SecretKey::from_sec1_pem(&leaf.key_pem).expect("sec1")
-        );
+    fn local_targets() {
+        assert_eq!(local_target("0.0.0.0", 6443), "127.0.0.1:6443");
+        assert_eq!(local_target("10.1.2.3", 6443), "10.1.2.3:6443");
+        assert_eq!(local_target("::1", 6443), "[::1]:6443");
     }
 }

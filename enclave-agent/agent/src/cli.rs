@@ -6,14 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use nautilus_protocol::constants::{
+    API_PORT, CONTROL_PORT, EGRESS_PORT, VSOCK_CID_ANY, VSOCK_CID_HOST,
+};
 use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
+use crate::boot::{BootOptions, env};
 use crate::flags::{
     CONTROLLER_MANAGER_PORT, ComponentPorts, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SCHEDULER_PORT,
 };
 use crate::kubernetes::Binaries;
-use crate::link::{Agent, AgentOptions, LinkError, env};
+use crate::link::{Agent, AgentOptions, LinkError};
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]
@@ -76,14 +80,14 @@ pub struct Args {
     #[arg(
         long,
         env = "NAUTILUS_AGENT_LISTEN",
-        default_value = "vsock://4294967295:5000"
+        default_value_t = Endpoint::Vsock { cid: VSOCK_CID_ANY, port: CONTROL_PORT }
     )]
     pub listen: Endpoint,
     /// Endpoint forwarded byte for byte to the local API server (bindAddress:httpsPort).
     #[arg(
         long,
         env = "NAUTILUS_AGENT_API_LISTEN",
-        default_value = "vsock://4294967295:6443"
+        default_value_t = Endpoint::Vsock { cid: VSOCK_CID_ANY, port: API_PORT }
     )]
     pub api_listen: Endpoint,
     /// Which NSM attests.
@@ -120,7 +124,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_listen: SocketAddr,
     /// HTTP CONNECT proxy for Sui RPC (an endpoint), or `none` to dial directly (development).
-    #[arg(long, default_value = "vsock://3:8001")]
+    #[arg(long, default_value_t = Endpoint::Vsock { cid: VSOCK_CID_HOST, port: EGRESS_PORT }.to_string())]
     pub egress_proxy: String,
     /// An extra trust root (PEM) for the Sui full node's TLS (development fixtures).
     #[arg(long)]
@@ -217,22 +221,24 @@ impl Args {
         let agent = Agent::new(AgentOptions {
             listen,
             api_listen,
-            nsm,
-            simulated_root_pem,
-            control_plane_command,
-            control_plane_args: control_plane_arg,
-            work_dir,
-            webhook_listen,
-            egress_proxy,
-            sui_ca_pem,
-            ports: ComponentPorts {
-                scheduler: scheduler_port,
-                controller_manager: controller_manager_port,
-                etcd_client: etcd_client_port,
-                etcd_peer: etcd_peer_port,
+            boot: BootOptions {
+                nsm,
+                simulated_root_pem,
+                control_plane_command,
+                control_plane_args: control_plane_arg,
+                work_dir,
+                webhook_listen,
+                egress_proxy,
+                sui_ca_pem,
+                ports: ComponentPorts {
+                    scheduler: scheduler_port,
+                    controller_manager: controller_manager_port,
+                    etcd_client: etcd_client_port,
+                    etcd_peer: etcd_peer_port,
+                },
+                kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
+                restart_backoff: Duration::from_secs(1),
             },
-            kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
-            restart_backoff: Duration::from_secs(1),
         });
         let result = tokio::select! {
             result = Arc::clone(&agent).run() => result.map_err(CliError::from),

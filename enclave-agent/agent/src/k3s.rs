@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use nautilus_protocol::wire::{ControlPlaneConfig, EnclaveConfig};
 use serde_yaml::{Mapping, Value};
 
-use crate::boot::{BootMaterial, CertificateAuthority};
 use crate::flags::{self, Flags, FlagsError, SpecFlags};
+use crate::material::{BootMaterial, CertificateAuthority};
 
 /// Why the K3s configuration could not be rendered or written.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +159,7 @@ pub fn implied_apiserver_flags(rendered: &str) -> Result<Flags, K3sError> {
         ),
         f(
             "requestheader-allowed-names",
-            crate::boot::REQUEST_HEADER_CN.into(),
+            crate::material::REQUEST_HEADER_CN.into(),
         ),
         f(
             "proxy-client-cert-file",

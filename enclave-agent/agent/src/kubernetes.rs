@@ -9,7 +9,7 @@
 //! The files sit where K3s keeps its own (`<dataDir>/server/tls`, `…/cred`, `…/db/etcd`), with
 //! K3s' names, so a reader of one data directory knows the other. The CAs are the same files
 //! the `k3s` distribution gets ([`crate::k3s::write_ca_files`]); the leaf certificates that K3s
-//! would issue itself come from [`crate::boot::ComponentCertificates`]. The API server's flags
+//! would issue itself come from [`crate::material::ComponentCertificates`]. The API server's flags
 //! are the ones K3s gives its embedded API server ([`crate::k3s::implied_apiserver_flags`] is
 //! compared with [`apiserver_flags`] in the tests), with etcd in place of kine and the API
 //! server listening on `bindAddress:httpsPort` itself rather than behind K3s' supervisor.
@@ -27,10 +27,10 @@ use std::time::Duration;
 use nautilus_protocol::wire::EnclaveConfig;
 use tracing::{info, warn};
 
-use crate::boot::{BootMaterial, LeafCertificate};
 use crate::client::{self, ClientError, Request};
 use crate::flags::{self, ComponentPorts, Flags, SpecFlags};
 use crate::k3s::{self, K3sError};
+use crate::material::{BootMaterial, LeafCertificate};
 
 /// Why the `kubernetes` distribution's files could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +221,7 @@ pub fn apiserver_flags(
         ),
         f(
             "requestheader-allowed-names",
-            crate::boot::REQUEST_HEADER_CN,
+            crate::material::REQUEST_HEADER_CN,
         ),
         f(
             "proxy-client-cert-file",

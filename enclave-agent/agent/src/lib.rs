@@ -2,8 +2,13 @@
 //!
 //! # Layout
 //! - [`cli`]: the `nautilus-agent` command line.
-//! - [`link`]: the runtime: control link to the sidecar, boot, report stream, API forwarder.
-//! - [`boot`]: report key, CAs and serving certificates, and the attestation binding them.
+//! - [`link`]: the [`link::Agent`] and its control link to the sidecar (BootConfig in;
+//!   attestation and reports out; nonce refresh).
+//! - [`boot`]: the boot sequence, from a BootConfig to an attested, supervised control plane,
+//!   and the control plane's environment.
+//! - [`forwarder`]: the API server's vsock port, forwarded byte for byte ([`forwarder::ApiForwarder`]).
+//! - [`reporter`]: probe rounds turned into signed, sequenced reports ([`reporter::Reporter`]).
+//! - [`material`]: report key, CAs and serving certificates, and the attestation binding them.
 //! - [`flags`]: the one source of the components' flags for both distributions.
 //! - [`k3s`]: the K3s `--config` YAML and the custom CA files in its data directory.
 //! - [`kubernetes`]: the `kubernetes` distribution's files, flags and readiness checks.
@@ -28,10 +33,13 @@ pub mod client;
 pub mod control_plane;
 pub mod egress;
 pub mod flags;
+pub mod forwarder;
 pub mod k3s;
 pub mod kubernetes;
 pub mod link;
+pub mod material;
 pub mod prober;
+pub mod reporter;
 pub mod stake;
 pub mod supervisor;
 pub mod webhook;

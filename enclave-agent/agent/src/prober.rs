@@ -159,7 +159,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             ports.push(l.local_addr().expect("addr").port());
         }
-        let ca = crate::boot::CertificateAuthority::generate("test CA").expect("ca");
+        let ca = crate::material::CertificateAuthority::generate("test CA").expect("ca");
         let prober = Prober::new(
             ProbeTargets {
                 api_server: format!("127.0.0.1:{}", ports[0]),

@@ -480,7 +480,7 @@ async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
 /// from `server-ca` by the agent's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_k3s_files_and_flags_start_a_real_kube_apiserver() {
-    use nautilus_agent::{boot, flags, k3s, kubernetes};
+    use nautilus_agent::{flags, k3s, kubernetes, material};
     let Some(assets) =
         kubernetes_assets_or_skip("the_k3s_files_and_flags_start_a_real_kube_apiserver")
     else {
@@ -491,7 +491,7 @@ async fn the_k3s_files_and_flags_start_a_real_kube_apiserver() {
     let data_dir = dir.path().join("k3s");
     let mut config = enclave_config(&data_dir, free_port(), "https://127.0.0.1:1");
     config.control_plane.distribution = "k3s".into();
-    let material = boot::BootMaterial::generate(&config).expect("material");
+    let material = material::BootMaterial::generate(&config).expect("material");
     let ports = flags::ComponentPorts {
         etcd_client: free_port(),
         etcd_peer: free_port(),

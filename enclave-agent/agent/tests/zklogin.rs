@@ -15,7 +15,7 @@ use nautilus_sui_fixture::{CHAIN_ID, Chain, serve};
 
 /// The valid zkLogin vector of the shared testdata and its test issuer key.
 fn vector() -> Option<(serde_json::Value, ZkLoginConfig)> {
-    let dir = nautilus_protocol::testdata::testdata_dir()?;
+    let dir = nautilus_test_support::testdata_dir()?;
     let text = std::fs::read_to_string(dir.join("sui/personal_message_vectors.json")).ok()?;
     let all: serde_json::Value = serde_json::from_str(&text).ok()?;
     let v = all["vectors"]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use nautilus_protocol::testdata::nitro_dir;
+use nautilus_test_support::nitro_dir;
 use serde_json::Value;
 
 fn nautilusctl(args: &[&str]) -> Output {

@@ -227,7 +227,7 @@ fn exec_credential_is_what_kubectl_reads() {
 }
 
 fn vectors() -> Option<Vec<Value>> {
-    let dir = nautilus_protocol::testdata::testdata_dir()?;
+    let dir = nautilus_test_support::testdata_dir()?;
     let text = std::fs::read_to_string(dir.join("sui/personal_message_vectors.json")).unwrap();
     let json: Value = serde_json::from_str(&text).unwrap();
     Some(json["vectors"].as_array().unwrap().clone())

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nautilus_protocol::attestation::now_unix_millis;
-use nautilus_protocol::testdata::nitro_dir;
 use nautilus_protocol::{ChainCache, Nsm as _, SimulatedNsm, TrustAnchor, Verifier, VerifyAt};
+use nautilus_test_support::nitro_dir;
 
 const DOCUMENT: &str = "turnkey-prod-2024-07-16.cbor";
 

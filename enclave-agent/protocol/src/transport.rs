@@ -11,11 +11,6 @@ use std::str::FromStr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// `VMADDR_CID_ANY`: listen on every CID.
-pub const VSOCK_CID_ANY: u32 = u32::MAX;
-/// `VMADDR_CID_HOST`: the parent instance, as seen from inside an enclave.
-pub const VSOCK_CID_HOST: u32 = 3;
-
 /// Why an endpoint could not be parsed, bound or reached.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,7 +56,8 @@ pub enum TransportError {
 pub enum Endpoint {
     /// An AF_VSOCK address.
     Vsock {
-        /// Context id: the enclave's CID, [`VSOCK_CID_HOST`], or [`VSOCK_CID_ANY`] to listen.
+        /// Context id: the enclave's CID, [`VSOCK_CID_HOST`](crate::constants::VSOCK_CID_HOST),
+        /// or [`VSOCK_CID_ANY`](crate::constants::VSOCK_CID_ANY) to listen.
         cid: u32,
         /// Port.
         port: u32,

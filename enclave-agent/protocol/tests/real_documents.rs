@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use nautilus_protocol::attestation::{AWS_NITRO_ROOT_G1_SHA256, MAX_DOCUMENT_BYTES};
-use nautilus_protocol::testdata::nitro_dir;
 use nautilus_protocol::{AttestationDocument, TrustAnchor, Verifier, VerifyAt, VerifyError};
+use nautilus_test_support::nitro_dir;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -61,7 +61,7 @@ fn zklogin_verifier(inputs: &ZkLoginInputs, epoch: u64) -> SignatureVerifier {
 
 fn testdata() -> Option<PathBuf> {
     // One lookup rule for every crate: `$NAUTILUS_TESTDATA`, else `shared/testdata` beside the clone.
-    nautilus_protocol::testdata::testdata_dir()
+    nautilus_test_support::testdata_dir()
 }
 
 /// The outcome of the production path: decode, bind the address, verify. zkLogin vectors are

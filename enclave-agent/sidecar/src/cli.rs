@@ -7,14 +7,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nautilus_protocol::bounded::Limits;
-use nautilus_protocol::transport::{Endpoint, TransportError, VSOCK_CID_ANY};
-
-/// The agent's control-link port inside the enclave.
-pub const AGENT_CONTROL_PORT: u32 = 5000;
-/// The enclave's forwarded API server port.
-pub const AGENT_API_PORT: u32 = 6443;
-/// The egress proxy's vsock port, as the agent dials it (`vsock://3:8001`).
-pub const EGRESS_PORT: u32 = 8001;
+use nautilus_protocol::constants::{EGRESS_PORT, VSOCK_CID_ANY};
+use nautilus_protocol::transport::{Endpoint, TransportError};
 
 /// Why a command-line value could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -342,10 +336,6 @@ pub struct Args {
     #[command(flatten)]
     pub limits: LimitArgs,
 
-    /// Tests only: flip one byte of every relayed report, to prove that readers notice.
-    #[arg(long, hide = true)]
-    pub tamper_reports: bool,
-
     /// Log format.
     #[arg(long, value_enum, env = "NAUTILUS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -390,7 +380,6 @@ mod tests {
                 port: 443
             }]
         );
-        assert!(!args.tamper_reports);
         let [http, api, egress] = args.limits.limits();
         assert_eq!(
             (http.max_connections, http.body_timeout, http.idle_timeout),
@@ -403,6 +392,28 @@ mod tests {
         assert_eq!(
             (egress.max_connections, egress.idle_timeout),
             (64, Duration::from_secs(300))
+        );
+    }
+
+    /// The test-only switch of old is gone from the production binary: tests that need a
+    /// tampering host build one (the e2e crate's relay).
+    #[test]
+    fn there_is_no_tampering_switch() {
+        let err = Args::try_parse_from([
+            "nautilus-sidecar",
+            "--boot-config",
+            "/etc/nautilus/boot-config.json",
+            "--launcher",
+            "nitro",
+            "--tamper-reports",
+        ])
+        .expect_err("refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(
+            !Args::command()
+                .get_arguments()
+                .any(|arg| arg.get_id().as_str().contains("tamper")),
+            "no hidden tamper flag either"
         );
     }
 

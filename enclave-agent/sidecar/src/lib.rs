@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nautilus_protocol::bounded::{BoundedListener, Observer};
+use nautilus_protocol::constants;
 use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::mpsc;
@@ -260,7 +261,6 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         report_max_age_seconds,
         link_timeout_seconds,
         limits,
-        tamper_reports,
         log_format: _,
     } = args;
     let [http_limits, api_limits, egress_limits] = limits.limits();
@@ -301,17 +301,9 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     if egress_allow.is_empty() {
         warn!("no --egress-allow: the egress proxy refuses every target");
     }
-    if tamper_reports {
-        warn!("--tamper-reports: every relayed report is altered (tests only)");
-    }
 
     let metrics = Arc::new(Metrics::new());
-    let (evidence, nonces) = Evidence::new(
-        digest.clone(),
-        max_age_ms,
-        tamper_reports,
-        Arc::clone(&metrics),
-    );
+    let (evidence, nonces) = Evidence::new(digest.clone(), max_age_ms, Arc::clone(&metrics));
     let evidence = Arc::new(evidence);
 
     // Listen before launching: the enclave dials the egress proxy as it boots.
@@ -350,8 +342,8 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     evidence.set_enclave(info);
     let vsock = |port| cid.map(|cid| Endpoint::Vsock { cid, port });
     let (Some(agent_endpoint), Some(api_upstream)) = (
-        agent.or_else(|| vsock(cli::AGENT_CONTROL_PORT)),
-        api_upstream.or_else(|| vsock(cli::AGENT_API_PORT)),
+        agent.or_else(|| vsock(constants::CONTROL_PORT)),
+        api_upstream.or_else(|| vsock(constants::API_PORT)),
     ) else {
         let _ = launcher.stop().await;
         return Err(SidecarError::Config(

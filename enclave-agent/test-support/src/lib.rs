@@ -1,9 +1,10 @@
-//! Location of the shared test data (real attestation documents and their manifest).
+//! Tests only: where the shared test data lives (real attestation documents, Sui signature
+//! vectors and their manifests).
 //!
-//! The documents are not part of this repository: they live in `shared/testdata` beside the
-//! clone. Tests, benchmarks and the CLI's integration tests all find them through
-//! [`testdata_dir`], so there is one rule for where they are, and each caller skips (rather
-//! than fails) when they are absent.
+//! The data is not part of this repository: it lives in `shared/testdata` beside the clone.
+//! Every crate's tests and benchmarks find it through [`testdata_dir`], so there is one rule for
+//! where it is, and each caller skips (rather than fails) when it is absent. This crate is a
+//! dev-dependency only, so no production binary or library API carries it.
 
 use std::path::PathBuf;
 
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 pub const ENV_VAR: &str = "NAUTILUS_TESTDATA";
 
 /// The test-data directory: `$NAUTILUS_TESTDATA` if set, else `shared/testdata` beside the
-/// repository (the path is relative to this crate, `enclave-agent/protocol`).
+/// repository (the path is relative to this crate, `enclave-agent/test-support`).
 ///
 /// Returns `Err` with the path that was tried when the directory does not exist.
 pub fn locate() -> Result<PathBuf, PathBuf> {
@@ -38,4 +39,22 @@ pub fn testdata_dir() -> Option<PathBuf> {
 /// The `nitro/` subdirectory of [`testdata_dir`] (real attestation documents).
 pub fn nitro_dir() -> Option<PathBuf> {
     testdata_dir().map(|dir| dir.join("nitro"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_location_is_beside_the_clone() {
+        // Whether or not the data is there, the path tried ends in shared/testdata (unless the
+        // environment overrides it, which then is what is tried).
+        let tried = match locate() {
+            Ok(dir) | Err(dir) => dir,
+        };
+        match std::env::var_os(ENV_VAR) {
+            Some(dir) => assert_eq!(tried, PathBuf::from(dir)),
+            None => assert!(tried.ends_with("../../../shared/testdata"), "{tried:?}"),
+        }
+    }
 }

@@ -121,11 +121,74 @@ fn writes_between(before: &Requests, after: &Requests) -> (u64, u64, BTreeMap<St
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The largest RSS seen by sampling every 200 ms, split into anonymous memory (the heap) and
+/// file pages (the binary's code), and the phase of the run it was seen in: `VmHWM` alone says
+/// neither when nor what.
+#[derive(Debug, Default)]
+struct RssPeak {
+    phase: &'static str,
+    peak: (u64, u64, u64, &'static str),
+}
+
+impl RssPeak {
+    fn start(pid: u32) -> std::sync::Arc<std::sync::Mutex<Self>> {
+        let peak = std::sync::Arc::new(std::sync::Mutex::new(Self {
+            phase: "start",
+            ..Self::default()
+        }));
+        let sampler = std::sync::Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                let sample = (
+                    status_kib(pid, "VmRSS:"),
+                    status_kib(pid, "RssAnon:"),
+                    status_kib(pid, "RssFile:"),
+                );
+                let (Some(rss), Some(anon), Some(file)) = sample else {
+                    return;
+                };
+                if let Ok(mut p) = sampler.lock()
+                    && rss > p.peak.0
+                {
+                    p.peak = (rss, anon, file, p.phase);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        peak
+    }
+
+    fn enter(this: &std::sync::Mutex<Self>, phase: &'static str) {
+        if let Ok(mut p) = this.lock() {
+            p.phase = phase;
+        }
+    }
+
+    fn report(this: &std::sync::Mutex<Self>) -> String {
+        let mib = |k: u64| k as f64 / 1024.0;
+        match this.lock() {
+            Ok(p) => format!(
+                "{:.1} MiB ({:.1} anonymous, {:.1} file), during {}",
+                mib(p.peak.0),
+                mib(p.peak.1),
+                mib(p.peak.2),
+                p.peak.3
+            ),
+            Err(_) => "?".into(),
+        }
+    }
 }
 
 /// The operator's own count of its writes, from its `/metrics`.
@@ -252,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
         binary.display(),
         log_path.display()
     );
+    let rss = RssPeak::start(pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut sample: NautilusMaster = serde_yaml::from_str(SAMPLE).context("the sample")?;
@@ -259,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
     let masters: Api<NautilusMaster> = Api::namespaced(client.clone(), NAMESPACE);
 
     let before_create = requests(&client).await?;
+    RssPeak::enter(&rss, "creation");
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let per_task = n.div_ceil(8);
@@ -299,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let all_reconciled = start.elapsed();
     let rss_create = vm_hwm_kib(pid);
+    RssPeak::enter(&rss, "pod creation");
 
     // The steady state is every enclave pod created (and Pending: no scheduler or kubelet) and
     // its resource's status saying so. The controller manager creates the pods at its own pace.
@@ -320,6 +386,7 @@ async fn main() -> anyhow::Result<()> {
     let all_pods = start.elapsed();
     eprintln!("{:6.1} s: all {n} pods exist", all_pods.as_secs_f64());
     // Let the last status writes and Events land, then count an idle period.
+    RssPeak::enter(&rss, "idle");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let before_idle = requests(&client).await?;
     let (creation_writes, creation_all, creation_series) =
@@ -362,6 +429,7 @@ async fn main() -> anyhow::Result<()> {
 
     // One DELETE per resource (a DELETECOLLECTION of 1000 outlives the API server's request
     // timeout), from 8 clients, then wait until the operator has let every one go.
+    RssPeak::enter(&rss, "deletion");
     let delete_start = Instant::now();
     let names: Vec<String> = masters
         .list_metadata(&ListParams::default())
@@ -407,6 +475,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "| operator peak RSS (VmHWM) at the end | {} MiB |",
         rss_peak.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+    );
+    println!(
+        "| operator's largest sampled RSS (200 ms) | {} |",
+        RssPeak::report(&rss)
     );
     drop(operator);
     Ok(())

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cli`]: the `nautilus-agent` command line.
 //! - [`link`]: the runtime: control link to the sidecar, boot, report stream, API forwarder.
+//! - [`challenge`]: a user's one-shot challenge, answered beside the operator's evidence.
 //! - [`boot`]: report key, CAs and serving certificates, and the attestation binding them.
 //! - [`flags`]: the one source of the components' flags for both distributions.
 //! - [`k3s`]: the K3s `--config` YAML and the custom CA files in its data directory.
@@ -23,6 +24,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod control_plane;

@@ -7,6 +7,7 @@
 //! sidecar ◄─Attestation── agent   the latest evidence (again after every NonceRefresh)
 //! sidecar ◄─Report──────  agent   signed, sequence +1, after every probe round and change
 //! sidecar ──NonceRefresh─► agent  attest again: same key and binding, new nonce
+//! sidecar ──Challenge────► agent  a user's nonce: one ChallengeAnswer, evidence unchanged
 //! ```
 //!
 //! The agent boots once per process. A later connection (the sidecar restarted) must send the
@@ -370,10 +371,23 @@ impl Agent {
                             info!(nonce_len = refresh.nonce.len(), "nonce refresh");
                             booted.attest(&self.options, &refresh.nonce).await?;
                         }
+                        Some(Ok(Message::Challenge(challenge))) => {
+                            let options = &self.options;
+                            let answer = crate::challenge::answer(
+                                &booted.material,
+                                Arc::clone(&options.nsm),
+                                options.simulated_root_pem.clone(),
+                                challenge,
+                            );
+                            if let Some(answer) = answer.await {
+                                let answer = Message::ChallengeAnswer(answer);
+                                wire::write_message(&mut writer, &answer).await?;
+                            }
+                        }
                         Some(Ok(other)) => {
                             return Err(WireError::Unexpected {
                                 found: other.kind(),
-                                expected: "NonceRefresh",
+                                expected: "NonceRefresh or Challenge",
                             }
                             .into());
                         }

@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
             listener,
             upstream.clone(),
             Arc::new(Metrics::new()),
+            None,
         ));
         (upstream, proxied)
     });

@@ -86,5 +86,5 @@ async fn a_challenge_gets_its_own_document_and_leaves_the_operators_evidence_alo
         assert_eq!(status, 400, "{}", String::from_utf8_lossy(bad));
     }
     assert_eq!(get(addr, "/challenge").await.0, 405);
-    running.shutdown().await;
+    running.shutdown().await.expect("shutdown");
 }

@@ -2,8 +2,9 @@
 //! document for that nonce ([`ChallengeResponse`]), so that `nautilusctl verify` can check the
 //! enclave without trusting the host or the operator.
 //!
-//! The challenge goes to the agent as its own message ([`Challenge`]) and the answer comes back
-//! as [`ChallengeAnswer`](nautilus_protocol::wire::ChallengeAnswer): the evidence at `/report`
+//! The challenge goes to the agent as its own message
+//! ([`Challenge`](nautilus_protocol::wire::Challenge)) and the answer comes back as
+//! [`ChallengeAnswer`]: the evidence at `/report`
 //! (what the operator verifies against *its* nonce) is not replaced, so users checking an
 //! enclave never make the operator's check flap.
 //!

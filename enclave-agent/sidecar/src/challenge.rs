@@ -14,7 +14,9 @@
 //!   first bytes are `POST /challenge ` is served as HTTP with this one route, so that the
 //!   endpoint users already have reaches it in both runtimes and through any port-forward.
 //!   Every other connection (TLS for the enclave's API server, anything else) is still joined
-//!   byte for byte to the enclave.
+//!   byte for byte to the enclave. The prefix must arrive in the first read (`nautilusctl`
+//!   writes the whole request at once); a client that trickles it reaches the API server,
+//!   which refuses it.
 //!
 //! Bounded: at most [`MAX_IN_FLIGHT`] challenges at once (429 beyond), each answered within
 //! [`ANSWER_TIMEOUT`] (504 after), 503 without a link to the agent, 400 on a bad body; request
@@ -330,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_goes_to_the_enclave_and_anything_else_is_plain() {
+    fn only_a_challenge_head_is_answered_by_the_sidecar() {
         assert!(!is_plain(&[0x16, 0x03, 0x01]));
         assert!(is_plain(b"POST /challenge HTTP/1.1\r\n"));
         for other in [

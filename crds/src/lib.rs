@@ -9,6 +9,8 @@
 //!   enforces.
 //! - [`conditions`]: condition types, reasons and phases, shared by the operator (which writes
 //!   them) and by anything that reads status (e2e tests, the Argo CD health check).
+//! - [`render`]: the measured boot configuration and the client kubeconfig rendered from a
+//!   spec, shared by the operator and `nautilusctl verify` so both compute the same bytes.
 //! - [`crd()`]: the `CustomResourceDefinition` rendered from the types. The committed
 //!   `crds/nautilusmaster.yaml` must equal it; a test fails when it drifts.
 //!
@@ -19,11 +21,13 @@
 //!               ──owns──▶ Secret <name>-kubeconfig      (attested CA + endpoint, no credentials)
 //! ```
 //!
-//! This crate holds types and constants only: it never picks a Kubernetes version feature of
+//! Besides the types and constants it holds only [`render`], pure functions of a spec. It never
+//! picks a Kubernetes version feature of
 //! `k8s-openapi`; binaries that link it do.
 
 pub mod conditions;
 pub mod nautilus_master;
+pub mod render;
 
 pub use nautilus_master::*;
 

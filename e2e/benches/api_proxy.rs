@@ -97,6 +97,7 @@ fn sidecar_proxy(rt: &Runtime, upstream: SocketAddr) -> SocketAddr {
             listener,
             Endpoint::Tcp(upstream.to_string()),
             Arc::new(Metrics::new()),
+            None,
         ));
         bound.parse().expect("bound address")
     })

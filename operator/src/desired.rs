@@ -28,11 +28,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
+use nautilus_crds::render::{self, RenderError};
 use nautilus_crds::{HugepageSize, NautilusMaster};
-use nautilus_protocol::wire::{
-    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig, TierConfig,
-    ZkLoginConfig,
-};
+use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -65,7 +63,7 @@ pub const BOOT_CONFIG_DIR: &str = "/etc/nautilus";
 /// Where the enclave image (the OCI image carrying the EIF) is mounted, read-only.
 pub const ENCLAVE_IMAGE_DIR: &str = "/enclave-image";
 /// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
-pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
+pub use nautilus_crds::render::DEFAULT_TOKEN_TTL_SECONDS;
 /// Annotation carrying the SHA-256 of the desired object the operator last applied: a child whose
 /// cached copy carries the hash of the object rendered now is not applied again.
 pub const APPLIED_HASH_KEY: &str = "nautilus.k3s-daas.io/applied-hash";
@@ -100,6 +98,19 @@ pub enum DesiredError {
         /// What serde reported.
         reason: String,
     },
+}
+
+impl From<RenderError> for DesiredError {
+    fn from(err: RenderError) -> Self {
+        match err {
+            RenderError::Metadata(field) => Self::Metadata(field),
+            RenderError::Serialize { what, reason } => Self::Serialize { what, reason },
+            other => Self::Serialize {
+                what: "spec",
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 /// Stamp `object` with [`APPLIED_HASH_KEY`]: the SHA-256 (hex) of its JSON without that
@@ -253,83 +264,10 @@ fn meta(nm: &NautilusMaster, names: &Names, name: &str) -> Result<ObjectMeta> {
     })
 }
 
-/// The string an enum serializes to (`VersionTLS12`, `info`, `json`, ...).
-fn serialized<T: Serialize>(value: &T, what: &'static str) -> Result<String> {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => Ok(s),
-        Ok(other) => Err(DesiredError::Serialize {
-            what,
-            reason: format!("expected a string, got {other}"),
-        }),
-        Err(err) => Err(DesiredError::Serialize {
-            what,
-            reason: err.to_string(),
-        }),
-    }
-}
-
-/// The measured configuration the enclave boots with, from the spec.
+/// The measured configuration the enclave boots with, from the spec
+/// ([`nautilus_crds::render::enclave_config`], which `nautilusctl verify` recomputes too).
 pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
-    let names = Names::of(nm)?;
-    let cp = &nm.spec.control_plane;
-    let auth = &nm.spec.auth;
-    Ok(EnclaveConfig {
-        cluster: names.key(),
-        control_plane: ControlPlaneConfig {
-            distribution: serialized(&cp.distribution, "distribution")?,
-            bind_address: cp.bind_address.clone(),
-            https_port: cp.https_port,
-            cluster_cidr: cp.cluster_cidr.clone(),
-            service_cidr: cp.service_cidr.clone(),
-            cluster_dns: cp.cluster_dns.clone(),
-            data_dir: cp.data_dir.clone(),
-            encrypt_secrets: cp.encrypt_secrets,
-            tls_min_version: serialized(&cp.tls_min_version, "tlsMinVersion")?,
-            cipher_suites: cp.cipher_suites.clone(),
-            log_level: serialized(&cp.log_level, "logLevel")?,
-            log_format: serialized(&cp.log_format, "logFormat")?,
-        },
-        auth: AuthConfig {
-            sui_rpc_url: auth.sui_rpc_url.clone(),
-            chain_id: auth.chain_id.clone(),
-            stake_type: auth.stake_type.clone(),
-            stake_amount_field: auth.stake_amount_field.clone(),
-            audience: nm.token_audience(),
-            max_token_lifetime_seconds: auth.max_token_lifetime_seconds,
-            stake_cache_ttl_seconds: auth.stake_cache_ttl_seconds,
-            tiers: auth
-                .tiers
-                .iter()
-                .map(|t| TierConfig {
-                    name: t.name.clone(),
-                    min_stake_mist: t.min_stake_mist,
-                    groups: t.groups.clone(),
-                })
-                .collect(),
-            zk_login: match &auth.zk_login {
-                None => None,
-                Some(z) => Some(ZkLoginConfig {
-                    verifying_key: serialized(&z.verifying_key, "zkLogin.verifyingKey")?,
-                    jwks: z
-                        .jwks
-                        .iter()
-                        .map(|j| JwkConfig {
-                            iss: j.iss.clone(),
-                            kid: j.kid.clone(),
-                            kty: j.kty.clone(),
-                            e: j.e.clone(),
-                            n: j.n.clone(),
-                            alg: j.alg.clone(),
-                        })
-                        .collect(),
-                }),
-            },
-        },
-        health: HealthConfig {
-            probe_interval_seconds: nm.spec.health.probe_interval_seconds,
-            startup_timeout_seconds: nm.spec.health.startup_timeout_seconds,
-        },
-    })
+    Ok(render::enclave_config(nm)?)
 }
 
 /// The ConfigMap `<name>-boot` holding the BootConfig JSON under [`BOOT_CONFIG_KEY`].
@@ -666,54 +604,12 @@ pub fn service_endpoint(nm: &NautilusMaster) -> Result<String> {
     ))
 }
 
-/// The kubeconfig (YAML) for the control plane at `server` trusting `serving_ca_pem`: one
+/// The kubeconfig (YAML) for the control plane at `server` trusting `serving_ca_pem`
+/// ([`nautilus_crds::render::kubeconfig`], the one `nautilusctl verify` writes too): one
 /// cluster, one context, and a user whose credentials come from the `nautilusctl` exec plugin.
 /// It holds no credential.
 pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Result<String> {
-    use base64::Engine as _;
-    let names = Names::of(nm)?;
-    let cluster = names.key();
-    let ttl = DEFAULT_TOKEN_TTL_SECONDS.min(nm.spec.auth.max_token_lifetime_seconds);
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{
-            "name": cluster,
-            "cluster": {
-                "server": server,
-                "certificate-authority-data":
-                    base64::engine::general_purpose::STANDARD.encode(serving_ca_pem),
-            },
-        }],
-        "users": [{
-            "name": "seal-token",
-            "user": {
-                "exec": {
-                    "apiVersion": "client.authentication.k8s.io/v1",
-                    "command": "nautilusctl",
-                    "args": [
-                        "token", "exec-credential",
-                        "--audience", nm.token_audience(),
-                        "--ttl", format!("{ttl}s"),
-                    ],
-                    "installHint": "nautilusctl mints seal tokens from your Sui keystore; \
-                        set NAUTILUS_SUI_KEYSTORE to its path (and --address to pick a key)",
-                    "interactiveMode": "Never",
-                    "provideClusterInfo": false,
-                },
-            },
-        }],
-        "contexts": [{
-            "name": cluster,
-            "context": { "cluster": cluster, "user": "seal-token" },
-        }],
-        "current-context": cluster,
-    });
-    // A namespace or name such as `no` or `on` must stay a string for client-go's YAML 1.1.
-    nautilus_protocol::yaml::to_string(&config).map_err(|err| DesiredError::Serialize {
-        what: "kubeconfig",
-        reason: err.to_string(),
-    })
+    Ok(render::kubeconfig(nm, server, serving_ca_pem)?)
 }
 
 /// The Secret `<name>-kubeconfig` holding [`kubeconfig`] under [`KUBECONFIG_KEY`].

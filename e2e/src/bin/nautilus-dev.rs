@@ -166,8 +166,15 @@ async fn main() -> anyhow::Result<()> {
             "The enclave's control plane, with a seal token of the staked key {address} \
              (audience {audience}):\n\n  export PATH={bin}:$PATH\n  export \
              NAUTILUS_SUI_KEYSTORE={keystore}\n  kubectl --kubeconfig {enclave} auth whoami\n  \
-             kubectl --kubeconfig {enclave} get namespaces\n\nThe host cluster: kubectl \
-             --kubeconfig {host} get nm -A\n\nCtrl-C removes everything this made.",
+             kubectl --kubeconfig {enclave} get namespaces\n\nThat kubeconfig is the operator's \
+             word; check the enclave yourself and use the kubeconfig the check writes:\n\n  \
+             nautilusctl verify {name} -n {namespace} --kubeconfig {host} --allow-simulated \
+             --write-kubeconfig {verified}\n  kubectl --kubeconfig {verified} auth whoami\n\n\
+             The host cluster: kubectl --kubeconfig {host} get nm -A\n\nCtrl-C removes \
+             everything this made.",
+            name = NAME,
+            namespace = NAMESPACE,
+            verified = h.dir.path().join("verified.kubeconfig").display(),
             address = h.staker.address(),
             audience = nm.token_audience(),
             bin = bin_dir.display(),

@@ -146,15 +146,19 @@ struct Attestations {
 }
 
 impl Attestations {
-    async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
-        let evidence = self
-            .material
+    /// A document for `nonce` with this boot's key and binding, published nowhere.
+    async fn document(&self, nonce: &[u8]) -> Result<AttestationEvidence, MaterialError> {
+        self.material
             .attest(
                 Arc::clone(&self.nsm),
                 nonce,
                 self.simulated_root_pem.clone(),
             )
-            .await?;
+            .await
+    }
+
+    async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
+        let evidence = self.document(nonce).await?;
         info!(document_bytes = evidence.document.len(), "attested");
         self.latest.send_replace(Some((nonce.to_vec(), evidence)));
         Ok(())
@@ -386,6 +390,15 @@ impl Booted {
     /// Attest again with `nonce`: the same key and binding.
     pub(crate) async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
         self.attestations.attest(nonce).await
+    }
+
+    /// A one-shot document for a user's `nonce` (the same key and binding), which replaces
+    /// nothing: the operator's evidence stays the latest attestation.
+    pub(crate) async fn challenge(
+        &self,
+        nonce: &[u8],
+    ) -> Result<AttestationEvidence, MaterialError> {
+        self.attestations.document(nonce).await
     }
 
     /// Stop the reporter, the webhook and the control plane (no orphan).

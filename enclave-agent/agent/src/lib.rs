@@ -4,6 +4,7 @@
 //! - [`cli`]: the `nautilus-agent` command line.
 //! - [`link`]: the [`link::Agent`] and its control link to the sidecar (BootConfig in;
 //!   attestation and reports out; nonce refresh).
+//! - [`challenge`]: a user's one-shot challenge, answered beside the operator's evidence.
 //! - [`boot`]: the boot sequence, from a BootConfig to an attested, supervised control plane,
 //!   and the control plane's environment.
 //! - [`forwarder`]: the API server's vsock port, forwarded byte for byte ([`forwarder::ApiForwarder`]).
@@ -28,6 +29,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod control_plane;

@@ -6,6 +6,7 @@
 //! sidecar ◄─Attestation── agent   the latest evidence (again after every NonceRefresh)
 //! sidecar ◄─Report──────  agent   signed, sequence +1, after every probe round and change
 //! sidecar ──NonceRefresh─► agent  attest again: same key and binding, new nonce
+//! sidecar ──Challenge────► agent  a user's nonce: one ChallengeAnswer, evidence unchanged
 //! ```
 //!
 //! The agent boots once per process. A later connection (the sidecar restarted) must send the
@@ -210,10 +211,16 @@ impl Agent {
                             info!(nonce_len = refresh.nonce.len(), "nonce refresh");
                             booted.attest(&refresh.nonce).await.map_err(BootError::from)?;
                         }
+                        Some(Ok(Message::Challenge(challenge))) => {
+                            if let Some(answer) = crate::challenge::answer(&booted, challenge).await {
+                                let answer = Message::ChallengeAnswer(answer);
+                                wire::write_message(&mut writer, &answer).await?;
+                            }
+                        }
                         Some(Ok(other)) => {
                             return Err(WireError::Unexpected {
                                 found: other.kind(),
-                                expected: "NonceRefresh",
+                                expected: "NonceRefresh or Challenge",
                             }
                             .into());
                         }

@@ -11,6 +11,17 @@
 //! logged at most once per [`LOG_EVERY`](nautilus_protocol::bounded::LOG_EVERY) with a count of the lines left out, since anyone who
 //! can reach the API server can send them.
 //!
+//! **The contract with kube-apiserver.** Every review is answered `200` with a TokenReview,
+//! within [`REVIEW_DEADLINE`]: a definite "no" (no stake, a stake below every tier, a bad token)
+//! and a lookup that could not finish are both `authenticated: false`, never a 5xx, because
+//! kube-apiserver retries a 5xx, a 429 or a timeout five times (500 ms backoff ×1.5) before it
+//! gives up, which would multiply the load of every refused token on a slow chain. The API
+//! server's side is set explicitly by the agent's flags: `authentication-token-webhook-cache-ttl`
+//! ([`crate::flags::webhook_cache_ttl`]) and `authentication-token-webhook-version=v1`; its
+//! per-call timeout has no flag (30 s, fixed in `webhookutil.LoadKubeconfig`), so the deadline
+//! here keeps every answer well inside it. How long a withdrawn stake keeps access is in
+//! `docs/architecture.md` ("The webhook contract").
+//!
 //! The server speaks HTTP/1.1 (its TLS configuration offers no ALPN, so kube-apiserver's client
 //! uses HTTP/1.1). The listener is a [`BoundedListener`] ([`WEBHOOK_LIMITS`] unless told
 //! otherwise): a cap on connections; the TLS handshake, each request head (so also the wait
@@ -52,6 +63,9 @@ pub const SEAL_PREFIX: &str = "sui-seal.";
 pub const WEBHOOK_LIMITS: Limits = Limits::api(256);
 /// hyper's HTTP/1 read buffer per connection.
 const READ_BUFFER: usize = 16 * 1024;
+/// Longest a review waits for the stake lookup before it answers `authenticated: false`
+/// (kube-apiserver's fixed per-call timeout is 30 s; a timeout there would be retried).
+pub const REVIEW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the webhook server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +137,7 @@ pub struct Authenticator<R> {
     /// Rejections and failed lookups are logged once per interval, with a count.
     rejections: LogLimit,
     lookups: LogLimit,
+    deadline: std::time::Duration,
 }
 
 impl<R> std::fmt::Debug for Authenticator<R> {
@@ -150,7 +165,14 @@ impl<R: ReadStake> Authenticator<R> {
             stakes,
             rejections: LogLimit::default(),
             lookups: LogLimit::default(),
+            deadline: REVIEW_DEADLINE,
         }
+    }
+
+    /// The same with another stake-lookup deadline than [`REVIEW_DEADLINE`] (tests).
+    pub fn with_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// Answers one review body at time `now` (Unix seconds). Never fails: every problem is an
@@ -193,9 +215,19 @@ impl<R: ReadStake> Authenticator<R> {
             }
         };
         let address = token.address;
-        let stake = match self.stakes.stake_of(address).await {
-            Ok(stake) => stake,
-            Err(e) => {
+        let lookup = tokio::time::timeout(self.deadline, self.stakes.stake_of(address)).await;
+        let stake = match lookup {
+            Ok(Ok(stake)) => stake,
+            Err(_) => {
+                if let Some(suppressed) = self.lookups.check() {
+                    warn!(%address, jti = %token.id, decision = "deny", deadline = ?self.deadline, suppressed, "stake lookup too slow");
+                }
+                return decline(format!(
+                    "stake of {address} could not be read within {:?}",
+                    self.deadline
+                ));
+            }
+            Ok(Err(e)) => {
                 if let Some(suppressed) = self.lookups.check() {
                     warn!(%address, jti = %token.id, decision = "deny", error = %e, suppressed, "stake lookup failed");
                 }

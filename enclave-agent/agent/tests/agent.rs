@@ -122,6 +122,29 @@ async fn boots_attests_reports_forwards_and_refreshes_the_nonce() {
     assert_eq!(document2.public_key, document.public_key);
     assert_eq!(evidence2.serving_ca_pem, evidence.serving_ca_pem);
     report_where(&mut link, &mut verifier, "reports go on", |_| true).await;
+
+    // A user's challenge: one answer with the user's nonce, same key and binding, and the
+    // evidence the operator verifies is not replaced (no Attestation message).
+    let user_nonce = b"a user's own nonce".to_vec();
+    wire::write_message(
+        &mut link,
+        &Message::Challenge(wire::Challenge {
+            nonce: user_nonce.clone(),
+        }),
+    )
+    .await
+    .expect("challenge");
+    let answer = loop {
+        match common::next(&mut link).await {
+            Message::ChallengeAnswer(answer) => break answer,
+            Message::Report(_) => {}
+            other => panic!("expected a ChallengeAnswer, got {:?}", other.kind()),
+        }
+    };
+    assert_eq!(answer.nonce, user_nonce);
+    let document3 = verify_evidence(&answer.attestation, &boot, &user_nonce);
+    assert_eq!(document3.public_key, document.public_key);
+    report_where(&mut link, &mut verifier, "reports go on", |_| true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,10 +24,14 @@ const AUDIENCE: &str = "team-a/demo";
 struct Ledger {
     stakes: HashMap<Address, u64>,
     down: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl ReadStake for Ledger {
     async fn stake_of(&self, owner: Address) -> Result<u64, StakeError> {
+        if self.stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
         if self.down.load(Ordering::SeqCst) {
             return Err(StakeError::Rpc {
                 method: "ListOwnedObjects",
@@ -65,6 +69,7 @@ struct Fixture {
     admin: KeystoreKey,
     pauper: KeystoreKey,
     down: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
 }
 
 fn fixture() -> Fixture {
@@ -74,13 +79,17 @@ fn fixture() -> Fixture {
     ledger.stakes.insert(admin.address(), 25_000);
     ledger.stakes.insert(pauper.address(), 99);
     let down = Arc::clone(&ledger.down);
+    let stalled = Arc::clone(&ledger.stalled);
     let stakes = StakeCache::new(ledger, Duration::from_secs(30), 1024);
     let verifier = SealVerifier::new(AUDIENCE).with_max_lifetime(3600);
     Fixture {
-        auth: Arc::new(Authenticator::new(verifier, tiers(), stakes)),
+        auth: Arc::new(
+            Authenticator::new(verifier, tiers(), stakes).with_deadline(Duration::from_millis(300)),
+        ),
         admin,
         pauper,
         down,
+        stalled,
     }
 }
 
@@ -190,6 +199,23 @@ async fn chain_unreachable_denies() {
             .expect("reason")
             .contains("could not be read")
     );
+}
+
+#[tokio::test]
+async fn a_stalled_chain_denies_within_the_deadline() {
+    let f = fixture();
+    f.stalled.store(true, Ordering::SeqCst);
+    let token = mint(&f.admin, AUDIENCE, unix_now(), 600);
+    let started = std::time::Instant::now();
+    let answer = review(&f, &review_body(&token, &[])).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer["status"]["authenticated"], json!(false));
+    let error = answer["status"]["error"].as_str().expect("reason");
+    assert!(error.contains("could not be read within 300ms"), "{error}");
 }
 
 #[tokio::test]
@@ -324,6 +350,43 @@ async fn serves_reviews_over_https_as_kube_apiserver_calls_it() {
         answer["status"]["user"]["groups"],
         json!(["system:masters"])
     );
+
+    // A definite "no" (stake below every tier) and a chain that does not answer in time are
+    // 200s too: kube-apiserver would retry a 5xx five times.
+    let poor = mint(&f.pauper, AUDIENCE, unix_now(), 600);
+    let (status, answer) = post(
+        addr,
+        roots.clone(),
+        "/authenticate",
+        &review_body(&poor, &[]),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["status"]["authenticated"]),
+        (200, &json!(false))
+    );
+    f.stalled.store(true, Ordering::SeqCst);
+    let uncached = generate_key(SignatureScheme::Ed25519).expect("key");
+    let uncached = mint(&uncached, AUDIENCE, unix_now(), 600);
+    let (status, answer) = post(
+        addr,
+        roots.clone(),
+        "/authenticate",
+        &review_body(&uncached, &[]),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["status"]["authenticated"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+    assert!(
+        answer["status"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("within")),
+        "{answer}"
+    );
+    f.stalled.store(false, Ordering::SeqCst);
 
     let (status, answer) = post(addr, roots.clone(), "/other", &review_body(&token, &[])).await;
     assert_eq!(

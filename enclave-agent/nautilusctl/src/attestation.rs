@@ -75,7 +75,7 @@ pub struct PcrArgs {
 }
 
 impl PcrArgs {
-    fn into_map(self) -> BTreeMap<u8, Vec<u8>> {
+    pub(crate) fn into_map(self) -> BTreeMap<u8, Vec<u8>> {
         let Self {
             pcr0,
             pcr1,

@@ -1,4 +1,5 @@
-//! `nautilusctl`: the user's command line for nautilus evidence.
+//! `nautilusctl`: the user's command line for nautilus evidence: `verify` a control plane,
+//! check attestation documents, mint seal tokens.
 //!
 //! Each subcommand group lives in its own module with a clap `Subcommand` enum and a
 //! `run(self) -> anyhow::Result<ExitCode>`; this file only parses and maps errors to exit
@@ -15,6 +16,7 @@ macro_rules! out {
 mod attestation;
 mod sui;
 mod token;
+mod verify;
 
 /// Write one line of output; exit 0 on a closed pipe (the reader has what it wanted), 1 on any
 /// other write error.
@@ -48,6 +50,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Verify a NautilusMaster's control plane yourself: a fresh attestation for your own
+    /// nonce, checked against your spec, and the endpoint's certificate against the attested
+    /// CA; then, optionally, a kubeconfig pinned to that CA. Exit 0 verified, 1 refused (with
+    /// the reason), 2 usage error.
+    Verify(Box<verify::VerifyArgs>),
     /// Attestation documents: verify real or simulated ones, issue simulated ones.
     #[command(subcommand)]
     Attestation(attestation::Command),
@@ -79,6 +86,7 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
 fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     let result = match command {
+        Command::Verify(args) => args.run(),
         Command::Attestation(cmd) => cmd.run(),
         Command::Token(cmd) => cmd.run(),
         Command::Sui(cmd) => cmd.run(),

@@ -74,6 +74,7 @@ fn sidecar_proxy(rt: &Runtime, path: &Path, upstream: &Endpoint) -> Endpoint {
             listener,
             upstream.clone(),
             Arc::new(Metrics::new()),
+            None,
         ));
         proxied
     })

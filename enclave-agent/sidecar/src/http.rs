@@ -7,6 +7,7 @@
 //! | GET | `/report` | the [`EvidenceBundle`](nautilus_protocol::wire::EvidenceBundle) as JSON |
 //! | GET | `/metrics` | Prometheus text |
 //! | POST | `/attest` | `{"nonce":"<base64>"}` (1–512 bytes): 202 once the agent is asked to attest again; 503 without a link |
+//! | POST | `/challenge` | `{"nonce":"<base64>"}`: 200 and a [`ChallengeResponse`](nautilus_protocol::wire::ChallengeResponse) for a user, leaving `/report` as it is ([`crate::challenge`]) |
 //!
 //! Plain HTTP/1.1, no credentials. The listener is a
 //! [`BoundedListener`]: a cap on connections, the request head within the header timeout, a
@@ -27,6 +28,7 @@ use nautilus_protocol::bounded::{BoundedListener, Client, Phase};
 use serde::Deserialize;
 use tracing::{debug, info};
 
+use crate::challenge::{self, Challenges};
 use crate::evidence::{Evidence, NonceError, now_ms};
 
 /// Largest request body read.
@@ -41,7 +43,7 @@ struct AttestRequest {
     nonce: String,
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut body = body.into();
     body.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -93,6 +95,7 @@ async fn attest(
 /// Answer one request.
 pub async fn handle(
     evidence: Arc<Evidence>,
+    challenges: Arc<Challenges>,
     client: Client,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -123,7 +126,8 @@ pub async fn handle(
             response
         }
         (&Method::POST, "/attest") => attest(&evidence, &client, request).await,
-        (_, "/healthz" | "/readyz" | "/report" | "/metrics" | "/attest") => {
+        (&Method::POST, challenge::PATH) => challenge::handle(&challenges, &client, request).await,
+        (_, "/healthz" | "/readyz" | "/report" | "/metrics" | "/attest" | challenge::PATH) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
@@ -133,17 +137,27 @@ pub async fn handle(
 }
 
 /// Serve the API on `listener` until the task is dropped.
-pub async fn serve(listener: BoundedListener, evidence: Arc<Evidence>) {
+pub async fn serve(
+    listener: BoundedListener,
+    evidence: Arc<Evidence>,
+    challenges: Arc<Challenges>,
+) {
     info!(addr = %listener.endpoint(), limits = ?listener.limits(), "http api listening");
     let header_timeout = listener.limits().header_timeout;
     loop {
         let conn = listener.accept().await;
         let client = conn.client();
         let evidence = Arc::clone(&evidence);
+        let challenges = Arc::clone(&challenges);
         tokio::spawn(async move {
             let service_client = client.clone();
             let service = hyper::service::service_fn(move |req| {
-                handle(Arc::clone(&evidence), service_client.clone(), req)
+                handle(
+                    Arc::clone(&evidence),
+                    Arc::clone(&challenges),
+                    service_client.clone(),
+                    req,
+                )
             });
             let result = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -19,7 +19,8 @@
 //!   implementations.
 //! - [`link`]: the control link to the agent (boot config out, evidence in, nonce refresh).
 //! - [`evidence`]: the latest evidence, report verification, readiness.
-//! - [`http`]: `/healthz`, `/readyz`, `/report`, `/metrics`, `POST /attest`.
+//! - [`http`]: `/healthz`, `/readyz`, `/report`, `/metrics`, `POST /attest`, `POST /challenge`.
+//! - [`challenge`]: users' one-shot challenges, on the HTTP API and on the API port.
 //! - [`proxy`]: the API byte proxy and the egress CONNECT proxy.
 //! - [`metrics`]: Prometheus counters.
 //!
@@ -27,6 +28,7 @@
 //! `clap::Parser::try_parse_from`), call [`start`], use the addresses on [`Running`], and
 //! call [`Running::shutdown`] at the end. This API is stable for the workspace's tests.
 
+pub mod challenge;
 pub mod cli;
 pub mod evidence;
 pub mod http;
@@ -362,11 +364,19 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
 
     let (fatal_tx, fatal) = mpsc::channel(4);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(http::serve(http, Arc::clone(&evidence))));
+    let (challenges, challenge_inbox) =
+        challenge::Challenges::new(boot.config.clone(), Arc::clone(&evidence));
+    let challenges = Arc::new(challenges);
+    tasks.push(tokio::spawn(http::serve(
+        http,
+        Arc::clone(&evidence),
+        Arc::clone(&challenges),
+    )));
     tasks.push(tokio::spawn(proxy::serve_api(
         api,
         api_upstream,
         Arc::clone(&metrics),
+        Some(challenges),
     )));
     tasks.push(tokio::spawn(proxy::serve_egress(
         egress,
@@ -382,7 +392,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     let link_evidence = Arc::clone(&evidence);
     let link_fatal = fatal_tx.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(err) = link::run(link_evidence, link_config, nonces).await {
+        if let Err(err) = link::run(link_evidence, link_config, nonces, challenge_inbox).await {
             let _ = link_fatal.send(err.into()).await;
         }
     }));

@@ -4,7 +4,8 @@
 //! connection that lasted. On each
 //! connection it sends [`BootConfig`] first — with the latest nonce the operator asked for —
 //! then keeps every [`AttestationEvidence`] and [`SignedReport`] it receives in
-//! [`Evidence`], and forwards nonce refreshes. Any frame error (malformed, oversized, wrong
+//! [`Evidence`], and forwards nonce refreshes and users' challenges ([`Inbox`]; their answers
+//! go back to the request that asked, not into [`Evidence`]). Any frame error (malformed, oversized, wrong
 //! version, unexpected kind, a frame not complete within the frame timeout) or a closed stream
 //! drops the connection with a logged reason and
 //! a metric, and the link dials again. If no connection succeeds before the startup deadline
@@ -18,12 +19,13 @@ use std::time::Duration;
 
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
-    BootConfig, Message, NonceRefresh, WireError, read_message_within, write_message,
+    BootConfig, Challenge, Message, NonceRefresh, WireError, read_message_within, write_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::challenge::Inbox;
 use crate::evidence::{Evidence, now_ms};
 
 /// First delay between connection attempts.
@@ -90,6 +92,7 @@ pub async fn run(
     evidence: Arc<Evidence>,
     mut config: LinkConfig,
     mut nonces: mpsc::Receiver<Vec<u8>>,
+    mut challenges: Inbox,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
     let mut connected_once = false;
@@ -119,8 +122,10 @@ pub async fn run(
                 }
                 info!(endpoint = %config.endpoint, "connected to the agent");
                 evidence.set_link_up(true);
-                let end = session(stream, &evidence, &mut config, &mut nonces).await;
+                let end =
+                    session(stream, &evidence, &mut config, &mut nonces, &mut challenges).await;
                 evidence.set_link_up(false);
+                challenges.link_dropped();
                 // An agent that drops every connection at once (a refused configuration, a
                 // protocol mismatch) is retried ever more slowly, not in a tight loop.
                 if session_started.elapsed() >= STABLE_SESSION {
@@ -173,6 +178,7 @@ async fn session(
     evidence: &Evidence,
     config: &mut LinkConfig,
     nonces: &mut mpsc::Receiver<Vec<u8>>,
+    challenges: &mut Inbox,
 ) -> SessionEnd {
     let frame_timeout = config.frame_timeout;
     let boot_config = &mut config.boot_config;
@@ -204,10 +210,11 @@ async fn session(
             message = rx.recv() => match message {
                 Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
                 Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
+                Some(Ok(Message::ChallengeAnswer(answer))) => challenges.answered(answer),
                 Some(Ok(other)) => {
                     return SessionEnd::Wire(WireError::Unexpected {
                         found: other.kind(),
-                        expected: "Attestation or Report",
+                        expected: "Attestation, Report or ChallengeAnswer",
                     });
                 }
                 Some(Err(err)) => return SessionEnd::Wire(err),
@@ -223,6 +230,16 @@ async fn session(
                     return SessionEnd::Wire(err);
                 }
                 info!("nonce refresh sent to the agent");
+            }
+            nonce = challenges.next() => {
+                let Some(nonce) = nonce else {
+                    return SessionEnd::Shutdown;
+                };
+                let challenge = Message::Challenge(Challenge { nonce });
+                if let Err(err) = write_message(&mut writer, &challenge).await {
+                    return SessionEnd::Wire(err);
+                }
+                tracing::debug!("user challenge sent to the agent");
             }
         }
     }

@@ -4,7 +4,9 @@
 //!   new connection to `--api-upstream` (the agent's vsock port 6443) once the client's first
 //!   bytes (its TLS ClientHello) arrived within the handshake timeout, so a silent client
 //!   never costs a connection into the enclave. TLS stays end to end between the client and
-//!   the API server in the enclave.
+//!   the API server in the enclave. The one exception, when given [`Challenges`]: a
+//!   connection that starts `POST /challenge ` is a user's challenge, answered by the sidecar
+//!   ([`crate::challenge`]) so that the resource's endpoint is all a user needs.
 //! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
 //!   Only `CONNECT host:port` to an `--egress-allow` entry is tunnelled, compared after strict
 //!   parsing in canonical form ([`HostPort`]); another target gets 403, a target that does not
@@ -24,6 +26,7 @@ use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
+use crate::challenge::{self, Challenges};
 use crate::cli::HostPort;
 use crate::metrics::Metrics;
 
@@ -88,10 +91,16 @@ pub fn check_connect(head: &[u8], allow: &[HostPort]) -> Result<HostPort, Refusa
 }
 
 /// Accept connections on `listener` and join each to `upstream`, until the task is dropped.
-pub async fn serve_api(listener: BoundedListener, upstream: Endpoint, metrics: Arc<Metrics>) {
+pub async fn serve_api(
+    listener: BoundedListener,
+    upstream: Endpoint,
+    metrics: Arc<Metrics>,
+    challenges: Option<Arc<Challenges>>,
+) {
     info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), "api proxy listening");
     let upstream = Arc::new(upstream);
     let first_bytes = listener.limits().handshake_timeout;
+    let header_timeout = listener.limits().header_timeout;
     let unreachable = Arc::new(LogLimit::default());
     loop {
         let client = listener.accept().await;
@@ -99,6 +108,7 @@ pub async fn serve_api(listener: BoundedListener, upstream: Endpoint, metrics: A
         let upstream = Arc::clone(&upstream);
         let metrics = Arc::clone(&metrics);
         let unreachable = Arc::clone(&unreachable);
+        let challenges = challenges.clone();
         tokio::spawn(async move {
             let mut client = client;
             let mut first = vec![0u8; FIRST_READ];
@@ -111,6 +121,12 @@ pub async fn serve_api(listener: BoundedListener, upstream: Endpoint, metrics: A
                 }
             };
             first.truncate(n);
+            if let Some(challenges) = challenges
+                && challenge::is_plain(&first)
+            {
+                challenge::serve_plain(client, first, challenges, header_timeout).await;
+                return;
+            }
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&upstream))
                 .await
                 .map_err(|_| "connection attempt timed out".to_owned())

@@ -25,15 +25,18 @@ pub fn check_nonce(nonce: &[u8]) -> Result<(), NonceSizeError> {
 }
 
 /// Serde for nonce fields: base64 with [`check_nonce`] applied both ways.
-mod nonce_b64 {
+pub(super) mod nonce_b64 {
     use serde::{Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(in crate::wire) fn serialize<S: Serializer>(
+        bytes: &[u8],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         super::check_nonce(bytes).map_err(serde::ser::Error::custom)?;
         super::super::b64::serialize(bytes, serializer)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(in crate::wire) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u8>, D::Error> {
         let bytes = super::super::b64::deserialize(deserializer)?;

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use super::challenge::{Challenge, ChallengeAnswer};
 use super::config::{BootConfig, NonceRefresh};
 use super::evidence::AttestationEvidence;
 use super::report::SignedReport;
@@ -82,6 +83,10 @@ pub enum MessageKind {
     Report = 3,
     /// [`NonceRefresh`].
     NonceRefresh = 4,
+    /// [`Challenge`].
+    Challenge = 5,
+    /// [`ChallengeAnswer`].
+    ChallengeAnswer = 6,
 }
 
 impl MessageKind {
@@ -91,6 +96,8 @@ impl MessageKind {
             2 => Self::Attestation,
             3 => Self::Report,
             4 => Self::NonceRefresh,
+            5 => Self::Challenge,
+            6 => Self::ChallengeAnswer,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -103,6 +110,8 @@ impl std::fmt::Display for MessageKind {
             Self::Attestation => "Attestation",
             Self::Report => "Report",
             Self::NonceRefresh => "NonceRefresh",
+            Self::Challenge => "Challenge",
+            Self::ChallengeAnswer => "ChallengeAnswer",
         })
     }
 }
@@ -118,6 +127,10 @@ pub enum Message {
     Report(SignedReport),
     /// Sidecar → agent: attest again with this nonce.
     NonceRefresh(NonceRefresh),
+    /// Sidecar → agent: a user's one-shot challenge, answered without replacing the evidence.
+    Challenge(Challenge),
+    /// Agent → sidecar: the document answering one [`Challenge`].
+    ChallengeAnswer(ChallengeAnswer),
 }
 
 impl Message {
@@ -128,6 +141,8 @@ impl Message {
             Self::Attestation(_) => MessageKind::Attestation,
             Self::Report(_) => MessageKind::Report,
             Self::NonceRefresh(_) => MessageKind::NonceRefresh,
+            Self::Challenge(_) => MessageKind::Challenge,
+            Self::ChallengeAnswer(_) => MessageKind::ChallengeAnswer,
         }
     }
 
@@ -144,6 +159,8 @@ impl Message {
             Self::Attestation(m) => json(kind, m),
             Self::Report(m) => json(kind, m),
             Self::NonceRefresh(m) => json(kind, m),
+            Self::Challenge(m) => json(kind, m),
+            Self::ChallengeAnswer(m) => json(kind, m),
         }
     }
 
@@ -159,6 +176,8 @@ impl Message {
             MessageKind::Attestation => Self::Attestation(json(kind, body)?),
             MessageKind::Report => Self::Report(json(kind, body)?),
             MessageKind::NonceRefresh => Self::NonceRefresh(json(kind, body)?),
+            MessageKind::Challenge => Self::Challenge(json(kind, body)?),
+            MessageKind::ChallengeAnswer => Self::ChallengeAnswer(json(kind, body)?),
         })
     }
 }

@@ -23,6 +23,8 @@
 //! | 2 | [`AttestationEvidence`] | agent → sidecar, after boot and after each nonce refresh |
 //! | 3 | [`SignedReport`] | agent → sidecar, every probe round and on every change |
 //! | 4 | [`NonceRefresh`] | sidecar → agent, when the operator asks for a fresh attestation |
+//! | 5 | [`Challenge`] | sidecar → agent, when a user asks for a document of their own ([`ChallengeResponse`] over HTTP) |
+//! | 6 | [`ChallengeAnswer`] | agent → sidecar, one per [`Challenge`]; the served evidence stays as it was |
 //!
 //! The host relays but is not trusted: reports are signed by the agent's ephemeral key
 //! ([`ReportSigner`]), whose public half the NSM puts in the attestation document, and every
@@ -31,11 +33,13 @@
 //! [`AsyncWrite`]: tokio::io::AsyncWrite
 
 mod b64;
+mod challenge;
 mod config;
 mod evidence;
 mod frame;
 mod report;
 
+pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
     AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig,
     MAX_NONCE_BYTES, NonceRefresh, NonceSizeError, TierConfig, ZkLoginConfig, check_nonce,

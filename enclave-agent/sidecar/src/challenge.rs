@@ -1,0 +1,411 @@
+//! Users' challenges: `POST /challenge {"nonce":"<base64>"}` answered with a fresh attestation
+//! document for that nonce ([`ChallengeResponse`]), so that `nautilusctl verify` can check the
+//! enclave without trusting the host or the operator.
+//!
+//! The challenge goes to the agent as its own message
+//! ([`Challenge`](nautilus_protocol::wire::Challenge)) and the answer comes back as
+//! [`ChallengeAnswer`]: the evidence at `/report`
+//! (what the operator verifies against *its* nonce) is not replaced, so users checking an
+//! enclave never make the operator's check flap.
+//!
+//! Reachable two ways, both plain HTTP/1.1 without credentials (the answer proves itself):
+//! - `POST /challenge` on the HTTP API (`--http-listen`);
+//! - on the API port (`--api-listen`, the resource's endpoint and Service): a connection whose
+//!   first bytes are `POST /challenge ` is served as HTTP with this one route, so that the
+//!   endpoint users already have reaches it in both runtimes and through any port-forward.
+//!   Every other connection (TLS for the enclave's API server, anything else) is still joined
+//!   byte for byte to the enclave. The prefix must arrive in the first read (`nautilusctl`
+//!   writes the whole request at once); a client that trickles it reaches the API server,
+//!   which refuses it.
+//!
+//! Bounded: at most [`MAX_IN_FLIGHT`] challenges at once (429 beyond), each answered within
+//! [`ANSWER_TIMEOUT`] (504 after), 503 without a link to the agent, 400 on a bad body; request
+//! bodies are the HTTP API's (at most 4 KiB within the body timeout).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use nautilus_protocol::bounded::{Client, Conn, Phase};
+use nautilus_protocol::wire::{
+    AttestationEvidence, ChallengeAnswer, ChallengeRequest, ChallengeResponse, EnclaveConfig,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::debug;
+
+use crate::evidence::Evidence;
+use crate::http::{MAX_BODY_BYTES, text};
+
+/// The route, on the HTTP API and on the API port.
+pub const PATH: &str = "/challenge";
+/// Challenges answered at once; more get 429.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Longest wait for the agent's answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a challenge starts on the API port; nothing else there is read by the sidecar.
+const PLAIN_PREFIX: &[u8] = b"POST /challenge ";
+
+/// Why a challenge got no answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChallengeError {
+    /// The control link is down.
+    #[error("no link to the agent")]
+    NoLink,
+    /// [`MAX_IN_FLIGHT`] challenges are being answered.
+    #[error("too many challenges in flight, retry later")]
+    Busy,
+    /// The agent did not answer within [`ANSWER_TIMEOUT`] (or the link dropped meanwhile).
+    #[error("the enclave did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl ChallengeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NoLink => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// A challenge on its way to the agent, and where its answer goes.
+#[derive(Debug)]
+pub struct Pending {
+    /// The user's nonce.
+    pub nonce: Vec<u8>,
+    reply: oneshot::Sender<AttestationEvidence>,
+}
+
+/// The link's end: challenges to send on, then answers to match by nonce.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Pending>,
+    waiting: Vec<Pending>,
+}
+
+impl Inbox {
+    /// The next challenge to send (cancel-safe). `None` once the sidecar shuts down.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        let pending = self.rx.recv().await?;
+        let nonce = pending.nonce.clone();
+        // Requests that gave up are forgotten; at most MAX_IN_FLIGHT wait at once.
+        self.waiting.retain(|p| !p.reply.is_closed());
+        self.waiting.push(pending);
+        Some(nonce)
+    }
+
+    /// Hand `answer` to the request that sent its nonce; an answer nobody waits for is
+    /// dropped (and logged): the agent answers only what it was asked, through an untrusted
+    /// relay anyway.
+    pub fn answered(&mut self, answer: ChallengeAnswer) {
+        match self.waiting.iter().position(|p| p.nonce == answer.nonce) {
+            Some(index) => {
+                let pending = self.waiting.swap_remove(index);
+                let _ = pending.reply.send(answer.attestation);
+            }
+            None => debug!("challenge answer for no waiting request: dropped"),
+        }
+    }
+
+    /// The link dropped: the challenges sent on it will not be answered.
+    pub fn link_dropped(&mut self) {
+        self.waiting.clear();
+    }
+}
+
+/// The requests' end, shared by both listeners.
+#[derive(Debug)]
+pub struct Challenges {
+    tx: mpsc::Sender<Pending>,
+    slots: Semaphore,
+    config: EnclaveConfig,
+    evidence: Arc<Evidence>,
+    timeout: Duration,
+}
+
+impl Challenges {
+    /// Challenges for an enclave booted with `config`, whose link state `evidence` tracks.
+    pub fn new(config: EnclaveConfig, evidence: Arc<Evidence>) -> (Self, Inbox) {
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let challenges = Self {
+            tx,
+            slots: Semaphore::new(MAX_IN_FLIGHT),
+            config,
+            evidence,
+            timeout: ANSWER_TIMEOUT,
+        };
+        let inbox = Inbox {
+            rx,
+            waiting: Vec::with_capacity(MAX_IN_FLIGHT),
+        };
+        (challenges, inbox)
+    }
+
+    /// Ask the agent for a document answering `nonce` (already checked: 1 to 512 bytes).
+    pub async fn ask(&self, nonce: Vec<u8>) -> Result<ChallengeResponse, ChallengeError> {
+        let _slot = self.slots.try_acquire().map_err(|_| ChallengeError::Busy)?;
+        if !self.evidence.link_up() {
+            return Err(ChallengeError::NoLink);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Pending { nonce, reply })
+            .map_err(|_| ChallengeError::Busy)?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(attestation)) => Ok(ChallengeResponse {
+                config: self.config.clone(),
+                attestation,
+            }),
+            // The link dropped the challenge, or the agent never answered it.
+            Ok(Err(_)) | Err(_) => Err(ChallengeError::TimedOut(self.timeout)),
+        }
+    }
+}
+
+/// `POST /challenge`.
+pub async fn handle(
+    challenges: &Challenges,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = text(status, e.to_string());
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    let nonce = match serde_json::from_slice::<ChallengeRequest>(&body) {
+        Ok(request) => request.nonce,
+        Err(e) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"nonce\":\"<base64 of 1 to 512 bytes>\"}}: {e}"),
+            );
+        }
+    };
+    match challenges.ask(nonce).await {
+        Ok(answer) => match serde_json::to_vec(&answer) {
+            Ok(json) => {
+                let mut response = Response::new(Full::new(Bytes::from(json)));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err(e) => text(e.status(), e.to_string()),
+    }
+}
+
+/// Whether an API-port connection whose first bytes are `first` is a challenge (for
+/// [`serve_plain`]) rather than traffic for the enclave's API server. A TLS ClientHello starts
+/// with `0x16`, so it never matches.
+pub fn is_plain(first: &[u8]) -> bool {
+    first.starts_with(PLAIN_PREFIX)
+}
+
+/// Serve HTTP with the one route [`PATH`] on an API-port connection whose first bytes,
+/// already read, are `first`.
+pub async fn serve_plain(
+    conn: Conn,
+    first: Vec<u8>,
+    challenges: Arc<Challenges>,
+    header_timeout: Duration,
+) {
+    let client = conn.client();
+    let service_client = client.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let challenges = Arc::clone(&challenges);
+        let client = service_client.clone();
+        async move {
+            let response = match (request.method(), request.uri().path()) {
+                (&Method::POST, PATH) => handle(&challenges, &client, request).await,
+                // Only a later request on the same connection can get here.
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "plain HTTP serves only POST /challenge",
+                ),
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let stream = Rewound {
+        first,
+        read: 0,
+        inner: conn,
+    };
+    let result = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(16 * 1024)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        if e.is_timeout() {
+            client.tag().timed_out(Phase::Header, client.peer());
+        }
+        debug!(peer = %client.peer(), error = %e, "plain http on the api port ended with an error");
+    }
+}
+
+/// A stream that yields `first` (bytes already read from `inner`) before the rest of `inner`.
+struct Rewound<S> {
+    first: Vec<u8>,
+    read: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewound<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.first.len() {
+            let rest = &this.first[this.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewound<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_json() -> serde_json::Value {
+        serde_json::json!({
+            "cluster": "tenants/alpha",
+            "controlPlane": {
+                "bindAddress": "127.0.0.1", "httpsPort": 6443, "clusterCIDR": "10.42.0.0/16",
+                "serviceCIDR": "10.43.0.0/16", "clusterDNS": "10.43.0.10",
+                "dataDir": "/var/lib/nautilus", "encryptSecrets": true,
+                "tlsMinVersion": "VersionTLS13", "cipherSuites": [], "logLevel": "info",
+                "logFormat": "json"
+            },
+            "auth": {
+                "suiRpcURL": "https://fullnode.testnet.sui.io:443",
+                "stakeType": "0x3::staking_pool::StakedSui", "audience": "nautilus:tenants/alpha",
+                "maxTokenLifetimeSeconds": 3600, "stakeCacheTTLSeconds": 60,
+                "tiers": [{ "name": "admin", "minStakeMist": 1, "groups": ["system:masters"] }]
+            },
+            "health": { "probeIntervalSeconds": 5, "startupTimeoutSeconds": 120 }
+        })
+    }
+
+    #[test]
+    fn only_a_challenge_head_is_answered_by_the_sidecar() {
+        assert!(!is_plain(&[0x16, 0x03, 0x01]));
+        assert!(is_plain(b"POST /challenge HTTP/1.1\r\n"));
+        for other in [
+            &b""[..],
+            b"ping",
+            b"GET / HTTP/1.1\r\n",
+            b"POST /challenges HTTP/1.1",
+        ] {
+            assert!(!is_plain(other), "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_request_and_strays_are_dropped() {
+        let metrics = Arc::default();
+        let (evidence, _nonces) = Evidence::new("d".into(), 1_000, metrics);
+        let evidence = Arc::new(evidence);
+        let config: EnclaveConfig = serde_json::from_value(config_json()).expect("config");
+        let (challenges, mut inbox) = Challenges::new(config.clone(), Arc::clone(&evidence));
+        assert_eq!(challenges.ask(vec![1]).await, Err(ChallengeError::NoLink));
+        evidence.set_link_up(true);
+        let challenges = Arc::new(challenges);
+        let asking = tokio::spawn({
+            let challenges = Arc::clone(&challenges);
+            async move { challenges.ask(vec![7; 32]).await }
+        });
+        assert_eq!(inbox.next().await, Some(vec![7; 32]));
+        let attestation = AttestationEvidence {
+            document: vec![1, 2, 3],
+            serving_ca_pem: "ca".into(),
+            simulated_root_pem: None,
+        };
+        // Another nonce's answer does not satisfy this request.
+        inbox.answered(ChallengeAnswer {
+            nonce: vec![8; 32],
+            attestation: attestation.clone(),
+        });
+        inbox.answered(ChallengeAnswer {
+            nonce: vec![7; 32],
+            attestation: attestation.clone(),
+        });
+        let answer = asking.await.expect("task").expect("answered");
+        assert_eq!(answer.attestation, attestation);
+        assert_eq!(answer.config, config);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_link_or_a_silent_agent_is_a_timeout_and_slots_are_bounded() {
+        let (evidence, _nonces) = Evidence::new("d".into(), 1_000, Arc::default());
+        let evidence = Arc::new(evidence);
+        evidence.set_link_up(true);
+        let config: EnclaveConfig = serde_json::from_value(config_json()).expect("config");
+        let (mut challenges, mut inbox) = Challenges::new(config, evidence);
+        challenges.timeout = Duration::from_millis(300);
+        let challenges = Arc::new(challenges);
+        let mut asks = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            let challenges = Arc::clone(&challenges);
+            asks.push(tokio::spawn(async move {
+                challenges.ask(vec![u8::try_from(i).unwrap_or(0) + 1]).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        for _ in 0..MAX_IN_FLIGHT {
+            assert!(inbox.next().await.is_some());
+        }
+        assert_eq!(challenges.ask(vec![99]).await, Err(ChallengeError::Busy));
+        inbox.link_dropped();
+        for ask in asks {
+            assert_eq!(
+                ask.await.expect("task"),
+                Err(ChallengeError::TimedOut(Duration::from_millis(300)))
+            );
+        }
+    }
+}

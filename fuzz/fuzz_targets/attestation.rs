@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     let first = warm().verify(data, VerifyAt::DocumentTimestamp);
     // A cold chain is four P-384 signature checks: compare with one for an eighth of the
     // inputs that get as far as the chain (chosen by their bytes, so a run reproduces).
-    let sample = data.iter().fold(0u8, |a, b| a.wrapping_add(*b)).is_multiple_of(8);
+    let sample = data
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .is_multiple_of(8);
     if decoded.is_ok() && sample {
         let cold = Verifier::new(TrustAnchor::aws_nitro_root_g1());
         let uncached = cold.verify(data, VerifyAt::DocumentTimestamp);

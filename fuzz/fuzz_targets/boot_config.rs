@@ -72,24 +72,15 @@ fuzz_target!(|data: &[u8]| {
 
     let rendered = k3s::render_config(config, &spec).expect("validated flags render");
     let yaml: Value = serde_yaml::from_str(&rendered).expect("rendered YAML reads back");
-    let text = |key: &str| yaml[key].as_str().map(str::to_owned);
-    assert_eq!(
-        text("bind-address").as_deref(),
-        Some(cp.bind_address.as_str())
-    );
-    assert_eq!(
-        text("cluster-cidr").as_deref(),
-        Some(cp.cluster_cidr.as_str())
-    );
-    assert_eq!(
-        text("service-cidr").as_deref(),
-        Some(cp.service_cidr.as_str())
-    );
-    assert_eq!(
-        text("cluster-dns").as_deref(),
-        Some(cp.cluster_dns.as_str())
-    );
-    assert_eq!(text("data-dir").as_deref(), Some(cp.data_dir.as_str()));
+    for (key, value) in [
+        ("bind-address", &cp.bind_address),
+        ("cluster-cidr", &cp.cluster_cidr),
+        ("service-cidr", &cp.service_cidr),
+        ("cluster-dns", &cp.cluster_dns),
+        ("data-dir", &cp.data_dir),
+    ] {
+        assert_eq!(yaml[key].as_str(), Some(value.as_str()), "{key}");
+    }
     assert_eq!(
         yaml["https-listen-port"].as_u64(),
         Some(u64::from(cp.https_port))

@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use nautilus_protocol::Binding;
 use nautilus_protocol::nsm::{Nsm, NsmError};
-use nautilus_protocol::wire::{AttestationEvidence, EnclaveConfig, ReportSigner};
+use nautilus_protocol::wire::{
+    AttestationEvidence, ControlPlaneConfig, EnclaveConfig, ReportSigner,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
@@ -294,6 +296,17 @@ pub fn api_server_names(bind_address: &str) -> Vec<String> {
     names
 }
 
+/// Every name in the API server's serving certificate for `config`: [`api_server_names`] of
+/// the bind address and the `kubernetes` Service's cluster IP ([`kubernetes_service_ip`]).
+/// Public so that the boot-configuration fuzz target issues exactly these.
+pub fn api_server_sans(config: &ControlPlaneConfig) -> Vec<String> {
+    let mut names = api_server_names(&config.bind_address);
+    if let Some(ip) = kubernetes_service_ip(&config.service_cidr) {
+        names.push(ip.to_string());
+    }
+    names
+}
+
 /// The certificates the agent issues when it runs the components itself (the `kubernetes`
 /// distribution), named after the files K3s makes for the same purpose.
 #[derive(Debug)]
@@ -396,11 +409,8 @@ impl BootMaterial {
             &etcd_server_ca,
             &etcd_peer_ca,
         )?;
-        let mut names = api_server_names(&config.control_plane.bind_address);
-        if let Some(ip) = kubernetes_service_ip(&config.control_plane.service_cidr) {
-            names.push(ip.to_string());
-        }
-        let api_server = serving_ca.issue_server("kube-apiserver", &names)?;
+        let api_server =
+            serving_ca.issue_server("kube-apiserver", &api_server_sans(&config.control_plane))?;
         let webhook = serving_ca.issue_server(
             "nautilus-token-webhook",
             &["127.0.0.1".to_owned(), "localhost".to_owned()],

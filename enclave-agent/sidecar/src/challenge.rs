@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nautilus_protocol::bounded::{Client, Conn, Phase};
@@ -41,7 +41,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::evidence::Evidence;
-use crate::http::{MAX_BODY_BYTES, text};
+use crate::http::{json_body, text};
 
 /// The route, on the HTTP API and on the API port.
 pub const PATH: &str = "/challenge";
@@ -177,25 +177,15 @@ pub async fn handle(
     client: &Client,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = text(status, e.to_string());
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return response;
-        }
-    };
-    let nonce = match serde_json::from_slice::<ChallengeRequest>(&body) {
+    let nonce = match json_body::<ChallengeRequest>(
+        client,
+        request,
+        "{\"nonce\":\"<base64 of 1 to 512 bytes>\"}",
+    )
+    .await
+    {
         Ok(request) => request.nonce,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"nonce\":\"<base64 of 1 to 512 bytes>\"}}: {e}"),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     match challenges.ask(nonce).await {
         Ok(answer) => match serde_json::to_vec(&answer) {

@@ -55,34 +55,41 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full
     response
 }
 
+/// The body of `request` as JSON, read within `MAX_BODY_BYTES` and the client's body deadline,
+/// or the answer that refuses it: the read's status with `Connection: close` (the rest of the
+/// body is not read, so the connection ends with this answer), or 400 naming `expected`.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    request: Request<Incoming>,
+    expected: &str,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = text(status, e.to_string());
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return Err(response);
+        }
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+}
+
 async fn attest(
     evidence: &Evidence,
     client: &Client,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let body = match client.read_body(request.into_body(), MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            // The rest of the body is not read: the connection ends with this answer.
-            let mut response = text(status, e.to_string());
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            return response;
-        }
+    let req: AttestRequest = match json_body(client, request, "{\"nonce\":\"<base64>\"}").await {
+        Ok(req) => req,
+        Err(refusal) => return refusal,
     };
-    let nonce = match serde_json::from_slice::<AttestRequest>(&body) {
-        Ok(req) => match base64::engine::general_purpose::STANDARD.decode(req.nonce.as_bytes()) {
-            Ok(nonce) => nonce,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("nonce is not base64: {e}")),
-        },
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"nonce\":\"<base64>\"}}: {e}"),
-            );
-        }
+    let nonce = match base64::engine::general_purpose::STANDARD.decode(req.nonce.as_bytes()) {
+        Ok(nonce) => nonce,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("nonce is not base64: {e}")),
     };
     match evidence.request_nonce(nonce) {
         Ok(()) => text(StatusCode::ACCEPTED, "attestation requested"),

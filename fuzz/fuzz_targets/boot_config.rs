@@ -16,9 +16,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nautilus_agent::material::{self, CertificateAuthority};
 use nautilus_agent::egress::Target;
 use nautilus_agent::flags::{self, ComponentPorts, Distribution};
+use nautilus_agent::material::{self, CertificateAuthority};
 use nautilus_agent::{auth, k3s, kubernetes};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use serde_yaml::Value;

@@ -87,17 +87,20 @@ fuzz_target!(|data: &[u8]| {
         Message::NonceRefresh(refresh) => {
             assert!(wire::check_nonce(&refresh.nonce).is_ok());
         }
+        Message::Challenge(challenge) => {
+            assert!(wire::check_nonce(&challenge.nonce).is_ok());
+        }
+        Message::ChallengeAnswer(answer) => {
+            assert!(wire::check_nonce(&answer.nonce).is_ok());
+            let _ = answer.attestation.serving_ca_digest();
+        }
     }
 });
 
 /// What the sidecar does with a message from the agent, and the bundle it then serves.
 fn relay(message: &Message) {
-    let (evidence, _nonces) = Evidence::new(
-        "0".repeat(64),
-        30_000,
-        false,
-        std::sync::Arc::new(Metrics::new()),
-    );
+    let (evidence, _nonces) =
+        Evidence::new("0".repeat(64), 30_000, std::sync::Arc::new(Metrics::new()));
     evidence.set_link_up(true);
     evidence.set_enclave(EnclaveInfo {
         running: true,
@@ -113,7 +116,11 @@ fn relay(message: &Message) {
             evidence.on_report(signed.clone(), now);
             now
         }
-        Message::BootConfig(_) | Message::NonceRefresh(_) => return,
+        // A user's challenge and its answer never reach the evidence the operator reads.
+        Message::BootConfig(_)
+        | Message::NonceRefresh(_)
+        | Message::Challenge(_)
+        | Message::ChallengeAnswer(_) => return,
     };
     // One message alone is either an attestation without a report or a report without an
     // attested key: never ready.

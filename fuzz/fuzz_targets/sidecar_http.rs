@@ -16,8 +16,27 @@ use libfuzzer_sys::fuzz_target;
 use nautilus_fuzz::{block_on, bounded_listener, exchange, find, responses};
 use nautilus_protocol::transport::Endpoint;
 use nautilus_protocol::wire::check_nonce;
+use nautilus_sidecar::challenge::Challenges;
 use nautilus_sidecar::evidence::Evidence;
 use nautilus_sidecar::metrics::Metrics;
+
+/// The boot configuration the sidecar holds (a user's challenge is checked against it).
+const CONFIG: &str = r#"{
+  "cluster": "tenants/alpha",
+  "controlPlane": {
+    "bindAddress": "127.0.0.1", "httpsPort": 6443, "clusterCIDR": "10.42.0.0/16",
+    "serviceCIDR": "10.43.0.0/16", "clusterDNS": "10.43.0.10",
+    "dataDir": "/var/lib/nautilus", "encryptSecrets": true,
+    "tlsMinVersion": "VersionTLS13", "cipherSuites": [], "logLevel": "info", "logFormat": "json"
+  },
+  "auth": {
+    "suiRpcURL": "https://fullnode.testnet.sui.io:443",
+    "stakeType": "0x3::staking_pool::StakedSui", "audience": "nautilus:tenants/alpha",
+    "maxTokenLifetimeSeconds": 3600, "stakeCacheTTLSeconds": 60,
+    "tiers": [{ "name": "admin", "minStakeMist": 1, "groups": ["system:masters"] }]
+  },
+  "health": { "probeIntervalSeconds": 5, "startupTimeoutSeconds": 120 }
+}"#;
 use tokio::sync::mpsc;
 
 struct Server {
@@ -30,10 +49,22 @@ fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         block_on(async {
             let (evidence, nonces) =
-                Evidence::new("0".repeat(64), 30_000, false, Arc::new(Metrics::new()));
+                Evidence::new("0".repeat(64), 30_000, Arc::new(Metrics::new()));
             evidence.set_link_up(true);
+            let evidence = Arc::new(evidence);
+            // No link task reads users' challenges: each `POST /challenge` with a good body is
+            // refused at once (429), so every connection still ends within the bound below.
+            let (challenges, inbox) = Challenges::new(
+                serde_json::from_str(CONFIG).expect("config"),
+                Arc::clone(&evidence),
+            );
+            drop(inbox);
             let (listener, endpoint) = bounded_listener("http").await;
-            tokio::spawn(nautilus_sidecar::http::serve(listener, Arc::new(evidence)));
+            tokio::spawn(nautilus_sidecar::http::serve(
+                listener,
+                evidence,
+                Arc::new(challenges),
+            ));
             Server {
                 endpoint,
                 nonces: Mutex::new(nonces),

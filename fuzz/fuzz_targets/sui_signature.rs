@@ -33,7 +33,7 @@ fn verifier() -> &'static SignatureVerifier {
 
 /// The JWK the zkLogin vector of the shared test data names, if the data is there.
 fn test_issuer_jwk() -> Option<(JwkId, Jwk)> {
-    let dir = nautilus_protocol::testdata::locate().ok()?;
+    let dir = nautilus_test_support::locate().ok()?;
     let text = std::fs::read_to_string(dir.join("sui/personal_message_vectors.json")).ok()?;
     let file: serde_json::Value = serde_json::from_str(&text).ok()?;
     let vectors = file["vectors"].as_array()?;

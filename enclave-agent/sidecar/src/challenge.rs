@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nautilus_protocol::bounded::{Client, Conn, Phase};
@@ -41,7 +40,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::evidence::Evidence;
-use crate::http::{json_body, text};
+use crate::http::{json, json_body, text};
 
 /// The route, on the HTTP API and on the API port.
 pub const PATH: &str = "/challenge";
@@ -188,16 +187,7 @@ pub async fn handle(
         Err(refusal) => return refusal,
     };
     match challenges.ask(nonce).await {
-        Ok(answer) => match serde_json::to_vec(&answer) {
-            Ok(json) => {
-                let mut response = Response::new(Full::new(Bytes::from(json)));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                response
-            }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+        Ok(answer) => json(&answer),
         Err(e) => text(e.status(), e.to_string()),
     }
 }

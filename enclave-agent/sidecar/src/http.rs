@@ -55,6 +55,20 @@ pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Full
     response
 }
 
+/// A 200 with `value` as JSON, or a 500 saying why it could not be serialized.
+pub(crate) fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(json) => {
+            let mut response = Response::new(Full::new(Bytes::from(json)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// The body of `request` as JSON, read within `MAX_BODY_BYTES` and the client's body deadline,
 /// or the answer that refuses it: the read's status with `Connection: close` (the rest of the
 /// body is not read, so the connection ends with this answer), or 400 naming `expected`.
@@ -114,16 +128,7 @@ pub async fn handle(
             Ok(()) => text(StatusCode::OK, "ok"),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
-        (&Method::GET, "/report") => match serde_json::to_vec(&evidence.bundle()) {
-            Ok(json) => {
-                let mut response = Response::new(Full::new(Bytes::from(json)));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                response
-            }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+        (&Method::GET, "/report") => json(&evidence.bundle()),
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(evidence.metrics().encode())));
             response.headers_mut().insert(

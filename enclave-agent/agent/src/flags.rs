@@ -138,6 +138,9 @@ const CIPHER_SUITES: &[&str] = &[
     "TLS_RSA_WITH_AES_256_GCM_SHA384",
 ];
 
+/// Most names `tlsSANs` may add to the API server's certificate (the operator renders two).
+pub const MAX_TLS_SANS: usize = 16;
+
 /// klog verbosity for a log level.
 pub fn verbosity(level: &str) -> Result<u8, FlagsError> {
     Ok(match level {
@@ -203,6 +206,16 @@ pub fn validate(config: &ControlPlaneConfig) -> Result<(), FlagsError> {
         ("dataDir", &config.data_dir),
     ] {
         check_flag_value(field, value)?;
+    }
+    if config.tls_sans.len() > MAX_TLS_SANS {
+        return Err(FlagsError::Value {
+            field: "tlsSANs",
+            value: format!("{} names", config.tls_sans.len()),
+            reason: "too many names",
+        });
+    }
+    for name in &config.tls_sans {
+        check_flag_value("tlsSANs", name)?;
     }
     Ok(())
 }

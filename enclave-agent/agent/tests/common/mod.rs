@@ -104,6 +104,7 @@ impl AgentProcess {
                     cipher_suites: vec![],
                     log_level: "info".into(),
                     log_format: "text".into(),
+                    tls_sans: Vec::new(),
                 },
                 auth: AuthConfig {
                     sui_rpc_url: "https://127.0.0.1:1".into(),

@@ -43,6 +43,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             cipher_suites: Vec::new(),
             log_level: "info".to_owned(),
             log_format: "json".to_owned(),
+            tls_sans: Vec::new(),
         },
         auth: AuthConfig {
             sui_rpc_url: "https://fullnode.testnet.sui.io:443".to_owned(),

@@ -149,6 +149,11 @@ impl FakeAgent {
         self.listener.endpoint()
     }
 
+    /// Accept a connection without reading anything (whether the sidecar dials at all).
+    pub async fn listener_accept(&self) -> std::io::Result<()> {
+        self.listener.accept().await.map(|_| ()).map_err(std::io::Error::other)
+    }
+
     /// Accept the sidecar's next connection and read its BootConfig.
     pub async fn accept(&self) -> AgentConn {
         let (stream, _) = tokio::time::timeout(STEP, self.listener.accept())

@@ -323,7 +323,11 @@ async fn a_refused_configuration_is_a_condition_not_a_crash_loop() {
     let agents = h.processes("nautilus-agent");
     assert_eq!((sidecars.len(), agents.len()), (1, 1), "one of each");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(h.processes("nautilus-sidecar"), sidecars, "sidecar restarted");
+    assert_eq!(
+        h.processes("nautilus-sidecar"),
+        sidecars,
+        "sidecar restarted"
+    );
     assert_eq!(h.processes("nautilus-agent"), agents, "agent restarted");
     let nm = h.masters().get("demo").await.expect("get");
     assert!(refused(&nm), "{:?}", nm.status);

@@ -305,7 +305,11 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
         match tokio::time::timeout(WAIT, wire::read_message(&mut link)).await {
             Ok(Ok(Message::BootRefused(refused))) => {
                 assert_eq!(refused.config_digest, bad.config.digest_hex(), "{what}");
-                assert!(refused.reason.contains(needle), "{what}: {}", refused.reason);
+                assert!(
+                    refused.reason.contains(needle),
+                    "{what}: {}",
+                    refused.reason
+                );
             }
             other => panic!("{what}: expected BootRefused, got {other:?}"),
         }

@@ -386,5 +386,9 @@ async fn a_refused_boot_configuration_is_served_and_not_offered_again() {
             .is_err(),
         "the sidecar offered the refused configuration again"
     );
-    assert_eq!(get(running.http_addr(), "/healthz").await.0, 200, "still up");
+    assert_eq!(
+        get(running.http_addr(), "/healthz").await.0,
+        200,
+        "still up"
+    );
 }

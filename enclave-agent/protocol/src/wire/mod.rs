@@ -42,9 +42,9 @@ mod report;
 
 pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
-    AuthConfig, BootConfig, BootRefused, ControlPlaneConfig, EnclaveConfig, HealthConfig,
-    JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError, TierConfig,
-    ZkLoginConfig, check_nonce,
+    AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
+    HealthConfig, JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError,
+    TierConfig, ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{

@@ -151,7 +151,11 @@ impl FakeAgent {
 
     /// Accept a connection without reading anything (whether the sidecar dials at all).
     pub async fn listener_accept(&self) -> std::io::Result<()> {
-        self.listener.accept().await.map(|_| ()).map_err(std::io::Error::other)
+        self.listener
+            .accept()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other)
     }
 
     /// Accept the sidecar's next connection and read its BootConfig.

@@ -39,17 +39,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 use nautilus_crds::{NautilusMaster, Phase};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::Mutex;
 
 use crate::api::Cache;
 use crate::desired::{self, Names};
+use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
 use crate::runtime::EnclaveRuntime;
 
@@ -86,7 +86,7 @@ pub struct Context {
     pub runtime: EnclaveRuntime,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: Publisher,
     /// Per cluster, its attestation state once this process booted it.
     clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Attestation>>>>>,
     /// Consecutive failures per resource, for the backoff.
@@ -108,12 +108,8 @@ impl Context {
     /// A context with `runtime`; Events are reported as [`CONTROLLER_NAME`] from
     /// [`instance_name`].
     pub fn new(client: Client, runtime: EnclaveRuntime, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: Some(instance_name()),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Publisher::new(client.clone(), CONTROLLER_NAME, &instance_name()),
             client,
             runtime,
             metrics,
@@ -137,30 +133,21 @@ impl Context {
         clusters.entry(key.to_owned()).or_default().clone()
     }
 
-    fn forget(&self, key: &str) {
+    /// Drop what is kept about a deleted resource: its attestation state and Event series.
+    fn forget(&self, names: &Names) {
         self.clusters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+            .remove(&names.key());
+        self.events.forget(&names.namespace, &names.name);
     }
 
     async fn publish(&self, nm: &NautilusMaster, type_: EventType, reason: &str, note: String) {
-        let mut note = note;
-        if note.len() > 1000 {
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &nm.object_ref(&())).await {
+        if let Err(err) = self
+            .events
+            .publish(nm, type_, reason, "Reconcile", note)
+            .await
+        {
             tracing::warn!(error = %err, reason, "cannot publish an event");
         }
     }
@@ -324,7 +311,7 @@ async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     if !ctx.runtime.stop(&ctx.client, nm).await? {
         return Err(Error::Stopping(names.key()));
     }
-    ctx.forget(&names.key());
+    ctx.forget(&names);
     tracing::info!("enclave stopped; removing the finalizer");
     Ok(Action::await_change())
 }
@@ -761,20 +748,19 @@ mod tests {
     }
 
     /// The Events the recorder sends for `events` (type, reason, note), in order: the first
-    /// of each reason is posted, a later one with the same reason patches it into a series
-    /// (which keeps the first note).
+    /// of each reason is posted, a later one with the same reason patches only its series (so
+    /// the first note stays).
     fn events(events: &[(&str, &str, String)]) -> Vec<Call> {
         let mut seen: Vec<(&str, &str, u32)> = Vec::new();
         events
             .iter()
             .map(
                 |(type_, reason, note)| match seen.iter_mut().find(|(r, _, _)| r == reason) {
-                    Some((_, first, count)) => {
+                    Some((_, _, count)) => {
                         *count += 1;
-                        Call::patch(format!("{EVENTS_ONE}*")).body(json!({
-                            "type": type_, "reason": reason, "note": first,
-                            "series": {"count": count},
-                        }))
+                        Call::patch(format!("{EVENTS_ONE}*"))
+                            .content_type("application/merge-patch+json")
+                            .body(json!({"series": {"count": count}}))
                     }
                     None => {
                         seen.push((reason, note, 1));

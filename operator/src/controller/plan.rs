@@ -18,10 +18,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::events::EventType;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::EventType;
 use nautilus_crds::conditions::{reasons, types};
 use nautilus_crds::{NautilusMaster, NautilusMasterStatus, SecretKeyReference};
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};

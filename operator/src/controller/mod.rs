@@ -383,9 +383,9 @@ pub async fn run(
         Default::default(),
     );
     // The children and pods are reflected into stores (the watch cache reconciles read and
-    // compare against), keeping only what reconciles read: no managedFields; of the StatefulSet,
-    // Service and Secret only metadata (their applied hash; no kubeconfig in memory); of the pod
-    // its node and status.
+    // compare against), keeping only what reconciles read: no managedFields; of the boot
+    // ConfigMap its digest and nonce; of the StatefulSet, Service and Secret only metadata (their
+    // applied hash; no kubeconfig in memory); of the pod its node and status.
     fn cached<K>(
         api: Api<K>,
         config: watcher::Config,
@@ -414,7 +414,11 @@ pub async fn run(
             .touched_objects();
         (reader, stream)
     }
-    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed(), |_| {});
+    let (config_maps, config_map_events) = cached(
+        api::<ConfigMap>(&client, ns),
+        managed(),
+        desired::slim_boot_config_map,
+    );
     let (stateful_sets, stateful_set_events) =
         cached(api::<StatefulSet>(&client, ns), managed(), |sts| {
             sts.spec = Default::default();

@@ -89,10 +89,15 @@ impl Stat {
                 });
             }
         }
-        Self::parse(&text).map(Some).ok_or_else(|| LifetimeError::Stat {
-            pid,
-            reason: format!("unexpected format: {:?}", text.chars().take(80).collect::<String>()),
-        })
+        Self::parse(&text)
+            .map(Some)
+            .ok_or_else(|| LifetimeError::Stat {
+                pid,
+                reason: format!(
+                    "unexpected format: {:?}",
+                    text.chars().take(80).collect::<String>()
+                ),
+            })
     }
 }
 
@@ -337,7 +342,10 @@ mod tests {
             start_ticks: me.start_ticks + 1,
             ..me
         };
-        assert!(!other.is_alive(), "a different start time is another process");
+        assert!(
+            !other.is_alive(),
+            "a different start time is another process"
+        );
     }
 
     #[test]
@@ -349,7 +357,9 @@ mod tests {
                 start_ticks: 7
             })
         );
-        for bad in ["", "42", "42 7 9", "x 7", "1 7", "0 7", "42  7", "-4 7", "42 -7"] {
+        for bad in [
+            "", "42", "42 7 9", "x 7", "1 7", "0 7", "42  7", "-4 7", "42 -7",
+        ] {
             assert_eq!(ProcessId::parse(bad), None, "{bad:?}");
         }
         assert!(!valid_name(""));
@@ -371,7 +381,10 @@ mod tests {
     async fn reaping_kills_recorded_processes_and_spares_reused_pids() {
         let dir = tempfile::tempdir().expect("tempdir");
         let records = ProcessRecords::new(dir.path().join("processes"));
-        assert_eq!(records.reap(Duration::from_secs(1)).await.expect("none"), []);
+        assert_eq!(
+            records.reap(Duration::from_secs(1)).await.expect("none"),
+            []
+        );
 
         let mut left = sleeper();
         let left_id = records
@@ -427,7 +440,10 @@ mod tests {
                 ..id
             },
         );
-        assert!(records.path("agent").exists(), "another process's record stays");
+        assert!(
+            records.path("agent").exists(),
+            "another process's record stays"
+        );
         records.forget("agent", id);
         assert!(!records.path("agent").exists());
         assert!(records.record("../x", std::process::id()).is_err());

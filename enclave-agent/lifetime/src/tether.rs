@@ -270,16 +270,24 @@ mod tests {
         assert!(Path::new(args[4]).ends_with("sh"), "{args:?}");
 
         let missing = tether.command("/nonexistent/k3s").expect_err("missing");
-        assert!(matches!(missing, LifetimeError::NotFound { .. }), "{missing}");
+        assert!(
+            matches!(missing, LifetimeError::NotFound { .. }),
+            "{missing}"
+        );
         let missing = tether.command("no-such-program-here").expect_err("missing");
-        assert!(matches!(missing, LifetimeError::NotFound { .. }), "{missing}");
+        assert!(
+            matches!(missing, LifetimeError::NotFound { .. }),
+            "{missing}"
+        );
     }
 
     #[test]
     fn an_untethered_command_runs_the_program_itself() {
         let tether = Tether::untethered();
         assert!(!tether.is_tethered());
-        let command = tether.command("/nonexistent/k3s").expect("spawn reports it");
+        let command = tether
+            .command("/nonexistent/k3s")
+            .expect("spawn reports it");
         assert_eq!(command.as_std().get_program(), "/nonexistent/k3s");
         // A test harness never called exec_if_requested.
         assert_eq!(Tether::this_binary(), Tether::untethered());

@@ -37,7 +37,7 @@
 pub mod records;
 pub mod tether;
 
-pub use records::{ProcessId, ProcessRecords, Reaped};
+pub use records::{ProcessId, ProcessRecords, Reaped, Stat};
 pub use tether::{EXEC_MODE, Tether, exec_if_requested};
 
 /// Why a process could not be started, recorded or reaped.

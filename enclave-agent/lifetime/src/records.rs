@@ -40,6 +40,8 @@ pub struct ProcessId {
 pub struct Stat {
     /// The state letter (`R`, `S`, `Z`, …).
     pub state: char,
+    /// Its parent.
+    pub ppid: i32,
     /// Its process group.
     pub pgrp: i32,
     /// Start time in clock ticks after boot.
@@ -54,10 +56,12 @@ impl Stat {
         let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
         // fields[0] is field 3 (state), so field N is fields[N - 3].
         let state = fields.first()?.chars().next()?;
+        let ppid = fields.get(4 - 3)?.parse().ok()?;
         let pgrp = fields.get(5 - 3)?.parse().ok()?;
         let start_ticks = fields.get(22 - 3)?.parse().ok()?;
         Some(Self {
             state,
+            ppid,
             pgrp,
             start_ticks,
         })
@@ -327,6 +331,7 @@ mod tests {
         let line = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 1 2";
         let stat = Stat::parse(line).expect("parses");
         assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 1);
         assert_eq!(stat.pgrp, 4242);
         assert_eq!(stat.start_ticks, 987_654);
         assert!(Stat::parse("4242 (x) S 1 2").is_none());

@@ -44,10 +44,10 @@ fn descendants(root: u32) -> Vec<(ProcessId, String)> {
         else {
             continue;
         };
-        if let Ok(Some(stat)) = Stat::of(pid) {
-            if !matches!(stat.state, 'Z' | 'X') {
-                table.push((pid, stat));
-            }
+        if let Ok(Some(stat)) = Stat::of(pid)
+            && !matches!(stat.state, 'Z' | 'X')
+        {
+            table.push((pid, stat));
         }
     }
     let mut found = Vec::new();

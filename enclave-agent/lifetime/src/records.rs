@@ -212,10 +212,10 @@ impl ProcessRecords {
     /// Remove the record `name` if it still names `id` (a newer start may have replaced it).
     pub fn forget(&self, name: &str, id: ProcessId) {
         let path = self.path(name);
-        if read_record(&path).ok().flatten() == Some(id) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                warn!(path = %path.display(), error = %e, "cannot remove a process record");
-            }
+        if read_record(&path).ok().flatten() == Some(id)
+            && let Err(e) = std::fs::remove_file(&path)
+        {
+            warn!(path = %path.display(), error = %e, "cannot remove a process record");
         }
     }
 

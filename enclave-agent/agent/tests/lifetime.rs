@@ -146,13 +146,30 @@ async fn wait_gone(ids: &[ProcessId]) -> Duration {
     }
 }
 
-/// SIGKILL `child` and collect its status.
-fn sigkill(child: &mut std::process::Child) {
+/// SIGKILL `child`, collect its status, and wait until none of `below` runs; prints the
+/// figure.
+async fn sigkill_and_wait_gone(child: &mut std::process::Child, below: &[ProcessId], what: &str) {
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(9)
+    );
+    let took = wait_gone(below).await;
+    println!(
+        "figure: {what} ({} processes) gone {took:?} after their parent's SIGKILL",
+        below.len()
+    );
+}
+
+/// The record at `path` names one of `ids`.
+fn assert_records_one_of(path: &Path, ids: &[ProcessId]) {
+    let record = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is not recorded: {e}", path.display()));
+    assert!(
+        ids.iter()
+            .any(|id| record == format!("{} {}\n", id.pid, id.start_ticks)),
+        "{record} names none of {ids:?}"
     );
 }
 
@@ -176,21 +193,8 @@ async fn a_sigkilled_agent_takes_its_control_plane_with_it() {
     let plane = wait_for_programs(agent_pid, &["nautilus-standin"], WAIT).await;
     let _owned = Owned(plane.clone());
     // While it runs, the control plane is recorded for a restarted agent.
-    let record = std::fs::read_to_string(agent.work_file("processes/control-plane.pid"))
-        .expect("the control plane is recorded");
-    assert!(
-        plane
-            .iter()
-            .any(|id| record == format!("{} {}\n", id.pid, id.start_ticks)),
-        "{record} names none of {plane:?}"
-    );
-
-    sigkill(&mut agent.child);
-    let took = wait_gone(&plane).await;
-    println!(
-        "figure: {} stand-in process(es) gone {took:?} after the agent's SIGKILL",
-        plane.len()
-    );
+    assert_records_one_of(&agent.work_file("processes/control-plane.pid"), &plane);
+    sigkill_and_wait_gone(&mut agent.child, &plane, "the stand-in").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,18 +227,15 @@ async fn a_sigkilled_agent_takes_the_real_kubernetes_control_plane_with_it() {
     let _owned = Owned(plane.clone());
     let records = nautilus_agent::boot::process_records(&agent.work_dir);
     for component in components {
-        assert!(
-            records.dir().join(format!("{component}.pid")).is_file(),
-            "{component} is recorded"
-        );
+        assert_records_one_of(&records.dir().join(format!("{component}.pid")), &plane);
     }
 
-    sigkill(&mut agent.child);
-    let took = wait_gone(&plane).await;
-    println!(
-        "figure: {} kubernetes process(es) ({components:?}) gone {took:?} after the agent's SIGKILL",
-        plane.len()
-    );
+    sigkill_and_wait_gone(
+        &mut agent.child,
+        &plane,
+        "etcd and the Kubernetes components",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,20 +369,8 @@ async fn a_sigkilled_sidecar_takes_its_agent_and_control_plane_with_it() {
     let below = wait_for_programs(sidecar_pid, &["nautilus-agent", "nautilus-standin"], WAIT).await;
     let _owned = Owned(below.clone());
     // The agent is recorded beside the boot configuration for a restarted sidecar.
-    let record = std::fs::read_to_string(dir.path().join("agent.pid")).expect("agent recorded");
-    assert!(
-        below
-            .iter()
-            .any(|id| record == format!("{} {}\n", id.pid, id.start_ticks)),
-        "{record} names none of {below:?}"
-    );
-
-    sigkill(&mut sidecar.0);
-    let took = wait_gone(&below).await;
-    println!(
-        "figure: the agent and its stand-in ({} processes) gone {took:?} after the sidecar's SIGKILL",
-        below.len()
-    );
+    assert_records_one_of(&dir.path().join("agent.pid"), &below);
+    sigkill_and_wait_gone(&mut sidecar.0, &below, "the agent and its stand-in").await;
 }
 
 #[test]

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
+use nautilus_lifetime::ProcessId;
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
@@ -445,23 +446,9 @@ impl Handle {
     }
 }
 
-/// The start time (clock ticks since boot) of process `pid`, unless it is gone or a zombie.
-fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so split after the
-    // last `)`; field 3 (state) is then the first, field 22 (starttime) the twentieth.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
-}
-
-/// Whether `pid` is still the process that started at `start_ticks`.
-fn same_process(pid: u32, start_ticks_then: u64) -> bool {
-    start_ticks(pid) == Some(start_ticks_then)
+/// Whether `pid` is still the process that started at `start_ticks` (and has not ended).
+fn same_process(pid: u32, start_ticks: u64) -> bool {
+    ProcessId { pid, start_ticks }.is_alive()
 }
 
 /// Stop a sidecar this process did not start: SIGTERM, then SIGKILL after 10 s. Checked
@@ -690,7 +677,7 @@ impl LocalRuntime {
         let record = child.id().and_then(|pid| {
             Some(SidecarRecord {
                 pid,
-                start_ticks: start_ticks(pid)?,
+                start_ticks: ProcessId::of(pid).ok()?.start_ticks,
                 http_port: ports[2],
                 api_port: ports[3],
                 digest_hex: digest_hex.to_owned(),
@@ -1081,7 +1068,7 @@ mod tests {
         let me = std::process::id();
         let foreign = SidecarRecord {
             pid: me,
-            start_ticks: start_ticks(me).expect("own start"),
+            start_ticks: ProcessId::of(me).expect("own start").start_ticks,
             ..record.clone()
         };
         write_record(&other_dir, &foreign).expect("write");

@@ -131,13 +131,27 @@ impl EnclaveRuntime {
         }
     }
 
-    /// Stop the enclave. `Ok(true)` once it is gone, `Ok(false)` while it is stopping.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
+    /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
+    /// left.
+    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         match self {
             Self::Pod(pod) => pod.stop(client, nm).await,
             Self::Local(local) => local.stop(nm).await,
         }
     }
+}
+
+/// What [`EnclaveRuntime::stop`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The enclave and everything the runtime ran for it are gone.
+    Gone,
+    /// Still stopping (a pod terminating); says what is awaited. Ask again.
+    Pending(String),
+    /// The runtime removed what it could, but could not confirm the enclave stopped; says what
+    /// may be left.
+    Incomplete(String),
 }
 
 /// The production runtime: StatefulSet + Service.
@@ -265,7 +279,7 @@ impl PodRuntime {
         })
     }
 
-    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
         match sts_api
@@ -291,11 +305,20 @@ impl PodRuntime {
         {
             match pods.delete(&names.pod, &DeleteParams::default()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Stopped::Gone),
                 Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
             }
         }
-        Ok(pod.is_none())
+        Ok(match pod {
+            None => Stopped::Gone,
+            Some(pod) => Stopped::Pending(format!(
+                "pod {} on node {} is still present",
+                names.pod,
+                pod.spec
+                    .and_then(|s| s.node_name)
+                    .unwrap_or_else(|| "(none)".into())
+            )),
+        })
     }
 }
 
@@ -626,11 +649,20 @@ impl LocalRuntime {
         })
     }
 
-    async fn stop(&self, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let removed = self.processes.lock().await.remove(&names.key());
+        let mut left = Vec::new();
         if let Some(mut p) = removed {
-            terminate(&mut p.child).await;
+            let pid = p.child.id();
+            if terminate(&mut p.child).await == Termination::Killed {
+                left.push(format!(
+                    "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
+                     killed, so it did not stop the agent it launched",
+                    pid.unwrap_or(0),
+                    LOCAL_STOP_GRACE.as_secs()
+                ));
+            }
         }
         // The resource is gone: its work directory (logs, data directory, port) goes with it.
         self.https_ports
@@ -642,28 +674,51 @@ impl LocalRuntime {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory")
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory");
+                left.push(format!("its work directory {} ({err})", dir.display()));
             }
         }
-        Ok(true)
+        Ok(if left.is_empty() {
+            Stopped::Gone
+        } else {
+            Stopped::Incomplete(left.join("; "))
+        })
     }
 }
 
-/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
-async fn terminate(child: &mut tokio::process::Child) {
+/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed.
+pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a local sidecar ended in [`terminate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Termination {
+    /// It exited (on SIGTERM, or before).
+    Exited,
+    /// It ignored SIGTERM for [`LOCAL_STOP_GRACE`] (stopped, hung) and was killed: it did not
+    /// stop its agent.
+    Killed,
+}
+
+/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
+async fn terminate(child: &mut tokio::process::Child) -> Termination {
     if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
         use nix::sys::signal::{Signal, kill};
         if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
             tracing::warn!(pid, error = %err, "cannot send SIGTERM to a local sidecar");
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+    if tokio::time::timeout(LOCAL_STOP_GRACE, child.wait())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!("a local sidecar ignored SIGTERM for 10 s; killing it");
-        let _ = child.kill().await;
+        return Termination::Exited;
     }
+    tracing::warn!(
+        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
+        "a local sidecar ignored SIGTERM; killing it"
+    );
+    let _ = child.kill().await;
+    Termination::Killed
 }
 
 #[cfg(test)]
@@ -717,7 +772,7 @@ mod tests {
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
         assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
 
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
         assert_eq!(
             rt.observe(&nm).await.expect("o").state,
             EnclaveState::Absent
@@ -783,7 +838,54 @@ mod tests {
             matches!(after.state, EnclaveState::SidecarUp { .. }),
             "{after:?}"
         );
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_that_ignores_sigterm_is_killed_and_the_stop_says_so() {
+        // A stopped or hung sidecar cannot stop its agent: it is killed after the grace (no
+        // real time passes on the paused clock), and the stop is reported incomplete.
+        let dir = std::env::temp_dir().join(format!("nautilus-op-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = dir.join("sidecar.sh");
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntrap '' TERM\ntouch {}\nexec sleep 30\n",
+                ready.display()
+            ),
+        )
+        .expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let rt = local(script.to_str().expect("utf8"));
+        let nm = mk_nm("demo");
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        // Real time (the clock is paused): until the script ignores SIGTERM.
+        for _ in 0..200 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(ready.exists(), "the fake sidecar did not start");
+        let Stopped::Incomplete(what) = rt.stop(&nm).await.expect("stop") else {
+            panic!("a killed sidecar is an incomplete stop");
+        };
+        assert!(
+            what.contains("did not exit within 10 s of SIGTERM and was killed"),
+            "{what}"
+        );
+        assert_eq!(
+            rt.observe(&nm).await.expect("o").state,
+            EnclaveState::Absent
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -110,6 +110,11 @@ async fn nothing_left(h: &Harness, why: &str) {
 const NEEDS_PDEATHSIG: &str = "\n(an agent whose sidecar was killed, and its control plane, go \
      only through the parent-death signal of issue 17's process-lifetime work)";
 
+/// What the lead's part of issue 17 brings (the local runtime adopting or cleaning up the
+/// sidecars a crashed operator left), for failure messages.
+const ADOPTION: &str = "\n(a restarted operator must adopt or clean up the sidecars its \
+     predecessor left: issue 17's local-runtime adoption)";
+
 /// A SIGKILLed sidecar is reported (`EnclaveRunning=False/EnclaveFailed`, saying it was killed),
 /// the local runtime starts a new one, the resource is `Ready` again, and exactly one sidecar,
 /// agent and control plane run for it.
@@ -154,13 +159,21 @@ async fn a_killed_sidecar_is_reported_restarted_and_leaves_no_orphan() {
         "Ready carries the terminal reason"
     );
 
+    // The killed sidecar's agent goes with it (checked before waiting for Ready: while it runs,
+    // its control plane holds the new one's port and data directory).
+    let deadline = Instant::now() + SETTLE;
+    while h.processes("nautilus-agent").contains(&agent) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent {agent} outlived its SIGKILLed sidecar by {SETTLE:?}: {:?}{NEEDS_PDEATHSIG}",
+            census(&h)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     h.wait_for("demo", "Ready=True again", WAIT, ready).await;
     let (new_sidecar, new_agent) = exactly_one_enclave(&h, NEEDS_PDEATHSIG).await;
     assert_ne!(new_sidecar, sidecar, "a new sidecar");
-    assert_ne!(
-        new_agent, agent,
-        "a new agent: the old one went with its sidecar"
-    );
+    assert_ne!(new_agent, agent, "a new agent");
     h.finish().await;
 }
 
@@ -192,6 +205,9 @@ async fn a_killed_operator_is_restarted_without_a_second_enclave_or_a_flap() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     h.spawn_operator();
     assert_ne!(h.operator_pid(), Some(old_operator));
+    // Its first reconciles are done within a few seconds; a second sidecar would show by then.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    exactly_one_enclave(&h, ADOPTION).await;
 
     let after = h
         .wait_for(
@@ -201,14 +217,7 @@ async fn a_killed_operator_is_restarted_without_a_second_enclave_or_a_flap() {
             |nm| ready(nm) && document(nm).is_some_and(|d| d != old_document),
         )
         .await;
-    // Long enough for a second sidecar to have been started and to show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    exactly_one_enclave(
-        &h,
-        "\n(a restarted operator must adopt or clean up the sidecars its predecessor left: \
-         issue 17's local-runtime adoption)",
-    )
-    .await;
+    exactly_one_enclave(&h, ADOPTION).await;
     assert!(ready(&after));
     let flaps = transitions.to("Attested", "False");
     assert!(

@@ -89,6 +89,15 @@ async fn exactly_one_enclave(h: &Harness, why: &str) -> (u32, u32) {
     }
 }
 
+/// Create `demo` from the development spec and wait until it is `Ready` with exactly one
+/// enclave; the resource as it was then, and its sidecar's and agent's PIDs.
+async fn a_ready_enclave(h: &Harness) -> (NautilusMaster, u32, u32) {
+    h.create("demo", h.development_spec()).await;
+    let nm = h.wait_for("demo", "Ready=True", WAIT, ready).await;
+    let (sidecar, agent) = exactly_one_enclave(h, "").await;
+    (nm, sidecar, agent)
+}
+
 /// Wait (at most [`SETTLE`]) until none of [`enclave_programs`] runs for the test.
 async fn nothing_left(h: &Harness, why: &str) {
     let deadline = Instant::now() + SETTLE;
@@ -131,9 +140,7 @@ async fn a_killed_sidecar_is_reported_restarted_and_leaves_no_orphan() {
         return;
     };
     let h = Harness::start(cluster, "sidecar-kill", None).await;
-    h.create("demo", h.development_spec()).await;
-    h.wait_for("demo", "Ready=True", WAIT, ready).await;
-    let (sidecar, agent) = exactly_one_enclave(&h, "").await;
+    let (_, sidecar, agent) = a_ready_enclave(&h).await;
 
     signal(sidecar, Signal::SIGKILL);
     let nm = h
@@ -194,9 +201,7 @@ async fn a_killed_operator_is_restarted_without_a_second_enclave_or_a_flap() {
     };
     let mut h = Harness::start_with_operator_process(cluster, "operator-kill").await;
     let transitions = h.record_transitions("demo");
-    h.create("demo", h.development_spec()).await;
-    let before = h.wait_for("demo", "Ready=True", WAIT, ready).await;
-    exactly_one_enclave(&h, "").await;
+    let (before, _, _) = a_ready_enclave(&h).await;
     let old_document = document(&before).expect("an attestation document");
 
     let old_operator = h.operator_pid().expect("the operator process");
@@ -284,9 +289,7 @@ async fn the_operator_rides_out_restarts_of_kube_apiserver_and_etcd() {
     }
     let mut h = Harness::start(cluster, "apiserver-restart", None).await;
     let transitions = h.record_transitions("demo");
-    h.create("demo", h.development_spec()).await;
-    h.wait_for("demo", "Ready=True", WAIT, ready).await;
-    let (sidecar, agent) = exactly_one_enclave(&h, "").await;
+    let (_, sidecar, agent) = a_ready_enclave(&h).await;
     let ready_since = transitions.all().len();
 
     for (part, max_age) in [(Part::ApiServer, 7200), (Part::Etcd, 10800)] {
@@ -340,9 +343,7 @@ async fn deleting_an_unreachable_enclave_completes_within_the_bound_and_says_wha
         return;
     };
     let h = Harness::start(cluster, "unreachable-delete", None).await;
-    h.create("demo", h.development_spec()).await;
-    h.wait_for("demo", "Ready=True", WAIT, ready).await;
-    let (sidecar, _) = exactly_one_enclave(&h, "").await;
+    let (_, sidecar, _) = a_ready_enclave(&h).await;
 
     signal(sidecar, Signal::SIGSTOP);
     let deleted = Instant::now();

@@ -1107,20 +1107,23 @@ mod tests {
         ]
     }
 
+    /// The JSON patch that removes the finalizer of `nm`, answered with `nm`.
+    fn removes_the_finalizer(nm: &NautilusMaster) -> Call {
+        Call::patch(format!("{NM_PATH}?"))
+            .content_type(JSON_PATCH)
+            .body(json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/0"},
+            ]))
+            .reply(Reply::Json(200, to_json(nm)))
+    }
+
     #[tokio::test]
     async fn delete_stops_the_enclave_then_removes_the_finalizer() {
         let nm = deleting(mk_nm("demo"));
         let (client, server) = api_server();
         let mut calls = stopping(&nm, not_found());
-        calls.push(
-            Call::patch(format!("{NM_PATH}?"))
-                .content_type(JSON_PATCH)
-                .body(json!([
-                    {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
-                    {"op": "remove", "path": "/metadata/finalizers/0"},
-                ]))
-                .reply(Reply::Json(200, to_json(&nm))),
-        );
+        calls.push(removes_the_finalizer(&nm));
         let scenario = server.expect(calls);
         let (result, _, _) = reconcile_in(&context(client, None), &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::await_change());
@@ -1157,15 +1160,7 @@ mod tests {
         // Already terminating: no second pod deletion.
         let mut calls = stopping(&nm, Reply::Json(200, pod));
         calls.push(Call::post(EVENTS).body(json!({"type": "Warning", "reason": STOP_INCOMPLETE})));
-        calls.push(
-            Call::patch(format!("{NM_PATH}?"))
-                .content_type(JSON_PATCH)
-                .body(json!([
-                    {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
-                    {"op": "remove", "path": "/metadata/finalizers/0"},
-                ]))
-                .reply(Reply::Json(200, to_json(&nm))),
-        );
+        calls.push(removes_the_finalizer(&nm));
         let scenario = server.expect(calls);
         let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::await_change());

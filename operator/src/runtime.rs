@@ -132,13 +132,27 @@ impl EnclaveRuntime {
         }
     }
 
-    /// Stop the enclave. `Ok(true)` once it is gone, `Ok(false)` while it is stopping.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
+    /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
+    /// left.
+    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         match self {
             Self::Pod(pod) => pod.stop(client, nm).await,
             Self::Local(local) => local.stop(nm).await,
         }
     }
+}
+
+/// What [`EnclaveRuntime::stop`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The enclave and everything the runtime ran for it are gone.
+    Gone,
+    /// Still stopping (a pod terminating); says what is awaited. Ask again.
+    Pending(String),
+    /// The runtime removed what it could, but could not confirm the enclave stopped; says what
+    /// may be left.
+    Incomplete(String),
 }
 
 /// The production runtime: StatefulSet + Service.
@@ -266,7 +280,7 @@ impl PodRuntime {
         })
     }
 
-    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
         match sts_api
@@ -292,11 +306,20 @@ impl PodRuntime {
         {
             match pods.delete(&names.pod, &DeleteParams::default()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Stopped::Gone),
                 Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
             }
         }
-        Ok(pod.is_none())
+        Ok(match pod {
+            None => Stopped::Gone,
+            Some(pod) => Stopped::Pending(format!(
+                "pod {} on node {} is still present",
+                names.pod,
+                pod.spec
+                    .and_then(|s| s.node_name)
+                    .unwrap_or_else(|| "(none)".into())
+            )),
+        })
     }
 }
 
@@ -388,6 +411,10 @@ struct LocalProcess {
 /// the next operator process adopts it (or stops it) instead of starting a second one.
 const SIDECAR_STATE_FILE: &str = "sidecar.json";
 
+/// How often (20 ms apart) a recorded process's command line is read while it is empty (a
+/// process in the middle of exec shows none).
+const CMDLINE_TRIES: u32 = 50;
+
 /// Longest [`SIDECAR_STATE_FILE`] read (it is a few hundred bytes).
 const MAX_STATE_FILE: u64 = 4096;
 
@@ -435,13 +462,19 @@ impl Handle {
         }
     }
 
-    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
-    async fn terminate(&mut self) {
+    /// Its pid, while known.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Child(child) => child.id(),
+            Self::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
+    async fn terminate(&mut self) -> Termination {
         match self {
             Self::Child(child) => terminate(child).await,
-            Self::Adopted { pid, start_ticks } => {
-                terminate_adopted(*pid, *start_ticks).await;
-            }
+            Self::Adopted { pid, start_ticks } => terminate_adopted(*pid, *start_ticks).await,
         }
     }
 }
@@ -451,32 +484,38 @@ fn same_process(pid: u32, start_ticks: u64) -> bool {
     ProcessId { pid, start_ticks }.is_alive()
 }
 
-/// Stop a sidecar this process did not start: SIGTERM, then SIGKILL after 10 s. Checked
-/// against its start time before each signal, so a reused pid is never signalled.
-async fn terminate_adopted(pid: u32, start_ticks: u64) {
+/// Stop a sidecar this process did not start: SIGTERM, then SIGKILL after
+/// [`LOCAL_STOP_GRACE`]. Checked against its start time before each signal, so a reused pid is
+/// never signalled.
+async fn terminate_adopted(pid: u32, start_ticks: u64) -> Termination {
     use nix::sys::signal::{Signal, kill};
-    let Ok(raw) = i32::try_from(pid) else { return };
+    let Ok(raw) = i32::try_from(pid) else {
+        return Termination::Exited;
+    };
     let target = nix::unistd::Pid::from_raw(raw);
     if !same_process(pid, start_ticks) {
-        return;
+        return Termination::Exited;
     }
     if let Err(err) = kill(target, Signal::SIGTERM) {
         tracing::warn!(pid, error = %err, "cannot send SIGTERM to an adopted local sidecar");
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + LOCAL_STOP_GRACE;
     while tokio::time::Instant::now() < deadline {
         if !same_process(pid, start_ticks) {
-            return;
+            return Termination::Exited;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if same_process(pid, start_ticks) {
-        tracing::warn!(
-            pid,
-            "an adopted local sidecar ignored SIGTERM for 10 s; killing it"
-        );
-        let _ = kill(target, Signal::SIGKILL);
+    if !same_process(pid, start_ticks) {
+        return Termination::Exited;
     }
+    tracing::warn!(
+        pid,
+        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
+        "an adopted local sidecar ignored SIGTERM; killing it"
+    );
+    let _ = kill(target, Signal::SIGKILL);
+    Termination::Killed
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
@@ -749,14 +788,23 @@ impl LocalRuntime {
         })
     }
 
-    async fn stop(&self, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let removed = self.processes.lock().await.remove(&names.key());
         let dir = self.resource_dir(&names);
-        match removed {
-            Some(mut p) => p.child.terminate().await,
+        let mut left = Vec::new();
+        let ended = match removed {
+            Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
             // Deleted while no operator ran: stop what a previous one left.
             None => stop_recorded(&dir, &dir.join(desired::BOOT_CONFIG_KEY)).await,
+        };
+        if let Some((pid, Termination::Killed)) = ended {
+            left.push(format!(
+                "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
+                 killed, so it did not stop its agent in order",
+                pid.unwrap_or(0),
+                LOCAL_STOP_GRACE.as_secs()
+            ));
         }
         // The resource is gone: its work directory (logs, data directory, port) goes with it.
         self.https_ports
@@ -767,16 +815,21 @@ impl LocalRuntime {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory")
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory");
+                left.push(format!("its work directory {} ({err})", dir.display()));
             }
         }
-        Ok(true)
+        Ok(if left.is_empty() {
+            Stopped::Gone
+        } else {
+            Stopped::Incomplete(left.join("; "))
+        })
     }
 }
 
 /// The sidecar [`SIDECAR_STATE_FILE`] in `dir` records, if it is still running and is the one
 /// of this resource (its command line names `boot_path`).
-fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
+async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
     use std::io::Read as _;
     let file = std::fs::File::open(dir.join(SIDECAR_STATE_FILE)).ok()?;
     let mut text = Vec::new();
@@ -788,11 +841,19 @@ fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<Sideca
             return None;
         }
     };
-    if !same_process(record.pid, record.start_ticks) {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
     let ours = format!("--boot-config={}", boot_path.display());
+    // A process in the middle of exec (just started) shows an empty command line for a moment.
+    let mut cmdline = Vec::new();
+    for _ in 0..CMDLINE_TRIES {
+        if !same_process(record.pid, record.start_ticks) {
+            return None;
+        }
+        cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
+        if !cmdline.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cmdline
         .split(|b| *b == 0)
         .any(|arg| arg == ours.as_bytes())
@@ -820,7 +881,7 @@ async fn adopt_or_stop(
     boot: &[u8],
     digest_hex: &str,
 ) -> Option<LocalProcess> {
-    let record = recorded(dir, boot_path)?;
+    let record = recorded(dir, boot_path).await?;
     let same_boot = std::fs::read(boot_path).is_ok_and(|on_disk| on_disk == boot);
     if same_boot && record.digest_hex == digest_hex {
         return Some(LocalProcess {
@@ -836,33 +897,55 @@ async fn adopt_or_stop(
         });
     }
     tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
-    terminate_adopted(record.pid, record.start_ticks).await;
+    let _ = terminate_adopted(record.pid, record.start_ticks).await;
     None
 }
 
-/// Stop the sidecar `dir` records, if it still runs (the resource is being deleted).
-async fn stop_recorded(dir: &std::path::Path, boot_path: &std::path::Path) {
-    if let Some(record) = recorded(dir, boot_path) {
-        tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar a previous operator process left");
-        terminate_adopted(record.pid, record.start_ticks).await;
-    }
+/// Stop the sidecar `dir` records, if it still runs (the resource is being deleted): its pid
+/// and how it ended.
+async fn stop_recorded(
+    dir: &std::path::Path,
+    boot_path: &std::path::Path,
+) -> Option<(Option<u32>, Termination)> {
+    let record = recorded(dir, boot_path).await?;
+    tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar a previous operator process left");
+    let ended = terminate_adopted(record.pid, record.start_ticks).await;
+    Some((Some(record.pid), ended))
 }
 
-/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
-async fn terminate(child: &mut tokio::process::Child) {
+/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed.
+pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a local sidecar ended in [`terminate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Termination {
+    /// It exited (on SIGTERM, or before).
+    Exited,
+    /// It ignored SIGTERM for [`LOCAL_STOP_GRACE`] (stopped, hung) and was killed: it did not
+    /// stop its agent.
+    Killed,
+}
+
+/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
+async fn terminate(child: &mut tokio::process::Child) -> Termination {
     if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
         use nix::sys::signal::{Signal, kill};
         if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
             tracing::warn!(pid, error = %err, "cannot send SIGTERM to a local sidecar");
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+    if tokio::time::timeout(LOCAL_STOP_GRACE, child.wait())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!("a local sidecar ignored SIGTERM for 10 s; killing it");
-        let _ = child.kill().await;
+        return Termination::Exited;
     }
+    tracing::warn!(
+        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
+        "a local sidecar ignored SIGTERM; killing it"
+    );
+    let _ = child.kill().await;
+    Termination::Killed
 }
 
 #[cfg(test)]
@@ -916,7 +999,7 @@ mod tests {
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
         assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
 
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
         assert_eq!(
             rt.observe(&nm).await.expect("o").state,
             EnclaveState::Absent
@@ -982,7 +1065,54 @@ mod tests {
             matches!(after.state, EnclaveState::SidecarUp { .. }),
             "{after:?}"
         );
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_that_ignores_sigterm_is_killed_and_the_stop_says_so() {
+        // A stopped or hung sidecar cannot stop its agent: it is killed after the grace (no
+        // real time passes on the paused clock), and the stop is reported incomplete.
+        let dir = std::env::temp_dir().join(format!("nautilus-op-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = dir.join("sidecar.sh");
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntrap '' TERM\ntouch {}\nexec sleep 30\n",
+                ready.display()
+            ),
+        )
+        .expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let rt = local(script.to_str().expect("utf8"));
+        let nm = mk_nm("demo");
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        // Real time (the clock is paused): until the script ignores SIGTERM.
+        for _ in 0..200 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(ready.exists(), "the fake sidecar did not start");
+        let Stopped::Incomplete(what) = rt.stop(&nm).await.expect("stop") else {
+            panic!("a killed sidecar is an incomplete stop");
+        };
+        assert!(
+            what.contains("did not exit within 10 s of SIGTERM and was killed"),
+            "{what}"
+        );
+        assert_eq!(
+            rt.observe(&nm).await.expect("o").state,
+            EnclaveState::Absent
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1054,7 +1184,7 @@ mod tests {
 
         // Deleted while no operator ran: the next one's stop ends the recorded sidecar.
         let fourth = LocalRuntime::new(settings("work"));
-        assert!(fourth.stop(&nm).await.expect("stop"));
+        assert_eq!(fourth.stop(&nm).await.expect("stop"), Stopped::Gone);
         assert!(
             !same_process(replaced.pid, replaced.start_ticks),
             "the sidecar outlived its resource"
@@ -1075,7 +1205,7 @@ mod tests {
         std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
         other.ensure(&nm, &boot1, "d1").await.expect("ensure");
         assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
-        assert!(other.stop(&nm).await.expect("stop"));
+        assert_eq!(other.stop(&nm).await.expect("stop"), Stopped::Gone);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

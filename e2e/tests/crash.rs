@@ -114,24 +114,24 @@ async fn nothing_left(h: &Harness, why: &str) {
     }
 }
 
-/// What the process-lifetime branch of issue 17 brings (PR_SET_PDEATHSIG from sidecar to agent
-/// and from agent to control plane), for failure messages.
+/// What keeps a killed sidecar's agent and control plane from outliving it (the parent-death
+/// signal `nautilus-lifetime` sets from sidecar to agent and from agent to control plane), for
+/// failure messages.
 const NEEDS_PDEATHSIG: &str = "\n(an agent whose sidecar was killed, and its control plane, go \
-     only through the parent-death signal of issue 17's process-lifetime work)";
+     only through the parent-death signal nautilus-lifetime sets)";
 
-/// What the lead's part of issue 17 brings (the local runtime adopting or cleaning up the
-/// sidecars a crashed operator left), for failure messages.
-const ADOPTION: &str = "\n(a restarted operator must adopt or clean up the sidecars its \
-     predecessor left: issue 17's local-runtime adoption)";
+/// What keeps a restarted operator from starting a second sidecar (the local runtime adopting
+/// or stopping the sidecars a killed operator left), for failure messages.
+const ADOPTION: &str = "\n(a restarted operator must adopt or stop the sidecars its \
+     predecessor left: the local runtime's sidecar.json records)";
 
 /// A SIGKILLed sidecar is reported (`EnclaveRunning=False/EnclaveFailed`, saying it was killed),
 /// the local runtime starts a new one, the resource is `Ready` again, and exactly one sidecar,
 /// agent and control plane run for it.
 ///
-/// Depends on the process-lifetime work of issue 17 (branch `lifetime`): until the agent dies
-/// with its sidecar and the control plane with its agent, the killed sidecar's agent and control
-/// plane are left running beside the new ones (and hold the control plane's HTTPS port and data
-/// directory, so the new one may never become ready).
+/// Without the parent-death signals (agent with its sidecar, control plane with its agent), the
+/// killed sidecar's agent and control plane were left running beside the new ones, holding the
+/// control plane's HTTPS port and data directory, so the new one never became ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sidecar_is_reported_restarted_and_leaves_no_orphan() {
     let Some(cluster) =
@@ -189,9 +189,9 @@ async fn a_killed_sidecar_is_reported_restarted_and_leaves_no_orphan() {
 /// condition change is recorded for the whole test), and the resource is `Ready`, verified by
 /// the restarted operator (a new attestation document: it re-challenges at once).
 ///
-/// Depends on the local runtime adopting (or cleaning up) the sidecars a crashed operator left
-/// (the lead's part of issue 17): until then the restarted operator starts a second sidecar and
-/// enclave beside the first, which keeps running with no operator.
+/// Without the local runtime adopting (or stopping) the sidecars a killed operator left, the
+/// restarted operator started a second sidecar and enclave beside the first; and until the
+/// verdict was held for the whole first challenge round trip, `Attested` went True → Unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_operator_is_restarted_without_a_second_enclave_or_a_flap() {
     let Some(cluster) =
@@ -332,8 +332,8 @@ async fn the_operator_rides_out_restarts_of_kube_apiserver_and_etcd() {
 /// controller's `STOP_DEADLINE`), and a Warning Event [`STOP_INCOMPLETE`] says what could not be
 /// cleaned.
 ///
-/// Its last check (nothing orphaned) depends on the process-lifetime work of issue 17: a killed
-/// sidecar's agent and control plane go only through their parent-death signal.
+/// Its last check (nothing orphaned) rests on the parent-death signals: a killed sidecar's agent
+/// and control plane go only through them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_unreachable_enclave_completes_within_the_bound_and_says_what_is_left() {
     let Some(cluster) =

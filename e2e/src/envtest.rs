@@ -150,6 +150,10 @@ struct Component {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// How it was started, to start it again the same way ([`ControlPlane::start_component`]).
+    program: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
 }
 
 impl Component {
@@ -207,10 +211,14 @@ pub fn log_tail(path: &Path) -> String {
 }
 
 /// Start `program` with `args` as a component: own process group, killed with its parent, output
-/// to `<dir>/<name>.log`.
+/// appended to `<dir>/<name>.log`.
 fn spawn(dir: &Path, name: &'static str, program: &Path, args: &[String]) -> Result<Component> {
     let log = dir.join(format!("{name}.log"));
-    let out = std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_err(format!("opening {}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(io_err(format!("opening {}", log.display())))?;
@@ -235,7 +243,14 @@ fn spawn(dir: &Path, name: &'static str, program: &Path, args: &[String]) -> Res
         .stderr(Stdio::from(err))
         .spawn()
         .map_err(io_err(format!("starting {}", program.display())))?;
-    Ok(Component { name, child, log })
+    Ok(Component {
+        name,
+        child,
+        log,
+        program: program.to_owned(),
+        args: args.to_vec(),
+        dir: dir.to_owned(),
+    })
 }
 
 /// The throwaway control plane's PKI, as PEM files in its directory.
@@ -347,6 +362,24 @@ impl Pki {
             admin_cert_pem,
             admin_key_pem,
         })
+    }
+}
+
+/// A component of the throwaway control plane that a test can stop and start again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// `etcd` (its data directory is kept across a restart).
+    Etcd,
+    /// `kube-apiserver` (same port and certificates after a restart).
+    ApiServer,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Etcd => "etcd",
+            Part::ApiServer => "kube-apiserver",
+        }
     }
 }
 
@@ -500,6 +533,33 @@ impl ControlPlane {
     /// PIDs of the running components.
     pub fn pids(&self) -> Vec<u32> {
         self.components.iter().map(|c| c.child.id()).collect()
+    }
+
+    /// Stop `part` (SIGTERM to its process group, SIGKILL after 5 s), leaving the others running.
+    pub fn stop_component(&mut self, part: Part) {
+        if let Some(component) = self.components.iter_mut().find(|c| c.name == part.name()) {
+            component.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Start `part` again after [`Self::stop_component`], exactly as it first ran: the same
+    /// binary and flags, so the same ports, certificates and etcd data directory. Waits until the
+    /// API server answers `/readyz` again (which needs both etcd and kube-apiserver running).
+    pub async fn start_component(&mut self, part: Part) -> Result<()> {
+        let Some(index) = self.components.iter().position(|c| c.name == part.name()) else {
+            return Err(EnvtestError::Io {
+                what: format!("{} is not part of this control plane", part.name()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        };
+        let old = &mut self.components[index];
+        if old.exited().is_none() {
+            return Ok(());
+        }
+        let (dir, program, args) = (old.dir.clone(), old.program.clone(), old.args.clone());
+        self.components[index] = spawn(&dir, part.name(), &program, &args)?;
+        let client = self.client().await?;
+        self.wait_ready(&client).await
     }
 
     /// Stop every component, the controller manager first and etcd last.

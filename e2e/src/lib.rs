@@ -19,6 +19,9 @@
 
 pub mod envtest;
 pub mod tamper;
+pub mod transitions;
+
+pub use transitions::{Transition, Transitions};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,8 +157,37 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     /// The fixture node's address (`https://127.0.0.1:port`).
     pub sui_url: String,
+    /// The local runtime's settings (the in-process operator's, and the operator process's).
+    pub local: LocalSettings,
+    bin: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
+    process: Option<OperatorProcess>,
+    processes_started: u32,
+}
+
+/// The operator running as a process of its own ([`Harness::spawn_operator`]); killed when
+/// dropped.
+#[derive(Debug)]
+struct OperatorProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `nautilus-e2e-<test>-<pid>`: a namespace of the test's own.
+fn namespace_for(test: &str) -> String {
+    format!(
+        "nautilus-e2e-{}-{}",
+        test.replace('_', "-").chars().take(30).collect::<String>(),
+        std::process::id()
+    )
 }
 
 impl std::fmt::Debug for Harness {
@@ -177,17 +209,42 @@ impl Harness {
     /// runtime starts in place of `nautilus-sidecar`, with its arguments (for example
     /// `nautilus-tamper-sidecar`, see [`tamper`]); `None` runs the real sidecar.
     pub async fn start(cluster: TestCluster, test: &str, sidecar: Option<&Path>) -> Self {
-        let namespace = format!(
-            "nautilus-e2e-{}-{}",
-            test.replace('_', "-").chars().take(30).collect::<String>(),
-            std::process::id()
-        );
-        Self::start_in(cluster, namespace, sidecar, &bin_dir()).await
+        Self::start_in(cluster, namespace_for(test), sidecar, &bin_dir()).await
     }
 
     /// The same in a namespace of the caller's choosing (created here, deleted by
     /// [`Harness::finish`]), with the development binaries in `bin`.
     pub async fn start_in(
+        cluster: TestCluster,
+        namespace: String,
+        sidecar: Option<&Path>,
+        bin: &Path,
+    ) -> Self {
+        let mut h = Self::prepare(cluster, namespace, sidecar, bin).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        h.operator = Some(tokio::spawn(controller::run(
+            Arc::clone(&h.ctx),
+            Some(h.namespace.clone()),
+            async {
+                let _ = stopped.await;
+            },
+        )));
+        h.stop = Some(stop);
+        h
+    }
+
+    /// Namespace, CRD and Sui node for `test`, with the operator as a process of its own (the
+    /// `nautilus-operator` binary, [`Harness::spawn_operator`]) rather than in this process, so
+    /// that a test can SIGKILL it. It runs the local runtime with the settings the in-process one
+    /// would have; [`Harness::ctx`] is not running and serves only to compute what the operator
+    /// computes ([`Harness::measured_digest`]).
+    pub async fn start_with_operator_process(cluster: TestCluster, test: &str) -> Self {
+        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir()).await;
+        h.spawn_operator();
+        h
+    }
+
+    async fn prepare(
         cluster: TestCluster,
         namespace: String,
         sidecar: Option<&Path>,
@@ -237,13 +294,14 @@ impl Harness {
             "k3s"
         };
         let development = LocalSettings::development(bin, dir.path().join("operator"));
-        let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings {
+        let local = LocalSettings {
             sidecar_binary: sidecar.map_or(development.sidecar_binary.clone(), Path::to_owned),
             sui_ca_file: Some(ca_file),
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
             ..development
-        })));
+        };
+        let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(local.clone())));
         controller::check_crd(&client)
             .await
             .expect("the operator sees the CRD");
@@ -251,14 +309,6 @@ impl Harness {
             client.clone(),
             runtime,
             Arc::new(Metrics::new()),
-        ));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = tokio::spawn(controller::run(
-            Arc::clone(&ctx),
-            Some(namespace.clone()),
-            async {
-                let _ = stopped.await;
-            },
         ));
         Self {
             client,
@@ -270,9 +320,120 @@ impl Harness {
             distribution,
             dir,
             sui_url: format!("https://127.0.0.1:{}", sui.port()),
-            stop: Some(stop),
-            operator: Some(operator),
+            local,
+            bin: bin.to_owned(),
+            stop: None,
+            operator: None,
+            process: None,
+            processes_started: 0,
         }
+    }
+
+    /// Start the `nautilus-operator` binary (beside the development binaries) as a child process
+    /// under `setpriv --pdeathsig KILL`, watching the test's namespace with the local runtime and
+    /// exactly the settings the in-process operator uses (the work directory included, so a
+    /// restarted operator finds what its predecessor left). Its log is `operator-<n>.log` in the
+    /// test's directory. Panics if one is running already or the binary is missing.
+    pub fn spawn_operator(&mut self) {
+        assert!(self.process.is_none(), "an operator process runs already");
+        let binary = self.bin.join("nautilus-operator");
+        assert!(
+            binary.is_file(),
+            "{} is missing: run `cargo build -p nautilus-operator` (or set NAUTILUS_BIN_DIR)",
+            binary.display()
+        );
+        self.processes_started += 1;
+        let log_path = self
+            .dir
+            .path()
+            .join(format!("operator-{}.log", self.processes_started));
+        let log = std::fs::File::create(&log_path).expect("create the operator log");
+        let log_err = log.try_clone().expect("open the operator log");
+        let port = envtest::free_port().expect("a free port");
+        let s = &self.local;
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(&binary)
+            .arg("--runtime=local")
+            .arg(format!("--namespace={}", self.namespace))
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--sidecar-binary={}", s.sidecar_binary.display()))
+            .arg(format!("--agent-binary={}", s.agent_binary.display()))
+            .arg(format!(
+                "--control-plane-command={}",
+                s.control_plane_command
+            ))
+            .arg(format!("--local-work-dir={}", s.work_dir.display()));
+        if let Some(ca) = &s.sui_ca_file {
+            cmd.arg(format!("--local-sui-ca-file={}", ca.display()));
+        }
+        if let Some(dir) = &s.kubernetes_bin_dir {
+            cmd.arg(format!("--local-kubernetes-bin-dir={}", dir.display()));
+        }
+        if let Some(etcd) = &s.etcd_command {
+            cmd.arg(format!("--local-etcd-command={}", etcd.display()));
+        }
+        let child = cmd
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log))
+            .stderr(std::process::Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
+        tracing::info!(pid = child.id(), log = %log_path.display(), "started the operator process");
+        self.process = Some(OperatorProcess {
+            child,
+            log: log_path,
+        });
+    }
+
+    /// The PID of the operator process ([`Harness::spawn_operator`]); `setpriv` execs it, so it
+    /// is the operator's own.
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.child.id())
+    }
+
+    /// SIGKILL the operator process and reap it: no shutdown runs, so whatever it started is
+    /// left as a crash leaves it.
+    pub fn kill_operator(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            tracing::info!(log = %process.log.display(), "killed the operator process");
+        }
+    }
+
+    /// SIGTERM the operator process (it stops its sidecars) and wait for it, at most 30 s.
+    fn terminate_operator(&mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        if let Ok(pid) = i32::try_from(process.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if matches!(process.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the operator process ignored SIGTERM for 30 s; its log:\n{}",
+            envtest::log_tail(&process.log)
+        );
+    }
+
+    /// Record every change of the conditions of `name`, from now on (see [`Transitions`]).
+    pub fn record_transitions(&self, name: &str) -> Transitions {
+        Transitions::record(self.masters(), name)
     }
 
     /// The API of NautilusMasters in the test namespace.
@@ -458,6 +619,7 @@ impl Harness {
         if let Some(operator) = self.operator.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), operator).await;
         }
+        self.terminate_operator();
         self.ctx.runtime.shutdown().await;
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.leftovers().is_empty() && Instant::now() < deadline {
@@ -501,6 +663,7 @@ impl Drop for Harness {
         if let Some(operator) = self.operator.take() {
             operator.abort();
         }
+        drop(self.process.take());
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = self.leftovers();

@@ -279,9 +279,43 @@ pub fn digest_label(digest_hex: &str) -> String {
 /// Reusing it keeps the ConfigMap (and so the running enclave) stable across reconciles and
 /// operator restarts; a new configuration gets a new nonce.
 pub fn existing_boot_nonce(config_map: &ConfigMap, digest_hex: &str) -> Option<Vec<u8>> {
-    let json = config_map.data.as_ref()?.get(BOOT_CONFIG_KEY)?;
-    let boot: BootConfig = serde_json::from_str(json).ok()?;
-    (boot.config.digest_hex() == digest_hex && !boot.nonce.is_empty()).then_some(boot.nonce)
+    let data = config_map.data.as_ref()?;
+    let (digest, nonce) = match data.get(BOOT_CONFIG_KEY) {
+        Some(json) => {
+            let boot: BootConfig = serde_json::from_str(json).ok()?;
+            (boot.config.digest_hex(), boot.nonce)
+        }
+        None => (
+            data.get(CACHED_DIGEST_KEY)?.clone(),
+            hex::decode(data.get(CACHED_NONCE_KEY)?).ok()?,
+        ),
+    };
+    (digest == digest_hex && !nonce.is_empty()).then_some(nonce)
+}
+
+/// Key of the digest in a boot ConfigMap slimmed for the watch cache ([`slim_boot_config_map`]).
+const CACHED_DIGEST_KEY: &str = "cached.boot-config-digest";
+/// Key of the nonce (hex) in a boot ConfigMap slimmed for the watch cache.
+const CACHED_NONCE_KEY: &str = "cached.boot-nonce";
+
+/// Keep of a boot ConfigMap only what reconciles read from the watch cache: the digest of the
+/// configuration it holds and its nonce ([`existing_boot_nonce`] reads either form), not the
+/// whole configuration; a thousand resources' configurations are megabytes the operator never
+/// reads back. The digest is computed from the configuration itself, not taken from the
+/// annotation. A ConfigMap that does not hold a boot configuration keeps no data.
+pub fn slim_boot_config_map(config_map: &mut ConfigMap) {
+    let parsed = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get(BOOT_CONFIG_KEY))
+        .and_then(|json| serde_json::from_str::<BootConfig>(json).ok());
+    config_map.data = parsed.map(|boot| {
+        BTreeMap::from([
+            (CACHED_DIGEST_KEY.to_owned(), boot.config.digest_hex()),
+            (CACHED_NONCE_KEY.to_owned(), hex::encode(&boot.nonce)),
+        ])
+    });
+    config_map.binary_data = None;
 }
 
 /// Settings of the enclave pod that come from the operator's flags, not from the spec.
@@ -723,6 +757,24 @@ mod tests {
             None,
             "other config"
         );
+        // The watch cache's slim copy answers the same, in a fraction of the bytes.
+        let mut slim = cm.clone();
+        slim_boot_config_map(&mut slim);
+        assert_eq!(existing_boot_nonce(&slim, &digest), Some(vec![7; 32]));
+        assert_eq!(existing_boot_nonce(&slim, &"00".repeat(32)), None);
+        let size = |cm: &ConfigMap| serde_json::to_vec(cm).expect("json").len();
+        assert!(
+            size(&slim) * 2 < size(&cm),
+            "{} vs {}",
+            size(&slim),
+            size(&cm)
+        );
+        // Not a boot configuration: nothing kept, no nonce.
+        let mut garbage = cm.clone();
+        garbage.data = Some(BTreeMap::from([(BOOT_CONFIG_KEY.into(), "{".into())]));
+        slim_boot_config_map(&mut garbage);
+        assert_eq!(garbage.data, None);
+        assert_eq!(existing_boot_nonce(&garbage, &digest), None);
         let owner = &cm.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!(owner.controller, Some(true));
         assert_eq!(owner.kind, "NautilusMaster");

@@ -13,6 +13,7 @@
 //! - [`runtime`]: where enclaves run: `pod` (StatefulSet) or `local` (a sidecar process).
 //! - [`api`]: the watch cache, applies that skip unchanged children, the error of one API call.
 //! - [`sidecar`]: the HTTP client for the sidecar's `/report` and `/attest`.
+//! - [`events`]: Events about resources, as series, remembering only what a series needs.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! Dependencies point one way: `controller` → `runtime` → `api`, `observe` → `verify`, and
@@ -26,6 +27,7 @@ pub mod api;
 pub mod conditions;
 pub mod controller;
 pub mod desired;
+pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod metrics;

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
+use nautilus_lifetime::ProcessId;
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
@@ -126,18 +127,32 @@ impl EnclaveRuntime {
                 .map(|(_, p)| p)
                 .collect();
             for mut p in processes {
-                terminate(&mut p.child).await;
+                p.child.terminate().await;
             }
         }
     }
 
-    /// Stop the enclave. `Ok(true)` once it is gone, `Ok(false)` while it is stopping.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
+    /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
+    /// left.
+    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         match self {
             Self::Pod(pod) => pod.stop(client, nm).await,
             Self::Local(local) => local.stop(nm).await,
         }
     }
+}
+
+/// What [`EnclaveRuntime::stop`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The enclave and everything the runtime ran for it are gone.
+    Gone,
+    /// Still stopping (a pod terminating); says what is awaited. Ask again.
+    Pending(String),
+    /// The runtime removed what it could, but could not confirm the enclave stopped; says what
+    /// may be left.
+    Incomplete(String),
 }
 
 /// The production runtime: StatefulSet + Service.
@@ -265,7 +280,7 @@ impl PodRuntime {
         })
     }
 
-    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
         match sts_api
@@ -291,11 +306,20 @@ impl PodRuntime {
         {
             match pods.delete(&names.pod, &DeleteParams::default()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Stopped::Gone),
                 Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
             }
         }
-        Ok(pod.is_none())
+        Ok(match pod {
+            None => Stopped::Gone,
+            Some(pod) => Stopped::Pending(format!(
+                "pod {} on node {} is still present",
+                names.pod,
+                pod.spec
+                    .and_then(|s| s.node_name)
+                    .unwrap_or_else(|| "(none)".into())
+            )),
+        })
     }
 }
 
@@ -375,12 +399,123 @@ const HTTPS_PORT_FILE: &str = "https-port";
 
 #[derive(Debug)]
 struct LocalProcess {
-    child: tokio::process::Child,
+    child: Handle,
     digest_hex: String,
     http: SocketAddr,
     api_port: u16,
     started_ms: u64,
     exit_reported: bool,
+}
+
+/// Name of the file in a resource's work directory that records its running sidecar, so that
+/// the next operator process adopts it (or stops it) instead of starting a second one.
+const SIDECAR_STATE_FILE: &str = "sidecar.json";
+
+/// How often (20 ms apart) a recorded process's command line is read while it is empty (a
+/// process in the middle of exec shows none).
+const CMDLINE_TRIES: u32 = 50;
+
+/// Longest [`SIDECAR_STATE_FILE`] read (it is a few hundred bytes).
+const MAX_STATE_FILE: u64 = 4096;
+
+/// What [`SIDECAR_STATE_FILE`] records of a started sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SidecarRecord {
+    /// Its process id.
+    pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22): a pid reused by
+    /// another process has another start time.
+    start_ticks: u64,
+    /// Port of its HTTP API on 127.0.0.1.
+    http_port: u16,
+    /// Port of its API proxy on 127.0.0.1.
+    api_port: u16,
+    /// Digest of the configuration it boots.
+    digest_hex: String,
+    /// When it was started (Unix milliseconds).
+    started_ms: u64,
+}
+
+/// A local sidecar process: a child of this operator process, or one a previous operator
+/// process started and this one adopted (it is not our child: its exit status is unknown).
+#[derive(Debug)]
+enum Handle {
+    /// Started by this process.
+    Child(tokio::process::Child),
+    /// Started by a previous operator process, identified by pid and start time.
+    Adopted { pid: u32, start_ticks: u64 },
+}
+
+impl Handle {
+    /// `None` while it runs, else how it ended.
+    fn exited(&mut self) -> Option<String> {
+        match self {
+            Self::Child(child) => match child.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(format!("the local sidecar process exited: {status}")),
+                Err(err) => Some(format!("cannot check the local sidecar: {err}")),
+            },
+            Self::Adopted { pid, start_ticks } => (!same_process(*pid, *start_ticks)).then(|| {
+                format!("the local sidecar process {pid} (started by a previous operator) is gone")
+            }),
+        }
+    }
+
+    /// Its pid, while known.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Child(child) => child.id(),
+            Self::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
+    async fn terminate(&mut self) -> Termination {
+        match self {
+            Self::Child(child) => terminate(child).await,
+            Self::Adopted { pid, start_ticks } => terminate_adopted(*pid, *start_ticks).await,
+        }
+    }
+}
+
+/// Whether `pid` is still the process that started at `start_ticks` (and has not ended).
+fn same_process(pid: u32, start_ticks: u64) -> bool {
+    ProcessId { pid, start_ticks }.is_alive()
+}
+
+/// Stop a sidecar this process did not start: SIGTERM, then SIGKILL after
+/// [`LOCAL_STOP_GRACE`]. Checked against its start time before each signal, so a reused pid is
+/// never signalled.
+async fn terminate_adopted(pid: u32, start_ticks: u64) -> Termination {
+    use nix::sys::signal::{Signal, kill};
+    let Ok(raw) = i32::try_from(pid) else {
+        return Termination::Exited;
+    };
+    let target = nix::unistd::Pid::from_raw(raw);
+    if !same_process(pid, start_ticks) {
+        return Termination::Exited;
+    }
+    if let Err(err) = kill(target, Signal::SIGTERM) {
+        tracing::warn!(pid, error = %err, "cannot send SIGTERM to an adopted local sidecar");
+    }
+    let deadline = tokio::time::Instant::now() + LOCAL_STOP_GRACE;
+    while tokio::time::Instant::now() < deadline {
+        if !same_process(pid, start_ticks) {
+            return Termination::Exited;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !same_process(pid, start_ticks) {
+        return Termination::Exited;
+    }
+    tracing::warn!(
+        pid,
+        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
+        "an adopted local sidecar ignored SIGTERM; killing it"
+    );
+    let _ = kill(target, Signal::SIGKILL);
+    Termination::Killed
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
@@ -525,29 +660,33 @@ impl LocalRuntime {
         let names = Names::of(nm)?;
         let key = names.key();
         let mut processes = self.processes.lock().await;
+        let local_err = |what: String| move |source| RuntimeError::Local { what, source };
+        let dir = self.resource_dir(&names);
+        let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
+        let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
+            what: "serializing the boot config".into(),
+            source: std::io::Error::other(e),
+        })?;
         if let Some(p) = processes.get_mut(&key) {
-            let alive = matches!(p.child.try_wait(), Ok(None));
+            let alive = p.child.exited().is_none();
             if alive && p.digest_hex == digest_hex {
                 return Ok(());
             }
             if alive {
                 // A new configuration: replace the enclave, as a new pod revision would.
-                terminate(&mut p.child).await;
+                p.child.terminate().await;
             } else if p.digest_hex == digest_hex && !p.exit_reported {
                 // It exited: leave it for observe() to report once, then restart it on the
                 // next reconcile (as the kubelet restarts a container).
                 return Ok(());
             }
             processes.remove(&key);
+        } else if let Some(adopted) = adopt_or_stop(&dir, &boot_path, &json, digest_hex).await {
+            tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
+            processes.insert(key, adopted);
+            return Ok(());
         }
-        let local_err = |what: String| move |source| RuntimeError::Local { what, source };
-        let dir = self.resource_dir(&names);
         std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
-        let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
-        let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
-            what: "serializing the boot config".into(),
-            source: std::io::Error::other(e),
-        })?;
         std::fs::write(&boot_path, json)
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
         let mut ports = [0u16; 10];
@@ -563,11 +702,36 @@ impl LocalRuntime {
         let mut cmd = self.command(nm, &dir, &boot_path, ports)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
+            .stderr(Stdio::from(log_err))
+            // Its own process group: a terminal's Ctrl-C reaches the operator only, whose
+            // shutdown stops the sidecars in order; an operator that is killed leaves them
+            // running for the next one to adopt, as pods outlive an operator.
+            .process_group(0);
         let child = cmd.spawn().map_err(local_err(format!(
             "starting {}",
             self.settings.sidecar_binary.display()
         )))?;
+        // The protocol crate's wall clock (no dependency back on the controller).
+        let started_ms = nautilus_protocol::attestation::now_unix_millis().unwrap_or(0);
+        let record = child.id().and_then(|pid| {
+            Some(SidecarRecord {
+                pid,
+                start_ticks: ProcessId::of(pid).ok()?.start_ticks,
+                http_port: ports[2],
+                api_port: ports[3],
+                digest_hex: digest_hex.to_owned(),
+                started_ms,
+            })
+        });
+        match record {
+            Some(record) => write_record(&dir, &record).map_err(local_err(format!(
+                "recording the sidecar in {}",
+                dir.display()
+            )))?,
+            None => {
+                tracing::warn!(cluster = %key, "the local sidecar exited at once; not recorded")
+            }
+        }
         tracing::info!(
             cluster = %key,
             pid = child.id().unwrap_or(0),
@@ -579,12 +743,11 @@ impl LocalRuntime {
         processes.insert(
             key,
             LocalProcess {
-                child,
+                child: Handle::Child(child),
                 digest_hex: digest_hex.to_owned(),
                 http: SocketAddr::from(([127, 0, 0, 1], ports[2])),
                 api_port: ports[3],
-                // The protocol crate's wall clock (no dependency back on the controller).
-                started_ms: nautilus_protocol::attestation::now_unix_millis().unwrap_or(0),
+                started_ms,
                 exit_reported: false,
             },
         );
@@ -607,15 +770,14 @@ impl LocalRuntime {
             });
         };
         let endpoint = format!("https://127.0.0.1:{}", p.api_port);
-        let state = match p.child.try_wait() {
-            Ok(None) => EnclaveState::SidecarUp {
+        let state = match p.child.exited() {
+            None => EnclaveState::SidecarUp {
                 started_ms: Some(p.started_ms),
             },
-            Ok(Some(status)) => {
+            Some(how) => {
                 p.exit_reported = true;
-                EnclaveState::Failed(format!("the local sidecar process exited: {status}"))
+                EnclaveState::Failed(how)
             }
-            Err(err) => EnclaveState::Failed(format!("cannot check the local sidecar: {err}")),
         };
         let sidecar = matches!(state, EnclaveState::SidecarUp { .. }).then_some(p.http);
         Ok(Observed {
@@ -626,44 +788,164 @@ impl LocalRuntime {
         })
     }
 
-    async fn stop(&self, nm: &NautilusMaster) -> Result<bool> {
+    async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let removed = self.processes.lock().await.remove(&names.key());
-        if let Some(mut p) = removed {
-            terminate(&mut p.child).await;
+        let dir = self.resource_dir(&names);
+        let mut left = Vec::new();
+        let ended = match removed {
+            Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
+            // Deleted while no operator ran: stop what a previous one left.
+            None => stop_recorded(&dir, &dir.join(desired::BOOT_CONFIG_KEY)).await,
+        };
+        if let Some((pid, Termination::Killed)) = ended {
+            left.push(format!(
+                "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
+                 killed, so it did not stop its agent in order",
+                pid.unwrap_or(0),
+                LOCAL_STOP_GRACE.as_secs()
+            ));
         }
         // The resource is gone: its work directory (logs, data directory, port) goes with it.
         self.https_ports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&names.key());
-        let dir = self.resource_dir(&names);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory")
+                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory");
+                left.push(format!("its work directory {} ({err})", dir.display()));
             }
         }
-        Ok(true)
+        Ok(if left.is_empty() {
+            Stopped::Gone
+        } else {
+            Stopped::Incomplete(left.join("; "))
+        })
     }
 }
 
-/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after 10 s.
-async fn terminate(child: &mut tokio::process::Child) {
+/// The sidecar [`SIDECAR_STATE_FILE`] in `dir` records, if it is still running and is the one
+/// of this resource (its command line names `boot_path`).
+async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(dir.join(SIDECAR_STATE_FILE)).ok()?;
+    let mut text = Vec::new();
+    file.take(MAX_STATE_FILE).read_to_end(&mut text).ok()?;
+    let record: SidecarRecord = match serde_json::from_slice(&text) {
+        Ok(record) => record,
+        Err(err) => {
+            tracing::warn!(dir = %dir.display(), error = %err, "ignoring an unreadable sidecar record");
+            return None;
+        }
+    };
+    let ours = format!("--boot-config={}", boot_path.display());
+    // A process in the middle of exec (just started) shows an empty command line for a moment.
+    let mut cmdline = Vec::new();
+    for _ in 0..CMDLINE_TRIES {
+        if !same_process(record.pid, record.start_ticks) {
+            return None;
+        }
+        cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
+        if !cmdline.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == ours.as_bytes())
+        .then_some(record)
+}
+
+/// Write `record` to `dir`'s [`SIDECAR_STATE_FILE`] (through a temporary file, so a crash
+/// leaves the old record or the new one, never half of one).
+fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SIDECAR_STATE_FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(record).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE))
+}
+
+/// After an operator restart: the sidecar a previous operator process started for this
+/// resource, adopted when it still runs the boot configuration `boot` (same bytes, so the same
+/// configuration and nonce: its attestation stays valid), else stopped. `None` when there was
+/// none or it was stopped.
+async fn adopt_or_stop(
+    dir: &std::path::Path,
+    boot_path: &std::path::Path,
+    boot: &[u8],
+    digest_hex: &str,
+) -> Option<LocalProcess> {
+    let record = recorded(dir, boot_path).await?;
+    let same_boot = std::fs::read(boot_path).is_ok_and(|on_disk| on_disk == boot);
+    if same_boot && record.digest_hex == digest_hex {
+        return Some(LocalProcess {
+            child: Handle::Adopted {
+                pid: record.pid,
+                start_ticks: record.start_ticks,
+            },
+            digest_hex: record.digest_hex,
+            http: SocketAddr::from(([127, 0, 0, 1], record.http_port)),
+            api_port: record.api_port,
+            started_ms: record.started_ms,
+            exit_reported: false,
+        });
+    }
+    tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
+    let _ = terminate_adopted(record.pid, record.start_ticks).await;
+    None
+}
+
+/// Stop the sidecar `dir` records, if it still runs (the resource is being deleted): its pid
+/// and how it ended.
+async fn stop_recorded(
+    dir: &std::path::Path,
+    boot_path: &std::path::Path,
+) -> Option<(Option<u32>, Termination)> {
+    let record = recorded(dir, boot_path).await?;
+    tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar a previous operator process left");
+    let ended = terminate_adopted(record.pid, record.start_ticks).await;
+    Some((Some(record.pid), ended))
+}
+
+/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed.
+pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How a local sidecar ended in [`terminate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Termination {
+    /// It exited (on SIGTERM, or before).
+    Exited,
+    /// It ignored SIGTERM for [`LOCAL_STOP_GRACE`] (stopped, hung) and was killed: it did not
+    /// stop its agent.
+    Killed,
+}
+
+/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
+async fn terminate(child: &mut tokio::process::Child) -> Termination {
     if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
         use nix::sys::signal::{Signal, kill};
         if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
             tracing::warn!(pid, error = %err, "cannot send SIGTERM to a local sidecar");
         }
     }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+    if tokio::time::timeout(LOCAL_STOP_GRACE, child.wait())
         .await
-        .is_err()
+        .is_ok()
     {
-        tracing::warn!("a local sidecar ignored SIGTERM for 10 s; killing it");
-        let _ = child.kill().await;
+        return Termination::Exited;
     }
+    tracing::warn!(
+        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
+        "a local sidecar ignored SIGTERM; killing it"
+    );
+    let _ = child.kill().await;
+    Termination::Killed
 }
 
 #[cfg(test)]
@@ -717,7 +999,7 @@ mod tests {
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
         assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
 
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
         assert_eq!(
             rt.observe(&nm).await.expect("o").state,
             EnclaveState::Absent
@@ -783,7 +1065,147 @@ mod tests {
             matches!(after.state, EnclaveState::SidecarUp { .. }),
             "{after:?}"
         );
-        assert!(rt.stop(&nm).await.expect("stop"));
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sidecar_that_ignores_sigterm_is_killed_and_the_stop_says_so() {
+        // A stopped or hung sidecar cannot stop its agent: it is killed after the grace (no
+        // real time passes on the paused clock), and the stop is reported incomplete.
+        let dir = std::env::temp_dir().join(format!("nautilus-op-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = dir.join("sidecar.sh");
+        let ready = dir.join("ready");
+        let _ = std::fs::remove_file(&ready);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntrap '' TERM\ntouch {}\nexec sleep 30\n",
+                ready.display()
+            ),
+        )
+        .expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let rt = local(script.to_str().expect("utf8"));
+        let nm = mk_nm("demo");
+        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        // Real time (the clock is paused): until the script ignores SIGTERM.
+        for _ in 0..200 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(ready.exists(), "the fake sidecar did not start");
+        let Stopped::Incomplete(what) = rt.stop(&nm).await.expect("stop") else {
+            panic!("a killed sidecar is an incomplete stop");
+        };
+        assert!(
+            what.contains("did not exit within 10 s of SIGTERM and was killed"),
+            "{what}"
+        );
+        assert_eq!(
+            rt.observe(&nm).await.expect("o").state,
+            EnclaveState::Absent
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An operator process that dies (here: its runtime is leaked, so nothing stops its
+    /// children) leaves its sidecar running; the next one adopts it while the boot
+    /// configuration is the same, stops it for another one, and stops a recorded one when the
+    /// resource is deleted. A record whose pid now names another process is ignored.
+    #[tokio::test]
+    async fn a_restarted_operator_adopts_its_predecessors_sidecar_or_stops_it() {
+        let dir = std::env::temp_dir().join(format!("nautilus-op-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // A shell loop keeps its arguments (`--boot-config=...`) in its command line.
+        let script = dir.join("sidecar.sh");
+        std::fs::write(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n").expect("script");
+        let _ = tokio::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&script)
+            .status()
+            .await;
+        let settings = |work: &str| LocalSettings {
+            work_dir: dir.join(work),
+            ..local(script.to_str().expect("utf8")).settings
+        };
+        let nm = mk_nm("demo");
+        let boot1 = boot(&nm);
+        let mut boot2 = boot(&nm);
+        boot2.nonce = vec![2; 32];
+        let pid_of = |rt: &LocalRuntime| {
+            let record: SidecarRecord = serde_json::from_slice(
+                &std::fs::read(
+                    rt.resource_dir(&Names::of(&nm).expect("names"))
+                        .join(SIDECAR_STATE_FILE),
+                )
+                .expect("record"),
+            )
+            .expect("json");
+            record
+        };
+
+        let first = LocalRuntime::new(settings("work"));
+        first.ensure(&nm, &boot1, "d1").await.expect("ensure");
+        let addr = first.observe(&nm).await.expect("o").sidecar.expect("up");
+        let record = pid_of(&first);
+        assert!(same_process(record.pid, record.start_ticks));
+        std::mem::forget(first);
+
+        // Same boot configuration: adopted, not restarted.
+        let second = LocalRuntime::new(settings("work"));
+        second.ensure(&nm, &boot1, "d1").await.expect("ensure");
+        let seen = second.observe(&nm).await.expect("o");
+        assert_eq!(seen.sidecar, Some(addr), "{seen:?}");
+        assert!(
+            matches!(seen.state, EnclaveState::SidecarUp { started_ms: Some(ms) } if ms == record.started_ms)
+        );
+        assert_eq!(pid_of(&second), record, "no second sidecar was started");
+        std::mem::forget(second);
+
+        // Another boot configuration (a new nonce): the old one is stopped, a new one started.
+        let third = LocalRuntime::new(settings("work"));
+        third.ensure(&nm, &boot2, "d1").await.expect("ensure");
+        assert!(
+            !same_process(record.pid, record.start_ticks),
+            "the old sidecar still runs"
+        );
+        let replaced = pid_of(&third);
+        assert_ne!(replaced.pid, record.pid);
+        assert!(same_process(replaced.pid, replaced.start_ticks));
+        std::mem::forget(third);
+
+        // Deleted while no operator ran: the next one's stop ends the recorded sidecar.
+        let fourth = LocalRuntime::new(settings("work"));
+        assert_eq!(fourth.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert!(
+            !same_process(replaced.pid, replaced.start_ticks),
+            "the sidecar outlived its resource"
+        );
+
+        // A record naming a process that is not this resource's sidecar (here: this test)
+        // is neither adopted nor signalled.
+        let other = LocalRuntime::new(settings("other"));
+        let other_dir = other.resource_dir(&Names::of(&nm).expect("names"));
+        std::fs::create_dir_all(&other_dir).expect("dir");
+        let me = std::process::id();
+        let foreign = SidecarRecord {
+            pid: me,
+            start_ticks: ProcessId::of(me).expect("own start").start_ticks,
+            ..record.clone()
+        };
+        write_record(&other_dir, &foreign).expect("write");
+        std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
+        other.ensure(&nm, &boot1, "d1").await.expect("ensure");
+        assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
+        assert_eq!(other.stop(&nm).await.expect("stop"), Stopped::Gone);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -136,7 +136,10 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     }
 
     // Delete: the process goes, and with it the sidecar's port.
-    assert!(runtime.stop(&client, &nm).await.expect("stop"));
+    assert_eq!(
+        runtime.stop(&client, &nm).await.expect("stop"),
+        nautilus_operator::runtime::Stopped::Gone
+    );
     assert_eq!(
         runtime.observe(&client, &nm).await.expect("observe").state,
         EnclaveState::Absent

@@ -145,6 +145,13 @@ pub struct BootOptions {
     pub restart_backoff: Duration,
 }
 
+/// Where the control plane's processes are recorded (pid and start time, one file per
+/// component), under the work directory: the next agent on that directory kills what a crashed
+/// one left before it boots (`nautilus_lifetime::ProcessRecords::reap`).
+pub fn process_records(work_dir: &std::path::Path) -> nautilus_lifetime::ProcessRecords {
+    nautilus_lifetime::ProcessRecords::new(work_dir.join("processes"))
+}
+
 /// The address to reach a server bound to `bind` on `port` from inside the enclave.
 pub fn local_target(bind: &str, port: u16) -> String {
     match bind.parse::<std::net::IpAddr>() {
@@ -322,6 +329,7 @@ impl Booted {
         // The control plane.
         let mut supervisor_config = SupervisorConfig::new(&options.control_plane_command, vec![]);
         supervisor_config.initial_backoff = options.restart_backoff;
+        supervisor_config.records = Some(process_records(&options.work_dir));
         let control_plane = match (distribution, readiness) {
             (Distribution::Kubernetes, Some(readiness)) => {
                 let argv = flags::as_argv;

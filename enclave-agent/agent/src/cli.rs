@@ -47,6 +47,9 @@ pub enum CliError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A control-plane process a previous agent left could not be stopped.
+    #[error("stopping what a previous agent left in --work-dir")]
+    Reap(#[from] nautilus_lifetime::LifetimeError),
     /// The agent stopped with an error.
     #[error(transparent)]
     Link(#[from] LinkError),
@@ -146,6 +149,9 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// How long a leftover control-plane process may take to die after SIGKILL.
+const REAP_WITHIN: Duration = Duration::from_secs(10);
+
 fn parse_pcr(text: &str) -> Result<(u8, Vec<u8>), CliError> {
     let err = || CliError::Pcr(text.to_owned());
     let (index, value) = text.split_once('=').ok_or_else(err)?;
@@ -218,6 +224,15 @@ impl Args {
             path: work_dir.clone(),
             source,
         })?;
+        // A crashed agent's control plane dies with it (parent-death signal); what survived
+        // anyway (it was between fork and exec, say) still holds the ports and the data
+        // directory, so it goes before anything starts.
+        for reaped in crate::boot::process_records(&work_dir)
+            .reap(REAP_WITHIN)
+            .await?
+        {
+            tracing::warn!(component = %reaped.name, pid = reaped.id.pid, "killed a control-plane process a previous agent left");
+        }
         let agent = Agent::new(AgentOptions {
             listen,
             api_listen,

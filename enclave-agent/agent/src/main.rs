@@ -4,8 +4,15 @@ use clap::Parser as _;
 use nautilus_agent::cli::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+fn main() -> anyhow::Result<()> {
+    // First, before the runtime's threads: the hidden mode that starts a control-plane
+    // component with a parent-death signal (see nautilus_lifetime::tether) never returns.
+    nautilus_lifetime::exec_if_requested();
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

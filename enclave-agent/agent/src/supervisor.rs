@@ -6,17 +6,24 @@
 //! up to [`SupervisorConfig::max_backoff`], and resets once a run has lasted at least
 //! `max_backoff` (a run that long was not a crash loop). [`Supervisor::stop`] sends SIGTERM to
 //! the process group, waits [`SupervisorConfig::stop_grace`], then SIGKILLs it; the child is
-//! also killed if the supervisor is dropped (`kill_on_drop`), so the agent leaves no orphan
-//! behind while it runs its destructors. (A SIGKILLed agent cannot clean up; inside an enclave
-//! everything dies with it anyway.)
+//! also killed if the supervisor is dropped (`kill_on_drop`).
+//!
+//! A SIGKILLed agent runs no destructor, so two more things tie the control plane to it
+//! (`nautilus_lifetime`): the command is started through [`SupervisorConfig::tether`], which
+//! gives it a parent-death signal (the kernel SIGKILLs it when the agent dies), and its pid and
+//! start time are written to [`SupervisorConfig::records`], which the next agent on the same
+//! work directory reaps before it boots. The child is spawned from the supervisor's task, on a
+//! tokio worker thread, which lives as long as the agent: the parent-death signal follows the
+//! forking *thread*, so a supervisor must never spawn from `spawn_blocking`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use nautilus_lifetime::{ProcessId, ProcessRecords, Tether};
 use nautilus_protocol::wire::ProcessState;
 use tokio::io::AsyncRead;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -37,6 +44,13 @@ pub struct SupervisorConfig {
     pub max_backoff: Duration,
     /// Time between SIGTERM and SIGKILL on stop.
     pub stop_grace: Duration,
+    /// How the command is tied to the agent (default [`Tether::this_binary`]: a parent-death
+    /// signal in the agent binary, a process group only where the binary cannot re-exec
+    /// itself, as in unit tests).
+    pub tether: Tether,
+    /// Where the running command's pid and start time are recorded as [`Self::name`], for a
+    /// restarted agent to reap (`None`: not recorded).
+    pub records: Option<ProcessRecords>,
 }
 
 impl SupervisorConfig {
@@ -50,6 +64,8 @@ impl SupervisorConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
             stop_grace: Duration::from_secs(10),
+            tether: Tether::this_binary(),
+            records: None,
         }
     }
 }
@@ -171,6 +187,24 @@ impl Drop for Supervisor {
     }
 }
 
+/// Record the started child for a restarted agent to reap; a failure is logged, not fatal
+/// (the parent-death signal still holds).
+fn record(config: &SupervisorConfig, pid: Option<u32>) -> Option<ProcessId> {
+    let (records, pid) = (config.records.as_ref()?, pid?);
+    records
+        .record(&config.name, pid)
+        .inspect_err(
+            |e| warn!(component = %config.name, pid, error = %e, "cannot record the process"),
+        )
+        .ok()
+}
+
+fn forget(config: &SupervisorConfig, recorded: Option<ProcessId>) {
+    if let (Some(records), Some(id)) = (config.records.as_ref(), recorded) {
+        records.forget(&config.name, id);
+    }
+}
+
 async fn run(
     config: SupervisorConfig,
     state_tx: watch::Sender<ProcessState>,
@@ -179,17 +213,21 @@ async fn run(
     let mut backoff = config.initial_backoff;
     let mut restarts: u32 = 0;
     loop {
-        let mut command = Command::new(&config.command);
-        command
-            .args(&config.args)
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
         let began = Instant::now();
-        match command.spawn() {
+        let spawned = config
+            .tether
+            .command(&config.command)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()))
+            .and_then(|mut command| {
+                command
+                    .args(&config.args)
+                    .envs(config.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            });
+        match spawned {
             Err(e) => {
                 warn!(component = %config.name, command = %config.command.display(), error = %e, "cannot start the control plane");
                 state_tx.send_modify(|s| {
@@ -201,7 +239,8 @@ async fn run(
             }
             Ok(mut child) => {
                 let pid = child.id();
-                info!(component = %config.name, pid, restarts, "control plane started");
+                info!(component = %config.name, pid, restarts, tethered = config.tether.is_tethered(), "control plane started");
+                let recorded = record(&config, pid);
                 if let Some(out) = child.stdout.take() {
                     forward_lines(config.name.clone(), "stdout", out);
                 }
@@ -221,6 +260,7 @@ async fn run(
                             Err(e) => format!("wait failed: {e}"),
                         };
                         warn!(component = %config.name, pid, exit = %exit, "control plane exited");
+                        forget(&config, recorded);
                         state_tx.send_modify(|s| {
                             s.running = false;
                             s.pid = None;
@@ -230,6 +270,7 @@ async fn run(
                     _ = &mut stop => {
                         info!(component = %config.name, pid, "stopping the control plane");
                         terminate(&mut child, config.stop_grace).await;
+                        forget(&config, recorded);
                         state_tx.send_modify(|s| {
                             s.running = false;
                             s.pid = None;

@@ -286,6 +286,13 @@ pub struct Args {
     #[arg(long, env = "NAUTILUS_ENCLAVE_CID")]
     pub enclave_cid: Option<u32>,
 
+    /// The enclave's name in nitro-cli (nitro launcher): lower-case letters, digits, `.` and
+    /// `-` [default: the boot configuration's cluster, `namespace/name` as `namespace.name`].
+    /// On start the sidecar terminates a running enclave of this name (a crashed
+    /// predecessor's) before it runs a new one.
+    #[arg(long, env = "NAUTILUS_ENCLAVE_NAME")]
+    pub enclave_name: Option<String>,
+
     /// The nitro-cli executable (nitro launcher).
     #[arg(long, env = "NAUTILUS_NITRO_CLI", default_value = "nitro-cli")]
     pub nitro_cli: PathBuf,
@@ -297,6 +304,12 @@ pub struct Args {
     /// An argument for the agent (process launcher); repeatable.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
+
+    /// Where the process launcher records the agent's pid and start time; on start the
+    /// sidecar kills an agent a crashed predecessor recorded there [default: the boot
+    /// configuration's directory].
+    #[arg(long, env = "NAUTILUS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Control link to the agent [default: vsock://ENCLAVE_CID:5000].
     #[arg(long, env = "NAUTILUS_AGENT")]

@@ -251,9 +251,11 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         cpu_count,
         memory_mib,
         enclave_cid,
+        enclave_name,
         nitro_cli,
         agent_command,
         agent_args,
+        state_dir,
         agent,
         api_upstream,
         http_listen,
@@ -282,6 +284,8 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                 cpu_count: required(cpu_count, "--cpu-count", "nitro")?,
                 memory_mib: required(memory_mib, "--memory-mib", "nitro")?,
                 enclave_cid,
+                enclave_name: enclave_name
+                    .unwrap_or_else(|| launcher::enclave_name_for(&boot.config.cluster)),
             })),
             Duration::from_secs(5),
         ),
@@ -292,10 +296,18 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                 ));
             }
             (
-                Arc::new(ProcessLauncher::new(
-                    required(agent_command, "--agent-command", "process")?,
-                    agent_args,
-                )),
+                Arc::new(
+                    ProcessLauncher::new(
+                        required(agent_command, "--agent-command", "process")?,
+                        agent_args,
+                    )
+                    .with_state_dir(state_dir.unwrap_or_else(|| {
+                        boot_config
+                            .parent()
+                            .filter(|dir| !dir.as_os_str().is_empty())
+                            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+                    })),
+                ),
                 Duration::from_millis(500),
             )
         }

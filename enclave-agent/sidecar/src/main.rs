@@ -37,8 +37,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() -> ExitCode {
+    // First, before the runtime's threads: the hidden mode that starts the agent with a
+    // parent-death signal (see nautilus_lifetime::tether) never returns.
+    nautilus_lifetime::exec_if_requested();
+    sidecar()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn sidecar() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format);
     match run(args).await {

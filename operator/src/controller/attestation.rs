@@ -27,6 +27,12 @@ pub(super) struct Attestation {
     rechallenged: Option<String>,
     /// The report verifier of the attested key.
     reports: ReportState,
+    /// How long a challenge may go unanswered.
+    grace_ms: u64,
+    /// When this process first challenged the enclave (`None` before).
+    first_challenge_ms: Option<u64>,
+    /// Whether a document has verified since this process booted the state.
+    verified: bool,
 }
 
 impl Attestation {
@@ -47,7 +53,26 @@ impl Attestation {
             needs_refresh: true,
             rechallenged: None,
             reports: ReportState::default(),
+            grace_ms,
+            first_challenge_ms: None,
+            verified: false,
         }
+    }
+
+    /// A document verified.
+    pub(super) fn verified(&mut self) {
+        self.verified = true;
+    }
+
+    /// Whether this process has challenged the enclave but no document has verified since it
+    /// booted this state, and that first challenge is still within the grace to answer it: the
+    /// window after an operator restart in which a document answering the previous process's
+    /// challenge says nothing new about the enclave.
+    pub(super) fn awaiting_first_answer(&self, now_ms: u64) -> bool {
+        !self.verified
+            && self
+                .first_challenge_ms
+                .is_some_and(|at| now_ms <= at.saturating_add(self.grace_ms))
     }
 
     /// Whether this is the state of configuration `digest_hex`.
@@ -87,6 +112,7 @@ impl Attestation {
     pub(super) fn challenged(&mut self, nonce: Vec<u8>, now_ms: u64, rechallenged: Option<String>) {
         self.nonces.refresh(nonce, now_ms);
         self.needs_refresh = false;
+        self.first_challenge_ms.get_or_insert(now_ms);
         if rechallenged.is_some() {
             self.rechallenged = rechallenged;
         }

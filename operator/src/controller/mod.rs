@@ -23,7 +23,10 @@
 //!
 //! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
 //! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
-//! the finalizer is removed and the children are garbage-collected.
+//! the finalizer is removed and the children are garbage-collected. The wait is bounded: once
+//! [`STOP_DEADLINE`] has passed since the deletion began, or when the runtime could not stop
+//! everything, the finalizer is removed anyway and a Warning Event [`STOP_INCOMPLETE`] says what
+//! may be left.
 //!
 //! Modules: `plan` (pure), `execute` (the I/O), `attestation` (per-cluster state),
 //! `status` (status and Events, pure), `error`.
@@ -39,19 +42,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 use nautilus_crds::{NautilusMaster, Phase};
 use nautilus_protocol::wire::BootConfig;
 use tokio::sync::Mutex;
 
 use crate::api::Cache;
 use crate::desired::{self, Names};
+use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
-use crate::runtime::EnclaveRuntime;
+use crate::runtime::{EnclaveRuntime, Stopped};
 
 mod attestation;
 mod error;
@@ -75,6 +78,16 @@ pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=nautilus-operat
 /// Reconciles in flight at once.
 pub const CONCURRENCY: u16 = 32;
 
+/// Longest wait for an enclave to stop once its resource is being deleted, counted from the
+/// resource's `deletionTimestamp` (so an operator restart does not reset it): four times the
+/// enclave pod's 30 s termination grace period. A pod still present after it sits on a node that
+/// cannot confirm its end (unreachable, kubelet down); waiting longer would keep the resource
+/// forever, so the finalizer is removed and [`STOP_INCOMPLETE`] names the pod and node.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Reason of the Warning Event of a deletion that could not confirm the enclave stopped.
+pub const STOP_INCOMPLETE: &str = "StopIncomplete";
+
 /// Requeue of a pod-runtime resource with no sidecar to probe (watch events do the rest).
 pub const RESYNC_WITHOUT_SIDECAR: Duration = Duration::from_secs(300);
 
@@ -86,7 +99,7 @@ pub struct Context {
     pub runtime: EnclaveRuntime,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: Publisher,
     /// Per cluster, its attestation state once this process booted it.
     clusters: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<Attestation>>>>>,
     /// Consecutive failures per resource, for the backoff.
@@ -108,12 +121,8 @@ impl Context {
     /// A context with `runtime`; Events are reported as [`CONTROLLER_NAME`] from
     /// [`instance_name`].
     pub fn new(client: Client, runtime: EnclaveRuntime, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: Some(instance_name()),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Publisher::new(client.clone(), CONTROLLER_NAME, &instance_name()),
             client,
             runtime,
             metrics,
@@ -137,30 +146,21 @@ impl Context {
         clusters.entry(key.to_owned()).or_default().clone()
     }
 
-    fn forget(&self, key: &str) {
+    /// Drop what is kept about a deleted resource: its attestation state and Event series.
+    fn forget(&self, names: &Names) {
         self.clusters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+            .remove(&names.key());
+        self.events.forget(&names.namespace, &names.name);
     }
 
     async fn publish(&self, nm: &NautilusMaster, type_: EventType, reason: &str, note: String) {
-        let mut note = note;
-        if note.len() > 1000 {
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &nm.object_ref(&())).await {
+        if let Err(err) = self
+            .events
+            .publish(nm, type_, reason, "Reconcile", note)
+            .await
+        {
             tracing::warn!(error = %err, reason, "cannot publish an event");
         }
     }
@@ -321,12 +321,75 @@ async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    if !ctx.runtime.stop(&ctx.client, nm).await? {
-        return Err(Error::Stopping(names.key()));
+    let left = match ctx.runtime.stop(&ctx.client, nm).await? {
+        Stopped::Gone => None,
+        Stopped::Pending(what) => {
+            let waited = deleting_for(nm, now_ms());
+            if waited < STOP_DEADLINE {
+                tracing::debug!(%what, waited_seconds = waited.as_secs(), "waiting for the enclave to stop");
+                return Err(Error::Stopping(names.key()));
+            }
+            Some(format!(
+                "{what} {} s after the deletion began (the bound is {} s)",
+                waited.as_secs(),
+                STOP_DEADLINE.as_secs()
+            ))
+        }
+        Stopped::Incomplete(what) => Some(what),
+    };
+    ctx.forget(&names);
+    match left {
+        None => tracing::info!("enclave stopped; removing the finalizer"),
+        Some(what) => {
+            tracing::warn!(%what, "the enclave could not be confirmed stopped; removing the finalizer");
+            ctx.publish(
+                nm,
+                EventType::Warning,
+                STOP_INCOMPLETE,
+                format!(
+                    "removing the finalizer without confirming that the enclave stopped: {what}; \
+                     it may still run"
+                ),
+            )
+            .await;
+        }
     }
-    ctx.forget(&names.key());
-    tracing::info!("enclave stopped; removing the finalizer");
     Ok(Action::await_change())
+}
+
+/// How long `nm` has been deleted at `now_ms` (zero without a `deletionTimestamp`, or one in the
+/// future).
+fn deleting_for(nm: &NautilusMaster, now_ms: u64) -> Duration {
+    let since = nm
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+        .unwrap_or(now_ms);
+    Duration::from_millis(now_ms.saturating_sub(since))
+}
+
+/// The backoff of the Controller's merged trigger stream: none, since each watch already backs
+/// off on its own (`default_backoff`: client-go's 0.8 s doubling to 30 s, reset after 2 min
+/// without errors). kube's default puts a second backoff over the merged stream, shared by all
+/// six watches: an error of any of them (and after a kube-apiserver restart each one's resume
+/// fails once with 410 Expired) lengthened one sleep during which no watch was read at all. In
+/// the e2e test that restarts kube-apiserver for 5 s, a spec change made after the restart was
+/// not seen for over a minute (the shared backoff had reached 50 s).
+#[derive(Clone, Copy, Debug, Default)]
+struct EachWatchBacksOff;
+
+impl Iterator for EachWatchBacksOff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // `None` would end the stream; zero passes the error on at once.
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for EachWatchBacksOff {
+    fn reset(&mut self) {}
 }
 
 /// Name of the NautilusMaster CRD.
@@ -396,9 +459,9 @@ pub async fn run(
         Default::default(),
     );
     // The children and pods are reflected into stores (the watch cache reconciles read and
-    // compare against), keeping only what reconciles read: no managedFields; of the StatefulSet,
-    // Service and Secret only metadata (their applied hash; no kubeconfig in memory); of the pod
-    // its node and status.
+    // compare against), keeping only what reconciles read: no managedFields; of the boot
+    // ConfigMap its digest and nonce; of the StatefulSet, Service and Secret only metadata (their
+    // applied hash; no kubeconfig in memory); of the pod its node and status.
     fn cached<K>(
         api: Api<K>,
         config: watcher::Config,
@@ -427,7 +490,11 @@ pub async fn run(
             .touched_objects();
         (reader, stream)
     }
-    let (config_maps, config_map_events) = cached(api::<ConfigMap>(&client, ns), managed(), |_| {});
+    let (config_maps, config_map_events) = cached(
+        api::<ConfigMap>(&client, ns),
+        managed(),
+        desired::slim_boot_config_map,
+    );
     let (stateful_sets, stateful_set_events) =
         cached(api::<StatefulSet>(&client, ns), managed(), |sts| {
             sts.spec = Default::default();
@@ -464,6 +531,7 @@ pub async fn run(
         tracing::warn!("the controller was started twice on one context; keeping the first cache");
     }
     Controller::for_stream(masters, reader)
+        .trigger_backoff(EachWatchBacksOff)
         // Bounded: with thousands of resources (creation, an operator restart) unbounded
         // reconciles each hold their rendered objects while the API server is slow to answer,
         // which costs memory and only queues work at the API server.
@@ -761,20 +829,19 @@ mod tests {
     }
 
     /// The Events the recorder sends for `events` (type, reason, note), in order: the first
-    /// of each reason is posted, a later one with the same reason patches it into a series
-    /// (which keeps the first note).
+    /// of each reason is posted, a later one with the same reason patches only its series (so
+    /// the first note stays).
     fn events(events: &[(&str, &str, String)]) -> Vec<Call> {
         let mut seen: Vec<(&str, &str, u32)> = Vec::new();
         events
             .iter()
             .map(
                 |(type_, reason, note)| match seen.iter_mut().find(|(r, _, _)| r == reason) {
-                    Some((_, first, count)) => {
+                    Some((_, _, count)) => {
                         *count += 1;
-                        Call::patch(format!("{EVENTS_ONE}*")).body(json!({
-                            "type": type_, "reason": reason, "note": first,
-                            "series": {"count": count},
-                        }))
+                        Call::patch(format!("{EVENTS_ONE}*"))
+                            .content_type("application/merge-patch+json")
+                            .body(json!({"series": {"count": count}}))
                     }
                     None => {
                         seen.push((reason, note, 1));
@@ -1030,20 +1097,23 @@ mod tests {
         ]
     }
 
+    /// The JSON patch that removes the finalizer of `nm`, answered with `nm`.
+    fn removes_the_finalizer(nm: &NautilusMaster) -> Call {
+        Call::patch(format!("{NM_PATH}?"))
+            .content_type(JSON_PATCH)
+            .body(json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/0"},
+            ]))
+            .reply(Reply::Json(200, to_json(nm)))
+    }
+
     #[tokio::test]
     async fn delete_stops_the_enclave_then_removes_the_finalizer() {
         let nm = deleting(mk_nm("demo"));
         let (client, server) = api_server();
         let mut calls = stopping(&nm, not_found());
-        calls.push(
-            Call::patch(format!("{NM_PATH}?"))
-                .content_type(JSON_PATCH)
-                .body(json!([
-                    {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
-                    {"op": "remove", "path": "/metadata/finalizers/0"},
-                ]))
-                .reply(Reply::Json(200, to_json(&nm))),
-        );
+        calls.push(removes_the_finalizer(&nm));
         let scenario = server.expect(calls);
         let (result, _, _) = reconcile_in(&context(client, None), &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::await_change());
@@ -1065,6 +1135,48 @@ mod tests {
             error_policy(Arc::new(nm), &err, ctx),
             Action::requeue(Duration::from_secs(2))
         );
+    }
+
+    #[tokio::test]
+    async fn delete_gives_up_on_a_pod_that_outlives_the_stop_deadline() {
+        // Deleted longer ago than the bound; its pod is terminating but never goes (its node
+        // cannot confirm): the finalizer goes anyway, and a Warning Event names what is left.
+        let mut nm = deleting(mk_nm("demo"));
+        let past = Timestamp::now() - (STOP_DEADLINE + Duration::from_secs(1));
+        nm.metadata.deletion_timestamp = Some(Time(past));
+        let mut pod = running_pod("10.0.0.5");
+        pod["metadata"]["deletionTimestamp"] = json!(Time(past));
+        let (client, server) = api_server();
+        // Already terminating: no second pod deletion.
+        let mut calls = stopping(&nm, Reply::Json(200, pod));
+        calls.push(Call::post(EVENTS).body(json!({"type": "Warning", "reason": STOP_INCOMPLETE})));
+        calls.push(removes_the_finalizer(&nm));
+        let scenario = server.expect(calls);
+        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::await_change());
+        let note = received
+            .iter()
+            .find(|r| r.body["reason"] == STOP_INCOMPLETE)
+            .and_then(|r| r.body["note"].as_str())
+            .expect("a StopIncomplete Event with a note");
+        for part in [
+            "pod demo-enclave-0 on node nitro-1 is still present",
+            "the bound is 120 s",
+            "it may still run",
+        ] {
+            assert!(note.contains(part), "{part:?} in {note:?}");
+        }
+    }
+
+    #[test]
+    fn deletion_age_counts_from_the_deletion_timestamp() {
+        let mut nm = mk_nm("demo");
+        assert_eq!(deleting_for(&nm, 5_000), Duration::ZERO, "not deleted");
+        nm.metadata.deletion_timestamp =
+            Some(Time(Timestamp::from_millisecond(1_000).expect("time")));
+        assert_eq!(deleting_for(&nm, 5_000), Duration::from_secs(4));
+        // A clock behind the API server's: no negative age.
+        assert_eq!(deleting_for(&nm, 500), Duration::ZERO);
     }
 
     #[tokio::test]
@@ -1359,6 +1471,25 @@ mod tests {
             metrics.contains("nautilus_operator_writes_total{kind=\"StatefulSet\"} 2"),
             "{metrics}"
         );
+    }
+
+    /// The merged trigger stream passes errors on without sleeping, so one watch's errors never
+    /// hold up another's events (each watch sleeps on its own errors). On a paused clock: kube's
+    /// default trigger backoff would advance it by at least 0.8 s per error.
+    #[tokio::test(start_paused = true)]
+    async fn watch_errors_do_not_delay_the_other_watches() {
+        use kube::runtime::utils::StreamBackoff;
+        let items: Vec<Result<u32, &str>> = vec![Err("410"), Err("410"), Ok(1), Err("410"), Ok(2)];
+        let start = tokio::time::Instant::now();
+        let seen: Vec<_> = StreamBackoff::new(futures::stream::iter(items), EachWatchBacksOff)
+            .collect()
+            .await;
+        assert_eq!(
+            seen.len(),
+            5,
+            "the stream does not end on an error: {seen:?}"
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

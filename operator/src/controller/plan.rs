@@ -18,10 +18,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::events::EventType;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::EventType;
 use nautilus_crds::conditions::{reasons, types};
 use nautilus_crds::{NautilusMaster, NautilusMasterStatus, SecretKeyReference};
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
@@ -204,6 +204,11 @@ pub fn plan(
         }
         None => Outcome::Pending("no evidence from the sidecar yet".into()),
     };
+    if matches!(outcome, Outcome::Verified(_)) {
+        attestation.verified();
+    }
+    // After an operator restart, until the enclave answers this process's first challenge.
+    let restarting = seen.bundle.is_some() && attestation.awaiting_first_answer(seen.now_ms);
     let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
     let challenge = match (seen.workload.sidecar, seen.bundle) {
         (Some(sidecar), Some(bundle)) if bundle.attestation.is_some() => attestation
@@ -215,8 +220,8 @@ pub fn plan(
         Some((sidecar, rechallenges)) => {
             // A re-challenged document is pending the answer, not yet a failure.
             let delivered = match &rechallenges {
-                Some(_) => steps(seen, &Outcome::Pending(RECHALLENGED.into()), true)?,
-                None => steps(seen, &outcome, true)?,
+                Some(_) => steps(seen, &Outcome::Pending(RECHALLENGED.into()), true, true)?,
+                None => steps(seen, &outcome, true, true)?,
             };
             Some(Challenge {
                 sidecar,
@@ -230,15 +235,18 @@ pub fn plan(
     };
     Ok(Plan {
         challenge,
-        otherwise: steps(seen, &outcome, false)?,
+        otherwise: steps(seen, &outcome, false, restarting)?,
     })
 }
 
-/// The steps that follow `outcome`; `challenged`: a challenge was just delivered.
+/// The steps that follow `outcome`; `challenged`: a challenge was just delivered; `hold`: a
+/// `Pending` outcome keeps a previous `Attested=True` verdict (a challenge was just delivered, or
+/// this process awaits the answer to its first one).
 fn steps(
     seen: &Observation<'_>,
     outcome: &Outcome,
     challenged: bool,
+    hold: bool,
 ) -> Result<Steps, DesiredError> {
     let nm = seen.nm;
     let verification = match outcome {
@@ -261,13 +269,17 @@ fn steps(
     let previous = nm.status.clone().unwrap_or_default();
 
     // Just challenged an enclave whose current document answers a challenge this process never
-    // issued (it restarted): keep the previous verdict for the one round trip it takes to answer,
-    // instead of flapping Attested. Bounded: the next reconcile (1 s) decides.
+    // issued (it restarted), or waiting for its answer: keep the previous verdict for the round
+    // trip it takes to answer, instead of flapping Attested. Bounded: once the challenge's grace
+    // has passed unanswered the outcome is a failure, not Pending, and is written. (Other
+    // reconciles run meanwhile, triggered by the watches filling after a restart: holding only
+    // in the reconcile that delivered the challenge let the next one, 55 ms later, write
+    // Unknown.)
     let previously_attested = previous
         .conditions
         .iter()
         .any(|c| c.type_ == types::ATTESTED && c.status == "True");
-    if challenged && previously_attested && matches!(outcome, Outcome::Pending(_)) {
+    if hold && previously_attested && matches!(outcome, Outcome::Pending(_)) {
         return Ok(Steps {
             verification,
             kubeconfig: Kubeconfig::Keep,
@@ -855,6 +867,65 @@ mod tests {
                 },
             }
         );
+    }
+
+    /// The reconciles after the restart challenge was delivered (the watches filling trigger
+    /// several within milliseconds) keep holding the verdict while the enclave answers, until
+    /// the challenge's grace is over.
+    #[test]
+    fn after_a_restart_the_verdict_is_held_until_the_first_challenge_is_answered_or_late() {
+        let mut nm = mk_sim_nm();
+        let now = now_ms();
+        let enclave = FakeEnclave::new();
+        let bundle = enclave.bundle(digest_of(&nm), &[7; 32], 10, now);
+        let attested = condition(
+            types::ATTESTED,
+            "True",
+            "SimulatedAttestation",
+            "m",
+            &at(1_000_000),
+        );
+        nm.status = Some(NautilusMasterStatus {
+            conditions: vec![attested],
+            phase: Some(Phase::Ready),
+            ..NautilusMasterStatus::default()
+        });
+        let workload = running();
+        let mut attestation = booted(&nm, now);
+        assert!(
+            !attestation.awaiting_first_answer(now),
+            "not before a challenge"
+        );
+        attestation.challenged(FRESH.to_vec(), now, None);
+
+        let soon = plan(
+            &seen(&nm, &workload, Some(&bundle), now + 55),
+            &mut attestation,
+            FRESH.to_vec(),
+        )
+        .expect("plan");
+        assert_eq!(soon.challenge, None, "the challenge is out already");
+        assert_eq!(soon.otherwise.status, None, "held: {:?}", soon.otherwise);
+        assert!(soon.otherwise.events.is_empty());
+
+        let late = now + GRACE_MS + 1;
+        let planned = plan(
+            &seen(&nm, &workload, Some(&bundle), late),
+            &mut attestation,
+            FRESH.to_vec(),
+        )
+        .expect("plan");
+        assert!(!attestation.awaiting_first_answer(late));
+        assert!(
+            planned.otherwise.status.is_some(),
+            "after the grace the verdict is written: {planned:?}"
+        );
+
+        // Once a document verified, a later Pending is not held on this account.
+        let mut attestation = booted(&nm, now);
+        attestation.challenged(FRESH.to_vec(), now, None);
+        attestation.verified();
+        assert!(!attestation.awaiting_first_answer(now + 55));
     }
 
     /// A document that answers an older challenge once the grace is over: challenged once more

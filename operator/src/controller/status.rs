@@ -1,9 +1,9 @@
 //! The status a reconcile writes, and the Events of its condition transitions, computed from the
 //! previous status and the observations: pure.
 
+use crate::events::EventType;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::events::EventType;
 use nautilus_crds::conditions::types;
 use nautilus_crds::{
     EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,

@@ -46,6 +46,12 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Start the agent binary with the stand-in as its control plane.
     pub fn start() -> Self {
+        Self::start_with(|_, _| {})
+    }
+
+    /// The same, after `setup` added to the command and prepared the work directory (which it
+    /// gets before the agent runs).
+    pub fn start_with(setup: impl FnOnce(&mut Command, &Path)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = Endpoint::Unix(dir.path().join("agent.sock"));
         let api = Endpoint::Unix(dir.path().join("api.sock"));
@@ -74,6 +80,7 @@ impl AgentProcess {
                 .arg("--simulated-pcr")
                 .arg(format!("{i}={}", hex::encode(pcr(i))));
         }
+        setup(&mut command, &work_dir);
         let child = command.spawn().expect("agent starts");
         Self {
             dir,
@@ -88,46 +95,7 @@ impl AgentProcess {
 
     /// The boot configuration for this agent, with `nonce`.
     pub fn boot_config(&self, nonce: &[u8]) -> BootConfig {
-        BootConfig {
-            config: EnclaveConfig {
-                cluster: "test/agent".into(),
-                control_plane: ControlPlaneConfig {
-                    distribution: "k3s".into(),
-                    bind_address: "127.0.0.1".into(),
-                    https_port: self.https_port,
-                    cluster_cidr: "10.42.0.0/16".into(),
-                    service_cidr: "10.43.0.0/16".into(),
-                    cluster_dns: "10.43.0.10".into(),
-                    data_dir: self.data_dir.display().to_string(),
-                    encrypt_secrets: true,
-                    tls_min_version: "VersionTLS12".into(),
-                    cipher_suites: vec![],
-                    log_level: "info".into(),
-                    log_format: "text".into(),
-                    tls_sans: Vec::new(),
-                },
-                auth: AuthConfig {
-                    sui_rpc_url: "https://127.0.0.1:1".into(),
-                    chain_id: None,
-                    stake_type: "0x3::staking_pool::StakedSui".into(),
-                    stake_amount_field: None,
-                    audience: "nautilus:test/agent".into(),
-                    max_token_lifetime_seconds: 900,
-                    stake_cache_ttl_seconds: 30,
-                    zk_login: None,
-                    tiers: vec![TierConfig {
-                        name: "admin".into(),
-                        min_stake_mist: 1,
-                        groups: vec!["system:masters".into()],
-                    }],
-                },
-                health: HealthConfig {
-                    probe_interval_seconds: 1,
-                    startup_timeout_seconds: 30,
-                },
-            },
-            nonce: nonce.to_vec(),
-        }
+        standin_boot_config(&self.data_dir, self.https_port, nonce)
     }
 
     /// Connect to the control link, waiting for the agent to listen.
@@ -177,6 +145,51 @@ impl Drop for AgentProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A `k3s` boot configuration (run by the stand-in) on 127.0.0.1:`https_port` with its data in
+/// `data_dir`, one admin tier, 1 s probes, and `nonce`.
+pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> BootConfig {
+    BootConfig {
+        config: EnclaveConfig {
+            cluster: "test/agent".into(),
+            control_plane: ControlPlaneConfig {
+                distribution: "k3s".into(),
+                bind_address: "127.0.0.1".into(),
+                https_port,
+                cluster_cidr: "10.42.0.0/16".into(),
+                service_cidr: "10.43.0.0/16".into(),
+                cluster_dns: "10.43.0.10".into(),
+                data_dir: data_dir.display().to_string(),
+                encrypt_secrets: true,
+                tls_min_version: "VersionTLS12".into(),
+                cipher_suites: vec![],
+                log_level: "info".into(),
+                log_format: "text".into(),
+                tls_sans: Vec::new(),
+            },
+            auth: AuthConfig {
+                sui_rpc_url: "https://127.0.0.1:1".into(),
+                chain_id: None,
+                stake_type: "0x3::staking_pool::StakedSui".into(),
+                stake_amount_field: None,
+                audience: "nautilus:test/agent".into(),
+                max_token_lifetime_seconds: 900,
+                stake_cache_ttl_seconds: 30,
+                zk_login: None,
+                tiers: vec![TierConfig {
+                    name: "admin".into(),
+                    min_stake_mist: 1,
+                    groups: vec!["system:masters".into()],
+                }],
+            },
+            health: HealthConfig {
+                probe_interval_seconds: 1,
+                startup_timeout_seconds: 30,
+            },
+        },
+        nonce: nonce.to_vec(),
     }
 }
 

@@ -12,7 +12,10 @@ mod process;
 use futures::future::BoxFuture;
 pub use nautilus_protocol::wire::EnclaveInfo;
 
-pub use nitro::{NitroConfig, NitroLauncher, RunEnclaveOutput};
+pub use nitro::{
+    MAX_ENCLAVE_NAME, NitroConfig, NitroLauncher, RunEnclaveOutput, check_enclave_name,
+    enclave_name_for,
+};
 pub use process::ProcessLauncher;
 
 /// Why the enclave could not be started, watched or stopped.
@@ -57,6 +60,9 @@ pub enum LaunchError {
     /// `start` was called twice, or `status`/`stop` before `start`.
     #[error("launcher is {0}")]
     State(&'static str),
+    /// A previous sidecar's agent or enclave could not be stopped, or this one recorded.
+    #[error("cleaning up after a previous sidecar")]
+    Lifetime(#[source] nautilus_lifetime::LifetimeError),
     /// Sending a signal failed.
     #[error("cannot signal process {pid}")]
     Signal {

@@ -5,6 +5,15 @@
 //! `describe-enclaves` prints a JSON array of such objects with `State` (`RUNNING`, …) and
 //! `Flags`; `terminate-enclave --enclave-id ID` stops one. The executable's path is
 //! configurable, so tests run a script that prints recorded output.
+//!
+//! An enclave is not a child of the sidecar: it keeps running when the sidecar is killed, and
+//! a restarted sidecar would start a second one beside it. So every enclave is started with a
+//! stable name (`--enclave-name`, [`NitroConfig::enclave_name`]), and [`Launcher::start`] first
+//! lists the enclaves (`describe-enclaves`) and terminates each one of that name, or of that
+//! name with the `_N` suffix nitro-cli appends when a name is taken. A listing that cannot be
+//! read or parsed stops the start (fail closed: better no enclave than two). Names are
+//! limited to lower-case letters, digits, `.` and `-` ([`check_enclave_name`]), so no other
+//! sidecar's name ends in `_N`.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -23,6 +32,45 @@ const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Every other nitro-cli command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most enclaves accepted in a describe-enclaves listing (a parent instance runs a handful).
+const MAX_LISTED: usize = 256;
+/// Longest enclave name.
+pub const MAX_ENCLAVE_NAME: usize = 128;
+
+/// Why `name` cannot name an enclave: 1 to [`MAX_ENCLAVE_NAME`] of `a-z`, `0-9`, `.`, `-`.
+pub fn check_enclave_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ENCLAVE_NAME {
+        return Err(format!(
+            "an enclave name is 1 to {MAX_ENCLAVE_NAME} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return Err(format!(
+            "enclave name {name:?} may hold only a-z, 0-9, '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// The enclave name for a resource's `cluster` (`namespace/name`): `namespace.name`
+/// (a namespace holds no `.`, so the first one separates), lower-cased.
+pub fn enclave_name_for(cluster: &str) -> String {
+    cluster.replace('/', ".").to_ascii_lowercase()
+}
+
+/// Whether a listed enclave name is `ours`, or `ours` with the `_N` suffix nitro-cli adds to a
+/// name already in use.
+fn is_ours(listed: &str, ours: &str) -> bool {
+    listed.strip_prefix(ours).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix('_')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
 
 /// How to run the enclave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +85,9 @@ pub struct NitroConfig {
     pub memory_mib: u64,
     /// vsock CID; nitro-cli chooses one when `None`.
     pub enclave_cid: Option<u32>,
+    /// The enclave's name ([`check_enclave_name`]): a running enclave of this name is
+    /// terminated before a new one starts.
+    pub enclave_name: String,
 }
 
 /// What `nitro-cli run-enclave` prints about the enclave it started.
@@ -70,6 +121,8 @@ pub struct RunEnclaveOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DescribedEnclave {
+    #[serde(default)]
+    enclave_name: Option<String>,
     #[serde(rename = "EnclaveID")]
     enclave_id: String,
     #[serde(default)]
@@ -102,6 +155,10 @@ fn parse_described(stdout: &[u8]) -> Result<Vec<DescribedEnclave>, String> {
     let mut stream =
         serde_json::Deserializer::from_slice(&stdout[start..]).into_iter::<Vec<DescribedEnclave>>();
     match stream.next() {
+        Some(Ok(list)) if list.len() > MAX_LISTED => Err(format!(
+            "{} enclaves listed, more than {MAX_LISTED}",
+            list.len()
+        )),
         Some(Ok(list)) => Ok(list),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("no JSON array in the output".to_owned()),
@@ -194,12 +251,49 @@ impl NitroLauncher {
         }
     }
 
+    async fn terminate(&self, enclave_id: &str) -> Result<(), LaunchError> {
+        let args = [
+            "terminate-enclave".to_owned(),
+            "--enclave-id".to_owned(),
+            enclave_id.to_owned(),
+        ];
+        self.run(&args, COMMAND_TIMEOUT).await.map(drop)
+    }
+
+    /// Terminate every listed enclave of our name (a previous sidecar's).
+    async fn terminate_leftovers(&self) -> Result<(), LaunchError> {
+        let ours = &self.config.enclave_name;
+        for enclave in self.describe().await? {
+            if enclave
+                .enclave_name
+                .as_deref()
+                .is_some_and(|name| is_ours(name, ours))
+            {
+                warn!(
+                    enclave_id = %enclave.enclave_id,
+                    enclave_name = ?enclave.enclave_name,
+                    state = %enclave.state,
+                    "terminating the enclave a previous sidecar left"
+                );
+                self.terminate(&enclave.enclave_id).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn start_inner(&self) -> Result<EnclaveInfo, LaunchError> {
         if self.started().is_some() {
             return Err(LaunchError::State("already started"));
         }
+        check_enclave_name(&self.config.enclave_name).map_err(|reason| LaunchError::Output {
+            command: "nitro-cli run-enclave".to_owned(),
+            reason,
+        })?;
+        self.terminate_leftovers().await?;
         let mut args = vec![
             "run-enclave".to_owned(),
+            "--enclave-name".to_owned(),
+            self.config.enclave_name.clone(),
             "--eif-path".to_owned(),
             self.config.eif_path.display().to_string(),
             "--cpu-count".to_owned(),
@@ -216,6 +310,22 @@ impl NitroLauncher {
             command: "nitro-cli run-enclave".to_owned(),
             reason,
         })?;
+        if out
+            .enclave_name
+            .as_deref()
+            .is_some_and(|name| name != self.config.enclave_name)
+        {
+            // nitro-cli renamed it: an enclave of our name started meanwhile. Two would run.
+            let _ = self.terminate(&out.enclave_id).await;
+            return Err(LaunchError::Output {
+                command: "nitro-cli run-enclave".to_owned(),
+                reason: format!(
+                    "the enclave was named {:?}, not {:?}: another enclave of that name is running",
+                    out.enclave_name.as_deref().unwrap_or_default(),
+                    self.config.enclave_name
+                ),
+            });
+        }
         if u32::try_from(out.enclave_cid).is_err() {
             return Err(LaunchError::Output {
                 command: "nitro-cli run-enclave".to_owned(),
@@ -262,12 +372,7 @@ impl NitroLauncher {
         let Some(started) = self.started() else {
             return Ok(());
         };
-        let args = [
-            "terminate-enclave".to_owned(),
-            "--enclave-id".to_owned(),
-            started.enclave_id.clone(),
-        ];
-        match self.run(&args, COMMAND_TIMEOUT).await {
+        match self.terminate(&started.enclave_id).await {
             Ok(_) => {
                 info!(enclave_id = %started.enclave_id, "enclave terminated");
                 Ok(())
@@ -352,7 +457,42 @@ Started enclave with enclave-cid: 16, memory: 4096 MiB, cpu-ids: [1, 3]
         )
         .expect("parses");
         assert_eq!(list[0].enclave_id, "i-1-enc2");
+        assert_eq!(list[0].enclave_name.as_deref(), Some("nautilus"));
         assert_eq!(list[0].state, "RUNNING");
         assert_eq!(parse_described(b"[]").expect("empty"), []);
+        let many = format!(
+            "[{}]",
+            vec![r#"{"EnclaveID":"x"}"#; MAX_LISTED + 1].join(",")
+        );
+        assert!(parse_described(many.as_bytes()).is_err());
+        for garbage in [
+            &b"nitro-cli: error"[..],
+            b"[{\"EnclaveName\": 1}]",
+            b"[{}]",
+            b"{}",
+        ] {
+            assert!(parse_described(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn enclave_names_are_checked_and_matched_with_nitro_clis_suffix() {
+        assert_eq!(enclave_name_for("team-a/Prod.1"), "team-a.prod.1");
+        assert!(check_enclave_name("team-a.prod").is_ok());
+        for bad in [
+            "",
+            "a_1",
+            "a/b",
+            "A",
+            "a b",
+            &"a".repeat(MAX_ENCLAVE_NAME + 1),
+        ] {
+            assert!(check_enclave_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_ours("ns.db", "ns.db"));
+        assert!(is_ours("ns.db_2", "ns.db"));
+        for foreign in ["ns.db2", "ns.db_", "ns.db_x", "ns.d", "ns.db-1", "other"] {
+            assert!(!is_ours(foreign, "ns.db"), "{foreign}");
+        }
     }
 }

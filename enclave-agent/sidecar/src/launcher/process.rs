@@ -3,6 +3,14 @@
 //! The child gets its own process group, so stopping it also stops what it started (the
 //! control plane): SIGTERM to the group, then SIGKILL after a grace period. Its standard
 //! output and error are the sidecar's.
+//!
+//! A SIGKILLed sidecar cannot stop it, so (`nautilus_lifetime`) the agent is started through
+//! the sidecar's [`Tether`] (a parent-death signal: the kernel kills the agent with the
+//! sidecar, and the agent's own tether then kills its control plane), and its pid and start
+//! time are recorded in the state directory as `agent`; [`Launcher::start`] first kills an
+//! agent a previous sidecar recorded there that still runs. `start` is called from a tokio
+//! worker thread (never `spawn_blocking`), which lives as long as the sidecar: the
+//! parent-death signal follows the forking thread.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -10,6 +18,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use nautilus_lifetime::{ProcessId, ProcessRecords, Tether};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::Child;
@@ -19,11 +28,16 @@ use super::{EnclaveInfo, LaunchError, Launcher};
 
 /// How long the agent may take to exit after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a previous sidecar's agent may take to die after SIGKILL.
+const REAP_WITHIN: Duration = Duration::from_secs(10);
+/// The record's name in the state directory.
+const RECORD: &str = "agent";
 
 #[derive(Debug, Default)]
 struct Inner {
     child: Option<Child>,
     pid: Option<u32>,
+    recorded: Option<ProcessId>,
     started: bool,
     last_exit: Option<String>,
 }
@@ -33,17 +47,34 @@ struct Inner {
 pub struct ProcessLauncher {
     command: PathBuf,
     args: Vec<String>,
+    tether: Tether,
+    records: Option<ProcessRecords>,
     inner: Mutex<Inner>,
 }
 
 impl ProcessLauncher {
-    /// A launcher for `command args…`; nothing runs until [`Launcher::start`].
+    /// A launcher for `command args…`, tied to this process by [`Tether::this_binary`] and
+    /// recording nothing; nothing runs until [`Launcher::start`].
     pub fn new(command: impl Into<PathBuf>, args: Vec<String>) -> Self {
         Self {
             command: command.into(),
             args,
+            tether: Tether::this_binary(),
+            records: None,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Start the agent through `tether` instead.
+    pub fn with_tether(mut self, tether: Tether) -> Self {
+        self.tether = tether;
+        self
+    }
+
+    /// Record the agent in `dir` (and reap a previous sidecar's agent from it on start).
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.records = Some(ProcessRecords::new(dir));
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -62,26 +93,58 @@ impl ProcessLauncher {
         }
     }
 
-    fn start_inner(&self) -> Result<EnclaveInfo, LaunchError> {
+    async fn start_inner(&self) -> Result<EnclaveInfo, LaunchError> {
+        if self.lock().started {
+            return Err(LaunchError::State("already started"));
+        }
+        if let Some(records) = &self.records {
+            for reaped in records
+                .reap(REAP_WITHIN)
+                .await
+                .map_err(LaunchError::Lifetime)?
+            {
+                warn!(pid = reaped.id.pid, dir = %records.dir().display(), "killed the agent a previous sidecar left");
+            }
+        }
         let mut inner = self.lock();
         if inner.started {
             return Err(LaunchError::State("already started"));
         }
-        let child = tokio::process::Command::new(&self.command)
+        let spawn_error = |source| LaunchError::Spawn {
+            command: self.command.display().to_string(),
+            source,
+        };
+        let child = self
+            .tether
+            .command(&self.command)
+            .map_err(|e| {
+                spawn_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    e.to_string(),
+                ))
+            })?
             .args(&self.args)
             .stdin(std::process::Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true)
             .spawn()
-            .map_err(|source| LaunchError::Spawn {
-                command: self.command.display().to_string(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         inner.pid = child.id();
         inner.child = Some(child);
         inner.started = true;
-        info!(command = %self.command.display(), pid = ?inner.pid, "agent process started");
+        if let (Some(records), Some(pid)) = (&self.records, inner.pid) {
+            match records.record(RECORD, pid) {
+                Ok(id) => inner.recorded = Some(id),
+                Err(e) => warn!(pid, error = %e, "cannot record the agent process"),
+            }
+        }
+        info!(command = %self.command.display(), pid = ?inner.pid, tethered = self.tether.is_tethered(), "agent process started");
         Ok(Self::info(&inner, true))
+    }
+
+    fn forget(&self) {
+        let recorded = self.lock().recorded.take();
+        if let (Some(records), Some(id)) = (&self.records, recorded) {
+            records.forget(RECORD, id);
+        }
     }
 
     fn status_inner(&self) -> Result<EnclaveInfo, LaunchError> {
@@ -95,6 +158,9 @@ impl ProcessLauncher {
                 Ok(Some(status)) => {
                     inner.last_exit = Some(status.to_string());
                     inner.child = None;
+                    if let (Some(records), Some(id)) = (&self.records, inner.recorded.take()) {
+                        records.forget(RECORD, id);
+                    }
                     true
                 }
                 Ok(None) => false,
@@ -139,6 +205,7 @@ impl ProcessLauncher {
         .map_err(|source| LaunchError::Signal { pid, source })?;
         // Whatever the agent left in its group goes with it.
         let _ = killpg(group, Signal::SIGKILL);
+        self.forget();
         info!(pid, %status, "agent process stopped");
         self.lock().last_exit = Some(status.to_string());
         Ok(())
@@ -147,8 +214,7 @@ impl ProcessLauncher {
 
 impl Launcher for ProcessLauncher {
     fn start(&self) -> BoxFuture<'_, Result<EnclaveInfo, LaunchError>> {
-        let result = self.start_inner();
-        async move { result }.boxed()
+        self.start_inner().boxed()
     }
 
     fn status(&self) -> BoxFuture<'_, Result<EnclaveInfo, LaunchError>> {
@@ -200,6 +266,40 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never exited");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_agent_a_previous_sidecar_left_is_killed_before_the_new_one_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut left = tokio::process::Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sleep");
+        let left_pid = left.id().expect("pid");
+        ProcessRecords::new(dir.path())
+            .record(RECORD, left_pid)
+            .expect("recorded");
+        let launcher =
+            ProcessLauncher::new("sleep", vec!["30".to_owned()]).with_state_dir(dir.path());
+        let info = launcher.start().await.expect("starts");
+        let status = left
+            .try_wait()
+            .expect("poll")
+            .expect("the leftover is dead");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        let new_pid: u32 = info.enclave_id.expect("pid").parse().expect("number");
+        let record = std::fs::read_to_string(dir.path().join("agent.pid")).expect("record");
+        assert!(record.starts_with(&format!("{new_pid} ")), "{record}");
+        launcher.stop().await.expect("stops");
+        assert!(
+            !dir.path().join("agent.pid").exists(),
+            "a stopped agent is forgotten"
+        );
     }
 
     #[tokio::test]

@@ -43,6 +43,10 @@ pub mod reasons {
     pub const RUNNING: &str = "Running";
     /// The enclave or its pod failed; the message says how.
     pub const ENCLAVE_FAILED: &str = "EnclaveFailed";
+    /// The agent refused the boot configuration (a value the schema admits but the enclave
+    /// cannot run); the message gives the agent's reason. It is refused again until the spec
+    /// changes.
+    pub const CONFIG_REFUSED: &str = "ConfigRefused";
     /// The attestation document and the latest report verified.
     pub const VERIFIED: &str = "Verified";
     /// The attestation verified, but it was simulated and the spec allows that (development only).
@@ -67,9 +71,10 @@ pub mod reasons {
 
 /// Reasons after which the resource will not become ready without a change by a person
 /// (a new spec, a new image): tools such as Argo CD report these as Degraded, not Progressing.
-pub const TERMINAL_REASONS: [&str; 4] = [
+pub const TERMINAL_REASONS: [&str; 5] = [
     reasons::ATTESTATION_FAILED,
     reasons::REPORT_SIGNATURE_INVALID,
     reasons::START_TIMEOUT,
     reasons::ENCLAVE_FAILED,
+    reasons::CONFIG_REFUSED,
 ];

@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize};
 // Regexes shared by several fields. They are anchored, as the API server requires full matches.
 const HEX_48_BYTES: &str = r"^[0-9a-fA-F]{96}$";
 const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Exactly the names of `nautilus_protocol::wire::CIPHER_SUITES` (the agent refuses any other;
+/// `crds/tests/schema.rs` checks that the two agree).
+pub const CIPHER_SUITE_PATTERN: &str = r"^(TLS_AES_128_GCM_SHA256|TLS_AES_256_GCM_SHA384|TLS_CHACHA20_POLY1305_SHA256|TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA|TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256|TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA|TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384|TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305|TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA|TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256|TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA|TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384|TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305|TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256|TLS_RSA_WITH_AES_128_CBC_SHA|TLS_RSA_WITH_AES_128_GCM_SHA256|TLS_RSA_WITH_AES_256_CBC_SHA|TLS_RSA_WITH_AES_256_GCM_SHA384)$";
+/// An absolute path without whitespace, control characters, `,` or `=`: what the agent accepts
+/// in a flag value (`\p{Z}`/`\p{Cc}` are Go's and Rust's classes alike).
+const DATA_DIR_PATTERN: &str = r"^/[^\p{Z}\p{Cc}\s,=]+$";
 const MOVE_STRUCT_TAG: &str =
     r"^0x[0-9a-fA-F]{1,64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*(<.+>)?$";
 
@@ -233,7 +239,7 @@ pub struct ControlPlaneSpec {
     /// Data directory of the control plane inside the enclave (K3s `--data-dir`; the
     /// `kubernetes` distribution keeps its files in the same layout under it).
     #[serde(default = "default_data_dir")]
-    #[schemars(length(min = 2, max = 256), regex(pattern = r"^/"))]
+    #[schemars(length(min = 2, max = 256), regex(pattern = DATA_DIR_PATTERN))]
     pub data_dir: String,
 
     /// Encrypt Secrets at rest in the control plane's datastore (`--secrets-encryption`).
@@ -248,7 +254,7 @@ pub struct ControlPlaneSpec {
     /// as `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`. Empty means the Kubernetes defaults. TLS 1.3
     /// suites are not configurable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(regex(pattern = r"^TLS_[A-Z0-9_]{4,60}$")))]
+    #[schemars(length(max = 32), inner(regex(pattern = CIPHER_SUITE_PATTERN)))]
     pub cipher_suites: Vec<String>,
 
     /// Verbosity of control-plane logs.
@@ -324,6 +330,9 @@ pub enum LogFormat {
 /// Seal-token authentication: Sui signatures in, Kubernetes groups out, by stake.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+// The agent counts a custom type's stake only through a named u64 field (StakedSui's address
+// may be written with leading zeros; the agent compares parsed type tags).
+#[x_kube(validation = Rule::new("self.stakeType.matches('^0x0*3::staking_pool::StakedSui$') || has(self.stakeAmountField)").message("a stakeType other than 0x3::staking_pool::StakedSui needs stakeAmountField"))]
 pub struct AuthSpec {
     /// gRPC endpoint of a Sui full node, reached from inside the enclave over TLS that the
     /// enclave verifies itself. Must be `https://`.

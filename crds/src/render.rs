@@ -48,6 +48,52 @@ fn namespace_name(nm: &NautilusMaster) -> Result<(&str, &str), RenderError> {
     Ok((namespace, name))
 }
 
+/// Longest name of a Service (a DNS-1035 label).
+pub const MAX_SERVICE_NAME: usize = 63;
+
+/// `name + suffix`, or when longer than `max`, a prefix of `name`, `-`, 8 hex digits of the
+/// SHA-256 of `name`, then `suffix`. The result never ends the prefix on `-` or `.`.
+///
+/// The operator names every child with it; the Service's name is also part of the measured
+/// configuration ([`service_name`]), so it lives here with the rendering.
+pub fn bounded_name(name: &str, suffix: &str, max: usize) -> String {
+    use sha2::Digest as _;
+    if name.len() + suffix.len() <= max {
+        return format!("{name}{suffix}");
+    }
+    let hash = &hex::encode(sha2::Sha256::digest(name.as_bytes()))[..8];
+    let keep = max.saturating_sub(suffix.len() + 1 + hash.len());
+    // Names are ASCII (DNS subdomains), so byte slicing is on character boundaries.
+    let prefix = name
+        .get(..keep.min(name.len()))
+        .unwrap_or_default()
+        .trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}{suffix}")
+}
+
+/// The name of the host Service in front of a resource named `name`: the name itself, bounded
+/// to a DNS-1035 label (`nm-` first when it does not start with a letter).
+pub fn service_name(name: &str) -> String {
+    let service = bounded_name(name, "", MAX_SERVICE_NAME);
+    // Services are DNS-1035 labels: they must start with a letter.
+    if service.starts_with(|c: char| c.is_ascii_lowercase()) {
+        service
+    } else {
+        bounded_name(&format!("nm-{name}"), "", MAX_SERVICE_NAME)
+    }
+}
+
+/// The names the enclave's API server certificate carries for the host Service, so that the
+/// endpoint the operator publishes (`https://<service>.<namespace>.svc:<port>`) passes a
+/// client's hostname check: `<service>.<namespace>.svc` and `…svc.cluster.local`.
+pub fn service_sans(namespace: &str, name: &str) -> Vec<String> {
+    let service = service_name(name);
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
 /// The string an enum serializes to (`VersionTLS12`, `info`, `json`, ...).
 fn serialized<T: Serialize>(value: &T, what: &'static str) -> Result<String, RenderError> {
     match serde_json::to_value(value) {
@@ -87,6 +133,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
             cipher_suites: cp.cipher_suites.clone(),
             log_level: serialized(&cp.log_level, "logLevel")?,
             log_format: serialized(&cp.log_format, "logFormat")?,
+            tls_sans: service_sans(namespace, name),
         },
         auth: AuthConfig {
             sui_rpc_url: auth.sui_rpc_url.clone(),

@@ -432,6 +432,12 @@ fn set(object: &mut Value, pointer: &str, value: Value) {
 #[case::refresh_slower_than_max_age("/spec/attestation/refreshIntervalSeconds", json!(1000), "maxDocumentAgeSeconds must be longer")]
 #[case::too_little_memory("/spec/enclave/memoryMiB", json!(128), "below minimum")]
 #[case::unknown_field("/spec/enclave/cpus", json!(2), "unknown field")]
+// Values the agent refuses at boot, refused here first.
+#[case::unknown_cipher_suite("/spec/controlPlane/cipherSuites", json!(["TLS_FAKE_SUITE"]), "does not match")]
+#[case::data_dir_with_a_space("/spec/controlPlane/dataDir", json!("/var/lib/k3s data"), "does not match")]
+#[case::data_dir_with_a_comma("/spec/controlPlane/dataDir", json!("/var/lib/a,b"), "does not match")]
+#[case::data_dir_with_nbsp("/spec/controlPlane/dataDir", json!("/var/lib/a\u{a0}b"), "does not match")]
+#[case::custom_stake_without_field("/spec/auth/stakeType", json!("0x2::coin::Coin<0x2::sui::SUI>"), "needs stakeAmountField")]
 fn invalid_specs_are_rejected(#[case] pointer: &str, #[case] value: Value, #[case] expected: &str) {
     let mut object = sample();
     set(&mut object, pointer, value);
@@ -490,4 +496,30 @@ fn cel_rules_compile_and_fit_the_cost_budget() {
     let mut warnings = Vec::new();
     costly_rules(&spec, &mut warnings);
     assert!(warnings.is_empty(), "CEL cost warnings: {warnings:#?}");
+}
+
+#[rstest]
+#[case::custom_stake_with_field(json!({"stakeType": "0x2::coin::Coin<0x2::sui::SUI>", "stakeAmountField": "value", "suiRpcURL": "https://fullnode.testnet.sui.io:443"}))]
+#[case::staked_sui_with_leading_zeros(json!({"stakeType": "0x0000000000000000000000000000000000000000000000000000000000000003::staking_pool::StakedSui", "suiRpcURL": "https://fullnode.testnet.sui.io:443"}))]
+fn valid_stake_types_are_accepted(#[case] auth: Value) {
+    let mut object = minimal();
+    set(&mut object, "/spec/auth", auth);
+    let errors = server_errors(&object);
+    assert!(errors.is_empty(), "rejected: {errors:#?}");
+}
+
+/// The CRD's cipher-suite pattern names exactly the suites the agent accepts: any other would
+/// be admitted and then refused at boot, or refused here and accepted there.
+#[test]
+fn the_cipher_suite_pattern_is_the_agents_list() {
+    let pattern = nautilus_crds::CIPHER_SUITE_PATTERN;
+    let names: Vec<&str> = pattern
+        .strip_prefix("^(")
+        .and_then(|p| p.strip_suffix(")$"))
+        .expect("an anchored alternation")
+        .split('|')
+        .collect();
+    assert_eq!(names, nautilus_protocol::wire::CIPHER_SUITES);
+    let re = regex::Regex::new(pattern).expect("compiles");
+    assert!(!re.is_match("TLS_AES_128_GCM_SHA256X"));
 }

@@ -284,6 +284,71 @@ async fn a_spec_change_rolls_the_enclave_and_reattests() {
     h.finish().await;
 }
 
+/// A value the CRD admits but the agent refuses (a stake type whose type arguments do not
+/// parse: the schema's pattern cannot check Move's nested grammar) shows the agent's reason
+/// as a condition, restarts nothing, and fixing the spec makes the resource Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_configuration_is_a_condition_not_a_crash_loop() {
+    let Some(cluster) = cluster("a_refused_configuration_is_a_condition_not_a_crash_loop").await
+    else {
+        return;
+    };
+    let h = Harness::start(cluster, "refused", None).await;
+    let mut spec = h.development_spec();
+    spec.auth.stake_type = "0x2::coin::Coin<not a type>".into();
+    spec.auth.stake_amount_field = Some("value".into());
+    h.create("demo", spec).await;
+    let refused = |nm: &nautilus_crds::NautilusMaster| {
+        condition(nm, "EnclaveRunning").is_some_and(|(s, r)| s == "False" && r == "ConfigRefused")
+    };
+    let nm = h
+        .wait_for("demo", "EnclaveRunning=False/ConfigRefused", WAIT, refused)
+        .await;
+    let message = nm
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "EnclaveRunning"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("invalid stake type"), "{message}");
+    assert_eq!(
+        condition(&nm, "Ready"),
+        Some(("False".into(), "ConfigRefused".into())),
+        "Ready carries the terminal reason"
+    );
+
+    // No crash loop: over five probe intervals the same sidecar and agent keep running (the
+    // local runtime restarts a process that exits) and the condition stays.
+    let sidecars = h.processes("nautilus-sidecar");
+    let agents = h.processes("nautilus-agent");
+    assert_eq!((sidecars.len(), agents.len()), (1, 1), "one of each");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.processes("nautilus-sidecar"),
+        sidecars,
+        "sidecar restarted"
+    );
+    assert_eq!(h.processes("nautilus-agent"), agents, "agent restarted");
+    let nm = h.masters().get("demo").await.expect("get");
+    assert!(refused(&nm), "{:?}", nm.status);
+
+    // Fixing the spec rolls the enclave and it becomes Ready.
+    h.masters()
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"auth": {
+                "stakeType": "0x3::staking_pool::StakedSui",
+                "stakeAmountField": null,
+            }}})),
+        )
+        .await
+        .expect("fix the spec");
+    h.wait_for("demo", "Ready=True after the fix", WAIT, ready)
+        .await;
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampering_relay_is_never_ready() {
     let Some(cluster) = cluster("a_tampering_relay_is_never_ready").await else {

@@ -302,6 +302,22 @@ async fn the_api_server_enforces_the_crd_schema_and_cel_rules() {
             json!(2),
             "unknown field \"spec.enclave.cpus\"",
         ),
+        // Values the agent would refuse at boot (ConfigRefused), refused here first.
+        (
+            "/spec/controlPlane/cipherSuites",
+            json!(["TLS_FAKE_SUITE"]),
+            "spec.controlPlane.cipherSuites[0]",
+        ),
+        (
+            "/spec/controlPlane/dataDir",
+            json!("/var/lib/a\u{a0}b"),
+            "spec.controlPlane.dataDir",
+        ),
+        (
+            "/spec/auth/stakeType",
+            json!("0x2::coin::Coin<0x2::sui::SUI>"),
+            "needs stakeAmountField",
+        ),
     ];
     let mut wrong = Vec::new();
     for (pointer, value, expected) in cases {

@@ -94,6 +94,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(wire::check_nonce(&answer.nonce).is_ok());
             let _ = answer.attestation.serving_ca_digest();
         }
+        Message::BootRefused(refused) => {
+            assert!(refused.reason.len() <= wire::MAX_REFUSAL_BYTES);
+            assert!(!refused.reason.chars().any(char::is_control));
+        }
     }
 });
 
@@ -115,6 +119,11 @@ fn relay(message: &Message) {
             let now = signed.unverified_report().map_or(0, |r| r.time_unix_ms);
             evidence.on_report(signed.clone(), now);
             now
+        }
+        Message::BootRefused(refused) => {
+            // Kept only when it names this sidecar's configuration; never ready either way.
+            evidence.on_boot_refused(refused.clone());
+            0
         }
         // A user's challenge and its answer never reach the evidence the operator reads.
         Message::BootConfig(_)

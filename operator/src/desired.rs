@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
-use nautilus_crds::render::{self, RenderError};
+use nautilus_crds::render::{self, RenderError, bounded_name as bounded};
 use nautilus_crds::{HugepageSize, NautilusMaster};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use serde::Serialize;
@@ -68,8 +68,6 @@ pub use nautilus_crds::render::DEFAULT_TOKEN_TTL_SECONDS;
 /// cached copy carries the hash of the object rendered now is not applied again.
 pub const APPLIED_HASH_KEY: &str = "nautilus.k3s-daas.io/applied-hash";
 
-/// Longest name of a Service (a DNS-1035 label).
-const MAX_SERVICE_NAME: usize = 63;
 /// Longest StatefulSet name whose pods' `controller-revision-hash` label still fits 63 characters.
 const MAX_STATEFULSET_NAME: usize = 52;
 /// Longest ConfigMap/Secret name we produce (they allow 253; keep them readable).
@@ -191,11 +189,7 @@ impl Names {
             .clone()
             .ok_or(DesiredError::Metadata("namespace"))?;
         let statefulset = bounded(&name, "-enclave", MAX_STATEFULSET_NAME);
-        let mut service = bounded(&name, "", MAX_SERVICE_NAME);
-        // Services are DNS-1035 labels: they must start with a letter.
-        if !service.starts_with(|c: char| c.is_ascii_lowercase()) {
-            service = bounded(&format!("nm-{name}"), "", MAX_SERVICE_NAME);
-        }
+        let service = render::service_name(&name);
         Ok(Self {
             boot_config_map: bounded(&name, "-boot", MAX_OBJECT_NAME),
             pod: format!("{statefulset}-0"),
@@ -207,22 +201,6 @@ impl Names {
             name,
         })
     }
-}
-
-/// `name + suffix`, or when longer than `max`, a prefix of `name`, `-`, 8 hex digits of the
-/// SHA-256 of `name`, then `suffix`. The result never ends the prefix on `-` or `.`.
-fn bounded(name: &str, suffix: &str, max: usize) -> String {
-    if name.len() + suffix.len() <= max {
-        return format!("{name}{suffix}");
-    }
-    let hash = &hex::encode(Sha256::digest(name.as_bytes()))[..8];
-    let keep = max.saturating_sub(suffix.len() + 1 + hash.len());
-    // Names are ASCII (DNS subdomains), so byte slicing is on character boundaries.
-    let prefix = name
-        .get(..keep.min(name.len()))
-        .unwrap_or_default()
-        .trim_end_matches(['-', '.']);
-    format!("{prefix}-{hash}{suffix}")
 }
 
 /// Labels every child carries. The first three also select the enclave pod.

@@ -618,6 +618,7 @@ impl FakeEnclave {
                 running: true,
                 last_exit: None,
             },
+            boot_refused: None,
         }
     }
 }

@@ -38,6 +38,13 @@ pub struct KindLabel {
     pub kind: String,
 }
 
+/// Label set of the rejected-request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why the request was refused (`malformed_head`, `head_too_large`).
+    pub reason: String,
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +54,7 @@ pub struct Metrics {
     duration: Histogram,
     verifications: Family<ResultLabel, Counter>,
     writes: Family<KindLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +72,7 @@ impl Metrics {
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let verifications = Family::<ResultLabel, Counter>::default();
         let writes = Family::<KindLabel, Counter>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -85,9 +94,15 @@ impl Metrics {
             "Writes the reconciler sent, by kind",
             writes.clone(),
         );
+        registry.register(
+            "rejected_requests",
+            "Requests to the metrics and health endpoint refused as malformed or oversized, by reason",
+            rejected.clone(),
+        );
         Self {
             registry,
             writes,
+            rejected,
             reconciles,
             failures,
             duration,
@@ -118,6 +133,15 @@ impl Metrics {
         self.writes
             .get_or_create(&KindLabel {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a request the admin endpoint refused.
+    pub fn request_rejected(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -93,7 +93,17 @@ pub fn observe(
         }
         EnclaveState::SidecarUp { started_ms } => {
             let info = bundle.map(|b| b.enclave.clone()).unwrap_or_default();
-            if info.running {
+            if let Some(reason) = bundle.and_then(|b| b.boot_refused.as_deref()) {
+                // Relayed by the host and unsigned: it can only keep the resource from being
+                // ready, which a host can do anyway.
+                out.push(Observation::new(
+                    types::ENCLAVE_RUNNING,
+                    Status::False,
+                    reasons::CONFIG_REFUSED,
+                    format!("the agent refused the boot configuration: {reason}"),
+                ));
+                (false, None)
+            } else if info.running {
                 let mut message = format!("enclave running ({} launcher", info.launcher);
                 if let Some(id) = &info.enclave_id {
                     message.push_str(&format!(", id {id}"));
@@ -347,6 +357,17 @@ mod tests {
             (Status::False, reasons::ENCLAVE_FAILED)
         );
         assert!(obs[0].message.contains("exit status: 1"));
+
+        // A refused configuration: the agent's reason, terminal until the spec changes.
+        bundle.enclave.running = true;
+        bundle.boot_refused = Some("invalid stake type \"0x2::coin::Coin<>\"".into());
+        let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
+        assert_eq!(
+            (obs[0].status, obs[0].reason),
+            (Status::False, reasons::CONFIG_REFUSED)
+        );
+        assert!(obs[0].message.contains("invalid stake type"), "{obs:?}");
+        assert!(nautilus_crds::conditions::TERMINAL_REASONS.contains(&obs[0].reason));
     }
 
     /// A Ready resource whose enclave keeps reporting the same health must observe the same

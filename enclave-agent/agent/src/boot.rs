@@ -97,6 +97,27 @@ pub enum BootError {
     Tls(String),
 }
 
+impl BootError {
+    /// Whether the configuration's values are what failed, so the same configuration would
+    /// fail again (the agent answers `BootRefused`); otherwise the failure is of this machine
+    /// or this moment (the NSM, a file, a port) and a later attempt may succeed.
+    pub fn refuses_config(&self) -> bool {
+        use crate::egress::EgressError;
+        use crate::stake::StakeError;
+        match self {
+            Self::Flags(_) | Self::K3s(K3sError::Flags(_)) => true,
+            Self::Auth(AuthError::Tiers(_) | AuthError::ZkLoginKey(_)) => true,
+            Self::Auth(AuthError::Stake(
+                StakeError::InvalidStakeType { .. } | StakeError::MissingAmountField(_),
+            )) => true,
+            Self::Auth(AuthError::Egress(EgressError::Url { .. })) => true,
+            // rcgen refuses a name the configuration asked the certificate to carry.
+            Self::Material(MaterialError::Certificate { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Everything a boot runs with that does not come from the BootConfig.
 #[derive(Debug, Clone)]
 pub struct BootOptions {

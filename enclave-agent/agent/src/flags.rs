@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nautilus_protocol::wire::{ControlPlaneConfig, EnclaveConfig};
+use nautilus_protocol::wire::{self, ControlPlaneConfig, EnclaveConfig};
 
 /// Why the boot configuration does not give valid component flags.
 #[derive(Debug, thiserror::Error)]
@@ -115,28 +115,8 @@ pub struct SpecFlags {
     pub controller_manager: Flags,
 }
 
-/// Go's cipher-suite names that the components accept (`crypto/tls` secure and insecure lists).
-const CIPHER_SUITES: &[&str] = &[
-    "TLS_AES_128_GCM_SHA256",
-    "TLS_AES_256_GCM_SHA384",
-    "TLS_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384",
-];
+/// Most names `tlsSANs` may add to the API server's certificate (the operator renders two).
+pub const MAX_TLS_SANS: usize = 16;
 
 /// klog verbosity for a log level.
 pub fn verbosity(level: &str) -> Result<u8, FlagsError> {
@@ -187,7 +167,7 @@ pub fn validate(config: &ControlPlaneConfig) -> Result<(), FlagsError> {
         return Err(FlagsError::TlsVersion(config.tls_min_version.clone()));
     }
     for suite in &config.cipher_suites {
-        if !CIPHER_SUITES.contains(&suite.as_str()) {
+        if !wire::CIPHER_SUITES.contains(&suite.as_str()) {
             return Err(FlagsError::CipherSuite(suite.clone()));
         }
     }
@@ -203,6 +183,16 @@ pub fn validate(config: &ControlPlaneConfig) -> Result<(), FlagsError> {
         ("dataDir", &config.data_dir),
     ] {
         check_flag_value(field, value)?;
+    }
+    if config.tls_sans.len() > MAX_TLS_SANS {
+        return Err(FlagsError::Value {
+            field: "tlsSANs",
+            value: format!("{} names", config.tls_sans.len()),
+            reason: "too many names",
+        });
+    }
+    for name in &config.tls_sans {
+        check_flag_value("tlsSANs", name)?;
     }
     Ok(())
 }

@@ -68,6 +68,11 @@ pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String,
     put("service-cidr", Value::String(cp.service_cidr.clone()));
     put("cluster-dns", Value::String(cp.cluster_dns.clone()));
     put("data-dir", Value::String(cp.data_dir.clone()));
+    // K3s issues its serving certificate itself (from the agent's server CA): the host
+    // Service's names must be in it too, as in the `kubernetes` distribution's.
+    if !cp.tls_sans.is_empty() {
+        put("tls-san", seq(cp.tls_sans.iter().cloned()));
+    }
     put("secrets-encryption", Value::Bool(cp.encrypt_secrets));
     put("debug", Value::Bool(cp.log_level == "debug"));
     put("disable-agent", Value::Bool(true));
@@ -367,6 +372,10 @@ pub(crate) mod tests {
                 ],
                 log_level: "info".into(),
                 log_format: "json".into(),
+                tls_sans: vec![
+                    "demo.default.svc".into(),
+                    "demo.default.svc.cluster.local".into(),
+                ],
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://fullnode.testnet.sui.io:443".into(),
@@ -431,6 +440,9 @@ kube-scheduler-arg:
 - logging-format=json
 secrets-encryption: true
 service-cidr: '10.43.0.0/16'
+tls-san:
+- demo.default.svc
+- demo.default.svc.cluster.local
 ";
 
     fn kubeconfig() -> PathBuf {
@@ -493,6 +505,7 @@ service-cidr: '10.43.0.0/16'
             cipher_suites,
             log_level: _,
             log_format,
+            tls_sans,
         } = &config.control_plane;
         assert_eq!(yaml["bind-address"].as_str(), Some(bind_address.as_str()));
         assert_eq!(
@@ -504,6 +517,16 @@ service-cidr: '10.43.0.0/16'
         assert_eq!(yaml["cluster-dns"].as_str(), Some(cluster_dns.as_str()));
         assert_eq!(yaml["data-dir"].as_str(), Some(data_dir.as_str()));
         assert_eq!(yaml["secrets-encryption"].as_bool(), Some(*encrypt_secrets));
+        let sans: Vec<&str> = yaml["tls-san"]
+            .as_sequence()
+            .expect("tls-san")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(
+            sans, *tls_sans,
+            "K3s issues its certificate for the Service's names"
+        );
         for component in [
             "kube-apiserver-arg",
             "kube-scheduler-arg",
@@ -528,7 +551,7 @@ service-cidr: '10.43.0.0/16'
     #[test]
     fn invalid_values_are_errors() {
         type Mutate = fn(&mut ControlPlaneConfig);
-        let cases: [(Mutate, &str); 7] = [
+        let cases: [(Mutate, &str); 8] = [
             (|c| c.tls_min_version = "TLS1.2".into(), "tls min version"),
             (
                 |c| c.tls_min_version = "VersionTLS10".into(),
@@ -542,6 +565,7 @@ service-cidr: '10.43.0.0/16'
             (|c| c.log_format = "xml".into(), "log format"),
             (|c| c.data_dir = "/var/lib/k3s data".into(), "dataDir"),
             (|c| c.cluster_cidr = String::new(), "clusterCIDR"),
+            (|c| c.tls_sans = vec!["a b.svc".into()], "tlsSANs"),
         ];
         for (mutate, needle) in cases {
             let mut config = mk_config();

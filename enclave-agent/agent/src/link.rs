@@ -11,7 +11,9 @@
 //!
 //! The agent boots once per process. A later connection (the sidecar restarted) must send the
 //! same configuration; it gets the latest attestation (re-attested if its nonce differs) and the
-//! reports that follow. Another configuration is refused and logged. Any frame error — wrong
+//! reports that follow. Another configuration is refused and logged. A configuration whose
+//! values cannot boot (`BootError::refuses_config`) is answered with `BootRefused` and the
+//! reason before the connection closes; the next BootConfig may boot afresh. Any frame error — wrong
 //! version, unknown kind, oversized, malformed or unknown-field JSON, a message out of place —
 //! closes that connection with a logged reason; the agent keeps serving the next one.
 //!
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use nautilus_protocol::bounded::{BoundedListener, Conn, Limits, Unobserved};
 use nautilus_protocol::transport::{self, Endpoint, Listener, TransportError};
-use nautilus_protocol::wire::{self, BootConfig, Message, WireError};
+use nautilus_protocol::wire::{self, BootConfig, BootRefused, Message, WireError};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Instrument as _, info, info_span, warn};
 
@@ -177,7 +179,18 @@ impl Agent {
                 .into());
             }
         };
-        let booted = self.boot_or_join(&boot).await?;
+        let booted = match self.boot_or_join(&boot).await {
+            Ok(booted) => booted,
+            Err(LinkError::Boot(e)) if e.refuses_config() => {
+                // Say why before closing, so the operator can put it in the status; the same
+                // configuration would be refused again, and the sidecar does not resend it.
+                let refused = BootRefused::new(&boot.config, &error_chain(&e));
+                warn!(digest = %refused.config_digest, reason = %refused.reason, "boot configuration refused");
+                wire::write_message(&mut writer, &Message::BootRefused(refused)).await?;
+                return Err(LinkError::Boot(e));
+            }
+            Err(e) => return Err(e),
+        };
 
         // Reads run in their own task: a frame half-read must not be dropped by a select.
         let (incoming_tx, mut incoming) = mpsc::channel::<Result<Message, WireError>>(4);

@@ -297,12 +297,19 @@ pub fn api_server_names(bind_address: &str) -> Vec<String> {
 }
 
 /// Every name in the API server's serving certificate for `config`: [`api_server_names`] of
-/// the bind address and the `kubernetes` Service's cluster IP ([`kubernetes_service_ip`]).
+/// the bind address, the `kubernetes` Service's cluster IP ([`kubernetes_service_ip`]) and the
+/// configuration's `tlsSANs` (the host Service's names, which the operator's published endpoint
+/// uses). All of them come from the measured configuration, so the host cannot add a name.
 /// Public so that the boot-configuration fuzz target issues exactly these.
 pub fn api_server_sans(config: &ControlPlaneConfig) -> Vec<String> {
     let mut names = api_server_names(&config.bind_address);
     if let Some(ip) = kubernetes_service_ip(&config.service_cidr) {
         names.push(ip.to_string());
+    }
+    for name in &config.tls_sans {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
     }
     names
 }
@@ -474,6 +481,42 @@ mod tests {
         assert!(!names.iter().any(|x| x == "0.0.0.0"));
         let names = api_server_names("127.0.0.1");
         assert_eq!(names.iter().filter(|x| *x == "127.0.0.1").count(), 1);
+    }
+
+    /// The published endpoint's host passes a client's hostname check (what kubectl and
+    /// `nautilusctl verify` do against `status.endpoint`), and a name the configuration does
+    /// not carry does not.
+    #[test]
+    fn the_api_server_certificate_names_the_services_endpoint() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let config = crate::k3s::tests::mk_config();
+        let material = BootMaterial::generate(&config).expect("material");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(material.serving_ca.cert_der.clone()))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::client::provider(),
+        )
+        .build()
+        .expect("verifier");
+        let leaf = CertificateDer::from(material.api_server.cert_der.clone());
+        let check = |host: &str| {
+            verifier.verify_server_cert(
+                &leaf,
+                &[],
+                &ServerName::try_from(host.to_owned()).expect("name"),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        for host in &config.control_plane.tls_sans {
+            check(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        check("127.0.0.1").expect("loopback");
+        assert!(check("other.default.svc").is_err(), "an unlisted name");
     }
 
     #[test]

@@ -386,9 +386,7 @@ async fn serve_connection<R: ReadStake>(
         .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
         .await;
     if let Err(e) = result {
-        if e.is_timeout() {
-            client.tag().timed_out(Phase::Header, client.peer());
-        }
+        client.http_failed(&e);
         debug!(peer = %client.peer(), error = %e, "webhook connection ended with an error");
     }
 }

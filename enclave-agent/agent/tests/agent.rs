@@ -288,13 +288,33 @@ async fn bad_frames_close_the_connection_and_the_agent_serves_the_next() {
     // A boot configuration that parses but cannot boot (an invalid TLS version), and nonces
     // outside 1..=512 bytes (which this crate's writer refuses to send, so they go raw). The
     // connection closes and nothing stays booted.
+    // The agent says why before it closes (BootRefused), so the operator can show it.
     let mut bad_tls = boot.clone();
     bad_tls.config.control_plane.tls_min_version = "VersionTLS10".into();
-    let mut link = agent.connect().await;
-    wire::write_message(&mut link, &Message::BootConfig(Box::new(bad_tls)))
-        .await
-        .expect("write");
-    assert_closed(&mut link, "tls version").await;
+    let mut bad_stake = boot.clone();
+    bad_stake.config.auth.stake_type = "0x2::coin::Coin<not a type>".into();
+    bad_stake.config.auth.stake_amount_field = Some("value".into());
+    for (what, bad, needle) in [
+        ("tls version", bad_tls, "VersionTLS10"),
+        ("stake type", bad_stake, "invalid stake type"),
+    ] {
+        let mut link = agent.connect().await;
+        wire::write_message(&mut link, &Message::BootConfig(Box::new(bad.clone())))
+            .await
+            .expect("write");
+        match tokio::time::timeout(WAIT, wire::read_message(&mut link)).await {
+            Ok(Ok(Message::BootRefused(refused))) => {
+                assert_eq!(refused.config_digest, bad.config.digest_hex(), "{what}");
+                assert!(
+                    refused.reason.contains(needle),
+                    "{what}: {}",
+                    refused.reason
+                );
+            }
+            other => panic!("{what}: expected BootRefused, got {other:?}"),
+        }
+        assert_closed(&mut link, what).await;
+    }
     for (what, nonce) in [
         ("big nonce", "Bw".repeat(400)),
         ("empty nonce", String::new()),

@@ -123,6 +123,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                 // main packages omit component-base's json log registration) refuse
                 // --logging-format=json; upstream's support it.
                 log_format: "text".into(),
+                tls_sans: Vec::new(),
             },
             auth: AuthConfig {
                 sui_rpc_url: format!("https://localhost:{}", node.port()),

@@ -53,6 +53,7 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
             // packages omit component-base's json log registration) refuse
             // --logging-format=json; upstream's support it.
             log_format: "text".into(),
+            tls_sans: Vec::new(),
         },
         auth: AuthConfig {
             sui_rpc_url: sui_rpc_url.into(),

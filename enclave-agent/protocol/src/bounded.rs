@@ -110,6 +110,9 @@ pub enum Event {
     Refused,
     /// A connection was cut by a timeout.
     TimedOut(Phase),
+    /// A request was refused as malformed or oversized; the reason is a short snake_case
+    /// label ([`http_refusal`], [`BodyError::reason`], or the listener's own).
+    Rejected(&'static str),
 }
 
 /// Receives listener events, for metrics. Logging is done here already.
@@ -182,6 +185,15 @@ impl Tag {
     /// The listener's name.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// A request from `peer` was refused for `reason` (garbage, oversized): count it, and log
+    /// it (rate-limited). Listeners without metrics (the agent's) report through this log.
+    pub fn rejected(&self, reason: &'static str, peer: &str) {
+        self.observer.observe(self.name, Event::Rejected(reason));
+        if let Some(suppressed) = self.log.check() {
+            info!(listener = self.name, %peer, reason, suppressed, "request refused");
+        }
     }
 
     /// A connection from `peer` was cut in `phase`: count it, and log it (rate-limited).
@@ -468,15 +480,29 @@ impl Client {
         &self.tag
     }
 
-    /// [`read_body`] within the listener's body timeout; a timeout is reported.
+    /// Report how an HTTP/1 connection served with hyper ended with `error`: a head that did
+    /// not arrive in time is a header timeout, a head hyper refused ([`http_refusal`]: it has
+    /// answered 400 or 431) a rejected request; anything else is the peer's doing.
+    pub fn http_failed(&self, error: &hyper::Error) {
+        if error.is_timeout() {
+            self.tag.timed_out(Phase::Header, &self.peer);
+        } else if let Some(reason) = http_refusal(error) {
+            self.tag.rejected(reason, &self.peer);
+        }
+    }
+
+    /// [`read_body`] within the listener's body timeout; a timeout is reported, and so is a
+    /// body refused as too large or unreadable.
     pub async fn read_body<B>(&self, body: B, limit: usize) -> Result<Vec<u8>, BodyError>
     where
         B: http_body::Body + Unpin,
         B::Error: fmt::Display,
     {
         let read = read_body(body, limit, self.body_timeout).await;
-        if let Err(BodyError::TimedOut(_)) = read {
-            self.tag.timed_out(Phase::Body, &self.peer);
+        match &read {
+            Err(BodyError::TimedOut(_)) => self.tag.timed_out(Phase::Body, &self.peer),
+            Err(e) => self.tag.rejected(e.reason(), &self.peer),
+            Ok(_) => {}
         }
         read
     }
@@ -501,6 +527,15 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// A metric label: `body_too_large`, `body_timeout` or `body_unreadable`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "body_too_large",
+            Self::TimedOut(_) => "body_timeout",
+            Self::Read(_) => "body_unreadable",
+        }
+    }
+
     /// The HTTP status that answers it: 413, 408 or 400. The rest of the body is not read,
     /// so the answer should also close the connection.
     pub fn status(&self) -> u16 {
@@ -509,6 +544,20 @@ impl BodyError {
             Self::TimedOut(_) => 408,
             Self::Read(_) => 400,
         }
+    }
+}
+
+/// The refusal an HTTP/1 server connection ended with, as a metric label, or `None` when it
+/// ended for another reason (the peer left, a timeout: counted as such). hyper answers a
+/// request head it cannot parse with 400 and one over its buffer with 431 before it returns
+/// these, so the client has its answer; this names it for the counter.
+pub fn http_refusal(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_parse_too_large() {
+        Some("head_too_large")
+    } else if error.is_parse() {
+        Some("malformed_head")
+    } else {
+        None
     }
 }
 

@@ -31,7 +31,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use nautilus_protocol::bounded::{Client, Conn, Phase};
+use nautilus_protocol::bounded::{Client, Conn};
 use nautilus_protocol::wire::{
     AttestationEvidence, ChallengeAnswer, ChallengeRequest, ChallengeResponse, EnclaveConfig,
 };
@@ -237,9 +237,7 @@ pub async fn serve_plain(
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(e) = result {
-        if e.is_timeout() {
-            client.tag().timed_out(Phase::Header, client.peer());
-        }
+        client.http_failed(&e);
         debug!(peer = %client.peer(), error = %e, "plain http on the api port ended with an error");
     }
 }

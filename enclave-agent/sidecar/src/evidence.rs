@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::bounded::LogLimit;
 use nautilus_protocol::wire::{
-    AttestationEvidence, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
+    AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
     ReportVerifier, SignedReport, check_nonce,
 };
 use tokio::sync::mpsc;
@@ -74,6 +74,7 @@ struct State {
     verdict: Option<Result<Report, String>>,
     link_up: bool,
     enclave: EnclaveInfo,
+    boot_refused: Option<String>,
 }
 
 /// Evidence shared by the link (which writes it) and the HTTP API (which reads it).
@@ -112,6 +113,7 @@ impl Evidence {
                 verdict: None,
                 link_up: false,
                 enclave: EnclaveInfo::default(),
+                boot_refused: None,
             }),
         };
         (evidence, rx)
@@ -150,6 +152,17 @@ impl Evidence {
     /// The launcher's view of the enclave.
     pub fn enclave(&self) -> EnclaveInfo {
         self.lock().enclave.clone()
+    }
+
+    /// Record that the boot configuration was refused, and why. A refusal of another
+    /// configuration than this sidecar's is not ours and is logged only.
+    pub fn on_boot_refused(&self, refused: BootRefused) {
+        if refused.config_digest != self.boot_config_digest {
+            tracing::warn!(digest = %refused.config_digest, "a refusal of another configuration; ignored");
+            return;
+        }
+        tracing::warn!(reason = %refused.reason, "the agent refused the boot configuration");
+        self.lock().boot_refused = Some(refused.reason);
     }
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
@@ -250,6 +263,9 @@ impl Evidence {
     /// says every component is healthy; otherwise a one-line reason.
     pub fn readiness(&self, now_ms: u64) -> Result<(), String> {
         let state = self.lock();
+        if let Some(reason) = &state.boot_refused {
+            return Err(format!("boot configuration refused: {}", one_line(reason)));
+        }
         if !state.enclave.running {
             return Err(match &state.enclave.last_exit {
                 Some(exit) => format!("enclave is not running ({exit})"),
@@ -293,6 +309,7 @@ impl Evidence {
             attestation: state.attestation.clone(),
             report: state.report.clone(),
             enclave: state.enclave.clone(),
+            boot_refused: state.boot_refused.clone(),
         }
     }
 }

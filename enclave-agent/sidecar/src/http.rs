@@ -24,7 +24,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use nautilus_protocol::bounded::{BoundedListener, Client, Phase};
+use nautilus_protocol::bounded::{BoundedListener, Client};
 use serde::Deserialize;
 use tracing::{debug, info};
 
@@ -88,8 +88,10 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
             return Err(response);
         }
     };
-    serde_json::from_slice(&body)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        client.tag().rejected("malformed_body", client.peer());
+        text(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}"))
+    })
 }
 
 async fn attest(
@@ -178,9 +180,7 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(conn), service)
                 .await;
             if let Err(e) = result {
-                if e.is_timeout() {
-                    client.tag().timed_out(Phase::Header, client.peer());
-                }
+                client.http_failed(&e);
                 debug!(peer = %client.peer(), error = %e, "http connection ended with an error");
             }
         });

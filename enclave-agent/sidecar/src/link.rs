@@ -8,7 +8,9 @@
 //! go back to the request that asked, not into [`Evidence`]). Any frame error (malformed, oversized, wrong
 //! version, unexpected kind, a frame not complete within the frame timeout) or a closed stream
 //! drops the connection with a logged reason and
-//! a metric, and the link dials again. If no connection succeeds before the startup deadline
+//! a metric, and the link dials again, except after a [`BootRefused`]: the agent would refuse
+//! the same configuration again, so the link keeps the reason in [`Evidence`] (for `/report`
+//! and `/readyz`) and dials no more. If no connection succeeds before the startup deadline
 //! the link gives up: the enclave did not come up.
 //!
 //! [`AttestationEvidence`]: nautilus_protocol::wire::AttestationEvidence
@@ -19,7 +21,8 @@ use std::time::Duration;
 
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
-    BootConfig, Challenge, Message, NonceRefresh, WireError, read_message_within, write_message,
+    BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh, WireError,
+    read_message_within, write_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -133,6 +136,15 @@ pub async fn run(
                 }
                 match end {
                     SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Refused => {
+                        evidence.metrics().drop_link("boot_refused");
+                        warn!(endpoint = %config.endpoint, "boot configuration refused; not offering it again");
+                        // The same configuration would be refused again: wait for shutdown (a
+                        // new configuration comes with a new sidecar). Nonces asked for
+                        // meanwhile are refused already, with no link up.
+                        while nonces.recv().await.is_some() {}
+                        return Ok(());
+                    }
                     SessionEnd::Wire(err) => {
                         let reason = drop_reason(&err);
                         evidence.metrics().drop_link(reason);
@@ -161,6 +173,8 @@ pub async fn run(
 
 enum SessionEnd {
     Shutdown,
+    /// The boot configuration was refused (by the agent, or too large to send).
+    Refused,
     Wire(WireError),
 }
 
@@ -183,13 +197,22 @@ async fn session(
     let frame_timeout = config.frame_timeout;
     let boot_config = &mut config.boot_config;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    if let Err(err) = write_message(
+    match write_message(
         &mut writer,
         &Message::BootConfig(Box::new(boot_config.clone())),
     )
     .await
     {
-        return SessionEnd::Wire(err);
+        Ok(()) => {}
+        Err(WireError::TooLarge { len }) => {
+            // No agent could read it: a refusal as certain as the agent's own.
+            let reason = format!(
+                "the boot configuration is {len} bytes as a frame, over the limit of {MAX_FRAME_BODY}"
+            );
+            evidence.on_boot_refused(BootRefused::new(&boot_config.config, &reason));
+            return SessionEnd::Refused;
+        }
+        Err(err) => return SessionEnd::Wire(err),
     }
     // read_message is not cancel-safe, so it runs in its own task and hands over whole
     // messages through a channel, which is.
@@ -211,10 +234,14 @@ async fn session(
                 Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
                 Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
                 Some(Ok(Message::ChallengeAnswer(answer))) => challenges.answered(answer),
+                Some(Ok(Message::BootRefused(refused))) => {
+                    evidence.on_boot_refused(refused);
+                    return SessionEnd::Refused;
+                }
                 Some(Ok(other)) => {
                     return SessionEnd::Wire(WireError::Unexpected {
                         found: other.kind(),
-                        expected: "Attestation, Report or ChallengeAnswer",
+                        expected: "Attestation, Report, ChallengeAnswer or BootRefused",
                     });
                 }
                 Some(Err(err)) => return SessionEnd::Wire(err),

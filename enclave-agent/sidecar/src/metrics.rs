@@ -46,6 +46,15 @@ pub struct TimeoutLabels {
     pub phase: String,
 }
 
+/// Label set naming a listener and why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// `http`, `api` or `egress`.
+    pub listener: String,
+    /// A short snake_case reason (`malformed_head`, `head_too_large`, `body_too_large`, ...).
+    pub reason: String,
+}
+
 /// Every metric the sidecar keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -74,6 +83,8 @@ pub struct Metrics {
     pub listener_refused: Family<ListenerLabels, Counter>,
     /// Connections cut by a timeout, by listener and phase.
     pub listener_timeouts: Family<TimeoutLabels, Counter>,
+    /// Requests refused as malformed or oversized, by listener and reason.
+    pub rejected_requests: Family<RejectedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,6 +109,7 @@ impl Metrics {
         let listener_connections = Family::<ListenerLabels, Gauge>::default();
         let listener_refused = Family::<ListenerLabels, Counter>::default();
         let listener_timeouts = Family::<TimeoutLabels, Counter>::default();
+        let rejected_requests = Family::<RejectedLabels, Counter>::default();
         registry.register(
             "reports_received",
             "Signed reports relayed by the agent",
@@ -154,6 +166,11 @@ impl Metrics {
             "Connections cut by a timeout, by listener and phase",
             listener_timeouts.clone(),
         );
+        registry.register(
+            "rejected_requests",
+            "Requests refused as malformed or oversized, by listener and reason",
+            rejected_requests.clone(),
+        );
         Self {
             registry,
             reports_received,
@@ -168,6 +185,7 @@ impl Metrics {
             listener_connections,
             listener_refused,
             listener_timeouts,
+            rejected_requests,
         }
     }
 
@@ -189,10 +207,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Count a refused egress request.
+    /// Count a refused egress request (also in `rejected_requests{listener="egress"}`, the
+    /// counter every listener shares).
     pub fn refuse_egress(&self, reason: &str) {
         self.egress_refused
             .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.reject_request("egress", reason);
+    }
+
+    /// Count a request `listener` refused for `reason`.
+    pub fn reject_request(&self, listener: &str, reason: &str) {
+        self.rejected_requests
+            .get_or_create(&RejectedLabels {
+                listener: listener.to_owned(),
                 reason: reason.to_owned(),
             })
             .inc();
@@ -243,6 +273,7 @@ impl Observer for Metrics {
             Event::Refused => {
                 self.listener_refused.get_or_create(&labels).inc();
             }
+            Event::Rejected(reason) => self.reject_request(listener, reason),
             Event::TimedOut(phase) => {
                 self.listener_timeouts
                     .get_or_create(&TimeoutLabels {

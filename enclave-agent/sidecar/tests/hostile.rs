@@ -436,3 +436,105 @@ async fn a_flood_of_rejected_reports_is_counted_but_logged_once() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+/// Send `bytes` on a new connection and return what the server sent before it closed (within
+/// `SLACK` plus the client timeout: a refusal never hangs).
+async fn refused(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before it read everything.
+    let _ = stream.write_all(bytes).await;
+    let got = closed_by_server(&mut stream, Duration::from_secs(1) + SLACK).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_requests_are_refused_and_counted_on_every_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = echo_server().await;
+    let running = start(
+        dir.path(),
+        &echo.to_string(),
+        &["--client-timeout-seconds", "1"],
+    )
+    .await;
+    let http = running.http_addr();
+    let api = running.api_addr().expect("tcp api listener");
+    let egress = match running.egress_endpoint() {
+        Endpoint::Tcp(addr) => addr.parse::<std::net::SocketAddr>().expect("addr"),
+        other => panic!("not tcp: {other}"),
+    };
+    let pad = "a".repeat(64 * 1024);
+    let huge_head = |line: &str| format!("{line}\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+    let big_body = format!(
+        "POST /attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+        1024 * 1024
+    );
+    let bad_json = "POST /attest HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nnot json!";
+
+    // HTTP API: hyper answers an unparsable head 400 and an oversized one 431; the body
+    // reader answers 413 before reading an announced body over 4 KiB; bad JSON is 400.
+    for (what, bytes, status) in [
+        (
+            "garbage",
+            b"\x16\x03\x01\x00\xff garbage\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "huge head",
+            huge_head("GET /healthz HTTP/1.1").into_bytes(),
+            "431",
+        ),
+        ("huge body", big_body.clone().into_bytes(), "413"),
+        ("bad json", bad_json.as_bytes().to_vec(), "400"),
+    ] {
+        let answer = refused(http, &bytes).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "http {what}: {answer}"
+        );
+    }
+    // The API port's challenge route: the same body limit. Other bytes are the enclave's
+    // to judge (TLS ends there): they are relayed, not parsed.
+    let big_challenge = big_body.replace("POST /attest", "POST /challenge");
+    let answer = refused(api, big_challenge.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "api challenge: {answer}"
+    );
+    // Egress proxy: 400 for garbage, 431 for a head over 8 KiB.
+    for (what, bytes, status) in [
+        ("garbage", b"\x00\x01\x02garbage\r\n\r\n".to_vec(), "400"),
+        (
+            "huge head",
+            huge_head("CONNECT localhost:1 HTTP/1.1").into_bytes(),
+            "431",
+        ),
+    ] {
+        let answer = refused(egress, &bytes).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "egress {what}: {answer}"
+        );
+    }
+
+    let metrics = get(http, "/metrics").await.1;
+    assert_series(
+        &metrics,
+        "nautilus_sidecar_rejected_requests_total",
+        &[
+            ("listener=\"http\",reason=\"malformed_head\"", 1),
+            ("listener=\"http\",reason=\"head_too_large\"", 1),
+            ("listener=\"http\",reason=\"body_too_large\"", 1),
+            ("listener=\"http\",reason=\"malformed_body\"", 1),
+            ("listener=\"api\",reason=\"body_too_large\"", 1),
+        ],
+    );
+    let egress_rejected: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("nautilus_sidecar_rejected_requests_total{listener=\"egress\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(egress_rejected, 2, "{metrics}");
+    // Still serving.
+    assert_eq!(get(http, "/healthz").await.0, 200);
+}

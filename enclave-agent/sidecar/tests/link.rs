@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::*;
 use nautilus_protocol::attestation::decode_unverified;
-use nautilus_protocol::wire::{Component, EvidenceBundle, Message, ReportSigner};
+use nautilus_protocol::wire::{BootRefused, Component, EvidenceBundle, Message, ReportSigner};
 use nautilus_sidecar::SidecarError;
 
 fn rejected(metrics: &str, reason: &str) -> u64 {
@@ -344,4 +344,51 @@ async fn sigterm_stops_the_agent_process_and_exits_zero() {
         (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_refused_boot_configuration_is_served_and_not_offered_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (running, agent) = sidecar(dir.path(), 1, &[]).await;
+    let mut conn = agent.accept().await;
+    conn.send(Message::BootRefused(BootRefused::new(
+        &agent.boot.config,
+        "control-plane flags: invalid tls cipher suite \"TLS_FAKE\"",
+    )))
+    .await;
+    conn.expect_closed().await;
+
+    let body = readyz_becomes(&running, 503).await;
+    assert!(body.contains("boot configuration refused"), "{body}");
+    assert!(body.contains("TLS_FAKE"), "{body}");
+    let (status, report) = get(running.http_addr(), "/report").await;
+    assert_eq!(status, 200);
+    let bundle: EvidenceBundle = serde_json::from_str(&report).expect("bundle");
+    assert!(
+        bundle
+            .boot_refused
+            .as_deref()
+            .is_some_and(|r| r.contains("TLS_FAKE")),
+        "{report}"
+    );
+    let metrics = get(running.http_addr(), "/metrics").await.1;
+    assert_series(
+        &metrics,
+        "nautilus_sidecar_link_drops_total",
+        &[("reason=\"boot_refused\"", 1)],
+    );
+
+    // The same configuration would be refused again: the link does not dial back (its backoff
+    // would have brought it back within 0.2 s).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), agent.listener_accept())
+            .await
+            .is_err(),
+        "the sidecar offered the refused configuration again"
+    );
+    assert_eq!(
+        get(running.http_addr(), "/healthz").await.0,
+        200,
+        "still up"
+    );
 }

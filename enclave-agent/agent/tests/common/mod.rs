@@ -167,6 +167,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                 cipher_suites: vec![],
                 log_level: "info".into(),
                 log_format: "text".into(),
+                tls_sans: Vec::new(),
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://127.0.0.1:1".into(),

@@ -1,6 +1,6 @@
 //! What the agent is told to run: the boot configuration and the nonce.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// Largest nonce: the NSM refuses more than 512 bytes.
@@ -57,6 +57,55 @@ pub struct BootConfig {
     /// The operator's challenge for the first attestation document (1 to 512 bytes).
     #[serde(with = "nonce_b64")]
     pub nonce: Vec<u8>,
+}
+
+/// Longest [`BootRefused::reason`], in bytes.
+pub const MAX_REFUSAL_BYTES: usize = 1024;
+
+/// The agent's answer to a [`BootConfig`] whose values it refuses (a cipher suite it does not
+/// know, a stake type that does not parse, ...): it will refuse the same configuration again,
+/// so the sidecar does not offer it again, and the operator says why in the resource's status.
+///
+/// Unsigned: before a boot there is no report key. It is therefore a claim the host relays and
+/// could forge, which gains a host nothing it could not do already (withhold the boot); a
+/// refusal never makes anything verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootRefused {
+    /// Hex digest of the refused configuration.
+    pub config_digest: String,
+    /// Why, one line of at most [`MAX_REFUSAL_BYTES`] bytes.
+    #[serde(deserialize_with = "refusal_reason")]
+    pub reason: String,
+}
+
+impl BootRefused {
+    /// A refusal of `config` for `reason`, made one line and cut to [`MAX_REFUSAL_BYTES`] at a
+    /// character boundary.
+    pub fn new(config: &EnclaveConfig, reason: &str) -> Self {
+        let mut line = String::with_capacity(reason.len().min(MAX_REFUSAL_BYTES));
+        for c in reason.chars() {
+            let c = if c.is_control() { ' ' } else { c };
+            if line.len() + c.len_utf8() > MAX_REFUSAL_BYTES {
+                break;
+            }
+            line.push(c);
+        }
+        Self {
+            config_digest: config.digest_hex(),
+            reason: line,
+        }
+    }
+}
+
+fn refusal_reason<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let reason = String::deserialize(deserializer)?;
+    if reason.len() > MAX_REFUSAL_BYTES || reason.chars().any(char::is_control) {
+        return Err(serde::de::Error::custom(format!(
+            "a refusal reason is one line of at most {MAX_REFUSAL_BYTES} bytes"
+        )));
+    }
+    Ok(reason)
 }
 
 /// A request for a new attestation document carrying a fresh nonce.
@@ -122,7 +171,38 @@ pub struct ControlPlaneConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// DNS names the API server's certificate carries besides its own (bind address,
+    /// loopback, the `kubernetes` Service): the host Service's names that the published
+    /// endpoint uses. Measured, so the host cannot add a name. Absent from the canonical JSON
+    /// when empty, so configurations without it keep their digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "tlsSANs")]
+    pub tls_sans: Vec<String>,
 }
+
+/// Go's cipher-suite names that the control-plane components accept (`crypto/tls` secure and
+/// insecure lists): the agent refuses any other, and the CRD's pattern for `cipherSuites` names
+/// exactly these (a test in `nautilus-crds` compares them).
+pub const CIPHER_SUITES: &[&str] = &[
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+];
 
 /// The distribution a configuration without `distribution` runs.
 pub const DEFAULT_DISTRIBUTION: &str = "k3s";
@@ -233,10 +313,10 @@ impl EnclaveConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const BEFORE_DISTRIBUTION: &str = r#"{"cluster":"ns/x","controlPlane":{"bindAddress":"127.0.0.1","httpsPort":6443,"clusterCIDR":"10.42.0.0/16","serviceCIDR":"10.43.0.0/16","clusterDNS":"10.43.0.10","dataDir":"/var/lib/rancher/k3s","encryptSecrets":true,"tlsMinVersion":"VersionTLS12","cipherSuites":[],"logLevel":"info","logFormat":"text"},"auth":{"suiRpcURL":"https://fullnode.testnet.sui.io:443","chainID":null,"stakeType":"0x3::staking_pool::StakedSui","stakeAmountField":null,"audience":"ns/x","maxTokenLifetimeSeconds":3600,"stakeCacheTTLSeconds":60,"tiers":[]},"health":{"probeIntervalSeconds":10,"startupTimeoutSeconds":300}}"#;
+    pub(in crate::wire) const BEFORE_DISTRIBUTION: &str = r#"{"cluster":"ns/x","controlPlane":{"bindAddress":"127.0.0.1","httpsPort":6443,"clusterCIDR":"10.42.0.0/16","serviceCIDR":"10.43.0.0/16","clusterDNS":"10.43.0.10","dataDir":"/var/lib/rancher/k3s","encryptSecrets":true,"tlsMinVersion":"VersionTLS12","cipherSuites":[],"logLevel":"info","logFormat":"text"},"auth":{"suiRpcURL":"https://fullnode.testnet.sui.io:443","chainID":null,"stakeType":"0x3::staking_pool::StakedSui","stakeAmountField":null,"audience":"ns/x","maxTokenLifetimeSeconds":3600,"stakeCacheTTLSeconds":60,"tiers":[]},"health":{"probeIntervalSeconds":10,"startupTimeoutSeconds":300}}"#;
 
     #[test]
     fn k3s_is_the_default_and_keeps_the_digest_of_configs_without_the_field() {

@@ -70,4 +70,8 @@ pub struct EvidenceBundle {
     pub report: Option<SignedReport>,
     /// The launcher's view of the enclave.
     pub enclave: EnclaveInfo,
+    /// Why the boot configuration was refused ([`super::BootRefused`]), if it was: the agent
+    /// will refuse it again. Unsigned, as relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_refused: Option<String>,
 }

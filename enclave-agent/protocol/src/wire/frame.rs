@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::challenge::{Challenge, ChallengeAnswer};
-use super::config::{BootConfig, NonceRefresh};
+use super::config::{BootConfig, BootRefused, NonceRefresh};
 use super::evidence::AttestationEvidence;
 use super::report::SignedReport;
 
@@ -87,6 +87,8 @@ pub enum MessageKind {
     Challenge = 5,
     /// [`ChallengeAnswer`].
     ChallengeAnswer = 6,
+    /// [`BootRefused`].
+    BootRefused = 7,
 }
 
 impl MessageKind {
@@ -98,6 +100,7 @@ impl MessageKind {
             4 => Self::NonceRefresh,
             5 => Self::Challenge,
             6 => Self::ChallengeAnswer,
+            7 => Self::BootRefused,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -112,6 +115,7 @@ impl std::fmt::Display for MessageKind {
             Self::NonceRefresh => "NonceRefresh",
             Self::Challenge => "Challenge",
             Self::ChallengeAnswer => "ChallengeAnswer",
+            Self::BootRefused => "BootRefused",
         })
     }
 }
@@ -131,6 +135,8 @@ pub enum Message {
     Challenge(Challenge),
     /// Agent → sidecar: the document answering one [`Challenge`].
     ChallengeAnswer(ChallengeAnswer),
+    /// Agent → sidecar: the configuration is refused; the agent will refuse it again.
+    BootRefused(BootRefused),
 }
 
 impl Message {
@@ -143,6 +149,7 @@ impl Message {
             Self::NonceRefresh(_) => MessageKind::NonceRefresh,
             Self::Challenge(_) => MessageKind::Challenge,
             Self::ChallengeAnswer(_) => MessageKind::ChallengeAnswer,
+            Self::BootRefused(_) => MessageKind::BootRefused,
         }
     }
 
@@ -161,6 +168,7 @@ impl Message {
             Self::NonceRefresh(m) => json(kind, m),
             Self::Challenge(m) => json(kind, m),
             Self::ChallengeAnswer(m) => json(kind, m),
+            Self::BootRefused(m) => json(kind, m),
         }
     }
 
@@ -178,6 +186,7 @@ impl Message {
             MessageKind::NonceRefresh => Self::NonceRefresh(json(kind, body)?),
             MessageKind::Challenge => Self::Challenge(json(kind, body)?),
             MessageKind::ChallengeAnswer => Self::ChallengeAnswer(json(kind, body)?),
+            MessageKind::BootRefused => Self::BootRefused(json(kind, body)?),
         })
     }
 }
@@ -308,6 +317,47 @@ mod tests {
             .expect("write");
         assert_eq!(&buf[..4], &[0, 1, 4, 0]);
         assert_eq!(roundtrip(&buf).await.expect("read"), nonce_message());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_one_bounded_line() {
+        let body = |reason: &str| {
+            format!(
+                r#"{{"configDigest":"ab","reason":{}}}"#,
+                serde_json::json!(reason)
+            )
+        };
+        let refused = Message::parse(MessageKind::BootRefused, body("bad cipher").as_bytes())
+            .expect("parses");
+        let mut buf = Vec::new();
+        write_message(&mut buf, &refused).await.expect("write");
+        assert_eq!(&buf[..4], &[0, 1, 7, 0]);
+        assert_eq!(roundtrip(&buf).await.expect("read"), refused);
+        for reason in [
+            "two\nlines",
+            &"x".repeat(super::super::config::MAX_REFUSAL_BYTES + 1),
+        ] {
+            assert!(matches!(
+                Message::parse(MessageKind::BootRefused, body(reason).as_bytes()),
+                Err(WireError::Malformed { .. })
+            ));
+        }
+        // The agent's constructor makes any reason acceptable.
+        let config: super::super::EnclaveConfig =
+            serde_json::from_str(super::super::config::tests::BEFORE_DISTRIBUTION).expect("config");
+        let long = format!("é{}\nend", "y".repeat(2000));
+        let made = BootRefused::new(&config, &long);
+        assert!(made.reason.len() <= super::super::config::MAX_REFUSAL_BYTES);
+        assert!(!made.reason.contains('\n'));
+        assert_eq!(made.config_digest, config.digest_hex());
+        let mut buf = Vec::new();
+        write_message(&mut buf, &Message::BootRefused(made.clone()))
+            .await
+            .expect("write");
+        assert_eq!(
+            roundtrip(&buf).await.expect("read"),
+            Message::BootRefused(made)
+        );
     }
 
     #[tokio::test]

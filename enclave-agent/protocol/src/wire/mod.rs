@@ -25,6 +25,7 @@
 //! | 4 | [`NonceRefresh`] | sidecar → agent, when the operator asks for a fresh attestation |
 //! | 5 | [`Challenge`] | sidecar → agent, when a user asks for a document of their own ([`ChallengeResponse`] over HTTP) |
 //! | 6 | [`ChallengeAnswer`] | agent → sidecar, one per [`Challenge`]; the served evidence stays as it was |
+//! | 7 | [`BootRefused`] | agent → sidecar, instead of a boot, when the configuration's values are refused |
 //!
 //! The host relays but is not trusted: reports are signed by the agent's ephemeral key
 //! ([`ReportSigner`]), whose public half the NSM puts in the attestation document, and every
@@ -41,8 +42,9 @@ mod report;
 
 pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
-    AuthConfig, BootConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig,
-    MAX_NONCE_BYTES, NonceRefresh, NonceSizeError, TierConfig, ZkLoginConfig, check_nonce,
+    AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
+    HealthConfig, JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError,
+    TierConfig, ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{

@@ -43,6 +43,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             cipher_suites: Vec::new(),
             log_level: "info".to_owned(),
             log_format: "json".to_owned(),
+            tls_sans: Vec::new(),
         },
         auth: AuthConfig {
             sui_rpc_url: "https://fullnode.testnet.sui.io:443".to_owned(),
@@ -146,6 +147,15 @@ impl FakeAgent {
 
     pub fn endpoint(&self) -> &Endpoint {
         self.listener.endpoint()
+    }
+
+    /// Accept a connection without reading anything (whether the sidecar dials at all).
+    pub async fn listener_accept(&self) -> std::io::Result<()> {
+        self.listener
+            .accept()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other)
     }
 
     /// Accept the sidecar's next connection and read its BootConfig.

@@ -965,6 +965,13 @@ mod tests {
         })
     }
 
+    /// Write an executable shell script to `path` (a stand-in for the sidecar binary).
+    fn write_script(path: &std::path::Path, text: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::write(path, text).expect("script");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
     fn boot(nm: &NautilusMaster) -> BootConfig {
         BootConfig {
             config: desired::enclave_config(nm).expect("config"),
@@ -976,12 +983,7 @@ mod tests {
     async fn local_runtime_starts_observes_and_stops_a_process() {
         // A script that ignores its flags and sleeps stands in for the sidecar.
         let script = std::env::temp_dir().join(format!("fake-sidecar-{}.sh", std::process::id()));
-        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").expect("script");
-        let _ = tokio::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .await;
+        write_script(&script, "#!/bin/sh\nexec sleep 30\n");
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
         let observed = rt.observe(&nm).await.expect("observe");
@@ -1031,19 +1033,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let mark = dir.join("mark");
         let script = dir.join("sidecar.sh");
-        std::fs::write(
+        write_script(
             &script,
             format!(
                 "#!/bin/sh\nif [ -f {m} ]; then exec sleep 30; fi\ntouch {m}\nexit 3\n",
                 m = mark.display()
             ),
-        )
-        .expect("script");
-        let _ = tokio::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .await;
+        );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
@@ -1078,19 +1074,13 @@ mod tests {
         let script = dir.join("sidecar.sh");
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
-        std::fs::write(
+        write_script(
             &script,
             format!(
                 "#!/bin/sh\ntrap '' TERM\ntouch {}\nexec sleep 30\n",
                 ready.display()
             ),
-        )
-        .expect("script");
-        let _ = tokio::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .await;
+        );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
         rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
@@ -1126,12 +1116,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         // A shell loop keeps its arguments (`--boot-config=...`) in its command line.
         let script = dir.join("sidecar.sh");
-        std::fs::write(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n").expect("script");
-        let _ = tokio::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&script)
-            .status()
-            .await;
+        write_script(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n");
         let settings = |work: &str| LocalSettings {
             work_dir: dir.join(work),
             ..local(script.to_str().expect("utf8")).settings

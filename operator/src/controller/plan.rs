@@ -770,29 +770,33 @@ mod tests {
         running().placement
     }
 
-    /// After an operator restart the enclave answers a challenge this process never issued:
-    /// challenged at once, and while it answers a previously attested resource keeps its
-    /// status (nothing written, no Event, the kubeconfig left alone).
-    #[test]
-    fn a_restart_challenges_and_holds_the_status_of_an_attested_enclave() {
+    /// A resource a previous operator process attested, and the evidence its enclave serves at
+    /// `now`: a document answering that process's last challenge, which this one never issued.
+    fn attested_before_a_restart(now: u64) -> (NautilusMaster, EvidenceBundle) {
         let mut nm = mk_sim_nm();
-        let now = now_ms();
-        let earlier = at(1_000_000);
-        let enclave = FakeEnclave::new();
-        // The previous process's last challenge.
-        let bundle = enclave.bundle(digest_of(&nm), &[7; 32], 10, now);
+        let bundle = FakeEnclave::new().bundle(digest_of(&nm), &[7; 32], 10, now);
         let attested = condition(
             types::ATTESTED,
             "True",
             "SimulatedAttestation",
             "m",
-            &earlier,
+            &at(1_000_000),
         );
         nm.status = Some(NautilusMasterStatus {
-            conditions: vec![attested.clone()],
+            conditions: vec![attested],
             phase: Some(Phase::Ready),
             ..NautilusMasterStatus::default()
         });
+        (nm, bundle)
+    }
+
+    /// After an operator restart the enclave answers a challenge this process never issued:
+    /// challenged at once, and while it answers a previously attested resource keeps its
+    /// status (nothing written, no Event, the kubeconfig left alone).
+    #[test]
+    fn a_restart_challenges_and_holds_the_status_of_an_attested_enclave() {
+        let now = now_ms();
+        let (nm, bundle) = attested_before_a_restart(now);
         let workload = running();
         let mut attestation = booted(&nm, now);
         let planned = plan(
@@ -874,22 +878,8 @@ mod tests {
     /// the challenge's grace is over.
     #[test]
     fn after_a_restart_the_verdict_is_held_until_the_first_challenge_is_answered_or_late() {
-        let mut nm = mk_sim_nm();
         let now = now_ms();
-        let enclave = FakeEnclave::new();
-        let bundle = enclave.bundle(digest_of(&nm), &[7; 32], 10, now);
-        let attested = condition(
-            types::ATTESTED,
-            "True",
-            "SimulatedAttestation",
-            "m",
-            &at(1_000_000),
-        );
-        nm.status = Some(NautilusMasterStatus {
-            conditions: vec![attested],
-            phase: Some(Phase::Ready),
-            ..NautilusMasterStatus::default()
-        });
+        let (nm, bundle) = attested_before_a_restart(now);
         let workload = running();
         let mut attestation = booted(&nm, now);
         assert!(

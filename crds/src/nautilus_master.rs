@@ -22,9 +22,11 @@ const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Exactly the names of `nautilus_protocol::wire::CIPHER_SUITES` (the agent refuses any other;
 /// `crds/tests/schema.rs` checks that the two agree).
 pub const CIPHER_SUITE_PATTERN: &str = r"^(TLS_AES_128_GCM_SHA256|TLS_AES_256_GCM_SHA384|TLS_CHACHA20_POLY1305_SHA256|TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA|TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256|TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA|TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384|TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305|TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256|TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA|TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256|TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA|TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384|TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305|TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256|TLS_RSA_WITH_AES_128_CBC_SHA|TLS_RSA_WITH_AES_128_GCM_SHA256|TLS_RSA_WITH_AES_256_CBC_SHA|TLS_RSA_WITH_AES_256_GCM_SHA384)$";
-/// An absolute path without whitespace, control characters, `,` or `=`: what the agent accepts
-/// in a flag value (`\p{Z}`/`\p{Cc}` are Go's and Rust's classes alike).
-const DATA_DIR_PATTERN: &str = r"^/[^\p{Z}\p{Cc}\s,=]+$";
+/// An absolute path without ASCII whitespace, `,` or `=`. Unicode spaces and control characters
+/// (also refused by the agent in a flag value) are refused by a CEL rule on the field instead:
+/// `\p{..}` classes are RE2's and Rust's but not ECMA-262's or Python's, and schema validators
+/// outside the API server (`config/hack/validate.py`, editors) reject a pattern they cannot parse.
+const DATA_DIR_PATTERN: &str = r"^/[^\s,=]+$";
 const MOVE_STRUCT_TAG: &str =
     r"^0x[0-9a-fA-F]{1,64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*(<.+>)?$";
 
@@ -240,6 +242,7 @@ pub struct ControlPlaneSpec {
     /// `kubernetes` distribution keeps its files in the same layout under it).
     #[serde(default = "default_data_dir")]
     #[schemars(length(min = 2, max = 256), regex(pattern = DATA_DIR_PATTERN))]
+    #[x_kube(validation = Rule::new("!self.matches('[\\\\p{Z}\\\\p{Cc}]')").message("dataDir must not contain whitespace or control characters"))]
     pub data_dir: String,
 
     /// Encrypt Secrets at rest in the control plane's datastore (`--secrets-encryption`).

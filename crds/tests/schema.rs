@@ -436,7 +436,8 @@ fn set(object: &mut Value, pointer: &str, value: Value) {
 #[case::unknown_cipher_suite("/spec/controlPlane/cipherSuites", json!(["TLS_FAKE_SUITE"]), "does not match")]
 #[case::data_dir_with_a_space("/spec/controlPlane/dataDir", json!("/var/lib/k3s data"), "does not match")]
 #[case::data_dir_with_a_comma("/spec/controlPlane/dataDir", json!("/var/lib/a,b"), "does not match")]
-#[case::data_dir_with_nbsp("/spec/controlPlane/dataDir", json!("/var/lib/a\u{a0}b"), "does not match")]
+#[case::data_dir_with_nbsp("/spec/controlPlane/dataDir", json!("/var/lib/a\u{a0}b"), "must not contain whitespace")]
+#[case::data_dir_with_a_control_character("/spec/controlPlane/dataDir", json!("/var/lib/a\u{85}b"), "must not contain whitespace")]
 #[case::custom_stake_without_field("/spec/auth/stakeType", json!("0x2::coin::Coin<0x2::sui::SUI>"), "needs stakeAmountField")]
 fn invalid_specs_are_rejected(#[case] pointer: &str, #[case] value: Value, #[case] expected: &str) {
     let mut object = sample();

@@ -965,37 +965,6 @@ mod tests {
         })
     }
 
-    /// On drop, SIGKILLs every process whose command line names its directory (what a test that
-    /// leaks its runtimes started), so a failing test leaves nothing running.
-    struct Reaper(PathBuf);
-
-    impl Drop for Reaper {
-        fn drop(&mut self) {
-            let needle = self.0.display().to_string();
-            let Ok(entries) = std::fs::read_dir("/proc") else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                let named = std::fs::read(entry.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle));
-                if named && pid != std::process::id() as i32 {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// Write an executable shell script to `path` (a stand-in for the sidecar binary).
     fn write_script(path: &std::path::Path, text: impl AsRef<[u8]>) {
         use std::os::unix::fs::PermissionsExt as _;
@@ -1147,7 +1116,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         // The runtimes are leaked on purpose, so if an assertion fails half-way nothing would
         // stop their sidecars: this does, whatever happens.
-        let _reaper = Reaper(dir.clone());
+        let _reaper = nautilus_test_support::Reaper(dir.display().to_string());
         // A shell loop keeps its arguments (`--boot-config=...`) in its command line.
         let script = dir.join("sidecar.sh");
         write_script(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n");

@@ -10,12 +10,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use nautilus_test_support::Reaper;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::Parser as _;
 use common::{
-    Reaper, free_port, https_request, kubernetes_assets, now_ms, sidecar_http, verify_boot_evidence,
+    free_port, https_request, kubernetes_assets, now_ms, sidecar_http, verify_boot_evidence,
 };
 use nautilus_protocol::attestation::{TrustAnchor, Verifier, VerifyAt};
 use nautilus_protocol::wire::{

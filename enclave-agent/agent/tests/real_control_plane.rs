@@ -14,11 +14,13 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+
+use nautilus_test_support::Reaper;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use common::{
-    KubernetesAssets, Reaper, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
+    KubernetesAssets, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
     processes_mentioning, rss_kib, sidecar_http, verify_boot_evidence,
 };
 use nautilus_protocol::wire::{

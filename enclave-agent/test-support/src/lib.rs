@@ -5,8 +5,12 @@
 //! Every crate's tests and benchmarks find it through [`testdata_dir`], so there is one rule for
 //! where it is, and each caller skips (rather than fails) when it is absent. This crate is a
 //! dev-dependency only, so no production binary or library API carries it.
+//!
+//! It also holds what tests of several crates use to own the processes they start:
+//! [`processes_mentioning`] and [`Reaper`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Environment variable that overrides the test-data location.
 pub const ENV_VAR: &str = "NAUTILUS_TESTDATA";
@@ -39,6 +43,57 @@ pub fn testdata_dir() -> Option<PathBuf> {
 /// The `nitro/` subdirectory of [`testdata_dir`] (real attestation documents).
 pub fn nitro_dir() -> Option<PathBuf> {
     testdata_dir().map(|dir| dir.join("nitro"))
+}
+
+/// Processes whose command line mentions `needle` (a test's temporary directory), with
+/// their command lines.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push((pid, cmdline));
+            }
+        }
+    }
+    found
+}
+
+/// Kills, on drop, every process still mentioning a directory: nothing a test starts may
+/// outlive it, even when the agent could not stop its components (a panic, a SIGKILL).
+#[derive(Debug)]
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let left = processes_mentioning(&self.0);
+            if left.is_empty() {
+                return;
+            }
+            for (pid, _) in left {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use nautilus_protocol::wire::{
     HealthConfig, Message, Report, ReportVerifier, TierConfig,
 };
 use nautilus_protocol::{Binding, Policy};
+pub use nautilus_test_support::processes_mentioning;
 
 /// Generous bound for anything the tests wait for.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -400,34 +401,6 @@ pub fn kubernetes_assets_or_skip(test: &str) -> Option<KubernetesAssets> {
     }
 }
 
-/// Processes whose command line mentions `needle` (a test's temporary directory), with
-/// their command lines.
-pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() as i32 {
-            continue;
-        }
-        if let Ok(raw) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push((pid, cmdline));
-            }
-        }
-    }
-    found
-}
-
 /// The pid of the one process whose command line starts with a program named `program` and
 /// mentions `needle`.
 pub fn pid_of(program: &str, needle: &str) -> Option<i32> {
@@ -449,28 +422,6 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Kills, on drop, every process still mentioning a directory: nothing a test starts may
-/// outlive it, even when the agent could not stop its components (a panic, a SIGKILL).
-pub struct Reaper(pub String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let left = processes_mentioning(&self.0);
-            if left.is_empty() {
-                return;
-            }
-            for (pid, _) in left {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// A plain HTTP/1.1 request to the sidecar's API: status and body.

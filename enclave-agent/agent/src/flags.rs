@@ -194,6 +194,22 @@ pub fn validate(config: &ControlPlaneConfig) -> Result<(), FlagsError> {
     for name in &config.tls_sans {
         check_flag_value("tlsSANs", name)?;
     }
+    if let Some(address) = &config.advertise_address {
+        let ip = address
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| FlagsError::Value {
+                field: "advertiseAddress",
+                value: address.clone(),
+                reason: "not an IP address",
+            })?;
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Err(FlagsError::Value {
+                field: "advertiseAddress",
+                value: address.clone(),
+                reason: "a loopback or unspecified address is reachable by no pod",
+            });
+        }
+    }
     Ok(())
 }
 

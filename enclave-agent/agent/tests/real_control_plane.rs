@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser as _;
 use common::{
-    KubernetesAssets, free_port, https_request, kubernetes_assets_or_skip, now_ms, pid_of,
-    processes_mentioning, rss_kib, sidecar_http, verify_boot_evidence,
+    KubernetesAssets, free_port, https_request, https_request_as, kubernetes_assets_or_skip,
+    now_ms, pid_of, processes_mentioning, rss_kib, sidecar_http, verify_boot_evidence,
 };
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, Component, ControlPlaneConfig, EnclaveConfig, EvidenceBundle,
-    HealthConfig, Report, ReportVerifier, TierConfig,
+    HealthConfig, Report, ReportVerifier, TierConfig, TierIdentity,
 };
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::{KeystoreKey, generate_key};
@@ -34,8 +34,8 @@ use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
 const WAIT: Duration = Duration::from_secs(90);
 const AUDIENCE: &str = "nautilus:real/control-plane";
 
-/// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`) and a
-/// reader tier (100 MIST, `nautilus:readers`).
+/// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`), a worker
+/// tier (1 000 MIST, a node identity) and a reader tier (100 MIST, `nautilus:readers`).
 fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> EnclaveConfig {
     EnclaveConfig {
         cluster: "real/control-plane".into(),
@@ -56,6 +56,7 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
             // --logging-format=json; upstream's support it.
             log_format: "text".into(),
             tls_sans: Vec::new(),
+            advertise_address: None,
         },
         auth: AuthConfig {
             sui_rpc_url: sui_rpc_url.into(),
@@ -71,11 +72,19 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
                     name: "admin".into(),
                     min_stake_mist: 10_000,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
+                },
+                TierConfig {
+                    name: "worker".into(),
+                    min_stake_mist: 1_000,
+                    groups: vec!["nautilus:node-proxiers".into()],
+                    identity: TierIdentity::Node,
                 },
                 TierConfig {
                     name: "reader".into(),
                     min_stake_mist: 100,
                     groups: vec!["nautilus:readers".into()],
+                    identity: Default::default(),
                 },
             ],
         },
@@ -224,6 +233,29 @@ impl Fixture {
 
     fn needle(&self) -> String {
         self.dir.path().display().to_string()
+    }
+
+    /// [`Fixture::api`] with a body of `content_type`.
+    async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(self.api)
+            .await
+            .expect("api proxy");
+        https_request_as(
+            Box::new(tcp),
+            &self.ca_pem,
+            "kubernetes",
+            (method, path, content_type),
+            Some(token),
+            body,
+        )
+        .await
     }
 
     /// A request to the enclave's API server through the sidecar's byte proxy, TLS verified
@@ -472,6 +504,196 @@ async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
     println!(
         "measured: kube-scheduler killed -> healthy again in {:?}",
         killed.elapsed()
+    );
+
+    fx.shutdown().await;
+}
+
+/// `call` every 250 ms until it answers `want` or [`WAIT`] passed; its last answer.
+async fn eventually<F, Fut>(want: u16, mut call: F) -> (u16, String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (u16, String)>,
+{
+    let start = Instant::now();
+    loop {
+        let (status, body) = call().await;
+        if status == want || start.elapsed() > WAIT {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn node(name: &str) -> String {
+    format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}}}}"#)
+}
+
+/// Seal tokens of the worker tier are node identities, and the real Node authorizer and
+/// NodeRestriction confine each to the node its own address names: a staker cannot register,
+/// change or read as another staker's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_tokens_are_nodes_confined_to_their_own_objects() {
+    let Some(assets) =
+        kubernetes_assets_or_skip("worker_tokens_are_nodes_confined_to_their_own_objects")
+    else {
+        return;
+    };
+    let admin = generate_key(SignatureScheme::Ed25519).expect("key");
+    let alice = generate_key(SignatureScheme::Ed25519).expect("key");
+    let bob = generate_key(SignatureScheme::Secp256r1).expect("key");
+    let fx = Fixture::start(&assets, &[(&admin, 25_000), (&alice, 1_500), (&bob, 1_500)]).await;
+    let now = nautilus_seal::unix_now();
+    let admin_token = admin.mint_for(AUDIENCE, now, 600).expect("token");
+    let alice_token = alice.mint_for(AUDIENCE, now, 600).expect("token");
+    let bob_token = bob.mint_for(AUDIENCE, now, 600).expect("token");
+    let (alice_node, bob_node) = (
+        nautilus_seal::node_name(&alice.address()),
+        nautilus_seal::node_name(&bob.address()),
+    );
+
+    // The API server sees a node: `system:node:<name>` in `system:nodes`.
+    let review = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let (status, body) = fx
+        .api(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &alice_token,
+            review,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body.contains(&format!("\"username\":\"system:node:{alice_node}\"")),
+        "{body}"
+    );
+    assert!(body.contains("\"system:nodes\""), "{body}");
+
+    // Each registers its own Node; neither can register a name it does not hold.
+    let (status, body) = fx
+        .api("POST", "/api/v1/nodes", &alice_token, &node(&alice_node))
+        .await;
+    assert_eq!(status, 201, "alice registers her node: {body}");
+    let (status, body) = fx
+        .api("POST", "/api/v1/nodes", &bob_token, &node(&bob_node))
+        .await;
+    assert_eq!(status, 201, "bob registers his node: {body}");
+    let (status, body) = fx
+        .api(
+            "POST",
+            "/api/v1/nodes",
+            &alice_token,
+            &node("sui-chosen-name"),
+        )
+        .await;
+    assert_eq!(status, 403, "a node name the address does not give: {body}");
+
+    // Bob can neither change nor delete Alice's Node, nor renew her Lease.
+    let patch = r#"{"metadata":{"labels":{"stolen":"yes"}}}"#;
+    let alice_path = format!("/api/v1/nodes/{alice_node}");
+    let (status, body) = fx
+        .api_with(
+            "PATCH",
+            &alice_path,
+            &bob_token,
+            "application/merge-patch+json",
+            patch,
+        )
+        .await;
+    assert_eq!(status, 403, "bob patches alice's node: {body}");
+    assert!(
+        body.contains("NodeRestriction") || body.contains("forbidden"),
+        "{body}"
+    );
+    let (status, body) = fx.api("DELETE", &alice_path, &bob_token, "").await;
+    assert_eq!(status, 403, "bob deletes alice's node: {body}");
+    let (status, body) = fx
+        .api_with(
+            "PATCH",
+            &alice_path,
+            &alice_token,
+            "application/merge-patch+json",
+            r#"{"metadata":{"labels":{"mine":"yes"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "alice labels her own node: {body}");
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}"}},"spec":{{"holderIdentity":"{name}","leaseDurationSeconds":40}}}}"#
+        )
+    };
+    let (status, body) = fx
+        .api("POST", leases, &alice_token, &lease(&alice_node))
+        .await;
+    assert_eq!(status, 201, "alice's lease: {body}");
+    let (status, body) = fx
+        .api(
+            "POST",
+            leases,
+            &bob_token,
+            &lease(&format!("{alice_node}-x")),
+        )
+        .await;
+    assert_eq!(status, 403, "bob makes a lease not his: {body}");
+    let (status, body) = fx
+        .api_with(
+            "PATCH",
+            &format!("{leases}/{alice_node}"),
+            &bob_token,
+            "application/merge-patch+json",
+            r#"{"spec":{"holderIdentity":"bob"}}"#,
+        )
+        .await;
+    assert_eq!(status, 403, "bob renews alice's lease: {body}");
+
+    // A Secret used by a pod bound to Alice's node: Alice may read it, Bob may not.
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let (status, body) = fx
+        .api(
+            "POST",
+            secrets,
+            &admin_token,
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"alices"},"stringData":{"k":"v"}}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let bound_pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"on-alice"}},"spec":{{"nodeName":"{alice_node}","automountServiceAccountToken":false,"containers":[{{"name":"c","image":"registry.k8s.io/pause:3.10","volumeMounts":[{{"name":"s","mountPath":"/s"}}]}}],"volumes":[{{"name":"s","secret":{{"secretName":"alices"}}}}]}}}}"#
+    );
+    let (status, body) = eventually(201, || fx.api("POST", PODS, &admin_token, &bound_pod)).await;
+    assert_eq!(status, 201, "the admin binds a pod to alice's node: {body}");
+    let secret = format!("{secrets}/alices");
+    let (status, body) = eventually(200, || fx.api("GET", &secret, &alice_token, "")).await;
+    assert_eq!(status, 200, "alice reads her pod's secret: {body}");
+    let (status, body) = fx.api("GET", &secret, &bob_token, "").await;
+    assert_eq!(status, 403, "bob reads alice's pod's secret: {body}");
+    assert!(!body.contains("\"k\""), "{body}");
+    // Nor may he change the pod's status, which only its node may.
+    let (status, body) = fx
+        .api_with(
+            "PATCH",
+            &format!("{PODS}/on-alice/status"),
+            &bob_token,
+            "application/merge-patch+json",
+            r#"{"status":{"phase":"Failed"}}"#,
+        )
+        .await;
+    assert_eq!(status, 403, "bob changes the status of alice's pod: {body}");
+
+    // kube-proxy with the node's token (`nautilus:node-proxiers` → system:node-proxier).
+    let (status, body) = eventually(200, || {
+        fx.api(
+            "GET",
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            &alice_token,
+            "",
+        )
+    })
+    .await;
+    assert_eq!(
+        status, 200,
+        "kube-proxy's reads with a worker token: {body}"
     );
 
     fx.shutdown().await;

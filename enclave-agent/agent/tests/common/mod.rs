@@ -169,6 +169,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                 log_level: "info".into(),
                 log_format: "text".into(),
                 tls_sans: Vec::new(),
+                advertise_address: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://127.0.0.1:1".into(),
@@ -183,6 +184,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                     name: "admin".into(),
                     min_stake_mist: 1,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
                 }],
             },
             health: HealthConfig {
@@ -312,6 +314,26 @@ pub async fn https_request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    https_request_as(
+        stream,
+        ca_pem,
+        server_name,
+        (method, path, "application/json"),
+        token,
+        body,
+    )
+    .await
+}
+
+/// [`https_request`] with a `Content-Type` of the caller's (a merge patch, say).
+pub async fn https_request_as(
+    stream: BoxedStream,
+    ca_pem: &str,
+    server_name: &str,
+    (method, path, content_type): (&str, &str, &str),
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let config = nautilus_agent::client::client_config(&[ca_pem], None).expect("tls config");
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
@@ -323,7 +345,7 @@ pub async fn https_request(
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tls.write_all(request.as_bytes()).await.expect("write");

@@ -149,6 +149,11 @@ pub struct Harness {
     pub staker: KeystoreKey,
     /// A Sui key with [`Harness::READER_STAKE_MIST`] staked: the default reader tier.
     pub reader: KeystoreKey,
+    /// A Sui key with [`Harness::WORKER_STAKE_MIST`] staked: the default worker tier, a node
+    /// identity.
+    pub worker: KeystoreKey,
+    /// The fixture node's chain state ([`Chain::withdraw`] unstakes a key).
+    pub chain: Arc<Chain>,
     /// The control-plane distribution of [`Harness::development_spec`]: `kubernetes` when
     /// `$KUBEBUILDER_ASSETS` holds etcd, kube-apiserver, kube-scheduler and
     /// kube-controller-manager (real components), else `k3s` run by the stand-in.
@@ -204,6 +209,8 @@ impl Harness {
     pub const STAKE_MIST: u64 = 20_000;
     /// Stake of [`Harness::reader`]: the default reader tier needs 100, the worker tier 1 000.
     pub const READER_STAKE_MIST: u64 = 500;
+    /// Stake of [`Harness::worker`]: the default worker tier needs 1 000.
+    pub const WORKER_STAKE_MIST: u64 = 1_500;
 
     /// Namespace, CRD, Sui node and operator for `test`. `sidecar` is a program the local
     /// runtime starts in place of `nautilus-sidecar`, with its arguments (for example
@@ -277,12 +284,15 @@ impl Harness {
         std::fs::write(&ca_file, &ca.ca_pem).expect("write the Sui CA");
         let reader = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
             .expect("key");
+        let worker = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
+            .expect("key");
         let chain = Arc::new(
             Chain::default()
                 .with_stake(staker.address(), Self::STAKE_MIST)
-                .with_stake(reader.address(), Self::READER_STAKE_MIST),
+                .with_stake(reader.address(), Self::READER_STAKE_MIST)
+                .with_stake(worker.address(), Self::WORKER_STAKE_MIST),
         );
-        let sui = nautilus_sui_fixture::serve_tls(chain, &ca).await;
+        let sui = nautilus_sui_fixture::serve_tls(Arc::clone(&chain), &ca).await;
 
         // Real components for the enclave's control plane wherever they exist.
         let kubernetes = envtest::Assets::find()
@@ -317,6 +327,8 @@ impl Harness {
             namespace,
             staker,
             reader,
+            worker,
+            chain,
             distribution,
             dir,
             sui_url: format!("https://127.0.0.1:{}", sui.port()),

@@ -217,7 +217,20 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
         "the pod reaching {url}: {text}"
     );
 
+    // What stop() must take down is there now: containerd's shims (named by the socket under the
+    // worker's directory) and processes in the worker's cgroup tree.
+    let before = worker.leftovers();
+    assert!(
+        before.iter().any(|l| l.contains("containerd-shim-runc-v2")),
+        "no shim seen before stop: {before:#?}"
+    );
+    assert!(
+        before.iter().any(|l| l.contains("cgroup tree")),
+        "no process seen in the cgroup tree before stop: {before:#?}"
+    );
+    let stopping = Instant::now();
     worker.stop();
+    println!("worker stopped in {:.1} s", stopping.elapsed().as_secs_f64());
     let left = worker.leftovers();
     assert!(left.is_empty(), "the worker left: {left:#?}");
     drop(plane);

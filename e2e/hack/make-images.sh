@@ -7,7 +7,10 @@
 #     (PID 1 of a PID namespace ignores signals it has no handler for, so it traps them), and
 #   - the workload image: any busybox applet, e.g. `sh -c 'echo hello; sleep 3600'`.
 #
-# Usage: make-images.sh OUT.tar [TAG]     (TAG defaults to nautilus.local/busybox:1.35)
+# Usage: make-images.sh OUT.tar [TAG [STATIC_BINARY...]]
+#   TAG defaults to nautilus.local/busybox:1.35. Each STATIC_BINARY (a statically linked program
+#   of this machine, e.g. kubectl, for a pod that talks to the API server over TLS) is copied to
+#   /bin in the image.
 # Import: ctr --address SOCKET -n k8s.io images import OUT.tar
 #
 # The output is reproducible: the same busybox binary gives the same image digest.
@@ -15,6 +18,7 @@ set -euo pipefail
 
 out="${1:?usage: make-images.sh OUT.tar [TAG]}"
 tag="${2:-nautilus.local/busybox:1.35}"
+shift $(($# < 2 ? $# : 2))
 busybox="${BUSYBOX:-/bin/busybox}"
 
 if ! "$busybox" --list >/dev/null 2>&1; then
@@ -40,6 +44,14 @@ cp "$busybox" "$root/bin/busybox"
 chmod 0755 "$root/bin/busybox"
 for applet in $("$busybox" --list); do
   [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+done
+for binary in "$@"; do
+  if ldd "$binary" >/dev/null 2>&1; then
+    echo "make-images.sh: $binary is dynamically linked; the image has no libc" >&2
+    exit 1
+  fi
+  cp -L "$binary" "$root/bin/$(basename "$binary")"
+  chmod 0755 "$root/bin/$(basename "$binary")"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnobody:x:65534:\n' >"$root/etc/group"

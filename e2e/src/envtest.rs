@@ -475,7 +475,10 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 // Kubelets (`worker`): a client certificate for them, dialled by the node IP (a
                 // node's host name resolves nowhere here).
-                format!("--kubelet-client-certificate={}", p(&pki.kubelet_client_cert)),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p(&pki.kubelet_client_cert)
+                ),
                 format!("--kubelet-client-key={}", p(&pki.kubelet_client_key)),
                 "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
                 "--v=1".into(),

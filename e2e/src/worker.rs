@@ -151,14 +151,15 @@ pub fn missing() -> Vec<String> {
         "ip",
         "iptables",
     ] {
-        if envtest::on_path(tool).is_none() && !is_executable(&Path::new("/usr/sbin").join(tool))
-        {
+        if envtest::on_path(tool).is_none() && !is_executable(&Path::new("/usr/sbin").join(tool)) {
             missing.push(tool.to_owned());
         }
     }
     for plugin in ["bridge", "host-local", "loopback"] {
         if !is_executable(&Path::new(CNI_BIN_DIR).join(plugin)) {
-            missing.push(format!("{CNI_BIN_DIR}/{plugin} (containernetworking-plugins)"));
+            missing.push(format!(
+                "{CNI_BIN_DIR}/{plugin} (containernetworking-plugins)"
+            ));
         }
     }
     if !is_executable(Path::new("/bin/busybox")) {
@@ -222,6 +223,10 @@ pub struct WorkerSettings {
     pub images: Option<PathBuf>,
     /// The pause image containerd uses: it must be in `images` ([`IMAGE`]).
     pub sandbox_image: String,
+    /// Statically linked programs of this machine to add to `/bin` of the image that
+    /// [`MAKE_IMAGES`] makes (when `images` is `None`): e.g. `kubectl`, for a pod that talks
+    /// to the API server over TLS with its ServiceAccount token (busybox's TLS client cannot).
+    pub image_binaries: Vec<PathBuf>,
 }
 
 impl WorkerSettings {
@@ -234,6 +239,7 @@ impl WorkerSettings {
             kubelet: envtest::Assets::dir().join("kubelet"),
             images: None,
             sandbox_image: IMAGE.to_owned(),
+            image_binaries: Vec::new(),
         }
     }
 }
@@ -476,7 +482,12 @@ impl Worker {
             .dir
             .canonicalize()
             .map_err(io_err(format!("resolving {}", settings.dir.display())))?;
-        for sub in ["containerd/root", "containerd/state", "containerd/opt", "cni/net.d"] {
+        for sub in [
+            "containerd/root",
+            "containerd/state",
+            "containerd/opt",
+            "cni/net.d",
+        ] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(io_err(format!("creating {}", dir.join(sub).display())))?;
         }
@@ -801,6 +812,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                     .arg(MAKE_IMAGES)
                     .arg(&archive)
                     .arg(IMAGE)
+                    .args(&self.settings.image_binaries)
                     .stdin(Stdio::null())
                     .output()
                     .await
@@ -817,9 +829,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             }
         };
         let archive = archive.display().to_string();
-        self.ctr(&["images", "import", &archive])
-            .await
-            .map(drop)
+        self.ctr(&["images", "import", &archive]).await.map(drop)
     }
 
     /// Start the kubelet in the worker's namespaces with `settings`: the base configuration is
@@ -869,7 +879,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     /// Wait until the Node is `Ready` (or `timeout`), failing early when the kubelet exits.
     /// Returns the time from the kubelet's start to Ready.
-    pub async fn wait_node_ready(&mut self, client: &Client, timeout: Duration) -> Result<Duration> {
+    pub async fn wait_node_ready(
+        &mut self,
+        client: &Client,
+        timeout: Duration,
+    ) -> Result<Duration> {
         let nodes: Api<Node> = Api::all(client.clone());
         let name = self.settings.node_name.clone();
         let deadline = Instant::now() + timeout;
@@ -940,6 +954,38 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             }
         }));
         Ok(at)
+    }
+
+    /// Route TCP to `cluster_ip:port` from the worker and its pods to `to` (DNAT in the worker's
+    /// network namespace; the CNI bridge masquerades the pods' side), as kube-proxy would for
+    /// that one Service: e.g. the `kubernetes` Service's cluster IP to the API server's address
+    /// on the host end ([`Worker::expose`]), so that in-cluster clients (`KUBERNETES_SERVICE_HOST`)
+    /// reach it. No kube-proxy runs on the worker. Names do not resolve either (no cluster DNS):
+    /// give a pod `hostAliases` for `kubernetes.default.svc`.
+    pub fn route_service(&self, cluster_ip: Ipv4Addr, port: u16, to: SocketAddr) -> Result<()> {
+        let iptables = program("iptables");
+        for chain in ["PREROUTING", "OUTPUT"] {
+            run_status(
+                "routing a Service's cluster IP",
+                self.nsenter(&iptables).args([
+                    "-t",
+                    "nat",
+                    "-A",
+                    chain,
+                    "-d",
+                    &format!("{cluster_ip}/32"),
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &port.to_string(),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to.to_string(),
+                ]),
+            )?;
+        }
+        Ok(())
     }
 
     /// The node IP: the worker's end of the veth (the kubelet listens on it, port
@@ -1130,7 +1176,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             left.push(format!("process {pid} in the worker's cgroup tree"));
         }
         for (pid, cmdline) in processes_mentioning(&marker) {
-            left.push(format!("process {pid} naming the worker's directory: {cmdline}"));
+            left.push(format!(
+                "process {pid} naming the worker's directory: {cmdline}"
+            ));
         }
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for pid in entries
@@ -1285,20 +1333,14 @@ pub fn rewrite_kubeconfig(
             what: format!("{} does not parse", src.display()),
             source: Some(source),
         })?;
-    let Some(clusters) = config
-        .get_mut("clusters")
-        .and_then(|c| c.as_sequence_mut())
-    else {
+    let Some(clusters) = config.get_mut("clusters").and_then(|c| c.as_sequence_mut()) else {
         return Err(WorkerError::Config {
             what: format!("{} has no clusters", src.display()),
             source: None,
         });
     };
     for entry in clusters {
-        let Some(cluster) = entry
-            .get_mut("cluster")
-            .and_then(|c| c.as_mapping_mut())
-        else {
+        let Some(cluster) = entry.get_mut("cluster").and_then(|c| c.as_mapping_mut()) else {
             continue;
         };
         cluster.insert("server".into(), server.into());
@@ -1371,9 +1413,18 @@ mod tests {
     #[test]
     fn slots_are_disjoint_slash_30s_inside_the_veth_range() {
         let (h1, n1) = slot_addresses(1);
-        assert_eq!((h1, n1), (Ipv4Addr::new(10, 213, 0, 5), Ipv4Addr::new(10, 213, 0, 6)));
+        assert_eq!(
+            (h1, n1),
+            (Ipv4Addr::new(10, 213, 0, 5), Ipv4Addr::new(10, 213, 0, 6))
+        );
         let (h, n) = slot_addresses(SLOTS - 1);
-        assert_eq!((h, n), (Ipv4Addr::new(10, 213, 127, 253), Ipv4Addr::new(10, 213, 127, 254)));
+        assert_eq!(
+            (h, n),
+            (
+                Ipv4Addr::new(10, 213, 127, 253),
+                Ipv4Addr::new(10, 213, 127, 254)
+            )
+        );
         // The pod range lies outside every slot.
         assert!(DEFAULT_POD_CIDR.starts_with("10.213.128."));
     }

@@ -2,8 +2,10 @@
 //! kubelet, containerd, runc and CNI bridge in namespaces of the test's own register a Node that
 //! goes `Ready`, run a pod (scheduled by kube-scheduler when there is one, else bound by
 //! `spec.nodeName`), answer `kubectl logs` and `kubectl exec` (the API server dials the kubelet
-//! on the node IP), the pod reaches the host end where the API server is relayed, and stopping
-//! the worker leaves no process, namespace, veth, cgroup or mount behind.
+//! on the node IP), the pod reaches the host end where the API server is relayed and, through
+//! the `kubernetes` Service's cluster IP routed by the worker, authenticates as its own
+//! ServiceAccount at `kubernetes.default.svc`; stopping the worker leaves no process, namespace,
+//! veth, cgroup or mount behind.
 //!
 //! Prints `measured:` lines (kubelet start to Node Ready, pod create to Running): figures for
 //! the notes, not assertions.
@@ -81,9 +83,11 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = format!("nautilus-worker-{}", std::process::id());
 
-    let mut worker = Worker::start(WorkerSettings::new(dir.path().join("worker"), &node))
-        .await
-        .expect("start the worker");
+    // kubectl (static) in the image: a pod's TLS client for the API server.
+    let kubectl_binary = nautilus_e2e::envtest::on_path("kubectl").expect("kubectl");
+    let mut settings = WorkerSettings::new(dir.path().join("worker"), &node);
+    settings.image_binaries = vec![kubectl_binary];
+    let mut worker = Worker::start(settings).await.expect("start the worker");
     println!(
         "worker {node}: node IP {}, host end {}, directory {}",
         worker.node_ip(),
@@ -125,6 +129,30 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
         ready.as_secs_f64()
     );
 
+    // No kube-proxy: the worker routes the `kubernetes` Service's cluster IP to the relayed API
+    // port itself.
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    let cluster_ip: std::net::Ipv4Addr = services
+        .get("kubernetes")
+        .await
+        .expect("the kubernetes Service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("its cluster IP");
+    worker
+        .route_service(cluster_ip, 443, at)
+        .expect("route the kubernetes Service");
+    // The pod's ServiceAccount must exist before the pod is admitted.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while accounts.get_opt("default").await.expect("get SA").is_none() {
+        assert!(Instant::now() < deadline, "no default ServiceAccount");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A pod: echoes, then sleeps until SIGTERM.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut spec = serde_json::json!({
@@ -136,7 +164,7 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
                 "echo hello from $(hostname); trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"],
         }],
         "terminationGracePeriodSeconds": 2,
-        "automountServiceAccountToken": false,
+        "hostAliases": [{"ip": cluster_ip.to_string(), "hostnames": ["kubernetes.default.svc"]}],
     });
     if !scheduled {
         spec["nodeName"] = node.clone().into();
@@ -199,7 +227,16 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
     println!("kubectl logs: {}", logs.trim());
     let (ok, text) = kubectl(
         admin,
-        &["exec", "-n", "default", "hello", "--", "sh", "-c", "echo exec $((6 * 7))"],
+        &[
+            "exec",
+            "-n",
+            "default",
+            "hello",
+            "--",
+            "sh",
+            "-c",
+            "echo exec $((6 * 7))",
+        ],
     );
     assert!(ok && text.contains("exec 42"), "kubectl exec: {text}");
 
@@ -210,11 +247,30 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
     let url = format!("http://{at}/readyz");
     let (_, text) = kubectl(
         admin,
-        &["exec", "-n", "default", "hello", "--", "wget", "-q", "-O", "-", &url],
+        &[
+            "exec", "-n", "default", "hello", "--", "wget", "-q", "-O", "-", &url,
+        ],
     );
     assert!(
         text.contains("400 Bad Request"),
         "the pod reaching {url}: {text}"
+    );
+
+    // The pod reaches the API server through kubernetes.default.svc with its own
+    // ServiceAccount token, over TLS verified against the cluster's CA.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "kubectl auth whoami -o jsonpath='{{.status.userInfo.username}}' \
+         --server=https://kubernetes.default.svc --token=\"$(cat {sa}/token)\" \
+         --certificate-authority={sa}/ca.crt"
+    );
+    let (ok, text) = kubectl(
+        admin,
+        &["exec", "-n", "default", "hello", "--", "sh", "-c", &script],
+    );
+    assert!(
+        ok && text.trim() == "system:serviceaccount:default:default",
+        "the pod's own identity through kubernetes.default.svc: {text}"
     );
 
     // What stop() must take down is there now: containerd's shims (named by the socket under the
@@ -230,7 +286,10 @@ async fn a_real_kubelet_on_a_plain_api_server_runs_a_pod_and_leaves_nothing() {
     );
     let stopping = Instant::now();
     worker.stop();
-    println!("worker stopped in {:.1} s", stopping.elapsed().as_secs_f64());
+    println!(
+        "worker stopped in {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
     let left = worker.leftovers();
     assert!(left.is_empty(), "the worker left: {left:#?}");
     drop(plane);

@@ -16,7 +16,7 @@
 //! `/var/lib` and `/var/log` (tmpfs), so containerd's shim sockets, CNI caches and the kubelet's
 //! log links never land on the host; every mount (container root filesystems, pod network
 //! namespaces, volumes) is made inside the mount namespace and is gone with it. The only host
-//! objects are the veth's host end and a cgroup tree `/nautilus-e2e-w<index>` (the kubelet's
+//! objects are the veth's host end and a cgroup tree `/nautilus-e2e-w<index>-<pid>` (the kubelet's
 //! `cgroupRoot`, which also holds containerd, its shims and the kubelet).
 //!
 //! Ownership: every process started here runs under `setpriv --pdeathsig KILL` (it dies with
@@ -24,7 +24,10 @@
 //! containerd, and containers outlive their shims, so [`Worker::stop`] (also run on drop) kills
 //! every process in the cgroup tree and every process naming the test's directory (the shims'
 //! `-address`) until none is left, waits for the namespaces to go with their last process,
-//! deletes the veth and the cgroups. [`Worker::leftovers`] lists anything that outlived it.
+//! deletes the veth and the cgroups. [`Worker::leftovers`] lists anything that outlived it. A
+//! test process killed outright (SIGKILL, no drop) leaves its shims and containers running; the
+//! next [`Worker::start`] on the machine finds its tree by the dead owner's PID in the tree's
+//! name and takes it down.
 //!
 //! Needs root, a kubelet (`$KUBEBUILDER_ASSETS/kubelet`), and Debian's `containerd`, `runc`,
 //! `containernetworking-plugins`, `busybox-static`, `iproute2`, `iptables` and util-linux
@@ -61,6 +64,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const SLOTS: u32 = 8192;
 /// Host-end interface names are `nautw<index>`.
 const VETH_PREFIX: &str = "nautw";
+/// Cgroup trees are `/nautilus-e2e-w<index>-<pid of the test process>`.
+const CGROUP_PREFIX: &str = "nautilus-e2e-w";
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +298,7 @@ struct Cgroups {
     /// The hierarchy whose `cgroup.procs` track the worker's processes (v2: the unified one; v1:
     /// `pids`, else the first).
     tracking: PathBuf,
-    /// `nautilus-e2e-w<index>`: the kubelet's `cgroupRoot`.
+    /// `nautilus-e2e-w<index>-<pid>`: the kubelet's `cgroupRoot`.
     root: String,
 }
 
@@ -499,6 +504,7 @@ impl Worker {
              && mount -t tmpfs -o mode=0755 nautilus-varlog /var/log \
              && ip link set lo up && exec sleep infinity";
 
+        sweep_orphans();
         // Claim a slot: the host end's name is unique on the host, so `ip link add` fails with
         // "File exists" while another worker holds the slot. The pair is made on the host and
         // its worker end moved into the namespace below.
@@ -542,7 +548,7 @@ impl Worker {
             host_ip,
             node_ip,
             veth,
-            cgroups: Cgroups::discover(format!("nautilus-e2e-w{index}"))?,
+            cgroups: Cgroups::discover(format!("{CGROUP_PREFIX}{index}-{pid}"))?,
             holder: None,
             holder_pid: 0,
             namespaces: Vec::new(),
@@ -552,9 +558,6 @@ impl Worker {
             relays: Vec::new(),
             stopped: false,
         };
-        // A tree left by a killed test that held this slot: take it down first.
-        w.kill_all(Duration::from_secs(5));
-        w.cgroups.remove();
         w.cgroups.create()?;
         let holder = w.spawn(
             "namespaces",
@@ -1019,7 +1022,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.dir.join("containerd.log")
     }
 
-    /// The worker's slot: its cgroup tree is `/nautilus-e2e-w<index>`, its host end
+    /// The worker's slot: its cgroup tree is `/nautilus-e2e-w<index>-<pid>`, its host end
     /// `nautw<index>`.
     pub fn index(&self) -> u32 {
         self.index
@@ -1218,6 +1221,65 @@ impl Drop for Worker {
     }
 }
 
+/// Take down what workers of test processes that died without stopping them (SIGKILL) left:
+/// their containers and shims (which outlive the test: they are not its children), then their
+/// cgroup trees and veths. Their namespaces go with their last process.
+fn sweep_orphans() {
+    let Ok(cgroups) = Cgroups::discover(String::new()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&cgroups.tracking) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((index, owner)) = name
+            .strip_prefix(CGROUP_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        let (Ok(index), Ok(owner)) = (index.parse::<u32>(), owner.parse::<u32>()) else {
+            continue;
+        };
+        if Path::new("/proc").join(owner.to_string()).exists() {
+            continue;
+        }
+        let orphan = Cgroups {
+            root: name.clone(),
+            ..cgroups.clone()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = orphan.pids();
+            if pids.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let veth = Path::new("/sys/class/net").join(format!("{VETH_PREFIX}{index}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while veth.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if veth.exists() {
+            let _ = Command::new(program("ip"))
+                .args(["link", "del", &format!("{VETH_PREFIX}{index}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        orphan.remove();
+    }
+}
+
 fn run_status(what: &'static str, cmd: &mut Command) -> Result<()> {
     let command = format!(
         "{} {}",
@@ -1248,7 +1310,7 @@ fn run_status(what: &'static str, cmd: &mut Command) -> Result<()> {
 pub struct MachineConfig {
     /// `unix://<dir>/containerd.sock`.
     pub container_runtime_endpoint: String,
-    /// `/nautilus-e2e-w<index>`.
+    /// `/nautilus-e2e-w<index>-<pid>`.
     pub cgroup_root: String,
     /// The node IP, where the kubelet listens.
     pub address: Ipv4Addr,

@@ -20,6 +20,7 @@
 pub mod envtest;
 pub mod tamper;
 pub mod transitions;
+pub mod worker;
 
 pub use transitions::{Transition, Transitions};
 

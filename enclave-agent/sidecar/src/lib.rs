@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use cli::{Args, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
+pub use cli::{Args, Cidr, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
 use evidence::Evidence;
 use launcher::{LaunchError, Launcher, NitroConfig, NitroLauncher, ProcessLauncher};
 use link::{LinkConfig, LinkError};
@@ -262,6 +262,8 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         api_listen,
         egress_listen,
         egress_allow,
+        egress_allow_kubelet_ports,
+        egress_kubelet_cidrs,
         report_max_age_seconds,
         link_timeout_seconds,
         limits,
@@ -313,7 +315,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         }
     };
     if egress_allow.is_empty() {
-        warn!("no --egress-allow: the egress proxy refuses every target");
+        warn!("no --egress-allow: the egress proxy tunnels to kubelets only");
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -392,7 +394,11 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     )));
     tasks.push(tokio::spawn(proxy::serve_egress(
         egress,
-        egress_allow,
+        proxy::EgressRules {
+            allow: egress_allow,
+            kubelet_ports: egress_allow_kubelet_ports,
+            kubelet_networks: egress_kubelet_cidrs,
+        },
         Arc::clone(&metrics),
     )));
     let link_config = LinkConfig {

@@ -103,6 +103,15 @@ struct Fixture {
 
 impl Fixture {
     async fn start(assets: &KubernetesAssets, stakes: &[(&KeystoreKey, u64)]) -> Self {
+        Self::start_with(assets, stakes, &[]).await
+    }
+
+    /// [`Fixture::start`] with more sidecar arguments.
+    async fn start_with(
+        assets: &KubernetesAssets,
+        stakes: &[(&KeystoreKey, u64)],
+        sidecar_args: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let reaper = Reaper(dir.path().display().to_string());
         let mut chain = Chain::default();
@@ -183,6 +192,7 @@ impl Fixture {
             args.push("--agent-arg".into());
             args.push(arg);
         }
+        args.extend(sidecar_args.iter().cloned());
         let started = Instant::now();
         let sidecar =
             nautilus_sidecar::start(nautilus_sidecar::Args::try_parse_from(args).expect("args"))
@@ -242,6 +252,32 @@ impl Fixture {
             body,
         )
         .await
+    }
+
+    /// [`Fixture::api`] with extra headers, the answer's body de-chunked.
+    async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(self.api)
+            .await
+            .expect("api proxy");
+        let (status, text) = common::https_request_with(
+            Box::new(tcp),
+            &self.ca_pem,
+            "kubernetes",
+            method,
+            path,
+            Some(token),
+            headers,
+            body,
+        )
+        .await;
+        (status, response_body(&text))
     }
 
     /// Reports from `/report` until one satisfies `pred`.
@@ -645,4 +681,358 @@ impl Drop for ProcessGuard {
         );
         let _ = self.0.wait();
     }
+}
+
+/// The body of an HTTP/1.1 response `text` (head included), de-chunked when it was chunked.
+fn response_body(text: &str) -> String {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return String::new();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
+/// A kubelet's serving-certificate request for `sans`, as node `node`; the key and the object.
+fn serving_csr(node: &str, name: &str, sans: &[&str]) -> (rcgen::KeyPair, String) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName((*san).try_into().expect("dns")),
+        })
+        .collect();
+    let pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let object = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": "kubernetes.io/kubelet-serving",
+            "usages": ["digital signature", "server auth"],
+        },
+    });
+    (key, object.to_string())
+}
+
+fn node_object(name: &str, ip: &str, kubelet_port: u16) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        },
+    })
+    .to_string()
+}
+
+/// A stand-in kubelet: HTTPS on `addr` with `cert_pem` and `key`, answering every request with
+/// `kubelet stand-in <name>`; counts the connections it accepted.
+async fn stand_in_kubelet(
+    addr: &str,
+    name: &'static str,
+    cert_pem: &str,
+    key: &rcgen::KeyPair,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certificate pem");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(nautilus_agent::client::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind stand-in");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("kubelet stand-in {name}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    accepted
+}
+
+fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 23's kubelet path on the real control plane: the agent approves a kubelet-serving CSR
+/// made as the node for its own address, the controller manager signs it with the serving CA,
+/// and a CSR naming another node's address stays pending. A stand-in kubelet serving that
+/// certificate on 127.0.0.2 is then reached through the API server's node proxy: over the
+/// egress selector's Unix socket, the agent's bridge and the sidecar's CONNECT proxy, with the
+/// API server verifying the certificate (a self-signed one is refused; a port the sidecar does
+/// not allow is never dialled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane() {
+    let Some(assets) = kubernetes_assets_or_skip(
+        "kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane",
+    ) else {
+        return;
+    };
+    let admin = generate_key(SignatureScheme::Ed25519).expect("key");
+    let (kubelet_port, self_signed_port, refused_port) = (free_port(), free_port(), free_port());
+    let fx = Fixture::start_with(
+        &assets,
+        &[(&admin, 25_000)],
+        &[
+            "--egress-allow-kubelet-port".into(),
+            kubelet_port.to_string(),
+            "--egress-allow-kubelet-port".into(),
+            self_signed_port.to_string(),
+            // Loopback is refused unless named; 127.0.0.2 only.
+            "--egress-kubelet-cidr".into(),
+            "127.0.0.2/32".into(),
+        ],
+    )
+    .await;
+    fx.report_where("all healthy", Report::all_healthy).await;
+    let token = admin
+        .mint_for(AUDIENCE, nautilus_seal::unix_now(), 600)
+        .expect("token");
+    let as_node = |node: &'static str| {
+        [
+            ("Impersonate-User", format!("system:node:{node}")),
+            ("Impersonate-Group", "system:nodes".to_owned()),
+        ]
+    };
+
+    // Two nodes, as their kubelets would register them.
+    for (name, ip, port) in [
+        ("worker-1", "127.0.0.2", kubelet_port),
+        ("worker-2", "127.0.0.3", refused_port),
+        ("worker-3", "127.0.0.2", self_signed_port),
+    ] {
+        let (status, body) = fx
+            .api_with("POST", "/api/v1/nodes", &token, &[], &node_object(name, ip, port))
+            .await;
+        assert_eq!(status, 201, "node {name}: {body}");
+        assert!(body.contains(ip), "status kept on create: {body}");
+    }
+
+    // worker-1 asks for its own name and address, and for worker-2's address.
+    let (key, own) = serving_csr("worker-1", "worker-1-serving", &["worker-1", "127.0.0.2"]);
+    let (_, other) = serving_csr("worker-1", "worker-1-steals", &["127.0.0.3"]);
+    let created = Instant::now();
+    for csr in [&own, &other] {
+        let headers = as_node("worker-1");
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = fx.api_with("POST", CSRS, &token, &headers, csr).await;
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            body.contains(r#""username":"system:node:worker-1""#),
+            "made by the node: {body}"
+        );
+    }
+    let issued = loop {
+        let (status, body) = fx
+            .api_with("GET", &format!("{CSRS}/worker-1-serving"), &token, &[], "")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let object: serde_json::Value = serde_json::from_str(&body).expect("json");
+        if let Some(cert) = object["status"]["certificate"].as_str() {
+            let conditions = object["status"]["conditions"].to_string();
+            assert!(
+                conditions.contains(r#""type":"Approved""#)
+                    && conditions.contains("NautilusNodeServing"),
+                "{conditions}"
+            );
+            use base64::Engine as _;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(cert)
+                .expect("base64");
+            break String::from_utf8(pem).expect("pem");
+        }
+        assert!(
+            created.elapsed() < WAIT,
+            "worker-1's own request never issued: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "measured: kubelet-serving CSR created -> approved and issued in {:?}",
+        created.elapsed()
+    );
+    // Several more approver rounds: the other node's address stays pending.
+    tokio::time::sleep(nautilus_agent::csr_approver::POLL * 3).await;
+    let (status, body) = fx
+        .api_with("GET", &format!("{CSRS}/worker-1-steals"), &token, &[], "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let object: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        object["status"]["conditions"].is_null() && object["status"]["certificate"].is_null(),
+        "a request for another node's address stays pending: {body}"
+    );
+
+    // The issued certificate chains to the attested serving CA, for 127.0.0.2.
+    let hits = stand_in_kubelet(
+        &format!("127.0.0.2:{kubelet_port}"),
+        "worker-1",
+        &issued,
+        &key,
+    )
+    .await;
+    let direct = tokio::net::TcpStream::connect(("127.0.0.2", kubelet_port))
+        .await
+        .expect("stand-in");
+    let (status, text) = https_request(
+        Box::new(direct),
+        &fx.ca_pem,
+        "127.0.0.2",
+        "GET",
+        "/healthz",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Through the API server: egress selector, agent bridge, sidecar CONNECT proxy.
+    let (_, before) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    let tunnels = "nautilus_sidecar_proxy_connections_total{proxy=\"egress\"}";
+    let started = Instant::now();
+    let (status, body) = fx
+        .api_with("GET", "/api/v1/nodes/worker-1/proxy/healthz", &token, &[], "")
+        .await;
+    let through = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "kubelet stand-in worker-1");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, after) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    assert!(
+        metric_value(&after, tunnels) > metric_value(&before, tunnels),
+        "the API server's connection went through the sidecar's egress proxy"
+    );
+    println!("measured: node proxy GET through the sidecar to the stand-in kubelet: {through:?}");
+
+    // A kubelet whose certificate is not the serving CA's is refused by the API server.
+    let self_signed_key = rcgen::KeyPair::generate().expect("key");
+    let self_signed = rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()])
+        .expect("params")
+        .self_signed(&self_signed_key)
+        .expect("self-signed");
+    let impostor_hits = stand_in_kubelet(
+        &format!("127.0.0.2:{self_signed_port}"),
+        "impostor",
+        &self_signed.pem(),
+        &self_signed_key,
+    )
+    .await;
+    let (status, body) = fx
+        .api_with("GET", "/api/v1/nodes/worker-3/proxy/healthz", &token, &[], "")
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert!(!body.contains("kubelet stand-in"), "{body}");
+    assert!(
+        body.contains("x509") || body.contains("certificate"),
+        "refused for its certificate: {status} {body}"
+    );
+    assert_eq!(
+        impostor_hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "reached (through the proxy), then refused at the TLS handshake"
+    );
+
+    // A port the sidecar does not allow: refused by the proxy, never dialled.
+    let refused_hits = stand_in_kubelet(
+        &format!("127.0.0.3:{refused_port}"),
+        "worker-2",
+        &self_signed.pem(),
+        &self_signed_key,
+    )
+    .await;
+    let (status, body) = fx
+        .api_with("GET", "/api/v1/nodes/worker-2/proxy/healthz", &token, &[], "")
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(
+        refused_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the API server dials nothing itself"
+    );
+    let (_, metrics) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    assert!(
+        metric_value(
+            &metrics,
+            "nautilus_sidecar_egress_refused_total{reason=\"not_allowed\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+
+    fx.shutdown().await;
 }

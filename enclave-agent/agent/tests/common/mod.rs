@@ -312,6 +312,21 @@ pub async fn https_request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    https_request_with(stream, ca_pem, server_name, method, path, token, &[], body).await
+}
+
+/// [`https_request`] with extra request headers (`Impersonate-User`, say).
+#[allow(clippy::too_many_arguments)]
+pub async fn https_request_with(
+    stream: BoxedStream,
+    ca_pem: &str,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let config = nautilus_agent::client::client_config(&[ca_pem], None).expect("tls config");
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
@@ -319,9 +334,12 @@ pub async fn https_request(
         .connect(name, stream)
         .await
         .expect("the server's certificate chains to the given CA");
-    let auth = token
+    let mut auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    for (name, value) in headers {
+        auth.push_str(&format!("{name}: {value}\r\n"));
+    }
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -151,9 +151,9 @@ pub fn is_dns_subdomain(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.split('.').all(|label| {
-            !label.is_empty() && !label.starts_with('-') && !label.ends_with('-')
-        })
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
 }
 
 /// One entry of a Node's `status.addresses`.
@@ -343,7 +343,10 @@ pub fn decide(csr: &Csr, node: Option<&[NodeAddress]>) -> Verdict {
     {
         return Verdict::Deny(DenyReason::Subject);
     }
-    if !csr.usages.iter().all(|u| ALLOWED_USAGES.contains(&u.as_str()))
+    if !csr
+        .usages
+        .iter()
+        .all(|u| ALLOWED_USAGES.contains(&u.as_str()))
         || !csr.usages.iter().any(|u| u == "server auth")
     {
         return Verdict::Deny(DenyReason::Usages);
@@ -366,8 +369,8 @@ pub fn decide(csr: &Csr, node: Option<&[NodeAddress]>) -> Verdict {
     };
     let dns_names = of_kind(&["Hostname", "InternalDNS", "ExternalDNS"]);
     for dns in &asked.dns {
-        let known = dns.eq_ignore_ascii_case(name)
-            || dns_names.iter().any(|n| n.eq_ignore_ascii_case(dns));
+        let known =
+            dns.eq_ignore_ascii_case(name) || dns_names.iter().any(|n| n.eq_ignore_ascii_case(dns));
         if !known {
             return Verdict::Wait(WaitReason::DnsName(dns.clone()));
         }
@@ -451,7 +454,11 @@ impl<A: AdminApi> Approver<A> {
         }
     }
 
-    async fn get(&self, what: &str, path: &str) -> Result<Option<serde_json::Value>, ApproverError> {
+    async fn get(
+        &self,
+        what: &str,
+        path: &str,
+    ) -> Result<Option<serde_json::Value>, ApproverError> {
         let err = |detail: String| ApproverError::Api {
             what: what.to_owned(),
             detail,
@@ -521,13 +528,24 @@ impl<A: AdminApi> Approver<A> {
                     }
                 }
                 Verdict::Approve => {
-                    if self.set_condition(object, "Approved", REASON_APPROVED, &format!("{node}'s own names and addresses")).await? {
+                    if self
+                        .set_condition(
+                            object,
+                            "Approved",
+                            REASON_APPROVED,
+                            &format!("{node}'s own names and addresses"),
+                        )
+                        .await?
+                    {
                         info!(csr = %csr.name, %node, "kubelet serving certificate request approved");
                         approved += 1;
                     }
                 }
                 Verdict::Deny(reason) => {
-                    if self.set_condition(object, "Denied", REASON_DENIED, &reason.to_string()).await? {
+                    if self
+                        .set_condition(object, "Denied", REASON_DENIED, &reason.to_string())
+                        .await?
+                    {
                         info!(csr = %csr.name, %node, %reason, "kubelet serving certificate request denied");
                         denied += 1;
                     }
@@ -568,7 +586,8 @@ impl<A: AdminApi> Approver<A> {
             what: "rendering an approval".into(),
             detail: e.to_string(),
         })?;
-        let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval");
+        let path =
+            format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval");
         match self.api.call(http::Method::PUT, &path, body).await {
             Ok((status, _)) if status.is_success() => Ok(true),
             Ok((http::StatusCode::CONFLICT | http::StatusCode::NOT_FOUND, _)) => Ok(false),
@@ -633,7 +652,9 @@ mod tests {
                 .push(rcgen::DnType::OrganizationName, *org);
         }
         if let Some(cn) = cn {
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
         }
         params.subject_alt_names = sans;
         params
@@ -674,7 +695,11 @@ mod tests {
         for sans in [
             vec![ip("10.213.0.2")],
             vec![dns("worker-1"), ip("10.213.0.2")],
-            vec![dns("worker-1.example"), dns("worker-1.internal"), ip("2001:db8::2")],
+            vec![
+                dns("worker-1.example"),
+                dns("worker-1.internal"),
+                ip("2001:db8::2"),
+            ],
         ] {
             let c = csr(kubelet_pem(sans));
             assert_eq!(decide(&c, Some(&addresses)), Verdict::Approve);
@@ -696,14 +721,33 @@ mod tests {
     fn requests_that_are_not_a_nodes_are_left_alone() {
         let addresses = addresses();
         let good = csr(kubelet_pem(vec![ip("10.213.0.2")]));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Csr)>)> = vec![
-            ("another signer", Box::new(|c| c.signer_name = "kubernetes.io/kube-apiserver-client-kubelet".into())),
+        type Change = Box<dyn Fn(&mut Csr)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "another signer",
+                Box::new(|c| c.signer_name = "kubernetes.io/kube-apiserver-client-kubelet".into()),
+            ),
             ("already approved", Box::new(|c| c.decided = true)),
-            ("an administrator's", Box::new(|c| c.username = "sui:0xabc".into())),
-            ("not in system:nodes", Box::new(|c| c.groups = vec!["system:authenticated".into()])),
-            ("a node name that is no object name", Box::new(|c| c.username = "system:node:Worker_1".into())),
-            ("an empty node name", Box::new(|c| c.username = "system:node:".into())),
-            ("a path in the name", Box::new(|c| c.username = "system:node:../secrets".into())),
+            (
+                "an administrator's",
+                Box::new(|c| c.username = "sui:0xabc".into()),
+            ),
+            (
+                "not in system:nodes",
+                Box::new(|c| c.groups = vec!["system:authenticated".into()]),
+            ),
+            (
+                "a node name that is no object name",
+                Box::new(|c| c.username = "system:node:Worker_1".into()),
+            ),
+            (
+                "an empty node name",
+                Box::new(|c| c.username = "system:node:".into()),
+            ),
+            (
+                "a path in the name",
+                Box::new(|c| c.username = "system:node:../secrets".into()),
+            ),
         ];
         for (what, change) in cases {
             let mut c = good.clone();
@@ -732,7 +776,11 @@ mod tests {
             ("empty", csr(Vec::new()), DenyReason::Unparsable),
         ];
         for (what, c, reason) in cases {
-            assert_eq!(decide(&c, Some(&addresses)), Verdict::Deny(reason), "{what}");
+            assert_eq!(
+                decide(&c, Some(&addresses)),
+                Verdict::Deny(reason),
+                "{what}"
+            );
         }
         for usages in [
             vec!["server auth", "client auth"],
@@ -754,16 +802,35 @@ mod tests {
     fn names_the_node_does_not_report_wait() {
         let addresses = addresses();
         let cases = [
-            (vec![ip("10.213.0.3")], WaitReason::Ip("10.213.0.3".parse().expect("ip"))),
-            (vec![ip("10.213.0.2"), ip("127.0.0.1")], WaitReason::Ip("127.0.0.1".parse().expect("ip"))),
-            (vec![dns("worker-2")], WaitReason::DnsName("worker-2".into())),
-            (vec![dns("kubernetes.default.svc")], WaitReason::DnsName("kubernetes.default.svc".into())),
+            (
+                vec![ip("10.213.0.3")],
+                WaitReason::Ip("10.213.0.3".parse().expect("ip")),
+            ),
+            (
+                vec![ip("10.213.0.2"), ip("127.0.0.1")],
+                WaitReason::Ip("127.0.0.1".parse().expect("ip")),
+            ),
+            (
+                vec![dns("worker-2")],
+                WaitReason::DnsName("worker-2".into()),
+            ),
+            (
+                vec![dns("kubernetes.default.svc")],
+                WaitReason::DnsName("kubernetes.default.svc".into()),
+            ),
             // An IP address is not a DNS name, nor the other way round.
-            (vec![dns("10.213.0.2")], WaitReason::DnsName("10.213.0.2".into())),
+            (
+                vec![dns("10.213.0.2")],
+                WaitReason::DnsName("10.213.0.2".into()),
+            ),
         ];
         for (sans, reason) in cases {
             let c = csr(kubelet_pem(sans));
-            assert_eq!(decide(&c, Some(&addresses)), Verdict::Wait(reason.clone()), "{reason}");
+            assert_eq!(
+                decide(&c, Some(&addresses)),
+                Verdict::Wait(reason.clone()),
+                "{reason}"
+            );
         }
         // No Node object yet.
         let c = csr(kubelet_pem(vec![ip("10.213.0.2")]));
@@ -798,7 +865,8 @@ mod tests {
         assert_eq!(c.node(), Some("worker-1"));
         assert!(!c.decided);
         let mut approved = object.clone();
-        approved["status"] = serde_json::json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        approved["status"] =
+            serde_json::json!({"conditions": [{"type": "Approved", "status": "True"}]});
         assert!(Csr::from_json(&approved).expect("csr").decided);
         let mut bad = object.clone();
         bad["spec"]["request"] = serde_json::json!("not base64!");
@@ -814,7 +882,17 @@ mod tests {
         for ok in ["worker-1", "a", "ip-10-0-0-1.ec2.internal"] {
             assert!(is_dns_subdomain(ok), "{ok}");
         }
-        for bad in ["", "Worker", "a_b", "-a", "a-", "a..b", "a/b", "..", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Worker",
+            "a_b",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "..",
+            &"a".repeat(254),
+        ] {
             assert!(!is_dns_subdomain(bad), "{bad}");
         }
     }

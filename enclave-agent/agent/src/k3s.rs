@@ -473,11 +473,13 @@ tls-san:
     #[test]
     fn k3s_dials_kubelets_through_the_agents_egress_selector() {
         let config = mk_config();
-        let mut spec =
-            flags::spec_flags(&config, &kubeconfig(), &flags::ComponentPorts::default())
-                .expect("flags");
-        flags::with_kubelet_egress(&mut spec, Path::new("/var/lib/nautilus/egress-selector.yaml"))
-            .expect("egress");
+        let mut spec = flags::spec_flags(&config, &kubeconfig(), &flags::ComponentPorts::default())
+            .expect("flags");
+        flags::with_kubelet_egress(
+            &mut spec,
+            Path::new("/var/lib/nautilus/egress-selector.yaml"),
+        )
+        .expect("egress");
         let rendered = render_config(&config, &spec).expect("renders");
         let yaml: serde_yaml::Value = serde_yaml::from_str(&rendered).expect("yaml");
         assert_eq!(yaml["egress-selector-mode"], "disabled");

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nautilus_protocol::bounded::{BoundedListener, LogLimit, Limits, Phase, Unobserved};
+use nautilus_protocol::bounded::{BoundedListener, Limits, LogLimit, Phase, Unobserved};
 use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
@@ -113,7 +113,8 @@ impl KubeletEgress {
                 path: socket.to_path_buf(),
                 source,
             })?;
-        let listener = BoundedListener::new(listener, "kubelet-egress", limits, Arc::new(Unobserved));
+        let listener =
+            BoundedListener::new(listener, "kubelet-egress", limits, Arc::new(Unobserved));
         info!(socket = %socket.display(), %proxy, "kubelet egress bridge listening");
         let task = tokio::spawn(serve(listener, Arc::new(proxy)));
         Ok(Self {
@@ -218,15 +219,20 @@ mod tests {
             .expect("proxy");
         let proxy_at = Endpoint::Tcp(proxy.local_addr().expect("addr").to_string());
         let socket = dir.path().join(SOCKET);
-        let bridge = KubeletEgress::start(&socket, proxy_at).await.expect("bridge");
+        let bridge = KubeletEgress::start(&socket, proxy_at)
+            .await
+            .expect("bridge");
 
         for round in 0..2 {
             let mut api = tokio::net::UnixStream::connect(&socket)
                 .await
                 .expect("connect");
-            let head = format!("CONNECT 10.213.0.{round}:10250 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+            let head =
+                format!("CONNECT 10.213.0.{round}:10250 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
             api.write_all(head.as_bytes()).await.expect("write");
-            let (mut upstream, _) = within(proxy.accept()).await.expect("a new proxy connection");
+            let (mut upstream, _) = within(proxy.accept())
+                .await
+                .expect("a new proxy connection");
             let mut got = vec![0u8; head.len()];
             within(upstream.read_exact(&mut got)).await.expect("read");
             assert_eq!(got, head.as_bytes(), "the request, unchanged");
@@ -235,7 +241,9 @@ mod tests {
                 .await
                 .expect("answer");
             let mut answer = vec![0u8; 42];
-            within(api.read_exact(&mut answer)).await.expect("answer back");
+            within(api.read_exact(&mut answer))
+                .await
+                .expect("answer back");
             assert!(answer.starts_with(b"HTTP/1.1 200 "));
             assert!(answer.ends_with(b"\x16\x03\x03"));
         }

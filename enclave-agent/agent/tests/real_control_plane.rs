@@ -767,7 +767,7 @@ fn node_object(name: &str, ip: &str, kubelet_port: u16) -> String {
 /// A stand-in kubelet: HTTPS on `addr` with `cert_pem` and `key`, answering every request with
 /// `kubelet stand-in <name>`; counts the connections it accepted.
 async fn stand_in_kubelet(
-    addr: &str,
+    listener: std::net::TcpListener,
     name: &'static str,
     cert_pem: &str,
     key: &rcgen::KeyPair,
@@ -786,7 +786,8 @@ async fn stand_in_kubelet(
         .with_single_cert(chain, key)
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind stand-in");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("stand-in listener");
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     tokio::spawn(async move {
@@ -821,6 +822,94 @@ async fn stand_in_kubelet(
     accepted
 }
 
+/// A network namespace of the test's own with a veth pair: `10.213.<octet>.1/29` on the host's
+/// side, `.2` and `.3` inside; removed (with the pair) on drop. The kube-apiserver refuses to
+/// proxy to loopback addresses, so a stand-in kubelet needs an address of its own.
+struct Netns {
+    name: String,
+    octet: u8,
+}
+
+impl Netns {
+    fn create() -> Result<Self, String> {
+        let pid = std::process::id();
+        let name = format!("nautilus-kp-{pid}");
+        let octet = 200 + (pid % 50) as u8;
+        let host_if = format!("kph{}", pid % 100_000);
+        let ns_if = format!("kpn{}", pid % 100_000);
+        let ns = Self { name, octet };
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(&["netns", "add", &ns.name])?;
+        let host = format!("10.213.{octet}.1/29");
+        let inside = [
+            format!("10.213.{octet}.2/29"),
+            format!("10.213.{octet}.3/29"),
+        ];
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
+        ])?;
+        run(&["addr", "add", &host, "dev", &host_if])?;
+        run(&["link", "set", &host_if, "up"])?;
+        for addr in &inside {
+            run(&["-n", &ns.name, "addr", "add", addr, "dev", &ns_if])?;
+        }
+        run(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
+        run(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `10.213.<octet>.<last>`.
+    fn ip(&self, last: u8) -> String {
+        format!("10.213.{}.{last}", self.octet)
+    }
+
+    /// A TCP listener on `ip:port` inside the namespace.
+    fn bind(&self, ip: &str, port: u16) -> std::net::TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = format!("{ip}:{port}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            // The address is configured; the veth may still be coming up.
+            let start = Instant::now();
+            loop {
+                match std::net::TcpListener::bind(&addr) {
+                    Ok(listener) => return listener,
+                    Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("bind {addr} in the namespace: {e}"),
+                }
+            }
+        })
+        .join()
+        .expect("bind thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 fn metric_value(metrics: &str, series: &str) -> u64 {
     metrics
         .lines()
@@ -832,7 +921,8 @@ fn metric_value(metrics: &str, series: &str) -> u64 {
 /// Issue 23's kubelet path on the real control plane: the agent approves a kubelet-serving CSR
 /// made as the node for its own address, the controller manager signs it with the serving CA,
 /// and a CSR naming another node's address stays pending. A stand-in kubelet serving that
-/// certificate on 127.0.0.2 is then reached through the API server's node proxy: over the
+/// certificate on an address of the test's own network namespace is then reached through the
+/// API server's node proxy: over the
 /// egress selector's Unix socket, the agent's bridge and the sidecar's CONNECT proxy, with the
 /// API server verifying the certificate (a self-signed one is refused; a port the sidecar does
 /// not allow is never dialled).
@@ -843,8 +933,25 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
     ) else {
         return;
     };
+    let netns = match Netns::create() {
+        Ok(netns) => netns,
+        Err(e) => {
+            let line = format!(
+                "skipped: kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane: cannot make a network namespace ({e})"
+            );
+            assert!(
+                std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
+                "{line}"
+            );
+            println!("{line}");
+            return;
+        }
+    };
+    let (worker_ip, other_ip) = (netns.ip(2), netns.ip(3));
     let admin = generate_key(SignatureScheme::Ed25519).expect("key");
     let (kubelet_port, self_signed_port, refused_port) = (free_port(), free_port(), free_port());
+    // The sidecar's default kubelet rule (any address but loopback, link-local and the like),
+    // on two kubelet ports.
     let fx = Fixture::start_with(
         &assets,
         &[(&admin, 25_000)],
@@ -853,9 +960,6 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
             kubelet_port.to_string(),
             "--egress-allow-kubelet-port".into(),
             self_signed_port.to_string(),
-            // Loopback is refused unless named; 127.0.0.2 only.
-            "--egress-kubelet-cidr".into(),
-            "127.0.0.2/32".into(),
         ],
     )
     .await;
@@ -872,20 +976,26 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
 
     // Two nodes, as their kubelets would register them.
     for (name, ip, port) in [
-        ("worker-1", "127.0.0.2", kubelet_port),
-        ("worker-2", "127.0.0.3", refused_port),
-        ("worker-3", "127.0.0.2", self_signed_port),
+        ("worker-1", worker_ip.as_str(), kubelet_port),
+        ("worker-2", other_ip.as_str(), refused_port),
+        ("worker-3", worker_ip.as_str(), self_signed_port),
     ] {
         let (status, body) = fx
-            .api_with("POST", "/api/v1/nodes", &token, &[], &node_object(name, ip, port))
+            .api_with(
+                "POST",
+                "/api/v1/nodes",
+                &token,
+                &[],
+                &node_object(name, ip, port),
+            )
             .await;
         assert_eq!(status, 201, "node {name}: {body}");
         assert!(body.contains(ip), "status kept on create: {body}");
     }
 
     // worker-1 asks for its own name and address, and for worker-2's address.
-    let (key, own) = serving_csr("worker-1", "worker-1-serving", &["worker-1", "127.0.0.2"]);
-    let (_, other) = serving_csr("worker-1", "worker-1-steals", &["127.0.0.3"]);
+    let (key, own) = serving_csr("worker-1", "worker-1-serving", &["worker-1", &worker_ip]);
+    let (_, other) = serving_csr("worker-1", "worker-1-steals", &[&other_ip]);
     let created = Instant::now();
     for csr in [&own, &other] {
         let headers = as_node("worker-1");
@@ -938,21 +1048,21 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
         "a request for another node's address stays pending: {body}"
     );
 
-    // The issued certificate chains to the attested serving CA, for 127.0.0.2.
+    // The issued certificate chains to the attested serving CA, for worker-1's address.
     let hits = stand_in_kubelet(
-        &format!("127.0.0.2:{kubelet_port}"),
+        netns.bind(&worker_ip, kubelet_port),
         "worker-1",
         &issued,
         &key,
     )
     .await;
-    let direct = tokio::net::TcpStream::connect(("127.0.0.2", kubelet_port))
+    let direct = tokio::net::TcpStream::connect((worker_ip.as_str(), kubelet_port))
         .await
         .expect("stand-in");
     let (status, text) = https_request(
         Box::new(direct),
         &fx.ca_pem,
-        "127.0.0.2",
+        &worker_ip,
         "GET",
         "/healthz",
         None,
@@ -967,7 +1077,13 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
     let tunnels = "nautilus_sidecar_proxy_connections_total{proxy=\"egress\"}";
     let started = Instant::now();
     let (status, body) = fx
-        .api_with("GET", "/api/v1/nodes/worker-1/proxy/healthz", &token, &[], "")
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-1/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
         .await;
     let through = started.elapsed();
     assert_eq!(status, 200, "{body}");
@@ -982,25 +1098,34 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
 
     // A kubelet whose certificate is not the serving CA's is refused by the API server.
     let self_signed_key = rcgen::KeyPair::generate().expect("key");
-    let self_signed = rcgen::CertificateParams::new(vec!["127.0.0.2".to_owned()])
+    let self_signed = rcgen::CertificateParams::new(vec![worker_ip.clone()])
         .expect("params")
         .self_signed(&self_signed_key)
         .expect("self-signed");
     let impostor_hits = stand_in_kubelet(
-        &format!("127.0.0.2:{self_signed_port}"),
+        netns.bind(&worker_ip, self_signed_port),
         "impostor",
         &self_signed.pem(),
         &self_signed_key,
     )
     .await;
     let (status, body) = fx
-        .api_with("GET", "/api/v1/nodes/worker-3/proxy/healthz", &token, &[], "")
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-3/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
         .await;
     assert_ne!(status, 200, "{body}");
     assert!(!body.contains("kubelet stand-in"), "{body}");
     assert!(
         body.contains("x509") || body.contains("certificate"),
         "refused for its certificate: {status} {body}"
+    );
+    println!(
+        "impostor kubelet (self-signed certificate) refused by the API server: {status} {body}"
     );
     assert_eq!(
         impostor_hits.load(std::sync::atomic::Ordering::SeqCst),
@@ -1010,14 +1135,20 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
 
     // A port the sidecar does not allow: refused by the proxy, never dialled.
     let refused_hits = stand_in_kubelet(
-        &format!("127.0.0.3:{refused_port}"),
+        netns.bind(&other_ip, refused_port),
         "worker-2",
         &self_signed.pem(),
         &self_signed_key,
     )
     .await;
     let (status, body) = fx
-        .api_with("GET", "/api/v1/nodes/worker-2/proxy/healthz", &token, &[], "")
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-2/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
         .await;
     assert_ne!(status, 200, "{body}");
     assert_eq!(
@@ -1035,4 +1166,5 @@ async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control
     );
 
     fx.shutdown().await;
+    drop(netns);
 }

@@ -204,15 +204,31 @@ async fn the_egress_proxy_tunnels_to_kubelet_addresses_only() {
     let target = format!("127.0.0.2:{kubelet_port}");
     let (mut tunnel, head) = connect_request(
         &running,
-        format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\n\r\n").as_bytes(),
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    roundtrip(&mut tunnel, b"\x16\x03\x01 a ClientHello, as far as the proxy knows").await;
+    roundtrip(
+        &mut tunnel,
+        b"\x16\x03\x01 a ClientHello, as far as the proxy knows",
+    )
+    .await;
     for (request, status) in [
-        (format!("CONNECT localhost:{kubelet_port} HTTP/1.1\r\n\r\n"), "403"),
-        (format!("CONNECT 127.0.0.2:{} HTTP/1.1\r\n\r\n", port(&other)), "403"),
-        (format!("CONNECT 127.0.0.1:{kubelet_port} HTTP/1.1\r\n\r\n"), "403"),
+        (
+            format!("CONNECT localhost:{kubelet_port} HTTP/1.1\r\n\r\n"),
+            "403",
+        ),
+        (
+            format!("CONNECT 127.0.0.2:{} HTTP/1.1\r\n\r\n", port(&other)),
+            "403",
+        ),
+        (
+            format!("CONNECT 127.0.0.1:{kubelet_port} HTTP/1.1\r\n\r\n"),
+            "403",
+        ),
     ] {
         let (_, head) = connect_request(&running, request.as_bytes()).await;
         assert!(

@@ -3,7 +3,8 @@
 //! The sidecar runs in the enclave's pod on the parent instance. It starts the enclave, sends
 //! the agent inside it the boot configuration, keeps the attestation and signed reports the
 //! agent sends back, and serves them to the operator over HTTP. It also carries the enclave's
-//! traffic: the API server port in, and Sui RPC out through an allowlisted CONNECT proxy. It
+//! traffic: the API server port in, and Sui RPC and the API server's kubelet connections out
+//! through an allowlisted CONNECT proxy. It
 //! is not trusted (everything it relays is signed inside the enclave) and holds no Kubernetes
 //! credentials.
 //!
@@ -11,6 +12,7 @@
 //!  operator ──HTTP :8080──► sidecar ──vsock :5000 (frames)──► agent (enclave)
 //!  clients ───TCP :6443───► sidecar ──vsock :6443 (bytes)───► API server (enclave)
 //!  Sui RPC  ◄──TCP :443──── sidecar ◄─vsock :8001 (CONNECT)── agent (enclave)
+//!  kubelets ◄─TCP :10250─── sidecar ◄─vsock :8001 (CONNECT)── API server (enclave, via agent)
 //! ```
 //!
 //! Layout:

@@ -877,6 +877,125 @@ mod tests {
         assert_eq!(decide(&c, None), Verdict::Deny(DenyReason::Unparsable));
     }
 
+    /// An API server that lists `csrs`, knows worker-1's Node, and records every call; a PUT
+    /// answers `put_status`.
+    struct FakeApi {
+        csrs: Vec<serde_json::Value>,
+        put_status: http::StatusCode,
+        calls: std::sync::Mutex<Vec<(http::Method, String, serde_json::Value)>>,
+    }
+
+    impl AdminApi for FakeApi {
+        async fn call(
+            &self,
+            method: http::Method,
+            path: &str,
+            body: Vec<u8>,
+        ) -> Result<(http::StatusCode, String), String> {
+            let body_json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            self.calls
+                .lock()
+                .expect("lock")
+                .push((method.clone(), path.to_owned(), body_json));
+            Ok(match (method, path) {
+                (http::Method::GET, p) if p.starts_with("/apis/certificates.k8s.io/") => (
+                    http::StatusCode::OK,
+                    serde_json::json!({"metadata": {}, "items": self.csrs}).to_string(),
+                ),
+                (http::Method::GET, "/api/v1/nodes/worker-1") => (
+                    http::StatusCode::OK,
+                    serde_json::json!({"status": {"addresses": [
+                        {"type": "InternalIP", "address": "10.213.0.2"},
+                    ]}})
+                    .to_string(),
+                ),
+                (http::Method::GET, _) => (http::StatusCode::NOT_FOUND, "{}".into()),
+                (http::Method::PUT, _) => (self.put_status, "{}".into()),
+                _ => (http::StatusCode::METHOD_NOT_ALLOWED, String::new()),
+            })
+        }
+    }
+
+    fn object(name: &str, node: &str, usages: &[&str], request: &[u8]) -> serde_json::Value {
+        use base64::Engine as _;
+        serde_json::json!({
+            "metadata": {"name": name, "resourceVersion": "7"},
+            "spec": {
+                "signerName": KUBELET_SERVING,
+                "username": format!("system:node:{node}"),
+                "groups": ["system:nodes"],
+                "usages": usages,
+                "request": base64::engine::general_purpose::STANDARD.encode(request),
+            },
+            "status": {},
+        })
+    }
+
+    #[tokio::test]
+    async fn a_round_approves_denies_and_leaves_pending_through_the_approval_subresource() {
+        let own = kubelet_pem(vec![ip("10.213.0.2")]);
+        let api = FakeApi {
+            csrs: vec![
+                object(
+                    "good",
+                    "worker-1",
+                    &["digital signature", "server auth"],
+                    &own,
+                ),
+                object("bad-usages", "worker-1", &["client auth"], &own),
+                object(
+                    "other-ip",
+                    "worker-1",
+                    &["server auth"],
+                    &kubelet_pem(vec![ip("10.213.0.3")]),
+                ),
+                object(
+                    "no-node",
+                    "worker-9",
+                    &["server auth"],
+                    &pem(
+                        Some("system:node:worker-9"),
+                        &["system:nodes"],
+                        vec![ip("10.213.0.9")],
+                    ),
+                ),
+            ],
+            put_status: http::StatusCode::OK,
+            calls: std::sync::Mutex::new(Vec::new()),
+        };
+        let mut approver = Approver::new(api);
+        assert_eq!(approver.round().await.expect("round"), (1, 1));
+        let calls = approver.api.calls.lock().expect("lock").clone();
+        let puts: Vec<_> = calls
+            .iter()
+            .filter(|(m, _, _)| m == http::Method::PUT)
+            .collect();
+        assert_eq!(puts.len(), 2, "{calls:?}");
+        let (_, path, body) = puts[0];
+        assert_eq!(
+            path,
+            "/apis/certificates.k8s.io/v1/certificatesigningrequests/good/approval"
+        );
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency kept"
+        );
+        assert_eq!(body["status"]["conditions"][0]["type"], "Approved");
+        assert_eq!(body["status"]["conditions"][0]["reason"], REASON_APPROVED);
+        let (_, path, body) = puts[1];
+        assert!(path.ends_with("/bad-usages/approval"), "{path}");
+        assert_eq!(body["status"]["conditions"][0]["type"], "Denied");
+        assert_eq!(body["status"]["conditions"][0]["reason"], REASON_DENIED);
+        // The two waiting ones are remembered (logged once), not acted on.
+        assert_eq!(approver.logged.len(), 2);
+
+        // A conflict (the object changed meanwhile) is no error: judged again next round.
+        approver.api.put_status = http::StatusCode::CONFLICT;
+        assert_eq!(approver.round().await.expect("round"), (0, 0));
+        approver.api.put_status = http::StatusCode::FORBIDDEN;
+        assert!(approver.round().await.is_err());
+    }
+
     #[test]
     fn node_names_are_object_names() {
         for ok in ["worker-1", "a", "ip-10-0-0-1.ec2.internal"] {

@@ -717,6 +717,23 @@ mod tests {
         assert_eq!(decide(&c, Some(&addresses)), Verdict::Approve);
     }
 
+    /// Made by another implementation: `openssl req -new -newkey ec -pkeyopt
+    /// ec_paramgen_curve:P-256 -subj "/O=system:nodes/CN=system:node:worker-1" -addext
+    /// "subjectAltName=IP:10.213.0.2,DNS:worker-1"` (OpenSSL 3).
+    const OPENSSL_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBHTCBxAIBADA2MRUwEwYDVQQKDAxzeXN0ZW06bm9kZXMxHTAbBgNVBAMMFHN5\nc3RlbTpub2RlOndvcmtlci0xMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0hTP\nORFzCs76JH/ouBhDg8+dxgm5pYkxgCWKUMR2ziCYgvduHzpI+1ZZ6ajzaIBWagKa\nh6XDxwFBoeO2KSy7mKAsMCoGCSqGSIb3DQEJDjEdMBswGQYDVR0RBBIwEIcECtUA\nAoIId29ya2VyLTEwCgYIKoZIzj0EAwIDSAAwRQIgOpQV9gxvYNCsegceNpGW80Lp\nhPrk64o8rFDyb5HXbfUCIQCkq3UQ77DxfMw7ChNQiaLWj3hd1XztyxscXBjVinGx\ntg==\n-----END CERTIFICATE REQUEST-----\n";
+
+    #[test]
+    fn a_request_made_by_openssl_is_read_the_same_way() {
+        let c = csr(OPENSSL_CSR.as_bytes().to_vec());
+        assert_eq!(decide(&c, Some(&addresses())), Verdict::Approve);
+        let mut other = c.clone();
+        other.username = "system:node:worker-2".into();
+        assert_eq!(
+            decide(&other, Some(&addresses())),
+            Verdict::Deny(DenyReason::Subject)
+        );
+    }
+
     #[test]
     fn requests_that_are_not_a_nodes_are_left_alone() {
         let addresses = addresses();

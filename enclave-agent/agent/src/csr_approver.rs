@@ -28,7 +28,7 @@
 //!
 //! [`Approver::run`] polls the API server every [`POLL`] with the agent's `system:masters`
 //! client certificate, pages through the kubelet-serving requests ([`MAX_PAGES`] of
-//! [`PAGE`]), reads each requesting node's Node, and approves or denies through the
+//! [`PAGE`]), reads each requesting node's Node (once a round), and approves or denies through the
 //! `/approval` subresource with reason [`REASON_APPROVED`] / [`REASON_DENIED`].
 
 use std::collections::HashMap;
@@ -51,10 +51,11 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub const MAX_SANS: usize = 64;
 /// How often the approver looks.
 pub const POLL: Duration = Duration::from_secs(2);
-/// Requests per list page.
-pub const PAGE: usize = 250;
+/// Requests per list page: an issued request with its certificate is about 4 KB of JSON, so a
+/// page stays well under the agent client's 1 MiB answer limit.
+pub const PAGE: usize = 100;
 /// Pages read per round.
-pub const MAX_PAGES: usize = 8;
+pub const MAX_PAGES: usize = 20;
 
 const NODE_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
@@ -501,6 +502,7 @@ impl<A: AdminApi> Approver<A> {
             }
         }
         let mut seen = Vec::new();
+        let mut nodes: HashMap<String, Option<Vec<NodeAddress>>> = HashMap::new();
         let (mut approved, mut denied) = (0, 0);
         for object in objects {
             let Some(csr) = Csr::from_json(&object) else {
@@ -513,10 +515,17 @@ impl<A: AdminApi> Approver<A> {
             let Some(node) = csr.node() else {
                 continue;
             };
-            let addresses = self
-                .get("reading a node", &format!("/api/v1/nodes/{node}"))
-                .await?
-                .map(|node| node_addresses(&node));
+            let addresses = match nodes.get(node) {
+                Some(known) => known.clone(),
+                None => {
+                    let read = self
+                        .get("reading a node", &format!("/api/v1/nodes/{node}"))
+                        .await?
+                        .map(|node| node_addresses(&node));
+                    nodes.insert(node.to_owned(), read.clone());
+                    read
+                }
+            };
             let verdict = decide(&csr, addresses.as_deref());
             match &verdict {
                 Verdict::NotOurs => {}
@@ -983,6 +992,11 @@ mod tests {
         let mut approver = Approver::new(api);
         assert_eq!(approver.round().await.expect("round"), (1, 1));
         let calls = approver.api.calls.lock().expect("lock").clone();
+        let node_reads = calls
+            .iter()
+            .filter(|(_, path, _)| path == "/api/v1/nodes/worker-1")
+            .count();
+        assert_eq!(node_reads, 1, "one read per node and round");
         let puts: Vec<_> = calls
             .iter()
             .filter(|(m, _, _)| m == http::Method::PUT)

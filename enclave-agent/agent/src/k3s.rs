@@ -86,6 +86,10 @@ pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String,
     put("disable-agent", Value::Bool(true));
     put("disable-cloud-controller", Value::Bool(true));
     put("disable-network-policy", Value::Bool(true));
+    // K3s' own egress selector (its agents' tunnel, `agent` mode by default) would write
+    // `--egress-selector-config-file` itself; the agent's own (`crate::kubelet_egress`, in
+    // `kube-apiserver-arg`) goes through the sidecar instead.
+    put("egress-selector-mode", Value::String("disabled".into()));
     put(
         "disable",
         seq(DISABLED_ADDONS.iter().map(|s| (*s).to_owned())),
@@ -453,11 +457,13 @@ disable:
 disable-agent: true
 disable-cloud-controller: true
 disable-network-policy: true
+egress-selector-mode: disabled
 https-listen-port: 6443
 kube-apiserver-arg:
 - authentication-token-webhook-config-file=/var/lib/nautilus/webhook-kubeconfig.yaml
 - authentication-token-webhook-cache-ttl=30s
 - authentication-token-webhook-version=v1
+- kubelet-preferred-address-types=InternalIP,ExternalIP
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
@@ -501,6 +507,43 @@ tls-san:
         pretty_assertions::assert_eq!(rendered, GOLDEN);
         // Deterministic.
         assert_eq!(rendered, render(&mk_config()).expect("again"));
+    }
+
+    /// K3s' API server reaches kubelets the way the `kubernetes` distribution's does: through
+    /// the agent's egress selector (K3s' own tunnel is off), by address.
+    #[test]
+    fn k3s_dials_kubelets_through_the_agents_egress_selector() {
+        let config = mk_config();
+        let mut spec = flags::spec_flags(&config, &kubeconfig(), &flags::ComponentPorts::default())
+            .expect("flags");
+        flags::with_kubelet_egress(
+            &mut spec,
+            Path::new("/var/lib/nautilus/egress-selector.yaml"),
+        )
+        .expect("egress");
+        let rendered = render_config(&config, &spec).expect("renders");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&rendered).expect("yaml");
+        assert_eq!(yaml["egress-selector-mode"], "disabled");
+        let implied = implied_apiserver_flags(&rendered).expect("implied");
+        let get = |name: &str| {
+            implied
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("egress-selector-config-file"),
+            Some("/var/lib/nautilus/egress-selector.yaml")
+        );
+        assert_eq!(
+            get("kubelet-preferred-address-types"),
+            Some("InternalIP,ExternalIP")
+        );
+        assert_eq!(
+            get("kubelet-certificate-authority"),
+            Some("/var/lib/rancher/k3s/server/tls/server-ca.crt"),
+            "kubelet serving certificates are verified"
+        );
     }
 
     #[test]

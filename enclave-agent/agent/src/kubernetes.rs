@@ -517,7 +517,8 @@ impl Readiness {
         }
     }
 
-    async fn api(
+    /// One request to the API server as the agent's admin (`system:masters`).
+    pub(crate) async fn api(
         &self,
         method: http::Method,
         path: &str,

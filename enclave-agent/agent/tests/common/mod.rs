@@ -314,24 +314,20 @@ pub async fn https_request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
-    https_request_as(
-        stream,
-        ca_pem,
-        server_name,
-        (method, path, "application/json"),
-        token,
-        body,
-    )
-    .await
+    https_request_with(stream, ca_pem, server_name, method, path, token, &[], body).await
 }
 
-/// [`https_request`] with a `Content-Type` of the caller's (a merge patch, say).
-pub async fn https_request_as(
+/// [`https_request`] with extra request headers (`Impersonate-User`, say; a `Content-Type`
+/// among them replaces `application/json`).
+#[allow(clippy::too_many_arguments)]
+pub async fn https_request_with(
     stream: BoxedStream,
     ca_pem: &str,
     server_name: &str,
-    (method, path, content_type): (&str, &str, &str),
+    method: &str,
+    path: &str,
     token: Option<&str>,
+    headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -341,11 +337,20 @@ pub async fn https_request_as(
         .connect(name, stream)
         .await
         .expect("the server's certificate chains to the given CA");
-    let auth = token
+    let mut auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    for (name, value) in headers {
+        auth.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        auth.push_str("Content-Type: application/json\r\n");
+    }
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tls.write_all(request.as_bytes()).await.expect("write");

@@ -435,12 +435,14 @@ impl LocalSettings {
     }
 
     /// Whether the enclaves can run as [`LocalSettings::network`] says: with
-    /// [`LocalNetwork::Isolated`], whether the sidecar binary can make a network namespace
-    /// here ([`RuntimeError::Isolation`] says why not, in one line). Call it once at start.
+    /// [`LocalNetwork::Isolated`], whether a network namespace can be made here
+    /// ([`RuntimeError::Isolation`] says why not, in one line). Call it once at start. The
+    /// probe runs the agent binary, which shares the sidecar's `nautilus-lifetime` helper (the
+    /// sidecar binary may be a test's stand-in that wraps the real one).
     pub async fn check_network(&self) -> Result<()> {
         match self.network {
             LocalNetwork::Host => Ok(()),
-            LocalNetwork::Isolated => nautilus_lifetime::netns::probe(&self.sidecar_binary)
+            LocalNetwork::Isolated => nautilus_lifetime::netns::probe(&self.agent_binary)
                 .await
                 .map_err(|err| RuntimeError::Isolation {
                     reason: match err {

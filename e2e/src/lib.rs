@@ -136,6 +136,18 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
+/// `local` with its network checked: isolated enclaves (the default) where this machine can
+/// make network namespaces; elsewhere one line says that the enclaves share the host's network
+/// in this test, and with [`REQUIRE_ENV`] `1` the test fails instead.
+pub async fn with_network_checked(mut local: LocalSettings) -> LocalSettings {
+    if let Err(err) = local.check_network().await {
+        assert!(!required(), "{REQUIRE_ENV}=1 but {err}");
+        println!("not isolated: enclaves share the host's network in this test: {err}");
+        local.network = nautilus_operator::runtime::LocalNetwork::Host;
+    }
+    local
+}
+
 /// One test's world: a namespace, an operator scoped to it, a Sui node, a staked key.
 pub struct Harness {
     /// Client of the cluster under test.
@@ -312,6 +324,7 @@ impl Harness {
             etcd_command: kubernetes.map(|a| a.etcd),
             ..development
         };
+        let local = with_network_checked(local).await;
         let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(local.clone())));
         controller::check_crd(&client)
             .await
@@ -376,7 +389,9 @@ impl Harness {
                 "--control-plane-command={}",
                 s.control_plane_command
             ))
-            .arg(format!("--local-work-dir={}", s.work_dir.display()));
+            .arg(format!("--local-work-dir={}", s.work_dir.display()))
+            .arg(format!("--local-network={}", s.network.name()))
+            .arg(format!("--local-api-address={}", s.api_publish_ip));
         if let Some(ca) = &s.sui_ca_file {
             cmd.arg(format!("--local-sui-ca-file={}", ca.display()));
         }

@@ -386,6 +386,14 @@ pub struct Args {
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
 
+    /// Run the agent (and so its control plane) in a network namespace of its own with only a
+    /// loopback, up, as a Nitro enclave has no network (process launcher; needs root). The
+    /// agent is then reachable only through Unix sockets: give --agent, --api-upstream and
+    /// --egress-listen as `unix:` endpoints. The sidecar fails to start when the namespace
+    /// cannot be made; it never runs the agent in the host's network instead.
+    #[arg(long, env = "NAUTILUS_ISOLATE_NETWORK")]
+    pub isolate_network: bool,
+
     /// Where the process launcher records the agent's pid and start time; on start the
     /// sidecar kills an agent a crashed predecessor recorded there [default: the boot
     /// configuration's directory].

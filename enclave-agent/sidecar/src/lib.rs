@@ -257,6 +257,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         nitro_cli,
         agent_command,
         agent_args,
+        isolate_network,
         state_dir,
         agent,
         api_upstream,
@@ -281,6 +282,12 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         .saturating_mul(1000);
 
     let (launcher, poll): (Arc<dyn Launcher>, Duration) = match launcher_kind {
+        LauncherKind::Nitro if isolate_network => {
+            return Err(SidecarError::Config(
+                "--isolate-network is for --launcher process (an enclave has no network to isolate)"
+                    .to_owned(),
+            ));
+        }
         LauncherKind::Nitro => (
             Arc::new(NitroLauncher::new(NitroConfig {
                 nitro_cli,
@@ -299,21 +306,35 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                     "--agent and --api-upstream are required with --launcher process (there is no enclave CID)".to_owned(),
                 ));
             }
-            (
-                Arc::new(
-                    ProcessLauncher::new(
-                        required(agent_command, "--agent-command", "process")?,
-                        agent_args,
-                    )
-                    .with_state_dir(state_dir.unwrap_or_else(|| {
-                        boot_config
-                            .parent()
-                            .filter(|dir| !dir.as_os_str().is_empty())
-                            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-                    })),
-                ),
-                Duration::from_millis(500),
+            if isolate_network {
+                // Over TCP the isolated agent would be unreachable (its loopback is not ours).
+                for (flag, endpoint) in [
+                    ("--agent", agent.as_ref()),
+                    ("--api-upstream", api_upstream.as_ref()),
+                    ("--egress-listen", Some(&egress_listen)),
+                ] {
+                    if !matches!(endpoint, Some(Endpoint::Unix(_))) {
+                        return Err(SidecarError::Config(format!(
+                            "{flag} must be a unix: endpoint with --isolate-network (the agent \
+                             has no network but its loopback)"
+                        )));
+                    }
+                }
+            }
+            let mut process = ProcessLauncher::new(
+                required(agent_command, "--agent-command", "process")?,
+                agent_args,
             )
+            .with_state_dir(state_dir.unwrap_or_else(|| {
+                boot_config
+                    .parent()
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            }));
+            if isolate_network {
+                process = process.with_isolated_network();
+            }
+            (Arc::new(process), Duration::from_millis(500))
         }
     };
     if egress_allow.is_empty() {

@@ -777,6 +777,13 @@ impl LocalRuntime {
         config.control_plane.bind_address = "127.0.0.1".into();
         config.control_plane.https_port = port;
         config.control_plane.data_dir = dir.join("data").display().to_string();
+        // The published endpoint is the in-cluster `kubernetes` endpoint (same port number as
+        // the API server's, see above), so pods on workers reach this control plane. Loopback
+        // is reachable by no pod (the API server refuses it as an endpoint), so then the spec's
+        // value, usually none, stays.
+        if !publish.is_loopback() && !publish.is_unspecified() {
+            config.control_plane.advertise_address = Some(publish.to_string());
+        }
         Ok(config)
     }
 

@@ -24,6 +24,7 @@ pub mod worker;
 
 pub use transitions::{Transition, Transitions};
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -240,7 +241,24 @@ impl Harness {
         sidecar: Option<&Path>,
         bin: &Path,
     ) -> Self {
-        let mut h = Self::prepare(cluster, namespace, sidecar, bin).await;
+        let mut h = Self::prepare(cluster, namespace, sidecar, bin, None).await;
+        h.run_operator();
+        h
+    }
+
+    /// [`Harness::start`] with the local runtime publishing each control plane's API port on
+    /// `publish` (a veth's host end, say) rather than 127.0.0.1: its measured
+    /// `advertiseAddress`, where a worker and its pods reach it.
+    pub async fn start_published(cluster: TestCluster, test: &str, publish: IpAddr) -> Self {
+        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir(), Some(publish))
+            .await;
+        h.run_operator();
+        h
+    }
+
+    /// The operator, in this process, until [`Harness::finish`].
+    fn run_operator(&mut self) {
+        let h = self;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         h.operator = Some(tokio::spawn(controller::run(
             Arc::clone(&h.ctx),
@@ -250,7 +268,6 @@ impl Harness {
             },
         )));
         h.stop = Some(stop);
-        h
     }
 
     /// Namespace, CRD and Sui node for `test`, with the operator as a process of its own (the
@@ -259,7 +276,7 @@ impl Harness {
     /// would have; [`Harness::ctx`] is not running and serves only to compute what the operator
     /// computes ([`Harness::measured_digest`]).
     pub async fn start_with_operator_process(cluster: TestCluster, test: &str) -> Self {
-        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir()).await;
+        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir(), None).await;
         h.spawn_operator();
         h
     }
@@ -269,6 +286,7 @@ impl Harness {
         namespace: String,
         sidecar: Option<&Path>,
         bin: &Path,
+        publish: Option<IpAddr>,
     ) -> Self {
         let client = cluster.client.clone();
         let _ = tracing_subscriber::fmt()
@@ -322,6 +340,7 @@ impl Harness {
             sui_ca_file: Some(ca_file),
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
+            api_publish_ip: publish.unwrap_or(development.api_publish_ip),
             ..development
         };
         let local = with_network_checked(local).await;
@@ -525,6 +544,17 @@ impl Harness {
     /// The kubeconfig the operator published for `name`, with the user's credentials replaced
     /// by `token` (what the `nautilusctl token exec-credential` plugin would hand kubectl).
     pub async fn client_with_token(&self, name: &str, token: &str) -> Client {
+        let text = self.kubeconfig_with_token(name, token).await;
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config from kubeconfig");
+        Client::try_from(config).expect("client for the enclave's control plane")
+    }
+
+    /// The kubeconfig the operator published for `name`, its user replaced by a static `token`
+    /// (for kubectl in tests).
+    pub async fn kubeconfig_with_token(&self, name: &str, token: &str) -> String {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let secret = secrets
             .get(&format!("{name}-kubeconfig"))
@@ -543,12 +573,7 @@ impl Harness {
             user["user"] =
                 serde_yaml::to_value(serde_json::json!({ "token": token })).expect("user entry");
         }
-        let text = serde_yaml::to_string(&config).expect("kubeconfig text");
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("config from kubeconfig");
-        Client::try_from(config).expect("client for the enclave's control plane")
+        serde_yaml::to_string(&config).expect("kubeconfig text")
     }
 
     /// The executable of the control plane's API server: `kube-apiserver`, or the stand-in.

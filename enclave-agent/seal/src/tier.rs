@@ -16,6 +16,27 @@ pub const EXTRA_STAKE_MIST: &str = "nautilus.k3s-daas.io/stake-mist";
 pub const EXTRA_TIER: &str = "nautilus.k3s-daas.io/tier";
 /// Prefix of the Kubernetes username: `sui:<address>`.
 pub const USERNAME_PREFIX: &str = "sui:";
+/// Prefix of the Node name a signer's kubelet registers (see [`node_name`]).
+pub const NODE_NAME_PREFIX: &str = "sui-";
+/// How many hex digits of the address [`node_name`] keeps: as many as fit in 63 characters, the
+/// longest label value, because the kubelet copies its node name into the Node's
+/// `kubernetes.io/hostname` label and the API server refuses a longer value.
+pub const NODE_NAME_HEX_DIGITS: usize = 63 - NODE_NAME_PREFIX.len();
+
+/// The name of the Node that `address` may run: `sui-` and the first 59 lowercase hex digits
+/// of the address, without `0x` (63 characters, so a valid DNS label, DNS subdomain and label
+/// value: the kubelet also writes it as the `kubernetes.io/hostname` label).
+///
+/// The worker does not choose it: the token webhook derives the node identity of a signer with
+/// this function, and `nautilusctl join` tells the kubelet to register under the same name
+/// (`--hostname-override`), so each name belongs to one key. 59 hex digits are 236 bits of the
+/// address (a BLAKE2b-256 hash of the public key): finding another key whose address shares
+/// them, to act as someone else's node, is a 2^236 search.
+pub fn node_name(address: &Address) -> String {
+    let mut name = format!("{NODE_NAME_PREFIX}{}", hex::encode(address.inner()));
+    name.truncate(NODE_NAME_PREFIX.len() + NODE_NAME_HEX_DIGITS);
+    name
+}
 
 /// Why a tier table was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -152,6 +173,29 @@ mod tests {
             min_stake_mist: min,
             groups: vec![group.to_owned()],
         }
+    }
+
+    #[test]
+    fn node_names_are_the_address_in_lowercase_hex_within_63_characters() {
+        let address: Address = format!("0x{}123456789A", "0".repeat(54))
+            .parse()
+            .expect("address");
+        let name = node_name(&address);
+        assert_eq!(name, format!("sui-{}12345", "0".repeat(54)));
+        assert_eq!(name.len(), 63);
+        // A DNS label and a label value: lowercase alphanumerics and '-', alphanumeric at
+        // both ends.
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
+        assert!(name.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        // The address's own digits, in order.
+        let hex = address.to_string();
+        assert!(hex.starts_with(&format!("0x{}", &name[NODE_NAME_PREFIX.len()..])));
+        // Another address gives another name.
+        let other: Address = "0x1".parse().expect("address");
+        assert_ne!(node_name(&other), name);
     }
 
     /// Given out of order on purpose: `Tiers::new` must sort them.

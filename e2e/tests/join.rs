@@ -268,6 +268,35 @@ async fn join_writes_the_node_files_only_for_a_verified_control_plane() {
         "{review:#}"
     );
 
+    // The text a person reads: the node name and the kubelet's command line.
+    let text_out = h.dir.path().join("worker-text");
+    let output = tokio::process::Command::new(&ctl)
+        .args(["join", "demo", "-n", &h.namespace, "--allow-simulated"])
+        .arg("--kubeconfig")
+        .arg(&h.cluster.kubeconfig)
+        .arg("--keystore")
+        .arg(&keystore)
+        .arg("--out")
+        .arg(&text_out)
+        .env_remove("NAUTILUS_SUI_KEYSTORE")
+        .output()
+        .await
+        .expect("nautilusctl join runs");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}");
+    println!("{printed}");
+    // Without --address: the keystore's first key, the reader's.
+    let reader_node = nautilus_seal::tier::node_name(&h.reader.address());
+    assert!(
+        printed.contains(&format!("node name:         {reader_node}"))
+            && printed.contains(&format!("--hostname-override={reader_node}"))
+            && printed.contains(&format!(
+                "--kubeconfig={}",
+                text_out.join("kubeconfig").display()
+            )),
+        "{printed}"
+    );
+
     // A later refused join leaves the node's files as they were.
     let before = snapshot(&out);
     let (code, summary) = join(&h, &keystore, &out, &["--pcr0", &other]).await;

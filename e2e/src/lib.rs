@@ -250,8 +250,14 @@ impl Harness {
     /// `publish` (a veth's host end, say) rather than 127.0.0.1: its measured
     /// `advertiseAddress`, where a worker and its pods reach it.
     pub async fn start_published(cluster: TestCluster, test: &str, publish: IpAddr) -> Self {
-        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir(), Some(publish))
-            .await;
+        let mut h = Self::prepare(
+            cluster,
+            namespace_for(test),
+            None,
+            &bin_dir(),
+            Some(publish),
+        )
+        .await;
         h.run_operator();
         h
     }

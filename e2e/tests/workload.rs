@@ -105,7 +105,7 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     // The node name is the worker key's: known once the harness made the key, so the worker
     // starts with a placeholder and the kubelet gets the real name from `join`.
     let mut worker = Worker::start(settings).await.expect("start the worker");
-    let mut h = Harness::start_published(cluster, TEST, worker.host_ip().into()).await;
+    let h = Harness::start_published(cluster, TEST, worker.host_ip().into()).await;
     if h.distribution != "kubernetes" {
         assert!(
             !nautilus_e2e::required(),
@@ -121,8 +121,9 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     let mut spec = h.development_spec();
     spec.auth.stake_cache_ttl_seconds = STAKE_TTL as u32;
     h.create(NAME, spec).await;
-    h.wait_for(NAME, "Ready", |nm| is(nm, "Ready", "True")).await;
-    let nm = h.masters().get(NAME).await.expect("get");
+    let nm = h
+        .wait_for(NAME, "Ready=True", WAIT, |nm| is(nm, "Ready", "True"))
+        .await;
     let endpoint = nm
         .status
         .as_ref()
@@ -135,8 +136,11 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
 
     // `nautilusctl join`: verify the enclave, then write the kubelet's files.
     let keystore = h.dir.path().join("worker.keystore");
-    std::fs::write(&keystore, Keystore::from_keys(vec![h.worker.clone()]).to_json())
-        .expect("keystore");
+    std::fs::write(
+        &keystore,
+        Keystore::from_keys(vec![h.worker.clone()]).to_json(),
+    )
+    .expect("keystore");
     std::fs::set_permissions(&keystore, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let out = h.dir.path().join("node");
     let joined = Instant::now();
@@ -176,7 +180,11 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
         .expect("start the kubelet");
     let admin_token = h
         .staker
-        .mint_for(&format!("{}/{NAME}", h.namespace), nautilus_seal::unix_now(), 900)
+        .mint_for(
+            &format!("{}/{NAME}", h.namespace),
+            nautilus_seal::unix_now(),
+            900,
+        )
         .expect("token");
     let enclave = h.client_with_token(NAME, &admin_token).await;
     let nodes: Api<Node> = Api::all(enclave.clone());
@@ -244,9 +252,11 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
             .list(&ListParams::default().labels("app=hello"))
             .await
             .expect("list pods");
-        if let Some(pod) = list.items.into_iter().find(|p| {
-            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        }) {
+        if let Some(pod) = list
+            .items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        {
             break pod;
         }
         assert!(
@@ -280,7 +290,14 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     let (ok, text) = kubectl(
         &admin,
         &[
-            "exec", "-n", "default", &pod_name, "--", "sh", "-c", "echo exec $((6 * 7))",
+            "exec",
+            "-n",
+            "default",
+            &pod_name,
+            "--",
+            "sh",
+            "-c",
+            "echo exec $((6 * 7))",
         ],
     );
     assert!(ok && text.contains("exec 42"), "kubectl exec: {text}");
@@ -289,7 +306,13 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     // port. The worker routes the Service's cluster IP there (kube-proxy's job).
     let slices: Api<EndpointSlice> = Api::namespaced(enclave.clone(), "default");
     let slice = slices.get("kubernetes").await.expect("kubernetes slice");
-    let address = slice.endpoints[0].addresses[0].clone();
+    let address = slice
+        .endpoints
+        .as_deref()
+        .and_then(<[_]>::first)
+        .and_then(|e| e.addresses.first())
+        .cloned()
+        .expect("an endpoint address");
     let port = slice
         .ports
         .as_ref()
@@ -309,7 +332,9 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     );
     let (ok, text) = kubectl(
         &admin,
-        &["exec", "-n", "default", &pod_name, "--", "sh", "-c", &script],
+        &[
+            "exec", "-n", "default", &pod_name, "--", "sh", "-c", &script,
+        ],
     );
     assert!(
         ok && text.trim() == "system:serviceaccount:default:default",
@@ -319,7 +344,11 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     // A reader-tier token cannot create pods.
     let reader_token = h
         .reader
-        .mint_for(&format!("{}/{NAME}", h.namespace), nautilus_seal::unix_now(), 600)
+        .mint_for(
+            &format!("{}/{NAME}", h.namespace),
+            nautilus_seal::unix_now(),
+            600,
+        )
         .expect("token");
     let reader = h.client_with_token(NAME, &reader_token).await;
     let denied = Api::<Pod>::namespaced(reader, "default")

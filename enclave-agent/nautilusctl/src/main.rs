@@ -1,5 +1,5 @@
 //! `nautilusctl`: the user's command line for nautilus evidence: `verify` a control plane,
-//! check attestation documents, mint seal tokens.
+//! `join` it as a worker, check attestation documents, mint seal tokens.
 //!
 //! Each subcommand group lives in its own module with a clap `Subcommand` enum and a
 //! `run(self) -> anyhow::Result<ExitCode>`; this file only parses and maps errors to exit
@@ -14,6 +14,7 @@ macro_rules! out {
 }
 
 mod attestation;
+mod join;
 mod sui;
 mod token;
 mod verify;
@@ -55,6 +56,12 @@ enum Command {
     /// CA; then, optionally, a kubeconfig pinned to that CA. Exit 0 verified, 1 refused (with
     /// the reason), 2 usage error.
     Verify(Box<verify::VerifyArgs>),
+    /// Make this machine a node of a NautilusMaster: verify its control plane exactly as
+    /// `verify` does, then write the kubelet's kubeconfig (pinned to the attested CA, seal
+    /// tokens from the worker's key), its KubeletConfiguration and the CA, and print the node
+    /// name and the kubelet command line. Nothing is written unless every check passed. Exit 0
+    /// joined, 1 refused (with the reason), 2 usage error.
+    Join(Box<join::JoinArgs>),
     /// Attestation documents: verify real or simulated ones, issue simulated ones.
     #[command(subcommand)]
     Attestation(attestation::Command),
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
     let Cli { command } = Cli::parse();
     let result = match command {
         Command::Verify(args) => args.run(),
+        Command::Join(args) => args.run(),
         Command::Attestation(cmd) => cmd.run(),
         Command::Token(cmd) => cmd.run(),
         Command::Sui(cmd) => cmd.run(),

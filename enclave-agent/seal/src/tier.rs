@@ -211,6 +211,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn node_names_are_the_address_in_lowercase_hex_within_63_characters() {
+        let address: Address = format!("0x{}123456789A", "0".repeat(54))
+            .parse()
+            .expect("address");
+        let name = node_name(&address);
+        assert_eq!(name, format!("sui-{}12", "0".repeat(54)));
+        assert_eq!(name.len(), 60);
+        // A DNS label and a label value: lowercase alphanumerics and '-', alphanumeric at
+        // both ends.
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
+        assert!(name.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        // The address's own digits, in order.
+        let hex = address.to_string();
+        assert!(hex.starts_with(&format!("0x{}", &name[NODE_NAME_PREFIX.len()..])));
+        // Another address gives another name.
+        let other: Address = "0x1".parse().expect("address");
+        assert_ne!(node_name(&other), name);
+    }
+
     /// Given out of order on purpose: `Tiers::new` must sort them.
     fn table() -> Tiers {
         Tiers::new(vec![

@@ -33,9 +33,9 @@ use net::Endpoint;
 /// How long the host API server may take to return the spec.
 const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Arguments of `verify`.
+/// Which control plane, where, and what it must prove: the flags `verify` and `join` share.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub struct TargetArgs {
     /// The NautilusMaster to verify.
     #[arg(value_name = "NAME")]
     name: String,
@@ -59,6 +59,13 @@ pub struct VerifyArgs {
     /// Accept a debug-mode enclave (PCR0 all zeros), whose memory the host can read.
     #[arg(long)]
     allow_debug: bool,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    target: TargetArgs,
     /// Once verified, write a kubeconfig for the endpoint pinned to the attested CA, with the
     /// `nautilusctl token exec-credential` plugin as its user (no credential in the file).
     #[arg(long, value_name = "FILE")]
@@ -72,10 +79,10 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
     url.parse()
 }
 
-/// What `verify --output json` prints.
+/// What `verify --output json` prints (and `join`, with more beside it).
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Summary {
+pub struct Summary {
     verified: bool,
     /// The refusal's code (`PCRMismatch`, `NonceMismatch`, …).
     reason: Option<&'static str>,
@@ -94,12 +101,26 @@ struct Summary {
     serving_ca_sha256: Option<String>,
     /// Fields the local development runtime placed (they differ from the spec's).
     placed: Vec<Placed>,
-    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig written (by `join`: the kubelet's).
+    pub kubeconfig: Option<PathBuf>,
 }
 
-impl VerifyArgs {
-    /// Run the command.
-    pub fn run(self) -> anyhow::Result<ExitCode> {
+/// A control plane that passed every check of `verify`.
+#[derive(Debug)]
+pub struct Attested {
+    /// The resource, as its owner wrote it.
+    pub nm: NautilusMaster,
+    /// Where it was reached, and where its clients connect.
+    pub endpoint: Endpoint,
+    /// What the enclave proved.
+    pub verified: Verified,
+}
+
+impl TargetArgs {
+    /// Verify the control plane: read the spec, challenge the enclave with a fresh nonce, check
+    /// the answer and the endpoint's certificate. `Err` for usage errors; otherwise the
+    /// summary of what was established and the attested control plane or why it is refused.
+    pub fn attest(self) -> anyhow::Result<(Summary, Result<Attested, Refusal>)> {
         let Self {
             name,
             namespace,
@@ -108,8 +129,6 @@ impl VerifyArgs {
             pcrs,
             allow_simulated,
             allow_debug,
-            write_kubeconfig,
-            output,
         } = self;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -124,7 +143,7 @@ impl VerifyArgs {
         };
         let nm = match read {
             Ok(nm) => nm,
-            Err(refusal) => return Ok(refused(summary, &refusal, output)),
+            Err(refusal) => return Ok((summary, Err(refusal))),
         };
         summary.resource = format!(
             "{}/{name}",
@@ -136,17 +155,42 @@ impl VerifyArgs {
             None => status_endpoint(&nm)?,
         };
         summary.endpoint = Some(endpoint.url.clone());
-        let verified = match verify(&expected, &endpoint, &nonce, &mut summary) {
-            Ok(verified) => verified,
+        let verified = verify(&expected, &endpoint, &nonce, &mut summary);
+        summary.verified = verified.is_ok();
+        Ok((
+            summary,
+            verified.map(|verified| Attested {
+                nm,
+                endpoint,
+                verified,
+            }),
+        ))
+    }
+}
+
+impl VerifyArgs {
+    /// Run the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let Self {
+            target,
+            write_kubeconfig,
+            output,
+        } = self;
+        let (mut summary, attested) = target.attest()?;
+        let Attested {
+            nm,
+            endpoint,
+            verified,
+        } = match attested {
+            Ok(attested) => attested,
             Err(refusal) => return Ok(refused(summary, &refusal, output)),
         };
         if let Some(path) = &write_kubeconfig {
             let text =
                 nautilus_crds::render::kubeconfig(&nm, &endpoint.url, &verified.serving_ca_pem)?;
-            write_file(path, &text)?;
+            write_files(&[(path, text.as_str(), 0o600)])?;
             summary.kubeconfig = Some(path.clone());
         }
-        summary.verified = true;
         match output {
             Output::Json => out!("{}", serde_json::to_string_pretty(&summary)?),
             Output::Text => print_text(&summary),
@@ -179,7 +223,8 @@ fn verify(
     Ok(verified)
 }
 
-fn refused(mut summary: Summary, refusal: &Refusal, output: Output) -> ExitCode {
+/// Report a refusal (on stderr, and as JSON on stdout with `--output json`): exit 1.
+pub fn refused(mut summary: Summary, refusal: &Refusal, output: Output) -> ExitCode {
     if output == Output::Json {
         summary.reason = Some(refusal.reason());
         summary.message = Some(refusal.to_string());
@@ -192,7 +237,8 @@ fn refused(mut summary: Summary, refusal: &Refusal, output: Output) -> ExitCode 
     ExitCode::FAILURE
 }
 
-fn print_text(summary: &Summary) {
+/// The summary as text lines.
+pub fn print_text(summary: &Summary) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_default();
     out!("resource:          {}", summary.resource);
     out!("endpoint:          {}", opt(&summary.endpoint));
@@ -300,31 +346,51 @@ fn status_endpoint(nm: &NautilusMaster) -> anyhow::Result<Endpoint> {
         .map_err(|e| usage(format!("status.endpoint: {e}")))
 }
 
-/// Write `text` to `path` through a temporary file in the same directory, readable by the
-/// owner only (as kubectl writes kubeconfigs).
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Write each `(path, text, mode)`: all through temporary files in the same directories first,
+/// then renamed into place, so a failure leaves no half-written file (and, unless a rename
+/// fails, none of them changed). Modes as kubectl writes kubeconfigs: 0600 for anything naming
+/// credentials.
+pub fn write_files(files: &[(&Path, &str, u32)]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let file_name = path.file_name().ok_or_else(|| {
-        usage(format!(
-            "--write-kubeconfig {}: no file name",
-            path.display()
-        ))
-    })?;
-    let tmp = dir
-        .unwrap_or_else(|| Path::new("."))
-        .join(format!(".{}.tmp", file_name.to_string_lossy()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        usage(format!("cannot write {}: {e}", path.display()))
-    })
+    let mut staged: Vec<(PathBuf, &Path)> = Vec::new();
+    let unstage = |staged: &[(PathBuf, &Path)]| {
+        for (tmp, _) in staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    };
+    for (path, text, mode) in files {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let Some(file_name) = path.file_name() else {
+            unstage(&staged);
+            return Err(usage(format!("{}: no file name", path.display())));
+        };
+        let tmp = dir
+            .unwrap_or_else(|| Path::new("."))
+            .join(format!(".{}.tmp", file_name.to_string_lossy()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(*mode)
+            .open(&tmp)
+            .and_then(|mut f| {
+                // `mode` applies to new files only; a stale temporary file keeps its own.
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
+                f.write_all(text.as_bytes()).and_then(|()| f.sync_all())
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            unstage(&staged);
+            return Err(usage(format!("cannot write {}: {e}", path.display())));
+        }
+        staged.push((tmp, path));
+    }
+    for (index, (tmp, path)) in staged.iter().enumerate() {
+        if let Err(e) = std::fs::rename(tmp, path) {
+            unstage(&staged[index..]);
+            return Err(usage(format!("cannot write {}: {e}", path.display())));
+        }
+    }
+    Ok(())
 }

@@ -135,14 +135,16 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
     );
 
     // `nautilusctl join`: verify the enclave, then write the kubelet's files.
-    let keystore = h.dir.path().join("worker.keystore");
+    // The worker's files live in the worker's scratch directory, not the harness's: what names
+    // the harness's directory must be gone with the NautilusMaster, and the kubelet is not.
+    let keystore = scratch.path().join("worker.keystore");
     std::fs::write(
         &keystore,
         Keystore::from_keys(vec![h.worker.clone()]).to_json(),
     )
     .expect("keystore");
     std::fs::set_permissions(&keystore, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let out = h.dir.path().join("node");
+    let out = scratch.path().join("node");
     let joined = Instant::now();
     let output = tokio::process::Command::new(bin_dir().join("nautilusctl"))
         .args(["join", NAME, "-n", &h.namespace, "--allow-simulated"])

@@ -657,8 +657,11 @@ struct LocalSockets {
     agent: PathBuf,
     /// The API port upstream: the agent listens and forwards to its API server.
     api: PathBuf,
-    /// The egress proxy: the sidecar listens, the agent dials (Sui RPC).
+    /// The egress proxy: the sidecar listens, the agent dials (Sui RPC, kubelets).
     egress: PathBuf,
+    /// Where the agent makes the sockets of its own control plane (`--socket-dir`: the API
+    /// server's kubelet egress), checked for the longest of their names.
+    dir: PathBuf,
 }
 
 impl LocalSockets {
@@ -675,10 +678,12 @@ impl LocalSockets {
             }
             Ok(path)
         };
+        path(nautilus_protocol::constants::KUBELET_EGRESS_SOCKET)?;
         Ok(Self {
             agent: path(AGENT_SOCKET)?,
             api: path(API_SOCKET)?,
             egress: path(EGRESS_SOCKET)?,
+            dir: dir.to_owned(),
         })
     }
 }
@@ -825,6 +830,7 @@ impl LocalRuntime {
         agent_args.extend([
             format!("--control-plane-command={}", s.control_plane_command),
             format!("--work-dir={}", dir.join("agent").display()),
+            format!("--socket-dir={}", sockets.dir.display()),
             format!("--webhook-listen=127.0.0.1:{webhook}"),
             format!("--egress-proxy={}", unix(&sockets.egress)),
         ]);

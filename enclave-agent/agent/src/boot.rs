@@ -136,6 +136,9 @@ pub struct BootOptions {
     pub control_plane_args: Vec<String>,
     /// Where the agent writes its files.
     pub work_dir: PathBuf,
+    /// Where the agent makes the Unix sockets its control plane dials (paths of at most 107
+    /// bytes).
+    pub socket_dir: PathBuf,
     /// The token webhook's address.
     pub webhook_listen: SocketAddr,
     /// The egress proxy for Sui RPC (`None`: direct).
@@ -341,7 +344,7 @@ impl Booted {
             None => None,
             Some(proxy) => {
                 let started = async {
-                    let socket = work.join(kubelet_egress::SOCKET);
+                    let socket = options.socket_dir.join(kubelet_egress::SOCKET);
                     k3s::write(
                         &egress_selector_path,
                         kubelet_egress::egress_selector_config(&socket)?.as_bytes(),

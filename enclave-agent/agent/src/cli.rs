@@ -123,6 +123,11 @@ pub struct Args {
     /// Where the agent writes the CA, serving certificate, webhook kubeconfig and k3s config.
     #[arg(long, default_value = "/var/lib/nautilus")]
     pub work_dir: PathBuf,
+    /// Where the agent makes the Unix sockets its control plane dials (the API server's
+    /// kubelet egress); default: the work directory. A socket path must fit 107 bytes, so a
+    /// deep work directory needs a short one here.
+    #[arg(long, env = "NAUTILUS_AGENT_SOCKET_DIR")]
+    pub socket_dir: Option<PathBuf>,
     /// The TokenReview webhook's address (TLS, certificate from the agent's CA).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_listen: SocketAddr,
@@ -187,6 +192,7 @@ impl Args {
             etcd_command,
             control_plane_arg,
             work_dir,
+            socket_dir,
             webhook_listen,
             egress_proxy: _,
             sui_ca_file,
@@ -242,6 +248,7 @@ impl Args {
                 simulated_root_pem,
                 control_plane_command,
                 control_plane_args: control_plane_arg,
+                socket_dir: socket_dir.unwrap_or_else(|| work_dir.clone()),
                 work_dir,
                 webhook_listen,
                 egress_proxy,

@@ -31,8 +31,9 @@ use nautilus_protocol::transport::{self, Endpoint, TransportError};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
-/// The Unix socket the API server dials for cluster traffic, in the work directory.
-pub const SOCKET: &str = "kubelet-egress.sock";
+/// The Unix socket the API server dials for cluster traffic, in the socket directory
+/// (`--socket-dir`, default the work directory).
+pub const SOCKET: &str = nautilus_protocol::constants::KUBELET_EGRESS_SOCKET;
 /// The egress selector configuration file, in the work directory.
 pub const CONFIG: &str = "egress-selector.yaml";
 

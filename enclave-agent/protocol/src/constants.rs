@@ -22,3 +22,8 @@ pub const CONTROL_PORT: u32 = 5000;
 pub const API_PORT: u32 = 6443;
 /// The sidecar's egress CONNECT proxy on the parent instance, which the agent dials for Sui RPC.
 pub const EGRESS_PORT: u32 = 8001;
+
+/// The Unix socket the agent makes in its socket directory (`--socket-dir`) for the API
+/// server's kubelet traffic (`nautilus_agent::kubelet_egress`); named here so the local runtime,
+/// which picks that directory, can check the path fits a socket address.
+pub const KUBELET_EGRESS_SOCKET: &str = "kubelet-egress.sock";

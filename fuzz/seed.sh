@@ -7,7 +7,7 @@
 # throwaway keys; the rest (frames, boot configurations, HTTP requests) is written here.
 #
 # Usage: fuzz/seed.sh            (NAUTILUS_TESTDATA overrides ../shared/testdata)
-# Needs python3, and cargo to build nautilusctl in the main workspace.
+# Needs python3, openssl, and cargo to build nautilusctl in the main workspace.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -121,7 +121,21 @@ for name, target in [("allowed", "127.0.0.1:1"), ("v6", "[::1]:1"), ("name", "Lo
                      ("denied", "fullnode.testnet.sui.io:443")]:
     put("egress", name, b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n\x16\x03\x01" % (target.encode(), target.encode()))
 put("egress", "get", b"GET http://127.0.0.1:1/ HTTP/1.1\r\n\r\n")
+for name, target in [("kubelet", "127.0.0.7:1"), ("kubelet-v6", "[::1]:1"), ("kubelet-far", "10.213.0.2:10250")]:
+    put("egress", name, b"CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target.encode())
 PY
+
+# kubelet_csr: kubelet-serving requests made by openssl (its own, another node's, extra SANs).
+mkdir -p "$here/corpus/kubelet_csr"
+for spec in "own|system:node:worker-1|IP:10.213.0.2,DNS:worker-1" \
+            "other-ip|system:node:worker-1|IP:10.213.0.9" \
+            "other-node|system:node:worker-2|IP:10.213.0.2" \
+            "email|system:node:worker-1|IP:10.213.0.2,email:a@b.c,URI:spiffe://x/y"; do
+    IFS='|' read -r name cn sans <<<"$spec"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
+        -subj "/O=system:nodes/CN=$cn" -addext "subjectAltName=$sans" \
+        -out "$here/corpus/kubelet_csr/$name" 2>/dev/null
+done
 for dir in "$here"/corpus/*/; do
     echo "$(basename "$dir"): $(ls "$dir" | wc -l) seeds"
 done

@@ -215,6 +215,17 @@ pub struct ControlPlaneSpec {
     #[x_kube(validation = Rule::new("isIP(self)").message("bindAddress must be an IPv4 or IPv6 address"))]
     pub bind_address: String,
 
+    /// The IP address at which pods on the worker nodes reach this control plane: the in-cluster
+    /// `kubernetes` Service's endpoint (`--advertise-address`), for example the host address or
+    /// load balancer that publishes the enclave's API port. Its port is `httpsPort`, so the
+    /// published port must equal it. The API server's certificate names the address. Unset:
+    /// the endpoint is the bind address, which no pod can reach (the development runtime sets
+    /// it to the address it publishes the API port on). Part of the measured configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self) && !ip(self).isLoopback() && !ip(self).isUnspecified()").message("advertiseAddress must be an IPv4 or IPv6 address that is neither loopback nor unspecified"))]
+    pub advertise_address: Option<String>,
+
     /// HTTPS port of the API server (`--https-listen-port`); the Service exposes the same port.
     #[serde(default = "default_https_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -490,6 +501,34 @@ pub struct StakeTier {
     #[serde(default)]
     #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
     pub groups: Vec<String>,
+
+    /// The kind of Kubernetes identity a token holder of this tier gets. `User` (the default):
+    /// the username `sui:<address>` with `groups`. `Node`: the machine joins the control plane
+    /// as a worker node, with the username `system:node:sui-<first 56 hex digits of the
+    /// address>` in the group `system:nodes` (plus `groups`); the Node authorizer and the
+    /// NodeRestriction admission plugin then let it act only on its own Node, Lease and pods.
+    /// The node name is derived from the signer's address, never chosen by the signer, so one
+    /// staker can never act as another staker's node; each node needs its own staked key. The
+    /// kubelet uses that name (`--hostname-override`; `nautilusctl join` prints it).
+    #[serde(default, skip_serializing_if = "TierIdentity::is_user")]
+    pub identity: TierIdentity,
+}
+
+/// The kind of Kubernetes identity a stake tier grants.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TierIdentity {
+    /// A user: `sui:<address>` with the tier's groups.
+    #[default]
+    User,
+    /// A worker node: `system:node:sui-<address prefix>` in `system:nodes`.
+    Node,
+}
+
+impl TierIdentity {
+    /// Whether this is the default, [`TierIdentity::User`].
+    pub fn is_user(&self) -> bool {
+        *self == Self::User
+    }
 }
 
 /// Health probing of the control-plane components inside the enclave.
@@ -702,6 +741,7 @@ impl Default for ControlPlaneSpec {
         Self {
             distribution: Distribution::default(),
             bind_address: default_bind_address(),
+            advertise_address: None,
             https_port: default_https_port(),
             cluster_cidr: default_cluster_cidr(),
             service_cidr: default_service_cidr(),
@@ -812,23 +852,27 @@ fn default_max_document_age() -> u32 {
     900
 }
 
-/// The seed system's tiers: admin (≥ 10000 MIST), worker (≥ 1000), reader (≥ 100).
+/// The seed system's tiers: admin (≥ 10000 MIST), worker (≥ 1000, a node identity whose
+/// `nautilus:node-proxiers` group also lets kube-proxy run with its token), reader (≥ 100).
 pub fn default_tiers() -> Vec<StakeTier> {
     vec![
         StakeTier {
             name: "admin".into(),
             min_stake_mist: 10_000,
             groups: vec!["system:masters".into()],
+            identity: TierIdentity::User,
         },
         StakeTier {
             name: "worker".into(),
             min_stake_mist: 1_000,
-            groups: vec!["system:nodes".into()],
+            groups: vec!["nautilus:node-proxiers".into()],
+            identity: TierIdentity::Node,
         },
         StakeTier {
             name: "reader".into(),
             min_stake_mist: 100,
             groups: vec!["nautilus:readers".into()],
+            identity: TierIdentity::User,
         },
     ]
 }

@@ -8,11 +8,11 @@
 
 use nautilus_protocol::wire::{
     AuthConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig, TierConfig,
-    ZkLoginConfig,
+    TierIdentity as WireTierIdentity, ZkLoginConfig,
 };
 use serde::Serialize;
 
-use crate::NautilusMaster;
+use crate::{NautilusMaster, TierIdentity};
 
 /// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
@@ -134,6 +134,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
             log_level: serialized(&cp.log_level, "logLevel")?,
             log_format: serialized(&cp.log_format, "logFormat")?,
             tls_sans: service_sans(namespace, name),
+            advertise_address: cp.advertise_address.clone(),
         },
         auth: AuthConfig {
             sui_rpc_url: auth.sui_rpc_url.clone(),
@@ -150,6 +151,10 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
                     name: t.name.clone(),
                     min_stake_mist: t.min_stake_mist,
                     groups: t.groups.clone(),
+                    identity: match t.identity {
+                        TierIdentity::User => WireTierIdentity::User,
+                        TierIdentity::Node => WireTierIdentity::Node,
+                    },
                 })
                 .collect(),
             zk_login: match &auth.zk_login {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use kube::core::cel::{Validator, apply_defaults, compile_schema, estimate_rule_cost};
-use nautilus_crds::{NautilusMaster, crd, crd_yaml};
+use nautilus_crds::{NautilusMaster, TierIdentity, crd, crd_yaml};
 use pretty_assertions::assert_eq;
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -368,14 +368,36 @@ fn schema_defaults_equal_the_rust_defaults() {
         .auth
         .tiers
         .iter()
-        .map(|t| (t.name.as_str(), t.min_stake_mist, t.groups.clone()))
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.min_stake_mist,
+                t.groups.clone(),
+                t.identity,
+            )
+        })
         .collect();
     assert_eq!(
         tiers,
         [
-            ("admin", 10_000, vec!["system:masters".to_string()]),
-            ("worker", 1_000, vec!["system:nodes".to_string()]),
-            ("reader", 100, vec!["nautilus:readers".to_string()]),
+            (
+                "admin",
+                10_000,
+                vec!["system:masters".to_string()],
+                TierIdentity::User
+            ),
+            (
+                "worker",
+                1_000,
+                vec!["nautilus:node-proxiers".to_string()],
+                TierIdentity::Node
+            ),
+            (
+                "reader",
+                100,
+                vec!["nautilus:readers".to_string()],
+                TierIdentity::User
+            ),
         ]
     );
     assert!(!from_server.spec.attestation.allow_debug_mode);

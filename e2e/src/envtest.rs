@@ -133,7 +133,8 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+/// `name` in a directory of `PATH`, when it is an executable file there.
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
@@ -261,6 +262,8 @@ struct Pki {
     serving_key: PathBuf,
     sa_key: PathBuf,
     sa_pub: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
     ca_pem: String,
     admin_cert_pem: String,
     admin_key_pem: String,
@@ -342,6 +345,14 @@ impl Pki {
             Vec::new(),
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
+        // What the API server presents to kubelets (logs, exec, port-forward), which authorize it
+        // by webhook like any other user.
+        let (kubelet_client_cert_pem, kubelet_client_key_pem) = leaf(
+            "the kubelet client certificate",
+            dn("kube-apiserver-kubelet-client", "system:masters"),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
         // kube-apiserver reads an EC public key for verifying service-account tokens only as
         // PKIX (`PUBLIC KEY`) or SEC1 (`EC PRIVATE KEY`), not as PKCS#8: give it the public half.
         let sa = key("the service-account key")?;
@@ -358,6 +369,8 @@ impl Pki {
             serving_key: write("apiserver.key", &serving_key_pem)?,
             sa_key: write("sa.key", &sa.serialize_pem())?,
             sa_pub: write("sa.pub", &sa.public_key_pem())?,
+            kubelet_client_cert: write("apiserver-kubelet-client.crt", &kubelet_client_cert_pem)?,
+            kubelet_client_key: write("apiserver-kubelet-client.key", &kubelet_client_key_pem)?,
             ca_pem: ca_cert.pem(),
             admin_cert_pem,
             admin_key_pem,
@@ -460,6 +473,14 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.0.0.0/16".into(),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
+                // Kubelets (`worker`): a client certificate for them, dialled by the node IP (a
+                // node's host name resolves nowhere here).
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p(&pki.kubelet_client_cert)
+                ),
+                format!("--kubelet-client-key={}", p(&pki.kubelet_client_key)),
+                "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname".into(),
                 "--v=1".into(),
             ],
         )?);
@@ -528,6 +549,39 @@ impl ControlPlane {
     /// The directory holding the PKI, logs and etcd data.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The CA file: it signs the API server's serving certificate and the client certificates
+    /// (a kubelet's `authentication.x509.clientCAFile`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// Start kube-scheduler from `assets` (when there is one) against this control plane, so
+    /// that pods on a kubelet ([`crate::worker`]) are scheduled; stopped with the rest. Returns
+    /// whether it runs.
+    pub fn start_scheduler(&mut self, assets: &Assets) -> Result<bool> {
+        let Some(scheduler) = &assets.kube_scheduler else {
+            return Ok(false);
+        };
+        let port = free_port().map_err(io_err("finding a free port"))?;
+        let path = self.dir.path().to_path_buf();
+        let component = spawn(
+            &path,
+            "kube-scheduler",
+            scheduler,
+            &[
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+                format!("--authentication-kubeconfig={}", self.kubeconfig.display()),
+                format!("--authorization-kubeconfig={}", self.kubeconfig.display()),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                "--v=1".into(),
+            ],
+        )?;
+        self.components.push(component);
+        Ok(true)
     }
 
     /// PIDs of the running components.

@@ -20,9 +20,11 @@
 pub mod envtest;
 pub mod tamper;
 pub mod transitions;
+pub mod worker;
 
 pub use transitions::{Transition, Transitions};
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +137,18 @@ pub fn bin_dir() -> PathBuf {
     })
 }
 
+/// `local` with its network checked: isolated enclaves (the default) where this machine can
+/// make network namespaces; elsewhere one line says that the enclaves share the host's network
+/// in this test, and with [`REQUIRE_ENV`] `1` the test fails instead.
+pub async fn with_network_checked(mut local: LocalSettings) -> LocalSettings {
+    if let Err(err) = local.check_network().await {
+        assert!(!required(), "{REQUIRE_ENV}=1 but {err}");
+        println!("not isolated: enclaves share the host's network in this test: {err}");
+        local.network = nautilus_operator::runtime::LocalNetwork::Host;
+    }
+    local
+}
+
 /// One test's world: a namespace, an operator scoped to it, a Sui node, a staked key.
 pub struct Harness {
     /// Client of the cluster under test.
@@ -149,6 +163,11 @@ pub struct Harness {
     pub staker: KeystoreKey,
     /// A Sui key with [`Harness::READER_STAKE_MIST`] staked: the default reader tier.
     pub reader: KeystoreKey,
+    /// A Sui key with [`Harness::WORKER_STAKE_MIST`] staked: the default worker tier, a node
+    /// identity.
+    pub worker: KeystoreKey,
+    /// The fixture node's chain state ([`Chain::withdraw`] unstakes a key).
+    pub chain: Arc<Chain>,
     /// The control-plane distribution of [`Harness::development_spec`]: `kubernetes` when
     /// `$KUBEBUILDER_ASSETS` holds etcd, kube-apiserver, kube-scheduler and
     /// kube-controller-manager (real components), else `k3s` run by the stand-in.
@@ -204,6 +223,8 @@ impl Harness {
     pub const STAKE_MIST: u64 = 20_000;
     /// Stake of [`Harness::reader`]: the default reader tier needs 100, the worker tier 1 000.
     pub const READER_STAKE_MIST: u64 = 500;
+    /// Stake of [`Harness::worker`]: the default worker tier needs 1 000.
+    pub const WORKER_STAKE_MIST: u64 = 1_500;
 
     /// Namespace, CRD, Sui node and operator for `test`. `sidecar` is a program the local
     /// runtime starts in place of `nautilus-sidecar`, with its arguments (for example
@@ -220,7 +241,30 @@ impl Harness {
         sidecar: Option<&Path>,
         bin: &Path,
     ) -> Self {
-        let mut h = Self::prepare(cluster, namespace, sidecar, bin).await;
+        let mut h = Self::prepare(cluster, namespace, sidecar, bin, None).await;
+        h.run_operator();
+        h
+    }
+
+    /// [`Harness::start`] with the local runtime publishing each control plane's API port on
+    /// `publish` (a veth's host end, say) rather than 127.0.0.1: its measured
+    /// `advertiseAddress`, where a worker and its pods reach it.
+    pub async fn start_published(cluster: TestCluster, test: &str, publish: IpAddr) -> Self {
+        let mut h = Self::prepare(
+            cluster,
+            namespace_for(test),
+            None,
+            &bin_dir(),
+            Some(publish),
+        )
+        .await;
+        h.run_operator();
+        h
+    }
+
+    /// The operator, in this process, until [`Harness::finish`].
+    fn run_operator(&mut self) {
+        let h = self;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         h.operator = Some(tokio::spawn(controller::run(
             Arc::clone(&h.ctx),
@@ -230,7 +274,6 @@ impl Harness {
             },
         )));
         h.stop = Some(stop);
-        h
     }
 
     /// Namespace, CRD and Sui node for `test`, with the operator as a process of its own (the
@@ -239,7 +282,7 @@ impl Harness {
     /// would have; [`Harness::ctx`] is not running and serves only to compute what the operator
     /// computes ([`Harness::measured_digest`]).
     pub async fn start_with_operator_process(cluster: TestCluster, test: &str) -> Self {
-        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir()).await;
+        let mut h = Self::prepare(cluster, namespace_for(test), None, &bin_dir(), None).await;
         h.spawn_operator();
         h
     }
@@ -249,6 +292,7 @@ impl Harness {
         namespace: String,
         sidecar: Option<&Path>,
         bin: &Path,
+        publish: Option<IpAddr>,
     ) -> Self {
         let client = cluster.client.clone();
         let _ = tracing_subscriber::fmt()
@@ -277,12 +321,15 @@ impl Harness {
         std::fs::write(&ca_file, &ca.ca_pem).expect("write the Sui CA");
         let reader = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
             .expect("key");
+        let worker = nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
+            .expect("key");
         let chain = Arc::new(
             Chain::default()
                 .with_stake(staker.address(), Self::STAKE_MIST)
-                .with_stake(reader.address(), Self::READER_STAKE_MIST),
+                .with_stake(reader.address(), Self::READER_STAKE_MIST)
+                .with_stake(worker.address(), Self::WORKER_STAKE_MIST),
         );
-        let sui = nautilus_sui_fixture::serve_tls(chain, &ca).await;
+        let sui = nautilus_sui_fixture::serve_tls(Arc::clone(&chain), &ca).await;
 
         // Real components for the enclave's control plane wherever they exist.
         let kubernetes = envtest::Assets::find()
@@ -299,8 +346,10 @@ impl Harness {
             sui_ca_file: Some(ca_file),
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
+            api_publish_ip: publish.unwrap_or(development.api_publish_ip),
             ..development
         };
+        let local = with_network_checked(local).await;
         let runtime = EnclaveRuntime::Local(Box::new(LocalRuntime::new(local.clone())));
         controller::check_crd(&client)
             .await
@@ -317,6 +366,8 @@ impl Harness {
             namespace,
             staker,
             reader,
+            worker,
+            chain,
             distribution,
             dir,
             sui_url: format!("https://127.0.0.1:{}", sui.port()),
@@ -363,7 +414,9 @@ impl Harness {
                 "--control-plane-command={}",
                 s.control_plane_command
             ))
-            .arg(format!("--local-work-dir={}", s.work_dir.display()));
+            .arg(format!("--local-work-dir={}", s.work_dir.display()))
+            .arg(format!("--local-network={}", s.network.name()))
+            .arg(format!("--local-api-address={}", s.api_publish_ip));
         if let Some(ca) = &s.sui_ca_file {
             cmd.arg(format!("--local-sui-ca-file={}", ca.display()));
         }
@@ -497,6 +550,17 @@ impl Harness {
     /// The kubeconfig the operator published for `name`, with the user's credentials replaced
     /// by `token` (what the `nautilusctl token exec-credential` plugin would hand kubectl).
     pub async fn client_with_token(&self, name: &str, token: &str) -> Client {
+        let text = self.kubeconfig_with_token(name, token).await;
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config from kubeconfig");
+        Client::try_from(config).expect("client for the enclave's control plane")
+    }
+
+    /// The kubeconfig the operator published for `name`, its user replaced by a static `token`
+    /// (for kubectl in tests).
+    pub async fn kubeconfig_with_token(&self, name: &str, token: &str) -> String {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let secret = secrets
             .get(&format!("{name}-kubeconfig"))
@@ -515,12 +579,7 @@ impl Harness {
             user["user"] =
                 serde_yaml::to_value(serde_json::json!({ "token": token })).expect("user entry");
         }
-        let text = serde_yaml::to_string(&config).expect("kubeconfig text");
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("config from kubeconfig");
-        Client::try_from(config).expect("client for the enclave's control plane")
+        serde_yaml::to_string(&config).expect("kubeconfig text")
     }
 
     /// The executable of the control plane's API server: `kube-apiserver`, or the stand-in.

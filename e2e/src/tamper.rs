@@ -130,7 +130,15 @@ pub async fn run_sidecar(
     sidecar: &Path,
     args: impl IntoIterator<Item = OsString>,
 ) -> Result<ExitStatus, TamperError> {
-    let listener = transport::bind(&Endpoint::Tcp("127.0.0.1:0".into()))
+    let args: Vec<OsString> = args.into_iter().collect();
+    // Beside the agent's socket when the link is a Unix socket (an isolated agent's is: the
+    // sidecar then accepts nothing else), else on the loopback.
+    let (_, agent) = redirect_agent(args.clone(), &Endpoint::Tcp("127.0.0.1:9".into()))?;
+    let relay_endpoint = match &agent {
+        Endpoint::Unix(path) => Endpoint::Unix(path.with_file_name("relay.sock")),
+        _ => Endpoint::Tcp("127.0.0.1:0".into()),
+    };
+    let listener = transport::bind(&relay_endpoint)
         .await
         .map_err(TamperError::Listen)?;
     let relay_at = listener.endpoint().clone();

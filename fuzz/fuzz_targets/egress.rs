@@ -3,13 +3,14 @@
 //! parser ([`nautilus_sidecar::HostPort`]) the allowlist is compared in.
 //!
 //! Input: the bytes the enclave sends on one connection before closing its sending half. The
-//! allowlist names only closed loopback ports, so an allowed target is dialled and refused
-//! (502) and nothing leaves the machine. Invariants beyond "no panic":
+//! allowlist and the kubelet rule (port 1, loopback networks only) name only closed loopback
+//! ports, so an allowed target is dialled and refused (502) and nothing leaves the machine. Invariants beyond "no panic":
 //! - the proxy answers and closes (no hang), with at most one well-formed response, and its
 //!   status is exactly what `check_connect` decides for the head the input carries (431 when
 //!   no head ends within the limit, no answer when the input ends first);
 //! - a target that parses is in canonical form: printing and parsing it again is the identity,
-//!   and only a target equal to an allowlist entry is dialled.
+//!   and only a target equal to an allowlist entry, or a loopback address on the kubelet port,
+//!   is dialled.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -19,15 +20,20 @@ use nautilus_fuzz::{block_on, bounded_listener, exchange, find, responses};
 use nautilus_protocol::transport::Endpoint;
 use nautilus_sidecar::HostPort;
 use nautilus_sidecar::metrics::Metrics;
-use nautilus_sidecar::proxy::{self, MAX_HEAD_BYTES};
+use nautilus_sidecar::proxy::{self, EgressRules, MAX_HEAD_BYTES};
 
-fn allow() -> &'static [HostPort] {
-    static ALLOW: OnceLock<Vec<HostPort>> = OnceLock::new();
-    ALLOW.get_or_init(|| {
-        ["127.0.0.1:1", "[::1]:1", "localhost:1"]
+fn allow() -> &'static EgressRules {
+    static ALLOW: OnceLock<EgressRules> = OnceLock::new();
+    ALLOW.get_or_init(|| EgressRules {
+        allow: ["127.0.0.1:1", "[::1]:1", "localhost:1"]
             .iter()
             .map(|entry| entry.parse().expect("allowlist entry"))
-            .collect()
+            .collect(),
+        kubelet_ports: vec![1],
+        kubelet_networks: ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .map(|net| net.parse().expect("network"))
+            .collect(),
     })
 }
 
@@ -37,7 +43,7 @@ fn server() -> &'static Endpoint {
         block_on(async {
             let (listener, endpoint) = bounded_listener("egress").await;
             let metrics = Arc::new(Metrics::new());
-            tokio::spawn(proxy::serve_egress(listener, allow().to_vec(), metrics));
+            tokio::spawn(proxy::serve_egress(listener, allow().clone(), metrics));
             endpoint
         })
     })
@@ -62,7 +68,14 @@ fuzz_target!(|data: &[u8]| {
         Some(end) if end <= MAX_HEAD_BYTES => {
             Some(match proxy::check_connect(&data[..end], allow()) {
                 Ok(target) => {
-                    assert!(allow().contains(&target));
+                    let loopback = target
+                        .host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.to_canonical().is_loopback());
+                    assert!(
+                        allow().allow.contains(&target) || (loopback && target.port == 1),
+                        "{target}"
+                    );
                     502
                 }
                 Err(refusal) => refusal.status,

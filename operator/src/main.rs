@@ -12,7 +12,9 @@ use nautilus_operator::admin::Admin;
 use nautilus_operator::controller::{self, Context};
 use nautilus_operator::desired::PodSettings;
 use nautilus_operator::metrics::Metrics;
-use nautilus_operator::runtime::{EnclaveRuntime, LocalRuntime, LocalSettings, PodRuntime};
+use nautilus_operator::runtime::{
+    EnclaveRuntime, LocalNetwork, LocalRuntime, LocalSettings, PodRuntime,
+};
 
 /// Where enclaves run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -22,6 +24,16 @@ enum RuntimeKind {
     /// A local `nautilus-sidecar --launcher process` per resource, with a simulated NSM
     /// (development; works against any API server, even one without nodes).
     Local,
+}
+
+/// The enclave's network in the `local` runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LocalNetworkKind {
+    /// A network namespace of its own per enclave, loopback only, reached through Unix
+    /// sockets, as a Nitro enclave has no network (needs root).
+    Isolated,
+    /// The host's network (development only): a hidden network dependency goes unnoticed.
+    Host,
 }
 
 /// Log output format.
@@ -79,6 +91,15 @@ struct Args {
     /// the Kubernetes directory).
     #[arg(long, env = "NAUTILUS_LOCAL_ETCD_COMMAND")]
     local_etcd_command: Option<PathBuf>,
+    /// The enclave's network (`local` runtime): a namespace of its own (`isolated`, needs root;
+    /// the operator refuses to start when none can be made) or the host's (`host`, only when
+    /// asked for, with a warning).
+    #[arg(long, env = "NAUTILUS_LOCAL_NETWORK", value_enum, default_value_t = LocalNetworkKind::Isolated)]
+    local_network: LocalNetworkKind,
+    /// Address each local sidecar publishes its control plane's API port on (`local` runtime):
+    /// another than the loopback lets a worker in another network namespace reach it.
+    #[arg(long, env = "NAUTILUS_LOCAL_API_ADDRESS", default_value = "127.0.0.1")]
+    local_api_address: std::net::IpAddr,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -109,6 +130,8 @@ impl Args {
             local_sui_ca_file,
             local_kubernetes_bin_dir,
             local_etcd_command,
+            local_network,
+            local_api_address,
             listen,
             log_format,
             leader_election,
@@ -150,7 +173,7 @@ impl Args {
                     "local runtime: enclaves are local processes with a simulated NSM; \
                      development only"
                 );
-                EnclaveRuntime::Local(Box::new(LocalRuntime::new(LocalSettings {
+                let settings = LocalSettings {
                     sidecar_binary,
                     agent_binary,
                     control_plane_command,
@@ -159,7 +182,29 @@ impl Args {
                     sui_ca_file: local_sui_ca_file,
                     kubernetes_bin_dir: local_kubernetes_bin_dir,
                     etcd_command: local_etcd_command,
-                })))
+                    network: match local_network {
+                        LocalNetworkKind::Isolated => LocalNetwork::Isolated,
+                        LocalNetworkKind::Host => LocalNetwork::Host,
+                    },
+                    api_publish_ip: local_api_address,
+                };
+                match settings.network {
+                    LocalNetwork::Isolated => {
+                        // One line, before anything starts: never share the host's network
+                        // because a namespace could not be made.
+                        settings.check_network().await?;
+                        tracing::info!(
+                            api_address = %settings.api_publish_ip,
+                            "local runtime: each enclave runs in a network namespace of its own"
+                        );
+                    }
+                    LocalNetwork::Host => tracing::warn!(
+                        api_address = %settings.api_publish_ip,
+                        "local runtime: --local-network=host: enclaves share the host's network, \
+                         so a network dependency an enclave would not have goes unnoticed"
+                    ),
+                }
+                EnclaveRuntime::Local(Box::new(LocalRuntime::new(settings)))
             }
         };
         let ctx = Arc::new(Context::new(client.clone(), runtime, metrics));

@@ -3,15 +3,22 @@
 //! - [`EnclaveRuntime::Pod`] (production): a single-replica StatefulSet on a Nitro node with a
 //!   Service in front; the operator reaches the sidecar at the pod's IP.
 //! - [`EnclaveRuntime::Local`] (development): the operator starts `nautilus-sidecar --launcher
-//!   process` itself, one per resource, on 127.0.0.1 with ephemeral ports, with a simulated NSM
-//!   in the agent; it works against any API server, even one without nodes.
+//!   process` itself, one per resource, with a simulated NSM in the agent; it works against any
+//!   API server, even one without nodes. The sidecar's HTTP API is on 127.0.0.1 and its API port
+//!   on [`LocalSettings::api_publish_ip`]. As an enclave has no network, the agent and every
+//!   control-plane process it starts run in a network namespace of their own with only a
+//!   loopback ([`LocalNetwork::Isolated`], the default; needs root), reachable only through
+//!   three Unix sockets that stand in for vsock: the control link, the API port upstream and
+//!   the egress proxy. The API server then listens on the same port number inside the
+//!   namespace as the sidecar publishes outside, so the measured `httpsPort` is the published
+//!   port. [`LocalNetwork::Host`] shares the host's network (explicit request only).
 //!
 //! Both report the same [`Observed`] shape, so status and conditions are computed the same way;
 //! only `status.placement.runtime` tells them apart.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,6 +45,30 @@ pub enum RuntimeError {
     /// An API call failed.
     #[error(transparent)]
     Kube(#[from] ApiError),
+    /// The enclave's network namespace cannot be made on this machine (one line: why, and
+    /// what to do).
+    #[error(
+        "the local runtime runs each enclave in a network namespace of its own, and none can \
+         be made here ({reason}): run the operator as root, or pass --local-network=host to \
+         share the host's network (development only)"
+    )]
+    Isolation {
+        /// Why, as the probe said.
+        reason: String,
+    },
+    /// A Unix socket path of the local runtime is longer than a socket address holds.
+    #[error(
+        "local runtime: the socket path {path} is {len} bytes, more than the {max} a Unix \
+         socket address holds; use a shorter --local-work-dir"
+    )]
+    SocketPath {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A local process could not be started or stopped.
     #[error("local runtime: {what}")]
     Local {
@@ -343,7 +374,44 @@ pub struct LocalSettings {
     /// The etcd the agent starts for the `kubernetes` distribution (`None`: `etcd` in
     /// `kubernetes_bin_dir`).
     pub etcd_command: Option<PathBuf>,
+    /// Whether the enclave gets a network of its own ([`LocalNetwork::Isolated`]) or shares
+    /// the host's.
+    pub network: LocalNetwork,
+    /// Address the sidecar publishes each control plane's API port on (127.0.0.1 by default;
+    /// another, such as a veth's, lets a worker in another network namespace reach it).
+    pub api_publish_ip: IpAddr,
 }
+
+/// The enclave's network in the local runtime.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LocalNetwork {
+    /// A network namespace of its own with only a loopback, as an enclave has no network: the
+    /// sidecar runs the agent under `--isolate-network`. Needs root; the default.
+    #[default]
+    Isolated,
+    /// The host's network (development only, on explicit request; logged as a warning): a
+    /// network dependency an enclave would not have goes unnoticed.
+    Host,
+}
+
+impl LocalNetwork {
+    /// `isolated` or `host`, as the operator's `--local-network` says.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Isolated => "isolated",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Names of the Unix sockets between a local sidecar and its agent, in the resource's socket
+/// directory ([`LocalRuntime::socket_dir`]).
+const AGENT_SOCKET: &str = "agent.sock";
+const API_SOCKET: &str = "api.sock";
+const EGRESS_SOCKET: &str = "egress.sock";
 
 /// The binaries a development setup of the local runtime starts.
 pub const DEVELOPMENT_BINARIES: [&str; 3] =
@@ -361,6 +429,27 @@ impl LocalSettings {
             sui_ca_file: None,
             kubernetes_bin_dir: None,
             etcd_command: None,
+            network: LocalNetwork::Isolated,
+            api_publish_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    /// Whether the enclaves can run as [`LocalSettings::network`] says: with
+    /// [`LocalNetwork::Isolated`], whether a network namespace can be made here
+    /// ([`RuntimeError::Isolation`] says why not, in one line). Call it once at start. The
+    /// probe runs the agent binary, which shares the sidecar's `nautilus-lifetime` helper (the
+    /// sidecar binary may be a test's stand-in that wraps the real one).
+    pub async fn check_network(&self) -> Result<()> {
+        match self.network {
+            LocalNetwork::Host => Ok(()),
+            LocalNetwork::Isolated => nautilus_lifetime::netns::probe(&self.agent_binary)
+                .await
+                .map_err(|err| RuntimeError::Isolation {
+                    reason: match err {
+                        nautilus_lifetime::LifetimeError::Isolation { reason } => reason,
+                        other => other.to_string(),
+                    },
+                }),
         }
     }
 }
@@ -402,7 +491,8 @@ struct LocalProcess {
     child: Handle,
     digest_hex: String,
     http: SocketAddr,
-    api_port: u16,
+    /// Where its API port is published.
+    api: SocketAddr,
     started_ms: u64,
     exit_reported: bool,
 }
@@ -429,8 +519,15 @@ struct SidecarRecord {
     start_ticks: u64,
     /// Port of its HTTP API on 127.0.0.1.
     http_port: u16,
-    /// Port of its API proxy on 127.0.0.1.
+    /// Port of its API proxy on [`SidecarRecord::api_ip`].
     api_port: u16,
+    /// Address of its API proxy (absent in records of operators before it: 127.0.0.1).
+    #[serde(default = "localhost")]
+    api_ip: IpAddr,
+    /// Whether its agent runs in a network namespace of its own (absent in records of
+    /// operators before it: it does not).
+    #[serde(default)]
+    isolated_network: bool,
     /// Digest of the configuration it boots.
     digest_hex: String,
     /// When it was started (Unix milliseconds).
@@ -518,11 +615,83 @@ async fn terminate_adopted(pid: u32, start_ticks: u64) -> Termination {
     Termination::Killed
 }
 
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port_on(localhost())
+}
+
+/// A free TCP port on `ip`.
+fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// The ports of one local sidecar and its control plane. Inside an isolated enclave's
+/// namespace any port would do; they are picked free on the host all the same, so that the
+/// host network mode works with the same command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LocalPorts {
+    /// The sidecar's HTTP API, on 127.0.0.1.
+    http: u16,
+    /// The sidecar's API port, on [`LocalSettings::api_publish_ip`].
+    api: u16,
+    /// The agent's webhook, on the enclave's 127.0.0.1.
+    webhook: u16,
+    /// kube-scheduler's health port.
+    scheduler: u16,
+    /// kube-controller-manager's health port.
+    controller: u16,
+    /// etcd's client port.
+    etcd_client: u16,
+    /// etcd's peer port.
+    etcd_peer: u16,
+}
+
+/// The Unix sockets between a local sidecar and its agent (the stand-ins for vsock).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LocalSockets {
+    /// The control link: the agent listens, the sidecar dials.
+    agent: PathBuf,
+    /// The API port upstream: the agent listens and forwards to its API server.
+    api: PathBuf,
+    /// The egress proxy: the sidecar listens, the agent dials (Sui RPC).
+    egress: PathBuf,
+}
+
+impl LocalSockets {
+    fn in_dir(dir: &Path) -> Result<Self> {
+        let path = |name: &str| {
+            let path = dir.join(name);
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(RuntimeError::SocketPath {
+                    path,
+                    len,
+                    max: MAX_SOCKET_PATH,
+                });
+            }
+            Ok(path)
+        };
+        Ok(Self {
+            agent: path(AGENT_SOCKET)?,
+            api: path(API_SOCKET)?,
+            egress: path(EGRESS_SOCKET)?,
+        })
+    }
+}
+
+/// The host part of a URL for `ip`: an unspecified address is reached on the loopback, an IPv6
+/// one in brackets.
+fn endpoint_for(ip: IpAddr, port: u16) -> String {
+    let ip = match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("https://{}", SocketAddr::new(ip, port))
 }
 
 impl LocalRuntime {
@@ -542,10 +711,37 @@ impl LocalRuntime {
             .join(format!("{}_{}", names.namespace, names.name))
     }
 
+    /// The directory of one resource's Unix sockets: `run/<16 hex digits of the SHA-256 of
+    /// namespace/name>` under the work directory, short whatever the names' lengths, as a
+    /// socket path may have at most [`MAX_SOCKET_PATH`] bytes.
+    fn socket_dir(&self, names: &Names) -> PathBuf {
+        use sha2::{Digest as _, Sha256};
+        let digest = hex::encode(Sha256::digest(names.key().as_bytes()));
+        self.settings
+            .work_dir
+            .join("run")
+            .join(digest.get(..16).unwrap_or(&digest))
+    }
+
+    /// The address the sidecars publish their API ports on (the seam for the measured
+    /// advertise address: [`LocalRuntime::place`] knows it).
+    pub fn api_publish_ip(&self) -> IpAddr {
+        self.settings.api_publish_ip
+    }
+
+    /// Where the enclave's configuration is placed on this machine: its HTTPS port, data
+    /// directory and bind address. With an isolated network the HTTPS port is also the port
+    /// the sidecar publishes on [`LocalSettings::api_publish_ip`] (the API server listens on
+    /// that port number inside the enclave's namespace), picked free there; with the host's
+    /// network the two must differ, so the sidecar gets a port of its own in
+    /// [`LocalRuntime::ensure`].
     fn place(&self, nm: &NautilusMaster, mut config: EnclaveConfig) -> Result<EnclaveConfig> {
         let names = Names::of(nm)?;
         let dir = self.resource_dir(&names);
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
+        // Where clients reach this control plane: the measured advertise address (the in-cluster
+        // `kubernetes` endpoint) is set from it here.
+        let publish = self.settings.api_publish_ip;
         let mut ports = self
             .https_ports
             .lock()
@@ -561,7 +757,12 @@ impl LocalRuntime {
                 let port = match kept {
                     Some(port) => port,
                     None => {
-                        let port = free_port().map_err(local_err("finding a free port".into()))?;
+                        let on = match self.settings.network {
+                            LocalNetwork::Isolated => publish,
+                            LocalNetwork::Host => localhost(),
+                        };
+                        let port = free_port_on(on)
+                            .map_err(local_err(format!("finding a free port on {on}")))?;
                         std::fs::create_dir_all(&dir)
                             .map_err(local_err(format!("creating {}", dir.display())))?;
                         std::fs::write(&file, port.to_string())
@@ -576,35 +777,43 @@ impl LocalRuntime {
         config.control_plane.bind_address = "127.0.0.1".into();
         config.control_plane.https_port = port;
         config.control_plane.data_dir = dir.join("data").display().to_string();
+        // The published endpoint is the in-cluster `kubernetes` endpoint (same port number as
+        // the API server's, see above), so pods on workers reach this control plane. Loopback
+        // is reachable by no pod (the API server refuses it as an endpoint), so then the spec's
+        // value, usually none, stays.
+        if !publish.is_loopback() && !publish.is_unspecified() {
+            config.control_plane.advertise_address = Some(publish.to_string());
+        }
         Ok(config)
     }
 
     /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
-    /// the spec's PCRs, TCP instead of vsock; Sui RPC through the sidecar's egress proxy).
+    /// the spec's PCRs, Unix sockets instead of vsock, the agent in a network namespace of its
+    /// own unless the host's network was asked for; Sui RPC through the sidecar's egress
+    /// proxy).
     fn command(
         &self,
         nm: &NautilusMaster,
-        dir: &std::path::Path,
-        boot_path: &std::path::Path,
-        ports: [u16; 10],
+        dir: &Path,
+        boot_path: &Path,
+        sockets: &LocalSockets,
+        ports: LocalPorts,
     ) -> Result<tokio::process::Command> {
-        let [
-            agent,
-            api_upstream,
+        let LocalPorts {
             http,
             api,
-            egress,
             webhook,
             scheduler,
             controller,
             etcd_client,
             etcd_peer,
-        ] = ports;
+        } = ports;
+        let unix = |path: &Path| format!("unix:{}", path.display());
         let s = &self.settings;
         let enclave = &nm.spec.enclave;
         let mut agent_args = vec![
-            format!("--listen=tcp://127.0.0.1:{agent}"),
-            format!("--api-listen=tcp://127.0.0.1:{api_upstream}"),
+            format!("--listen={}", unix(&sockets.agent)),
+            format!("--api-listen={}", unix(&sockets.api)),
             "--nsm=simulated".to_owned(),
             format!("--simulated-pcr=0={}", enclave.pcr0),
             format!("--simulated-pcr=1={}", enclave.pcr1),
@@ -617,7 +826,7 @@ impl LocalRuntime {
             format!("--control-plane-command={}", s.control_plane_command),
             format!("--work-dir={}", dir.join("agent").display()),
             format!("--webhook-listen=127.0.0.1:{webhook}"),
-            format!("--egress-proxy=tcp://127.0.0.1:{egress}"),
+            format!("--egress-proxy={}", unix(&sockets.egress)),
         ]);
         if let Some(ca) = &s.sui_ca_file {
             agent_args.push(format!("--sui-ca-file={}", ca.display()));
@@ -632,19 +841,26 @@ impl LocalRuntime {
         cmd.arg(format!("--boot-config={}", boot_path.display()))
             .arg("--launcher=process")
             .arg(format!("--agent-command={}", s.agent_binary.display()));
+        if s.network == LocalNetwork::Isolated {
+            cmd.arg("--isolate-network");
+        }
         for arg in agent_args {
             cmd.arg(format!("--agent-arg={arg}"));
         }
-        cmd.arg(format!("--agent=tcp://127.0.0.1:{agent}"))
-            .arg(format!("--api-upstream=tcp://127.0.0.1:{api_upstream}"))
+        cmd.arg(format!("--agent={}", unix(&sockets.agent)))
+            .arg(format!("--api-upstream={}", unix(&sockets.api)))
             .arg(format!("--http-listen=127.0.0.1:{http}"))
-            .arg(format!("--api-listen=127.0.0.1:{api}"))
-            .arg(format!("--egress-listen=tcp://127.0.0.1:{egress}"))
+            .arg(format!(
+                "--api-listen={}",
+                SocketAddr::new(s.api_publish_ip, api)
+            ))
+            .arg(format!("--egress-listen={}", unix(&sockets.egress)))
             .arg(format!(
                 "--egress-allow={}",
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
             ))
-            // Parallel control planes on one machine must not share the health ports.
+            // Parallel control planes on one machine must not share the health ports (with
+            // the host's network; in namespaces of their own they could).
             .env("NAUTILUS_CP_SCHEDULER_PORT", scheduler.to_string())
             .env(
                 "NAUTILUS_CP_CONTROLLER_MANAGER_PORT",
@@ -681,7 +897,18 @@ impl LocalRuntime {
                 return Ok(());
             }
             processes.remove(&key);
-        } else if let Some(adopted) = adopt_or_stop(&dir, &boot_path, &json, digest_hex).await {
+        } else if let Some(adopted) = adopt_or_stop(
+            &dir,
+            &boot_path,
+            &json,
+            digest_hex,
+            (
+                self.settings.api_publish_ip,
+                self.settings.network == LocalNetwork::Isolated,
+            ),
+        )
+        .await
+        {
             tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
             processes.insert(key, adopted);
             return Ok(());
@@ -689,17 +916,41 @@ impl LocalRuntime {
         std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
         std::fs::write(&boot_path, json)
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
-        let mut ports = [0u16; 10];
-        for port in &mut ports {
-            *port = free_port().map_err(local_err("finding a free port".into()))?;
+        let socket_dir = self.socket_dir(&names);
+        let sockets = LocalSockets::in_dir(&socket_dir)?;
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&socket_dir)
+                .map_err(local_err(format!("creating {}", socket_dir.display())))?;
         }
+        let free = || free_port().map_err(local_err("finding a free port".into()));
+        let publish = self.settings.api_publish_ip;
+        let ports = LocalPorts {
+            http: free()?,
+            // Isolated: the API server's own port number, which `place` picked free on the
+            // publish address (it is measured as `httpsPort`). Host: the API server holds
+            // that port on this network, so the sidecar needs another.
+            api: match self.settings.network {
+                LocalNetwork::Isolated => boot.config.control_plane.https_port,
+                LocalNetwork::Host => free_port_on(publish)
+                    .map_err(local_err(format!("finding a free port on {publish}")))?,
+            },
+            webhook: free()?,
+            scheduler: free()?,
+            controller: free()?,
+            etcd_client: free()?,
+            etcd_peer: free()?,
+        };
         let log_path = dir.join("sidecar.log");
         let log = std::fs::File::create(&log_path)
             .map_err(local_err(format!("creating {}", log_path.display())))?;
         let log_err = log
             .try_clone()
             .map_err(local_err(format!("opening {}", log_path.display())))?;
-        let mut cmd = self.command(nm, &dir, &boot_path, ports)?;
+        let mut cmd = self.command(nm, &dir, &boot_path, &sockets, ports)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -717,8 +968,10 @@ impl LocalRuntime {
             Some(SidecarRecord {
                 pid,
                 start_ticks: ProcessId::of(pid).ok()?.start_ticks,
-                http_port: ports[2],
-                api_port: ports[3],
+                http_port: ports.http,
+                api_port: ports.api,
+                api_ip: publish,
+                isolated_network: self.settings.network == LocalNetwork::Isolated,
                 digest_hex: digest_hex.to_owned(),
                 started_ms,
             })
@@ -735,8 +988,9 @@ impl LocalRuntime {
         tracing::info!(
             cluster = %key,
             pid = child.id().unwrap_or(0),
-            http = ports[2],
-            api = ports[3],
+            http = ports.http,
+            api = %SocketAddr::new(publish, ports.api),
+            network = self.settings.network.name(),
             log = %log_path.display(),
             "started a local sidecar"
         );
@@ -745,8 +999,8 @@ impl LocalRuntime {
             LocalProcess {
                 child: Handle::Child(child),
                 digest_hex: digest_hex.to_owned(),
-                http: SocketAddr::from(([127, 0, 0, 1], ports[2])),
-                api_port: ports[3],
+                http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
+                api: SocketAddr::new(publish, ports.api),
                 started_ms,
                 exit_reported: false,
             },
@@ -769,7 +1023,7 @@ impl LocalRuntime {
                 endpoint: String::new(),
             });
         };
-        let endpoint = format!("https://127.0.0.1:{}", p.api_port);
+        let endpoint = endpoint_for(p.api.ip(), p.api.port());
         let state = match p.child.exited() {
             None => EnclaveState::SidecarUp {
                 started_ms: Some(p.started_ms),
@@ -806,17 +1060,23 @@ impl LocalRuntime {
                 LOCAL_STOP_GRACE.as_secs()
             ));
         }
-        // The resource is gone: its work directory (logs, data directory, port) goes with it.
+        // The resource is gone: its work directory (logs, data directory, port) and its
+        // sockets go with it.
         self.https_ports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&names.key());
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the work directory");
-                left.push(format!("its work directory {} ({err})", dir.display()));
+        for (what, dir) in [
+            ("work directory", dir),
+            ("socket directory", self.socket_dir(&names)),
+        ] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot remove the {what}");
+                    left.push(format!("its {what} {} ({err})", dir.display()));
+                }
             }
         }
         Ok(if left.is_empty() {
@@ -873,17 +1133,22 @@ fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Resul
 
 /// After an operator restart: the sidecar a previous operator process started for this
 /// resource, adopted when it still runs the boot configuration `boot` (same bytes, so the same
-/// configuration and nonce: its attestation stays valid), else stopped. `None` when there was
-/// none or it was stopped.
+/// configuration and nonce: its attestation stays valid) on the network this operator would
+/// give it (`network`: the API publish address, and whether isolated), else stopped. `None`
+/// when there was none or it was stopped.
 async fn adopt_or_stop(
     dir: &std::path::Path,
     boot_path: &std::path::Path,
     boot: &[u8],
     digest_hex: &str,
+    network: (IpAddr, bool),
 ) -> Option<LocalProcess> {
     let record = recorded(dir, boot_path).await?;
     let same_boot = std::fs::read(boot_path).is_ok_and(|on_disk| on_disk == boot);
-    if same_boot && record.digest_hex == digest_hex {
+    if same_boot
+        && record.digest_hex == digest_hex
+        && (record.api_ip, record.isolated_network) == network
+    {
         return Some(LocalProcess {
             child: Handle::Adopted {
                 pid: record.pid,
@@ -891,7 +1156,7 @@ async fn adopt_or_stop(
             },
             digest_hex: record.digest_hex,
             http: SocketAddr::from(([127, 0, 0, 1], record.http_port)),
-            api_port: record.api_port,
+            api: SocketAddr::new(record.api_ip, record.api_port),
             started_ms: record.started_ms,
             exit_reported: false,
         });
@@ -962,6 +1227,8 @@ mod tests {
             sui_ca_file: Some("/etc/sui-ca.pem".into()),
             kubernetes_bin_dir: Some("/opt/kubernetes/bin".into()),
             etcd_command: None,
+            network: LocalNetwork::Isolated,
+            api_publish_ip: localhost(),
         })
     }
 
@@ -1197,36 +1464,49 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn ports() -> LocalPorts {
+        LocalPorts {
+            http: 3,
+            api: 4,
+            webhook: 6,
+            scheduler: 7,
+            controller: 8,
+            etcd_client: 9,
+            etcd_peer: 10,
+        }
+    }
+
+    fn args_of(cmd: &tokio::process::Command) -> Vec<String> {
+        cmd.as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
-    fn local_command_passes_the_spec_pcrs_and_separate_ports() {
+    fn local_command_passes_the_spec_pcrs_unix_sockets_and_separate_ports() {
         let rt = local("nautilus-sidecar");
         let mut nm = mk_nm("demo");
         nm.spec.enclave.pcr8 = Some("88".repeat(48));
         let dir = std::path::Path::new("/tmp/x");
+        let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
         let cmd = rt
-            .command(
-                &nm,
-                dir,
-                &dir.join("boot-config.json"),
-                [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
-            )
+            .command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
             .expect("cmd");
-        let args: Vec<String> = cmd
-            .as_std()
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = args_of(&cmd);
         for expected in [
             "--launcher=process",
+            "--isolate-network",
             "--agent-arg=--nsm=simulated",
-            "--agent-arg=--listen=tcp://127.0.0.1:1",
-            "--agent=tcp://127.0.0.1:1",
-            "--api-upstream=tcp://127.0.0.1:2",
+            "--agent-arg=--listen=unix:/tmp/r/agent.sock",
+            "--agent=unix:/tmp/r/agent.sock",
+            "--agent-arg=--api-listen=unix:/tmp/r/api.sock",
+            "--api-upstream=unix:/tmp/r/api.sock",
             "--http-listen=127.0.0.1:3",
             "--api-listen=127.0.0.1:4",
             "--agent-arg=--webhook-listen=127.0.0.1:6",
-            "--agent-arg=--egress-proxy=tcp://127.0.0.1:5",
-            "--egress-listen=tcp://127.0.0.1:5",
+            "--agent-arg=--egress-proxy=unix:/tmp/r/egress.sock",
+            "--egress-listen=unix:/tmp/r/egress.sock",
             "--agent-arg=--sui-ca-file=/etc/sui-ca.pem",
             "--agent-arg=--control-plane-command=nautilus-standin",
             "--agent-arg=--kubernetes-bin-dir=/opt/kubernetes/bin",
@@ -1250,5 +1530,126 @@ mod tests {
                 "{name}={port} in {envs:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_host_network_and_another_publish_address_are_on_the_command_line() {
+        let mut rt = local("nautilus-sidecar");
+        rt.settings.network = LocalNetwork::Host;
+        rt.settings.api_publish_ip = "10.213.0.1".parse().expect("ip");
+        let nm = mk_nm("demo");
+        let dir = Path::new("/tmp/x");
+        let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
+        let args = args_of(
+            &rt.command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
+                .expect("cmd"),
+        );
+        assert!(!args.iter().any(|a| a == "--isolate-network"), "{args:?}");
+        assert!(
+            args.iter().any(|a| a == "--api-listen=10.213.0.1:4"),
+            "{args:?}"
+        );
+        // The links are Unix sockets in both modes.
+        assert!(args.iter().any(|a| a == "--agent=unix:/tmp/r/agent.sock"));
+    }
+
+    #[test]
+    fn socket_paths_stay_short_or_are_refused() {
+        let rt = local("nautilus-sidecar");
+        let mut nm = mk_nm("demo");
+        nm.metadata.name = Some("n".repeat(200));
+        let names = Names::of(&nm).expect("names");
+        // A long name does not lengthen the socket paths.
+        let dir = rt.socket_dir(&names);
+        assert_eq!(
+            dir.parent(),
+            Some(rt.settings.work_dir.join("run").as_path())
+        );
+        assert_eq!(dir.file_name().map(|n| n.len()), Some(16));
+        LocalSockets::in_dir(&dir).expect("short enough");
+        // A work directory too long for any socket is refused, naming the path.
+        let long = Path::new("/tmp").join("w".repeat(100));
+        let Err(RuntimeError::SocketPath { path, len, max }) = LocalSockets::in_dir(&long) else {
+            panic!("a path over 107 bytes was accepted");
+        };
+        assert!(path.starts_with(&long));
+        assert!(len > max && max == 107);
+    }
+
+    #[test]
+    fn endpoints_name_the_publish_address() {
+        assert_eq!(endpoint_for(localhost(), 6443), "https://127.0.0.1:6443");
+        assert_eq!(
+            endpoint_for("0.0.0.0".parse().expect("ip"), 1),
+            "https://127.0.0.1:1"
+        );
+        assert_eq!(
+            endpoint_for("::".parse().expect("ip"), 1),
+            "https://[::1]:1"
+        );
+        assert_eq!(
+            endpoint_for("10.213.0.1".parse().expect("ip"), 2),
+            "https://10.213.0.1:2"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_isolated_sidecar_publishes_the_measured_https_port() {
+        // The fake sidecar records its arguments.
+        let dir = std::env::temp_dir().join(format!("nautilus-op-port-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let seen = dir.join("args");
+        let script = dir.join("sidecar.sh");
+        write_script(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" > {}\nexec sleep 30\n",
+                seen.display()
+            ),
+        );
+        let rt = LocalRuntime::new(LocalSettings {
+            work_dir: dir.join("work"),
+            ..local(script.to_str().expect("utf8")).settings
+        });
+        let nm = mk_nm("demo");
+        let placed = rt
+            .place(&nm, desired::enclave_config(&nm).expect("config"))
+            .expect("placed");
+        let port = placed.control_plane.https_port;
+        // Kept: a second placement (or a restarted operator) gets the same port.
+        assert_eq!(
+            LocalRuntime::new(rt.settings.clone())
+                .place(&nm, desired::enclave_config(&nm).expect("config"))
+                .expect("placed")
+                .control_plane
+                .https_port,
+            port
+        );
+        let boot = BootConfig {
+            config: placed,
+            nonce: vec![1; 32],
+        };
+        rt.ensure(&nm, &boot, "d1").await.expect("ensure");
+        let observed = rt.observe(&nm).await.expect("observe");
+        assert_eq!(observed.endpoint, format!("https://127.0.0.1:{port}"));
+        let mut args = String::new();
+        for _ in 0..100 {
+            args = std::fs::read_to_string(&seen).unwrap_or_default();
+            if !args.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            args.contains(&format!("--api-listen=127.0.0.1:{port} ")),
+            "{args}"
+        );
+        assert!(args.contains("--isolate-network"), "{args}");
+        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert!(
+            !rt.socket_dir(&Names::of(&nm).expect("names")).exists(),
+            "the socket directory is left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nautilus_protocol::transport::Endpoint;
-use nautilus_protocol::wire::{AuthConfig, TierConfig, ZkLoginConfig};
+use nautilus_protocol::wire::{AuthConfig, TierConfig, TierIdentity, ZkLoginConfig};
 use nautilus_seal::personal_message::UNKNOWN_EPOCH;
 use nautilus_seal::{
-    Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkLoginKey,
+    Identity, Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkLoginKey,
 };
 
 use crate::egress::{self, EgressConnector, EgressError, Target};
@@ -96,6 +96,10 @@ pub fn tier(config: &TierConfig) -> Tier {
         name: config.name.clone(),
         min_stake_mist: config.min_stake_mist,
         groups: config.groups.clone(),
+        identity: match config.identity {
+            TierIdentity::User => Identity::User,
+            TierIdentity::Node => Identity::Node,
+        },
     }
 }
 
@@ -167,11 +171,13 @@ mod tests {
                     name: "viewer".into(),
                     min_stake_mist: 1_000,
                     groups: vec!["view".into()],
+                    identity: Default::default(),
                 },
                 TierConfig {
                     name: "admin".into(),
                     min_stake_mist: 1_000_000,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
                 },
             ],
         }

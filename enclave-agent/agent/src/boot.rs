@@ -8,6 +8,7 @@
 //!            ─► files: CA, serving certificate, K3s config and CA files, or the
 //!               `kubernetes` distribution's certificates, kubeconfigs and flags
 //!            ─► token webhook (WebhookService) and its kubeconfig
+//!            ─► kubelet egress bridge and the API server's egress selector (with a proxy)
 //!            ─► control plane (ControlPlane: one supervised `k3s`, or etcd,
 //!               kube-apiserver, kube-scheduler, kube-controller-manager in order)
 //!            ─► reporter (signed reports every probe interval)
@@ -33,6 +34,7 @@ use crate::client::ClientError;
 use crate::control_plane::{ControlPlane, KubernetesPlan};
 use crate::flags::{self, ComponentPorts, Distribution, FlagsError};
 use crate::k3s::{self, K3sError};
+use crate::kubelet_egress::{self, KubeletEgress};
 use crate::kubernetes::{self, Binaries, KubernetesError, Readiness};
 use crate::material::{BootMaterial, MaterialError};
 use crate::prober::{ProbeTargets, Prober};
@@ -95,6 +97,9 @@ pub enum BootError {
     /// The webhook's TLS configuration failed.
     #[error("webhook tls: {0}")]
     Tls(String),
+    /// The API server's way to the kubelets could not be set up.
+    #[error("kubelet egress")]
+    KubeletEgress(#[from] crate::kubelet_egress::KubeletEgressError),
 }
 
 impl BootError {
@@ -206,6 +211,7 @@ pub(crate) struct Booted {
     attestations: Attestations,
     control_plane: Mutex<Option<ControlPlane>>,
     webhook: std::sync::Mutex<Option<WebhookService>>,
+    kubelet_egress: Option<KubeletEgress>,
 }
 
 impl Booted {
@@ -233,7 +239,11 @@ impl Booted {
         let kubeconfig_path = work.join("webhook-kubeconfig.yaml");
         let config_path = work.join("k3s-config.yaml");
         let distribution = Distribution::of(cp)?;
-        let spec = flags::spec_flags(&config, &kubeconfig_path, &options.ports)?;
+        let egress_selector_path = work.join(kubelet_egress::CONFIG);
+        let mut spec = flags::spec_flags(&config, &kubeconfig_path, &options.ports)?;
+        if options.egress_proxy.is_some() {
+            flags::with_kubelet_egress(&mut spec, &egress_selector_path)?;
+        }
         let rendered = k3s::render_config(&config, &spec)?;
         let authenticator = auth::authenticator(
             &config.auth,
@@ -326,6 +336,30 @@ impl Booted {
         }
         info!(webhook = %url, ?distribution, "control-plane files written");
 
+        // The API server's way to the kubelets, before the API server that dials it.
+        let kubelet_egress = match &options.egress_proxy {
+            None => None,
+            Some(proxy) => {
+                let started = async {
+                    let socket = work.join(kubelet_egress::SOCKET);
+                    k3s::write(
+                        &egress_selector_path,
+                        kubelet_egress::egress_selector_config(&socket)?.as_bytes(),
+                        false,
+                    )?;
+                    Ok::<_, BootError>(KubeletEgress::start(&socket, proxy.clone()).await?)
+                }
+                .await;
+                match started {
+                    Ok(bridge) => Some(bridge),
+                    Err(e) => {
+                        webhook.stop();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+
         // The control plane.
         let mut supervisor_config = SupervisorConfig::new(&options.control_plane_command, vec![]);
         supervisor_config.initial_backoff = options.restart_backoff;
@@ -399,6 +433,7 @@ impl Booted {
             api_target,
             control_plane: Mutex::new(Some(control_plane)),
             webhook: std::sync::Mutex::new(Some(webhook)),
+            kubelet_egress,
         })
     }
 
@@ -443,6 +478,9 @@ impl Booted {
         }
         if let Some(control_plane) = self.control_plane.lock().await.take() {
             control_plane.stop().await;
+        }
+        if let Some(bridge) = &self.kubelet_egress {
+            bridge.stop();
         }
     }
 }

@@ -126,7 +126,8 @@ pub struct Args {
     /// The TokenReview webhook's address (TLS, certificate from the agent's CA).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_listen: SocketAddr,
-    /// HTTP CONNECT proxy for Sui RPC (an endpoint), or `none` to dial directly (development).
+    /// HTTP CONNECT proxy for Sui RPC and the API server's kubelet traffic (an endpoint), or
+    /// `none` to dial directly (development: then the API server dials kubelets itself).
     #[arg(long, default_value_t = Endpoint::Vsock { cid: VSOCK_CID_HOST, port: EGRESS_PORT }.to_string())]
     pub egress_proxy: String,
     /// An extra trust root (PEM) for the Sui full node's TLS (development fixtures).

@@ -111,7 +111,7 @@ impl ControlPlane {
 
     /// Start the `kubernetes` distribution: etcd, then kube-apiserver once etcd is healthy,
     /// then the tier bindings and the scheduler and controller manager once the API server is
-    /// ready.
+    /// ready; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
     pub fn kubernetes(plan: KubernetesPlan) -> Self {
         let members: Members = Arc::new(Mutex::new(Vec::new()));
         let added = Arc::new(Notify::new());
@@ -209,6 +209,11 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
     )
     .await;
     info!("all components started");
+    // Kubelets joining later get their serving certificates through this approver; it runs
+    // until the control plane stops (the launcher task is aborted then).
+    crate::csr_approver::Approver::new(plan.readiness.clone())
+        .run()
+        .await;
 }
 
 async fn aggregate_loop(

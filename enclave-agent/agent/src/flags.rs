@@ -194,6 +194,22 @@ pub fn validate(config: &ControlPlaneConfig) -> Result<(), FlagsError> {
     for name in &config.tls_sans {
         check_flag_value("tlsSANs", name)?;
     }
+    if let Some(address) = &config.advertise_address {
+        let ip = address
+            .parse::<std::net::IpAddr>()
+            .map_err(|_| FlagsError::Value {
+                field: "advertiseAddress",
+                value: address.clone(),
+                reason: "not an IP address",
+            })?;
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Err(FlagsError::Value {
+                field: "advertiseAddress",
+                value: address.clone(),
+                reason: "a loopback or unspecified address is reachable by no pod",
+            });
+        }
+    }
     Ok(())
 }
 
@@ -228,6 +244,10 @@ pub fn spec_flags(
         // Without it kube-apiserver sends authentication.k8s.io/v1beta1 reviews, which the
         // webhook (v1 only) cannot answer: every seal token would get 401.
         flag("authentication-token-webhook-version", "v1"),
+        // Kubelets are dialled by address through the sidecar's CONNECT proxy
+        // (`crate::kubelet_egress`): no name for the host to resolve, and one the sidecar's
+        // kubelet rule accepts (IP literals only).
+        flag("kubelet-preferred-address-types", "InternalIP,ExternalIP"),
     ];
     apiserver.extend(common.iter().cloned());
 
@@ -247,6 +267,17 @@ pub fn spec_flags(
         scheduler: local(ports.scheduler),
         controller_manager: local(ports.controller_manager),
     })
+}
+
+/// kube-apiserver's flag for the egress selector configuration at `config`
+/// ([`crate::kubelet_egress`]), added to [`SpecFlags::apiserver`] when the agent has an egress
+/// proxy (with none, development, the API server dials kubelets itself).
+pub fn with_kubelet_egress(spec: &mut SpecFlags, config: &Path) -> Result<(), FlagsError> {
+    let path = config.display().to_string();
+    check_flag_value("egress selector config path", &path)?;
+    spec.apiserver
+        .push(flag("egress-selector-config-file", path));
+    Ok(())
 }
 
 /// `name=value` for each flag (K3s' `kube-*-arg` lists).

@@ -70,14 +70,26 @@ pub fn render_config(config: &EnclaveConfig, spec: &SpecFlags) -> Result<String,
     put("data-dir", Value::String(cp.data_dir.clone()));
     // K3s issues its serving certificate itself (from the agent's server CA): the host
     // Service's names must be in it too, as in the `kubernetes` distribution's.
-    if !cp.tls_sans.is_empty() {
-        put("tls-san", seq(cp.tls_sans.iter().cloned()));
+    if !cp.tls_sans.is_empty() || cp.advertise_address.is_some() {
+        put(
+            "tls-san",
+            seq(cp.tls_sans.iter().chain(&cp.advertise_address).cloned()),
+        );
+    }
+    // The `kubernetes` Service's endpoint, as the `kubernetes` distribution's
+    // `--advertise-address`.
+    if let Some(address) = &cp.advertise_address {
+        put("advertise-address", Value::String(address.clone()));
     }
     put("secrets-encryption", Value::Bool(cp.encrypt_secrets));
     put("debug", Value::Bool(cp.log_level == "debug"));
     put("disable-agent", Value::Bool(true));
     put("disable-cloud-controller", Value::Bool(true));
     put("disable-network-policy", Value::Bool(true));
+    // K3s' own egress selector (its agents' tunnel, `agent` mode by default) would write
+    // `--egress-selector-config-file` itself; the agent's own (`crate::kubelet_egress`, in
+    // `kube-apiserver-arg`) goes through the sidecar instead.
+    put("egress-selector-mode", Value::String("disabled".into()));
     put(
         "disable",
         seq(DISABLED_ADDONS.iter().map(|s| (*s).to_owned())),
@@ -268,11 +280,18 @@ pub fn write_ca_files(data_dir: &Path, material: &BootMaterial) -> Result<(), K3
 }
 
 /// Groups the enclave's control plane grants a built-in ClusterRole to, and that role: the
-/// default reader tier's `nautilus:readers` gets `view`, and `nautilus:editors` gets `edit`.
-/// `system:masters` (admin tier) and `system:nodes` (worker tier) are built into Kubernetes;
-/// any other tier group needs a binding its users create with an admin token.
-pub const GROUP_BINDINGS: [(&str, &str); 2] =
-    [("nautilus:readers", "view"), ("nautilus:editors", "edit")];
+/// default reader tier's `nautilus:readers` gets `view`, `nautilus:editors` gets `edit`, and the
+/// default worker tier's `nautilus:node-proxiers` gets `system:node-proxier`, what kube-proxy on
+/// a worker needs beyond the Node authorizer (Services, EndpointSlices, Nodes, Events) with the
+/// node's own seal token.
+/// `system:masters` (admin tier) is built into Kubernetes, and a node identity (worker tier) is
+/// authorized by the Node authorizer; any other tier group needs a binding its users create
+/// with an admin token.
+pub const GROUP_BINDINGS: [(&str, &str); 3] = [
+    ("nautilus:readers", "view"),
+    ("nautilus:editors", "edit"),
+    ("nautilus:node-proxiers", "system:node-proxier"),
+];
 
 /// Where K3s' deploy controller applies manifests from at start and on change, relative to the
 /// data directory ("auto-deploying manifests").
@@ -298,6 +317,24 @@ pub fn group_bindings() -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The ClusterRoleBinding K3s makes for its API server's kubelet client
+/// (`kube-apiserver-kubelet-admin`): the user [`crate::material::KUBELET_CLIENT_CN`] may use
+/// every kubelet API (logs, exec, attach, port-forward, metrics), which a kubelet in webhook
+/// authorization mode asks the API server about. The `kubernetes` distribution applies it
+/// with [`group_bindings`]; K3s makes its own.
+pub fn kubelet_api_admin_binding() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": "nautilus-kube-apiserver-kubelet-admin",
+            "labels": {"app.kubernetes.io/managed-by": "nautilus-agent"},
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::material::KUBELET_CLIENT_CN}],
+    })
+}
+
 /// ClusterRoleBindings of [`GROUP_BINDINGS`], as the YAML K3s applies from
 /// [`RBAC_MANIFEST`] (the `kubernetes` distribution applies [`group_bindings`] itself).
 pub fn rbac_manifest() -> Result<String, K3sError> {
@@ -317,7 +354,7 @@ pub(crate) mod tests {
         let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"))
             .collect();
-        assert_eq!(docs.len(), 2);
+        assert_eq!(docs.len(), 3);
         let bound: Vec<(String, String)> = docs
             .iter()
             .map(|d| {
@@ -332,7 +369,11 @@ pub(crate) mod tests {
             bound,
             vec![
                 ("nautilus:readers".to_owned(), "view".to_owned()),
-                ("nautilus:editors".to_owned(), "edit".to_owned())
+                ("nautilus:editors".to_owned(), "edit".to_owned()),
+                (
+                    "nautilus:node-proxiers".to_owned(),
+                    "system:node-proxier".to_owned()
+                )
             ]
         );
     }
@@ -376,6 +417,7 @@ pub(crate) mod tests {
                     "demo.default.svc".into(),
                     "demo.default.svc.cluster.local".into(),
                 ],
+                advertise_address: Some("192.0.2.10".into()),
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://fullnode.testnet.sui.io:443".into(),
@@ -390,6 +432,7 @@ pub(crate) mod tests {
                     name: "admin".into(),
                     min_stake_mist: 1,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
                 }],
             },
             health: HealthConfig {
@@ -400,6 +443,7 @@ pub(crate) mod tests {
     }
 
     const GOLDEN: &str = "\
+advertise-address: '192.0.2.10'
 bind-address: '127.0.0.1'
 cluster-cidr: '10.42.0.0/16'
 cluster-dns: '10.43.0.10'
@@ -413,11 +457,13 @@ disable:
 disable-agent: true
 disable-cloud-controller: true
 disable-network-policy: true
+egress-selector-mode: disabled
 https-listen-port: 6443
 kube-apiserver-arg:
 - authentication-token-webhook-config-file=/var/lib/nautilus/webhook-kubeconfig.yaml
 - authentication-token-webhook-cache-ttl=30s
 - authentication-token-webhook-version=v1
+- kubelet-preferred-address-types=InternalIP,ExternalIP
 - tls-min-version=VersionTLS13
 - tls-cipher-suites=TLS_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
 - v=2
@@ -443,6 +489,7 @@ service-cidr: '10.43.0.0/16'
 tls-san:
 - demo.default.svc
 - demo.default.svc.cluster.local
+- '192.0.2.10'
 ";
 
     fn kubeconfig() -> PathBuf {
@@ -460,6 +507,43 @@ tls-san:
         pretty_assertions::assert_eq!(rendered, GOLDEN);
         // Deterministic.
         assert_eq!(rendered, render(&mk_config()).expect("again"));
+    }
+
+    /// K3s' API server reaches kubelets the way the `kubernetes` distribution's does: through
+    /// the agent's egress selector (K3s' own tunnel is off), by address.
+    #[test]
+    fn k3s_dials_kubelets_through_the_agents_egress_selector() {
+        let config = mk_config();
+        let mut spec = flags::spec_flags(&config, &kubeconfig(), &flags::ComponentPorts::default())
+            .expect("flags");
+        flags::with_kubelet_egress(
+            &mut spec,
+            Path::new("/var/lib/nautilus/egress-selector.yaml"),
+        )
+        .expect("egress");
+        let rendered = render_config(&config, &spec).expect("renders");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&rendered).expect("yaml");
+        assert_eq!(yaml["egress-selector-mode"], "disabled");
+        let implied = implied_apiserver_flags(&rendered).expect("implied");
+        let get = |name: &str| {
+            implied
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            get("egress-selector-config-file"),
+            Some("/var/lib/nautilus/egress-selector.yaml")
+        );
+        assert_eq!(
+            get("kubelet-preferred-address-types"),
+            Some("InternalIP,ExternalIP")
+        );
+        assert_eq!(
+            get("kubelet-certificate-authority"),
+            Some("/var/lib/rancher/k3s/server/tls/server-ca.crt"),
+            "kubelet serving certificates are verified"
+        );
     }
 
     #[test]
@@ -506,6 +590,7 @@ tls-san:
             log_level: _,
             log_format,
             tls_sans,
+            advertise_address,
         } = &config.control_plane;
         assert_eq!(yaml["bind-address"].as_str(), Some(bind_address.as_str()));
         assert_eq!(
@@ -523,10 +608,17 @@ tls-san:
             .iter()
             .filter_map(|v| v.as_str())
             .collect();
+        let advertise_address = advertise_address.as_deref().expect("set in mk_config");
+        let expected: Vec<&str> = tls_sans
+            .iter()
+            .map(String::as_str)
+            .chain([advertise_address])
+            .collect();
         assert_eq!(
-            sans, *tls_sans,
-            "K3s issues its certificate for the Service's names"
+            sans, expected,
+            "K3s issues its certificate for the Service's names and the advertised address"
         );
+        assert_eq!(yaml["advertise-address"].as_str(), Some(advertise_address));
         for component in [
             "kube-apiserver-arg",
             "kube-scheduler-arg",

@@ -253,14 +253,15 @@ pub fn apiserver_flags(
         f("etcd-certfile", layout.tls("etcd/client.crt")),
         f("etcd-keyfile", layout.tls("etcd/client.key")),
         f("cert-dir", layout.tls("temporary-certs")),
-        // The address the `kubernetes` Service's endpoints name; the host's interfaces are
-        // not the enclave's, so never let the API server guess one.
+        // The address the `kubernetes` Service's endpoints name: the published endpoint when
+        // the configuration gives one. The host's interfaces are not the enclave's, so never
+        // let the API server guess one.
         f(
             "advertise-address",
-            if unspecified {
-                "127.0.0.1"
-            } else {
-                cp.bind_address.as_str()
+            match &cp.advertise_address {
+                Some(address) => address.as_str(),
+                None if unspecified => "127.0.0.1",
+                None => cp.bind_address.as_str(),
             },
         ),
     ]);
@@ -516,7 +517,8 @@ impl Readiness {
         }
     }
 
-    async fn api(
+    /// One request to the API server as the agent's admin (`system:masters`).
+    pub(crate) async fn api(
         &self,
         method: http::Method,
         path: &str,
@@ -554,9 +556,13 @@ impl Readiness {
         }
     }
 
-    /// Server-side apply every tier group's ClusterRoleBinding as `nautilus-agent`.
+    /// Server-side apply every tier group's ClusterRoleBinding, and the API server's own as a
+    /// kubelet client ([`k3s::kubelet_api_admin_binding`]), as `nautilus-agent`.
     pub async fn apply_rbac(&self) -> Result<(), String> {
-        for binding in k3s::group_bindings() {
+        let bindings = k3s::group_bindings()
+            .into_iter()
+            .chain([k3s::kubelet_api_admin_binding()]);
+        for binding in bindings {
             let name = binding["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
@@ -636,6 +642,33 @@ mod tests {
         "etcd-keyfile",
         "cert-dir",
     ];
+
+    #[test]
+    fn the_kubernetes_service_names_the_advertised_address_which_the_certificate_names_too() {
+        let mut config = mk_config();
+        let layout = Layout::new(Path::new(&config.control_plane.data_dir));
+        let advertised = |config: &EnclaveConfig| {
+            apiserver_flags(config, &spec(config), &layout, &ComponentPorts::default())
+                .into_iter()
+                .find(|(k, _)| k == "advertise-address")
+                .map(|(_, v)| v)
+        };
+        config.control_plane.advertise_address = Some("10.213.0.1".into());
+        assert_eq!(advertised(&config).as_deref(), Some("10.213.0.1"));
+        assert!(
+            crate::material::api_server_sans(&config.control_plane)
+                .contains(&"10.213.0.1".to_owned())
+        );
+        // Unset: the bind address, and loopback for an unspecified one (never a guess).
+        config.control_plane.advertise_address = None;
+        assert_eq!(advertised(&config).as_deref(), Some("127.0.0.1"));
+        config.control_plane.bind_address = "0.0.0.0".into();
+        assert_eq!(advertised(&config).as_deref(), Some("127.0.0.1"));
+        // A loopback address would be refused by the API server's endpoint validation: the
+        // boot refuses it first.
+        config.control_plane.advertise_address = Some("127.0.0.2".into());
+        assert!(crate::flags::validate(&config.control_plane).is_err());
+    }
 
     #[test]
     fn both_distributions_run_the_api_server_with_the_same_effective_flags() {

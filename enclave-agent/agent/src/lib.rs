@@ -19,6 +19,10 @@
 //! - [`prober`]: health probes of the API server, scheduler and controller manager.
 //! - [`client`]: one-request HTTPS client used by the prober and the stand-in.
 //! - [`egress`]: Sui RPC through the sidecar's CONNECT proxy, TLS verified in the enclave.
+//! - [`kubelet_egress`]: the API server's kubelet traffic through the same proxy (egress
+//!   selector, a Unix socket joined byte for byte to `--egress-proxy`), TLS end to end.
+//! - [`csr_approver`]: approves kubelet-serving CSRs for the requesting node's own names and
+//!   addresses only.
 //! - [`auth`]: from the boot configuration's `auth` to a TokenReview authenticator.
 //! - [`stake`]: how much an address has staked, read from Sui through `sui-rpc`, cached and
 //!   single-flighted; failures deny.
@@ -33,10 +37,12 @@ pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod control_plane;
+pub mod csr_approver;
 pub mod egress;
 pub mod flags;
 pub mod forwarder;
 pub mod k3s;
+pub mod kubelet_egress;
 pub mod kubernetes;
 pub mod link;
 pub mod material;

@@ -306,7 +306,7 @@ pub fn api_server_sans(config: &ControlPlaneConfig) -> Vec<String> {
     if let Some(ip) = kubernetes_service_ip(&config.service_cidr) {
         names.push(ip.to_string());
     }
-    for name in &config.tls_sans {
+    for name in config.tls_sans.iter().chain(&config.advertise_address) {
         if !names.contains(name) {
             names.push(name.clone());
         }
@@ -332,17 +332,24 @@ pub struct ComponentCertificates {
     /// `nautilus-agent` in `system:masters`, from the client CA: the agent's own admin
     /// identity, used only to create the tier groups' RoleBindings (`client-admin`).
     pub admin: LeafCertificate,
-    /// kube-apiserver's client certificate towards kubelets (`client-kube-apiserver`).
+    /// kube-apiserver's client certificate towards kubelets (`client-kube-apiserver`), from
+    /// the *serving* CA: the one CA a worker learns from the attestation, so a kubelet trusts
+    /// (`authentication.x509.clientCAFile`) only callers that attested enclave vouches for,
+    /// without a second CA to fetch over a channel the host could alter.
     pub kubelet_client: LeafCertificate,
     /// The front proxy's client certificate, from the request-header CA (`client-auth-proxy`).
     pub auth_proxy: LeafCertificate,
 }
+
+/// The user kube-apiserver is to kubelets (as K3s names it), bound to `system:kubelet-api-admin`.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver";
 
 /// The user the request-header CA's client certificate names (as K3s does).
 pub const REQUEST_HEADER_CN: &str = "system:auth-proxy";
 
 impl ComponentCertificates {
     fn generate(
+        serving_ca: &CertificateAuthority,
         client_ca: &CertificateAuthority,
         request_header_ca: &CertificateAuthority,
         etcd_server_ca: &CertificateAuthority,
@@ -356,7 +363,7 @@ impl ComponentCertificates {
             scheduler: client_ca.issue_client_in("system:kube-scheduler", &[])?,
             controller_manager: client_ca.issue_client_in("system:kube-controller-manager", &[])?,
             admin: client_ca.issue_client_in("nautilus-agent", &["system:masters"])?,
-            kubelet_client: client_ca.issue_client_in("kube-apiserver", &[])?,
+            kubelet_client: serving_ca.issue_client_in(KUBELET_CLIENT_CN, &[])?,
             auth_proxy: request_header_ca.issue_client_in(REQUEST_HEADER_CN, &[])?,
         })
     }
@@ -411,6 +418,7 @@ impl BootMaterial {
                 .map_err(cert_err("the service-account key"))?,
         )?;
         let components = ComponentCertificates::generate(
+            &serving_ca,
             &client_ca,
             &request_header_ca,
             &etcd_server_ca,

@@ -126,6 +126,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                 // --logging-format=json; upstream's support it.
                 log_format: "text".into(),
                 tls_sans: Vec::new(),
+                advertise_address: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: format!("https://localhost:{}", node.port()),
@@ -140,6 +141,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                     name: "admin".into(),
                     min_stake_mist: 10_000,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
                 }],
             },
             health: HealthConfig {

@@ -25,7 +25,7 @@ use common::{
 };
 use nautilus_protocol::wire::{
     AuthConfig, BootConfig, Component, ControlPlaneConfig, EnclaveConfig, EvidenceBundle,
-    HealthConfig, Report, ReportVerifier, TierConfig,
+    HealthConfig, Report, ReportVerifier, TierConfig, TierIdentity,
 };
 use nautilus_seal::SignatureScheme;
 use nautilus_seal::signer::{KeystoreKey, generate_key};
@@ -34,8 +34,8 @@ use nautilus_sui_fixture::{CHAIN_ID, Chain, TestCa, serve_tls};
 const WAIT: Duration = Duration::from_secs(90);
 const AUDIENCE: &str = "nautilus:real/control-plane";
 
-/// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`) and a
-/// reader tier (100 MIST, `nautilus:readers`).
+/// A `kubernetes` configuration with an admin tier (10 000 MIST, `system:masters`), a worker
+/// tier (1 000 MIST, a node identity) and a reader tier (100 MIST, `nautilus:readers`).
 fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> EnclaveConfig {
     EnclaveConfig {
         cluster: "real/control-plane".into(),
@@ -56,6 +56,7 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
             // --logging-format=json; upstream's support it.
             log_format: "text".into(),
             tls_sans: Vec::new(),
+            advertise_address: None,
         },
         auth: AuthConfig {
             sui_rpc_url: sui_rpc_url.into(),
@@ -71,11 +72,19 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
                     name: "admin".into(),
                     min_stake_mist: 10_000,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
+                },
+                TierConfig {
+                    name: "worker".into(),
+                    min_stake_mist: 1_000,
+                    groups: vec!["nautilus:node-proxiers".into()],
+                    identity: TierIdentity::Node,
                 },
                 TierConfig {
                     name: "reader".into(),
                     min_stake_mist: 100,
                     groups: vec!["nautilus:readers".into()],
+                    identity: Default::default(),
                 },
             ],
         },
@@ -103,6 +112,15 @@ struct Fixture {
 
 impl Fixture {
     async fn start(assets: &KubernetesAssets, stakes: &[(&KeystoreKey, u64)]) -> Self {
+        Self::start_with(assets, stakes, &[]).await
+    }
+
+    /// [`Fixture::start`] with more sidecar arguments.
+    async fn start_with(
+        assets: &KubernetesAssets,
+        stakes: &[(&KeystoreKey, u64)],
+        sidecar_args: &[String],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let reaper = Reaper(dir.path().display().to_string());
         let mut chain = Chain::default();
@@ -183,6 +201,7 @@ impl Fixture {
             args.push("--agent-arg".into());
             args.push(arg);
         }
+        args.extend(sidecar_args.iter().cloned());
         let started = Instant::now();
         let sidecar =
             nautilus_sidecar::start(nautilus_sidecar::Args::try_parse_from(args).expect("args"))
@@ -226,6 +245,12 @@ impl Fixture {
         self.dir.path().display().to_string()
     }
 
+    /// A JSON merge patch of `path` (through [`Fixture::api_with`]).
+    async fn merge_patch(&self, path: &str, token: &str, body: &str) -> (u16, String) {
+        let headers = [("Content-Type", "application/merge-patch+json")];
+        self.api_with("PATCH", path, token, &headers, body).await
+    }
+
     /// A request to the enclave's API server through the sidecar's byte proxy, TLS verified
     /// with the attested CA.
     async fn api(&self, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
@@ -242,6 +267,32 @@ impl Fixture {
             body,
         )
         .await
+    }
+
+    /// [`Fixture::api`] with extra headers, the answer's body de-chunked.
+    async fn api_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(self.api)
+            .await
+            .expect("api proxy");
+        let (status, text) = common::https_request_with(
+            Box::new(tcp),
+            &self.ca_pem,
+            "kubernetes",
+            method,
+            path,
+            Some(token),
+            headers,
+            body,
+        )
+        .await;
+        (status, response_body(&text))
     }
 
     /// Reports from `/report` until one satisfies `pred`.
@@ -477,6 +528,182 @@ async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
     fx.shutdown().await;
 }
 
+/// `call` every 250 ms until it answers `want` or [`WAIT`] passed; its last answer.
+async fn eventually<F, Fut>(want: u16, mut call: F) -> (u16, String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (u16, String)>,
+{
+    let start = Instant::now();
+    loop {
+        let (status, body) = call().await;
+        if status == want || start.elapsed() > WAIT {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn node(name: &str) -> String {
+    format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}}}}"#)
+}
+
+/// Seal tokens of the worker tier are node identities, and the real Node authorizer and
+/// NodeRestriction confine each to the node its own address names: a staker cannot register,
+/// change or read as another staker's node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_tokens_are_nodes_confined_to_their_own_objects() {
+    let Some(assets) =
+        kubernetes_assets_or_skip("worker_tokens_are_nodes_confined_to_their_own_objects")
+    else {
+        return;
+    };
+    let admin = generate_key(SignatureScheme::Ed25519).expect("key");
+    let alice = generate_key(SignatureScheme::Ed25519).expect("key");
+    let bob = generate_key(SignatureScheme::Secp256r1).expect("key");
+    let fx = Fixture::start(&assets, &[(&admin, 25_000), (&alice, 1_500), (&bob, 1_500)]).await;
+    let now = nautilus_seal::unix_now();
+    let admin_token = admin.mint_for(AUDIENCE, now, 600).expect("token");
+    let alice_token = alice.mint_for(AUDIENCE, now, 600).expect("token");
+    let bob_token = bob.mint_for(AUDIENCE, now, 600).expect("token");
+    let (alice_node, bob_node) = (
+        nautilus_seal::node_name(&alice.address()),
+        nautilus_seal::node_name(&bob.address()),
+    );
+
+    // The API server sees a node: `system:node:<name>` in `system:nodes`.
+    let review = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let (status, body) = fx
+        .api(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &alice_token,
+            review,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        body.contains(&format!("\"username\":\"system:node:{alice_node}\"")),
+        "{body}"
+    );
+    assert!(body.contains("\"system:nodes\""), "{body}");
+
+    // Each registers its own Node; neither can register a name it does not hold.
+    let (status, body) = fx
+        .api("POST", "/api/v1/nodes", &alice_token, &node(&alice_node))
+        .await;
+    assert_eq!(status, 201, "alice registers her node: {body}");
+    let (status, body) = fx
+        .api("POST", "/api/v1/nodes", &bob_token, &node(&bob_node))
+        .await;
+    assert_eq!(status, 201, "bob registers his node: {body}");
+    let (status, body) = fx
+        .api(
+            "POST",
+            "/api/v1/nodes",
+            &alice_token,
+            &node("sui-chosen-name"),
+        )
+        .await;
+    assert_eq!(status, 403, "a node name the address does not give: {body}");
+
+    // Bob can neither change nor delete Alice's Node, nor renew her Lease.
+    let patch = r#"{"metadata":{"labels":{"stolen":"yes"}}}"#;
+    let alice_path = format!("/api/v1/nodes/{alice_node}");
+    let (status, body) = fx.merge_patch(&alice_path, &bob_token, patch).await;
+    assert_eq!(status, 403, "bob patches alice's node: {body}");
+    assert!(
+        body.contains("NodeRestriction") || body.contains("forbidden"),
+        "{body}"
+    );
+    let (status, body) = fx.api("DELETE", &alice_path, &bob_token, "").await;
+    assert_eq!(status, 403, "bob deletes alice's node: {body}");
+    let (status, body) = fx
+        .merge_patch(
+            &alice_path,
+            &alice_token,
+            r#"{"metadata":{"labels":{"mine":"yes"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "alice labels her own node: {body}");
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let lease = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}"}},"spec":{{"holderIdentity":"{name}","leaseDurationSeconds":40}}}}"#
+        )
+    };
+    let (status, body) = fx
+        .api("POST", leases, &alice_token, &lease(&alice_node))
+        .await;
+    assert_eq!(status, 201, "alice's lease: {body}");
+    let (status, body) = fx
+        .api(
+            "POST",
+            leases,
+            &bob_token,
+            &lease(&format!("{alice_node}-x")),
+        )
+        .await;
+    assert_eq!(status, 403, "bob makes a lease not his: {body}");
+    let (status, body) = fx
+        .merge_patch(
+            &format!("{leases}/{alice_node}"),
+            &bob_token,
+            r#"{"spec":{"holderIdentity":"bob"}}"#,
+        )
+        .await;
+    assert_eq!(status, 403, "bob renews alice's lease: {body}");
+
+    // A Secret used by a pod bound to Alice's node: Alice may read it, Bob may not.
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let (status, body) = fx
+        .api(
+            "POST",
+            secrets,
+            &admin_token,
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"alices"},"stringData":{"k":"v"}}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let bound_pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"on-alice"}},"spec":{{"nodeName":"{alice_node}","automountServiceAccountToken":false,"containers":[{{"name":"c","image":"registry.k8s.io/pause:3.10","volumeMounts":[{{"name":"s","mountPath":"/s"}}]}}],"volumes":[{{"name":"s","secret":{{"secretName":"alices"}}}}]}}}}"#
+    );
+    let (status, body) = eventually(201, || fx.api("POST", PODS, &admin_token, &bound_pod)).await;
+    assert_eq!(status, 201, "the admin binds a pod to alice's node: {body}");
+    let secret = format!("{secrets}/alices");
+    let (status, body) = eventually(200, || fx.api("GET", &secret, &alice_token, "")).await;
+    assert_eq!(status, 200, "alice reads her pod's secret: {body}");
+    let (status, body) = fx.api("GET", &secret, &bob_token, "").await;
+    assert_eq!(status, 403, "bob reads alice's pod's secret: {body}");
+    assert!(!body.contains("\"k\""), "{body}");
+    // Nor may he change the pod's status, which only its node may.
+    let (status, body) = fx
+        .merge_patch(
+            &format!("{PODS}/on-alice/status"),
+            &bob_token,
+            r#"{"status":{"phase":"Failed"}}"#,
+        )
+        .await;
+    assert_eq!(status, 403, "bob changes the status of alice's pod: {body}");
+
+    // kube-proxy with the node's token (`nautilus:node-proxiers` → system:node-proxier).
+    let (status, body) = eventually(200, || {
+        fx.api(
+            "GET",
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            &alice_token,
+            "",
+        )
+    })
+    .await;
+    assert_eq!(
+        status, 200,
+        "kube-proxy's reads with a worker token: {body}"
+    );
+
+    fx.shutdown().await;
+}
+
 /// The files the agent prepares for K3s, taken by the real kube-apiserver with exactly the
 /// rendered config's `kube-apiserver-arg` list plus the flags K3s implies for them (K3s'
 /// own datastore, kine, is stood in for by etcd; the serving certificate K3s would issue
@@ -645,4 +872,490 @@ impl Drop for ProcessGuard {
         );
         let _ = self.0.wait();
     }
+}
+
+/// The body of an HTTP/1.1 response `text` (head included), de-chunked when it was chunked.
+fn response_body(text: &str) -> String {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return String::new();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
+/// A kubelet's serving-certificate request for `sans`, as node `node`; the key and the object.
+fn serving_csr(node: &str, name: &str, sans: &[&str]) -> (rcgen::KeyPair, String) {
+    use base64::Engine as _;
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.subject_alt_names = sans
+        .iter()
+        .map(|san| match san.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName((*san).try_into().expect("dns")),
+        })
+        .collect();
+    let pem = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let object = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": "kubernetes.io/kubelet-serving",
+            "usages": ["digital signature", "server auth"],
+        },
+    });
+    (key, object.to_string())
+}
+
+fn node_object(name: &str, ip: &str, kubelet_port: u16) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
+        },
+    })
+    .to_string()
+}
+
+/// A stand-in kubelet: HTTPS on `addr` with `cert_pem` and `key`, answering every request with
+/// `kubelet stand-in <name>`; counts the connections it accepted.
+async fn stand_in_kubelet(
+    listener: std::net::TcpListener,
+    name: &'static str,
+    cert_pem: &str,
+    key: &rcgen::KeyPair,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certificate pem");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(nautilus_agent::client::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("stand-in listener");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("kubelet stand-in {name}");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    accepted
+}
+
+/// A network namespace of the test's own with a veth pair: `10.213.<octet>.1/29` on the host's
+/// side, `.2` and `.3` inside; removed (with the pair) on drop. The kube-apiserver refuses to
+/// proxy to loopback addresses, so a stand-in kubelet needs an address of its own.
+struct Netns {
+    name: String,
+    octet: u8,
+}
+
+impl Netns {
+    fn create() -> Result<Self, String> {
+        let pid = std::process::id();
+        let name = format!("nautilus-kp-{pid}");
+        let octet = 200 + (pid % 50) as u8;
+        let host_if = format!("kph{}", pid % 100_000);
+        let ns_if = format!("kpn{}", pid % 100_000);
+        let ns = Self { name, octet };
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(&["netns", "add", &ns.name])?;
+        let host = format!("10.213.{octet}.1/29");
+        let inside = [
+            format!("10.213.{octet}.2/29"),
+            format!("10.213.{octet}.3/29"),
+        ];
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns.name,
+        ])?;
+        run(&["addr", "add", &host, "dev", &host_if])?;
+        run(&["link", "set", &host_if, "up"])?;
+        for addr in &inside {
+            run(&["-n", &ns.name, "addr", "add", addr, "dev", &ns_if])?;
+        }
+        run(&["-n", &ns.name, "link", "set", &ns_if, "up"])?;
+        run(&["-n", &ns.name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `10.213.<octet>.<last>`.
+    fn ip(&self, last: u8) -> String {
+        format!("10.213.{}.{last}", self.octet)
+    }
+
+    /// A TCP listener on `ip:port` inside the namespace.
+    fn bind(&self, ip: &str, port: u16) -> std::net::TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = format!("{ip}:{port}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            // The address is configured; the veth may still be coming up.
+            let start = Instant::now();
+            loop {
+                match std::net::TcpListener::bind(&addr) {
+                    Ok(listener) => return listener,
+                    Err(e) if start.elapsed() < Duration::from_secs(5) => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("bind {addr} in the namespace: {e}"),
+                }
+            }
+        })
+        .join()
+        .expect("bind thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn metric_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 23's kubelet path on the real control plane: the agent approves a kubelet-serving CSR
+/// made as the node for its own address, the controller manager signs it with the serving CA,
+/// and a CSR naming another node's address stays pending. A stand-in kubelet serving that
+/// certificate on an address of the test's own network namespace is then reached through the
+/// API server's node proxy: over the
+/// egress selector's Unix socket, the agent's bridge and the sidecar's CONNECT proxy, with the
+/// API server verifying the certificate (a self-signed one is refused; a port the sidecar does
+/// not allow is never dialled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane() {
+    let Some(assets) = kubernetes_assets_or_skip(
+        "kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane",
+    ) else {
+        return;
+    };
+    let netns = match Netns::create() {
+        Ok(netns) => netns,
+        Err(e) => {
+            let line = format!(
+                "skipped: kubelet_serving_certificates_and_the_path_to_kubelets_on_a_real_control_plane: cannot make a network namespace ({e})"
+            );
+            assert!(
+                std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
+                "{line}"
+            );
+            println!("{line}");
+            return;
+        }
+    };
+    let (worker_ip, other_ip) = (netns.ip(2), netns.ip(3));
+    let admin = generate_key(SignatureScheme::Ed25519).expect("key");
+    let (kubelet_port, self_signed_port, refused_port) = (free_port(), free_port(), free_port());
+    // The sidecar's default kubelet rule (any address but loopback, link-local and the like),
+    // on two kubelet ports.
+    let fx = Fixture::start_with(
+        &assets,
+        &[(&admin, 25_000)],
+        &[
+            "--egress-allow-kubelet-port".into(),
+            kubelet_port.to_string(),
+            "--egress-allow-kubelet-port".into(),
+            self_signed_port.to_string(),
+        ],
+    )
+    .await;
+    fx.report_where("all healthy", Report::all_healthy).await;
+    let token = admin
+        .mint_for(AUDIENCE, nautilus_seal::unix_now(), 600)
+        .expect("token");
+    let as_node = |node: &'static str| {
+        [
+            ("Impersonate-User", format!("system:node:{node}")),
+            ("Impersonate-Group", "system:nodes".to_owned()),
+        ]
+    };
+
+    // Two nodes, as their kubelets would register them.
+    for (name, ip, port) in [
+        ("worker-1", worker_ip.as_str(), kubelet_port),
+        ("worker-2", other_ip.as_str(), refused_port),
+        ("worker-3", worker_ip.as_str(), self_signed_port),
+    ] {
+        let (status, body) = fx
+            .api_with(
+                "POST",
+                "/api/v1/nodes",
+                &token,
+                &[],
+                &node_object(name, ip, port),
+            )
+            .await;
+        assert_eq!(status, 201, "node {name}: {body}");
+        assert!(body.contains(ip), "status kept on create: {body}");
+    }
+
+    // worker-1 asks for its own name and address, and for worker-2's address.
+    let (key, own) = serving_csr("worker-1", "worker-1-serving", &["worker-1", &worker_ip]);
+    let (_, other) = serving_csr("worker-1", "worker-1-steals", &[&other_ip]);
+    let created = Instant::now();
+    for csr in [&own, &other] {
+        let headers = as_node("worker-1");
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, body) = fx.api_with("POST", CSRS, &token, &headers, csr).await;
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            body.contains(r#""username":"system:node:worker-1""#),
+            "made by the node: {body}"
+        );
+    }
+    let issued = loop {
+        let (status, body) = fx
+            .api_with("GET", &format!("{CSRS}/worker-1-serving"), &token, &[], "")
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let object: serde_json::Value = serde_json::from_str(&body).expect("json");
+        if let Some(cert) = object["status"]["certificate"].as_str() {
+            let conditions = object["status"]["conditions"].to_string();
+            assert!(
+                conditions.contains(r#""type":"Approved""#)
+                    && conditions.contains("NautilusNodeServing"),
+                "{conditions}"
+            );
+            use base64::Engine as _;
+            let pem = base64::engine::general_purpose::STANDARD
+                .decode(cert)
+                .expect("base64");
+            break String::from_utf8(pem).expect("pem");
+        }
+        assert!(
+            created.elapsed() < WAIT,
+            "worker-1's own request never issued: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "measured: kubelet-serving CSR created -> approved and issued in {:?}",
+        created.elapsed()
+    );
+    // Several more approver rounds: the other node's address stays pending.
+    tokio::time::sleep(nautilus_agent::csr_approver::POLL * 3).await;
+    let (status, body) = fx
+        .api_with("GET", &format!("{CSRS}/worker-1-steals"), &token, &[], "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let object: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        object["status"]["conditions"].is_null() && object["status"]["certificate"].is_null(),
+        "a request for another node's address stays pending: {body}"
+    );
+
+    // The issued certificate chains to the attested serving CA, for worker-1's address.
+    let hits = stand_in_kubelet(
+        netns.bind(&worker_ip, kubelet_port),
+        "worker-1",
+        &issued,
+        &key,
+    )
+    .await;
+    let direct = tokio::net::TcpStream::connect((worker_ip.as_str(), kubelet_port))
+        .await
+        .expect("stand-in");
+    let (status, text) = https_request(
+        Box::new(direct),
+        &fx.ca_pem,
+        &worker_ip,
+        "GET",
+        "/healthz",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Through the API server: egress selector, agent bridge, sidecar CONNECT proxy.
+    let (_, before) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    let tunnels = "nautilus_sidecar_proxy_connections_total{proxy=\"egress\"}";
+    let started = Instant::now();
+    let (status, body) = fx
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-1/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
+        .await;
+    let through = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "kubelet stand-in worker-1");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, after) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    assert!(
+        metric_value(&after, tunnels) > metric_value(&before, tunnels),
+        "the API server's connection went through the sidecar's egress proxy"
+    );
+    println!("measured: node proxy GET through the sidecar to the stand-in kubelet: {through:?}");
+
+    // A kubelet whose certificate is not the serving CA's is refused by the API server.
+    let self_signed_key = rcgen::KeyPair::generate().expect("key");
+    let self_signed = rcgen::CertificateParams::new(vec![worker_ip.clone()])
+        .expect("params")
+        .self_signed(&self_signed_key)
+        .expect("self-signed");
+    let impostor_hits = stand_in_kubelet(
+        netns.bind(&worker_ip, self_signed_port),
+        "impostor",
+        &self_signed.pem(),
+        &self_signed_key,
+    )
+    .await;
+    let (status, body) = fx
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-3/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert!(!body.contains("kubelet stand-in"), "{body}");
+    assert!(
+        body.contains("x509") || body.contains("certificate"),
+        "refused for its certificate: {status} {body}"
+    );
+    println!(
+        "impostor kubelet (self-signed certificate) refused by the API server: {status} {body}"
+    );
+    assert_eq!(
+        impostor_hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "reached (through the proxy), then refused at the TLS handshake"
+    );
+
+    // A port the sidecar does not allow: refused by the proxy, never dialled.
+    let refused_hits = stand_in_kubelet(
+        netns.bind(&other_ip, refused_port),
+        "worker-2",
+        &self_signed.pem(),
+        &self_signed_key,
+    )
+    .await;
+    let (status, body) = fx
+        .api_with(
+            "GET",
+            "/api/v1/nodes/worker-2/proxy/healthz",
+            &token,
+            &[],
+            "",
+        )
+        .await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(
+        refused_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the API server dials nothing itself"
+    );
+    let (_, metrics) = sidecar_http(fx.http, "GET", "/metrics", "").await;
+    assert!(
+        metric_value(
+            &metrics,
+            "nautilus_sidecar_egress_refused_total{reason=\"not_allowed\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+
+    fx.shutdown().await;
+    drop(netns);
 }

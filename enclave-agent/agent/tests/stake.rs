@@ -68,6 +68,17 @@ async fn sums_active_principal_across_pages() {
 }
 
 #[tokio::test]
+async fn a_withdrawn_stake_reads_as_zero() {
+    let chain = Arc::new(fixture());
+    let addr = serve(Arc::clone(&chain)).await;
+    let before = reader(addr, StakeConfig::default()).stake_of(alice()).await;
+    assert_eq!(before, Ok(4_000 + 3_000 + 2_500 + 500));
+    chain.withdraw(alice());
+    let after = reader(addr, StakeConfig::default()).stake_of(alice()).await;
+    assert_eq!(after, Ok(0));
+}
+
+#[tokio::test]
 async fn custom_type_counts_the_named_field() {
     let chain = Arc::new(fixture());
     let addr = serve(chain).await;

@@ -12,7 +12,9 @@ use nautilus_agent::webhook::{
 };
 use nautilus_protocol::bounded::Limits;
 use nautilus_seal::signer::generate_key;
-use nautilus_seal::{Address, KeystoreKey, SealVerifier, SignatureScheme, Tier, Tiers, unix_now};
+use nautilus_seal::{
+    Address, Identity, KeystoreKey, SealVerifier, SignatureScheme, Tier, Tiers, unix_now,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -49,16 +51,19 @@ fn tiers() -> Tiers {
             name: "admin".into(),
             min_stake_mist: 10_000,
             groups: vec!["system:masters".into()],
+            identity: Identity::User,
         },
         Tier {
             name: "worker".into(),
             min_stake_mist: 1_000,
-            groups: vec!["system:nodes".into()],
+            groups: Vec::new(),
+            identity: Identity::Node,
         },
         Tier {
             name: "reader".into(),
             min_stake_mist: 100,
             groups: vec!["nautilus:readers".into()],
+            identity: Identity::User,
         },
     ])
     .expect("valid tiers")
@@ -68,6 +73,7 @@ struct Fixture {
     auth: Arc<Authenticator<Ledger>>,
     admin: KeystoreKey,
     pauper: KeystoreKey,
+    worker: KeystoreKey,
     down: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
 }
@@ -75,9 +81,11 @@ struct Fixture {
 fn fixture() -> Fixture {
     let admin = generate_key(SignatureScheme::Ed25519).expect("ed25519 key");
     let pauper = generate_key(SignatureScheme::Secp256r1).expect("secp256r1 key");
+    let worker = generate_key(SignatureScheme::Secp256k1).expect("secp256k1 key");
     let mut ledger = Ledger::default();
     ledger.stakes.insert(admin.address(), 25_000);
     ledger.stakes.insert(pauper.address(), 99);
+    ledger.stakes.insert(worker.address(), 1_500);
     let down = Arc::clone(&ledger.down);
     let stalled = Arc::clone(&ledger.stalled);
     let stakes = StakeCache::new(ledger, Duration::from_secs(30), 1024);
@@ -88,6 +96,7 @@ fn fixture() -> Fixture {
         ),
         admin,
         pauper,
+        worker,
         down,
         stalled,
     }
@@ -142,6 +151,35 @@ async fn admin_stake_is_authenticated_with_its_tier() {
     assert!(
         !answer.to_string().contains(&token),
         "the answer never echoes the token"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_stake_is_the_node_its_address_names() {
+    let f = fixture();
+    let token = mint(&f.worker, AUDIENCE, unix_now(), 600);
+    let answer = review(&f, &review_body(&token, &[])).await;
+    let address = f.worker.address();
+    let hex = address.to_string();
+    // `system:node:` + `sui-` + the address's first 56 hex digits: what the Node authorizer
+    // and NodeRestriction read (pkg/auth/nodeidentifier), bound to the signer.
+    let node = format!("sui-{}", &hex[2..58]);
+    assert_eq!(nautilus_seal::node_name(&address), node);
+    assert_eq!(
+        answer["status"],
+        json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:node:{node}"),
+                "uid": hex,
+                "groups": ["system:nodes"],
+                "extra": {
+                    "nautilus.k3s-daas.io/address": [hex],
+                    "nautilus.k3s-daas.io/stake-mist": ["1500"],
+                    "nautilus.k3s-daas.io/tier": ["worker"]
+                }
+            }
+        })
     );
 }
 

@@ -33,7 +33,10 @@
 //! Layout:
 //! - [`tether`]: [`Tether`], [`exec_if_requested`] (called first in each binary's `main`).
 //! - [`records`]: [`ProcessRecords`], [`ProcessId`].
+//! - [`netns`]: a network namespace of a child's own ([`Tether::with_new_network`]), and
+//!   [`netns::probe`] for whether the machine can make one.
 
+pub mod netns;
 pub mod records;
 pub mod tether;
 
@@ -69,6 +72,12 @@ pub enum LifetimeError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A network namespace of its own was asked for a child and cannot be made.
+    #[error("cannot isolate the network: {reason}")]
+    Isolation {
+        /// Why, in one line.
+        reason: String,
     },
     /// A recorded process that is still running could not be killed.
     #[error("process {pid} (recorded as {name}) is still running after {millis} ms: {reason}")]

@@ -8,7 +8,10 @@
 //! 1. sets its parent-death signal to SIGKILL (`nix::sys::prctl::set_pdeathsig`);
 //! 2. checks that `getppid()` is still the pid it was given: if the parent died between fork
 //!    and step 1 the signal will never come, so it exits (status 125) instead of running;
-//! 3. execs the program (`CommandExt::exec`, which also restores the default SIGPIPE
+//! 3. with `--new-network` ([`Tether::with_new_network`]), moves itself into a network
+//!    namespace of its own with only a loopback, up ([`crate::netns`]; status 123 when it
+//!    cannot: it never runs the program in the parent's network instead);
+//! 4. execs the program (`CommandExt::exec`, which also restores the default SIGPIPE
 //!    disposition that Rust programs ignore; status 127 when the exec fails).
 //!
 //! The parent-death signal survives exec, so the program runs with it: when the parent's
@@ -35,6 +38,8 @@ pub const EXEC_MODE: &str = "__exec-with-pdeathsig";
 pub const EXIT_PARENT_GONE: i32 = 125;
 /// Exit status when the program could not be executed.
 pub const EXIT_CANNOT_EXEC: i32 = 127;
+/// Exit status when a network namespace was asked for and could not be made.
+pub const EXIT_CANNOT_ISOLATE: i32 = 123;
 
 /// Set once this binary's `main` called [`exec_if_requested`]: only then does it understand
 /// the exec mode.
@@ -44,12 +49,15 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Call first in `main`, before a runtime or any thread starts. When the process was started in
 /// the exec mode this never returns (it execs the program or exits); otherwise it marks the
-/// binary as a helper for [`Tether::this_binary`] and returns.
+/// binary as a helper for [`Tether::this_binary`] and returns. It also serves
+/// [`crate::netns::PROBE_MODE`].
 pub fn exec_if_requested() {
     UNDERSTOOD.store(true, Ordering::SeqCst);
     let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() != Some(OsStr::new(EXEC_MODE)) {
-        return;
+    match args.next() {
+        Some(mode) if mode == OsStr::new(EXEC_MODE) => {}
+        Some(mode) if mode == OsStr::new(crate::netns::PROBE_MODE) => crate::netns::probe_mode(),
+        _ => return,
     }
     let request = match ExecRequest::parse(args) {
         Ok(request) => request,
@@ -66,6 +74,8 @@ pub fn exec_if_requested() {
 pub struct ExecRequest {
     /// The pid of the process that started us.
     pub parent: i32,
+    /// Run the program in a network namespace of its own (`--new-network`).
+    pub new_network: bool,
     /// The program.
     pub program: OsString,
     /// Its arguments.
@@ -73,7 +83,8 @@ pub struct ExecRequest {
 }
 
 impl ExecRequest {
-    /// Parse the arguments after [`EXEC_MODE`]: `--parent PID -- PROGRAM ARGS…`.
+    /// Parse the arguments after [`EXEC_MODE`]: `--parent PID [--new-network] -- PROGRAM
+    /// ARGS…`.
     pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, String> {
         let mut args = args.into_iter();
         if args.next().as_deref() != Some(OsStr::new("--parent")) {
@@ -84,12 +95,18 @@ impl ExecRequest {
             .and_then(|pid| pid.to_str().and_then(|pid| pid.parse::<i32>().ok()))
             .filter(|pid| *pid > 1)
             .ok_or("--parent needs a pid above 1")?;
-        if args.next().as_deref() != Some(OsStr::new("--")) {
+        let mut next = args.next();
+        let new_network = next.as_deref() == Some(OsStr::new(NEW_NETWORK));
+        if new_network {
+            next = args.next();
+        }
+        if next.as_deref() != Some(OsStr::new("--")) {
             return Err("expected -- before the program".into());
         }
         let program = args.next().ok_or("no program after --")?;
         Ok(Self {
             parent,
+            new_network,
             program,
             args: args.collect(),
         })
@@ -113,6 +130,15 @@ impl ExecRequest {
             );
             return EXIT_PARENT_GONE;
         }
+        if self.new_network
+            && let Err(reason) = crate::netns::isolate()
+        {
+            eprintln!(
+                "{EXEC_MODE}: not starting {}: {reason}",
+                Path::new(&self.program).display()
+            );
+            return EXIT_CANNOT_ISOLATE;
+        }
         let error = std::process::Command::new(&self.program)
             .args(&self.args)
             .exec();
@@ -124,10 +150,14 @@ impl ExecRequest {
     }
 }
 
+/// The exec mode's flag for [`ExecRequest::new_network`].
+const NEW_NETWORK: &str = "--new-network";
+
 /// How children are started: through a helper that ties them to this process, or directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tether {
     helper: Option<PathBuf>,
+    new_network: bool,
 }
 
 impl Tether {
@@ -150,17 +180,45 @@ impl Tether {
     pub fn through(helper: impl Into<PathBuf>) -> Self {
         Self {
             helper: Some(helper.into()),
+            new_network: false,
         }
     }
 
     /// Directly: a process group and `kill_on_drop`, no parent-death signal.
     pub fn untethered() -> Self {
-        Self { helper: None }
+        Self {
+            helper: None,
+            new_network: false,
+        }
     }
 
     /// Whether children get the parent-death signal.
     pub fn is_tethered(&self) -> bool {
         self.helper.is_some()
+    }
+
+    /// Start each child in a network namespace of its own, empty but for its loopback
+    /// ([`crate::netns`]). Only a tethered command can: [`Tether::command`] refuses otherwise,
+    /// rather than run the child in this process's network.
+    pub fn with_new_network(mut self) -> Self {
+        self.new_network = true;
+        self
+    }
+
+    /// Whether children get a network namespace of their own.
+    pub fn isolates_network(&self) -> bool {
+        self.new_network
+    }
+
+    /// Whether the helper can make a network namespace on this machine
+    /// ([`crate::netns::probe`]); the error says why not in one line.
+    pub async fn probe_new_network(&self) -> Result<()> {
+        match &self.helper {
+            Some(helper) => crate::netns::probe(helper).await,
+            None => Err(LifetimeError::Isolation {
+                reason: NO_HELPER.to_owned(),
+            }),
+        }
     }
 
     /// A command that runs `program` in its own process group (its pid is the group's id),
@@ -171,10 +229,16 @@ impl Tether {
     ///
     /// When tethered the program is resolved here (a bare name through `PATH`), so a missing
     /// program is the same [`LifetimeError::NotFound`] a direct spawn would give rather than
-    /// an exit of the helper.
+    /// an exit of the helper. With [`Tether::with_new_network`] but no helper it is
+    /// [`LifetimeError::Isolation`].
     pub fn command(&self, program: impl AsRef<OsStr>) -> Result<tokio::process::Command> {
         let program = program.as_ref();
         let mut command = match &self.helper {
+            None if self.new_network => {
+                return Err(LifetimeError::Isolation {
+                    reason: NO_HELPER.to_owned(),
+                });
+            }
             None => tokio::process::Command::new(program),
             Some(helper) => {
                 let resolved = resolve(program).map_err(|source| LifetimeError::NotFound {
@@ -185,9 +249,11 @@ impl Tether {
                 command
                     .arg(EXEC_MODE)
                     .arg("--parent")
-                    .arg(std::process::id().to_string())
-                    .arg("--")
-                    .arg(resolved);
+                    .arg(std::process::id().to_string());
+                if self.new_network {
+                    command.arg(NEW_NETWORK);
+                }
+                command.arg("--").arg(resolved);
                 command
             }
         };
@@ -195,6 +261,10 @@ impl Tether {
         Ok(command)
     }
 }
+
+/// Why an untethered command cannot have a network namespace.
+const NO_HELPER: &str = "a network namespace is made by the tether's helper, and this binary \
+                         does not call nautilus_lifetime::exec_if_requested";
 
 /// `program` as the kernel will find it: a path with a slash as is, a bare name through `PATH`.
 fn resolve(program: &OsStr) -> std::io::Result<PathBuf> {
@@ -239,8 +309,13 @@ mod tests {
         let request = ExecRequest::parse(os(&["--parent", "42", "--", "etcd", "--name", "--"]))
             .expect("parses");
         assert_eq!(request.parent, 42);
+        assert!(!request.new_network);
         assert_eq!(request.program, "etcd");
         assert_eq!(request.args, os(&["--name", "--"]));
+        let isolated = ExecRequest::parse(os(&["--parent", "42", "--new-network", "--", "etcd"]))
+            .expect("parses");
+        assert!(isolated.new_network);
+        assert_eq!(isolated.program, "etcd");
         for bad in [
             &[][..],
             &["--parent"],
@@ -250,6 +325,9 @@ mod tests {
             &["--parent", "42", "etcd"],
             &["--parent", "42", "--"],
             &["--pid", "42", "--", "etcd"],
+            &["--parent", "42", "--new-network", "etcd"],
+            &["--parent", "42", "--new-network", "--"],
+            &["--new-network", "--parent", "42", "--", "etcd"],
         ] {
             assert!(ExecRequest::parse(os(bad)).is_err(), "{bad:?}");
         }
@@ -291,5 +369,34 @@ mod tests {
         assert_eq!(command.as_std().get_program(), "/nonexistent/k3s");
         // A test harness never called exec_if_requested.
         assert_eq!(Tether::this_binary(), Tether::untethered());
+        // And cannot isolate a child's network: refused, never run in ours.
+        let refused = Tether::untethered()
+            .with_new_network()
+            .command("sh")
+            .expect_err("no helper");
+        assert!(
+            matches!(refused, LifetimeError::Isolation { .. }),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn an_isolated_command_asks_the_helper_for_a_new_network() {
+        let command = Tether::through("/opt/helper")
+            .with_new_network()
+            .command("sh")
+            .expect("sh is in PATH");
+        let args: Vec<&OsStr> = command.as_std().get_args().collect();
+        let pid = std::process::id().to_string();
+        assert_eq!(
+            &args[..5],
+            &[
+                OsStr::new(EXEC_MODE),
+                OsStr::new("--parent"),
+                OsStr::new(pid.as_str()),
+                OsStr::new(NEW_NETWORK),
+                OsStr::new("--"),
+            ]
+        );
     }
 }

@@ -32,7 +32,7 @@ pub use signer::{Keystore, KeystoreKey, SignerError};
 pub use sui_crypto::zklogin::{ZkLoginCircuitMode, ZkloginVerifier};
 pub use sui_sdk_types::{Address, SignatureScheme};
 pub use sui_sdk_types::{Jwk, JwkId};
-pub use tier::{Tier, TierError, Tiers, UserInfo};
+pub use tier::{Identity, Tier, TierError, Tiers, UserInfo, node_name};
 pub use token::{Claims, SealError, SealVerifier, VerifiedToken};
 
 /// Seconds since the Unix epoch, from the system clock (0 if the clock is before 1970).

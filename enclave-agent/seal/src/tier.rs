@@ -14,28 +14,28 @@ use sui_sdk_types::Address;
 pub const EXTRA_STAKE_MIST: &str = "nautilus.k3s-daas.io/stake-mist";
 /// Key in [`UserInfo::extra`] carrying the tier's name.
 pub const EXTRA_TIER: &str = "nautilus.k3s-daas.io/tier";
+/// Key in [`UserInfo::extra`] carrying the whole Sui address of a node identity, whose username
+/// holds only the node name.
+pub const EXTRA_ADDRESS: &str = "nautilus.k3s-daas.io/address";
 /// Prefix of the Kubernetes username: `sui:<address>`.
 pub const USERNAME_PREFIX: &str = "sui:";
-/// Prefix of the Node name a signer's kubelet registers (see [`node_name`]).
+/// Prefix of a node's username, as the Node authorizer and NodeRestriction read it.
+pub const NODE_USERNAME_PREFIX: &str = "system:node:";
+/// The group every node is in; the Node authorizer treats a request as a node's only with it.
+pub const NODES_GROUP: &str = "system:nodes";
+/// Prefix of a node name derived from an address.
 pub const NODE_NAME_PREFIX: &str = "sui-";
-/// How many hex digits of the address [`node_name`] keeps: as many as fit in 63 characters, the
-/// longest label value, because the kubelet copies its node name into the Node's
-/// `kubernetes.io/hostname` label and the API server refuses a longer value.
-pub const NODE_NAME_HEX_DIGITS: usize = 63 - NODE_NAME_PREFIX.len();
+/// Hex digits of the address in a node name: 56 (224 bits), so that the name fits the 63
+/// characters of the `kubernetes.io/hostname` label the kubelet puts on its Node. Another key
+/// whose address shares those 224 bits would take about 2^224 tries to find.
+pub const NODE_NAME_HEX_DIGITS: usize = 56;
 
-/// The name of the Node that `address` may run: `sui-` and the first 59 lowercase hex digits
-/// of the address, without `0x` (63 characters, so a valid DNS label, DNS subdomain and label
-/// value: the kubelet also writes it as the `kubernetes.io/hostname` label).
-///
-/// The worker does not choose it: the token webhook derives the node identity of a signer with
-/// this function, and `nautilusctl join` tells the kubelet to register under the same name
-/// (`--hostname-override`), so each name belongs to one key. 59 hex digits are 236 bits of the
-/// address (a BLAKE2b-256 hash of the public key): finding another key whose address shares
-/// them, to act as someone else's node, is a 2^236 search.
+/// The node name an address's node identity is bound to: `sui-` and the first
+/// [`NODE_NAME_HEX_DIGITS`] lowercase hex digits of the address. The signer cannot choose it,
+/// so one staker can never act as another staker's node; one address is one node.
 pub fn node_name(address: &Address) -> String {
-    let mut name = format!("{NODE_NAME_PREFIX}{}", hex::encode(address.inner()));
-    name.truncate(NODE_NAME_PREFIX.len() + NODE_NAME_HEX_DIGITS);
-    name
+    let hex = hex::encode(address.as_bytes());
+    format!("{NODE_NAME_PREFIX}{}", &hex[..NODE_NAME_HEX_DIGITS])
 }
 
 /// Why a tier table was refused.
@@ -65,6 +65,25 @@ pub enum TierError {
     },
 }
 
+/// Which kind of Kubernetes identity a tier grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Identity {
+    /// A user: `sui:<address>` with the tier's groups.
+    #[default]
+    User,
+    /// A node: `system:node:<node_name(address)>` in `system:nodes` (plus the tier's groups),
+    /// which the Node authorizer and NodeRestriction confine to that node's own objects.
+    Node,
+}
+
+impl Identity {
+    /// Whether this is the default, [`Identity::User`] (left out of serialized tiers, so a
+    /// table without node tiers keeps the bytes, and the digests, it had before).
+    pub fn is_user(&self) -> bool {
+        *self == Self::User
+    }
+}
+
 /// One access tier: a stake threshold and the groups it grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -76,6 +95,9 @@ pub struct Tier {
     /// Kubernetes groups a member of this tier gets.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The kind of identity the tier grants.
+    #[serde(default, skip_serializing_if = "Identity::is_user")]
+    pub identity: Identity,
 }
 
 /// A validated tier table, ordered by threshold, highest first.
@@ -135,28 +157,41 @@ impl Tiers {
 /// `UserInfo` so a TokenReview response can embed it as is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
-    /// `sui:<address>`.
+    /// `sui:<address>`, or `system:node:<node name>` for a node identity.
     pub username: String,
     /// The address.
     pub uid: String,
-    /// The tier's groups.
+    /// The tier's groups; a node identity's start with `system:nodes`.
     pub groups: Vec<String>,
-    /// Stake and tier name, under [`EXTRA_STAKE_MIST`] and [`EXTRA_TIER`].
+    /// Stake and tier name, under [`EXTRA_STAKE_MIST`] and [`EXTRA_TIER`], and for a node
+    /// identity the address under [`EXTRA_ADDRESS`].
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
     /// The identity of `address` in `tier`, with `stake_mist` recorded.
     pub fn new(address: &Address, stake_mist: u64, tier: &Tier) -> Self {
-        let address = address.to_string();
-        let extra = BTreeMap::from([
+        let mut extra = BTreeMap::from([
             (EXTRA_STAKE_MIST.to_owned(), vec![stake_mist.to_string()]),
             (EXTRA_TIER.to_owned(), vec![tier.name.clone()]),
         ]);
+        let (username, groups) = match tier.identity {
+            Identity::User => (format!("{USERNAME_PREFIX}{address}"), tier.groups.clone()),
+            Identity::Node => {
+                extra.insert(EXTRA_ADDRESS.to_owned(), vec![address.to_string()]);
+                let groups = std::iter::once(NODES_GROUP.to_owned())
+                    .chain(tier.groups.iter().filter(|g| *g != NODES_GROUP).cloned())
+                    .collect();
+                (
+                    format!("{NODE_USERNAME_PREFIX}{}", node_name(address)),
+                    groups,
+                )
+            }
+        };
         Self {
-            username: format!("{USERNAME_PREFIX}{address}"),
-            uid: address,
-            groups: tier.groups.clone(),
+            username,
+            uid: address.to_string(),
+            groups,
             extra,
         }
     }
@@ -172,6 +207,7 @@ mod tests {
             name: name.to_owned(),
             min_stake_mist: min,
             groups: vec![group.to_owned()],
+            identity: Identity::User,
         }
     }
 
@@ -181,8 +217,8 @@ mod tests {
             .parse()
             .expect("address");
         let name = node_name(&address);
-        assert_eq!(name, format!("sui-{}12345", "0".repeat(54)));
-        assert_eq!(name.len(), 63);
+        assert_eq!(name, format!("sui-{}12", "0".repeat(54)));
+        assert_eq!(name.len(), 60);
         // A DNS label and a label value: lowercase alphanumerics and '-', alphanumeric at
         // both ends.
         assert!(
@@ -284,6 +320,74 @@ mod tests {
             })
         );
         assert_eq!(table().user_info(&address, 10), None);
+    }
+
+    #[test]
+    fn a_node_tier_binds_the_node_name_to_the_address() {
+        let mut worker = tier("worker", 1_000, "nautilus:workers");
+        worker.identity = Identity::Node;
+        let tiers = Tiers::new(vec![worker]).expect("valid tier table");
+        let address = Address::new([0xab; 32]);
+        let info = tiers.user_info(&address, 1_500).expect("worker tier");
+        let addr = format!("0x{}", "ab".repeat(32));
+        let name = format!("sui-{}", "ab".repeat(28));
+        assert_eq!(
+            serde_json::to_value(&info).expect("serializable"),
+            serde_json::json!({
+                "username": format!("system:node:{name}"),
+                "uid": addr,
+                "groups": ["system:nodes", "nautilus:workers"],
+                "extra": {
+                    "nautilus.k3s-daas.io/address": [addr],
+                    "nautilus.k3s-daas.io/stake-mist": ["1500"],
+                    "nautilus.k3s-daas.io/tier": ["worker"],
+                },
+            })
+        );
+        // The Node object's name, and the `kubernetes.io/hostname` label value, fit 63 bytes.
+        assert_eq!(node_name(&address), name);
+        assert!(name.len() <= 63);
+    }
+
+    #[test]
+    fn node_names_of_two_addresses_differ_and_carry_no_choice_of_the_signer() {
+        let mut other = [0xab; 32];
+        other[27] = 0xac;
+        assert_ne!(
+            node_name(&Address::new([0xab; 32])),
+            node_name(&Address::new(other))
+        );
+        // Lowercase hex: a DNS-1123 label, as Node names must be.
+        let name = node_name(&Address::new([0xEF; 32]));
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+
+    #[test]
+    fn system_nodes_is_listed_once_for_a_node() {
+        let mut worker = tier("worker", 1, NODES_GROUP);
+        worker.identity = Identity::Node;
+        let info = UserInfo::new(&Address::new([1; 32]), 1, &worker);
+        assert_eq!(info.groups, vec![NODES_GROUP.to_owned()]);
+    }
+
+    #[test]
+    fn identity_is_serialized_only_for_nodes() {
+        let user = tier("admin", 10_000, "system:masters");
+        assert_eq!(
+            serde_json::to_string(&user).expect("json"),
+            r#"{"name":"admin","minStakeMist":10000,"groups":["system:masters"]}"#
+        );
+        let node: Tier =
+            serde_json::from_str(r#"{"name":"w","minStakeMist":1,"groups":[],"identity":"Node"}"#)
+                .expect("node tier");
+        assert_eq!(node.identity, Identity::Node);
+        assert!(
+            serde_json::from_str::<Tier>(r#"{"name":"w","minStakeMist":1,"identity":"node"}"#)
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The command line, as a library type so tests and embedders build it the same way `main` does.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +26,14 @@ pub enum ArgError {
     /// An allowlist entry is not `host:port`.
     #[error("invalid --egress-allow {text:?}: {reason} (expected HOST:PORT)")]
     HostPort {
+        /// The text given.
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A network is not `address/prefix`.
+    #[error("invalid --egress-kubelet-cidr {text:?}: {reason} (expected ADDRESS/PREFIX)")]
+    Cidr {
         /// The text given.
         text: String,
         /// What is wrong with it.
@@ -187,6 +195,79 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// One `--egress-kubelet-cidr` network: an address and a prefix length, compared on the
+/// address's first `prefix` bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network's address (host bits may be set; they are ignored).
+    pub addr: IpAddr,
+    /// Prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in this network (an IPv4 address never lies in an IPv6 network, nor
+    /// the other way round; map IPv4-mapped IPv6 addresses first with [`IpAddr::to_canonical`]).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+            let full = usize::from(bits / 8);
+            let rest = bits % 8;
+            if a[..full] != b[..full] {
+                return false;
+            }
+            rest == 0 || {
+                let mask = 0xffu8 << (8 - rest);
+                a[full] & mask == b[full] & mask
+            }
+        }
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = ArgError;
+
+    /// Strict: a canonical IPv4 or IPv6 address, `/`, a prefix length in plain decimal.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ArgError::Cidr {
+            text: text.to_owned(),
+            reason,
+        };
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| err("missing /PREFIX"))?;
+        let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix.is_empty()
+            || prefix.len() > 3
+            || (prefix.len() > 1 && prefix.starts_with('0'))
+            || !prefix.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err("prefix is not a number in plain decimal"));
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| err("prefix out of range"))?;
+        if prefix > max {
+            return Err(err("prefix longer than the address"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// The kubelet port the API server dials (`KubeletConfiguration.port`'s default).
+pub const KUBELET_PORT: u16 = 10250;
+
 /// Connection caps and timeouts of the sidecar's listeners. A connection over a cap is closed
 /// as it arrives and counted in `listener_refused_total{listener}`; a cut one in
 /// `listener_timeouts_total{listener,phase}`.
@@ -305,6 +386,14 @@ pub struct Args {
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
 
+    /// Run the agent (and so its control plane) in a network namespace of its own with only a
+    /// loopback, up, as a Nitro enclave has no network (process launcher; needs root). The
+    /// agent is then reachable only through Unix sockets: give --agent, --api-upstream and
+    /// --egress-listen as `unix:` endpoints. The sidecar fails to start when the namespace
+    /// cannot be made; it never runs the agent in the host's network instead.
+    #[arg(long, env = "NAUTILUS_ISOLATE_NETWORK")]
+    pub isolate_network: bool,
+
     /// Where the process launcher records the agent's pid and start time; on start the
     /// sidecar kills an agent a crashed predecessor recorded there [default: the boot
     /// configuration's directory].
@@ -335,6 +424,19 @@ pub struct Args {
     /// Nothing else is reachable.
     #[arg(long = "egress-allow")]
     pub egress_allow: Vec<HostPort>,
+
+    /// A kubelet port the egress proxy also tunnels to, for the enclave's API server (logs,
+    /// exec, attach, port-forward; TLS with the kubelet stays end to end): `CONNECT IP:PORT`
+    /// with an IP literal (never a host name: the host resolves nothing for the enclave) on
+    /// one of these ports; repeatable.
+    #[arg(long = "egress-allow-kubelet-port", default_values_t = [KUBELET_PORT], value_parser = clap::value_parser!(u16).range(1..))]
+    pub egress_allow_kubelet_ports: Vec<u16>,
+
+    /// Networks the kubelets' addresses lie in; repeatable. When given, a kubelet tunnel goes
+    /// only to an address inside one of them. [default: any address except loopback,
+    /// unspecified, link-local, multicast and broadcast]
+    #[arg(long = "egress-kubelet-cidr")]
+    pub egress_kubelet_cidrs: Vec<Cidr>,
 
     /// Age beyond which the latest report no longer counts for /readyz
     /// [default: 3 × the boot configuration's probe interval].
@@ -386,6 +488,8 @@ mod tests {
         assert_eq!(args.api_listen.to_string(), "tcp://0.0.0.0:6443");
         assert_eq!(args.egress_listen.to_string(), "vsock://4294967295:8001");
         assert_eq!(args.agent_args, ["--nsm", "simulated"]);
+        assert_eq!(args.egress_allow_kubelet_ports, [KUBELET_PORT]);
+        assert!(args.egress_kubelet_cidrs.is_empty());
         assert_eq!(
             args.egress_allow,
             [HostPort {
@@ -479,5 +583,61 @@ mod tests {
         ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad}");
         }
+        assert_eq!(
+            "10.213.0.0/16".parse::<Cidr>().expect("v4").to_string(),
+            "10.213.0.0/16"
+        );
+        assert_eq!(
+            "fd00:0::/8".parse::<Cidr>().expect("v6").to_string(),
+            "fd00::/8"
+        );
+        for bad in [
+            "10.213.0.0",
+            "10.213.0.0/33",
+            "10.213.0.0/016",
+            "10.213.0.0/+16",
+            "10.213.0.0/",
+            "10.213/16",
+            "010.213.0.0/16",
+            "::/129",
+            "host/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kubelet_ports_and_networks_parse() {
+        let args = Args::try_parse_from([
+            "nautilus-sidecar",
+            "--boot-config",
+            "/b.json",
+            "--launcher",
+            "process",
+            "--egress-allow-kubelet-port",
+            "10250",
+            "--egress-allow-kubelet-port",
+            "11250",
+            "--egress-kubelet-cidr",
+            "10.213.0.0/16",
+        ])
+        .expect("parses");
+        assert_eq!(args.egress_allow_kubelet_ports, [10250, 11250]);
+        let net = args.egress_kubelet_cidrs[0];
+        assert!(net.contains("10.213.9.9".parse().expect("ip")));
+        assert!(!net.contains("10.214.0.1".parse().expect("ip")));
+        assert!(!net.contains("::ffff:10.213.9.9".parse().expect("ip")));
+        assert!(
+            Args::try_parse_from([
+                "nautilus-sidecar",
+                "--boot-config",
+                "/b.json",
+                "--launcher",
+                "process",
+                "--egress-allow-kubelet-port",
+                "0",
+            ])
+            .is_err()
+        );
     }
 }

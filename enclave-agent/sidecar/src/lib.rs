@@ -3,7 +3,8 @@
 //! The sidecar runs in the enclave's pod on the parent instance. It starts the enclave, sends
 //! the agent inside it the boot configuration, keeps the attestation and signed reports the
 //! agent sends back, and serves them to the operator over HTTP. It also carries the enclave's
-//! traffic: the API server port in, and Sui RPC out through an allowlisted CONNECT proxy. It
+//! traffic: the API server port in, and Sui RPC and the API server's kubelet connections out
+//! through an allowlisted CONNECT proxy. It
 //! is not trusted (everything it relays is signed inside the enclave) and holds no Kubernetes
 //! credentials.
 //!
@@ -11,6 +12,7 @@
 //!  operator ──HTTP :8080──► sidecar ──vsock :5000 (frames)──► agent (enclave)
 //!  clients ───TCP :6443───► sidecar ──vsock :6443 (bytes)───► API server (enclave)
 //!  Sui RPC  ◄──TCP :443──── sidecar ◄─vsock :8001 (CONNECT)── agent (enclave)
+//!  kubelets ◄─TCP :10250─── sidecar ◄─vsock :8001 (CONNECT)── API server (enclave, via agent)
 //! ```
 //!
 //! Layout:
@@ -50,7 +52,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use cli::{Args, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
+pub use cli::{Args, Cidr, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
 use evidence::Evidence;
 use launcher::{LaunchError, Launcher, NitroConfig, NitroLauncher, ProcessLauncher};
 use link::{LinkConfig, LinkError};
@@ -255,6 +257,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         nitro_cli,
         agent_command,
         agent_args,
+        isolate_network,
         state_dir,
         agent,
         api_upstream,
@@ -262,6 +265,8 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         api_listen,
         egress_listen,
         egress_allow,
+        egress_allow_kubelet_ports,
+        egress_kubelet_cidrs,
         report_max_age_seconds,
         link_timeout_seconds,
         limits,
@@ -277,6 +282,12 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         .saturating_mul(1000);
 
     let (launcher, poll): (Arc<dyn Launcher>, Duration) = match launcher_kind {
+        LauncherKind::Nitro if isolate_network => {
+            return Err(SidecarError::Config(
+                "--isolate-network is for --launcher process (an enclave has no network to isolate)"
+                    .to_owned(),
+            ));
+        }
         LauncherKind::Nitro => (
             Arc::new(NitroLauncher::new(NitroConfig {
                 nitro_cli,
@@ -295,25 +306,39 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                     "--agent and --api-upstream are required with --launcher process (there is no enclave CID)".to_owned(),
                 ));
             }
-            (
-                Arc::new(
-                    ProcessLauncher::new(
-                        required(agent_command, "--agent-command", "process")?,
-                        agent_args,
-                    )
-                    .with_state_dir(state_dir.unwrap_or_else(|| {
-                        boot_config
-                            .parent()
-                            .filter(|dir| !dir.as_os_str().is_empty())
-                            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-                    })),
-                ),
-                Duration::from_millis(500),
+            if isolate_network {
+                // Over TCP the isolated agent would be unreachable (its loopback is not ours).
+                for (flag, endpoint) in [
+                    ("--agent", agent.as_ref()),
+                    ("--api-upstream", api_upstream.as_ref()),
+                    ("--egress-listen", Some(&egress_listen)),
+                ] {
+                    if !matches!(endpoint, Some(Endpoint::Unix(_))) {
+                        return Err(SidecarError::Config(format!(
+                            "{flag} must be a unix: endpoint with --isolate-network (the agent \
+                             has no network but its loopback)"
+                        )));
+                    }
+                }
+            }
+            let mut process = ProcessLauncher::new(
+                required(agent_command, "--agent-command", "process")?,
+                agent_args,
             )
+            .with_state_dir(state_dir.unwrap_or_else(|| {
+                boot_config
+                    .parent()
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+            }));
+            if isolate_network {
+                process = process.with_isolated_network();
+            }
+            (Arc::new(process), Duration::from_millis(500))
         }
     };
     if egress_allow.is_empty() {
-        warn!("no --egress-allow: the egress proxy refuses every target");
+        warn!("no --egress-allow: the egress proxy tunnels to kubelets only");
     }
 
     let metrics = Arc::new(Metrics::new());
@@ -392,7 +417,11 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     )));
     tasks.push(tokio::spawn(proxy::serve_egress(
         egress,
-        egress_allow,
+        proxy::EgressRules {
+            allow: egress_allow,
+            kubelet_ports: egress_allow_kubelet_ports,
+            kubelet_networks: egress_kubelet_cidrs,
+        },
         Arc::clone(&metrics),
     )));
     let link_config = LinkConfig {

@@ -8,11 +8,14 @@
 //!   connection that starts `POST /challenge ` is a user's challenge, answered by the sidecar
 //!   ([`crate::challenge`]) so that the resource's endpoint is all a user needs.
 //! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
-//!   Only `CONNECT host:port` to an `--egress-allow` entry is tunnelled, compared after strict
-//!   parsing in canonical form ([`HostPort`]); another target gets 403, a target that does not
-//!   parse strictly 400, another method 405, a request head over [`MAX_HEAD_BYTES`] 431, a
-//!   head not complete within the header timeout nothing (the connection is closed). The
-//!   agent still verifies the far end's TLS itself.
+//!   Only `CONNECT host:port` to an `--egress-allow` entry (the Sui full node) or to a kubelet
+//!   ([`EgressRules`]: an IP literal on an `--egress-allow-kubelet-port`, inside the
+//!   `--egress-kubelet-cidr` networks) is tunnelled, compared after strict parsing in
+//!   canonical form ([`HostPort`]); another target gets 403, a target that does not parse
+//!   strictly 400, another method 405, a request head over [`MAX_HEAD_BYTES`] 431, a head not
+//!   complete within the header timeout nothing (the connection is closed). The enclave
+//!   verifies the far end's TLS itself: the agent the full node's, the API server each
+//!   kubelet's serving certificate.
 //!
 //! Both listen through a [`BoundedListener`] (connection cap, idle timeout); a refusal is
 //! counted in `egress_refused_total{reason}` and logged at most once per
@@ -27,7 +30,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
 use crate::challenge::{self, Challenges};
-use crate::cli::HostPort;
+use crate::cli::{Cidr, HostPort};
 use crate::metrics::Metrics;
 
 /// Largest CONNECT request head read.
@@ -56,8 +59,81 @@ const BAD_REQUEST: Refusal = Refusal {
     reason: "bad_request",
 };
 
+const NOT_ALLOWED: Refusal = Refusal {
+    status: 403,
+    text: "Forbidden",
+    reason: "not_allowed",
+};
+
+/// Where the egress proxy tunnels to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressRules {
+    /// Exact `host:port` targets (`--egress-allow`: the Sui full node).
+    pub allow: Vec<HostPort>,
+    /// Kubelet ports (`--egress-allow-kubelet-port`): an IP literal on one of them is a
+    /// kubelet the enclave's API server dials.
+    pub kubelet_ports: Vec<u16>,
+    /// Networks the kubelets lie in (`--egress-kubelet-cidr`); empty: any address that is not
+    /// [`special`].
+    pub kubelet_networks: Vec<Cidr>,
+}
+
+/// Addresses no kubelet tunnel goes to unless a `--egress-kubelet-cidr` names them: this
+/// host's own loopback (a host cluster's kubelet, say), unspecified, link-local (the instance
+/// metadata service), multicast and broadcast.
+pub fn special(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+        }
+    }
+}
+
+impl EgressRules {
+    /// Whether `target` may be tunnelled to; the refusal otherwise.
+    pub fn check(&self, target: &HostPort) -> Result<(), Refusal> {
+        if self.allow.contains(target) {
+            return Ok(());
+        }
+        // A kubelet: an IP literal (HostPort keeps IPv4 dotted and IPv6 canonical, so a
+        // name never parses as one) on a kubelet port. Anything else is simply not allowed.
+        let Ok(ip) = target.host.parse::<std::net::IpAddr>() else {
+            return Err(NOT_ALLOWED);
+        };
+        if !self.kubelet_ports.contains(&target.port) {
+            return Err(NOT_ALLOWED);
+        }
+        let ip = ip.to_canonical();
+        let inside = if self.kubelet_networks.is_empty() {
+            !special(ip)
+        } else {
+            self.kubelet_networks.iter().any(|net| net.contains(ip))
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(Refusal {
+                status: 403,
+                text: "Forbidden",
+                reason: "kubelet_address",
+            })
+        }
+    }
+}
+
 /// Parse a complete request head (through the blank line) and decide.
-pub fn check_connect(head: &[u8], allow: &[HostPort]) -> Result<HostPort, Refusal> {
+pub fn check_connect(head: &[u8], rules: &EgressRules) -> Result<HostPort, Refusal> {
     let line_end = head
         .windows(2)
         .position(|w| w == b"\r\n")
@@ -80,13 +156,7 @@ pub fn check_connect(head: &[u8], allow: &[HostPort]) -> Result<HostPort, Refusa
         });
     }
     let target: HostPort = target.parse().map_err(|_| BAD_REQUEST)?;
-    if !allow.contains(&target) {
-        return Err(Refusal {
-            status: 403,
-            text: "Forbidden",
-            reason: "not_allowed",
-        });
-    }
+    rules.check(&target)?;
     Ok(target)
 }
 
@@ -160,10 +230,22 @@ async fn pipe(proxy: &'static str, mut client: Conn, mut target: BoxedStream, me
 
 /// Accept CONNECT requests on `listener` and tunnel the allowed ones, until the task is
 /// dropped.
-pub async fn serve_egress(listener: BoundedListener, allow: Vec<HostPort>, metrics: Arc<Metrics>) {
-    let allowed: Vec<String> = allow.iter().map(ToString::to_string).collect();
-    info!(listen = %listener.endpoint(), allow = ?allowed, limits = ?listener.limits(), "egress proxy listening");
-    let allow = Arc::new(allow);
+pub async fn serve_egress(listener: BoundedListener, rules: EgressRules, metrics: Arc<Metrics>) {
+    let allowed: Vec<String> = rules.allow.iter().map(ToString::to_string).collect();
+    let networks: Vec<String> = rules
+        .kubelet_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        listen = %listener.endpoint(),
+        allow = ?allowed,
+        kubelet_ports = ?rules.kubelet_ports,
+        kubelet_networks = ?networks,
+        limits = ?listener.limits(),
+        "egress proxy listening"
+    );
+    let allow = Arc::new(rules);
     let head_timeout = listener.limits().header_timeout;
     let log = Arc::new(LogLimit::default());
     loop {
@@ -181,7 +263,7 @@ pub async fn serve_egress(listener: BoundedListener, allow: Vec<HostPort>, metri
 
 /// What one egress connection needs.
 struct Egress {
-    allow: Arc<Vec<HostPort>>,
+    allow: Arc<EgressRules>,
     metrics: Arc<Metrics>,
     head_timeout: Duration,
     /// One line per interval for refusals and unreachable targets; the metric counts all.
@@ -310,8 +392,97 @@ impl Egress {
 mod tests {
     use super::*;
 
-    fn allow() -> Vec<HostPort> {
-        vec!["fullnode.testnet.sui.io:443".parse().expect("entry")]
+    fn allow() -> EgressRules {
+        EgressRules {
+            allow: vec!["fullnode.testnet.sui.io:443".parse().expect("entry")],
+            kubelet_ports: vec![10250],
+            kubelet_networks: Vec::new(),
+        }
+    }
+
+    fn connect(target: &str) -> Vec<u8> {
+        format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn kubelets_are_ip_literals_on_kubelet_ports_outside_special_ranges() {
+        let rules = allow();
+        for ok in [
+            "10.213.0.2:10250",
+            "192.168.1.7:10250",
+            "[fd00::7]:10250",
+            "[2001:db8::1]:10250",
+            "fullnode.testnet.sui.io:443",
+        ] {
+            assert!(check_connect(&connect(ok), &rules).is_ok(), "{ok}");
+        }
+        for (bad, reason) in [
+            // Names are resolved by no one on the host's side for the enclave.
+            ("node-1:10250", "not_allowed"),
+            ("node-1.example:10250", "not_allowed"),
+            // Other ports.
+            ("10.213.0.2:10255", "not_allowed"),
+            ("10.213.0.2:22", "not_allowed"),
+            ("[fd00::7]:443", "not_allowed"),
+            // Special addresses.
+            ("127.0.0.1:10250", "kubelet_address"),
+            ("127.3.4.5:10250", "kubelet_address"),
+            ("0.0.0.0:10250", "kubelet_address"),
+            ("169.254.169.254:10250", "kubelet_address"),
+            ("224.0.0.1:10250", "kubelet_address"),
+            ("255.255.255.255:10250", "kubelet_address"),
+            ("[::1]:10250", "kubelet_address"),
+            ("[::]:10250", "kubelet_address"),
+            ("[fe80::1]:10250", "kubelet_address"),
+            ("[ff02::1]:10250", "kubelet_address"),
+            // IPv4-mapped IPv6 is judged as the IPv4 address it maps to.
+            ("[::ffff:127.0.0.1]:10250", "kubelet_address"),
+        ] {
+            assert_eq!(
+                check_connect(&connect(bad), &rules).map_err(|r| r.reason),
+                Err(reason),
+                "{bad}"
+            );
+        }
+        // Lenient spellings of an address do not parse at all.
+        for bad in ["10.213.0.02:10250", "10.213.2:10250", "0x0a.213.0.2:10250"] {
+            assert_eq!(
+                check_connect(&connect(bad), &rules).map_err(|r| r.status),
+                Err(400),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_networks_replace_the_default() {
+        let rules = EgressRules {
+            kubelet_networks: vec![
+                "10.213.0.0/16".parse().expect("cidr"),
+                "127.0.0.0/8".parse().expect("cidr"),
+                "fd00:1::/64".parse().expect("cidr"),
+            ],
+            ..allow()
+        };
+        for ok in [
+            "10.213.255.1:10250",
+            "127.0.0.2:10250",
+            "[fd00:1::9]:10250",
+            "[::ffff:10.213.0.1]:10250",
+        ] {
+            assert!(check_connect(&connect(ok), &rules).is_ok(), "{ok}");
+        }
+        for bad in ["10.214.0.1:10250", "192.168.0.1:10250", "[fd00:2::9]:10250"] {
+            assert_eq!(
+                check_connect(&connect(bad), &rules).map_err(|r| r.reason),
+                Err("kubelet_address"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check_connect(&connect("127.0.0.2:10251"), &rules).map_err(|r| r.reason),
+            Err("not_allowed")
+        );
     }
 
     #[test]

@@ -182,6 +182,72 @@ async fn the_egress_proxy_tunnels_only_allowlisted_targets() {
     running.shutdown().await.expect("shutdown");
 }
 
+/// Kubelets: IP literals on a kubelet port, inside the configured networks; no host name, no
+/// other port, and (by default) no loopback.
+#[tokio::test]
+async fn the_egress_proxy_tunnels_to_kubelet_addresses_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubelet = echo_server("tcp://127.0.0.2:0".parse().expect("endpoint")).await;
+    let other = echo_server("tcp://127.0.0.2:0".parse().expect("endpoint")).await;
+    let kubelet_port = port(&kubelet).to_string();
+    let running = start(
+        dir.path(),
+        &"tcp://127.0.0.1:9".parse().expect("endpoint"),
+        &[
+            "--egress-allow-kubelet-port",
+            &kubelet_port,
+            "--egress-kubelet-cidr",
+            "127.0.0.2/32",
+        ],
+    )
+    .await;
+    let target = format!("127.0.0.2:{kubelet_port}");
+    let (mut tunnel, head) = connect_request(
+        &running,
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    roundtrip(
+        &mut tunnel,
+        b"\x16\x03\x01 a ClientHello, as far as the proxy knows",
+    )
+    .await;
+    for (request, status) in [
+        (
+            format!("CONNECT localhost:{kubelet_port} HTTP/1.1\r\n\r\n"),
+            "403",
+        ),
+        (
+            format!("CONNECT 127.0.0.2:{} HTTP/1.1\r\n\r\n", port(&other)),
+            "403",
+        ),
+        (
+            format!("CONNECT 127.0.0.1:{kubelet_port} HTTP/1.1\r\n\r\n"),
+            "403",
+        ),
+    ] {
+        let (_, head) = connect_request(&running, request.as_bytes()).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request}: {head}"
+        );
+    }
+    let (_, metrics) = get(running.http_addr(), "/metrics").await;
+    assert_series(
+        &metrics,
+        "nautilus_sidecar_egress_refused_total",
+        &[
+            ("reason=\"not_allowed\"", 2),
+            ("reason=\"kubelet_address\"", 1),
+        ],
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn the_api_proxy_forwards_bytes_to_a_unix_upstream() {
     let dir = tempfile::tempdir().expect("tempdir");

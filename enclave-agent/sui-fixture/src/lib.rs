@@ -101,6 +101,9 @@ pub struct Chain {
     pub ignore_type_filter: bool,
     /// Delay before answering `ListOwnedObjects`.
     pub delay: Duration,
+    /// Owners who unstaked: their StakedSui objects are gone from the listing, as after
+    /// `request_withdraw_stake` (see [`Chain::withdraw`]).
+    pub withdrawn: std::sync::Mutex<std::collections::HashSet<Address>>,
 }
 
 impl Default for Chain {
@@ -115,6 +118,7 @@ impl Default for Chain {
             down: AtomicBool::new(false),
             ignore_type_filter: false,
             delay: Duration::ZERO,
+            withdrawn: std::sync::Mutex::default(),
         }
     }
 }
@@ -126,6 +130,22 @@ impl Chain {
         let n = u8::try_from(objects.len() + 1).unwrap_or(u8::MAX);
         objects.push(staked_sui(n, 1, principal));
         self
+    }
+
+    /// Unstake everything `owner` staked, from now on (the StakedSui objects are consumed by
+    /// the withdrawal, so a listing no longer returns them).
+    pub fn withdraw(&self, owner: Address) {
+        self.withdrawn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(owner);
+    }
+
+    fn has_withdrawn(&self, owner: &Address) -> bool {
+        self.withdrawn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(owner)
     }
 
     fn check_up(&self) -> Result<(), Status> {
@@ -162,11 +182,13 @@ impl StateService for Chain {
                 "fixture: read mask must ask for contents or json",
             ));
         }
+        let withdrawn = self.has_withdrawn(&owner);
         let objects: Vec<_> = self
             .owned
             .get(&owner)
             .into_iter()
             .flatten()
+            .filter(|_| !withdrawn)
             .filter(|o| {
                 self.ignore_type_filter
                     || wanted.as_ref().is_none_or(|w| {

@@ -7,7 +7,8 @@
 //! dev-dependency only, so no production binary or library API carries it.
 //!
 //! It also holds what tests of several crates use to own the processes they start:
-//! [`processes_mentioning`] and [`Reaper`].
+//! [`processes_mentioning`] and [`Reaper`]; and to look at the network namespace an isolated
+//! enclave runs in: [`net_namespace`], [`processes_in_net_namespace`], [`in_net_namespace_of`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,6 +95,45 @@ impl Drop for Reaper {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The network namespace `pid` runs in, as the inode of `/proc/<pid>/ns/net` (what
+/// `readlink` shows as `net:[INODE]`); `None` when the process is gone.
+pub fn net_namespace(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// The processes that run in the network namespace `inode` ([`net_namespace`]).
+pub fn processes_in_net_namespace(inode: u64) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| net_namespace(*pid) == Some(inode))
+        .collect()
+}
+
+/// Run `f` on a thread of its own that joined the network namespace of `pid` (setns affects
+/// the calling thread only), and return what it returned; `Err` when the namespace cannot be
+/// joined. Sockets `f` opens live in that namespace, as the enclave's would.
+pub fn in_net_namespace_of<T: Send + 'static>(
+    pid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {path}: {e}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| "the thread in the namespace panicked".to_owned())?
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                 log_level: "info".into(),
                 log_format: "text".into(),
                 tls_sans: Vec::new(),
+                advertise_address: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://127.0.0.1:1".into(),
@@ -183,6 +184,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                     name: "admin".into(),
                     min_stake_mist: 1,
                     groups: vec!["system:masters".into()],
+                    identity: Default::default(),
                 }],
             },
             health: HealthConfig {
@@ -312,6 +314,22 @@ pub async fn https_request(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    https_request_with(stream, ca_pem, server_name, method, path, token, &[], body).await
+}
+
+/// [`https_request`] with extra request headers (`Impersonate-User`, say; a `Content-Type`
+/// among them replaces `application/json`).
+#[allow(clippy::too_many_arguments)]
+pub async fn https_request_with(
+    stream: BoxedStream,
+    ca_pem: &str,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let config = nautilus_agent::client::client_config(&[ca_pem], None).expect("tls config");
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
@@ -319,11 +337,20 @@ pub async fn https_request(
         .connect(name, stream)
         .await
         .expect("the server's certificate chains to the given CA");
-    let auth = token
+    let mut auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    for (name, value) in headers {
+        auth.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+    {
+        auth.push_str("Content-Type: application/json\r\n");
+    }
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {server_name}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tls.write_all(request.as_bytes()).await.expect("write");

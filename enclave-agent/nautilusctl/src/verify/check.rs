@@ -228,11 +228,18 @@ fn identity(
     ]
     .into_iter()
     .map(|(field, spec, attested)| (field, spec.clone(), attested.clone()))
-    .chain([(
-        "controlPlane.httpsPort",
-        e.https_port.to_string(),
-        a.https_port.to_string(),
-    )])
+    .chain([
+        (
+            "controlPlane.httpsPort",
+            e.https_port.to_string(),
+            a.https_port.to_string(),
+        ),
+        (
+            "controlPlane.advertiseAddress",
+            e.advertise_address.clone().unwrap_or_default(),
+            a.advertise_address.clone().unwrap_or_default(),
+        ),
+    ])
     .filter(|(_, spec, attested)| spec != attested)
     .map(|(field, spec, attested)| Placed {
         field,
@@ -244,6 +251,10 @@ fn identity(
     unplaced.control_plane.bind_address = e.bind_address.clone();
     unplaced.control_plane.data_dir = e.data_dir.clone();
     unplaced.control_plane.https_port = e.https_port;
+    unplaced
+        .control_plane
+        .advertise_address
+        .clone_from(&e.advertise_address);
     if unplaced != *expected {
         return Err(Refusal::ConfigMismatch {
             fields: differing_fields(expected, &unplaced).join(", "),
@@ -477,6 +488,7 @@ mod tests {
         placed.control_plane.bind_address = "127.0.0.1".into();
         placed.control_plane.https_port = 40123;
         placed.control_plane.data_dir = "/tmp/op/team-a_demo/data".into();
+        placed.control_plane.advertise_address = Some("10.213.0.1".into());
         let answer = enclave.answer(&placed, b"n");
         let verified = check(&expected(spec.clone()), b"n", &answer, now()).expect("verified");
         let fields: Vec<_> = verified.placed.iter().map(|p| p.field).collect();
@@ -485,9 +497,11 @@ mod tests {
             [
                 "controlPlane.bindAddress",
                 "controlPlane.dataDir",
-                "controlPlane.httpsPort"
+                "controlPlane.httpsPort",
+                "controlPlane.advertiseAddress"
             ]
         );
+        assert_eq!(verified.placed[3].attested, "10.213.0.1");
         assert_eq!(verified.placed[2].attested, "40123");
         // From real hardware the same difference is a mismatch (checked without the document).
         let refused = identity(&spec, &placed, false).expect_err("refused");

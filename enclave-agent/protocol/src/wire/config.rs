@@ -177,6 +177,13 @@ pub struct ControlPlaneConfig {
     /// when empty, so configurations without it keep their digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "tlsSANs")]
     pub tls_sans: Vec<String>,
+    /// The IP address the in-cluster `kubernetes` Service's endpoints name
+    /// (`--advertise-address`): where pods on worker nodes reach the API server, i.e. the
+    /// published endpoint, whose port must be `httpsPort`. The API server's certificate names
+    /// it. Absent: the bind address (loopback when unspecified), reachable by no pod. Absent
+    /// from the canonical JSON when unset, so configurations without it keep their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_address: Option<String>,
 }
 
 /// Go's cipher-suite names that the control-plane components accept (`crypto/tls` secure and
@@ -282,6 +289,27 @@ pub struct TierConfig {
     pub min_stake_mist: u64,
     /// Kubernetes groups the tier grants.
     pub groups: Vec<String>,
+    /// The kind of identity the tier grants; left out when it is `User`, so configurations
+    /// without node tiers keep their digests.
+    #[serde(default, skip_serializing_if = "TierIdentity::is_user")]
+    pub identity: TierIdentity,
+}
+
+/// The kind of Kubernetes identity a tier grants (the CRD's `StakeTier.identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TierIdentity {
+    /// `sui:<address>` with the tier's groups.
+    #[default]
+    User,
+    /// `system:node:<name bound to the address>` in `system:nodes`.
+    Node,
+}
+
+impl TierIdentity {
+    /// Whether this is [`TierIdentity::User`], the default.
+    pub fn is_user(&self) -> bool {
+        *self == Self::User
+    }
 }
 
 /// Health probing (see the CRD's `spec.health`).

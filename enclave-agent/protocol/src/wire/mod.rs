@@ -44,7 +44,7 @@ pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeRespo
 pub use config::{
     AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
     HealthConfig, JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError,
-    TierConfig, ZkLoginConfig, check_nonce,
+    TierConfig, TierIdentity, ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{

@@ -63,6 +63,10 @@ pub enum LaunchError {
     /// A previous sidecar's agent or enclave could not be stopped, or this one recorded.
     #[error("cleaning up after a previous sidecar")]
     Lifetime(#[source] nautilus_lifetime::LifetimeError),
+    /// The agent was to run in a network namespace of its own, and none can be made here (not
+    /// root, or no helper binary). Never a reason to run it in the host's network instead.
+    #[error("cannot run the agent in a network namespace of its own")]
+    Isolation(#[source] nautilus_lifetime::LifetimeError),
     /// Sending a signal failed.
     #[error("cannot signal process {pid}")]
     Signal {

@@ -11,6 +11,16 @@
 //! agent a previous sidecar recorded there that still runs. `start` is called from a tokio
 //! worker thread (never `spawn_blocking`), which lives as long as the sidecar: the
 //! parent-death signal follows the forking thread.
+//!
+//! With [`ProcessLauncher::with_isolated_network`] (the sidecar's `--isolate-network`) the agent
+//! runs in a network namespace of its own, empty but for its loopback, as a Nitro enclave has
+//! no network: the tether's helper makes it between fork and exec, after arming the parent-death
+//! signal ([`nautilus_lifetime::netns`]), so the agent's pid, process group and tether are
+//! unchanged, and everything the agent starts inherits the namespace. It is reachable only
+//! through the Unix sockets given to it (the control link, the API port, the egress proxy).
+//! No name pins the namespace: it ends with the last process in it. `start` first checks that
+//! the machine can make one and fails with that one reason if not; it never falls back to the
+//! host's network.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -48,6 +58,7 @@ pub struct ProcessLauncher {
     command: PathBuf,
     args: Vec<String>,
     tether: Tether,
+    isolate_network: bool,
     records: Option<ProcessRecords>,
     inner: Mutex<Inner>,
 }
@@ -60,6 +71,7 @@ impl ProcessLauncher {
             command: command.into(),
             args,
             tether: Tether::this_binary(),
+            isolate_network: false,
             records: None,
             inner: Mutex::new(Inner::default()),
         }
@@ -68,6 +80,13 @@ impl ProcessLauncher {
     /// Start the agent through `tether` instead.
     pub fn with_tether(mut self, tether: Tether) -> Self {
         self.tether = tether;
+        self
+    }
+
+    /// Run the agent in a network namespace of its own, loopback only (see the module
+    /// documentation). Needs a tethered launcher: [`Launcher::start`] fails otherwise.
+    pub fn with_isolated_network(mut self) -> Self {
+        self.isolate_network = true;
         self
     }
 
@@ -97,6 +116,16 @@ impl ProcessLauncher {
         if self.lock().started {
             return Err(LaunchError::State("already started"));
         }
+        let tether = if self.isolate_network {
+            let tether = self.tether.clone().with_new_network();
+            tether
+                .probe_new_network()
+                .await
+                .map_err(LaunchError::Isolation)?;
+            tether
+        } else {
+            self.tether.clone()
+        };
         if let Some(records) = &self.records {
             for reaped in records
                 .reap(REAP_WITHIN)
@@ -114,14 +143,14 @@ impl ProcessLauncher {
             command: self.command.display().to_string(),
             source,
         };
-        let child = self
-            .tether
+        let child = tether
             .command(&self.command)
-            .map_err(|e| {
-                spawn_error(std::io::Error::new(
+            .map_err(|e| match e {
+                nautilus_lifetime::LifetimeError::Isolation { .. } => LaunchError::Isolation(e),
+                e => spawn_error(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     e.to_string(),
-                ))
+                )),
             })?
             .args(&self.args)
             .stdin(std::process::Stdio::null())
@@ -136,7 +165,7 @@ impl ProcessLauncher {
                 Err(e) => warn!(pid, error = %e, "cannot record the agent process"),
             }
         }
-        info!(command = %self.command.display(), pid = ?inner.pid, tethered = self.tether.is_tethered(), "agent process started");
+        info!(command = %self.command.display(), pid = ?inner.pid, tethered = tether.is_tethered(), isolated_network = tether.isolates_network(), "agent process started");
         Ok(Self::info(&inner, true))
     }
 

@@ -44,6 +44,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             log_level: "info".to_owned(),
             log_format: "json".to_owned(),
             tls_sans: Vec::new(),
+            advertise_address: None,
         },
         auth: AuthConfig {
             sui_rpc_url: "https://fullnode.testnet.sui.io:443".to_owned(),
@@ -58,6 +59,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
                 name: "admin".to_owned(),
                 min_stake_mist: 1,
                 groups: vec!["system:masters".to_owned()],
+                identity: Default::default(),
             }],
         },
         health: HealthConfig {

@@ -36,7 +36,7 @@ const API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Which control plane, where, and what it must prove: the flags `verify` and `join` share.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// The NautilusMaster to verify.
+    /// The NautilusMaster.
     #[arg(value_name = "NAME")]
     name: String,
     /// Its namespace. Default: the kubeconfig context's namespace.

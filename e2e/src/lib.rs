@@ -250,16 +250,80 @@ impl Harness {
     /// `publish` (a veth's host end, say) rather than 127.0.0.1: its measured
     /// `advertiseAddress`, where a worker and its pods reach it.
     pub async fn start_published(cluster: TestCluster, test: &str, publish: IpAddr) -> Self {
-        let mut h = Self::prepare(
-            cluster,
-            namespace_for(test),
-            None,
-            &bin_dir(),
-            Some(publish),
-        )
-        .await;
+        Self::start_in_published(cluster, namespace_for(test), &bin_dir(), Some(publish)).await
+    }
+
+    /// [`Harness::start_in`] (the real sidecar) publishing on `publish` when given.
+    pub async fn start_in_published(
+        cluster: TestCluster,
+        namespace: String,
+        bin: &Path,
+        publish: Option<IpAddr>,
+    ) -> Self {
+        let mut h = Self::prepare(cluster, namespace, None, bin, publish).await;
         h.run_operator();
         h
+    }
+
+    /// Join `worker` to the control plane of NautilusMaster `name` as a user would: `nautilusctl
+    /// join` (which verifies the enclave first) with [`Harness::worker`]'s key in a keystore
+    /// under `dir`, its files in `dir/node`, then the kubelet with exactly those files
+    /// (overlaid with the worker machine's cgroup and paths) as the node name `join` gives.
+    /// Returns `join`'s JSON summary once the kubelet runs; [`worker::Worker`] waits for the
+    /// Node. Keep `dir` out of [`Harness::dir`]: the kubelet is the worker's, not the
+    /// NautilusMaster's, so it does not end with it.
+    pub async fn join_worker(
+        &self,
+        name: &str,
+        worker: &mut worker::Worker,
+        dir: &Path,
+    ) -> serde_json::Value {
+        use std::os::unix::fs::PermissionsExt as _;
+        let keystore = dir.join("worker.keystore");
+        std::fs::write(
+            &keystore,
+            nautilus_seal::Keystore::from_keys(vec![self.worker.clone()]).to_json(),
+        )
+        .expect("write the worker's keystore");
+        std::fs::set_permissions(&keystore, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the keystore");
+        let out = dir.join("node");
+        let output = tokio::process::Command::new(self.bin.join("nautilusctl"))
+            .args(["join", name, "-n", &self.namespace, "--allow-simulated"])
+            .arg("--kubeconfig")
+            .arg(&self.cluster.kubeconfig)
+            .arg("--keystore")
+            .arg(&keystore)
+            .arg("--out")
+            .arg(&out)
+            .args(["--cgroup-driver", "cgroupfs", "--cgroup-v1", "--allow-swap"])
+            .arg(format!("--node-ip={}", worker.node_ip()))
+            .args(["--output", "json"])
+            .env_remove("NAUTILUS_SUI_KEYSTORE")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("nautilusctl join runs");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "join printed no JSON ({e}): {}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
+        assert!(output.status.success(), "nautilusctl join: {summary:#}");
+        let node_name = summary["nodeName"].as_str().expect("nodeName").to_owned();
+        worker
+            .start_kubelet_as(
+                Some(&node_name),
+                &worker::KubeletSettings {
+                    kubeconfig: out.join("kubeconfig"),
+                    config: out.join("kubelet-config.yaml"),
+                    extra_args: Vec::new(),
+                },
+            )
+            .expect("start the kubelet");
+        summary
     }
 
     /// The operator, in this process, until [`Harness::finish`].

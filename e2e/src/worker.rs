@@ -840,6 +840,22 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     /// `kubelet.log`. Returns once the process runs; [`Worker::wait_node_ready`] waits for the
     /// Node.
     pub fn start_kubelet(&mut self, settings: &KubeletSettings) -> Result<()> {
+        self.start_kubelet_as(None, settings)
+    }
+
+    /// [`Worker::start_kubelet`] registering as `node_name` when given (a name known only after
+    /// the worker started, such as the one `nautilusctl join` derives from a key), which
+    /// [`Worker::node_name`] and [`Worker::wait_node_ready`] then use too.
+    pub fn start_kubelet_as(
+        &mut self,
+        node_name: Option<&str>,
+        settings: &KubeletSettings,
+    ) -> Result<()> {
+        if let Some(name) = node_name
+            && self.kubelet.is_none()
+        {
+            self.settings.node_name = name.to_owned();
+        }
         if self.kubelet.is_some() {
             return Err(WorkerError::Config {
                 what: "the kubelet runs already".into(),

@@ -25,7 +25,6 @@
 //! Prints `measured:` lines (join, kubelet start to Ready, pod create to Running, NotReady after
 //! withdrawal): figures for the notes, not assertions.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -33,9 +32,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-use nautilus_e2e::worker::{self, KubeletSettings, Worker, WorkerSettings};
-use nautilus_e2e::{Harness, WAIT, bin_dir, cluster, is};
-use nautilus_seal::Keystore;
+use nautilus_e2e::worker::{self, Worker, WorkerSettings};
+use nautilus_e2e::{Harness, WAIT, cluster, is};
 
 const TEST: &str = "a_worker_joins_with_a_seal_token_and_runs_a_workload";
 const NAME: &str = "workers";
@@ -134,52 +132,11 @@ async fn a_worker_joins_with_a_seal_token_and_runs_a_workload() {
         "published on the worker's host end: {endpoint}"
     );
 
-    // `nautilusctl join`: verify the enclave, then write the kubelet's files.
-    // The worker's files live in the worker's scratch directory, not the harness's: what names
-    // the harness's directory must be gone with the NautilusMaster, and the kubelet is not.
-    let keystore = scratch.path().join("worker.keystore");
-    std::fs::write(
-        &keystore,
-        Keystore::from_keys(vec![h.worker.clone()]).to_json(),
-    )
-    .expect("keystore");
-    std::fs::set_permissions(&keystore, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let out = scratch.path().join("node");
+    // `nautilusctl join` (verify the enclave, write the kubelet's files), then the kubelet.
     let joined = Instant::now();
-    let output = tokio::process::Command::new(bin_dir().join("nautilusctl"))
-        .args(["join", NAME, "-n", &h.namespace, "--allow-simulated"])
-        .arg("--kubeconfig")
-        .arg(&h.cluster.kubeconfig)
-        .arg("--keystore")
-        .arg(&keystore)
-        .arg("--out")
-        .arg(&out)
-        .args(["--cgroup-driver", "cgroupfs", "--cgroup-v1", "--allow-swap"])
-        .arg(format!("--node-ip={}", worker.node_ip()))
-        .args(["--output", "json"])
-        .env_remove("NAUTILUS_SUI_KEYSTORE")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("nautilusctl join runs");
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "join printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert!(output.status.success(), "{summary:#}");
+    let summary = h.join_worker(NAME, &mut worker, scratch.path()).await;
     let node_name = nautilus_seal::node_name(&h.worker.address());
     assert_eq!(summary["nodeName"], node_name.as_str(), "{summary:#}");
-
-    // The kubelet, with exactly what join wrote (overlaid with this machine's cgroup and paths).
-    worker
-        .start_kubelet(&KubeletSettings {
-            kubeconfig: out.join("kubeconfig"),
-            config: out.join("kubelet-config.yaml"),
-            extra_args: vec![format!("--hostname-override={node_name}")],
-        })
-        .expect("start the kubelet");
     let admin_token = h
         .staker
         .mint_for(

@@ -6,11 +6,18 @@
 //! full node with one staked key, applies a development NautilusMaster, waits for `Ready`, and
 //! prints `kubectl get`/`describe` and how to reach the enclave's control plane with a seal
 //! token. Ctrl-C removes everything it made.
+//!
+//! `cargo dev --worker` also starts a worker node on this machine (a real kubelet with
+//! containerd, runc and the CNI bridge in namespaces of its own, [`nautilus_e2e::worker`]; needs
+//! root and `$KUBEBUILDER_ASSETS/kubelet`): the control plane is then published on the host end
+//! of the worker's veth, the worker joins with `nautilusctl join` and a worker-tier key, and the
+//! command prints how to run a pod on it.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use nautilus_e2e::worker::{self, Worker, WorkerSettings};
 use nautilus_e2e::{Harness, WAIT, envtest, is};
 
 const NAMESPACE: &str = "nautilus-dev";
@@ -121,7 +128,30 @@ async fn main() -> anyhow::Result<()> {
         None => eprintln!("using the cluster in KUBECONFIG ({})", kubeconfig.display()),
     }
 
-    let h = Harness::start_in(cluster, NAMESPACE.to_owned(), None, &bin_dir).await;
+    let with_worker = std::env::args().skip(1).any(|a| a == "--worker");
+    if let Some(other) = std::env::args()
+        .skip(1)
+        .find(|a| a != "--worker" && a != "--")
+    {
+        bail!("unknown argument {other:?}: the only option is --worker");
+    }
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let mut worker = if with_worker {
+        if !worker::available("dev") {
+            bail!("--worker: this machine cannot run a worker (the line above says why)");
+        }
+        let mut settings = WorkerSettings::new(scratch.path().join("worker"), "dev-worker");
+        settings.image_binaries = envtest::on_path("kubectl").into_iter().collect();
+        Some(
+            Worker::start(settings)
+                .await
+                .context("starting the worker's containerd")?,
+        )
+    } else {
+        None
+    };
+    let publish = worker.as_ref().map(|w| w.host_ip().into());
+    let h = Harness::start_in_published(cluster, NAMESPACE.to_owned(), &bin_dir, publish).await;
     let keystore = h.dir.path().join("sui.keystore");
     std::fs::write(
         &keystore,
@@ -182,10 +212,46 @@ async fn main() -> anyhow::Result<()> {
             enclave = enclave_kubeconfig.display(),
             host = kubeconfig.display(),
         );
+        if let Some(worker) = worker.as_mut() {
+            let joined = std::time::Instant::now();
+            let summary = h.join_worker(NAME, worker, scratch.path()).await;
+            let node = summary["nodeName"].as_str().unwrap_or_default().to_owned();
+            eprintln!("worker: nautilusctl join verified the enclave; kubelet started as {node}");
+            let admin = h
+                .staker
+                .mint_for(&nm.token_audience(), nautilus_seal::unix_now(), 900)
+                .context("minting an admin token")?;
+            let enclave = h.client_with_token(NAME, &admin).await;
+            let ready = tokio::select! {
+                r = worker.wait_node_ready(&enclave, WAIT) => Some(r),
+                () = shutdown_signal() => None,
+            };
+            match ready {
+                Some(Ok(_)) => println!(
+                    "\nWorker {node} (node IP {ip}) Ready {:.1} s after join. Run a pod on it \
+                     (the only image here is {image}, imported on the worker):\n\n  \
+                     kubectl --kubeconfig {enclave} run hello --image={image} \
+                     --image-pull-policy=Never -- sh -c 'echo hello; sleep 3600'\n  \
+                     kubectl --kubeconfig {enclave} get pods -o wide\n  kubectl --kubeconfig \
+                     {enclave} logs hello\n\nThe kubelet's files: {files}; its log: {log}",
+                    joined.elapsed().as_secs_f64(),
+                    ip = worker.node_ip(),
+                    image = worker::IMAGE,
+                    enclave = enclave_kubeconfig.display(),
+                    files = scratch.path().join("node").display(),
+                    log = worker.kubelet_log().display(),
+                ),
+                Some(Err(err)) => eprintln!("worker: the Node did not go Ready: {err}"),
+                None => {}
+            }
+        }
         shutdown_signal().await;
     }
     eprintln!("removing {NAMESPACE}/{NAME}, the operator and the control plane…");
     h.finish().await;
+    if let Some(mut worker) = worker {
+        worker.stop();
+    }
     eprintln!("done");
     Ok(())
 }

@@ -66,6 +66,22 @@ impl std::fmt::Debug for TestCluster {
     }
 }
 
+/// `kubectl --kubeconfig <kubeconfig> <args>`: whether it succeeded, and its stdout and stderr.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kubectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// Whether [`REQUIRE_ENV`] asks for a cluster.
 pub fn required() -> bool {
     std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 use nautilus_e2e::envtest::{Assets, ControlPlane};
+use nautilus_e2e::kubectl;
 use nautilus_e2e::worker::{self, KubeletSettings, Worker, WorkerSettings};
 
 const TEST: &str = "worker_on_a_plain_api_server";
@@ -38,21 +39,6 @@ fn base_kubelet_config(ca: &Path) -> String {
         "staticPodPath": "/etc/kubernetes/manifests",
     })
     .to_string()
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

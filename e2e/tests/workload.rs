@@ -33,27 +33,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use nautilus_e2e::worker::{self, Worker, WorkerSettings};
-use nautilus_e2e::{Harness, WAIT, cluster, is};
+use nautilus_e2e::{Harness, WAIT, cluster, is, kubectl};
 
 const TEST: &str = "a_worker_joins_with_a_seal_token_and_runs_a_workload";
 const NAME: &str = "workers";
 /// The spec's `stakeCacheTTLSeconds` here: short, so the withdrawal shows within the test.
 const STAKE_TTL: u64 = 5;
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run kubectl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
 
 /// `kubectl` until it succeeds with output containing `want`, or `within` passed.
 async fn kubectl_until(kubeconfig: &Path, args: &[&str], want: &str, within: Duration) -> String {

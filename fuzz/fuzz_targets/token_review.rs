@@ -46,6 +46,7 @@ fn authenticator() -> Authenticator<StandInStake> {
         name: name.to_owned(),
         min_stake_mist: sui * 1_000_000_000,
         groups: vec![group.to_owned()],
+        identity: Default::default(),
     };
     let tiers = Tiers::new(vec![
         tier("admin", 200, "system:masters"),

@@ -37,11 +37,13 @@ fn warm(
             name: "admin".into(),
             min_stake_mist: 10_000,
             groups: vec!["system:masters".into()],
+            identity: Default::default(),
         },
         Tier {
             name: "reader".into(),
             min_stake_mist: 100,
             groups: vec![],
+            identity: Default::default(),
         },
     ])
     .expect("tiers");
@@ -147,6 +149,7 @@ fn cold(c: &mut Criterion) {
             name: "reader".into(),
             min_stake_mist: 100,
             groups: vec![],
+            identity: Default::default(),
         }])
         .expect("tiers")
     };

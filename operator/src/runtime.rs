@@ -728,8 +728,8 @@ impl LocalRuntime {
             .join(digest.get(..16).unwrap_or(&digest))
     }
 
-    /// The address the sidecars publish their API ports on (the seam for the measured
-    /// advertise address: [`LocalRuntime::place`] knows it).
+    /// The address the sidecars publish their API ports on, which placing a configuration
+    /// measures as its `advertiseAddress` when it is not loopback.
     pub fn api_publish_ip(&self) -> IpAddr {
         self.settings.api_publish_ip
     }

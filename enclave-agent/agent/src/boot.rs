@@ -471,6 +471,12 @@ impl Booted {
     /// Stop the reporter, the webhook and the control plane (no orphan).
     pub(crate) async fn stop(&self) {
         self.reporter.stop();
+        // The control plane before the webhook it calls: requests a kube-apiserver drains while
+        // it stops (a kubelet's, say) are still authenticated rather than retried against an
+        // unreachable webhook.
+        if let Some(control_plane) = self.control_plane.lock().await.take() {
+            control_plane.stop().await;
+        }
         if let Some(webhook) = self
             .webhook
             .lock()
@@ -478,9 +484,6 @@ impl Booted {
             .take()
         {
             webhook.stop();
-        }
-        if let Some(control_plane) = self.control_plane.lock().await.take() {
-            control_plane.stop().await;
         }
         if let Some(bridge) = &self.kubelet_egress {
             bridge.stop();

@@ -157,17 +157,22 @@ struct Component {
     dir: PathBuf,
 }
 
+/// How `child` ended, or `None` while it runs (also for the e2e worker's processes).
+pub(crate) fn exit_of(child: &mut Child) -> Option<String> {
+    match child.try_wait() {
+        Ok(Some(status)) => Some(format!("exited ({status})")),
+        Ok(None) => None,
+        Err(err) => Some(format!("cannot be waited for: {err}")),
+    }
+}
+
 impl Component {
     fn tail(&self) -> String {
         log_tail(&self.log)
     }
 
     fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("exited ({status})")),
-            Ok(None) => None,
-            Err(err) => Some(format!("cannot be waited for: {err}")),
-        }
+        exit_of(&mut self.child)
     }
 
     fn not_ready(&self, what: String) -> EnvtestError {

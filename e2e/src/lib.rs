@@ -66,6 +66,30 @@ impl std::fmt::Debug for TestCluster {
     }
 }
 
+/// A client made from a kubeconfig's text, as kubectl would use it (its CA, its exec plugin).
+pub async fn client_from_kubeconfig(text: &str) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config from kubeconfig");
+    Client::try_from(config).expect("client from kubeconfig")
+}
+
+/// A `SelfSubjectReview` through `client`: who the API server takes the caller for.
+pub async fn self_subject_review(client: &Client) -> Result<serde_json::Value, kube::Error> {
+    client
+        .request(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(
+                    br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#
+                        .to_vec(),
+                )
+                .expect("request"),
+        )
+        .await
+}
+
 /// `kubectl --kubeconfig <kubeconfig> <args>`: whether it succeeded, and its stdout and stderr.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new("kubectl")
@@ -630,12 +654,7 @@ impl Harness {
     /// The kubeconfig the operator published for `name`, with the user's credentials replaced
     /// by `token` (what the `nautilusctl token exec-credential` plugin would hand kubectl).
     pub async fn client_with_token(&self, name: &str, token: &str) -> Client {
-        let text = self.kubeconfig_with_token(name, token).await;
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .expect("config from kubeconfig");
-        Client::try_from(config).expect("client for the enclave's control plane")
+        client_from_kubeconfig(&self.kubeconfig_with_token(name, token).await).await
     }
 
     /// The kubeconfig the operator published for `name`, its user replaced by a static `token`

@@ -273,11 +273,7 @@ struct Proc {
 
 impl Proc {
     fn exited(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!("exited ({status})")),
-            Ok(None) => None,
-            Err(err) => Some(format!("cannot be waited for: {err}")),
-        }
+        envtest::exit_of(&mut self.child)
     }
 
     fn not_ready(&self, what: String) -> WorkerError {
@@ -1122,12 +1118,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            sigkill(pids);
             std::thread::sleep(Duration::from_millis(50));
         }
         for proc in [&mut self.kubelet, &mut self.containerd, &mut self.holder]
@@ -1271,12 +1262,7 @@ fn sweep_orphans() {
             if pids.is_empty() || Instant::now() > deadline {
                 break;
             }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            sigkill(pids);
             std::thread::sleep(Duration::from_millis(50));
         }
         let veth = Path::new("/sys/class/net").join(format!("{VETH_PREFIX}{index}"));
@@ -1332,6 +1318,16 @@ pub struct MachineConfig {
     pub address: Ipv4Addr,
     /// `<dir>/pod-logs`.
     pub pod_logs_dir: PathBuf,
+}
+
+/// SIGKILL each of `pids`; one already gone is no error.
+fn sigkill(pids: Vec<i32>) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// `base` (a KubeletConfiguration in YAML or JSON) with only the machine's fields overlaid:

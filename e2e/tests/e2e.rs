@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use nautilus_e2e::{Harness, WAIT, cluster, condition, is};
+use nautilus_e2e::{Harness, WAIT, cluster, condition, is, self_subject_review};
 use nautilus_seal::unix_now;
 
 const CONDITIONS: [&str; 6] = [
@@ -65,19 +65,7 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
         .mint_for(&nm.token_audience(), unix_now(), 600)
         .expect("mint");
     let enclave = h.client_with_token("demo", &token).await;
-    let review: serde_json::Value = enclave
-        .request(
-            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-                .header("content-type", "application/json")
-                .body(
-                    serde_json::to_vec(&serde_json::json!({
-                        "apiVersion": "authentication.k8s.io/v1",
-                        "kind": "SelfSubjectReview"
-                    }))
-                    .expect("body"),
-                )
-                .expect("request"),
-        )
+    let review = self_subject_review(&enclave)
         .await
         .expect("the control plane admits the staked token");
     let user = &review["status"]["userInfo"];
@@ -98,19 +86,7 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
         .expect("key")
         .mint_for(&nm.token_audience(), unix_now(), 600)
         .expect("mint");
-    let refused = h
-        .client_with_token("demo", &broke)
-        .await
-        .request::<serde_json::Value>(
-            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-                .header("content-type", "application/json")
-                .body(
-                    b"{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}"
-                        .to_vec(),
-                )
-                .expect("request"),
-        )
-        .await;
+    let refused = self_subject_review(&h.client_with_token("demo", &broke).await).await;
     assert!(refused.is_err(), "an unstaked token must be refused");
 
     // Idle costs nothing: with nothing changing, five probe intervals (each one a new signed

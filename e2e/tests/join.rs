@@ -14,7 +14,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
-use nautilus_e2e::{Harness, WAIT, bin_dir, cluster, is};
+use nautilus_e2e::{
+    Harness, WAIT, bin_dir, client_from_kubeconfig, cluster, is, self_subject_review,
+};
 use nautilus_seal::Keystore;
 
 /// The `nautilusctl` binary beside the other development binaries.
@@ -237,25 +239,8 @@ async fn join_writes_the_node_files_only_for_a_verified_control_plane() {
 
     // The kubeconfig used as the kubelet uses it: TLS to the attested CA only, the plugin's
     // token admitted by the enclave's API server.
-    let enclave = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses"),
-            &Default::default(),
-        )
-        .await
-        .expect("config"),
-    )
-    .expect("client");
-    let review: serde_json::Value = enclave
-        .request(
-            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-                .header("content-type", "application/json")
-                .body(
-                    br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#
-                        .to_vec(),
-                )
-                .expect("request"),
-        )
+    let enclave = client_from_kubeconfig(&text).await;
+    let review = self_subject_review(&enclave)
         .await
         .expect("the enclave admits the token the kubelet's exec plugin mints");
     let username = review["status"]["userInfo"]["username"]

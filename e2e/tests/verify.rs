@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nautilus_e2e::{Harness, WAIT, bin_dir, cluster, is};
+use nautilus_e2e::{
+    Harness, WAIT, bin_dir, client_from_kubeconfig, cluster, is, self_subject_review,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -245,25 +247,8 @@ async fn verify_checks_the_enclave_and_refuses_what_the_host_can_forge() {
     ]))
     .expect("env");
     let kubeconfig_text = serde_yaml::to_string(&config).expect("yaml");
-    let enclave = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::from_yaml(&kubeconfig_text).expect("kubeconfig parses"),
-            &Default::default(),
-        )
-        .await
-        .expect("config"),
-    )
-    .expect("client");
-    let review: serde_json::Value = enclave
-        .request(
-            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-                .header("content-type", "application/json")
-                .body(
-                    br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#
-                        .to_vec(),
-                )
-                .expect("request"),
-        )
+    let enclave = client_from_kubeconfig(&kubeconfig_text).await;
+    let review = self_subject_review(&enclave)
         .await
         .expect("the enclave admits the seal token minted through the written kubeconfig");
     assert_eq!(

@@ -66,6 +66,17 @@ impl std::fmt::Debug for TestCluster {
     }
 }
 
+/// The `nautilusctl` binary beside the other development binaries ([`bin_dir`]).
+pub fn nautilusctl() -> PathBuf {
+    let path = bin_dir().join("nautilusctl");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
 /// A client made from a kubeconfig's text, as kubectl would use it (its CA, its exec plugin).
 pub async fn client_from_kubeconfig(text: &str) -> Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(text).expect("kubeconfig parses");

@@ -15,20 +15,9 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
 use nautilus_e2e::{
-    Harness, WAIT, bin_dir, client_from_kubeconfig, cluster, is, self_subject_review,
+    Harness, WAIT, client_from_kubeconfig, cluster, is, nautilusctl, self_subject_review,
 };
 use nautilus_seal::Keystore;
-
-/// The `nautilusctl` binary beside the other development binaries.
-fn nautilusctl() -> PathBuf {
-    let path = bin_dir().join("nautilusctl");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
 
 /// One run of `nautilusctl join demo … --output json`: exit code and the JSON summary.
 async fn join(

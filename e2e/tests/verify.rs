@@ -7,26 +7,15 @@
 //! between the user and the enclave, so a relay is exactly what it can do.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nautilus_e2e::{
-    Harness, WAIT, bin_dir, client_from_kubeconfig, cluster, is, self_subject_review,
+    Harness, WAIT, client_from_kubeconfig, cluster, is, nautilusctl, self_subject_review,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-
-/// The `nautilusctl` binary beside the other development binaries.
-fn nautilusctl() -> PathBuf {
-    let path = bin_dir().join("nautilusctl");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
-}
 
 /// One run of `nautilusctl verify demo … --output json`: exit code and the JSON summary.
 async fn verify(h: &Harness, extra: &[&str]) -> (i32, serde_json::Value) {

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nautilus_protocol::bounded::{BoundedListener, Limits, LogLimit, Phase, Unobserved};
+use nautilus_protocol::bounded::{BoundedListener, Limits, LogLimit, Unobserved};
 use nautilus_protocol::transport::{self, Endpoint, TransportError};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tracing::{debug, info, warn};
 
 /// The Unix socket the API server dials for cluster traffic, in the socket directory
@@ -143,16 +143,9 @@ async fn serve(listener: BoundedListener, proxy: Arc<Endpoint>) {
         let proxy = Arc::clone(&proxy);
         let unreachable = Arc::clone(&unreachable);
         tokio::spawn(async move {
-            let mut first = vec![0u8; FIRST_READ];
-            let n = match tokio::time::timeout(first_bytes, client.read(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                Ok(_) => return,
-                Err(_) => {
-                    client.tag().timed_out(Phase::Handshake, client.peer());
-                    return;
-                }
+            let Some(first) = client.read_first(FIRST_READ, first_bytes).await else {
+                return;
             };
-            first.truncate(n);
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&proxy))
                 .await
                 .map_err(|_| "connection attempt timed out".to_owned())
@@ -188,6 +181,7 @@ async fn serve(listener: BoundedListener, proxy: Arc<Endpoint>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     async fn within<F: std::future::Future>(future: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(5), future)

@@ -364,6 +364,25 @@ impl Conn {
         &self.tag
     }
 
+    /// The connection's first bytes (at most `max`), for a relay that decides by them where
+    /// they go. `None` when the peer closed, failed or sent nothing within `within`; a silence
+    /// is reported as a [`Phase::Handshake`] timeout.
+    pub async fn read_first(&mut self, max: usize, within: Duration) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt as _;
+        let mut first = vec![0u8; max];
+        match tokio::time::timeout(within, self.read(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {
+                first.truncate(n);
+                Some(first)
+            }
+            Ok(_) => None,
+            Err(_) => {
+                self.tag.timed_out(Phase::Handshake, &self.peer);
+                None
+            }
+        }
+    }
+
     fn moved(&mut self) {
         self.last = Instant::now();
     }

@@ -181,16 +181,9 @@ pub async fn serve_api(
         let challenges = challenges.clone();
         tokio::spawn(async move {
             let mut client = client;
-            let mut first = vec![0u8; FIRST_READ];
-            let n = match tokio::time::timeout(first_bytes, client.read(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                Ok(_) => return,
-                Err(_) => {
-                    client.tag().timed_out(Phase::Handshake, client.peer());
-                    return;
-                }
+            let Some(first) = client.read_first(FIRST_READ, first_bytes).await else {
+                return;
             };
-            first.truncate(n);
             if let Some(challenges) = challenges
                 && challenge::is_plain(&first)
             {
@@ -204,7 +197,7 @@ pub async fn serve_api(
             match connected {
                 Ok(mut target) => {
                     if target.write_all(&first).await.is_ok() {
-                        metrics.proxy_bytes("api", n as u64, 0);
+                        metrics.proxy_bytes("api", first.len() as u64, 0);
                         pipe("api", client, target, &metrics).await;
                     }
                 }

@@ -593,6 +593,7 @@ impl FakeEnclave {
                 pid: Some(7),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 
@@ -619,6 +620,7 @@ impl FakeEnclave {
                 last_exit: None,
             },
             boot_refused: None,
+            boot_refused_kind: None,
         }
     }
 }

@@ -1,20 +1,4 @@
-//! The enclave runtime seam: where the sidecar (and through it the enclave) runs.
-//!
-//! - [`EnclaveRuntime::Pod`] (production): a single-replica StatefulSet on a Nitro node with a
-//!   Service in front; the operator reaches the sidecar at the pod's IP.
-//! - [`EnclaveRuntime::Local`] (development): the operator starts `nautilus-sidecar --launcher
-//!   process` itself, one per resource, with a simulated NSM in the agent; it works against any
-//!   API server, even one without nodes. The sidecar's HTTP API is on 127.0.0.1 and its API port
-//!   on [`LocalSettings::api_publish_ip`]. As an enclave has no network, the agent and every
-//!   control-plane process it starts run in a network namespace of their own with only a
-//!   loopback ([`LocalNetwork::Isolated`], the default; needs root), reachable only through
-//!   three Unix sockets that stand in for vsock: the control link, the API port upstream and
-//!   the egress proxy. The API server then listens on the same port number inside the
-//!   namespace as the sidecar publishes outside, so the measured `httpsPort` is the published
-//!   port. [`LocalNetwork::Host`] shares the host's network (explicit request only).
-//!
-//! Both report the same [`Observed`] shape, so status and conditions are computed the same way;
-//! only `status.placement.runtime` tells them apart.
+//! The development runtime: one local `nautilus-sidecar` process per resource.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,337 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
-use kube::api::{Api, DeleteParams};
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
 use nautilus_lifetime::ProcessId;
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
-use crate::api::{ApiError, Cache, kube_err};
-use crate::desired::{self, Names, PodSettings, SIDECAR_CONTAINER};
+use super::{Result, RuntimeError, Stopped};
+use crate::desired::{self, Names};
 use crate::observe::{EnclaveState, Observed};
-
-/// Why the runtime could not do its part.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// The desired state could not be computed.
-    #[error(transparent)]
-    Desired(#[from] desired::DesiredError),
-    /// An API call failed.
-    #[error(transparent)]
-    Kube(#[from] ApiError),
-    /// The enclave's network namespace cannot be made on this machine (one line: why, and
-    /// what to do).
-    #[error(
-        "the local runtime runs each enclave in a network namespace of its own, and none can \
-         be made here ({reason}): run the operator as root, or pass --local-network=host to \
-         share the host's network (development only)"
-    )]
-    Isolation {
-        /// Why, as the probe said.
-        reason: String,
-    },
-    /// A Unix socket path of the local runtime is longer than a socket address holds.
-    #[error(
-        "local runtime: the socket path {path} is {len} bytes, more than the {max} a Unix \
-         socket address holds; use a shorter --local-work-dir"
-    )]
-    SocketPath {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A local process could not be started or stopped.
-    #[error("local runtime: {what}")]
-    Local {
-        /// What failed.
-        what: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-type Result<T, E = RuntimeError> = std::result::Result<T, E>;
-
-/// Where enclaves run.
-#[derive(Debug)]
-pub enum EnclaveRuntime {
-    /// A StatefulSet per resource (production).
-    Pod(PodRuntime),
-    /// A local sidecar process per resource (development).
-    Local(Box<LocalRuntime>),
-}
-
-impl EnclaveRuntime {
-    /// `pod` or `local`, as `status.placement.runtime` says.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Pod(_) => "pod",
-            Self::Local(_) => "local",
-        }
-    }
-
-    /// The configuration the enclave of `nm` runs with: `config` (rendered from the spec) where
-    /// it will run. Pods run it unchanged; the local runtime gives each resource its own HTTPS
-    /// port and data directory under its work directory, so that control planes started side by
-    /// side on one machine share neither, and nothing lands in a host path such as
-    /// `/var/lib/rancher/k3s`. The result is what gets measured and attested.
-    pub fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
-        match self {
-            Self::Pod(_) => Ok(config),
-            Self::Local(local) => local.place(nm, config),
-        }
-    }
-
-    /// Start what the runtime runs itself for `boot` (whose configuration digest is
-    /// `digest_hex`): the local runtime's sidecar process, replaced when the configuration
-    /// changed and restarted after it exited. Pods are started by the StatefulSet the
-    /// controller applies, so the pod runtime does nothing here.
-    pub async fn start(
-        &self,
-        nm: &NautilusMaster,
-        boot: &BootConfig,
-        digest_hex: &str,
-    ) -> Result<()> {
-        match self {
-            Self::Pod(_) => Ok(()),
-            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
-        }
-    }
-
-    /// What runs now.
-    pub async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
-        self.observe_cached(client, None, nm).await
-    }
-
-    /// [`Self::observe`], reading the pod from the watch cache when there is one.
-    pub async fn observe_cached(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-    ) -> Result<Observed> {
-        match self {
-            Self::Pod(pod) => pod.observe(client, cache, nm).await,
-            Self::Local(local) => local.observe(nm).await,
-        }
-    }
-
-    /// At operator shutdown: stop local processes (SIGTERM, so each sidecar stops its agent);
-    /// pods keep running.
-    pub async fn shutdown(&self) {
-        if let Self::Local(local) = self {
-            let processes: Vec<LocalProcess> = local
-                .processes
-                .lock()
-                .await
-                .drain()
-                .map(|(_, p)| p)
-                .collect();
-            for mut p in processes {
-                p.child.terminate().await;
-            }
-        }
-    }
-
-    /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
-    /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
-    /// left.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
-        match self {
-            Self::Pod(pod) => pod.stop(client, nm).await,
-            Self::Local(local) => local.stop(nm).await,
-        }
-    }
-}
-
-/// What [`EnclaveRuntime::stop`] achieved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// The enclave and everything the runtime ran for it are gone.
-    Gone,
-    /// Still stopping (a pod terminating); says what is awaited. Ask again.
-    Pending(String),
-    /// The runtime removed what it could, but could not confirm the enclave stopped; says what
-    /// may be left.
-    Incomplete(String),
-}
-
-/// The production runtime: StatefulSet + Service.
-#[derive(Clone, Debug, Default)]
-pub struct PodRuntime {
-    /// Settings of the enclave pod from the operator's flags.
-    pub settings: PodSettings,
-    /// Port of the sidecar's HTTP API on the pod IP (8080; tests use another).
-    pub sidecar_port: Option<u16>,
-}
-
-fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<u64> {
-    u64::try_from(t.0.as_millisecond()).ok()
-}
-
-impl PodRuntime {
-    async fn observe(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-    ) -> Result<Observed> {
-        let names = Names::of(nm)?;
-        let endpoint = desired::service_endpoint(nm)?;
-        let pod = match cache {
-            Some(cache) => {
-                Cache::get(&cache.pods, &names.namespace, &names.pod).map(|p| p.as_ref().clone())
-            }
-            None => Api::<Pod>::namespaced(client.clone(), &names.namespace)
-                .get_opt(&names.pod)
-                .await
-                .map_err(kube_err("get", "Pod", &names.pod))?,
-        };
-        let mut placement = EnclavePlacement {
-            runtime: Some("pod".into()),
-            ..EnclavePlacement::default()
-        };
-        let Some(pod) = pod else {
-            return Ok(Observed {
-                state: EnclaveState::Starting(format!(
-                    "waiting for pod {} to be created",
-                    names.pod
-                )),
-                sidecar: None,
-                placement,
-                endpoint,
-            });
-        };
-        placement.pod_name = Some(names.pod.clone());
-        let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        placement.node_name = spec_node;
-        let status = pod.status.clone().unwrap_or_default();
-        let phase = status.phase.clone().unwrap_or_else(|| "Unknown".into());
-        let sidecar_status = status
-            .container_statuses
-            .as_ref()
-            .and_then(|cs| cs.iter().find(|c| c.name == SIDECAR_CONTAINER));
-        let waiting = sidecar_status
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.waiting.as_ref());
-        let state = if phase == "Failed" {
-            EnclaveState::Failed(format!(
-                "pod {} failed: {}",
-                names.pod,
-                status
-                    .message
-                    .clone()
-                    .or(status.reason.clone())
-                    .unwrap_or_default()
-            ))
-        } else if let Some(w) = waiting.filter(|w| {
-            matches!(
-                w.reason.as_deref(),
-                Some(
-                    "CrashLoopBackOff"
-                        | "ImagePullBackOff"
-                        | "ErrImagePull"
-                        | "CreateContainerConfigError"
-                        | "InvalidImageName"
-                )
-            )
-        }) {
-            EnclaveState::Failed(format!(
-                "container {SIDECAR_CONTAINER} of pod {}: {}: {}",
-                names.pod,
-                w.reason.clone().unwrap_or_default(),
-                w.message.clone().unwrap_or_default()
-            ))
-        } else if phase != "Running" || status.pod_ip.is_none() {
-            let scheduling = status
-                .conditions
-                .as_ref()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.type_ == "PodScheduled" && c.status != "True")
-                })
-                .and_then(|c| c.message.clone());
-            EnclaveState::Starting(match scheduling {
-                Some(m) => format!("pod {} is {phase}: {m}", names.pod),
-                None => format!("pod {} is {phase}", names.pod),
-            })
-        } else {
-            let started_ms = sidecar_status
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.running.as_ref())
-                .and_then(|r| r.started_at.as_ref())
-                .and_then(millis_of);
-            EnclaveState::SidecarUp { started_ms }
-        };
-        let sidecar = match (&state, status.pod_ip.as_deref()) {
-            (EnclaveState::SidecarUp { .. }, Some(ip)) => {
-                ip.parse::<std::net::IpAddr>().ok().map(|ip| {
-                    SocketAddr::new(ip, self.sidecar_port.unwrap_or(desired::SIDECAR_HTTP_PORT))
-                })
-            }
-            _ => None,
-        };
-        // A pod of the previous configuration is still a running enclave: verification waits
-        // for the new one, as the bundle names the digest it runs.
-        Ok(Observed {
-            state,
-            sidecar,
-            placement,
-            endpoint,
-        })
-    }
-
-    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
-        let names = Names::of(nm)?;
-        let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
-        match sts_api
-            .delete(&names.statefulset, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => {
-                return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err).into());
-            }
-        }
-        let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
-        let pod = pods
-            .get_opt(&names.pod)
-            .await
-            .map_err(kube_err("get", "Pod", &names.pod))?;
-        // Delete the orphaned pod rather than wait for the garbage collector (whose rate limit
-        // makes a mass deletion take minutes); with its default grace period, as the collector
-        // would, so the sidecar still stops the enclave on SIGTERM.
-        if let Some(pod) = &pod
-            && pod.metadata.deletion_timestamp.is_none()
-        {
-            match pods.delete(&names.pod, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Stopped::Gone),
-                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
-            }
-        }
-        Ok(match pod {
-            None => Stopped::Gone,
-            Some(pod) => Stopped::Pending(format!(
-                "pod {} on node {} is still present",
-                names.pod,
-                pod.spec
-                    .and_then(|s| s.node_name)
-                    .unwrap_or_else(|| "(none)".into())
-            )),
-        })
-    }
-}
 
 /// Paths and commands of the local runtime.
 #[derive(Clone, Debug)]
@@ -700,6 +361,20 @@ fn endpoint_for(ip: IpAddr, port: u16) -> String {
 }
 
 impl LocalRuntime {
+    /// At operator shutdown: stop every local sidecar (SIGTERM, so each stops its agent).
+    pub(super) async fn shutdown(&self) {
+        let processes: Vec<LocalProcess> = self
+            .processes
+            .lock()
+            .await
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for mut p in processes {
+            p.child.terminate().await;
+        }
+    }
+
     /// A local runtime with no processes yet.
     pub fn new(settings: LocalSettings) -> Self {
         Self {
@@ -740,7 +415,11 @@ impl LocalRuntime {
     /// that port number inside the enclave's namespace), picked free there; with the host's
     /// network the two must differ, so the sidecar gets a port of its own in
     /// [`LocalRuntime::ensure`].
-    fn place(&self, nm: &NautilusMaster, mut config: EnclaveConfig) -> Result<EnclaveConfig> {
+    pub(super) fn place(
+        &self,
+        nm: &NautilusMaster,
+        mut config: EnclaveConfig,
+    ) -> Result<EnclaveConfig> {
         let names = Names::of(nm)?;
         let dir = self.resource_dir(&names);
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
@@ -878,7 +557,12 @@ impl LocalRuntime {
         Ok(cmd)
     }
 
-    async fn ensure(&self, nm: &NautilusMaster, boot: &BootConfig, digest_hex: &str) -> Result<()> {
+    pub(super) async fn ensure(
+        &self,
+        nm: &NautilusMaster,
+        boot: &BootConfig,
+        digest_hex: &str,
+    ) -> Result<()> {
         let names = Names::of(nm)?;
         let key = names.key();
         let mut processes = self.processes.lock().await;
@@ -1014,7 +698,7 @@ impl LocalRuntime {
         Ok(())
     }
 
-    async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
+    pub(super) async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
         let names = Names::of(nm)?;
         let mut processes = self.processes.lock().await;
         let placement = EnclavePlacement {
@@ -1048,7 +732,7 @@ impl LocalRuntime {
         })
     }
 
-    async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
+    pub(super) async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
         let removed = self.processes.lock().await.remove(&names.key());
         let dir = self.resource_dir(&names);
@@ -1221,8 +905,11 @@ async fn terminate(child: &mut tokio::process::Child) -> Termination {
 
 #[cfg(test)]
 mod tests {
+    use kube::Client;
+
     use super::*;
     use crate::fixtures::mk_nm;
+    use crate::runtime::EnclaveRuntime;
 
     fn local(binary: &str) -> LocalRuntime {
         LocalRuntime::new(LocalSettings {

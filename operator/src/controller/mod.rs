@@ -243,7 +243,7 @@ pub fn backoff(failures: u32) -> Duration {
 async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let now = now_ms();
     let names = Names::of(nm)?;
-    let config = ctx.runtime.place(nm, desired::enclave_config(nm)?)?;
+    let config = ctx.runtime.place(nm, desired::enclave_config(nm)?).await?;
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&names.key());

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use nautilus_crds::{EnclavePlacement, NautilusMaster};
@@ -137,12 +138,18 @@ pub fn development_bin_dir() -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct LocalRuntime {
     settings: LocalSettings,
-    processes: Mutex<HashMap<String, LocalProcess>>,
+    /// Each resource's sidecar behind a lock of its own: stopping one (up to
+    /// [`LOCAL_STOP_GRACE`]) or adopting one holds up no other resource. The map's own lock is
+    /// held only to find a slot, never across an await.
+    processes: std::sync::Mutex<HashMap<String, Slot>>,
     /// The HTTPS port each resource's control plane got, kept for the resource's lifetime (and
     /// across operator restarts, in the work directory) because it is part of the measured
     /// configuration: a new port would roll the enclave.
     https_ports: std::sync::Mutex<HashMap<String, u16>>,
 }
+
+/// One resource's local sidecar, if it has one, behind the resource's own lock.
+type Slot = Arc<Mutex<Option<LocalProcess>>>;
 
 /// Name of the file in a resource's work directory that keeps its control plane's HTTPS port.
 const HTTPS_PORT_FILE: &str = "https-port";
@@ -363,23 +370,31 @@ fn endpoint_for(ip: IpAddr, port: u16) -> String {
 impl LocalRuntime {
     /// At operator shutdown: stop every local sidecar (SIGTERM, so each stops its agent).
     pub(super) async fn shutdown(&self) {
-        let processes: Vec<LocalProcess> = self
-            .processes
-            .lock()
-            .await
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
-        for mut p in processes {
-            p.child.terminate().await;
+        let slots: Vec<Slot> = self.table().drain().map(|(_, slot)| slot).collect();
+        for slot in slots {
+            if let Some(mut p) = slot.lock().await.take() {
+                p.child.terminate().await;
+            }
         }
+    }
+
+    /// The table of slots (its lock is never held across an await).
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of the resource `key`, made empty when it has none.
+    fn slot(&self, key: &str) -> Slot {
+        Arc::clone(self.table().entry(key.to_owned()).or_default())
     }
 
     /// A local runtime with no processes yet.
     pub fn new(settings: LocalSettings) -> Self {
         Self {
             settings,
-            processes: Mutex::new(HashMap::new()),
+            processes: std::sync::Mutex::default(),
             https_ports: std::sync::Mutex::default(),
         }
     }
@@ -415,7 +430,7 @@ impl LocalRuntime {
     /// that port number inside the enclave's namespace), picked free there; with the host's
     /// network the two must differ, so the sidecar gets a port of its own in
     /// [`LocalRuntime::ensure`].
-    pub(super) fn place(
+    pub(super) async fn place(
         &self,
         nm: &NautilusMaster,
         mut config: EnclaveConfig,
@@ -426,15 +441,19 @@ impl LocalRuntime {
         // Where clients reach this control plane: the measured advertise address (the in-cluster
         // `kubernetes` endpoint) is set from it here.
         let publish = self.settings.api_publish_ip;
-        let mut ports = self
+        let key = names.key();
+        let known = self
             .https_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let port = match ports.get(&names.key()) {
-            Some(port) => *port,
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        let port = match known {
+            Some(port) => port,
             None => {
                 let file = dir.join(HTTPS_PORT_FILE);
-                let kept = std::fs::read_to_string(&file)
+                let kept = tokio::fs::read_to_string(&file)
+                    .await
                     .ok()
                     .and_then(|text| text.trim().parse::<u16>().ok())
                     .filter(|port| *port != 0);
@@ -447,15 +466,21 @@ impl LocalRuntime {
                         };
                         let port = free_port_on(on)
                             .map_err(local_err(format!("finding a free port on {on}")))?;
-                        std::fs::create_dir_all(&dir)
+                        tokio::fs::create_dir_all(&dir)
+                            .await
                             .map_err(local_err(format!("creating {}", dir.display())))?;
-                        std::fs::write(&file, port.to_string())
+                        tokio::fs::write(&file, port.to_string())
+                            .await
                             .map_err(local_err(format!("writing {}", file.display())))?;
                         port
                     }
                 };
-                ports.insert(names.key(), port);
-                port
+                *self
+                    .https_ports
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(key)
+                    .or_insert(port)
             }
         };
         config.control_plane.bind_address = "127.0.0.1".into();
@@ -565,7 +590,8 @@ impl LocalRuntime {
     ) -> Result<()> {
         let names = Names::of(nm)?;
         let key = names.key();
-        let mut processes = self.processes.lock().await;
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
         let dir = self.resource_dir(&names);
         let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
@@ -573,7 +599,7 @@ impl LocalRuntime {
             what: "serializing the boot config".into(),
             source: std::io::Error::other(e),
         })?;
-        if let Some(p) = processes.get_mut(&key) {
+        if let Some(p) = process.as_mut() {
             let alive = p.child.exited().is_none();
             if alive && p.digest_hex == digest_hex {
                 return Ok(());
@@ -586,7 +612,7 @@ impl LocalRuntime {
                 // next reconcile (as the kubelet restarts a container).
                 return Ok(());
             }
-            processes.remove(&key);
+            *process = None;
         } else if let Some(adopted) = adopt_or_stop(
             &dir,
             &boot_path,
@@ -600,22 +626,23 @@ impl LocalRuntime {
         .await
         {
             tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
-            processes.insert(key, adopted);
+            *process = Some(adopted);
             return Ok(());
         }
-        std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
-        std::fs::write(&boot_path, json)
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(local_err(format!("creating {}", dir.display())))?;
+        tokio::fs::write(&boot_path, json)
+            .await
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
         let socket_dir = self.socket_dir(&names);
         let sockets = LocalSockets::in_dir(&socket_dir)?;
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&socket_dir)
-                .map_err(local_err(format!("creating {}", socket_dir.display())))?;
-        }
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&socket_dir)
+            .await
+            .map_err(local_err(format!("creating {}", socket_dir.display())))?;
         let free = || free_port().map_err(local_err("finding a free port".into()));
         let publish = self.settings.api_publish_ip;
         let ports = LocalPorts {
@@ -635,8 +662,11 @@ impl LocalRuntime {
             etcd_peer: free()?,
         };
         let log_path = dir.join("sidecar.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(local_err(format!("creating {}", log_path.display())))?;
+        let log = tokio::fs::File::create(&log_path)
+            .await
+            .map_err(local_err(format!("creating {}", log_path.display())))?
+            .into_std()
+            .await;
         let log_err = log
             .try_clone()
             .map_err(local_err(format!("opening {}", log_path.display())))?;
@@ -667,10 +697,12 @@ impl LocalRuntime {
             })
         });
         match record {
-            Some(record) => write_record(&dir, &record).map_err(local_err(format!(
-                "recording the sidecar in {}",
-                dir.display()
-            )))?,
+            Some(record) => write_record(&dir, &record)
+                .await
+                .map_err(local_err(format!(
+                    "recording the sidecar in {}",
+                    dir.display()
+                )))?,
             None => {
                 tracing::warn!(cluster = %key, "the local sidecar exited at once; not recorded")
             }
@@ -684,28 +716,29 @@ impl LocalRuntime {
             log = %log_path.display(),
             "started a local sidecar"
         );
-        processes.insert(
-            key,
-            LocalProcess {
-                child: Handle::Child(child),
-                digest_hex: digest_hex.to_owned(),
-                http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
-                api: SocketAddr::new(publish, ports.api),
-                started_ms,
-                exit_reported: false,
-            },
-        );
+        *process = Some(LocalProcess {
+            child: Handle::Child(child),
+            digest_hex: digest_hex.to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
+            api: SocketAddr::new(publish, ports.api),
+            started_ms,
+            exit_reported: false,
+        });
         Ok(())
     }
 
     pub(super) async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
         let names = Names::of(nm)?;
-        let mut processes = self.processes.lock().await;
         let placement = EnclavePlacement {
             runtime: Some("local".into()),
             ..EnclavePlacement::default()
         };
-        let Some(p) = processes.get_mut(&names.key()) else {
+        let slot = self.table().get(&names.key()).cloned();
+        let mut process = match &slot {
+            Some(slot) => Some(slot.lock().await),
+            None => None,
+        };
+        let Some(p) = process.as_mut().and_then(|p| p.as_mut()) else {
             return Ok(Observed {
                 state: EnclaveState::Absent,
                 sidecar: None,
@@ -734,14 +767,18 @@ impl LocalRuntime {
 
     pub(super) async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
-        let removed = self.processes.lock().await.remove(&names.key());
+        let key = names.key();
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
         let dir = self.resource_dir(&names);
         let mut left = Vec::new();
-        let ended = match removed {
+        let ended = match process.take() {
             Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
             // Deleted while no operator ran: stop what a previous one left.
             None => stop_recorded(&dir, &dir.join(desired::BOOT_CONFIG_KEY)).await,
         };
+        // Still under the slot's lock, so no start of this resource comes between.
+        self.table().remove(&key);
         if let Some((pid, Termination::Killed)) = ended {
             left.push(format!(
                 "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
@@ -754,13 +791,13 @@ impl LocalRuntime {
         // sockets go with it.
         self.https_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&names.key());
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
         for (what, dir) in [
             ("work directory", dir),
             ("socket directory", self.socket_dir(&names)),
         ] {
-            match std::fs::remove_dir_all(&dir) {
+            match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
@@ -780,10 +817,15 @@ impl LocalRuntime {
 /// The sidecar [`SIDECAR_STATE_FILE`] in `dir` records, if it is still running and is the one
 /// of this resource (its command line names `boot_path`).
 async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(dir.join(SIDECAR_STATE_FILE)).ok()?;
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(dir.join(SIDECAR_STATE_FILE))
+        .await
+        .ok()?;
     let mut text = Vec::new();
-    file.take(MAX_STATE_FILE).read_to_end(&mut text).ok()?;
+    file.take(MAX_STATE_FILE)
+        .read_to_end(&mut text)
+        .await
+        .ok()?;
     let record: SidecarRecord = match serde_json::from_slice(&text) {
         Ok(record) => record,
         Err(err) => {
@@ -798,7 +840,9 @@ async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<
         if !same_process(record.pid, record.start_ticks) {
             return None;
         }
-        cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
+        cmdline = tokio::fs::read(format!("/proc/{}/cmdline", record.pid))
+            .await
+            .ok()?;
         if !cmdline.is_empty() {
             break;
         }
@@ -812,13 +856,11 @@ async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<
 
 /// Write `record` to `dir`'s [`SIDECAR_STATE_FILE`] (through a temporary file, so a crash
 /// leaves the old record or the new one, never half of one).
-fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
+async fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SIDECAR_STATE_FILE}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(record).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE))
+    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE)).await
 }
 
 /// After an operator restart: the sidecar a previous operator process started for this
@@ -834,7 +876,9 @@ async fn adopt_or_stop(
     network: (IpAddr, bool),
 ) -> Option<LocalProcess> {
     let record = recorded(dir, boot_path).await?;
-    let same_boot = std::fs::read(boot_path).is_ok_and(|on_disk| on_disk == boot);
+    let same_boot = tokio::fs::read(boot_path)
+        .await
+        .is_ok_and(|on_disk| on_disk == boot);
     if same_boot
         && record.digest_hex == digest_hex
         && (record.api_ip, record.isolated_network) == network
@@ -1052,9 +1096,41 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
         assert!(ready.exists(), "the fake sidecar did not start");
-        let Stopped::Incomplete(what) = rt.stop(&nm).await.expect("stop") else {
+        // Another resource's sidecar, started before and answering while this one is stopped.
+        let other = mk_nm("other");
+        rt.ensure(&other, &boot(&other), "d1")
+            .await
+            .expect("ensure");
+        let rt = Arc::new(rt);
+        let stopping = tokio::spawn({
+            let (rt, nm) = (Arc::clone(&rt), nm.clone());
+            async move { rt.stop(&nm).await }
+        });
+        // Until the stop holds the resource's slot (it then waits for the grace).
+        let slot = rt.slot(&Names::of(&nm).expect("names").key());
+        for _ in 0..1000 {
+            if slot.try_lock().is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(slot.try_lock().is_err(), "the stop did not start");
+        // One lock over every resource made this wait for the whole grace (the paused clock
+        // then ran it out and the stop finished first).
+        let seen = rt.observe(&other).await.expect("observe").state;
+        assert!(matches!(seen, EnclaveState::SidecarUp { .. }), "{seen:?}");
+        assert!(
+            !stopping.is_finished(),
+            "another resource waited for this one's stop"
+        );
+        let Stopped::Incomplete(what) = stopping.await.expect("join").expect("stop") else {
             panic!("a killed sidecar is an incomplete stop");
         };
+        // The other one ignores SIGTERM too.
+        assert!(matches!(
+            rt.stop(&other).await.expect("stop other"),
+            Stopped::Incomplete(_)
+        ));
         assert!(
             what.contains("did not exit within 10 s of SIGTERM and was killed"),
             "{what}"
@@ -1149,7 +1225,7 @@ mod tests {
             start_ticks: ProcessId::of(me).expect("own start").start_ticks,
             ..record.clone()
         };
-        write_record(&other_dir, &foreign).expect("write");
+        write_record(&other_dir, &foreign).await.expect("write");
         std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
         other.ensure(&nm, &boot1, "d1").await.expect("ensure");
         assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
@@ -1307,12 +1383,14 @@ mod tests {
         let nm = mk_nm("demo");
         let placed = rt
             .place(&nm, desired::enclave_config(&nm).expect("config"))
+            .await
             .expect("placed");
         let port = placed.control_plane.https_port;
         // Kept: a second placement (or a restarted operator) gets the same port.
         assert_eq!(
             LocalRuntime::new(rt.settings.clone())
                 .place(&nm, desired::enclave_config(&nm).expect("config"))
+                .await
                 .expect("placed")
                 .control_plane
                 .https_port,

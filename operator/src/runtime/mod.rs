@@ -105,10 +105,10 @@ impl EnclaveRuntime {
     /// port and data directory under its work directory, so that control planes started side by
     /// side on one machine share neither, and nothing lands in a host path such as
     /// `/var/lib/rancher/k3s`. The result is what gets measured and attested.
-    pub fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
+    pub async fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
         match self {
             Self::Pod(_) => Ok(config),
-            Self::Local(local) => local.place(nm, config),
+            Self::Local(local) => local.place(nm, config).await,
         }
     }
 

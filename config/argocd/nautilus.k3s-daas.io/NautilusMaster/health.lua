@@ -10,7 +10,7 @@
 -- "Attested=False (AttestationFailed): pcr0 does not match".
 
 -- Must equal TERMINAL_REASONS in crds/src/conditions.rs (.ci/run compares the two lists).
-local TERMINAL_REASONS = { "AttestationFailed", "ReportSignatureInvalid", "StartTimeout", "EnclaveFailed", "ConfigRefused" }
+local TERMINAL_REASONS = { "AttestationFailed", "ReportSignatureInvalid", "StartTimeout", "EnclaveFailed", "ConfigRefused", "SimulatedAttestationNotAllowed" }
 
 -- The conditions Ready is derived from, in the order the operator evaluates them.
 local PARTS = { "EnclaveRunning", "Attested", "APIServerReady", "SchedulerReady", "ControllerManagerReady" }

@@ -710,11 +710,12 @@ impl Harness {
 
     /// The digest of the configuration the operator measures for `nm`: rendered from the spec
     /// and placed by the local runtime (its own port and data directory).
-    pub fn measured_digest(&self, nm: &NautilusMaster) -> String {
+    pub async fn measured_digest(&self, nm: &NautilusMaster) -> String {
         let config = nautilus_operator::desired::enclave_config(nm).expect("config");
         self.ctx
             .runtime
             .place(nm, config)
+            .await
             .expect("placed config")
             .digest_hex()
     }

@@ -117,7 +117,7 @@ impl Executor<'_> {
             events,
             requeue,
         } = steps;
-        self.ctx.metrics.verification(verification);
+        self.ctx.metrics.verification(verification.as_str());
         match kubeconfig {
             Kubeconfig::Keep => {}
             Kubeconfig::Publish(secret) => self.apply(&Child::Secret(*secret)).await?,

@@ -462,6 +462,8 @@ impl Harness {
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
             api_publish_ip: publish.unwrap_or(development.api_publish_ip),
+            kms_ca_file: None,
+            simulated_root_key: None,
             ..development
         };
         let local = with_network_checked(local).await;

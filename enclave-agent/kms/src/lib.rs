@@ -294,6 +294,12 @@ impl KmsClient {
         })
     }
 
+    /// The underlying SDK client, for calls this crate does not wrap (the local KMS's tests
+    /// use it to send a request without a Recipient).
+    pub fn sdk(&self) -> &aws_sdk_kms::Client {
+        &self.client
+    }
+
     /// `GenerateDataKey` (KeySpec AES_256) with a Recipient: the `CiphertextBlob` to store
     /// beside the sealed data, and the plaintext key opened from `CiphertextForRecipient`.
     pub async fn generate_data_key(

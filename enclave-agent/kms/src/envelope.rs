@@ -333,3 +333,392 @@ pub fn open(
     key.copy_from_slice(plain);
     Ok(key)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recipient::RecipientKey;
+    use aws_lc_rs::cipher::{PaddedBlockEncryptingKey, EncryptionContext};
+    use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
+    use cms::enveloped_data::{
+        EncryptedContentInfo, KekIdentifier, KekRecipientInfo, KeyTransRecipientInfo,
+        RecipientInfos,
+    };
+    use der::asn1::SetOfVec;
+    use der::{Any, Encode};
+    use x509_cert::ext::pkix::SubjectKeyIdentifier;
+
+    const DATA_KEY: [u8; 32] = [0x42; 32];
+
+    fn alg(oid: ObjectIdentifier, parameters: Option<Any>) -> AlgorithmIdentifierOwned {
+        AlgorithmIdentifierOwned { oid, parameters }
+    }
+
+    fn sha256() -> AlgorithmIdentifierOwned {
+        alg(ID_SHA256, None)
+    }
+
+    fn oaep(params: OaepParams) -> AlgorithmIdentifierOwned {
+        alg(ID_RSAES_OAEP, Some(Any::encode_from(&params).expect("params")))
+    }
+
+    fn good_oaep_params() -> OaepParams {
+        OaepParams {
+            hash: Some(sha256()),
+            mask_gen: Some(alg(ID_MGF1, Some(Any::encode_from(&sha256()).expect("mgf")))),
+            p_source: None,
+        }
+    }
+
+    /// A valid EnvelopedData to `key` carrying `content_plain`, as KMS would make it.
+    fn enveloped(key: &RecipientKey, content_plain: &[u8]) -> EnvelopedData {
+        let cek = [7u8; 32];
+        let iv = [9u8; 16];
+        let aes = PaddedBlockEncryptingKey::cbc_pkcs7(
+            UnboundCipherKey::new(&AES_256, &cek).expect("aes"),
+        )
+        .expect("cbc");
+        let mut content = content_plain.to_vec();
+        aes.less_safe_encrypt(&mut content, EncryptionContext::Iv128(FixedLength::from(iv)))
+            .expect("encrypt");
+        let public = OaepPublicEncryptingKey::new(
+            PublicEncryptingKey::from_der(key.public_key_der()).expect("spki"),
+        )
+        .expect("oaep");
+        let mut enc_key = vec![0u8; public.ciphertext_size()];
+        let enc_key = public
+            .encrypt(&OAEP_SHA256_MGF1SHA256, &cek, &mut enc_key, None)
+            .expect("rsa")
+            .to_vec();
+        EnvelopedData {
+            version: CmsVersion::V2,
+            originator_info: None,
+            recip_infos: RecipientInfos(
+                SetOfVec::try_from(vec![RecipientInfo::Ktri(KeyTransRecipientInfo {
+                    version: CmsVersion::V2,
+                    rid: RecipientIdentifier::SubjectKeyIdentifier(SubjectKeyIdentifier(
+                        OctetString::new(vec![1u8; 20]).expect("ski"),
+                    )),
+                    key_enc_alg: oaep(good_oaep_params()),
+                    enc_key: OctetString::new(enc_key).expect("key"),
+                })])
+                .expect("set"),
+            ),
+            encrypted_content: EncryptedContentInfo {
+                content_type: ID_DATA,
+                content_enc_alg: alg(
+                    ID_AES256_CBC,
+                    Some(Any::encode_from(&OctetString::new(iv.to_vec()).expect("iv")).expect("any")),
+                ),
+                encrypted_content: Some(OctetString::new(content).expect("content")),
+            },
+            unprotected_attrs: None,
+        }
+    }
+
+    fn encode(data: &EnvelopedData) -> Vec<u8> {
+        ContentInfo {
+            content_type: ID_ENVELOPED_DATA,
+            content: Any::encode_from(data).expect("any"),
+        }
+        .to_der()
+        .expect("der")
+    }
+
+    #[test]
+    fn a_kms_shaped_envelope_opens_to_the_data_key() {
+        let key = RecipientKey::generate().expect("key");
+        let bytes = encode(&enveloped(&key, &DATA_KEY));
+        assert_eq!(*key.open(&bytes).expect("opens"), DATA_KEY);
+        // sha256 with NULL parameters is the same algorithm.
+        let mut data = enveloped(&key, &DATA_KEY);
+        with_ktri(&mut data, |k| {
+            let null = Some(Any::encode_from(&Null).expect("null"));
+            k.key_enc_alg = oaep(OaepParams {
+                hash: Some(alg(ID_SHA256, null.clone())),
+                mask_gen: Some(alg(
+                    ID_MGF1,
+                    Some(Any::encode_from(&alg(ID_SHA256, null)).expect("mgf")),
+                )),
+                p_source: Some(alg(
+                    ID_P_SPECIFIED,
+                    Some(Any::encode_from(&OctetString::new(vec![]).expect("l")).expect("any")),
+                )),
+            });
+        });
+        assert_eq!(*key.open(&encode(&data)).expect("opens"), DATA_KEY);
+        // Another recipient key cannot open it.
+        let other = RecipientKey::generate().expect("key");
+        assert_eq!(other.open(&bytes).map(|_| ()), Err(EnvelopeError::Unwrap));
+    }
+
+    fn with_ktri(data: &mut EnvelopedData, change: impl FnOnce(&mut KeyTransRecipientInfo)) {
+        let mut infos = data.recip_infos.0.clone().into_vec();
+        if let Some(RecipientInfo::Ktri(k)) = infos.first_mut() {
+            change(k);
+        }
+        data.recip_infos.0 = SetOfVec::try_from(infos).expect("set");
+    }
+
+    #[test]
+    fn every_deviation_is_refused() {
+        let key = RecipientKey::generate().expect("key");
+        type Change = Box<dyn Fn(&mut EnvelopedData)>;
+        let sha1 = || alg(ObjectIdentifier::new_unwrap("1.3.14.3.2.26"), None);
+        let cases: Vec<(&str, Change)> = vec![
+            ("version 0", Box::new(|d| d.version = CmsVersion::V0)),
+            ("ktri version 0", Box::new(|d| with_ktri(d, |k| k.version = CmsVersion::V0))),
+            (
+                "two recipients",
+                Box::new(|d| {
+                    let mut infos = d.recip_infos.0.clone().into_vec();
+                    infos.push(RecipientInfo::Kekri(KekRecipientInfo {
+                        version: CmsVersion::V4,
+                        kek_id: KekIdentifier {
+                            kek_identifier: OctetString::new(vec![1]).expect("id"),
+                            date: None,
+                            other: None,
+                        },
+                        key_enc_alg: sha256(),
+                        encrypted_key: OctetString::new(vec![1]).expect("k"),
+                    }));
+                    d.recip_infos.0 = SetOfVec::try_from(infos).expect("set");
+                }),
+            ),
+            ("no recipients", Box::new(|d| d.recip_infos.0 = SetOfVec::new())),
+            (
+                "rsa pkcs#1 v1.5",
+                Box::new(|d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = alg(ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"), None)
+                    })
+                }),
+            ),
+            (
+                "oaep without parameters (sha1)",
+                Box::new(|d| with_ktri(d, |k| k.key_enc_alg = alg(ID_RSAES_OAEP, None))),
+            ),
+            (
+                "oaep sha1",
+                Box::new(move |d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = oaep(OaepParams {
+                            hash: Some(sha1()),
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "oaep hash absent",
+                Box::new(|d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = oaep(OaepParams {
+                            hash: None,
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "mgf1 sha1",
+                Box::new(move |d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = oaep(OaepParams {
+                            mask_gen: Some(alg(ID_MGF1, Some(Any::encode_from(&sha1()).expect("a")))),
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "mgf absent",
+                Box::new(|d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = oaep(OaepParams {
+                            mask_gen: None,
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "a label",
+                Box::new(|d| {
+                    with_ktri(d, |k| {
+                        k.key_enc_alg = oaep(OaepParams {
+                            p_source: Some(alg(
+                                ID_P_SPECIFIED,
+                                Some(Any::encode_from(&OctetString::new(vec![1]).expect("l")).expect("a")),
+                            )),
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "sha256 with non-null parameters",
+                Box::new(|d| {
+                    with_ktri(d, |k| {
+                        let odd = alg(ID_SHA256, Some(Any::encode_from(&OctetString::new(vec![0]).expect("o")).expect("a")));
+                        k.key_enc_alg = oaep(OaepParams {
+                            hash: Some(odd),
+                            ..good_oaep_params()
+                        })
+                    })
+                }),
+            ),
+            (
+                "short encrypted key",
+                Box::new(|d| {
+                    with_ktri(d, |k| k.enc_key = OctetString::new(vec![1u8; 255]).expect("k"))
+                }),
+            ),
+            (
+                "content type signed-data",
+                Box::new(|d| {
+                    d.encrypted_content.content_type =
+                        ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2")
+                }),
+            ),
+            (
+                "aes-128-cbc",
+                Box::new(|d| {
+                    d.encrypted_content.content_enc_alg.oid =
+                        ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.2")
+                }),
+            ),
+            (
+                "8-byte iv",
+                Box::new(|d| {
+                    d.encrypted_content.content_enc_alg.parameters = Some(
+                        Any::encode_from(&OctetString::new(vec![0u8; 8]).expect("iv")).expect("a"),
+                    )
+                }),
+            ),
+            (
+                "no iv",
+                Box::new(|d| d.encrypted_content.content_enc_alg.parameters = None),
+            ),
+            (
+                "content absent",
+                Box::new(|d| d.encrypted_content.encrypted_content = None),
+            ),
+            (
+                "content not whole blocks",
+                Box::new(|d| {
+                    d.encrypted_content.encrypted_content =
+                        Some(OctetString::new(vec![0u8; 47]).expect("c"))
+                }),
+            ),
+            (
+                "content too long",
+                Box::new(|d| {
+                    d.encrypted_content.encrypted_content =
+                        Some(OctetString::new(vec![0u8; 80]).expect("c"))
+                }),
+            ),
+        ];
+        for (name, change) in cases {
+            let mut data = enveloped(&key, &DATA_KEY);
+            change(&mut data);
+            let result = key.open(&encode(&data));
+            assert!(result.is_err(), "{name} was accepted");
+        }
+        // Wrong content type on the ContentInfo.
+        let bytes = ContentInfo {
+            content_type: ID_DATA,
+            content: Any::encode_from(&enveloped(&key, &DATA_KEY)).expect("any"),
+        }
+        .to_der()
+        .expect("der");
+        assert!(matches!(parse(&bytes), Err(EnvelopeError::Unexpected { .. })));
+        // A 16-byte or 48-byte plaintext is not a data key.
+        for len in [16, 33] {
+            let bytes = encode(&enveloped(&key, &vec![1u8; len]));
+            assert!(key.open(&bytes).is_err(), "{len}-byte content accepted");
+        }
+    }
+
+    #[test]
+    fn truncations_and_flips_never_panic_and_never_open() {
+        let key = RecipientKey::generate().expect("key");
+        let bytes = encode(&enveloped(&key, &DATA_KEY));
+        for len in 0..bytes.len() {
+            assert!(key.open(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        // CMS has no integrity of its own (that is TLS's job, see the crate documentation):
+        // a flip in the IV or the AES-CBC content can change the key that comes out. A flip
+        // anywhere else must fail, or land in the subjectKeyIdentifier, which nothing reads.
+        let find = |needle: &[u8]| {
+            bytes
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .expect("present")
+        };
+        let iv = find(&[9u8; 16]);
+        let ski = find(&[1u8; 20]);
+        let content = bytes.len() - 48;
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= bit;
+                if let Ok(k) = key.open(&flipped) {
+                    let malleable = (iv..iv + 16).contains(&i) || i >= content;
+                    let unread = (ski..ski + 20).contains(&i);
+                    assert!(
+                        malleable || (unread && *k == DATA_KEY),
+                        "byte {i} bit {bit:#x} was accepted"
+                    );
+                }
+            }
+        }
+    }
+
+    /// DER to BER as a streaming encoder writes it: every constructed element with an
+    /// indefinite length, every primitive `[0]` longer than 16 bytes as a constructed `[0]` of
+    /// 16-byte `OCTET STRING` chunks. (Test input only: it trusts its DER.)
+    fn stream_like(der: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < der.len() {
+            let tag = der[pos];
+            let (len, header) = match der[pos + 1] {
+                n if n < 0x80 => (usize::from(n), 2),
+                0x81 => (usize::from(der[pos + 2]), 3),
+                0x82 => (usize::from(der[pos + 2]) << 8 | usize::from(der[pos + 3]), 4),
+                other => panic!("length form {other:#x}"),
+            };
+            let content = &der[pos + header..pos + header + len];
+            if tag & 0x20 != 0 {
+                out.extend([tag, 0x80]);
+                out.extend(stream_like(content));
+                out.extend([0, 0]);
+            } else if tag == 0x80 && len > 16 {
+                out.extend([0xa0, 0x80]);
+                for chunk in content.chunks(16) {
+                    out.extend([0x04, chunk.len() as u8]);
+                    out.extend(chunk);
+                }
+                out.extend([0, 0]);
+            } else {
+                out.extend(&der[pos..pos + header + len]);
+            }
+            pos += header + len;
+        }
+        out
+    }
+
+    #[test]
+    fn ber_from_a_streaming_encoder_opens() {
+        // The DER encoding rewritten with indefinite lengths on the outer structures and the
+        // encrypted content in chunks, as OpenSSL and KMS stream it.
+        let key = RecipientKey::generate().expect("key");
+        let data = enveloped(&key, &DATA_KEY);
+        let der = encode(&data);
+        let ber = stream_like(&der);
+        assert_ne!(ber, der);
+        assert_eq!(ber[1], 0x80, "indefinite outer length");
+        assert_eq!(*key.open(&ber).expect("opens"), DATA_KEY);
+    }
+}

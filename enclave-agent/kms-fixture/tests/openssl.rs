@@ -33,16 +33,32 @@ fn openssl_cms_decrypt_yields_the_data_key() {
         );
     };
     run(&[
-        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "key.pem",
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "key.pem",
     ]);
-    run(&["pkey", "-in", "key.pem", "-pubout", "-outform", "DER", "-out", "pub.der"]);
+    run(&[
+        "pkey", "-in", "key.pem", "-pubout", "-outform", "DER", "-out", "pub.der",
+    ]);
     let spki = std::fs::read(dir.path().join("pub.der")).expect("pub.der");
 
     let data_key: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37));
     let cms = envelope::seal(&spki, &data_key).expect("seal");
     std::fs::write(dir.path().join("ct.der"), &cms).expect("write");
     run(&[
-        "cms", "-decrypt", "-inform", "DER", "-in", "ct.der", "-inkey", "key.pem", "-out",
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-in",
+        "ct.der",
+        "-inkey",
+        "key.pem",
+        "-out",
         "plain.bin",
     ]);
     assert_eq!(
@@ -51,11 +67,25 @@ fn openssl_cms_decrypt_yields_the_data_key() {
     );
     // Another key does not decrypt it.
     run(&[
-        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "other.pem",
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "other.pem",
     ]);
     let out = Command::new("openssl")
         .args([
-            "cms", "-decrypt", "-inform", "DER", "-in", "ct.der", "-inkey", "other.pem", "-out",
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-in",
+            "ct.der",
+            "-inkey",
+            "other.pem",
+            "-out",
             "other.bin",
         ])
         .current_dir(dir.path())
@@ -66,9 +96,17 @@ fn openssl_cms_decrypt_yields_the_data_key() {
 
     // An attested key that is not RSA-2048 gets no envelope.
     run(&[
-        "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", "big.pem",
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:3072",
+        "-out",
+        "big.pem",
     ]);
-    run(&["pkey", "-in", "big.pem", "-pubout", "-outform", "DER", "-out", "big.der"]);
+    run(&[
+        "pkey", "-in", "big.pem", "-pubout", "-outform", "DER", "-out", "big.der",
+    ]);
     let big = std::fs::read(dir.path().join("big.der")).expect("big.der");
     assert!(envelope::seal(&big, &data_key).is_err());
 }

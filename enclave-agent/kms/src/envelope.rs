@@ -338,7 +338,7 @@ pub fn open(
 mod tests {
     use super::*;
     use crate::recipient::RecipientKey;
-    use aws_lc_rs::cipher::{PaddedBlockEncryptingKey, EncryptionContext};
+    use aws_lc_rs::cipher::{EncryptionContext, PaddedBlockEncryptingKey};
     use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
     use cms::enveloped_data::{
         EncryptedContentInfo, KekIdentifier, KekRecipientInfo, KeyTransRecipientInfo,
@@ -359,13 +359,19 @@ mod tests {
     }
 
     fn oaep(params: OaepParams) -> AlgorithmIdentifierOwned {
-        alg(ID_RSAES_OAEP, Some(Any::encode_from(&params).expect("params")))
+        alg(
+            ID_RSAES_OAEP,
+            Some(Any::encode_from(&params).expect("params")),
+        )
     }
 
     fn good_oaep_params() -> OaepParams {
         OaepParams {
             hash: Some(sha256()),
-            mask_gen: Some(alg(ID_MGF1, Some(Any::encode_from(&sha256()).expect("mgf")))),
+            mask_gen: Some(alg(
+                ID_MGF1,
+                Some(Any::encode_from(&sha256()).expect("mgf")),
+            )),
             p_source: None,
         }
     }
@@ -379,8 +385,11 @@ mod tests {
         )
         .expect("cbc");
         let mut content = content_plain.to_vec();
-        aes.less_safe_encrypt(&mut content, EncryptionContext::Iv128(FixedLength::from(iv)))
-            .expect("encrypt");
+        aes.less_safe_encrypt(
+            &mut content,
+            EncryptionContext::Iv128(FixedLength::from(iv)),
+        )
+        .expect("encrypt");
         let public = OaepPublicEncryptingKey::new(
             PublicEncryptingKey::from_der(key.public_key_der()).expect("spki"),
         )
@@ -408,7 +417,9 @@ mod tests {
                 content_type: ID_DATA,
                 content_enc_alg: alg(
                     ID_AES256_CBC,
-                    Some(Any::encode_from(&OctetString::new(iv.to_vec()).expect("iv")).expect("any")),
+                    Some(
+                        Any::encode_from(&OctetString::new(iv.to_vec()).expect("iv")).expect("any"),
+                    ),
                 ),
                 encrypted_content: Some(OctetString::new(content).expect("content")),
             },
@@ -467,7 +478,10 @@ mod tests {
         let sha1 = || alg(ObjectIdentifier::new_unwrap("1.3.14.3.2.26"), None);
         let cases: Vec<(&str, Change)> = vec![
             ("version 0", Box::new(|d| d.version = CmsVersion::V0)),
-            ("ktri version 0", Box::new(|d| with_ktri(d, |k| k.version = CmsVersion::V0))),
+            (
+                "ktri version 0",
+                Box::new(|d| with_ktri(d, |k| k.version = CmsVersion::V0)),
+            ),
             (
                 "two recipients",
                 Box::new(|d| {
@@ -485,12 +499,16 @@ mod tests {
                     d.recip_infos.0 = SetOfVec::try_from(infos).expect("set");
                 }),
             ),
-            ("no recipients", Box::new(|d| d.recip_infos.0 = SetOfVec::new())),
+            (
+                "no recipients",
+                Box::new(|d| d.recip_infos.0 = SetOfVec::new()),
+            ),
             (
                 "rsa pkcs#1 v1.5",
                 Box::new(|d| {
                     with_ktri(d, |k| {
-                        k.key_enc_alg = alg(ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"), None)
+                        k.key_enc_alg =
+                            alg(ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"), None)
                     })
                 }),
             ),
@@ -525,7 +543,10 @@ mod tests {
                 Box::new(move |d| {
                     with_ktri(d, |k| {
                         k.key_enc_alg = oaep(OaepParams {
-                            mask_gen: Some(alg(ID_MGF1, Some(Any::encode_from(&sha1()).expect("a")))),
+                            mask_gen: Some(alg(
+                                ID_MGF1,
+                                Some(Any::encode_from(&sha1()).expect("a")),
+                            )),
                             ..good_oaep_params()
                         })
                     })
@@ -549,7 +570,10 @@ mod tests {
                         k.key_enc_alg = oaep(OaepParams {
                             p_source: Some(alg(
                                 ID_P_SPECIFIED,
-                                Some(Any::encode_from(&OctetString::new(vec![1]).expect("l")).expect("a")),
+                                Some(
+                                    Any::encode_from(&OctetString::new(vec![1]).expect("l"))
+                                        .expect("a"),
+                                ),
                             )),
                             ..good_oaep_params()
                         })
@@ -560,7 +584,13 @@ mod tests {
                 "sha256 with non-null parameters",
                 Box::new(|d| {
                     with_ktri(d, |k| {
-                        let odd = alg(ID_SHA256, Some(Any::encode_from(&OctetString::new(vec![0]).expect("o")).expect("a")));
+                        let odd = alg(
+                            ID_SHA256,
+                            Some(
+                                Any::encode_from(&OctetString::new(vec![0]).expect("o"))
+                                    .expect("a"),
+                            ),
+                        );
                         k.key_enc_alg = oaep(OaepParams {
                             hash: Some(odd),
                             ..good_oaep_params()
@@ -571,7 +601,9 @@ mod tests {
             (
                 "short encrypted key",
                 Box::new(|d| {
-                    with_ktri(d, |k| k.enc_key = OctetString::new(vec![1u8; 255]).expect("k"))
+                    with_ktri(d, |k| {
+                        k.enc_key = OctetString::new(vec![1u8; 255]).expect("k")
+                    })
                 }),
             ),
             (
@@ -632,7 +664,10 @@ mod tests {
         }
         .to_der()
         .expect("der");
-        assert!(matches!(parse(&bytes), Err(EnvelopeError::Unexpected { .. })));
+        assert!(matches!(
+            parse(&bytes),
+            Err(EnvelopeError::Unexpected { .. })
+        ));
         // A 16-byte or 48-byte plaintext is not a data key.
         for len in [16, 33] {
             let bytes = encode(&enveloped(&key, &vec![1u8; len]));
@@ -686,7 +721,10 @@ mod tests {
             let (len, header) = match der[pos + 1] {
                 n if n < 0x80 => (usize::from(n), 2),
                 0x81 => (usize::from(der[pos + 2]), 3),
-                0x82 => (usize::from(der[pos + 2]) << 8 | usize::from(der[pos + 3]), 4),
+                0x82 => (
+                    usize::from(der[pos + 2]) << 8 | usize::from(der[pos + 3]),
+                    4,
+                ),
                 other => panic!("length form {other:#x}"),
             };
             let content = &der[pos + header..pos + header + len];

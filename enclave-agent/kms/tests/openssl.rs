@@ -41,8 +41,19 @@ fn recipient(dir: &Path) -> OaepPrivateDecryptingKey {
     run(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-subj",
-            "/CN=recipient", "-days", "1", "-out", "cert.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-subj",
+            "/CN=recipient",
+            "-days",
+            "1",
+            "-out",
+            "cert.pem",
         ],
     );
     run(
@@ -58,8 +69,19 @@ fn recipient(dir: &Path) -> OaepPrivateDecryptingKey {
 
 fn encrypt(dir: &Path, out: &str, extra: &[&str]) -> Vec<u8> {
     let mut args = vec![
-        "cms", "-encrypt", "-binary", "-in", "data.bin", "-aes-256-cbc", "-recip", "cert.pem",
-        "-keyid", "-outform", "DER", "-out", out,
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-in",
+        "data.bin",
+        "-aes-256-cbc",
+        "-recip",
+        "cert.pem",
+        "-keyid",
+        "-outform",
+        "DER",
+        "-out",
+        out,
     ];
     args.extend(extra);
     run(dir, &args);
@@ -88,7 +110,11 @@ fn openssl_cms_opens_in_ber_and_der_and_other_algorithms_are_refused() {
     let mut streamed = vec!["-stream"];
     streamed.extend(OAEP_SHA256);
     let ber = encrypt(dir.path(), "ber.cms", &streamed);
-    assert_eq!(&ber[..2], &[0x30, 0x80], "openssl -stream writes indefinite lengths");
+    assert_eq!(
+        &ber[..2],
+        &[0x30, 0x80],
+        "openssl -stream writes indefinite lengths"
+    );
     let opened = envelope::open(&envelope::parse(&ber).expect("parses"), &key).expect("opens");
     assert_eq!(*opened, data_key);
 
@@ -97,21 +123,44 @@ fn openssl_cms_opens_in_ber_and_der_and_other_algorithms_are_refused() {
     assert_eq!(*opened, data_key);
 
     // OAEP with OpenSSL's default hash (SHA-1), and PKCS #1 v1.5: refused before any RSA.
-    let sha1 = encrypt(dir.path(), "sha1.cms", &["-keyopt", "rsa_padding_mode:oaep"]);
+    let sha1 = encrypt(
+        dir.path(),
+        "sha1.cms",
+        &["-keyopt", "rsa_padding_mode:oaep"],
+    );
     assert!(
-        matches!(envelope::parse(&sha1), Err(EnvelopeError::Unexpected { field: "keyEncryptionAlgorithm", .. })),
+        matches!(
+            envelope::parse(&sha1),
+            Err(EnvelopeError::Unexpected {
+                field: "keyEncryptionAlgorithm",
+                ..
+            })
+        ),
         "{:?}",
         envelope::parse(&sha1)
     );
     let pkcs1 = encrypt(dir.path(), "pkcs1.cms", &[]);
     assert!(matches!(
         envelope::parse(&pkcs1),
-        Err(EnvelopeError::Unexpected { field: "keyEncryptionAlgorithm", .. })
+        Err(EnvelopeError::Unexpected {
+            field: "keyEncryptionAlgorithm",
+            ..
+        })
     ));
     // Issuer-and-serial recipients (no -keyid) are not what KMS sends.
     let mut args = vec![
-        "cms", "-encrypt", "-binary", "-in", "data.bin", "-aes-256-cbc", "-recip", "cert.pem",
-        "-outform", "DER", "-out", "ias.cms",
+        "cms",
+        "-encrypt",
+        "-binary",
+        "-in",
+        "data.bin",
+        "-aes-256-cbc",
+        "-recip",
+        "cert.pem",
+        "-outform",
+        "DER",
+        "-out",
+        "ias.cms",
     ];
     args.extend(OAEP_SHA256);
     run(dir.path(), &args);

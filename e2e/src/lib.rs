@@ -464,6 +464,7 @@ impl Harness {
             api_publish_ip: publish.unwrap_or(development.api_publish_ip),
             kms_ca_file: None,
             simulated_root_key: None,
+            aws_credentials_file: None,
             ..development
         };
         let local = with_network_checked(local).await;
@@ -542,6 +543,15 @@ impl Harness {
         }
         if let Some(etcd) = &s.etcd_command {
             cmd.arg(format!("--local-etcd-command={}", etcd.display()));
+        }
+        for (flag, file) in [
+            ("--local-kms-ca-file", &s.kms_ca_file),
+            ("--local-simulated-root-key", &s.simulated_root_key),
+            ("--local-aws-credentials-file", &s.aws_credentials_file),
+        ] {
+            if let Some(file) = file {
+                cmd.arg(format!("{flag}={}", file.display()));
+            }
         }
         let child = cmd
             .env("KUBECONFIG", &self.cluster.kubeconfig)

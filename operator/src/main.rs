@@ -108,6 +108,10 @@ struct Args {
     /// development KMS, given its certificate, can verify their attestations.
     #[arg(long, env = "NAUTILUS_LOCAL_SIMULATED_ROOT_KEY")]
     local_simulated_root_key: Option<PathBuf>,
+    /// AWS shared credentials file (profile `default`) the local sidecars relay to their agents
+    /// for KMS (`local` runtime; default: the environment's AWS_* variables).
+    #[arg(long, env = "NAUTILUS_LOCAL_AWS_CREDENTIALS_FILE")]
+    local_aws_credentials_file: Option<PathBuf>,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -142,6 +146,7 @@ impl Args {
             local_api_address,
             local_kms_ca_file,
             local_simulated_root_key,
+            local_aws_credentials_file,
             listen,
             log_format,
             leader_election,
@@ -199,6 +204,7 @@ impl Args {
                     api_publish_ip: local_api_address,
                     kms_ca_file: local_kms_ca_file,
                     simulated_root_key: local_simulated_root_key,
+                    aws_credentials_file: local_aws_credentials_file,
                 };
                 match settings.network {
                     LocalNetwork::Isolated => {

@@ -49,6 +49,10 @@ pub struct LocalSettings {
     /// given its certificate can verify their Recipient attestations; `None`: a fresh root per
     /// agent, which no KMS knows.
     pub simulated_root_key: Option<PathBuf>,
+    /// An AWS shared credentials file (profile `default`) the sidecars relay to their agents
+    /// for the KMS calls of `spec.state`; `None`: the sidecars' environment
+    /// (`AWS_ACCESS_KEY_ID`, ...), which they inherit from the operator.
+    pub aws_credentials_file: Option<PathBuf>,
 }
 
 /// The enclave's network in the local runtime.
@@ -102,6 +106,7 @@ impl LocalSettings {
             api_publish_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             kms_ca_file: None,
             simulated_root_key: None,
+            aws_credentials_file: None,
         }
     }
 
@@ -595,6 +600,9 @@ impl LocalRuntime {
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
             ));
         if let Some(state) = &nm.spec.state {
+            if let Some(file) = &s.aws_credentials_file {
+                cmd.arg(format!("--aws-credentials-file={}", file.display()));
+            }
             cmd.arg(format!("--egress-allow={}", desired::kms_host_port(state)?))
                 .arg(format!(
                     "--state-dir={}",
@@ -1011,6 +1019,7 @@ mod tests {
             api_publish_ip: localhost(),
             kms_ca_file: None,
             simulated_root_key: None,
+            aws_credentials_file: None,
         })
     }
 

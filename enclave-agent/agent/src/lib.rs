@@ -18,6 +18,7 @@
 //! - [`supervisor`]: runs one command, restarts it with backoff.
 //! - [`prober`]: health probes of the API server, scheduler and controller manager.
 //! - [`client`]: one-request HTTPS client used by the prober and the stand-in.
+//! - [`errors`]: an error and its causes on one line ([`errors::error_chain`]).
 //! - [`egress`]: Sui RPC through the sidecar's CONNECT proxy, TLS verified in the enclave.
 //! - [`kubelet_egress`]: the API server's kubelet traffic through the same proxy (egress
 //!   selector, a Unix socket joined byte for byte to `--egress-proxy`), TLS end to end.
@@ -39,6 +40,7 @@ pub mod client;
 pub mod control_plane;
 pub mod csr_approver;
 pub mod egress;
+pub mod errors;
 pub mod flags;
 pub mod forwarder;
 pub mod k3s;

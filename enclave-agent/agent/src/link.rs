@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::boot::{BootError, BootOptions, Booted};
+use crate::errors::error_chain;
 use crate::forwarder::ApiForwarder;
 
 /// How long a new connection may take to send its BootConfig.
@@ -285,20 +286,4 @@ impl Agent {
         *slot = Some(Arc::clone(&booted));
         Ok(booted)
     }
-}
-
-/// `error: cause: cause…` for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors already print their source; do not say it twice.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

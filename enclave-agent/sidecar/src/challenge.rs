@@ -40,7 +40,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::evidence::Evidence;
-use crate::http::{json, json_body, text};
+use crate::respond::{json, json_body, text};
 
 /// The route, on the HTTP API and on the API port.
 pub const PATH: &str = "/challenge";

@@ -23,6 +23,7 @@
 //! - [`evidence`]: the latest evidence, report verification, readiness.
 //! - [`http`]: `/healthz`, `/readyz`, `/report`, `/metrics`, `POST /attest`, `POST /challenge`.
 //! - [`challenge`]: users' one-shot challenges, on the HTTP API and on the API port.
+//! - [`respond`]: text, JSON and JSON-body helpers the HTTP API and the challenge route share.
 //! - [`proxy`]: the API byte proxy and the egress CONNECT proxy.
 //! - [`metrics`]: Prometheus counters.
 //!
@@ -38,6 +39,7 @@ pub mod launcher;
 pub mod link;
 pub mod metrics;
 pub mod proxy;
+pub mod respond;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //! - [`link`]: the [`link::Agent`] and its control link to the sidecar (BootConfig in;
 //!   attestation and reports out; nonce refresh).
 //! - [`challenge`]: a user's one-shot challenge, answered beside the operator's evidence.
+//! - [`budget`]: the agent's own limits on challenges, nonce refreshes and new-address stake
+//!   lookups, and the counters its reports carry.
 //! - [`boot`]: the boot sequence, from a BootConfig to an attested, supervised control plane,
 //!   and the control plane's environment.
 //! - [`forwarder`]: the API server's vsock port, forwarded byte for byte ([`forwarder::ApiForwarder`]).
@@ -34,6 +36,7 @@
 
 pub mod auth;
 pub mod boot;
+pub mod budget;
 pub mod challenge;
 pub mod cli;
 pub mod client;

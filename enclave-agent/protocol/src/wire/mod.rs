@@ -52,6 +52,6 @@ pub use frame::{
     WireError, read_message, read_message_within, write_message,
 };
 pub use report::{
-    Component, ComponentReport, MAX_REPORT_BYTES, ProcessState, Report, ReportError, ReportSigner,
-    ReportVerifier, SignedReport,
+    BudgetCounters, Component, ComponentReport, MAX_REPORT_BYTES, ProcessState, Report,
+    ReportError, ReportSigner, ReportVerifier, SignedReport,
 };

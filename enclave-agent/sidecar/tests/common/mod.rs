@@ -264,6 +264,7 @@ impl AgentConn {
                 started_unix_ms: Some(time_ms),
                 ..ProcessState::default()
             },
+            budget: None,
         }
     }
 

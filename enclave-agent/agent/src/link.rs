@@ -210,6 +210,14 @@ impl Agent {
         let result = async {
             let mut attestations = booted.attestations();
             let mut reports = booted.reporter.subscribe();
+            // The nonce to attest next, within the refresh rate; a later refresh replaces it.
+            // A reconnecting sidecar's new nonce is attested before the first message when
+            // the rate allows, so its first evidence answers it.
+            let mut refresh = RefreshSlot::default();
+            if !booted.attested_with(&boot.nonce) {
+                refresh.arrived(boot.nonce.clone(), &booted);
+                refresh.attest_if_due(&booted).await?;
+            }
             let evidence = attestations.borrow_and_update().clone();
             if let Some((_, evidence)) = evidence {
                 wire::write_message(&mut writer, &Message::Attestation(evidence)).await?;
@@ -217,11 +225,6 @@ impl Agent {
             // Reports made before this connection are stale for it; ask for a fresh one now.
             reports.borrow_and_update();
             booted.reporter.report_now();
-            // The nonce to attest next, within the refresh rate; a later refresh replaces it.
-            let mut refresh = RefreshSlot::default();
-            if !booted.attested_with(&boot.nonce) {
-                refresh.arrived(boot.nonce.clone(), &booted);
-            }
             let refused_challenges = LogLimit::default();
             loop {
                 refresh.attest_if_due(&booted).await?;

@@ -223,6 +223,7 @@ mod tests {
                 ..ProcessState::default()
             },
             state,
+            budget: None,
         }
     }
 

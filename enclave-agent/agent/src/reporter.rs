@@ -18,6 +18,7 @@ use nautilus_protocol::wire::{ComponentReport, ProcessState, Report, SignedRepor
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument as _, debug, error, info_span};
 
+use crate::budget::Counters;
 use crate::material::BootMaterial;
 use crate::prober::Prober;
 use crate::supervisor::unix_ms;
@@ -37,6 +38,8 @@ pub struct ReporterConfig {
     pub interval: Duration,
     /// How long the components have to become healthy after each start.
     pub startup_timeout: Duration,
+    /// The budget counters, carried in every report once one is not zero.
+    pub counters: Arc<Counters>,
 }
 
 /// The running reporter task.
@@ -154,6 +157,7 @@ async fn report_loop(
             components: components.clone(),
             control_plane: process,
             state: None,
+            budget: r.counters.snapshot(),
         };
         debug!(sequence, healthy = report.all_healthy(), "report");
         if report.control_plane.startup_timed_out && !report.all_healthy() {

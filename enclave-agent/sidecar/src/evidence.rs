@@ -359,6 +359,7 @@ mod tests {
                 ..ProcessState::default()
             },
             state: None,
+            budget: None,
         }
     }
 

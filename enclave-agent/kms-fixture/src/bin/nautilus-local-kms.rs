@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the AWS JSON 1.1 KMS protocol over HTTPS.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Write a simulated-NSM root key (PKCS#8 PEM, P-384) and its root certificate.
     GenRoot {
         /// Where the key goes (mode 0600; refused if it exists).
@@ -210,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Serve(args) => run_serve(args).await,
+        Command::Serve(args) => run_serve(*args).await,
         Command::GenRoot { key, cert } => gen_root(&key, &cert),
     }
 }

@@ -308,7 +308,7 @@ impl Statement {
     fn matches(&self, operation: Operation, request: &RequestContext) -> bool {
         let principal = match &self.principal {
             Principal::Any => true,
-            Principal::Arns(arns) => arns.iter().any(|a| *a == request.principal),
+            Principal::Arns(arns) => arns.contains(&request.principal),
         };
         principal
             && self.actions.iter().any(|a| glob(a, operation.action()))

@@ -245,6 +245,7 @@ impl Challenges {
             Ok(Ok(attestation)) => Ok(ChallengeResponse {
                 config: self.config.clone(),
                 attestation,
+                report: self.evidence.bundle().report,
             }),
             // The link dropped the challenge, or the agent never answered it.
             Ok(Err(_)) | Err(_) => Err(ChallengeError::TimedOut(self.timeout)),

@@ -367,6 +367,7 @@ mod tests {
             ChallengeResponse {
                 config: config.clone(),
                 attestation: evidence,
+                report: None,
             }
         }
     }

@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use clap::Args;
 use kube::api::Api;
 use nautilus_crds::NautilusMaster;
+use nautilus_protocol::wire::ChallengeResponse;
 use serde::Serialize;
 
 use crate::attestation::{Output, PcrArgs};
@@ -103,6 +104,65 @@ pub struct Summary {
     placed: Vec<Placed>,
     /// The kubeconfig written (by `join`: the kubelet's).
     pub kubeconfig: Option<PathBuf>,
+    /// Sealed state, from the enclave's latest report (signed by the attested key).
+    state: Option<StateSummary>,
+}
+
+/// What the enclave's signed report says of its sealed state.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateSummary {
+    /// The report verified against the fresh document's key and the expected configuration.
+    /// When false, the other fields are absent: the relay sent none, or one that fails.
+    report_verified: bool,
+    /// Why not, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_refused: Option<String>,
+    /// Sequence of the snapshot restored at the start; absent when the enclave started empty.
+    restored_sequence: Option<u64>,
+    restored_taken_ms: Option<u64>,
+    #[serde(rename = "restoredFromUID")]
+    restored_from_uid: Option<String>,
+    last_snapshot_sequence: Option<u64>,
+    last_snapshot_taken_ms: Option<u64>,
+}
+
+/// Read the relayed report's sealed state, once the document verified: the report must be
+/// signed by the document's key and name the configuration the document binds. Never a
+/// refusal (the document is what is verified); a missing or failing report is said so.
+fn state_summary(answer: &ChallengeResponse, verified: &Verified, now_ms: u64) -> StateSummary {
+    /// Reports are made every probe interval; an older one is still the enclave's word.
+    const MAX_REPORT_AGE_MS: u64 = 10 * 60 * 1000;
+    let refused = |why: String| StateSummary {
+        report_refused: Some(why),
+        ..StateSummary::default()
+    };
+    let Some(signed) = &answer.report else {
+        return refused("the relay sent no report".into());
+    };
+    let Some(key) = verified.document.public_key.as_deref() else {
+        return refused("the document attests no report key".into());
+    };
+    let report = nautilus_protocol::wire::ReportVerifier::new(
+        key,
+        verified.config.digest_hex(),
+        MAX_REPORT_AGE_MS,
+    )
+    .and_then(|mut v| v.verify(signed, now_ms));
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => return refused(e.to_string()),
+    };
+    let state = report.state.unwrap_or_default();
+    StateSummary {
+        report_verified: true,
+        report_refused: None,
+        restored_sequence: state.restored.as_ref().map(|r| r.sequence),
+        restored_taken_ms: state.restored.as_ref().map(|r| r.taken_unix_ms),
+        restored_from_uid: state.restored.map(|r| r.resource_uid),
+        last_snapshot_sequence: state.last_snapshot.as_ref().map(|s| s.sequence),
+        last_snapshot_taken_ms: state.last_snapshot.map(|s| s.taken_unix_ms),
+    }
 }
 
 /// A control plane that passed every check of `verify`.
@@ -219,6 +279,9 @@ fn verify(
     summary.config_digest = Some(verified.config.digest_hex());
     summary.serving_ca_sha256 = Some(hex::encode(verified.serving_ca_sha256));
     summary.placed = verified.placed.clone();
+    if verified.config.state.is_some() {
+        summary.state = Some(state_summary(&answer, &verified, now_ms));
+    }
     net::check_certificate(endpoint, &verified.serving_ca_pem)?;
     Ok(verified)
 }
@@ -260,6 +323,31 @@ pub fn print_text(summary: &Summary) {
             p.attested,
             p.spec
         );
+    }
+    if let Some(state) = &summary.state {
+        let time = |ms: Option<u64>| {
+            ms.and_then(|ms| i64::try_from(ms).ok())
+                .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        match (&state.report_refused, state.restored_sequence) {
+            (Some(why), _) => out!("sealed state:      unknown ({why})"),
+            (None, Some(sequence)) => out!(
+                "restored:          snapshot {sequence} taken {} of {} (a host can offer an older one: compare with the last you saw)",
+                time(state.restored_taken_ms),
+                state.restored_from_uid.clone().unwrap_or_default()
+            ),
+            (None, None) => {
+                out!("restored:          nothing (the enclave started an empty cluster)")
+            }
+        }
+        if let Some(sequence) = state.last_snapshot_sequence {
+            out!(
+                "last snapshot:     {sequence} taken {}",
+                time(state.last_snapshot_taken_ms)
+            );
+        }
     }
     if let Some(path) = &summary.kubeconfig {
         out!("kubeconfig:        {}", path.display());

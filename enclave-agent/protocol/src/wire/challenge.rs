@@ -48,6 +48,11 @@ pub struct ChallengeResponse {
     pub config: EnclaveConfig,
     /// The attestation answering the user's nonce.
     pub attestation: AttestationEvidence,
+    /// The enclave's latest signed report as relayed, so that the user reads what it
+    /// restored and the last snapshot it sealed: signed by the key the fresh document
+    /// attests, so a relay can withhold it but not forge it. Absent before the first report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<super::SignedReport>,
 }
 
 /// `POST /challenge` body.

@@ -593,6 +593,7 @@ impl FakeEnclave {
                 pid: Some(7),
                 ..ProcessState::default()
             },
+            state: None,
             budget: None,
         }
     }
@@ -620,6 +621,7 @@ impl FakeEnclave {
                 last_exit: None,
             },
             boot_refused: None,
+            boot_refused_kind: None,
         }
     }
 }

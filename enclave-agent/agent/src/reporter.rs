@@ -156,6 +156,7 @@ async fn report_loop(
             boot_config_digest: r.digest_hex.clone(),
             components: components.clone(),
             control_plane: process,
+            state: None,
             budget: r.counters.snapshot(),
         };
         debug!(sequence, healthy = report.all_healthy(), "report");

@@ -6,11 +6,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use nautilus_crds::conditions::types;
 use nautilus_crds::{
-    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,
+    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference, StateStatus,
 };
 use nautilus_protocol::wire::EvidenceBundle;
 
-use crate::conditions::{self, Observation};
+use crate::conditions::{self, Observation, Status};
 use crate::observe;
 use crate::verify::Outcome;
 
@@ -19,6 +19,8 @@ use crate::verify::Outcome;
 pub struct StatusInput<'a> {
     /// Condition observations (without `Ready`).
     pub observations: Vec<Observation>,
+    /// `status.state`, from [`crate::state::observe`].
+    pub state: Option<StateStatus>,
     /// The verification outcome.
     pub outcome: &'a Outcome,
     /// Placement from the runtime.
@@ -41,6 +43,10 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
     let previous = nm.status.clone().unwrap_or_default();
     let generation = nm.metadata.generation.unwrap_or(0);
     let mut conditions_now = previous.conditions.clone();
+    if nm.spec.state.is_none() {
+        // A spec that no longer keeps state leaves no state conditions behind.
+        conditions_now.retain(|c| !types::STATE.contains(&c.type_.as_str()));
+    }
     for observation in input.observations {
         conditions::merge(&mut conditions_now, observation, generation, &input.now);
     }
@@ -54,10 +60,7 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
             .unwrap_or(usize::MAX)
     });
     let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded))
-        || previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == types::READY && c.status == "True");
+        || conditions::is_true(&previous.conditions, types::READY);
     let phase = conditions::phase(&conditions_now, false, was_ready);
     let (attestation, components) = match input.outcome {
         Outcome::Verified(v) => (
@@ -84,6 +87,7 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
             .then_some(input.endpoint),
         kubeconfig_secret_ref: input.kubeconfig,
         boot_config_digest: Some(input.digest_hex.to_owned()),
+        state: input.state,
     }
 }
 
@@ -130,13 +134,14 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, Stri
                 return None;
             }
             let from = before.map_or("(none)", |b| b.status.as_str());
-            let type_ = if c.status == "True" {
+            let status = Status::of(c);
+            let type_ = if status == Status::True {
                 EventType::Normal
             } else {
                 EventType::Warning
             };
             // Unknown at creation is not worth a warning.
-            if before.is_none() && c.status == "Unknown" {
+            if before.is_none() && status == Status::Unknown {
                 return None;
             }
             Some((
@@ -219,16 +224,17 @@ mod tests {
     #[test]
     fn status_keeps_transition_times_and_orders_conditions() {
         use crate::conditions::Status;
-        use nautilus_crds::conditions::reasons;
+        use nautilus_crds::conditions::Reason;
         let mut nm = mk_nm("demo");
         let t0 = Time(Timestamp::from_second(1_000).expect("t"));
         let t1 = Time(Timestamp::from_second(2_000).expect("t"));
         let outcome = Outcome::Pending("x".into());
         let input = |now: &Time, status: Status| StatusInput {
+            state: None,
             observations: vec![Observation::new(
                 types::ENCLAVE_RUNNING,
                 status,
-                reasons::LAUNCHING,
+                Reason::Launching,
                 "m",
             )],
             outcome: &outcome,

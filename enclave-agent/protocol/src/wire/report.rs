@@ -186,7 +186,6 @@ pub struct SnapshotRef {
     pub bytes: u64,
 }
 
-
 /// The agent's budget counters since its boot, carried in the signed [`Report`] because the
 /// agent has no metrics endpoint of its own. Each count is absent while zero.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -150,6 +150,16 @@ pub struct Args {
     /// etcd's peer port on 127.0.0.1 (`kubernetes` distribution).
     #[arg(long, env = env::ETCD_PEER_PORT, default_value_t = ETCD_PEER_PORT, hide = true)]
     pub etcd_peer_port: u16,
+    /// The `kubernetes` distribution's flag profile: `lean` (what ships) or `stock` (only what
+    /// the components need to run; the benchmark's comparison, `nautilus-plane-bench`).
+    #[arg(
+        long,
+        value_enum,
+        env = "NAUTILUS_AGENT_FLAGS_PROFILE",
+        default_value = "lean",
+        hide = true
+    )]
+    pub flags_profile: crate::flags::Profile,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -198,6 +208,7 @@ impl Args {
             sui_ca_file,
             scheduler_port,
             controller_manager_port,
+            flags_profile,
             etcd_client_port,
             etcd_peer_port,
             log_format: _,
@@ -261,6 +272,7 @@ impl Args {
                 },
                 kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
                 restart_backoff: Duration::from_secs(1),
+                profile: flags_profile,
             },
         });
         let result = tokio::select! {

@@ -39,10 +39,25 @@ pub struct KubernetesPlan {
     pub scheduler: Vec<String>,
     /// kube-controller-manager's arguments.
     pub controller_manager: Vec<String>,
+    /// Each component's environment ([`crate::flags::Tuning`]: the Go runtime's limits).
+    pub env: ComponentEnv,
     /// What is checked between the steps.
     pub readiness: Readiness,
     /// The supervisors' restart delay and grace, as for the `k3s` distribution.
     pub template: SupervisorConfig,
+}
+
+/// Environment variables per component of the `kubernetes` distribution.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentEnv {
+    /// etcd's.
+    pub etcd: crate::flags::Env,
+    /// kube-apiserver's.
+    pub apiserver: crate::flags::Env,
+    /// kube-scheduler's.
+    pub scheduler: crate::flags::Env,
+    /// kube-controller-manager's.
+    pub controller_manager: crate::flags::Env,
 }
 
 struct Member {
@@ -170,11 +185,15 @@ impl ControlPlane {
 }
 
 async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
-    let start = |name: &'static str, command: &std::path::Path, args: &[String]| {
+    let start = |name: &'static str,
+                 command: &std::path::Path,
+                 args: &[String],
+                 env: &crate::flags::Env| {
         let mut config = plan.template.clone();
         config.name = name.into();
         config.command = command.to_path_buf();
         config.args = args.to_vec();
+        config.env.extend(env.iter().cloned());
         let members = Arc::clone(&members);
         let added = Arc::clone(&added);
         async move {
@@ -186,12 +205,14 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
         }
     };
     let r = &plan.readiness;
-    start(ETCD, &plan.binaries.etcd, &plan.etcd).await;
+    let env = &plan.env;
+    start(ETCD, &plan.binaries.etcd, &plan.etcd, &env.etcd).await;
     kubernetes::wait_for("etcd healthy", || r.etcd_healthy()).await;
     start(
         KUBE_APISERVER,
         &plan.binaries.kube_apiserver,
         &plan.apiserver,
+        &env.apiserver,
     )
     .await;
     kubernetes::wait_for("kube-apiserver ready", || r.api_ready()).await;
@@ -200,12 +221,14 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
         KUBE_SCHEDULER,
         &plan.binaries.kube_scheduler,
         &plan.scheduler,
+        &env.scheduler,
     )
     .await;
     start(
         KUBE_CONTROLLER_MANAGER,
         &plan.binaries.kube_controller_manager,
         &plan.controller_manager,
+        &env.controller_manager,
     )
     .await;
     info!("all components started");

@@ -125,8 +125,8 @@ impl ControlPlane {
     }
 
     /// Start the `kubernetes` distribution: etcd, then kube-apiserver once etcd is healthy,
-    /// then the tier bindings and the scheduler and controller manager once the API server is
-    /// ready; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
+    /// then the scheduler and controller manager once the API server is ready, and the tier
+    /// bindings while they start; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
     pub fn kubernetes(plan: KubernetesPlan) -> Self {
         let members: Members = Arc::new(Mutex::new(Vec::new()));
         let added = Arc::new(Notify::new());
@@ -216,7 +216,9 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
     )
     .await;
     kubernetes::wait_for("kube-apiserver ready", || r.api_ready()).await;
-    kubernetes::wait_for("tier groups bound", || r.apply_rbac()).await;
+    // The scheduler and controller manager need the API server's own bootstrap RBAC (which
+    // `/readyz` waits for), not the tier groups' bindings: they start at once and the bindings
+    // are applied while they start (well before either is healthy, so before Ready).
     start(
         KUBE_SCHEDULER,
         &plan.binaries.kube_scheduler,
@@ -231,6 +233,7 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
         &env.controller_manager,
     )
     .await;
+    kubernetes::wait_for("tier groups bound", || r.apply_rbac()).await;
     info!("all components started");
     // Kubelets joining later get their serving certificates through this approver; it runs
     // until the control plane stops (the launcher task is aborted then).

@@ -449,6 +449,27 @@ impl Plane {
         rss
     }
 
+    /// What the resident memory of each process is (the profile that bounds it): anonymous
+    /// (heap, stacks: what GOGC and GOMEMLIMIT act on) and file-backed (the binary's pages).
+    fn rss_split(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (pid, _) in processes_mentioning(&self.dir.path().display().to_string()) {
+            let Some(name) = program(pid) else { continue };
+            if !ENCLAVE.contains(&name.as_str()) {
+                continue;
+            }
+            let mib = |f: &str| status_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
+            lines.push(format!(
+                "{name}: RssAnon {:.0} MiB, RssFile {:.0} MiB, VmHWM {:.0} MiB",
+                mib("RssAnon:"),
+                mib("RssFile:"),
+                mib("VmHWM:")
+            ));
+        }
+        lines.sort();
+        lines
+    }
+
     /// SIGTERM the sidecar (it stops the agent, which stops the components), wait, then the
     /// reaper kills whatever is left.
     async fn stop(mut self) {
@@ -478,15 +499,19 @@ fn program(pid: i32) -> Option<String> {
     Some(name)
 }
 
-fn vm_rss_kib(pid: i32) -> Option<u64> {
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+fn vm_rss_kib(pid: i32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
 }
 
 fn enclave_total(rss: &BTreeMap<String, f64>) -> f64 {
@@ -730,15 +755,18 @@ impl ProfileResult {
     }
 }
 
-async fn run_profile(
+#[allow(clippy::too_many_arguments)]
+async fn boot_once(
     profile: &str,
+    i: usize,
+    last: bool,
     o: &Options,
     assets: &Assets,
     bin: &Path,
     sui: &SuiNode,
-) -> Result<ProfileResult> {
-    let mut result = ProfileResult::default();
-    for i in 0..o.boots {
+    result: &mut ProfileResult,
+) -> Result<()> {
+    {
         let plane = Plane::boot(profile, assets, bin, sui).await?;
         let t = plane.timeline.clone();
         println!(
@@ -752,13 +780,16 @@ async fn run_profile(
             load()
         );
         result.timelines.push(t);
-        if i + 1 < o.boots {
+        if !last {
             plane.stop().await;
-            continue;
+            return Ok(());
         }
         // The last boot: memory and the API path.
         tokio::time::sleep(o.settle).await;
         result.rss_idle = plane.rss();
+        for line in plane.rss_split() {
+            println!("{profile} idle {line}");
+        }
         result.loads.push(format!("idle RSS: {}", uptime()));
         println!(
             "{profile} idle RSS {:.0} MiB in the enclave {:?} ({})",
@@ -795,6 +826,9 @@ async fn run_profile(
         result.load_time = load_objects(&direct, o).await?;
         tokio::time::sleep(o.settle).await;
         result.rss_loaded = plane.rss();
+        for line in plane.rss_split() {
+            println!("{profile} loaded {line}");
+        }
         result.loads.push(format!("loaded RSS: {}", uptime()));
         println!(
             "{profile} RSS after {} ConfigMaps + {} Deployments (written in {:.1} s): {:.0} MiB {:?} ({})",
@@ -807,7 +841,7 @@ async fn run_profile(
         );
         plane.stop().await;
     }
-    Ok(result)
+    Ok(())
 }
 
 /// Creation → Ready of NautilusMasters in the local runtime, through the e2e harness.
@@ -1043,10 +1077,17 @@ async fn bench() -> Result<()> {
         uptime()
     );
     let sui = SuiNode::start().await?;
-    let mut results = Vec::new();
-    for profile in &o.profiles {
-        let r = run_profile(profile, &o, &assets, &bin, &sui).await?;
-        results.push((profile.clone(), r));
+    // The boots of the profiles alternate, so a change of the machine's load falls on both.
+    let mut results: Vec<(String, ProfileResult)> = o
+        .profiles
+        .iter()
+        .map(|p| (p.clone(), ProfileResult::default()))
+        .collect();
+    for i in 0..o.boots {
+        for (profile, result) in &mut results {
+            let last = i + 1 == o.boots;
+            boot_once(profile, i, last, &o, &assets, &bin, &sui, result).await?;
+        }
     }
     print_table(&results, &o);
     if o.operator {

@@ -399,8 +399,10 @@ pub const DISABLED_CONTROLLERS: &[&str] = &[
     "device-taint-eviction-controller",
 ];
 
-/// GOGC for every component in the lean profile: the heap may grow half over the live data
-/// between collections instead of as much again (Go's default of 100).
+/// GOGC of kube-apiserver and kube-controller-manager in the lean profile, the two large heaps:
+/// the heap may grow half over the live data between collections instead of as much again
+/// (Go's default of 100). etcd and the scheduler keep Go's default: their heaps are small, and
+/// more collections would cost CPU for little memory.
 pub const LEAN_GOGC: u32 = 50;
 
 /// The lean profile's trims for `config`; the stock profile adds nothing. The memory limits
@@ -410,8 +412,11 @@ pub fn tuning(config: &ControlPlaneConfig, profile: Profile) -> Result<Tuning, F
         return Ok(Tuning::default());
     }
     let budget = config.memory_mib.map(budget).transpose()?;
-    let go = |limit: Option<u32>| -> Env {
-        let mut env = vec![("GOGC".to_owned(), LEAN_GOGC.to_string())];
+    let go = |limit: Option<u32>, gogc: Option<u32>| -> Env {
+        let mut env: Env = gogc
+            .map(|g| ("GOGC".to_owned(), g.to_string()))
+            .into_iter()
+            .collect();
         if let Some(mib) = limit {
             env.push(("GOMEMLIMIT".to_owned(), format!("{mib}MiB")));
         }
@@ -434,13 +439,24 @@ pub fn tuning(config: &ControlPlaneConfig, profile: Profile) -> Result<Tuning, F
         .join(",");
     Ok(Tuning {
         etcd,
-        apiserver: Vec::new(),
+        apiserver: vec![
+            // One tenant per control plane: API Priority and Fairness' queues, its
+            // configuration objects (written at every start, a post-start hook /readyz waits
+            // for) and their API are weight without a use; the max-in-flight limits (400 and
+            // 200 at once) bound the load instead.
+            flag("enable-priority-and-fairness", "false"),
+            flag("runtime-config", "flowcontrol.apiserver.k8s.io/v1=false"),
+            // No watch cache: every resource's cache (all its objects and a window of history)
+            // is kept in kube-apiserver's heap and filled by a list at each start; with one
+            // cluster's few watchers etcd serves lists and watches itself.
+            flag("watch-cache", "false"),
+        ],
         scheduler: Vec::new(),
         controller_manager: vec![flag("controllers", controllers)],
-        etcd_env: go(budget.map(|b| b.etcd)),
-        apiserver_env: go(budget.map(|b| b.apiserver)),
-        scheduler_env: go(budget.map(|b| b.scheduler)),
-        controller_manager_env: go(budget.map(|b| b.controller_manager)),
+        etcd_env: go(budget.map(|b| b.etcd), None),
+        apiserver_env: go(budget.map(|b| b.apiserver), Some(LEAN_GOGC)),
+        scheduler_env: go(budget.map(|b| b.scheduler), None),
+        controller_manager_env: go(budget.map(|b| b.controller_manager), Some(LEAN_GOGC)),
     })
 }
 
@@ -533,21 +549,31 @@ mod tests {
         assert_eq!(get(&lean.etcd, "snapshot-count").as_deref(), Some("10000"));
         let controllers = get(&lean.controller_manager, "controllers").expect("controllers");
         assert!(controllers.starts_with("*,-"), "{controllers}");
+        let disabled: Vec<&str> = controllers
+            .split(',')
+            .filter_map(|c| c.strip_prefix('-'))
+            .collect();
         for kept in [
             "node-ipam-controller",
             "garbage-collector-controller",
             "certificatesigningrequest-signing-controller",
+            "clusterrole-aggregation-controller",
         ] {
-            assert!(!controllers.contains(kept), "{kept} runs");
+            assert!(!disabled.contains(&kept), "{kept} runs");
         }
-        for (env, mib) in [
-            (&lean.apiserver_env, b.apiserver),
-            (&lean.etcd_env, b.etcd),
-            (&lean.scheduler_env, b.scheduler),
-            (&lean.controller_manager_env, b.controller_manager),
+        assert!(disabled.contains(&"cloud-node-lifecycle-controller"));
+        for (env, mib, gogc) in [
+            (&lean.apiserver_env, b.apiserver, true),
+            (&lean.etcd_env, b.etcd, false),
+            (&lean.scheduler_env, b.scheduler, false),
+            (&lean.controller_manager_env, b.controller_manager, true),
         ] {
             assert!(env.contains(&("GOMEMLIMIT".to_owned(), format!("{mib}MiB"))));
-            assert!(env.contains(&("GOGC".to_owned(), LEAN_GOGC.to_string())));
+            assert_eq!(
+                env.contains(&("GOGC".to_owned(), LEAN_GOGC.to_string())),
+                gogc,
+                "{env:?}"
+            );
         }
         // Without memoryMiB (a configuration from before it): no limits, the trims only.
         config.control_plane.memory_mib = None;

@@ -2,9 +2,9 @@
 # The enclave's root file system: nautilus-agent as the entrypoint, plus the control plane of
 # one distribution (spec.controlPlane.distribution), chosen with --target:
 #
-#   --target k3s         /usr/local/bin/k3s                       (the agent's --control-plane-command)
 #   --target kubernetes  /usr/local/bin/{etcd,kube-apiserver,kube-scheduler,kube-controller-manager}
-#                        (the agent's --kubernetes-bin-dir, default /usr/local/bin)
+#                        (the default; the agent's --kubernetes-bin-dir, default /usr/local/bin)
+#   --target k3s         /usr/local/bin/k3s                       (the agent's --control-plane-command)
 #
 # An image carries one distribution: the PCRs then say which one runs, and a spec naming the
 # other fails to start (the agent reports the missing program) rather than running unmeasured
@@ -12,13 +12,13 @@
 # (EIF) and prints PCR0/1/2 for the NautilusMaster spec:
 #
 #   export SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)
-#   docker buildx build -f images/enclave.Dockerfile --target k3s \
-#     --build-arg SOURCE_DATE_EPOCH --build-arg K3S_SHA256=<sha256 of the k3s binary> \
-#     --output type=docker,name=nautilus-enclave:0.1.0,rewrite-timestamp=true .
 #   docker buildx build -f images/enclave.Dockerfile --target kubernetes \
 #     --build-arg SOURCE_DATE_EPOCH --build-arg KUBERNETES_SHA256=<sha256sum lines> \
 #     --build-arg ETCD_SHA256=<sha256 of the etcd tarball> \
-#     --output type=docker,name=nautilus-enclave-kubernetes:0.1.0,rewrite-timestamp=true .
+#     --output type=docker,name=nautilus-enclave:0.1.0,rewrite-timestamp=true .
+#   docker buildx build -f images/enclave.Dockerfile --target k3s \
+#     --build-arg SOURCE_DATE_EPOCH --build-arg K3S_SHA256=<sha256 of the k3s binary> \
+#     --output type=docker,name=nautilus-enclave-k3s:0.1.0,rewrite-timestamp=true .
 #   nitro-cli build-enclave --docker-uri nautilus-enclave:0.1.0 --output-file nautilus.eif
 #
 # Reproducibility: the same sources, base digests, k3s binary and SOURCE_DATE_EPOCH give the same
@@ -76,17 +76,18 @@ RUN test -n "${KUBERNETES_SHA256}" || { echo "pass --build-arg KUBERNETES_SHA256
  && tar -xzf /etcd.tar.gz --strip-components=1 -C /out "etcd-${ETCD_VERSION}-linux-amd64/etcd" \
  && chmod 0755 /out/* && touch -d "@${SOURCE_DATE_EPOCH}" /out/*
 
-# Root inside the enclave: the control plane writes its data directory and binds its ports; the
-# host cannot see into the enclave, so this grants the host nothing.
-FROM ${BASE_IMAGE} AS kubernetes
-COPY --from=build /out/nautilus-agent /usr/local/bin/nautilus-agent
-COPY --from=kubernetes-bin /out/ /usr/local/bin/
-USER 0:0
-ENTRYPOINT ["/usr/local/bin/nautilus-agent"]
-
-# The default target (last): k3s.
+# The k3s distribution (spec.controlPlane.distribution: k3s).
 FROM ${BASE_IMAGE} AS k3s
 COPY --from=build /out/nautilus-agent /usr/local/bin/nautilus-agent
 COPY --from=k3s-bin /k3s /usr/local/bin/k3s
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/nautilus-agent"]
+
+# The default target (last): the kubernetes distribution, the CRD's default. Root inside the
+# enclave: the control plane writes its data directory and binds its ports; the host cannot see
+# into the enclave, so this grants the host nothing.
+FROM ${BASE_IMAGE} AS kubernetes
+COPY --from=build /out/nautilus-agent /usr/local/bin/nautilus-agent
+COPY --from=kubernetes-bin /out/ /usr/local/bin/
 USER 0:0
 ENTRYPOINT ["/usr/local/bin/nautilus-agent"]

@@ -30,6 +30,10 @@ pub const CIPHER_SUITE_PATTERN: &str = r"^(TLS_AES_128_GCM_SHA256|TLS_AES_256_GC
 /// `\p{..}` classes are RE2's and Rust's but not ECMA-262's or Python's, and schema validators
 /// outside the API server (`config/hack/validate.py`, editors) reject a pattern they cannot parse.
 const DATA_DIR_PATTERN: &str = r"^/[^\s,=]+$";
+/// The least `spec.enclave.memoryMiB` of the `kubernetes` distribution, refused below at
+/// admission (a CEL rule on the spec) and by the agent (`nautilus_agent::flags::MIN_MEMORY_MIB`,
+/// which a test of the agent compares with this).
+pub const MIN_KUBERNETES_MEMORY_MIB: u32 = 1024;
 const MOVE_STRUCT_TAG: &str =
     r"^0x[0-9a-fA-F]{1,64}::[A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]*(<.+>)?$";
 
@@ -107,6 +111,7 @@ const MOVE_STRUCT_TAG: &str =
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.state) || self.controlPlane.distribution == 'kubernetes'").message("spec.state needs controlPlane.distribution kubernetes: the k3s datastore is not sealed"))]
+#[x_kube(validation = Rule::new("!has(self.controlPlane) || !has(self.controlPlane.distribution) || self.controlPlane.distribution != 'kubernetes' || !has(self.enclave.memoryMiB) || self.enclave.memoryMiB >= 1024").message("the kubernetes distribution needs enclave.memoryMiB of at least 1024: the image (about 384 MiB in enclave memory), the agent and the control plane's components (see docs/architecture.md, \"Memory budget\")"))]
 pub struct NautilusMasterSpec {
     /// The Nitro Enclave that runs the control plane: which image, how big, and which
     /// measurements it must prove.
@@ -232,11 +237,12 @@ pub enum HugepageSize {
     validation = Rule::new("!isCIDR(self.serviceCIDR) || !isIP(self.clusterDNS) || cidr(self.serviceCIDR).containsIP(self.clusterDNS)").message("clusterDNS must be an address inside serviceCIDR")
 )]
 pub struct ControlPlaneSpec {
-    /// Which control plane the enclave runs: `k3s` (one `k3s server` process, the default) or
-    /// `kubernetes` (etcd, kube-apiserver, kube-scheduler and kube-controller-manager started in
-    /// order by the agent). Both get the same attested CA, token webhook, flags, probes and
-    /// restart policy; the enclave image must carry the chosen distribution's binaries. Part of
-    /// the measured boot configuration.
+    /// Which control plane the enclave runs: `kubernetes` (the default: etcd, kube-apiserver,
+    /// kube-scheduler and kube-controller-manager started by the agent with trimmed flags and
+    /// Go memory limits from `enclave.memoryMiB`, which must then be at least 1024) or `k3s`
+    /// (one `k3s server` process). Both get the same attested CA, token webhook, flags, probes
+    /// and restart policy; the enclave image must carry the chosen distribution's binaries. Part
+    /// of the measured boot configuration; for `kubernetes` `enclave.memoryMiB` is measured too.
     #[serde(default)]
     pub distribution: Distribution,
 
@@ -330,9 +336,10 @@ pub struct ControlPlaneSpec {
 #[serde(rename_all = "lowercase")]
 pub enum Distribution {
     /// One `k3s server` process with its embedded components.
-    #[default]
     K3s,
-    /// etcd, kube-apiserver, kube-scheduler and kube-controller-manager as separate processes.
+    /// etcd, kube-apiserver, kube-scheduler and kube-controller-manager as separate processes:
+    /// the default, and the one every end-to-end test runs on real binaries.
+    #[default]
     Kubernetes,
 }
 

@@ -12,7 +12,7 @@ use nautilus_protocol::wire::{
 };
 use serde::Serialize;
 
-use crate::{AcceptedMeasurements, NautilusMaster, StateSpec, TierIdentity};
+use crate::{AcceptedMeasurements, Distribution, NautilusMaster, StateSpec, TierIdentity};
 
 /// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
@@ -135,6 +135,10 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
             log_format: serialized(&cp.log_format, "logFormat")?,
             tls_sans: service_sans(namespace, name),
             advertise_address: cp.advertise_address.clone(),
+            // Only where the agent uses it (the `kubernetes` distribution's memory budget), so
+            // `k3s` configurations keep their digest.
+            memory_mib: (cp.distribution == Distribution::Kubernetes)
+                .then_some(nm.spec.enclave.memory_mib),
         },
         auth: AuthConfig {
             sui_rpc_url: auth.sui_rpc_url.clone(),

@@ -456,6 +456,7 @@ fn set(object: &mut Value, pointer: &str, value: Value) {
 #[case::probe_slower_than_startup("/spec/health/probeIntervalSeconds", json!(200), "startupTimeoutSeconds must be longer")]
 #[case::refresh_slower_than_max_age("/spec/attestation/refreshIntervalSeconds", json!(1000), "maxDocumentAgeSeconds must be longer")]
 #[case::too_little_memory("/spec/enclave/memoryMiB", json!(128), "below minimum")]
+#[case::too_little_memory_for_kubernetes("/spec/enclave/memoryMiB", json!(768), "needs enclave.memoryMiB of at least 1024")]
 #[case::unknown_field("/spec/enclave/cpus", json!(2), "unknown field")]
 // Values the agent refuses at boot, refused here first.
 #[case::unknown_cipher_suite("/spec/controlPlane/cipherSuites", json!(["TLS_FAKE_SUITE"]), "does not match")]
@@ -482,6 +483,23 @@ fn valid_network_variants_are_accepted(#[case] control_plane: Value) {
     set(&mut object, "/spec/controlPlane", control_plane);
     let errors = server_errors(&object);
     assert!(errors.is_empty(), "rejected: {errors:#?}");
+}
+
+/// The memory rule binds the `kubernetes` distribution (the default) only: `k3s` keeps the
+/// schema's own minimum, and 1024 MiB is enough for `kubernetes`.
+#[rstest]
+#[case::k3s_small(json!("k3s"), 768)]
+#[case::kubernetes_at_its_minimum(json!("kubernetes"), 1024)]
+fn memory_is_checked_for_the_distribution_that_uses_it(
+    #[case] distribution: Value,
+    #[case] memory_mib: u32,
+) {
+    let mut object = sample();
+    set(&mut object, "/spec/controlPlane/distribution", distribution);
+    set(&mut object, "/spec/enclave/memoryMiB", json!(memory_mib));
+    let errors = server_errors(&object);
+    assert!(errors.is_empty(), "rejected: {errors:#?}");
+    assert_eq!(nautilus_crds::MIN_KUBERNETES_MEMORY_MIB, 1024);
 }
 
 /// Every rule with an estimated cost over the API server's per-rule budget, by rule text.

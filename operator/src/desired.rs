@@ -790,13 +790,26 @@ mod tests {
     #[test]
     fn the_distribution_is_measured_and_absent_when_k3s() {
         let mut nm = mk_nm("demo");
+        // `kubernetes` is the CRD's default; an explicit `k3s` keeps the digest it had before
+        // (neither the distribution nor the memory budget in the canonical JSON).
+        assert_eq!(
+            nm.spec.control_plane.distribution,
+            nautilus_crds::Distribution::Kubernetes
+        );
+        nm.spec.control_plane.distribution = nautilus_crds::Distribution::K3s;
         let k3s = enclave_config(&nm).expect("config");
         assert_eq!(k3s.control_plane.distribution, "k3s");
         let json = serde_json::to_string(&k3s).expect("json");
         assert!(!json.contains("distribution"), "default omitted: {json}");
+        assert!(!json.contains("memoryMiB"), "k3s carries no budget: {json}");
         nm.spec.control_plane.distribution = nautilus_crds::Distribution::Kubernetes;
         let kubernetes = enclave_config(&nm).expect("config");
         assert_eq!(kubernetes.control_plane.distribution, "kubernetes");
+        assert_eq!(
+            kubernetes.control_plane.memory_mib,
+            Some(nm.spec.enclave.memory_mib),
+            "the budget is measured"
+        );
         assert_ne!(
             k3s.digest(),
             kubernetes.digest(),

@@ -33,6 +33,8 @@ fn mk_nm() -> NautilusMaster {
             "pcr0": pcr(0x10), "pcr1": pcr(0x11), "pcr2": pcr(0x12), "pcr8": pcr(0x18),
         },
         "auth": { "suiRpcURL": "https://127.0.0.1:9" },
+        // The stand-in plays `k3s`; `kubernetes` (the default) needs the real binaries.
+        "controlPlane": { "distribution": "k3s" },
         "health": { "probeIntervalSeconds": 1, "startupTimeoutSeconds": 60 },
         "attestation": { "allowSimulated": true },
     }))

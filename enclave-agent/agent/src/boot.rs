@@ -33,8 +33,8 @@ use tracing::{info, warn};
 use crate::auth::{self, AuthError};
 use crate::budget::{AgentBudgets, Counters};
 use crate::client::ClientError;
-use crate::control_plane::{ControlPlane, KubernetesPlan};
-use crate::flags::{self, ComponentPorts, Distribution, FlagsError};
+use crate::control_plane::{ComponentEnv, ControlPlane, KubernetesPlan};
+use crate::flags::{self, ComponentPorts, Distribution, Flags, FlagsError};
 use crate::k3s::{self, K3sError};
 use crate::kubelet_egress::{self, KubeletEgress};
 use crate::kubernetes::{self, Binaries, KubernetesError, Readiness};
@@ -155,6 +155,9 @@ pub struct BootOptions {
     pub restart_backoff: Duration,
     /// Limits on what reaches the agent from outside ([`crate::budget`]).
     pub budgets: AgentBudgets,
+    /// The `kubernetes` distribution's flag profile ([`flags::Profile::Lean`] but in the
+    /// benchmark's comparison).
+    pub profile: flags::Profile,
 }
 
 /// Where the control plane's processes are recorded (pid and start time, one file per
@@ -255,6 +258,7 @@ impl Booted {
         if options.egress_proxy.is_some() {
             flags::with_kubelet_egress(&mut spec, &egress_selector_path)?;
         }
+        let tuning = flags::tuning(cp, options.profile)?;
         let rendered = k3s::render_config(&config, &spec)?;
         let counters = Arc::new(Counters::default());
         let authenticator = auth::authenticator(
@@ -380,20 +384,32 @@ impl Booted {
         supervisor_config.records = Some(process_records(&options.work_dir));
         let control_plane = match (distribution, readiness) {
             (Distribution::Kubernetes, Some(readiness)) => {
-                let argv = flags::as_argv;
+                // The profile's trims over the base flags; they name no flag the spec sets.
+                let argv = |base: Flags, trims: &Flags| flags::as_argv(&flags::merge(&base, trims));
                 ControlPlane::kubernetes(KubernetesPlan {
                     binaries: options.kubernetes_binaries.clone(),
-                    etcd: argv(&kubernetes::etcd_flags(&layout, &options.ports)),
-                    apiserver: argv(&kubernetes::apiserver_flags(
-                        &config,
-                        &spec,
-                        &layout,
-                        &options.ports,
-                    )),
-                    scheduler: argv(&kubernetes::scheduler_flags(&spec, &layout)),
-                    controller_manager: argv(&kubernetes::controller_manager_flags(
-                        &config, &spec, &layout,
-                    )),
+                    etcd: argv(
+                        kubernetes::etcd_flags(&layout, &options.ports),
+                        &tuning.etcd,
+                    ),
+                    apiserver: argv(
+                        kubernetes::apiserver_flags(&config, &spec, &layout, &options.ports),
+                        &tuning.apiserver,
+                    ),
+                    scheduler: argv(
+                        kubernetes::scheduler_flags(&spec, &layout),
+                        &tuning.scheduler,
+                    ),
+                    controller_manager: argv(
+                        kubernetes::controller_manager_flags(&config, &spec, &layout),
+                        &tuning.controller_manager,
+                    ),
+                    env: ComponentEnv {
+                        etcd: tuning.etcd_env,
+                        apiserver: tuning.apiserver_env,
+                        scheduler: tuning.scheduler_env,
+                        controller_manager: tuning.controller_manager_env,
+                    },
                     readiness,
                     template: supervisor_config,
                 })

@@ -169,6 +169,16 @@ pub struct Args {
     /// Limits on what reaches the agent from outside.
     #[command(flatten)]
     pub budgets: BudgetFlags,
+    /// The `kubernetes` distribution's flag profile: `lean` (what ships) or `stock` (only what
+    /// the components need to run; the benchmark's comparison, `nautilus-plane-bench`).
+    #[arg(
+        long,
+        value_enum,
+        env = "NAUTILUS_AGENT_FLAGS_PROFILE",
+        default_value = "lean",
+        hide = true
+    )]
+    pub flags_profile: crate::flags::Profile,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -286,6 +296,7 @@ impl Args {
             sui_ca_file,
             scheduler_port,
             controller_manager_port,
+            flags_profile,
             etcd_client_port,
             etcd_peer_port,
             budgets,
@@ -358,6 +369,7 @@ impl Args {
                 kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
                 restart_backoff: Duration::from_secs(1),
                 budgets: budgets.budgets(),
+                profile: flags_profile,
             },
         });
         let result = tokio::select! {

@@ -39,10 +39,25 @@ pub struct KubernetesPlan {
     pub scheduler: Vec<String>,
     /// kube-controller-manager's arguments.
     pub controller_manager: Vec<String>,
+    /// Each component's environment ([`crate::flags::Tuning`]: the Go runtime's limits).
+    pub env: ComponentEnv,
     /// What is checked between the steps.
     pub readiness: Readiness,
     /// The supervisors' restart delay and grace, as for the `k3s` distribution.
     pub template: SupervisorConfig,
+}
+
+/// Environment variables per component of the `kubernetes` distribution.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentEnv {
+    /// etcd's.
+    pub etcd: crate::flags::Env,
+    /// kube-apiserver's.
+    pub apiserver: crate::flags::Env,
+    /// kube-scheduler's.
+    pub scheduler: crate::flags::Env,
+    /// kube-controller-manager's.
+    pub controller_manager: crate::flags::Env,
 }
 
 struct Member {
@@ -110,8 +125,8 @@ impl ControlPlane {
     }
 
     /// Start the `kubernetes` distribution: etcd, then kube-apiserver once etcd is healthy,
-    /// then the tier bindings and the scheduler and controller manager once the API server is
-    /// ready; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
+    /// then the scheduler and controller manager once the API server is ready, and the tier
+    /// bindings while they start; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
     pub fn kubernetes(plan: KubernetesPlan) -> Self {
         let members: Members = Arc::new(Mutex::new(Vec::new()));
         let added = Arc::new(Notify::new());
@@ -170,11 +185,15 @@ impl ControlPlane {
 }
 
 async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
-    let start = |name: &'static str, command: &std::path::Path, args: &[String]| {
+    let start = |name: &'static str,
+                 command: &std::path::Path,
+                 args: &[String],
+                 env: &crate::flags::Env| {
         let mut config = plan.template.clone();
         config.name = name.into();
         config.command = command.to_path_buf();
         config.args = args.to_vec();
+        config.env.extend(env.iter().cloned());
         let members = Arc::clone(&members);
         let added = Arc::clone(&added);
         async move {
@@ -186,28 +205,35 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
         }
     };
     let r = &plan.readiness;
-    start(ETCD, &plan.binaries.etcd, &plan.etcd).await;
+    let env = &plan.env;
+    start(ETCD, &plan.binaries.etcd, &plan.etcd, &env.etcd).await;
     kubernetes::wait_for("etcd healthy", || r.etcd_healthy()).await;
     start(
         KUBE_APISERVER,
         &plan.binaries.kube_apiserver,
         &plan.apiserver,
+        &env.apiserver,
     )
     .await;
     kubernetes::wait_for("kube-apiserver ready", || r.api_ready()).await;
-    kubernetes::wait_for("tier groups bound", || r.apply_rbac()).await;
+    // The scheduler and controller manager need the API server's own bootstrap RBAC (which
+    // `/readyz` waits for), not the tier groups' bindings: they start at once and the bindings
+    // are applied while they start (well before either is healthy, so before Ready).
     start(
         KUBE_SCHEDULER,
         &plan.binaries.kube_scheduler,
         &plan.scheduler,
+        &env.scheduler,
     )
     .await;
     start(
         KUBE_CONTROLLER_MANAGER,
         &plan.binaries.kube_controller_manager,
         &plan.controller_manager,
+        &env.controller_manager,
     )
     .await;
+    kubernetes::wait_for("tier groups bound", || r.apply_rbac()).await;
     info!("all components started");
     // Kubelets joining later get their serving certificates through this approver; it runs
     // until the control plane stops (the launcher task is aborted then).

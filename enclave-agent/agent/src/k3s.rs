@@ -418,6 +418,7 @@ pub(crate) mod tests {
                     "demo.default.svc.cluster.local".into(),
                 ],
                 advertise_address: Some("192.0.2.10".into()),
+                memory_mib: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://fullnode.testnet.sui.io:443".into(),
@@ -592,6 +593,9 @@ tls-san:
             log_format,
             tls_sans,
             advertise_address,
+            // The `kubernetes` distribution's budget (`crate::flags::budget`); K3s is one
+            // process and its configurations never carry it.
+            memory_mib: _,
         } = &config.control_plane;
         assert_eq!(yaml["bind-address"].as_str(), Some(bind_address.as_str()));
         assert_eq!(

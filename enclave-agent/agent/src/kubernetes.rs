@@ -2,8 +2,9 @@
 //! kube-controller-manager from the enclave image, started by the agent in order.
 //!
 //! ```text
-//! etcd ──/health──► kube-apiserver ──/readyz──► tier RBAC ──► kube-scheduler
-//!                                                          └─► kube-controller-manager
+//! etcd ──/health──► kube-apiserver ──/readyz──► kube-scheduler
+//!                                            ├─► kube-controller-manager
+//!                                            └─► tier RBAC (while they start)
 //! ```
 //!
 //! The files sit where K3s keeps its own (`<dataDir>/server/tls`, `…/cred`, `…/db/etcd`), with
@@ -15,9 +16,10 @@
 //! server listening on `bindAddress:httpsPort` itself rather than behind K3s' supervisor.
 //!
 //! A scheduler or controller manager started before the API server has bootstrapped its RBAC
-//! exits (`forbidden`), so they start only after `/readyz` answered 200 and the tier groups'
-//! ClusterRoleBindings ([`crate::k3s::GROUP_BINDINGS`]) were applied with the agent's own
-//! `system:masters` client certificate. Each process then has its own supervisor with the
+//! exits (`forbidden`), so they start only after `/readyz` answered 200 (polled 50 ms after
+//! the start, then half as long again each time up to 500 ms); the tier groups'
+//! ClusterRoleBindings ([`crate::k3s::GROUP_BINDINGS`]) are applied with the agent's own
+//! `system:masters` client certificate while they start. Each process then has its own supervisor with the
 //! restart policy of the `k3s` distribution.
 
 use std::path::{Path, PathBuf};
@@ -588,7 +590,9 @@ impl Readiness {
     }
 }
 
-/// Poll `check` every 200 ms until it passes; log its reason now and then.
+/// Poll `check` until it passes, 50 ms after the first try, then half as long again each time up
+/// to 500 ms ([`crate::reporter::next_startup_pause`]): a component is seen ready within a
+/// fraction of its own start time. Its reason is logged now and then.
 pub async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -596,6 +600,7 @@ where
 {
     let started = tokio::time::Instant::now();
     let mut last_log = started;
+    let mut pause = crate::reporter::STARTUP_PROBE_FIRST;
     loop {
         match check().await {
             Ok(()) => {
@@ -608,7 +613,8 @@ where
             }
             Err(_) => {}
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(pause).await;
+        pause = crate::reporter::next_startup_pause(pause, crate::reporter::STARTUP_PROBE_MAX);
     }
 }
 

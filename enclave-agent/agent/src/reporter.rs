@@ -8,6 +8,10 @@
 //! report_now (new link) ─┘                            startup_timed_out } ─► sign ─► watch
 //! ```
 //!
+//! The ticker runs at the probe interval once every component was healthy since the latest
+//! start; before that (a boot, a restart) it probes after 50 ms, then half as long again each
+//! round up to 500 ms, so a report says "healthy" within a fraction of a second of the fact.
+//!
 //! The latest signed report sits in a `watch`: each control connection subscribes and streams
 //! what follows; a report nobody reads is simply replaced by the next.
 
@@ -118,6 +122,23 @@ impl StartupWatch {
         }
         self.timed_out
     }
+
+    /// Whether every component was healthy since the latest start.
+    pub fn settled(&self) -> bool {
+        self.healthy_since_start
+    }
+}
+
+/// The first pause between probe rounds while the control plane starts (before every component
+/// was healthy since its latest start): a boot is seen healthy within this of the moment it is.
+pub const STARTUP_PROBE_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause while starting; the probe interval takes over once all were healthy.
+pub const STARTUP_PROBE_MAX: Duration = Duration::from_millis(500);
+
+/// The pause after `previous` while starting: half as long again, at most
+/// [`STARTUP_PROBE_MAX`] and the probe interval.
+pub fn next_startup_pause(previous: Duration, interval: Duration) -> Duration {
+    (previous * 3 / 2).min(STARTUP_PROBE_MAX).min(interval)
 }
 
 async fn report_loop(
@@ -126,29 +147,46 @@ async fn report_loop(
     report_now: Arc<Notify>,
 ) {
     let mut sequence: u64 = 0;
-    let mut ticker = tokio::time::interval(r.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first round at once; then every interval, or at the startup pauses while starting.
+    let mut next = tokio::time::Instant::now();
+    let mut pause = STARTUP_PROBE_FIRST;
     let mut components: Vec<ComponentReport> = Vec::new();
     let mut startup = StartupWatch::default();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => components = r.prober.round().await,
+        let probed = tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                components = r.prober.round().await;
+                true
+            }
             changed = r.process.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 // The process started or ended: look again now rather than at the next tick.
                 components = r.prober.round().await;
+                pause = STARTUP_PROBE_FIRST;
+                true
             }
             () = report_now.notified() => {
                 if components.is_empty() {
                     components = r.prober.round().await;
                 }
+                false
             }
-        }
+        };
         let mut process = r.process.borrow_and_update().clone();
         let now = unix_ms();
         process.startup_timed_out = startup.observe(&process, &components, r.startup_timeout, now);
+        if probed {
+            next = tokio::time::Instant::now()
+                + if startup.settled() {
+                    r.interval
+                } else {
+                    let this = pause;
+                    pause = next_startup_pause(pause, r.interval);
+                    this
+                };
+        }
         sequence += 1;
         let report = Report {
             sequence,
@@ -206,5 +244,24 @@ mod tests {
         process.started_unix_ms = Some(40_000);
         assert!(!watch.observe(&process, &round(false), timeout, 45_000));
         assert!(watch.observe(&process, &round(false), timeout, 50_001));
+    }
+
+    #[test]
+    fn startup_probes_back_off_from_fine_to_the_interval() {
+        let interval = Duration::from_secs(10);
+        let mut pause = STARTUP_PROBE_FIRST;
+        let mut seen = vec![pause];
+        while pause < STARTUP_PROBE_MAX {
+            pause = next_startup_pause(pause, interval);
+            seen.push(pause);
+        }
+        assert_eq!(seen[1], Duration::from_millis(75));
+        assert_eq!(*seen.last().expect("some"), STARTUP_PROBE_MAX);
+        assert!(seen.len() < 10, "{seen:?}");
+        // Never longer than a short probe interval.
+        assert_eq!(
+            next_startup_pause(STARTUP_PROBE_MAX, Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
     }
 }

@@ -127,6 +127,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                 log_format: "text".into(),
                 tls_sans: Vec::new(),
                 advertise_address: None,
+                memory_mib: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: format!("https://localhost:{}", node.port()),

@@ -57,6 +57,7 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
             log_format: "text".into(),
             tls_sans: Vec::new(),
             advertise_address: None,
+            memory_mib: None,
         },
         auth: AuthConfig {
             sui_rpc_url: sui_rpc_url.into(),
@@ -526,6 +527,101 @@ async fn seal_tokens_and_tiers_on_a_real_kubernetes_control_plane() {
         killed.elapsed()
     );
 
+    fx.shutdown().await;
+}
+
+/// What users expect `kubectl api-resources` to list on a workload cluster, one resource per
+/// API group (core, apps, batch, networking, RBAC, policy, coordination, discovery, storage,
+/// CRDs, events, autoscaling), and what joined kubelets, admission webhooks (Argo CD's, say)
+/// and the scheduler use besides.
+const EXPECTED_RESOURCES: &[&str] = &[
+    "pods",
+    "services",
+    "configmaps",
+    "secrets",
+    "namespaces",
+    "nodes",
+    "serviceaccounts",
+    "persistentvolumeclaims",
+    "deployments.apps",
+    "statefulsets.apps",
+    "daemonsets.apps",
+    "replicasets.apps",
+    "jobs.batch",
+    "cronjobs.batch",
+    "ingresses.networking.k8s.io",
+    "networkpolicies.networking.k8s.io",
+    "ingressclasses.networking.k8s.io",
+    "roles.rbac.authorization.k8s.io",
+    "clusterrolebindings.rbac.authorization.k8s.io",
+    "poddisruptionbudgets.policy",
+    "leases.coordination.k8s.io",
+    "endpointslices.discovery.k8s.io",
+    "storageclasses.storage.k8s.io",
+    "csidrivers.storage.k8s.io",
+    "volumeattachments.storage.k8s.io",
+    "customresourcedefinitions.apiextensions.k8s.io",
+    "events.events.k8s.io",
+    "horizontalpodautoscalers.autoscaling",
+    "certificatesigningrequests.certificates.k8s.io",
+    "validatingwebhookconfigurations.admissionregistration.k8s.io",
+    "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+    "priorityclasses.scheduling.k8s.io",
+    "runtimeclasses.node.k8s.io",
+    "tokenreviews.authentication.k8s.io",
+    "subjectaccessreviews.authorization.k8s.io",
+    "apiservices.apiregistration.k8s.io",
+];
+
+/// The lean profile (what ships) serves every API group a workload cluster uses: `kubectl
+/// api-resources` against the real kube-apiserver the agent started, with the agent's own admin
+/// kubeconfig.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lean_api_server_serves_what_a_workload_cluster_expects() {
+    let Some(assets) =
+        kubernetes_assets_or_skip("the_lean_api_server_serves_what_a_workload_cluster_expects")
+    else {
+        return;
+    };
+    let Some(kubectl) = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+    else {
+        assert!(
+            std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
+            "NAUTILUS_E2E_REQUIRE=1 but kubectl is missing"
+        );
+        println!("skipped: the_lean_api_server_serves_what_a_workload_cluster_expects: no kubectl");
+        return;
+    };
+    let fx = Fixture::start(&assets, &[]).await;
+    let kubeconfig = fx.dir.path().join("data/server/cred/admin.kubeconfig");
+    let output = std::process::Command::new(kubectl)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["api-resources", "--no-headers", "-o", "name"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("kubectl runs");
+    let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl api-resources: {}{listed}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let names: std::collections::BTreeSet<&str> = listed.lines().map(str::trim).collect();
+    let missing: Vec<&&str> = EXPECTED_RESOURCES
+        .iter()
+        .filter(|r| !names.contains(**r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not served: {missing:?}; listed:\n{listed}"
+    );
+    println!(
+        "measured: kubectl api-resources lists {} resources",
+        names.len()
+    );
     fx.shutdown().await;
 }
 

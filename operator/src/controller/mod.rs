@@ -1209,6 +1209,9 @@ mod tests {
         };
         let mut nm = with_finalizer(mk_sim_nm());
         nm.spec.health.probe_interval_seconds = 1;
+        // The stand-in plays `k3s` (one process); `kubernetes`, the default, needs the real
+        // binaries, which the e2e suite and the agent's real-control-plane tests run.
+        nm.spec.control_plane.distribution = nautilus_crds::Distribution::K3s;
         let work = std::env::temp_dir().join(format!("nautilus-op-loop-{}", std::process::id()));
         let (client, mut server) = api_server();
         let ctx = Arc::new(Context::new(

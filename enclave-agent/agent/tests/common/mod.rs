@@ -170,6 +170,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                 log_format: "text".into(),
                 tls_sans: Vec::new(),
                 advertise_address: None,
+                memory_mib: None,
             },
             auth: AuthConfig {
                 sui_rpc_url: "https://127.0.0.1:1".into(),

@@ -272,6 +272,13 @@ pub struct ControlPlaneConfig {
     /// from the canonical JSON when unset, so configurations without it keep their digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<String>,
+    /// The enclave's memory in MiB (`spec.enclave.memoryMiB`) for the `kubernetes`
+    /// distribution: the agent derives each component's Go memory limit and etcd's quota from
+    /// it. Absent from the canonical JSON when unset (the `k3s` distribution, configurations
+    /// from before the field), so their digest does not move; without it the components run
+    /// without limits.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "memoryMiB")]
+    pub memory_mib: Option<u32>,
 }
 
 /// Go's cipher-suite names that the control-plane components accept (`crypto/tls` secure and

@@ -45,6 +45,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             log_format: "json".to_owned(),
             tls_sans: Vec::new(),
             advertise_address: None,
+            memory_mib: None,
         },
         auth: AuthConfig {
             sui_rpc_url: "https://fullnode.testnet.sui.io:443".to_owned(),

@@ -180,6 +180,7 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
             probe_interval_seconds: nm.spec.health.probe_interval_seconds,
             startup_timeout_seconds: nm.spec.health.startup_timeout_seconds,
         },
+        state: None,
     })
 }
 

@@ -593,6 +593,7 @@ impl FakeEnclave {
                 pid: Some(7),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

@@ -351,6 +351,7 @@ mod tests {
                 running: true,
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

@@ -132,6 +132,14 @@ pub struct EnclaveConfig {
     pub auth: AuthConfig,
     /// Health probing.
     pub health: HealthConfig,
+    /// Sealed state: absent means nothing is kept across restarts (and the digest of
+    /// configurations without it does not move).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::state::checked_state"
+    )]
+    pub state: Option<super::state::StateConfig>,
 }
 
 /// The control plane's settings (see the CRD's `spec.controlPlane`).

@@ -143,6 +143,59 @@ pub struct Report {
     pub components: Vec<ComponentReport>,
     /// The control-plane process.
     pub control_plane: ProcessState,
+    /// Sealed state: what was restored and the last snapshot. Absent when the configuration
+    /// keeps no state, so reports from before the field still parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateReport>,
+}
+
+/// The sealed state as the agent reports it (signed with the rest of the report).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateReport {
+    /// What the boot started from.
+    pub restored: Restored,
+    /// The last snapshot sealed and handed to the sidecar, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<LastSnapshot>,
+    /// The last snapshot failure (one line), cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What a boot started from. A host may offer an older snapshot than the newest (a rollback):
+/// the sequence and time here are how a user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Restored {
+    /// Whether a snapshot was restored; `false`: "fresh: no snapshot offered".
+    pub from_snapshot: bool,
+    /// The restored snapshot's sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// When it was taken (Unix milliseconds, the sealing enclave's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_unix_ms: Option<u64>,
+    /// The resource UID it was sealed for (differs from this resource's after a migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_uid: Option<String>,
+    /// Whether the CAs were made afresh (`caGeneration` rose) rather than restored.
+    #[serde(default)]
+    pub cas_rotated: bool,
+}
+
+/// The last snapshot the agent sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LastSnapshot {
+    /// Its sequence (continues from the restored one).
+    pub sequence: u64,
+    /// When it was taken (Unix milliseconds).
+    pub taken_unix_ms: u64,
+    /// Its sealed size.
+    pub bytes: u64,
+    /// How long taking and sealing it took.
+    pub duration_ms: u64,
 }
 
 impl Report {
@@ -364,6 +417,7 @@ mod tests {
                 pid: Some(42),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

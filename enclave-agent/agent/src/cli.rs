@@ -113,6 +113,11 @@ pub struct Args {
     /// etcd for the `kubernetes` distribution, when not `<kubernetes-bin-dir>/etcd`.
     #[arg(long, env = "NAUTILUS_AGENT_ETCD_COMMAND")]
     pub etcd_command: Option<PathBuf>,
+    /// etcdctl, for sealed state's snapshots [default: `<kubernetes-bin-dir>/etcdctl` if it
+    /// exists, else `etcdctl` on PATH]. `etcdutl` (etcd ≥ 3.5) is looked for beside it and on
+    /// PATH, and restores with `--bump-revision`; without it Debian's 3.4 etcdctl restores.
+    #[arg(long, env = "NAUTILUS_AGENT_ETCDCTL_COMMAND")]
+    pub etcdctl_command: Option<PathBuf>,
     /// An argument of the `k3s` distribution's program; repeatable (default `server` for k3s).
     #[arg(
         long = "control-plane-arg",
@@ -190,6 +195,7 @@ impl Args {
             control_plane_command,
             kubernetes_bin_dir,
             etcd_command,
+            etcdctl_command,
             control_plane_arg,
             work_dir,
             socket_dir,
@@ -261,6 +267,23 @@ impl Args {
                 },
                 kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
                 restart_backoff: Duration::from_secs(1),
+                state: {
+                    let etcdctl = etcdctl_command.unwrap_or_else(|| {
+                        let beside = kubernetes_bin_dir.join("etcdctl");
+                        if beside.is_file() {
+                            beside
+                        } else {
+                            PathBuf::from("etcdctl")
+                        }
+                    });
+                    crate::state::StateOptions {
+                        // The KMS client (nautilus-kms) is wired here once it exists; until
+                        // then a configuration with `state` is refused with that reason.
+                        key_sources: None,
+                        etcdutl: crate::state::etcd::find_etcdutl(&etcdctl),
+                        etcdctl,
+                    }
+                },
             },
         });
         let result = tokio::select! {

@@ -37,6 +37,8 @@ pub struct ReporterConfig {
     pub interval: Duration,
     /// How long the components have to become healthy after each start.
     pub startup_timeout: Duration,
+    /// The sealed state's part of each report, when the configuration keeps state.
+    pub state: Option<watch::Receiver<nautilus_protocol::wire::StateReport>>,
 }
 
 /// The running reporter task.
@@ -153,7 +155,7 @@ async fn report_loop(
             boot_config_digest: r.digest_hex.clone(),
             components: components.clone(),
             control_plane: process,
-            state: None,
+            state: r.state.as_ref().map(|s| s.borrow().clone()),
         };
         debug!(sequence, healthy = report.all_healthy(), "report");
         if report.control_plane.startup_timed_out && !report.all_healthy() {

@@ -75,6 +75,7 @@ struct State {
     link_up: bool,
     enclave: EnclaveInfo,
     boot_refused: Option<String>,
+    state_refused: Option<String>,
 }
 
 /// Evidence shared by the link (which writes it) and the HTTP API (which reads it).
@@ -114,6 +115,7 @@ impl Evidence {
                 link_up: false,
                 enclave: EnclaveInfo::default(),
                 boot_refused: None,
+                state_refused: None,
             }),
         };
         (evidence, rx)
@@ -161,8 +163,12 @@ impl Evidence {
             tracing::warn!(digest = %refused.config_digest, "a refusal of another configuration; ignored");
             return;
         }
-        tracing::warn!(reason = %refused.reason, "the agent refused the boot configuration");
-        self.lock().boot_refused = Some(refused.reason);
+        tracing::warn!(reason = %refused.reason, state = refused.state, "the agent refused the boot configuration");
+        let mut state = self.lock();
+        if refused.state {
+            state.state_refused = Some(refused.reason.clone());
+        }
+        state.boot_refused = Some(refused.reason);
     }
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
@@ -310,6 +316,7 @@ impl Evidence {
             report: state.report.clone(),
             enclave: state.enclave.clone(),
             boot_refused: state.boot_refused.clone(),
+            state_refused: state.state_refused.clone(),
         }
     }
 }

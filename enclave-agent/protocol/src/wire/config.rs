@@ -77,6 +77,10 @@ pub struct BootRefused {
     /// Why, one line of at most [`MAX_REFUSAL_BYTES`] bytes.
     #[serde(deserialize_with = "refusal_reason")]
     pub reason: String,
+    /// Whether the sealed state is what was refused (a snapshot that failed a check, a key
+    /// KMS refused), rather than the configuration's values. Absent when `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub state: bool,
 }
 
 impl BootRefused {
@@ -94,6 +98,7 @@ impl BootRefused {
         Self {
             config_digest: config.digest_hex(),
             reason: line,
+            state: false,
         }
     }
 }

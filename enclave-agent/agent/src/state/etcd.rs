@@ -97,11 +97,25 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 async fn run(program: &Path, args: &[String], action: &'static str) -> Result<Vec<u8>, EtcdError> {
+    run_with_input(program, args, action, None).await
+}
+
+async fn run_with_input(
+    program: &Path,
+    args: &[String],
+    action: &'static str,
+    input: Option<Vec<u8>>,
+) -> Result<Vec<u8>, EtcdError> {
+    use tokio::io::AsyncWriteExt as _;
     let tool = program.display().to_string();
-    let child = Command::new(program)
+    let mut child = Command::new(program)
         .args(args)
         .env("ETCDCTL_API", "3")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -110,6 +124,16 @@ async fn run(program: &Path, args: &[String], action: &'static str) -> Result<Ve
             tool: tool.clone(),
             source,
         })?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(&input)
+            .await
+            .map_err(|source| EtcdError::Spawn {
+                tool: tool.clone(),
+                source,
+            })?;
+        // Dropping stdin closes it: the tool sees the end of its input.
+    }
     let output = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| EtcdError::TimedOut {
@@ -212,6 +236,44 @@ impl Etcdctl {
         let mut args = self.connection();
         args.extend(["put".into(), key.into(), value.into()]);
         run(&self.etcdctl, &args, "put").await.map(|_| ())
+    }
+
+    /// Put many keys, 100 per transaction (etcd's default `--max-txn-ops` is 128). Keys and
+    /// values must be single tokens without spaces or quotes (tests and the benchmark).
+    pub async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), EtcdError> {
+        for batch in pairs.chunks(100) {
+            // `etcdctl txn` reads: compares, a blank line, success ops, a blank line, failure
+            // ops, a blank line.
+            let mut script = String::from("\n");
+            for (key, value) in batch {
+                script.push_str(&format!("put {key} {value}\n"));
+            }
+            script.push_str("\n\n");
+            let mut args = self.connection();
+            args.push("txn".into());
+            run_with_input(&self.etcdctl, &args, "txn", Some(script.into_bytes())).await?;
+        }
+        Ok(())
+    }
+
+    /// The number of keys under `prefix`.
+    pub async fn count(&self, prefix: &str) -> Result<u64, EtcdError> {
+        let mut args = self.connection();
+        args.extend([
+            "get".into(),
+            prefix.into(),
+            "--prefix".into(),
+            "--keys-only".into(),
+            "--limit=1".into(),
+            "--write-out=json".into(),
+        ]);
+        let out = run(&self.etcdctl, &args, "get").await?;
+        let status: serde_json::Value =
+            serde_json::from_slice(&out).map_err(|e| EtcdError::Status(e.to_string()))?;
+        Ok(status
+            .get("count")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0))
     }
 
     /// The value of `key`, if it exists.

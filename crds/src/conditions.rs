@@ -22,6 +22,17 @@ pub mod types {
     /// Every other condition is `True`: the control plane is attested and serving.
     pub const READY: &str = "Ready";
 
+    /// Only with `spec.state`: the enclave restored its sealed state (or found none to restore
+    /// and started empty) before it started the control plane.
+    pub const STATE_RESTORED: &str = "StateRestored";
+    /// Only with `spec.state`: the enclave sealed a snapshot within the last two backup
+    /// intervals, and the host stored it.
+    pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+
+    /// The condition types of sealed state, maintained only when `spec.state` is set. `Ready`
+    /// does not wait for them: a control plane serves while its backups fail, and says so.
+    pub const STATE: [&str; 2] = [STATE_RESTORED, BACKUP_HEALTHY];
+
     /// Every condition type the operator maintains.
     pub const ALL: [&str; 6] = [
         ENCLAVE_RUNNING,
@@ -63,6 +74,23 @@ pub mod reasons {
     pub const UNHEALTHY: &str = "Unhealthy";
     /// The control plane did not become healthy within `spec.health.startupTimeoutSeconds`.
     pub const START_TIMEOUT: &str = "StartTimeout";
+    /// The enclave restored a sealed snapshot; the message gives its sequence, time and
+    /// resource.
+    pub const RESTORED: &str = "Restored";
+    /// No snapshot was offered, so the enclave started an empty cluster. On a first start this
+    /// is expected; after one, it means the host withheld the snapshots.
+    pub const NO_SNAPSHOT: &str = "NoSnapshot";
+    /// The offered snapshot failed a check (integrity, resource, measurements) and nothing was
+    /// started from it; the message says which.
+    pub const SNAPSHOT_REJECTED: &str = "SnapshotRejected";
+    /// KMS refused to release the data key to this enclave (its key policy does not allow the
+    /// attested measurements, or the credentials may not call it).
+    pub const KEY_REFUSED: &str = "KeyRefused";
+    /// A snapshot was sealed within the last two backup intervals.
+    pub const SNAPSHOT_CURRENT: &str = "SnapshotCurrent";
+    /// The newest snapshot is older than two backup intervals, or the last one failed; the
+    /// message says why.
+    pub const SNAPSHOT_STALE: &str = "SnapshotStale";
     /// Every condition is `True`.
     pub const ALL_READY: &str = "AllReady";
     /// At least one condition is not `True`; the message names it.
@@ -71,7 +99,9 @@ pub mod reasons {
 
 /// Reasons after which the resource will not become ready without a change by a person
 /// (a new spec, a new image): tools such as Argo CD report these as Degraded, not Progressing.
-pub const TERMINAL_REASONS: [&str; 5] = [
+pub const TERMINAL_REASONS: [&str; 7] = [
+    reasons::SNAPSHOT_REJECTED,
+    reasons::KEY_REFUSED,
     reasons::ATTESTATION_FAILED,
     reasons::REPORT_SIGNATURE_INVALID,
     reasons::START_TIMEOUT,

@@ -620,6 +620,7 @@ impl FakeEnclave {
                 last_exit: None,
             },
             boot_refused: None,
+            boot_refused_kind: None,
         }
     }
 }

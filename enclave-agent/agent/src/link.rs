@@ -196,9 +196,12 @@ impl Agent {
             Err(LinkError::Boot(e)) if e.refuses_config() => {
                 // Say why before closing, so the operator can put it in the status; the same
                 // configuration would be refused again, and the sidecar does not resend it.
-                let mut refused = BootRefused::new(&boot.config, &error_chain(&e));
-                refused.state = matches!(e, BootError::State(_));
-                warn!(digest = %refused.config_digest, reason = %refused.reason, "boot configuration refused");
+                let kind = match &e {
+                    BootError::State(state) => state.refusal_kind().unwrap_or_default(),
+                    _ => wire::RefusalKind::Config,
+                };
+                let refused = BootRefused::new(&boot.config, &error_chain(&e)).of_kind(kind);
+                warn!(digest = %refused.config_digest, kind = ?refused.kind, reason = %refused.reason, "boot configuration refused");
                 wire::write_message(&mut writer, &Message::BootRefused(refused)).await?;
                 return Err(LinkError::Boot(e));
             }

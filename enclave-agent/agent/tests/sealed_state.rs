@@ -15,6 +15,7 @@ use nautilus_agent::state::etcd::{RestoreTarget, find_etcdutl};
 use nautilus_agent::state::{self, Keeper, Offered, StateError, StateOptions};
 use nautilus_protocol::nsm::SimulatedNsm;
 use nautilus_protocol::sealed::SealError;
+use nautilus_protocol::wire::RefusalKind;
 use support::{RunningEtcd, TestKeys};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +52,7 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
     )
     .await
     .expect("fresh");
-    assert!(!prepared.restored.from_snapshot);
+    assert_eq!(prepared.restored, None);
     assert!(prepared.kept.is_none());
     let material = BootMaterial::generate(&config).expect("material");
     let ports = support::ports();
@@ -105,7 +106,11 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
     )
     .await
     .expect_err("a flipped byte is refused");
-    assert!(err.refuses_boot(), "{err}");
+    assert_eq!(
+        err.refusal_kind(),
+        Some(RefusalKind::SnapshotRejected),
+        "{err}"
+    );
     assert!(
         matches!(
             err,
@@ -184,7 +189,7 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
     )
     .await
     .expect_err("key refused");
-    assert!(err.refuses_boot(), "{err}");
+    assert_eq!(err.refusal_kind(), Some(RefusalKind::KeyRefused), "{err}");
 
     // The real restore, into a fresh data directory.
     let prepared = state::prepare(
@@ -197,9 +202,11 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
     )
     .await
     .expect("restores");
-    assert!(prepared.restored.from_snapshot);
-    assert_eq!(prepared.restored.sequence, Some(1));
-    assert_eq!(prepared.restored.from_uid.as_deref(), Some("uid-1"));
+    let restored_ref = prepared.restored.clone().expect("restored");
+    assert_eq!(restored_ref.sequence, 1);
+    assert_eq!(restored_ref.resource_uid, "uid-1");
+    assert_eq!(restored_ref.bytes, snapshot.bytes);
+    assert!(!prepared.cas_rotated);
     let kept = prepared.kept.clone().expect("pki");
     assert_eq!(kept.encryption_config.as_deref(), Some(encryption.as_str()));
     let restored = BootMaterial::generate_with(&config, Some(&kept)).expect("material");
@@ -260,7 +267,12 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
     let next = keeper.snapshot_now().await.expect("snapshot");
     assert_eq!(next.sequence, 2);
     assert_eq!(
-        keeper.report().borrow().restored.sequence,
+        keeper
+            .report()
+            .borrow()
+            .restored
+            .as_ref()
+            .map(|r| r.sequence),
         Some(1),
         "the report says what was restored"
     );

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::bounded::LogLimit;
 use nautilus_protocol::wire::{
-    AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
-    ReportVerifier, SignedReport, check_nonce,
+    AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, RefusalKind, Report,
+    ReportError, ReportVerifier, SignedReport, check_nonce,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -75,7 +75,7 @@ struct State {
     link_up: bool,
     enclave: EnclaveInfo,
     boot_refused: Option<String>,
-    state_refused: Option<String>,
+    boot_refused_kind: RefusalKind,
 }
 
 /// Evidence shared by the link (which writes it) and the HTTP API (which reads it).
@@ -115,7 +115,7 @@ impl Evidence {
                 link_up: false,
                 enclave: EnclaveInfo::default(),
                 boot_refused: None,
-                state_refused: None,
+                boot_refused_kind: RefusalKind::Config,
             }),
         };
         (evidence, rx)
@@ -163,12 +163,10 @@ impl Evidence {
             tracing::warn!(digest = %refused.config_digest, "a refusal of another configuration; ignored");
             return;
         }
-        tracing::warn!(reason = %refused.reason, state = refused.state, "the agent refused the boot configuration");
+        tracing::warn!(reason = %refused.reason, "the agent refused the boot configuration");
         let mut state = self.lock();
-        if refused.state {
-            state.state_refused = Some(refused.reason.clone());
-        }
         state.boot_refused = Some(refused.reason);
+        state.boot_refused_kind = refused.kind;
     }
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
@@ -198,6 +196,11 @@ impl Evidence {
                 })
             });
         let mut state = self.lock();
+        // A boot refused for its key (retried) that now attested is no longer refused.
+        if state.boot_refused_kind == RefusalKind::KeyRefused {
+            state.boot_refused = None;
+            state.boot_refused_kind = RefusalKind::Config;
+        }
         state.attestation = Some(evidence);
         match key {
             Ok(key) if state.attested_key.as_ref() == Some(&key) && state.verifier.is_some() => {
@@ -316,7 +319,9 @@ impl Evidence {
             report: state.report.clone(),
             enclave: state.enclave.clone(),
             boot_refused: state.boot_refused.clone(),
-            state_refused: state.state_refused.clone(),
+            boot_refused_kind: (state.boot_refused.is_some()
+                && !state.boot_refused_kind.is_config())
+            .then_some(state.boot_refused_kind),
         }
     }
 }

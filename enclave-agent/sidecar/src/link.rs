@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
-    BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh,
+    BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh, RefusalKind,
     SNAPSHOT_CHUNK_BYTES, SnapshotChunk, StateOffer, WireError, read_message_within, write_message,
 };
 use tokio::sync::mpsc;
@@ -36,6 +36,8 @@ use crate::state::{CredentialSource, SnapshotStore, Stored};
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a refused data key the boot is offered again.
+const KEY_REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Longest wait for one connection attempt (a vsock connect to an enclave that is still
@@ -157,6 +159,13 @@ pub async fn run(
                         while nonces.recv().await.is_some() {}
                         return Ok(());
                     }
+                    SessionEnd::KeyRefused => {
+                        // KMS would not release the key: the key policy may be fixed, so the
+                        // same configuration is offered again, slowly (each try is a KMS call).
+                        evidence.metrics().drop_link("key_refused");
+                        warn!(endpoint = %config.endpoint, retry_in = ?KEY_REFUSED_RETRY, "the data key was refused; offering the boot again later");
+                        backoff = KEY_REFUSED_RETRY;
+                    }
                     SessionEnd::Wire(err) => {
                         let reason = drop_reason(&err);
                         evidence.metrics().drop_link(reason);
@@ -185,6 +194,8 @@ pub async fn run(
 
 enum SessionEnd {
     Shutdown,
+    /// KMS refused the data key ([`RefusalKind::KeyRefused`]): tried again after a while.
+    KeyRefused,
     /// The boot configuration was refused (by the agent, or too large to send).
     Refused,
     Wire(WireError),
@@ -267,7 +278,11 @@ async fn session(
                     }
                 },
                 Some(Ok(Message::BootRefused(refused))) => {
+                    let kind = refused.kind;
                     evidence.on_boot_refused(refused);
+                    if kind == RefusalKind::KeyRefused {
+                        return SessionEnd::KeyRefused;
+                    }
                     return SessionEnd::Refused;
                 }
                 Some(Ok(other)) => {

@@ -31,6 +31,7 @@ use super::attestation::Attestation;
 use super::status::{StatusInput, build_status, status_changed, transitions};
 use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, PodSettings};
 use crate::observe::{self, Observed};
+use crate::state;
 use crate::verify::{self, Outcome};
 
 /// An object to apply, stamped with [`desired::APPLIED_HASH_KEY`].
@@ -314,16 +315,15 @@ fn steps(
             (Kubeconfig::Keep, previous.kubeconfig_secret_ref.clone())
         }
     };
+    let (state_observations, state) = state::observe(nm, outcome, seen.bundle, seen.now_ms);
+    let mut observations =
+        observe::observe(nm, &seen.workload.state, seen.bundle, outcome, seen.now_ms);
+    observations.extend(state_observations);
     let status = build_status(
         nm,
         StatusInput {
-            observations: observe::observe(
-                nm,
-                &seen.workload.state,
-                seen.bundle,
-                outcome,
-                seen.now_ms,
-            ),
+            observations,
+            state,
             outcome,
             placement: seen.workload.placement.clone(),
             bundle: seen.bundle,
@@ -541,6 +541,7 @@ mod tests {
             endpoint: None,
             kubeconfig_secret_ref: None,
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
         };
         // No challenge without a sidecar: the plan is its `otherwise` steps alone.
         let pending = |status, events| Plan {
@@ -711,6 +712,7 @@ mod tests {
                 key: "kubeconfig".into(),
             }),
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
         };
         let became = |type_: &str, reason: &str, message: &str| {
             note(
@@ -834,6 +836,7 @@ mod tests {
                 ..running_placement()
             }),
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
             ..NautilusMasterStatus::default()
         };
         assert_eq!(

@@ -31,8 +31,8 @@ use futures::future::BoxFuture;
 use nautilus_protocol::nsm::{Nsm, NsmError};
 use nautilus_protocol::sealed::{self, Opener, SealError, Sealer, SnapshotHeader};
 use nautilus_protocol::wire::{
-    AwsCredentials, EnclaveConfig, KmsConfig, LastSnapshot, MAX_SNAPSHOT_BYTES, Restored,
-    StateConfig, StateReport,
+    AwsCredentials, EnclaveConfig, KmsConfig, MAX_SNAPSHOT_BYTES, MAX_STATE_ERROR_BYTES,
+    RefusalKind, SnapshotRef, StateConfig, StateReport,
 };
 use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
@@ -45,7 +45,7 @@ pub const RECORDED_PCRS: [u16; 6] = [0, 1, 2, 3, 4, 8];
 /// Largest PKI part of a snapshot.
 pub const MAX_PKI_BYTES: usize = 1024 * 1024;
 /// Longest error line in a report.
-const MAX_ERROR_LINE: usize = 512;
+const MAX_ERROR_LINE: usize = MAX_STATE_ERROR_BYTES;
 
 /// A 256-bit data key, zeroed when dropped.
 pub struct DataKey(Box<[u8; 32]>);
@@ -185,14 +185,17 @@ impl StateError {
     /// Otherwise the failure is of this moment (KMS unreachable, a file) and the sidecar's
     /// next connection tries again.
     pub fn refuses_boot(&self) -> bool {
-        matches!(
-            self,
-            Self::Distribution
-                | Self::NoKeySource
-                | Self::Refused { .. }
-                | Self::Pki { .. }
-                | Self::Key(KeyError::Refused(_))
-        )
+        self.refusal_kind().is_some()
+    }
+
+    /// What a refusal of the boot for this error refused, if the boot is refused.
+    pub fn refusal_kind(&self) -> Option<RefusalKind> {
+        match self {
+            Self::Distribution | Self::NoKeySource => Some(RefusalKind::Config),
+            Self::Refused { .. } | Self::Pki { .. } => Some(RefusalKind::SnapshotRejected),
+            Self::Key(KeyError::Refused(_)) => Some(RefusalKind::KeyRefused),
+            _ => None,
+        }
     }
 }
 
@@ -237,8 +240,10 @@ pub struct Prepared {
     pub kept: Option<KeptPki>,
     /// The restored etcd snapshot file, to restore before etcd starts.
     pub etcd_db: Option<(PathBuf, u64)>,
-    /// What the report says was restored.
-    pub restored: Restored,
+    /// What the report says was restored (`None`: a fresh start, no snapshot offered).
+    pub restored: Option<SnapshotRef>,
+    /// Whether the CAs were made afresh (`caGeneration` rose) instead of restored.
+    pub cas_rotated: bool,
     sealing: Sealing,
 }
 
@@ -296,7 +301,8 @@ pub async fn prepare(
         return Ok(Prepared {
             kept: None,
             etcd_db: None,
-            restored: Restored::default(),
+            restored: None,
+            cas_rotated: false,
             sealing: Sealing {
                 key,
                 blob,
@@ -319,6 +325,7 @@ pub async fn prepare(
         .map_err(refused(offered_sequence))?
     };
     let sequence = header.sequence;
+    let sealed_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     header.admits(state, &pcrs).map_err(refused(sequence))?;
     let key = keys.unwrap(&header.ciphertext_blob).await?;
     let db = work_dir
@@ -371,13 +378,13 @@ pub async fn prepare(
     Ok(Prepared {
         kept: Some(kept),
         etcd_db: Some((db, header.etcd_revision)),
-        restored: Restored {
-            from_snapshot: true,
-            sequence: Some(sequence),
-            taken_unix_ms: Some(header.taken_unix_ms),
-            from_uid: Some(header.resource_uid.clone()),
-            cas_rotated,
-        },
+        restored: Some(SnapshotRef {
+            sequence,
+            taken_unix_ms: header.taken_unix_ms,
+            resource_uid: header.resource_uid.clone(),
+            bytes: sealed_bytes,
+        }),
+        cas_rotated,
         sealing: Sealing {
             key,
             blob,
@@ -604,12 +611,12 @@ impl Keeper {
     pub async fn snapshot_now(&self) -> Result<SealedSnapshot, StateError> {
         let result = self.take().await;
         self.report.send_modify(|report| match &result {
-            Ok((snapshot, taken, duration)) => {
-                report.last_snapshot = Some(LastSnapshot {
+            Ok((snapshot, taken, _)) => {
+                report.last_snapshot = Some(SnapshotRef {
                     sequence: snapshot.sequence,
                     taken_unix_ms: *taken,
+                    resource_uid: self.state.resource_uid.clone(),
                     bytes: snapshot.bytes,
-                    duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 });
                 report.last_error = None;
             }

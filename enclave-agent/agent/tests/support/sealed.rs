@@ -88,8 +88,8 @@ pub fn config(dir: &Path, resource_uid: &str) -> EnclaveConfig {
         },
         "health": { "probeIntervalSeconds": 5, "startupTimeoutSeconds": 120 },
         "state": {
-            "resourceUid": resource_uid, "backupIntervalSeconds": 3600, "retain": 3,
-            "caGeneration": 0, "kms": { "keyId": "alias/test", "region": "local" }
+            "resourceUID": resource_uid, "backupIntervalSeconds": 3600, "retain": 3,
+            "caGeneration": 0, "kms": { "keyID": "alias/test", "region": "local" }
         }
     }))
     .expect("config")

@@ -74,8 +74,7 @@ pub struct EvidenceBundle {
     /// will refuse it again. Unsigned, as relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_refused: Option<String>,
-    /// When the refusal is of the sealed state (a snapshot that failed a check, a key KMS
-    /// refused: [`super::BootRefused::state`]), the same reason again; `bootRefused` is set too.
+    /// What [`EvidenceBundle::boot_refused`] refused, when it was not the configuration itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_refused: Option<String>,
+    pub boot_refused_kind: Option<super::RefusalKind>,
 }

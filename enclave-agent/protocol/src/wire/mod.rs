@@ -46,8 +46,9 @@ mod state;
 pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
     AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
-    HealthConfig, JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError,
-    TierConfig, TierIdentity, ZkLoginConfig, check_nonce,
+    HealthConfig, JwkConfig, KmsConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, Measurements,
+    NonceRefresh, NonceSizeError, RefusalKind, StateConfig, TierConfig, TierIdentity,
+    ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{
@@ -55,12 +56,11 @@ pub use frame::{
     WireError, read_message, read_message_within, write_message,
 };
 pub use report::{
-    Component, ComponentReport, LastSnapshot, MAX_REPORT_BYTES, ProcessState, Report, ReportError,
-    ReportSigner, ReportVerifier, Restored, SignedReport, StateReport,
+    Component, ComponentReport, MAX_REPORT_BYTES, MAX_STATE_ERROR_BYTES, ProcessState, Report,
+    ReportError, ReportSigner, ReportVerifier, SignedReport, SnapshotRef, StateReport,
 };
 pub use state::{
-    AwsCredentials, ChunkError, KmsConfig, MAX_ACCEPTED_MEASUREMENTS, MAX_CREDENTIAL_BYTES,
-    MAX_RESTORE_UIDS, MAX_RETAIN, MAX_SNAPSHOT_BYTES, MAX_STATE_STRING, Measurements,
-    OfferedSnapshot, SNAPSHOT_CHUNK_BYTES, SnapshotAssembly, SnapshotChunk, StateConfig,
-    StateConfigError, StateOffer, chunks_of,
+    AwsCredentials, ChunkError, MAX_ACCEPTED_MEASUREMENTS, MAX_CREDENTIAL_BYTES, MAX_RESTORE_UIDS,
+    MAX_RETAIN, MAX_SNAPSHOT_BYTES, MAX_STATE_STRING, OfferedSnapshot, SNAPSHOT_CHUNK_BYTES,
+    SnapshotAssembly, SnapshotChunk, StateConfigError, StateOffer, chunks_of,
 };

@@ -143,59 +143,43 @@ pub struct Report {
     pub components: Vec<ComponentReport>,
     /// The control-plane process.
     pub control_plane: ProcessState,
-    /// Sealed state: what was restored and the last snapshot. Absent when the configuration
-    /// keeps no state, so reports from before the field still parse.
+    /// Sealed state, when the configuration has `state`: absent otherwise, so reports of
+    /// configurations without it are what they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateReport>,
 }
 
-/// The sealed state as the agent reports it (signed with the rest of the report).
+/// Longest [`StateReport::last_error`], in bytes.
+pub const MAX_STATE_ERROR_BYTES: usize = 512;
+
+/// What the enclave restored at its start and the last snapshot it sealed: signed, so the
+/// operator can show a rollback (an older snapshot than the last one sealed) and a stale backup.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateReport {
-    /// What the boot started from.
-    pub restored: Restored,
-    /// The last snapshot sealed and handed to the sidecar, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_snapshot: Option<LastSnapshot>,
-    /// The last snapshot failure (one line), cleared by the next success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The snapshot restored before the control plane started; absent when none was offered
+    /// and the enclave started an empty cluster.
+    pub restored: Option<SnapshotRef>,
+    /// The newest snapshot sealed and handed to the host.
+    pub last_snapshot: Option<SnapshotRef>,
+    /// Why the last snapshot attempt failed, if the last attempt failed (one line, at most
+    /// [`MAX_STATE_ERROR_BYTES`]).
     pub last_error: Option<String>,
 }
 
-/// What a boot started from. A host may offer an older snapshot than the newest (a rollback):
-/// the sequence and time here are how a user sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// One sealed snapshot, as its header names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Restored {
-    /// Whether a snapshot was restored; `false`: "fresh: no snapshot offered".
-    pub from_snapshot: bool,
-    /// The restored snapshot's sequence.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sequence: Option<u64>,
-    /// When it was taken (Unix milliseconds, the sealing enclave's clock).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub taken_unix_ms: Option<u64>,
-    /// The resource UID it was sealed for (differs from this resource's after a migration).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_uid: Option<String>,
-    /// Whether the CAs were made afresh (`caGeneration` rose) rather than restored.
-    #[serde(default)]
-    pub cas_rotated: bool,
-}
-
-/// The last snapshot the agent sealed.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LastSnapshot {
-    /// Its sequence (continues from the restored one).
+pub struct SnapshotRef {
+    /// Sequence number: one more than the snapshot before it, across enclave restarts.
     pub sequence: u64,
-    /// When it was taken (Unix milliseconds).
+    /// When it was taken (Unix milliseconds, enclave clock).
     pub taken_unix_ms: u64,
-    /// Its sealed size.
+    /// UID of the NautilusMaster it was sealed for.
+    #[serde(rename = "resourceUID")]
+    pub resource_uid: String,
+    /// Size of the sealed snapshot in bytes.
     pub bytes: u64,
-    /// How long taking and sealing it took.
-    pub duration_ms: u64,
 }
 
 impl Report {

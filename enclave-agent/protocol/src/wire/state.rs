@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::config::{Measurements, StateConfig};
+
 /// Largest sealed snapshot either side accepts: 1 GiB. etcd's default backend quota is 2 GiB,
 /// but an enclave's control plane with a 1 GiB database has outgrown its memory long before.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -35,50 +37,6 @@ pub const MAX_STATE_STRING: usize = 2048;
 pub const MAX_CREDENTIAL_BYTES: usize = 4096;
 /// Most snapshots a sidecar may be told to keep.
 pub const MAX_RETAIN: u32 = 1000;
-
-/// Sealed state (see the CRD's `spec.state`): what the agent keeps across restarts, under a key
-/// only an enclave the key policy allows can unwrap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StateConfig {
-    /// The resource's UID, bound into every snapshot.
-    pub resource_uid: String,
-    /// Migration: other resources whose snapshots may be restored.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub restore_from_uids: Vec<String>,
-    /// Upgrades: measurements whose snapshots may be restored besides the enclave's own.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accepted_measurements: Vec<Measurements>,
-    /// Seconds between periodic snapshots.
-    pub backup_interval_seconds: u32,
-    /// Snapshots the sidecar keeps.
-    pub retain: u32,
-    /// A person raises it to rotate the CAs; otherwise a restore keeps them.
-    pub ca_generation: u32,
-    /// The KMS key that wraps the data key.
-    pub kms: KmsConfig,
-}
-
-/// A set of PCR values an enclave image measures to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Measurements {
-    /// PCR index → 96 lowercase hex digits (SHA-384).
-    pub pcrs: BTreeMap<u8, String>,
-}
-
-/// The KMS key (see the CRD's `spec.state.kms`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct KmsConfig {
-    /// Key id or ARN.
-    pub key_id: String,
-    /// AWS region.
-    pub region: String,
-    /// An endpoint override (`https://host[:port]`): the local KMS in development.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-}
 
 /// Why a [`StateConfig`] is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -458,7 +416,7 @@ pub fn chunks_of(sequence: u64, bytes: &[u8]) -> Vec<SnapshotChunk> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{EnclaveConfig, Message, read_message, write_message};
+    use crate::wire::{EnclaveConfig, KmsConfig, Message, read_message, write_message};
 
     pub(crate) fn mk_state() -> StateConfig {
         StateConfig {
@@ -485,7 +443,7 @@ mod tests {
         let mut with_state = config.clone();
         with_state.state = Some(mk_state());
         let json = serde_json::to_string(&with_state).expect("json");
-        assert!(json.ends_with(r#""state":{"resourceUid":"6f1c1e57-0000-4000-8000-000000000001","backupIntervalSeconds":300,"retain":3,"caGeneration":0,"kms":{"keyId":"alias/nautilus","region":"eu-west-1"}}}"#), "{json}");
+        assert!(json.ends_with(r#""state":{"resourceUID":"6f1c1e57-0000-4000-8000-000000000001","backupIntervalSeconds":300,"retain":3,"caGeneration":0,"kms":{"keyID":"alias/nautilus","region":"eu-west-1"}}}"#), "{json}");
         assert_ne!(with_state.digest(), config.digest());
         let back: EnclaveConfig = serde_json::from_str(&json).expect("round trip");
         assert_eq!(back, with_state);
@@ -538,7 +496,7 @@ mod tests {
         good.check().expect("good");
         assert!(good.restores_from(&good.resource_uid.clone()));
         assert!(!good.restores_from("other"));
-        let unknown = r#"{"resourceUid":"u","backupIntervalSeconds":1,"retain":1,"caGeneration":0,"kms":{"keyId":"k","region":"r"},"extra":1}"#;
+        let unknown = r#"{"resourceUID":"u","backupIntervalSeconds":1,"retain":1,"caGeneration":0,"kms":{"keyID":"k","region":"r"},"extra":1}"#;
         assert!(serde_json::from_str::<StateConfig>(unknown).is_err());
     }
 

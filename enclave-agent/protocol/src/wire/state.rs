@@ -453,7 +453,8 @@ mod tests {
     fn state_values_are_checked_while_parsing() {
         let before = crate::wire::config::tests::BEFORE_DISTRIBUTION;
         let config: EnclaveConfig = serde_json::from_str(before).expect("parses");
-        let bad: Vec<Box<dyn Fn(&mut StateConfig)>> = vec![
+        type Spoil = Box<dyn Fn(&mut StateConfig)>;
+        let bad: Vec<Spoil> = vec![
             Box::new(|s| s.resource_uid.clear()),
             Box::new(|s| s.resource_uid = "a\nb".into()),
             Box::new(|s| s.backup_interval_seconds = 0),

@@ -136,6 +136,21 @@ for spec in "own|system:node:worker-1|IP:10.213.0.2,DNS:worker-1" \
         -subj "/O=system:nodes/CN=$cn" -addext "subjectAltName=$sans" \
         -out "$here/corpus/kubelet_csr/$name" 2>/dev/null
 done
+# kms_envelope: CMS EnvelopedData as OpenSSL makes it (streaming BER and DER, RSA-OAEP-SHA256
+# and AES-256-CBC as KMS sends them, and OAEP-SHA1 and PKCS#1 v1.5, which are refused).
+mkdir -p "$here/corpus/kms_envelope"
+kms_tmp=$(mktemp -d)
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$kms_tmp/key.pem" -subj /CN=recipient \
+    -days 1 -out "$kms_tmp/cert.pem" 2>/dev/null
+head -c 32 /dev/urandom > "$kms_tmp/data.bin"
+oaep256="-keyopt rsa_padding_mode:oaep -keyopt rsa_oaep_md:sha256 -keyopt rsa_mgf1_md:sha256"
+for spec in "ber|-stream $oaep256" "der|$oaep256" "oaep-sha1|-keyopt rsa_padding_mode:oaep" "pkcs1|"; do
+    IFS='|' read -r name extra <<<"$spec"
+    # shellcheck disable=SC2086 # extra is a list of options
+    openssl cms -encrypt -binary -in "$kms_tmp/data.bin" -aes-256-cbc -recip "$kms_tmp/cert.pem" \
+        -keyid -outform DER -out "$here/corpus/kms_envelope/$name" $extra 2>/dev/null
+done
+rm -rf "$kms_tmp"
 for dir in "$here"/corpus/*/; do
     echo "$(basename "$dir"): $(ls "$dir" | wc -l) seeds"
 done

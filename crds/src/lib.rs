@@ -50,6 +50,9 @@ pub const CRD_PATH: &str = "crds/nautilusmaster.yaml";
 /// Descriptions come from doc comments, whose line breaks are the source's wrapping, not the
 /// text's: `kubectl explain` would break lines mid-sentence. Lines are joined into paragraphs,
 /// as the core types' descriptions read; blank lines stay paragraph breaks.
+///
+/// The description of `status.conditions` is [`conditions::reasons_documentation`]: the reasons
+/// users read there are the operator's own list.
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = NautilusMaster::crd();
     for version in &mut crd.spec.versions {
@@ -59,6 +62,15 @@ pub fn crd() -> CustomResourceDefinition {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             kubernetes_conventions(schema);
+            if let Some(conditions) = schema
+                .properties
+                .as_mut()
+                .and_then(|p| p.get_mut("status"))
+                .and_then(|s| s.properties.as_mut())
+                .and_then(|p| p.get_mut("conditions"))
+            {
+                conditions.description = Some(conditions::reasons_documentation());
+            }
         }
     }
     crd

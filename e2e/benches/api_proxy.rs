@@ -98,6 +98,7 @@ fn sidecar_proxy(rt: &Runtime, upstream: SocketAddr) -> SocketAddr {
             Endpoint::Tcp(upstream.to_string()),
             Arc::new(Metrics::new()),
             None,
+            None,
         ));
         bound.parse().expect("bound address")
     })

@@ -245,6 +245,7 @@ mod tests {
             components: Vec::new(),
             control_plane: Default::default(),
             state: None,
+            budget: None,
         };
         let signed = signer.sign(&report);
         wire::write_message(&mut at_agent, &Message::Report(signed.clone()))

@@ -237,7 +237,7 @@ async fn a_spec_change_rolls_the_enclave_and_reattests() {
                 })
         })
         .await;
-    let expected = h.measured_digest(&after);
+    let expected = h.measured_digest(&after).await;
     assert_eq!(
         after
             .status

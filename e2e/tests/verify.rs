@@ -206,7 +206,7 @@ async fn verify_checks_the_enclave_and_refuses_what_the_host_can_forge() {
     assert_eq!(code, 0, "{summary:#}");
     assert_eq!(summary["verified"], true);
     assert_eq!(summary["resource"], format!("{}/demo", h.namespace));
-    assert_eq!(summary["configDigest"], h.measured_digest(&nm));
+    assert_eq!(summary["configDigest"], h.measured_digest(&nm).await);
     assert_eq!(summary["simulated"], true);
     let placed: Vec<&str> = summary["placed"]
         .as_array()

@@ -8,7 +8,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use nautilus_crds::Phase;
-use nautilus_crds::conditions::{TERMINAL_REASONS, reasons, types};
+use nautilus_crds::conditions::{Reason, types};
 
 /// The three values `status` may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,8 @@ impl Status {
         }
     }
 
-    fn of(condition: &Condition) -> Self {
+    /// The status `condition` carries (anything but `True`/`False` is `Unknown`).
+    pub fn of(condition: &Condition) -> Self {
         match condition.status.as_str() {
             "True" => Status::True,
             "False" => Status::False,
@@ -47,8 +48,8 @@ pub struct Observation {
     pub type_: &'static str,
     /// Observed status.
     pub status: Status,
-    /// CamelCase reason, one of [`reasons`].
-    pub reason: &'static str,
+    /// Why; rendered only by [`Reason::as_str`].
+    pub reason: Reason,
     /// Human-readable detail.
     pub message: String,
 }
@@ -58,7 +59,7 @@ impl Observation {
     pub fn new(
         type_: &'static str,
         status: Status,
-        reason: &'static str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -84,19 +85,26 @@ pub fn merge(
                 existing.last_transition_time = now.clone();
                 existing.status = status.to_string();
             }
-            existing.reason = observation.reason.to_string();
+            existing.reason = observation.reason.as_str().to_owned();
             existing.message = observation.message;
             existing.observed_generation = Some(generation);
         }
         None => conditions.push(Condition {
             type_: observation.type_.to_string(),
             status: status.to_string(),
-            reason: observation.reason.to_string(),
+            reason: observation.reason.as_str().to_owned(),
             message: observation.message,
             observed_generation: Some(generation),
             last_transition_time: now.clone(),
         }),
     }
+}
+
+/// Whether `conditions` hold `type_` with status `True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && Status::of(c) == Status::True)
 }
 
 /// Derives `Ready` from the other five conditions.
@@ -116,7 +124,7 @@ pub fn ready(conditions: &[Condition]) -> Observation {
                 let status = Status::of(c);
                 any_false |= status == Status::False;
                 if status == Status::False && terminal.is_none() {
-                    terminal = TERMINAL_REASONS.iter().copied().find(|r| *r == c.reason);
+                    terminal = Reason::parse(&c.reason).filter(|r| r.is_terminal());
                 }
                 not_true.push(format!("{type_}={} ({})", c.status, c.reason));
             }
@@ -127,7 +135,7 @@ pub fn ready(conditions: &[Condition]) -> Observation {
         return Observation::new(
             types::READY,
             Status::True,
-            reasons::ALL_READY,
+            Reason::AllReady,
             "control plane is attested and every component is healthy",
         );
     }
@@ -139,7 +147,7 @@ pub fn ready(conditions: &[Condition]) -> Observation {
     Observation::new(
         types::READY,
         status,
-        terminal.unwrap_or(reasons::NOT_READY),
+        terminal.unwrap_or(Reason::NotReady),
         format!("not ready: {}", not_true.join(", ")),
     )
 }
@@ -152,9 +160,9 @@ pub fn phase(conditions: &[Condition], deleting: bool, was_ready: bool) -> Phase
             .find(|c| c.type_ == type_)
             .map_or(Status::Unknown, Status::of)
     };
-    let terminal = conditions
-        .iter()
-        .any(|c| Status::of(c) == Status::False && TERMINAL_REASONS.contains(&c.reason.as_str()));
+    let terminal = conditions.iter().any(|c| {
+        Status::of(c) == Status::False && Reason::parse(&c.reason).is_some_and(Reason::is_terminal)
+    });
     if deleting {
         Phase::Terminating
     } else if status(types::READY) == Status::True {
@@ -189,7 +197,7 @@ mod tests {
         for type_ in types::ALL.iter().filter(|t| **t != types::READY) {
             merge(
                 conditions,
-                Observation::new(type_, Status::True, reasons::HEALTHY, "ok"),
+                Observation::new(type_, Status::True, Reason::Healthy, "ok"),
                 1,
                 now,
             );
@@ -202,20 +210,20 @@ mod tests {
         let obs = |status, reason| Observation::new(types::ATTESTED, status, reason, "m");
         merge(
             &mut conditions,
-            obs(Status::Unknown, reasons::PENDING),
+            obs(Status::Unknown, Reason::Pending),
             1,
             &at(100),
         );
         merge(
             &mut conditions,
-            obs(Status::True, reasons::VERIFIED),
+            obs(Status::True, Reason::Verified),
             1,
             &at(200),
         );
         assert_eq!(conditions[0].last_transition_time, at(200));
         merge(
             &mut conditions,
-            obs(Status::True, reasons::SIMULATED_ATTESTATION),
+            obs(Status::True, Reason::SimulatedAttestation),
             2,
             &at(300),
         );
@@ -225,11 +233,11 @@ mod tests {
             at(200),
             "same status keeps the time"
         );
-        assert_eq!(conditions[0].reason, reasons::SIMULATED_ATTESTATION);
+        assert_eq!(conditions[0].reason, Reason::SimulatedAttestation.as_str());
         assert_eq!(conditions[0].observed_generation, Some(2));
         merge(
             &mut conditions,
-            obs(Status::False, reasons::ATTESTATION_FAILED),
+            obs(Status::False, Reason::AttestationFailed),
             2,
             &at(400),
         );
@@ -244,17 +252,17 @@ mod tests {
         assert_eq!(ready(&conditions).status, Status::Unknown);
         all_true(&mut conditions, &now);
         let r = ready(&conditions);
-        assert_eq!((r.status, r.reason), (Status::True, reasons::ALL_READY));
+        assert_eq!((r.status, r.reason), (Status::True, Reason::AllReady));
 
         let down = Observation::new(
             types::SCHEDULER_READY,
             Status::False,
-            reasons::UNHEALTHY,
+            Reason::Unhealthy,
             "x",
         );
         merge(&mut conditions, down, 1, &now);
         let r = ready(&conditions);
-        assert_eq!((r.status, r.reason), (Status::False, reasons::NOT_READY));
+        assert_eq!((r.status, r.reason), (Status::False, Reason::NotReady));
         assert!(
             r.message.contains("SchedulerReady=False (Unhealthy)"),
             "{}",
@@ -270,14 +278,14 @@ mod tests {
         let bad = Observation::new(
             types::ATTESTED,
             Status::False,
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "pcr0",
         );
         merge(&mut conditions, bad, 1, &now);
         let r = ready(&conditions);
         assert_eq!(
             (r.status, r.reason),
-            (Status::False, reasons::ATTESTATION_FAILED)
+            (Status::False, Reason::AttestationFailed)
         );
         merge(&mut conditions, r, 1, &now);
         assert_eq!(phase(&conditions, false, true), Phase::Failed);
@@ -291,15 +299,15 @@ mod tests {
         let launching = Observation::new(
             types::ENCLAVE_RUNNING,
             Status::False,
-            reasons::LAUNCHING,
+            Reason::Launching,
             "pod pending",
         );
         merge(&mut conditions, launching, 1, &now);
         assert_eq!(phase(&conditions, false, false), Phase::Launching);
-        let running = Observation::new(types::ENCLAVE_RUNNING, Status::True, reasons::RUNNING, "");
+        let running = Observation::new(types::ENCLAVE_RUNNING, Status::True, Reason::Running, "");
         merge(&mut conditions, running, 1, &now);
         assert_eq!(phase(&conditions, false, false), Phase::Attesting);
-        let attested = Observation::new(types::ATTESTED, Status::True, reasons::VERIFIED, "");
+        let attested = Observation::new(types::ATTESTED, Status::True, Reason::Verified, "");
         merge(&mut conditions, attested, 1, &now);
         assert_eq!(phase(&conditions, false, false), Phase::Starting);
         all_true(&mut conditions, &now);
@@ -310,7 +318,7 @@ mod tests {
         let down = Observation::new(
             types::API_SERVER_READY,
             Status::False,
-            reasons::UNHEALTHY,
+            Reason::Unhealthy,
             "",
         );
         merge(&mut conditions, down, 1, &now);

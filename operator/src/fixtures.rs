@@ -594,6 +594,7 @@ impl FakeEnclave {
                 ..ProcessState::default()
             },
             state: None,
+            budget: None,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use nautilus_crds::conditions::{reasons, types};
+use nautilus_crds::conditions::{Reason, types};
 use nautilus_crds::{ComponentHealth, EnclavePlacement, NautilusMaster};
 use nautilus_protocol::wire::{Component, EvidenceBundle, RefusalKind, Report};
 
@@ -59,7 +59,7 @@ pub fn observe(
             out.push(Observation::new(
                 types::ENCLAVE_RUNNING,
                 Status::Unknown,
-                reasons::PENDING,
+                Reason::Pending,
                 "the enclave workload has not been created yet",
             ));
             (false, None)
@@ -68,7 +68,7 @@ pub fn observe(
             out.push(Observation::new(
                 types::ENCLAVE_RUNNING,
                 Status::False,
-                reasons::LAUNCHING,
+                Reason::Launching,
                 message.clone(),
             ));
             (false, None)
@@ -77,7 +77,7 @@ pub fn observe(
             out.push(Observation::new(
                 types::ENCLAVE_RUNNING,
                 Status::False,
-                reasons::ENCLAVE_FAILED,
+                Reason::EnclaveFailed,
                 message.clone(),
             ));
             (false, None)
@@ -86,7 +86,7 @@ pub fn observe(
             out.push(Observation::new(
                 types::ENCLAVE_RUNNING,
                 Status::False,
-                reasons::LAUNCHING,
+                Reason::Launching,
                 format!("the sidecar does not answer: {message}"),
             ));
             (false, None)
@@ -98,13 +98,13 @@ pub fn observe(
                 // ready, which a host can do anyway.
                 let (reason_word, what) = match bundle.and_then(|b| b.boot_refused_kind) {
                     None | Some(RefusalKind::Config) => {
-                        (reasons::CONFIG_REFUSED, "the boot configuration")
+                        (Reason::ConfigRefused, "the boot configuration")
                     }
                     Some(RefusalKind::SnapshotRejected) => {
-                        (reasons::SNAPSHOT_REJECTED, "the offered snapshot")
+                        (Reason::SnapshotRejected, "the offered snapshot")
                     }
                     Some(RefusalKind::KeyRefused) => {
-                        (reasons::KEY_REFUSED, "to boot without its data key")
+                        (Reason::KeyRefused, "to boot without its data key")
                     }
                 };
                 out.push(Observation::new(
@@ -126,7 +126,7 @@ pub fn observe(
                 out.push(Observation::new(
                     types::ENCLAVE_RUNNING,
                     Status::True,
-                    reasons::RUNNING,
+                    Reason::Running,
                     message,
                 ));
                 (true, *started_ms)
@@ -134,7 +134,7 @@ pub fn observe(
                 out.push(Observation::new(
                     types::ENCLAVE_RUNNING,
                     Status::False,
-                    reasons::ENCLAVE_FAILED,
+                    Reason::EnclaveFailed,
                     format!("the enclave exited: {exit}"),
                 ));
                 (false, None)
@@ -142,7 +142,7 @@ pub fn observe(
                 out.push(Observation::new(
                     types::ENCLAVE_RUNNING,
                     Status::False,
-                    reasons::LAUNCHING,
+                    Reason::Launching,
                     "the sidecar is up and launching the enclave",
                 ));
                 (false, None)
@@ -162,14 +162,14 @@ pub fn observe(
         out.push(Observation::new(
             types::ATTESTED,
             Status::Unknown,
-            reasons::PENDING,
+            Reason::Pending,
             "the enclave is not running",
         ));
         for (_, type_) in component_types {
             out.push(Observation::new(
                 type_,
                 Status::Unknown,
-                reasons::PENDING,
+                Reason::Pending,
                 "the enclave is not running",
             ));
         }
@@ -182,7 +182,7 @@ pub fn observe(
         Outcome::Verified(v) => {
             let (reason, message) = if v.summary.simulated {
                 (
-                    reasons::SIMULATED_ATTESTATION,
+                    Reason::SimulatedAttestation,
                     format!(
                         "SIMULATED attestation accepted because spec.attestation.allowSimulated \
                          is true: this is not hardware evidence (module {}, pcr0 {}…); reports \
@@ -192,7 +192,7 @@ pub fn observe(
                 )
             } else {
                 (
-                    reasons::VERIFIED,
+                    Reason::Verified,
                     format!(
                         "document from {} verified against the AWS Nitro root, PCRs match the \
                          spec (pcr0 {}…){}; reports signed by the attested key",
@@ -218,7 +218,7 @@ pub fn observe(
                     Some(c) if c.healthy => Observation::new(
                         type_,
                         Status::True,
-                        reasons::HEALTHY,
+                        Reason::Healthy,
                         // No probe latency or report sequence here: they change at every
                         // probe, and a message that changes is a status write (the figures
                         // ride in status.components, written only with a visible change).
@@ -230,7 +230,7 @@ pub fn observe(
                             Observation::new(
                                 type_,
                                 Status::False,
-                                reasons::START_TIMEOUT,
+                                Reason::StartTimeout,
                                 format!(
                                     "{} not healthy within {}s of starting: {why}",
                                     component.name(),
@@ -241,7 +241,7 @@ pub fn observe(
                             Observation::new(
                                 type_,
                                 Status::False,
-                                reasons::UNHEALTHY,
+                                Reason::Unhealthy,
                                 format!("{}: {why}", component.name()),
                             )
                         }
@@ -249,7 +249,7 @@ pub fn observe(
                     None => Observation::new(
                         type_,
                         Status::Unknown,
-                        reasons::PENDING,
+                        Reason::Pending,
                         format!("{} is not in the report yet", component.name()),
                     ),
                 });
@@ -261,14 +261,14 @@ pub fn observe(
             out.push(Observation::new(
                 types::ATTESTED,
                 Status::False,
-                reason,
+                *reason,
                 message.clone(),
             ));
             for (_, type_) in component_types {
                 out.push(Observation::new(
                     type_,
                     Status::Unknown,
-                    reasons::PENDING,
+                    Reason::Pending,
                     "no trusted report: verification failed",
                 ));
             }
@@ -277,7 +277,7 @@ pub fn observe(
             out.push(Observation::new(
                 types::ATTESTED,
                 Status::Unknown,
-                reasons::PENDING,
+                Reason::Pending,
                 message.clone(),
             ));
             for (_, type_) in component_types {
@@ -285,7 +285,7 @@ pub fn observe(
                     Observation::new(
                         type_,
                         Status::False,
-                        reasons::START_TIMEOUT,
+                        Reason::StartTimeout,
                         format!(
                             "no verified report within {}s of the enclave starting",
                             nm.spec.health.startup_timeout_seconds
@@ -295,7 +295,7 @@ pub fn observe(
                     Observation::new(
                         type_,
                         Status::Unknown,
-                        reasons::PENDING,
+                        Reason::Pending,
                         "waiting for a verified report",
                     )
                 });
@@ -343,7 +343,7 @@ mod tests {
         );
         assert_eq!(
             (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
+            (Status::False, Reason::EnclaveFailed)
         );
 
         let mut bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
@@ -356,7 +356,7 @@ mod tests {
         assert!(
             obs[2..]
                 .iter()
-                .all(|o| o.status == Status::False && o.reason == reasons::START_TIMEOUT),
+                .all(|o| o.status == Status::False && o.reason == Reason::StartTimeout),
             "{obs:?}"
         );
 
@@ -365,7 +365,7 @@ mod tests {
         let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
         assert_eq!(
             (obs[0].status, obs[0].reason),
-            (Status::False, reasons::ENCLAVE_FAILED)
+            (Status::False, Reason::EnclaveFailed)
         );
         assert!(obs[0].message.contains("exit status: 1"));
 
@@ -375,10 +375,10 @@ mod tests {
         let obs = observe(&c.nm, &up, Some(&bundle), &pending, c.now);
         assert_eq!(
             (obs[0].status, obs[0].reason),
-            (Status::False, reasons::CONFIG_REFUSED)
+            (Status::False, Reason::ConfigRefused)
         );
         assert!(obs[0].message.contains("invalid stake type"), "{obs:?}");
-        assert!(nautilus_crds::conditions::TERMINAL_REASONS.contains(&obs[0].reason));
+        assert!(obs[0].reason.is_terminal());
     }
 
     /// A Ready resource whose enclave keeps reporting the same health must observe the same
@@ -428,7 +428,7 @@ mod tests {
             .expect("s");
         assert_eq!(
             (sched.status, sched.reason),
-            (Status::False, reasons::UNHEALTHY)
+            (Status::False, Reason::Unhealthy)
         );
         assert!(sched.message.contains("connection refused"));
         let Outcome::Verified(v) = outcome else {

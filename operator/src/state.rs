@@ -8,7 +8,7 @@
 //! condition from being `True`, which a host can do anyway by withholding the snapshots.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use nautilus_crds::conditions::{reasons, types};
+use nautilus_crds::conditions::{Reason, types};
 use nautilus_crds::{NautilusMaster, StateSpec, StateStatus};
 use nautilus_protocol::wire::{EvidenceBundle, RefusalKind, Report, SnapshotRef};
 
@@ -65,8 +65,8 @@ fn refusal(bundle: Option<&EvidenceBundle>) -> Option<Observation> {
     let reason = bundle.boot_refused.as_deref()?;
     let word = match bundle.boot_refused_kind? {
         RefusalKind::Config => return None,
-        RefusalKind::SnapshotRejected => reasons::SNAPSHOT_REJECTED,
-        RefusalKind::KeyRefused => reasons::KEY_REFUSED,
+        RefusalKind::SnapshotRejected => Reason::SnapshotRejected,
+        RefusalKind::KeyRefused => Reason::KeyRefused,
     };
     Some(Observation::new(
         types::STATE_RESTORED,
@@ -98,13 +98,13 @@ fn from_report(spec: &StateSpec, report: &Report, now_ms: u64) -> Vec<Observatio
             Observation::new(
                 types::STATE_RESTORED,
                 Status::Unknown,
-                reasons::PENDING,
+                Reason::Pending,
                 "the enclave's report says nothing of sealed state",
             ),
             Observation::new(
                 types::BACKUP_HEALTHY,
                 Status::Unknown,
-                reasons::PENDING,
+                Reason::Pending,
                 "the enclave's report says nothing of sealed state",
             ),
         ];
@@ -113,13 +113,13 @@ fn from_report(spec: &StateSpec, report: &Report, now_ms: u64) -> Vec<Observatio
         Some(snapshot) => Observation::new(
             types::STATE_RESTORED,
             Status::True,
-            reasons::RESTORED,
+            Reason::Restored,
             format!("restored {}", describe(snapshot)),
         ),
         None => Observation::new(
             types::STATE_RESTORED,
             Status::True,
-            reasons::NO_SNAPSHOT,
+            Reason::NoSnapshot,
             "no snapshot was offered: the enclave started an empty cluster (expected on the \
              first start only)",
         ),
@@ -130,21 +130,21 @@ fn from_report(spec: &StateSpec, report: &Report, now_ms: u64) -> Vec<Observatio
         (_, Some(error)) => Observation::new(
             types::BACKUP_HEALTHY,
             Status::False,
-            reasons::SNAPSHOT_STALE,
+            Reason::SnapshotStale,
             format!("the last snapshot failed: {error}"),
         ),
         (Some(last), None) if now_ms.saturating_sub(last.taken_unix_ms) <= window_ms => {
             Observation::new(
                 types::BACKUP_HEALTHY,
                 Status::True,
-                reasons::SNAPSHOT_CURRENT,
+                Reason::SnapshotCurrent,
                 format!("sealed {}", describe(last)),
             )
         }
         (Some(last), None) => Observation::new(
             types::BACKUP_HEALTHY,
             Status::False,
-            reasons::SNAPSHOT_STALE,
+            Reason::SnapshotStale,
             format!(
                 "the newest is {}, older than {} backup intervals",
                 describe(last),
@@ -157,14 +157,14 @@ fn from_report(spec: &StateSpec, report: &Report, now_ms: u64) -> Vec<Observatio
                 Observation::new(
                     types::BACKUP_HEALTHY,
                     Status::Unknown,
-                    reasons::PENDING,
+                    Reason::Pending,
                     "no snapshot sealed yet since the enclave started",
                 )
             } else {
                 Observation::new(
                     types::BACKUP_HEALTHY,
                     Status::False,
-                    reasons::SNAPSHOT_STALE,
+                    Reason::SnapshotStale,
                     format!(
                         "no snapshot sealed in {} backup intervals since the enclave started",
                         STALE_AFTER_INTERVALS
@@ -223,10 +223,11 @@ mod tests {
                 ..ProcessState::default()
             },
             state,
+            budget: None,
         }
     }
 
-    fn verdicts(observations: &[Observation]) -> Vec<(&'static str, Status, &'static str)> {
+    fn verdicts(observations: &[Observation]) -> Vec<(&'static str, Status, Reason)> {
         observations
             .iter()
             .map(|o| (o.type_, o.status, o.reason))
@@ -244,12 +245,8 @@ mod tests {
         assert_eq!(
             verdicts(&seen),
             [
-                (types::STATE_RESTORED, Status::True, reasons::RESTORED),
-                (
-                    types::BACKUP_HEALTHY,
-                    Status::True,
-                    reasons::SNAPSHOT_CURRENT
-                ),
+                (types::STATE_RESTORED, Status::True, Reason::Restored),
+                (types::BACKUP_HEALTHY, Status::True, Reason::SnapshotCurrent),
             ]
         );
         assert!(
@@ -266,18 +263,14 @@ mod tests {
         assert_eq!(
             verdicts(&young),
             [
-                (types::STATE_RESTORED, Status::True, reasons::NO_SNAPSHOT),
-                (types::BACKUP_HEALTHY, Status::Unknown, reasons::PENDING),
+                (types::STATE_RESTORED, Status::True, Reason::NoSnapshot),
+                (types::BACKUP_HEALTHY, Status::Unknown, Reason::Pending),
             ]
         );
         let old = from_report(&spec(), &report(Some(fresh), NOW - 121_000), NOW);
         assert_eq!(
             verdicts(&old)[1],
-            (
-                types::BACKUP_HEALTHY,
-                Status::False,
-                reasons::SNAPSHOT_STALE
-            )
+            (types::BACKUP_HEALTHY, Status::False, Reason::SnapshotStale)
         );
     }
 
@@ -290,11 +283,7 @@ mod tests {
         };
         assert_eq!(
             verdicts(&from_report(&spec(), &report(Some(old), 0), NOW))[1],
-            (
-                types::BACKUP_HEALTHY,
-                Status::False,
-                reasons::SNAPSHOT_STALE
-            )
+            (types::BACKUP_HEALTHY, Status::False, Reason::SnapshotStale)
         );
         let failed = StateReport {
             restored: None,
@@ -304,11 +293,7 @@ mod tests {
         let seen = from_report(&spec(), &report(Some(failed), 0), NOW);
         assert_eq!(
             verdicts(&seen)[1],
-            (
-                types::BACKUP_HEALTHY,
-                Status::False,
-                reasons::SNAPSHOT_STALE
-            )
+            (types::BACKUP_HEALTHY, Status::False, Reason::SnapshotStale)
         );
         assert!(seen[1].message.contains("deadline exceeded"));
     }
@@ -335,13 +320,13 @@ mod tests {
             (
                 types::STATE_RESTORED,
                 Status::False,
-                reasons::SNAPSHOT_REJECTED
+                Reason::SnapshotRejected
             )
         );
         bundle.boot_refused_kind = Some(RefusalKind::KeyRefused);
         assert_eq!(
             refusal(Some(&bundle)).map(|o| o.reason),
-            Some(reasons::KEY_REFUSED)
+            Some(Reason::KeyRefused)
         );
         bundle.boot_refused_kind = None;
         assert_eq!(refusal(Some(&bundle)), None);

@@ -24,7 +24,7 @@ use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use nautilus_crds::conditions::reasons;
+use nautilus_crds::conditions::Reason;
 use nautilus_crds::{AttestationSummary, NautilusMaster};
 use nautilus_protocol::attestation::VerifyError;
 use nautilus_protocol::wire::{EvidenceBundle, Report, ReportError, ReportVerifier, SignedReport};
@@ -158,8 +158,8 @@ pub enum Outcome {
     Pending(String),
     /// Verification failed: `Attested=False` with this reason.
     Failed {
-        /// One of the reasons in [`reasons`].
-        reason: &'static str,
+        /// Why, as `Attested=False` says.
+        reason: Reason,
         /// What failed, precisely.
         message: String,
         /// The attestation summary when only the report failed.
@@ -204,7 +204,7 @@ pub fn report_max_age_ms(nm: &NautilusMaster) -> u64 {
     (u64::from(nm.spec.health.probe_interval_seconds) * 3_000).max(15_000)
 }
 
-fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
+fn failed(reason: Reason, message: impl Into<String>) -> Outcome {
     Outcome::Failed {
         reason,
         message: message.into(),
@@ -274,7 +274,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
         Err(VerifyError::UntrustedRoot { .. }) if evidence.simulated_root_pem.is_some() => {
             if !allow_simulated {
                 return failed(
-                    reasons::ATTESTATION_FAILED,
+                    Reason::AttestationFailed,
                     "the attestation document is signed by a simulated NSM, not AWS Nitro \
                      hardware, and spec.attestation.allowSimulated is false",
                 );
@@ -284,7 +284,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                 Ok(anchor) => anchor,
                 Err(err) => {
                     return failed(
-                        reasons::ATTESTATION_FAILED,
+                        Reason::AttestationFailed,
                         format!("simulated root is unusable: {err}"),
                     );
                 }
@@ -294,7 +294,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                 Ok(doc) => (doc, true),
                 Err(err) => {
                     return failed(
-                        reasons::ATTESTATION_FAILED,
+                        Reason::AttestationFailed,
                         format!("simulated attestation document does not verify: {err}"),
                     );
                 }
@@ -302,7 +302,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
         }
         Err(err) => {
             return failed(
-                reasons::ATTESTATION_FAILED,
+                Reason::AttestationFailed,
                 format!("attestation document does not verify: {err}"),
             );
         }
@@ -311,11 +311,11 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
     // 2. Our enclave, our challenge, our configuration?
     let mut policy = match pcr_policy(nm) {
         Ok(policy) => policy,
-        Err(message) => return failed(reasons::ATTESTATION_FAILED, message),
+        Err(message) => return failed(Reason::AttestationFailed, message),
     };
     let Some(ca_digest) = evidence.serving_ca_digest() else {
         return failed(
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "the serving CA in the evidence is not a PEM certificate",
         );
     };
@@ -341,7 +341,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
         return match err {
             PolicyError::NonceMismatch { .. } | PolicyError::NonceMissing { .. } => {
                 Outcome::Failed {
-                    reason: reasons::ATTESTATION_FAILED,
+                    reason: Reason::AttestationFailed,
                     message: format!(
                         "{err} (the document does not answer the operator's latest challenge: \
                          stale or replayed)"
@@ -350,12 +350,12 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                     unanswered_challenge: Some(hex::encode(Sha256::digest(&evidence.document))),
                 }
             }
-            other => failed(reasons::ATTESTATION_FAILED, other.to_string()),
+            other => failed(Reason::AttestationFailed, other.to_string()),
         };
     }
     let Some(public_key) = document.public_key.as_deref() else {
         return failed(
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "the attestation document carries no public key to verify reports with",
         );
     };
@@ -399,11 +399,11 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
             let reason = match err {
                 ReportError::Stale { .. }
                 | ReportError::FromFuture { .. }
-                | ReportError::Replayed { .. } => reasons::REPORT_STALE,
+                | ReportError::Replayed { .. } => Reason::ReportStale,
                 ReportError::PublicKey(_) | ReportError::WrongConfig { .. } => {
-                    reasons::ATTESTATION_FAILED
+                    Reason::AttestationFailed
                 }
-                _ => reasons::REPORT_SIGNATURE_INVALID,
+                _ => Reason::ReportSignatureInvalid,
             };
             Outcome::Failed {
                 reason,
@@ -429,7 +429,7 @@ mod tests {
     use nautilus_protocol::SimulatedNsm;
     use nautilus_protocol::wire::ReportSigner;
 
-    fn expect_failed(outcome: &Outcome, reason: &str, needle: &str) {
+    fn expect_failed(outcome: &Outcome, reason: Reason, needle: &str) {
         match outcome {
             Outcome::Failed {
                 reason: r, message, ..
@@ -472,7 +472,7 @@ mod tests {
         let attested = obs.iter().find(|o| o.type_ == types::ATTESTED).expect("a");
         assert_eq!(
             (attested.status, attested.reason),
-            (Status::True, reasons::SIMULATED_ATTESTATION)
+            (Status::True, Reason::SimulatedAttestation)
         );
         assert!(attested.message.contains("not hardware evidence"));
         assert!(
@@ -489,7 +489,7 @@ mod tests {
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "allowSimulated is false",
         );
         // Without the simulated root it is just an untrusted root.
@@ -499,7 +499,7 @@ mod tests {
         }
         expect_failed(
             &c.run(&bare, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "untrusted root",
         );
     }
@@ -511,7 +511,7 @@ mod tests {
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             &format!(
                 "pcr1 mismatch: expected {}, attested {}",
                 "ff".repeat(48),
@@ -527,7 +527,7 @@ mod tests {
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "pcr8 mismatch",
         );
     }
@@ -552,7 +552,7 @@ mod tests {
         ));
         c.nonces.latest_issued_ms = c.now - 20_000;
         let outcome = c.run(&bundle, &mut reports);
-        expect_failed(&outcome, reasons::ATTESTATION_FAILED, "stale or replayed");
+        expect_failed(&outcome, Reason::AttestationFailed, "stale or replayed");
         let Outcome::Failed {
             unanswered_challenge,
             ..
@@ -571,7 +571,7 @@ mod tests {
         c.nonces.refresh(vec![2; 32], c.now - 20_000);
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "nonce mismatch",
         );
     }
@@ -586,7 +586,7 @@ mod tests {
         let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "debug mode",
         );
         c.nm.spec.attestation.allow_debug_mode = true;
@@ -606,7 +606,7 @@ mod tests {
         bundle.boot_config_digest = Some(hex::encode(c.digest)); // the sidecar lies
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "binding mismatch",
         );
         let mut swapped = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
@@ -615,7 +615,7 @@ mod tests {
         }
         expect_failed(
             &c.run(&swapped, &mut ReportState::default()),
-            reasons::ATTESTATION_FAILED,
+            Reason::AttestationFailed,
             "binding mismatch",
         );
     }
@@ -628,7 +628,7 @@ mod tests {
         bundle.report = Some(forger.sign(&c.enclave.report(1, &hex::encode(c.digest), c.now)));
         expect_failed(
             &c.run(&bundle, &mut ReportState::default()),
-            reasons::REPORT_SIGNATURE_INVALID,
+            Reason::ReportSignatureInvalid,
             "does not verify against the attested key",
         );
     }
@@ -645,11 +645,7 @@ mod tests {
             r.signature = signed.signature;
         }
         let outcome = c.run(&bundle, &mut ReportState::default());
-        expect_failed(
-            &outcome,
-            reasons::REPORT_SIGNATURE_INVALID,
-            "does not verify",
-        );
+        expect_failed(&outcome, Reason::ReportSignatureInvalid, "does not verify");
         let Outcome::Failed { attestation, .. } = outcome else {
             unreachable!()
         };
@@ -673,7 +669,7 @@ mod tests {
         )));
         expect_failed(
             &c.run(&older, &mut reports),
-            reasons::REPORT_STALE,
+            Reason::ReportStale,
             "not after the last",
         );
         // An old one is stale.
@@ -683,11 +679,7 @@ mod tests {
             &hex::encode(c.digest),
             c.now - 60_000,
         )));
-        expect_failed(
-            &c.run(&stale, &mut reports),
-            reasons::REPORT_STALE,
-            "ms old",
-        );
+        expect_failed(&c.run(&stale, &mut reports), Reason::ReportStale, "ms old");
     }
 
     #[test]

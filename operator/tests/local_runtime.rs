@@ -66,6 +66,7 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     // Placed as the controller places it: its own port and data directory under `work`.
     let config = runtime
         .place(&nm, desired::enclave_config(&nm).expect("config"))
+        .await
         .expect("placed");
     assert_eq!(config.control_plane.bind_address, "127.0.0.1");
     assert!(
@@ -264,6 +265,7 @@ async fn an_isolated_enclave_reaches_nothing_on_the_host_and_leaves_nothing() {
     nm.metadata.name = Some(format!("isolated-{}", std::process::id()));
     let config = runtime
         .place(&nm, desired::enclave_config(&nm).expect("config"))
+        .await
         .expect("placed");
     let https_port = config.control_plane.https_port;
     let digest = config.digest();

@@ -12,8 +12,9 @@ use nautilus_seal::{
     Identity, Jwk, JwkId, SealVerifier, SignatureVerifier, Tier, TierError, Tiers, ZkLoginKey,
 };
 
+use crate::budget::Counters;
 use crate::egress::{self, EgressConnector, EgressError, Target};
-use crate::stake::{StakeCache, StakeConfig, StakeError, SuiStakeReader};
+use crate::stake::{LookupLimits, StakeCache, StakeConfig, StakeError, SuiStakeReader};
 use crate::webhook::Authenticator;
 
 /// Most addresses whose stake is cached.
@@ -119,11 +120,14 @@ pub fn stake_config(config: &AuthConfig) -> StakeConfig {
 }
 
 /// The authenticator of `config`, reading stake through `proxy` (`None`: direct), trusting the
-/// webpki roots plus `extra_ca_pem`.
+/// webpki roots plus `extra_ca_pem`, with lookups of new addresses bounded by `limits` and
+/// counted in `counters`.
 pub fn authenticator(
     config: &AuthConfig,
     proxy: Option<Endpoint>,
     extra_ca_pem: Option<&str>,
+    limits: LookupLimits,
+    counters: Arc<Counters>,
 ) -> Result<Authenticator<SuiStakeReader>, AuthError> {
     let target = Target::parse(&config.sui_rpc_url)?;
     if !target.tls {
@@ -144,12 +148,21 @@ pub fn authenticator(
         tracing::info!(issuers = zk_login.jwks.len(), key = %zk_login.verifying_key, "zkLogin enabled");
         verifier = verifier.with_signature_verifier(signatures);
     }
+    let tiers = tiers(config)?;
+    // Below the lowest tier's minimum, an address is granted nothing: a negative answer.
+    let below = config
+        .tiers
+        .iter()
+        .map(|tier| tier.min_stake_mist)
+        .min()
+        .unwrap_or(0);
     let cache = StakeCache::new(
         reader,
         Duration::from_secs(u64::from(config.stake_cache_ttl_seconds)),
         STAKE_CACHE_CAPACITY,
-    );
-    Ok(Authenticator::new(verifier, tiers(config)?, cache))
+    )
+    .with_limits(limits, below, counters);
+    Ok(Authenticator::new(verifier, tiers, cache))
 }
 
 #[cfg(test)]
@@ -206,19 +219,21 @@ mod tests {
             &mk_auth(),
             Some("vsock://3:8001".parse().expect("ep")),
             None,
+            LookupLimits::default(),
+            Arc::default(),
         )
         .expect("built lazily");
         drop(auth);
         let mut bad = mk_auth();
         bad.stake_type = "0xabc::vault::Locked".into();
         assert!(matches!(
-            authenticator(&bad, None, None),
+            authenticator(&bad, None, None, LookupLimits::default(), Arc::default()),
             Err(AuthError::Stake(StakeError::MissingAmountField(_)))
         ));
         bad = mk_auth();
         bad.sui_rpc_url = "ftp://x".into();
         assert!(matches!(
-            authenticator(&bad, None, None),
+            authenticator(&bad, None, None, LookupLimits::default(), Arc::default()),
             Err(AuthError::Egress(_))
         ));
     }

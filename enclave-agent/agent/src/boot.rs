@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nautilus_protocol::budget::TokenBucket;
 use nautilus_protocol::nsm::Nsm;
 use nautilus_protocol::transport::Endpoint;
 use nautilus_protocol::wire::{AttestationEvidence, BootConfig, EnclaveConfig};
@@ -30,6 +31,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{info, warn};
 
 use crate::auth::{self, AuthError};
+use crate::budget::{AgentBudgets, Counters};
 use crate::client::ClientError;
 use crate::control_plane::{ControlPlane, KubernetesPlan};
 use crate::flags::{self, ComponentPorts, Distribution, FlagsError};
@@ -159,6 +161,8 @@ pub struct BootOptions {
     pub restart_backoff: Duration,
     /// What sealed state needs besides the configuration.
     pub state: StateOptions,
+    /// Limits on what reaches the agent from outside ([`crate::budget`]).
+    pub budgets: AgentBudgets,
 }
 
 /// Where the control plane's processes are recorded (pid and start time, one file per
@@ -226,6 +230,10 @@ pub(crate) struct Booted {
     /// The sealed state's keeper, when the configuration keeps state.
     pub(crate) keeper: Option<Arc<Keeper>>,
     state_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What the budgets let through and refused since this boot (in every report).
+    pub(crate) counters: Arc<Counters>,
+    challenges: std::sync::Mutex<TokenBucket>,
+    refreshes: std::sync::Mutex<TokenBucket>,
 }
 
 /// How long a graceful stop waits for its last snapshot to be taken and handed over.
@@ -285,10 +293,13 @@ impl Booted {
             flags::with_kubelet_egress(&mut spec, &egress_selector_path)?;
         }
         let rendered = k3s::render_config(&config, &spec)?;
+        let counters = Arc::new(Counters::default());
         let authenticator = auth::authenticator(
             &config.auth,
             options.egress_proxy.clone(),
             options.sui_ca_pem.as_deref(),
+            options.budgets.stake,
+            Arc::clone(&counters),
         )?;
         let tls = webhook_tls(&material)?;
         let interval = Duration::from_secs(u64::from(config.health.probe_interval_seconds.max(1)));
@@ -533,6 +544,7 @@ impl Booted {
             interval,
             startup_timeout: Duration::from_secs(u64::from(config.health.startup_timeout_seconds)),
             state: keeper.as_ref().map(|k| k.report()),
+            counters: Arc::clone(&counters),
         });
         let mut state_tasks = Vec::new();
         if let Some(keeper) = &keeper {
@@ -553,6 +565,15 @@ impl Booted {
             kubelet_egress,
             keeper,
             state_tasks: std::sync::Mutex::new(state_tasks),
+            counters,
+            challenges: std::sync::Mutex::new(TokenBucket::new(
+                options.budgets.challenges,
+                std::time::Instant::now(),
+            )),
+            refreshes: std::sync::Mutex::new(TokenBucket::new(
+                options.budgets.nonce_refreshes,
+                std::time::Instant::now(),
+            )),
         })
     }
 
@@ -573,6 +594,28 @@ impl Booted {
     /// Attest again with `nonce`: the same key and binding.
     pub(crate) async fn attest(&self, nonce: &[u8]) -> Result<(), MaterialError> {
         self.attestations.attest(nonce).await
+    }
+
+    /// Whether a user's challenge is within the agent's challenge rate (one refused is
+    /// counted).
+    pub(crate) fn admit_challenge(&self) -> bool {
+        let taken = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_take(std::time::Instant::now());
+        if taken.is_err() {
+            Counters::count(&self.counters.challenges_refused);
+        }
+        taken.is_ok()
+    }
+
+    /// A token of the nonce-refresh rate, or how long until there is one.
+    pub(crate) fn refresh_token(&self) -> Result<(), Duration> {
+        self.refreshes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_take(std::time::Instant::now())
     }
 
     /// A one-shot document for a user's `nonce` (the same key and binding), which replaces
@@ -609,7 +652,7 @@ impl Booted {
                     }
                 }
                 Ok(Err(e)) => {
-                    warn!(error = %crate::link::error_chain(&e), "sealed state: final snapshot failed")
+                    warn!(error = %crate::errors::error_chain(&e), "sealed state: final snapshot failed")
                 }
                 Err(_) => warn!("sealed state: final snapshot timed out"),
             }

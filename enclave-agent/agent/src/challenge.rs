@@ -26,7 +26,7 @@ pub(crate) async fn answer(booted: &Booted, challenge: Challenge) -> Option<Chal
             })
         }
         Err(e) => {
-            warn!(error = %crate::link::error_chain(&e), "user challenge: attestation failed");
+            warn!(error = %crate::errors::error_chain(&e), "user challenge: attestation failed");
             None
         }
     }

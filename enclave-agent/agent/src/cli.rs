@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use nautilus_protocol::budget::Rate;
 use nautilus_protocol::constants::{
     API_PORT, CONTROL_PORT, EGRESS_PORT, VSOCK_CID_ANY, VSOCK_CID_HOST,
 };
@@ -13,11 +14,13 @@ use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
 use crate::boot::{BootOptions, env};
+use crate::budget::{self, AgentBudgets};
 use crate::flags::{
     CONTROLLER_MANAGER_PORT, ComponentPorts, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SCHEDULER_PORT,
 };
 use crate::kubernetes::Binaries;
 use crate::link::{Agent, AgentOptions, LinkError};
+use crate::stake::{self, LookupLimits};
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +31,17 @@ pub enum CliError {
     /// The simulated NSM could not be set up.
     #[error("simulated nsm")]
     Nsm(#[from] NsmError),
-    /// `--simulated-pcr` without `--nsm simulated`.
-    #[error("--simulated-pcr needs --nsm simulated")]
+    /// `--simulated-pcr` or `--simulated-root-key` without `--nsm simulated`.
+    #[error("--simulated-pcr and --simulated-root-key need --nsm simulated")]
     PcrWithoutSimulation,
+    /// The simulated NSM's root key file could not be read.
+    #[error("reading --simulated-root-key {path}")]
+    RootKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The Sui CA file could not be read.
     #[error("reading --sui-ca-file {path}")]
     CaFile {
@@ -99,6 +110,11 @@ pub struct Args {
     /// PCR value for the simulated NSM, INDEX=HEX (48 bytes); repeatable.
     #[arg(long = "simulated-pcr", value_name = "I=HEX")]
     pub simulated_pcr: Vec<String>,
+    /// P-384 root key (PKCS#8 PEM) for the simulated NSM, so that its root certificate is the
+    /// one the local KMS trusts (`nautilus-local-kms gen-root` writes both); default: a fresh
+    /// root per run.
+    #[arg(long, value_name = "FILE")]
+    pub simulated_root_key: Option<PathBuf>,
     /// The control-plane program of the `k3s` distribution.
     #[arg(long, default_value = "k3s")]
     pub control_plane_command: PathBuf,
@@ -155,9 +171,80 @@ pub struct Args {
     /// etcd's peer port on 127.0.0.1 (`kubernetes` distribution).
     #[arg(long, env = env::ETCD_PEER_PORT, default_value_t = ETCD_PEER_PORT, hide = true)]
     pub etcd_peer_port: u16,
+    /// Limits on what reaches the agent from outside.
+    #[command(flatten)]
+    pub budgets: BudgetFlags,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A rate in requests a second: a finite number above 0.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a rate above 0 (a second)")),
+    }
+}
+
+/// The agent's own limits on what reaches it from outside (token buckets; see
+/// `docs/architecture.md`, "Hostile clients"). Refusals are counted in the signed reports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BudgetFlags {
+    /// Users' challenges a second the agent answers; beyond, a challenge is dropped and counted
+    /// (the sidecar's budget is lower: only a relay that ignores it reaches this one).
+    #[arg(long, env = "NAUTILUS_AGENT_CHALLENGE_RATE", default_value_t = budget::DEFAULT_CHALLENGE_RATE, value_parser = positive_rate)]
+    pub challenge_rate: f64,
+    /// Users' challenges answered in a burst.
+    #[arg(long, env = "NAUTILUS_AGENT_CHALLENGE_BURST", default_value_t = budget::DEFAULT_CHALLENGE_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub challenge_burst: u32,
+    /// Nonce refreshes a second the agent attests; beyond, a refresh waits for its turn and
+    /// only the latest waiting nonce is attested.
+    #[arg(long, env = "NAUTILUS_AGENT_NONCE_REFRESH_RATE", default_value_t = budget::DEFAULT_REFRESH_RATE, value_parser = positive_rate)]
+    pub nonce_refresh_rate: f64,
+    /// Nonce refreshes attested in a burst.
+    #[arg(long, env = "NAUTILUS_AGENT_NONCE_REFRESH_BURST", default_value_t = budget::DEFAULT_REFRESH_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub nonce_refresh_burst: u32,
+    /// Stake lookups a second sent to the full node for addresses the caches do not know;
+    /// beyond, a review waits in a bounded queue or is refused ("try again").
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_RATE", default_value_t = stake::DEFAULT_LOOKUP_RATE, value_parser = positive_rate)]
+    pub stake_lookup_rate: f64,
+    /// New-address stake lookups in a burst.
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_BURST", default_value_t = stake::DEFAULT_LOOKUP_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stake_lookup_burst: u32,
+    /// New-address stake lookups that may wait for their turn at once; more are refused.
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_QUEUE", default_value_t = stake::DEFAULT_LOOKUP_QUEUE, value_parser = clap::value_parser!(usize))]
+    pub stake_lookup_queue: usize,
+    /// Seconds an answer below every tier is reused (the negative cache): an address that
+    /// stakes after being refused waits at most this long.
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_NEGATIVE_TTL_SECONDS", default_value_t = stake::DEFAULT_NEGATIVE_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub stake_negative_ttl_seconds: u64,
+}
+
+impl BudgetFlags {
+    /// The limits these flags describe.
+    pub fn budgets(&self) -> AgentBudgets {
+        let Self {
+            challenge_rate,
+            challenge_burst,
+            nonce_refresh_rate,
+            nonce_refresh_burst,
+            stake_lookup_rate,
+            stake_lookup_burst,
+            stake_lookup_queue,
+            stake_negative_ttl_seconds,
+        } = *self;
+        AgentBudgets {
+            challenges: Rate::new(challenge_rate, challenge_burst),
+            nonce_refreshes: Rate::new(nonce_refresh_rate, nonce_refresh_burst),
+            stake: LookupLimits {
+                rate: Rate::new(stake_lookup_rate, stake_lookup_burst),
+                queue: stake_lookup_queue,
+                negative_ttl: Duration::from_secs(stake_negative_ttl_seconds),
+                ..LookupLimits::default()
+            },
+        }
+    }
 }
 
 /// How long a leftover control-plane process may take to die after SIGKILL.
@@ -192,6 +279,7 @@ impl Args {
             api_listen,
             nsm,
             simulated_pcr,
+            simulated_root_key,
             control_plane_command,
             kubernetes_bin_dir,
             etcd_command,
@@ -206,17 +294,25 @@ impl Args {
             controller_manager_port,
             etcd_client_port,
             etcd_peer_port,
+            budgets,
             log_format: _,
         } = self;
         let (nsm, simulated_root_pem): (Arc<dyn Nsm>, Option<String>) = match nsm {
             NsmKind::Nitro => {
-                if !simulated_pcr.is_empty() {
+                if !simulated_pcr.is_empty() || simulated_root_key.is_some() {
                     return Err(CliError::PcrWithoutSimulation);
                 }
                 (Arc::new(NitroNsm), None)
             }
             NsmKind::Simulated => {
-                let mut simulated = SimulatedNsm::new()?;
+                let mut simulated = match simulated_root_key {
+                    None => SimulatedNsm::new()?,
+                    Some(path) => {
+                        let pem = std::fs::read_to_string(&path)
+                            .map_err(|source| CliError::RootKeyFile { path, source })?;
+                        SimulatedNsm::with_root_key(&pem)?
+                    }
+                };
                 for text in &simulated_pcr {
                     let (index, value) = parse_pcr(text)?;
                     simulated = simulated.with_pcr(index, &value)?;
@@ -284,6 +380,7 @@ impl Args {
                         etcdctl,
                     }
                 },
+                budgets: budgets.budgets(),
             },
         });
         let result = tokio::select! {
@@ -337,6 +434,7 @@ mod tests {
                 .as_deref(),
             Some("vsock://3:8001")
         );
+        assert_eq!(args.budgets.budgets(), AgentBudgets::default());
         let args =
             Args::try_parse_from(["nautilus-agent", "--egress-proxy", "none"]).expect("none");
         assert!(args.egress_proxy().expect("none").is_none());

@@ -5,6 +5,8 @@
 //! - [`link`]: the [`link::Agent`] and its control link to the sidecar (BootConfig in;
 //!   attestation and reports out; nonce refresh).
 //! - [`challenge`]: a user's one-shot challenge, answered beside the operator's evidence.
+//! - [`budget`]: the agent's own limits on challenges, nonce refreshes and new-address stake
+//!   lookups, and the counters its reports carry.
 //! - [`boot`]: the boot sequence, from a BootConfig to an attested, supervised control plane,
 //!   and the control plane's environment.
 //! - [`forwarder`]: the API server's vsock port, forwarded byte for byte ([`forwarder::ApiForwarder`]).
@@ -18,6 +20,7 @@
 //! - [`supervisor`]: runs one command, restarts it with backoff.
 //! - [`prober`]: health probes of the API server, scheduler and controller manager.
 //! - [`client`]: one-request HTTPS client used by the prober and the stand-in.
+//! - [`errors`]: an error and its causes on one line ([`errors::error_chain`]).
 //! - [`egress`]: Sui RPC through the sidecar's CONNECT proxy, TLS verified in the enclave.
 //! - [`kubelet_egress`]: the API server's kubelet traffic through the same proxy (egress
 //!   selector, a Unix socket joined byte for byte to `--egress-proxy`), TLS end to end.
@@ -35,12 +38,14 @@
 
 pub mod auth;
 pub mod boot;
+pub mod budget;
 pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod control_plane;
 pub mod csr_approver;
 pub mod egress;
+pub mod errors;
 pub mod flags;
 pub mod forwarder;
 pub mod k3s;

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nautilus_protocol::bounded::{BoundedListener, Conn, Limits, Unobserved};
+use nautilus_protocol::bounded::{BoundedListener, Conn, Limits, LogLimit, Unobserved};
 use nautilus_protocol::transport::{self, Endpoint, Listener, TransportError};
 use nautilus_protocol::wire::{
     self, BootConfig, BootRefused, MAX_SNAPSHOT_BYTES, Message, SNAPSHOT_CHUNK_BYTES,
@@ -34,6 +34,8 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::boot::{BootError, BootOptions, Booted};
+use crate::budget::Counters;
+use crate::errors::error_chain;
 use crate::forwarder::ApiForwarder;
 use crate::state::{Offered, SealedSnapshot};
 
@@ -225,6 +227,14 @@ impl Agent {
             let mut snapshots = booted.keeper.as_ref().map(|k| k.snapshots());
             let mut attestations = booted.attestations();
             let mut reports = booted.reporter.subscribe();
+            // The nonce to attest next, within the refresh rate; a later refresh replaces it.
+            // A reconnecting sidecar's new nonce is attested before the first message when
+            // the rate allows, so its first evidence answers it.
+            let mut refresh = RefreshSlot::default();
+            if !booted.attested_with(&boot.nonce) {
+                refresh.arrived(boot.nonce.clone(), &booted);
+                refresh.attest_if_due(&booted).await?;
+            }
             let evidence = attestations.borrow_and_update().clone();
             if let Some((_, evidence)) = evidence {
                 wire::write_message(&mut writer, &Message::Attestation(evidence)).await?;
@@ -232,17 +242,27 @@ impl Agent {
             // Reports made before this connection are stale for it; ask for a fresh one now.
             reports.borrow_and_update();
             booted.reporter.report_now();
+            let refused_challenges = LogLimit::default();
             loop {
+                refresh.attest_if_due(&booted).await?;
                 tokio::select! {
+                    () = tokio::time::sleep_until(refresh.due), if refresh.nonce.is_some() => {}
                     message = incoming.recv() => match message {
                         None | Some(Err(WireError::Closed)) => return Ok(()),
                         Some(Err(e)) => return Err(LinkError::Wire(e)),
-                        Some(Ok(Message::NonceRefresh(refresh))) => {
-                            info!(nonce_len = refresh.nonce.len(), "nonce refresh");
-                            booted.attest(&refresh.nonce).await.map_err(BootError::from)?;
+                        Some(Ok(Message::NonceRefresh(nonce))) => {
+                            info!(nonce_len = nonce.nonce.len(), "nonce refresh");
+                            refresh.arrived(nonce.nonce, &booted);
                         }
                         Some(Ok(Message::Challenge(challenge))) => {
+                            if !booted.admit_challenge() {
+                                if let Some(suppressed) = refused_challenges.check() {
+                                    warn!(suppressed, "user challenge over the agent's rate: dropped");
+                                }
+                                continue;
+                            }
                             if let Some(answer) = crate::challenge::answer(&booted, challenge).await {
+                                Counters::count(&booted.counters.challenges_answered);
                                 let answer = Message::ChallengeAnswer(answer);
                                 wire::write_message(&mut writer, &answer).await?;
                             }
@@ -304,9 +324,9 @@ impl Agent {
                     running: booted.digest_hex.clone(),
                 });
             }
-            if !booted.attested_with(&boot.nonce) {
-                booted.attest(&boot.nonce).await.map_err(BootError::from)?;
-            }
+            // A nonce this boot has not attested is re-attested by the connection, within the
+            // refresh rate: a host that reconnects in a loop gets no more documents than one
+            // that sends refreshes.
             info!(digest = %booted.digest_hex, "sidecar reconnected to the running boot");
             return Ok(Arc::clone(booted));
         }
@@ -422,6 +442,28 @@ async fn next_snapshot(
     }
 }
 
+/// A connection's nonce refresh waiting for its token of the refresh rate: only the latest
+/// waiting nonce is attested (the operator accepts its latest challenge, and the one before
+/// for a while), so refreshes sent faster than the rate cost one document per token.
+#[derive(Debug)]
+struct RefreshSlot {
+    nonce: Option<Vec<u8>>,
+    /// When to try again for a token.
+    due: tokio::time::Instant,
+    /// Whether the waiting nonce was counted as deferred already.
+    counted: bool,
+}
+
+impl Default for RefreshSlot {
+    fn default() -> Self {
+        Self {
+            nonce: None,
+            due: tokio::time::Instant::now(),
+            counted: false,
+        }
+    }
+}
+
 /// Stream a sealed snapshot file to the sidecar as [`SnapshotChunk`]s.
 async fn send_snapshot<W>(writer: &mut W, snapshot: &SealedSnapshot) -> Result<(), LinkError>
 where
@@ -460,18 +502,38 @@ where
     }
 }
 
-/// `error: cause: cause…` for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors already print their source; do not say it twice.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+impl RefreshSlot {
+    /// A refresh for `nonce` arrived: it replaces one still waiting (that one was counted as
+    /// deferred when it first waited).
+    fn arrived(&mut self, nonce: Vec<u8>, booted: &Booted) {
+        if self.nonce.replace(nonce).is_some() && !self.counted {
+            Counters::count(&booted.counters.nonce_refreshes_deferred);
         }
-        source = cause.source();
+        self.counted = false;
+        self.due = tokio::time::Instant::now();
     }
-    text
+
+    /// Attest the waiting nonce if a token is there; otherwise note when one will be (a nonce
+    /// that waits is counted as deferred once).
+    async fn attest_if_due(&mut self, booted: &Booted) -> Result<(), LinkError> {
+        let Some(nonce) = self.nonce.take() else {
+            return Ok(());
+        };
+        match booted.refresh_token() {
+            Ok(()) => {
+                booted.attest(&nonce).await.map_err(BootError::from)?;
+                Counters::count(&booted.counters.nonce_refreshes);
+                Ok(())
+            }
+            Err(wait) => {
+                if !self.counted {
+                    Counters::count(&booted.counters.nonce_refreshes_deferred);
+                    self.counted = true;
+                }
+                self.due = tokio::time::Instant::now() + wait.min(Duration::from_secs(3600));
+                self.nonce = Some(nonce);
+                Ok(())
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ use nautilus_protocol::wire::{ComponentReport, ProcessState, Report, SignedRepor
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument as _, debug, error, info_span};
 
+use crate::budget::Counters;
 use crate::material::BootMaterial;
 use crate::prober::Prober;
 use crate::supervisor::unix_ms;
@@ -39,6 +40,8 @@ pub struct ReporterConfig {
     pub startup_timeout: Duration,
     /// The sealed state's part of each report, when the configuration keeps state.
     pub state: Option<watch::Receiver<nautilus_protocol::wire::StateReport>>,
+    /// The budget counters, carried in every report once one is not zero.
+    pub counters: Arc<Counters>,
 }
 
 /// The running reporter task.
@@ -156,6 +159,7 @@ async fn report_loop(
             components: components.clone(),
             control_plane: process,
             state: r.state.as_ref().map(|s| s.borrow().clone()),
+            budget: r.counters.snapshot(),
         };
         debug!(sequence, healthy = report.all_healthy(), "report");
         if report.control_plane.startup_timed_out && !report.all_healthy() {

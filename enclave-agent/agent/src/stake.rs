@@ -11,6 +11,15 @@
 //!
 //! Failure is never turned into access: an RPC error is an error, and only an answer younger than
 //! the TTL is reused. Concurrent lookups of one address share one RPC sequence.
+//!
+//! Keys are free, so anyone can make every review name an address never seen before. With
+//! [`StakeCache::with_limits`] ([`LookupLimits`]) such lookups are bounded: an address the
+//! cache knows (answered before, even if that answer expired) keeps the fast path; any other
+//! waits for a token of the lookup rate, at most [`LookupLimits::queue`] of them at once and
+//! for at most [`LookupLimits::max_wait`], and beyond that is refused with
+//! [`StakeError::Throttled`] ("try again", counted) rather than sent to the full node. An
+//! answer below every tier goes to a negative cache of its own (its own TTL and capacity), so a
+//! flood of empty addresses never evicts the addresses that hold stake.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,10 +29,14 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use nautilus_protocol::budget::{Rate, TokenBucket};
 use serde::Deserialize;
 use sui_rpc::proto::sui::rpc::v2::{GetServiceInfoRequest, ListOwnedObjectsRequest, Object};
 use sui_sdk_types::{Address, StructTag};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::budget::Counters;
 
 /// The native stake type of Sui.
 pub const STAKED_SUI: &str = "0x3::staking_pool::StakedSui";
@@ -92,6 +105,117 @@ pub enum StakeError {
         /// The bound.
         max_objects: usize,
     },
+    /// Lookups of addresses not seen before are over their rate: nothing was asked of the
+    /// full node, and the same token may succeed later.
+    #[error(
+        "stake lookups of new addresses are over their rate; try again in {retry_after_seconds} s"
+    )]
+    Throttled {
+        /// When a lookup is likely to be admitted.
+        retry_after_seconds: u64,
+    },
+    /// The lookup task ended without an answer (the runtime is shutting down).
+    #[error("stake lookup abandoned")]
+    Abandoned,
+}
+
+/// Bounds on stake lookups of addresses the caches do not know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LookupLimits {
+    /// Lookups a second sent to the full node for such addresses, and the burst.
+    pub rate: Rate,
+    /// Lookups that may wait for a token at once; more are refused at once.
+    pub queue: usize,
+    /// Longest a lookup waits for its token before it is refused (inside the webhook's
+    /// review deadline).
+    pub max_wait: Duration,
+    /// How long an answer below every tier is reused.
+    pub negative_ttl: Duration,
+    /// Most addresses remembered as below every tier.
+    pub negative_capacity: usize,
+}
+
+/// New-address stake lookups a second (`--stake-lookup-rate`).
+pub const DEFAULT_LOOKUP_RATE: f64 = 5.0;
+/// New-address stake lookups in a burst (`--stake-lookup-burst`).
+pub const DEFAULT_LOOKUP_BURST: u32 = 20;
+/// New-address stake lookups waiting at once (`--stake-lookup-queue`).
+pub const DEFAULT_LOOKUP_QUEUE: usize = 32;
+/// How long "below every tier" is remembered (`--stake-negative-ttl-seconds`).
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        Self {
+            rate: Rate::new(DEFAULT_LOOKUP_RATE, DEFAULT_LOOKUP_BURST),
+            queue: DEFAULT_LOOKUP_QUEUE,
+            max_wait: Duration::from_secs(5),
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            negative_capacity: 10_000,
+        }
+    }
+}
+
+/// The clock of the throttle: tokio's, so that tests on a paused clock step it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// The token bucket and the waiting room of new-address lookups.
+struct Throttle {
+    limits: LookupLimits,
+    bucket: Mutex<TokenBucket>,
+    waiting: Semaphore,
+}
+
+impl Throttle {
+    fn new(limits: LookupLimits) -> Self {
+        Self {
+            limits,
+            bucket: Mutex::new(TokenBucket::new(limits.rate, now())),
+            waiting: Semaphore::new(limits.queue.max(1)),
+        }
+    }
+
+    fn refused(&self, wait: Duration) -> StakeError {
+        // Behind everyone waiting, at the lookup rate.
+        let queued = self.limits.queue as f64 / self.limits.rate.per_second.max(1e-3);
+        StakeError::Throttled {
+            retry_after_seconds: crate::budget::whole_seconds(
+                wait.max(Duration::from_secs_f64(queued.min(3600.0))),
+            ),
+        }
+    }
+
+    /// Wait for a token: within the queue and `max_wait`, else refused.
+    async fn admit(&self) -> Result<(), StakeError> {
+        let Ok(_place) = self.waiting.try_acquire() else {
+            return Err(self.refused(Duration::ZERO));
+        };
+        let deadline = now() + self.limits.max_wait;
+        loop {
+            let now = now();
+            let taken = self
+                .bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .try_take(now);
+            match taken {
+                Ok(()) => return Ok(()),
+                Err(wait) if now + wait > deadline => return Err(self.refused(wait)),
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
+
+/// What [`StakeCache::with_limits`] adds: the throttle, the negative cache's threshold, and
+/// the counters.
+struct Bounds {
+    throttle: Throttle,
+    /// Answers below this (the lowest tier's minimum) are negative.
+    below: u64,
+    counters: Arc<Counters>,
 }
 
 /// What to count, and how to reach the chain.
@@ -336,7 +460,11 @@ type Lookup = Shared<BoxFuture<'static, Result<u64, StakeError>>>;
 
 #[derive(Default)]
 struct CacheState {
+    /// Answers at or above the lowest tier (all answers without limits); an expired one still
+    /// marks the address as known.
     fresh: HashMap<Address, (u64, Instant)>,
+    /// Answers below every tier (with limits only).
+    negative: HashMap<Address, (u64, Instant)>,
     in_flight: HashMap<Address, Lookup>,
 }
 
@@ -346,6 +474,7 @@ pub struct StakeCache<R> {
     ttl: Duration,
     capacity: usize,
     state: Arc<Mutex<CacheState>>,
+    bounds: Option<Arc<Bounds>>,
 }
 
 impl<R> std::fmt::Debug for StakeCache<R> {
@@ -358,14 +487,33 @@ impl<R> std::fmt::Debug for StakeCache<R> {
 }
 
 impl<R: ReadStake> StakeCache<R> {
-    /// Caches answers of `reader` for `ttl`, at most `capacity` addresses.
+    /// Caches answers of `reader` for `ttl`, at most `capacity` addresses; every lookup the
+    /// cache cannot answer goes to `reader`.
     pub fn new(reader: R, ttl: Duration, capacity: usize) -> Self {
         Self {
             reader: Arc::new(reader),
             ttl,
             capacity: capacity.max(1),
             state: Arc::default(),
+            bounds: None,
         }
+    }
+
+    /// The same, with lookups of addresses it does not know bounded by `limits`, answers
+    /// below `below` (the lowest tier's minimum) kept in the negative cache, and both counted
+    /// in `counters`.
+    pub fn with_limits(
+        mut self,
+        limits: LookupLimits,
+        below: u64,
+        counters: Arc<Counters>,
+    ) -> Self {
+        self.bounds = Some(Arc::new(Bounds {
+            throttle: Throttle::new(limits),
+            below,
+            counters,
+        }));
+        self
     }
 
     fn lock(state: &Mutex<CacheState>) -> std::sync::MutexGuard<'_, CacheState> {
@@ -376,7 +524,8 @@ impl<R: ReadStake> StakeCache<R> {
     }
 
     /// The owner's stake: from the cache while fresh, else from the chain (one lookup shared by
-    /// every concurrent caller). Errors are not cached.
+    /// every concurrent caller, run in a task of its own so that it ends, and frees its place,
+    /// whoever still waits for it). Errors are not cached.
     pub async fn stake_of(&self, owner: Address) -> Result<u64, StakeError> {
         let lookup = {
             let mut state = Self::lock(&self.state);
@@ -385,23 +534,60 @@ impl<R: ReadStake> StakeCache<R> {
             {
                 return Ok(*stake);
             }
+            if let Some(bounds) = &self.bounds
+                && let Some((stake, at)) = state.negative.get(&owner)
+                && at.elapsed() < bounds.throttle.limits.negative_ttl
+            {
+                Counters::count(&bounds.counters.stake_negative_hits);
+                return Ok(*stake);
+            }
             match state.in_flight.get(&owner) {
                 Some(lookup) => lookup.clone(),
                 None => {
+                    // Known: answered before at or above the lowest tier. Its refresh is not
+                    // a new address's lookup.
+                    let known = state.fresh.contains_key(&owner);
                     let reader = Arc::clone(&self.reader);
                     let shared_state = Arc::clone(&self.state);
+                    let bounds = self.bounds.clone();
                     let (ttl, capacity) = (self.ttl, self.capacity);
-                    let lookup = async move {
+                    let task = tokio::spawn(async move {
+                        if let Some(bounds) = &bounds
+                            && !known
+                            && let Err(refused) = bounds.throttle.admit().await
+                        {
+                            Counters::count(&bounds.counters.stake_lookups_refused);
+                            Self::lock(&shared_state).in_flight.remove(&owner);
+                            return Err(refused);
+                        }
+                        if let Some(bounds) = &bounds {
+                            Counters::count(&bounds.counters.stake_lookups);
+                        }
                         let result = reader.stake_of(owner).await;
                         let mut state = Self::lock(&shared_state);
                         state.in_flight.remove(&owner);
-                        if let Ok(stake) = result {
-                            insert_bounded(&mut state.fresh, owner, stake, ttl, capacity);
+                        match (&result, &bounds) {
+                            (Ok(stake), Some(bounds)) if *stake < bounds.below => {
+                                let limits = bounds.throttle.limits;
+                                insert_bounded(
+                                    &mut state.negative,
+                                    owner,
+                                    *stake,
+                                    limits.negative_ttl,
+                                    limits.negative_capacity.max(1),
+                                );
+                            }
+                            (Ok(stake), _) => {
+                                state.negative.remove(&owner);
+                                insert_bounded(&mut state.fresh, owner, *stake, ttl, capacity);
+                            }
+                            (Err(_), _) => {}
                         }
                         result
-                    }
-                    .boxed()
-                    .shared();
+                    });
+                    let lookup = async move { task.await.unwrap_or(Err(StakeError::Abandoned)) }
+                        .boxed()
+                        .shared();
                     state.in_flight.insert(owner, lookup.clone());
                     lookup
                 }
@@ -428,4 +614,170 @@ fn insert_bounded(
         }
     }
     fresh.insert(owner, (stake, Instant::now()));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A ledger that counts what it is asked; `0x01…` holds 5,000 MIST, every other address
+    /// nothing.
+    #[derive(Default)]
+    struct Ledger {
+        calls: AtomicUsize,
+    }
+
+    impl ReadStake for Arc<Ledger> {
+        async fn stake_of(&self, owner: Address) -> Result<u64, StakeError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(if owner == rich() { 5_000 } else { 0 })
+        }
+    }
+
+    fn rich() -> Address {
+        Address::new([1; 32])
+    }
+
+    fn fresh(n: u32) -> Address {
+        let mut bytes = [0xee; 32];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        Address::new(bytes)
+    }
+
+    fn cache(
+        ledger: &Arc<Ledger>,
+        limits: LookupLimits,
+    ) -> (StakeCache<Arc<Ledger>>, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
+        let cache = StakeCache::new(Arc::clone(ledger), Duration::from_secs(30), 4).with_limits(
+            limits,
+            1_000,
+            Arc::clone(&counters),
+        );
+        (cache, counters)
+    }
+
+    fn limits(per_second: f64, burst: u32, queue: usize) -> LookupLimits {
+        LookupLimits {
+            rate: Rate::new(per_second, burst),
+            queue,
+            max_wait: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(60),
+            negative_capacity: 100,
+        }
+    }
+
+    fn read(counters: &Counters) -> (u64, u64, u64) {
+        let c = counters.snapshot().unwrap_or_default();
+        (
+            c.stake_lookups,
+            c.stake_lookups_refused,
+            c.stake_negative_hits,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_addresses_wait_in_a_bounded_queue_and_the_rest_are_told_to_try_again() {
+        let ledger = Arc::default();
+        let (cache, counters) = cache(&ledger, limits(1.0, 1, 2));
+        let cache = Arc::new(cache);
+        let started = Instant::now();
+        let asks: Vec<_> = (0..6)
+            .map(|n| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { (cache.stake_of(fresh(n)).await, started.elapsed()) })
+            })
+            .collect();
+        let mut answered = Vec::new();
+        let mut refused = Vec::new();
+        for ask in asks {
+            match ask.await.expect("task") {
+                (Ok(stake), at) => answered.push((stake, at)),
+                (
+                    Err(StakeError::Throttled {
+                        retry_after_seconds,
+                    }),
+                    at,
+                ) => {
+                    refused.push((retry_after_seconds, at));
+                }
+                (Err(e), _) => panic!("{e}"),
+            }
+        }
+        // One token at once, two waiting (one second apart), three refused at once.
+        assert_eq!(answered.len(), 3, "{answered:?}");
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(
+            refused
+                .iter()
+                .all(|(retry, at)| *retry == 2 && at.is_zero()),
+            "{refused:?}"
+        );
+        let mut times: Vec<_> = answered.iter().map(|(_, at)| at.as_secs()).collect();
+        times.sort_unstable();
+        assert_eq!(times, [0, 1, 2]);
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(read(&counters), (3, 3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_beyond_max_wait_is_refused_not_queued() {
+        let ledger = Arc::default();
+        let (cache, counters) = cache(&ledger, limits(0.01, 1, 8));
+        assert_eq!(cache.stake_of(fresh(1)).await, Ok(0));
+        let refused = cache
+            .stake_of(fresh(2))
+            .await
+            .expect_err("no token within 5 s");
+        assert_eq!(
+            refused,
+            StakeError::Throttled {
+                retry_after_seconds: 800
+            }
+        );
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(read(&counters), (1, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn known_addresses_keep_their_fast_path_and_the_negative_cache_answers_the_empty() {
+        let ledger = Arc::default();
+        // No token ever comes back after the first.
+        let (cache, counters) = cache(&ledger, limits(0.0001, 1, 8));
+        assert_eq!(cache.stake_of(rich()).await, Ok(5_000));
+        // Fresh answers: no lookup at all.
+        assert_eq!(cache.stake_of(rich()).await, Ok(5_000));
+        // New addresses are refused now ...
+        assert!(matches!(
+            cache.stake_of(fresh(1)).await,
+            Err(StakeError::Throttled { .. })
+        ));
+        // ... but a known address whose answer expired is read again at once.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(cache.stake_of(rich()).await, Ok(5_000));
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(read(&counters), (2, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_addresses_are_remembered_apart_and_never_evict_the_staked() {
+        let ledger = Arc::default();
+        let (cache, counters) = cache(&ledger, limits(1e6, 1_000_000, 8));
+        assert_eq!(cache.stake_of(rich()).await, Ok(5_000));
+        // Far more empty addresses than the positive cache holds (4).
+        for n in 0..50 {
+            assert_eq!(cache.stake_of(fresh(n)).await, Ok(0));
+        }
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 51);
+        assert_eq!(cache.stake_of(rich()).await, Ok(5_000), "still cached");
+        // A second review of an empty address is a negative hit, within its TTL only.
+        assert_eq!(cache.stake_of(fresh(7)).await, Ok(0));
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 51);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(cache.stake_of(fresh(7)).await, Ok(0));
+        assert_eq!(ledger.calls.load(Ordering::SeqCst), 52);
+        assert_eq!(read(&counters), (52, 0, 1));
+    }
 }

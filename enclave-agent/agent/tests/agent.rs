@@ -147,6 +147,87 @@ async fn boots_attests_reports_forwards_and_refreshes_the_nonce() {
     report_where(&mut link, &mut verifier, "reports go on", |_| true).await;
 }
 
+/// A host that sends refreshes and challenges as fast as it can gets documents at the agent's
+/// rates only: the refreshes coalesce to the latest nonce, the challenges over the rate are
+/// dropped, and both are counted in the signed report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_and_challenges_from_a_hostile_host_cost_the_agent_its_rates() {
+    let agent = AgentProcess::start_with(|command, _| {
+        command.args([
+            "--nonce-refresh-rate",
+            "0.5",
+            "--nonce-refresh-burst",
+            "1",
+            "--challenge-rate",
+            "0.001",
+            "--challenge-burst",
+            "2",
+        ]);
+    });
+    let mut link = agent.connect().await;
+    let nonce = b"boot nonce".to_vec();
+    let boot = agent.boot_config(&nonce);
+    wire::write_message(&mut link, &Message::BootConfig(Box::new(boot.clone())))
+        .await
+        .expect("send boot config");
+    let evidence = next_attestation(&mut link).await;
+    let document = verify_evidence(&evidence, &boot, &nonce);
+    let public_key = document.public_key.clone().expect("report key attested");
+    let mut verifier =
+        ReportVerifier::new(&public_key, boot.config.digest_hex(), 30_000).expect("key");
+    // Before anything was refused, reports carry no counters.
+    let first = report_where(&mut link, &mut verifier, "a report", |_| true).await;
+    assert_eq!(first.budget, None);
+
+    for n in 0..20u8 {
+        for message in [
+            Message::NonceRefresh(NonceRefresh {
+                nonce: vec![b'r', n],
+            }),
+            Message::Challenge(wire::Challenge {
+                nonce: vec![b'c', n],
+            }),
+        ] {
+            wire::write_message(&mut link, &message)
+                .await
+                .expect("flood");
+        }
+    }
+    // Two documents for refreshes (the first at once, then the latest after one token's
+    // wait), two answers (the burst), and then nothing more.
+    let mut attested = Vec::new();
+    let mut answered = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Ok(message) = tokio::time::timeout_at(deadline, wire::read_message(&mut link)).await {
+        match message.expect("valid message") {
+            Message::Attestation(evidence) => {
+                let doc = nautilus_protocol::attestation::decode_unverified(&evidence.document)
+                    .expect("document");
+                attested.push(doc.nonce.unwrap_or_default());
+            }
+            Message::ChallengeAnswer(answer) => answered.push(answer.nonce),
+            Message::Report(_) => {}
+            other => panic!("unexpected {:?}", other.kind()),
+        }
+    }
+    assert_eq!(attested, [vec![b'r', 0], vec![b'r', 19]]);
+    assert_eq!(answered, [vec![b'c', 0], vec![b'c', 1]]);
+    let counted = report_where(&mut link, &mut verifier, "counters", |r| r.budget.is_some())
+        .await
+        .budget
+        .expect("counters");
+    assert_eq!(
+        counted,
+        wire::BudgetCounters {
+            challenges_answered: 2,
+            challenges_refused: 18,
+            nonce_refreshes: 2,
+            nonce_refreshes_deferred: 19,
+            ..wire::BudgetCounters::default()
+        }
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unhealthy_components_and_a_killed_control_plane_show_in_reports() {
     let agent = AgentProcess::start();

@@ -292,3 +292,83 @@ async fn cache_is_bounded() {
     assert_eq!(cache.stake_of(who(0)).await, Ok(100), "oldest was evicted");
     assert_eq!(chain.info_calls.load(Ordering::SeqCst), before + 1);
 }
+
+/// A flood of addresses never seen before, through the real gRPC client to the fixture node:
+/// the node sees at most the burst plus the lookup rate, the rest is told to try again, and an
+/// address with stake answers from the cache throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_addresses_reach_the_full_node_at_the_lookup_rate_only() {
+    use nautilus_agent::budget::Counters;
+    use nautilus_agent::stake::LookupLimits;
+    use nautilus_protocol::budget::Rate;
+
+    let chain = Arc::new(fixture());
+    let addr = serve(Arc::clone(&chain)).await;
+    let counters = Arc::new(Counters::default());
+    let limits = LookupLimits {
+        rate: Rate::new(10.0, 5),
+        queue: 4,
+        max_wait: Duration::from_millis(500),
+        ..LookupLimits::default()
+    };
+    let cache = Arc::new(
+        StakeCache::new(
+            reader(addr, StakeConfig::default()),
+            Duration::from_secs(60),
+            16,
+        )
+        .with_limits(limits, 1_000, Arc::clone(&counters)),
+    );
+    assert_eq!(cache.stake_of(alice()).await, Ok(10_000));
+    let before = chain.list_calls.load(Ordering::SeqCst);
+
+    let started = std::time::Instant::now();
+    let mut answered = 0usize;
+    let mut refused = 0usize;
+    let mut slowest_known = Duration::ZERO;
+    let mut n = 0u32;
+    while started.elapsed() < Duration::from_secs(2) {
+        let wave: Vec<_> = (0..20)
+            .map(|_| {
+                n += 1;
+                let mut bytes = [0x77; 32];
+                bytes[..4].copy_from_slice(&n.to_be_bytes());
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.stake_of(Address::new(bytes)).await })
+            })
+            .collect();
+        let asked = std::time::Instant::now();
+        assert_eq!(cache.stake_of(alice()).await, Ok(10_000));
+        slowest_known = slowest_known.max(asked.elapsed());
+        for lookup in wave {
+            match lookup.await.expect("task") {
+                Ok(0) => answered += 1,
+                Err(StakeError::Throttled { .. }) => refused += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let reached = chain.list_calls.load(Ordering::SeqCst) - before;
+    let ceiling = 5 + (10.0 * elapsed.as_secs_f64()).ceil() as usize;
+    assert_eq!(
+        reached, answered,
+        "one ListOwnedObjects per new empty address"
+    );
+    assert!(
+        reached <= ceiling,
+        "{reached} lookups reached the node in {elapsed:?}"
+    );
+    assert!(reached >= 10, "only {reached} lookups in {elapsed:?}");
+    assert!(
+        refused > 2 * reached,
+        "{refused} refused, {reached} answered"
+    );
+    assert!(
+        slowest_known < Duration::from_millis(50),
+        "a known address waited {slowest_known:?}"
+    );
+    let counted = counters.snapshot().expect("counters");
+    assert_eq!(counted.stake_lookups_refused, refused as u64);
+    assert_eq!(counted.stake_lookups, 1 + reached as u64);
+}

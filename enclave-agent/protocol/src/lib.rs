@@ -19,6 +19,7 @@
 //! - [`constants`]: the vsock ports and CIDs the agent and the sidecar agree on.
 //! - [`bounded`]: connection caps, idle/handshake/header/body timeouts and rate-limited
 //!   refusal logs shared by every listener of the agent and the sidecar.
+//! - [`budget`]: token buckets, global and per peer, for the paths anyone can reach.
 //! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
 //!
 //! ```text
@@ -28,6 +29,7 @@
 
 pub mod attestation;
 pub mod bounded;
+pub mod budget;
 pub mod constants;
 pub mod nsm;
 pub mod policy;

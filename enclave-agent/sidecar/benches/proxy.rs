@@ -75,6 +75,7 @@ fn sidecar_proxy(rt: &Runtime, path: &Path, upstream: &Endpoint) -> Endpoint {
             upstream.clone(),
             Arc::new(Metrics::new()),
             None,
+            None,
         ));
         proxied
     })

@@ -18,20 +18,33 @@
 //!   writes the whole request at once); a client that trickles it reaches the API server,
 //!   which refuses it.
 //!
-//! Bounded: at most [`MAX_IN_FLIGHT`] challenges at once (429 beyond), each answered within
-//! [`ANSWER_TIMEOUT`] (504 after), 503 without a link to the agent, 400 on a bad body; request
-//! bodies are the HTTP API's (at most 4 KiB within the body timeout).
+//! Bounded, because every challenge costs the enclave a document (an NSM call on Nitro):
+//! - a budget ([`DEFAULT_LIMITS`], flags `--challenge-rate`, `--challenge-burst`,
+//!   `--challenge-peer-rate`, `--challenge-peer-burst`): a global token bucket and one per peer
+//!   address ([`nautilus_protocol::budget::Budget`]); beyond it 429 with `Retry-After`, before
+//!   the agent sees anything, so at most the global rate of challenges reaches the enclave
+//!   whatever the number of clients;
+//! - at most [`MAX_IN_FLIGHT`] challenges at once (429 beyond), each answered within
+//!   [`ANSWER_TIMEOUT`] (504 after), 503 without a link to the agent, 400 on a bad body; request
+//!   bodies are the HTTP API's (at most 4 KiB within the body timeout).
+//!
+//! Each outcome is counted in `challenges_total{outcome}` (`answered`, `peer_rate`,
+//! `global_rate`, `busy`, `no_link`, `timeout`). The operator's own re-attestation never
+//! competes for this budget: it is `POST /attest` on the HTTP API, a `NonceRefresh` on the
+//! control link, which the link sends before any waiting challenge ([`crate::link`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nautilus_protocol::bounded::{Client, Conn};
+use nautilus_protocol::budget::{Budget, Rate, Rates, Refused, peer_key};
 use nautilus_protocol::wire::{
     AttestationEvidence, ChallengeAnswer, ChallengeRequest, ChallengeResponse, EnclaveConfig,
 };
@@ -40,7 +53,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::evidence::Evidence;
-use crate::http::{json, json_body, text};
+use crate::respond::{json, json_body, text};
 
 /// The route, on the HTTP API and on the API port.
 pub const PATH: &str = "/challenge";
@@ -50,6 +63,24 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a challenge starts on the API port; nothing else there is read by the sidecar.
 const PLAIN_PREFIX: &[u8] = b"POST /challenge ";
+/// Challenges a second reaching the agent, all peers together (`--challenge-rate`).
+pub const DEFAULT_RATE: f64 = 10.0;
+/// Challenges saved up for a burst, all peers together (`--challenge-burst`).
+pub const DEFAULT_BURST: u32 = 20;
+/// Challenges a second from one peer address (`--challenge-peer-rate`): `nautilusctl verify`
+/// asks once.
+pub const DEFAULT_PEER_RATE: f64 = 1.0;
+/// Challenges one peer may save up (`--challenge-peer-burst`).
+pub const DEFAULT_PEER_BURST: u32 = 5;
+/// Peers whose buckets are remembered at once.
+pub const MAX_PEERS: usize = 4096;
+
+/// The default challenge budget (the flags' defaults).
+pub const DEFAULT_LIMITS: Rates = Rates {
+    global: Rate::new(DEFAULT_RATE, DEFAULT_BURST),
+    per_peer: Rate::new(DEFAULT_PEER_RATE, DEFAULT_PEER_BURST),
+    max_peers: MAX_PEERS,
+};
 
 /// Why a challenge got no answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +92,9 @@ pub enum ChallengeError {
     /// [`MAX_IN_FLIGHT`] challenges are being answered.
     #[error("too many challenges in flight, retry later")]
     Busy,
+    /// The peer, or everyone together, spent the challenge budget.
+    #[error("challenge budget spent ({}), retry in {} s", .0.scope(), .0.retry_after_seconds())]
+    Limited(Refused),
     /// The agent did not answer within [`ANSWER_TIMEOUT`] (or the link dropped meanwhile).
     #[error("the enclave did not answer within {0:?}")]
     TimedOut(Duration),
@@ -70,8 +104,19 @@ impl ChallengeError {
     fn status(&self) -> StatusCode {
         match self {
             Self::NoLink => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Busy => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy | Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `outcome` label of `challenges_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::NoLink => "no_link",
+            Self::Busy => "busy",
+            Self::Limited(Refused::Peer { .. }) => "peer_rate",
+            Self::Limited(Refused::Global { .. }) => "global_rate",
+            Self::TimedOut(_) => "timeout",
         }
     }
 }
@@ -126,18 +171,31 @@ impl Inbox {
 pub struct Challenges {
     tx: mpsc::Sender<Pending>,
     slots: Semaphore,
+    budget: std::sync::Mutex<Budget>,
     config: EnclaveConfig,
     evidence: Arc<Evidence>,
     timeout: Duration,
 }
 
 impl Challenges {
-    /// Challenges for an enclave booted with `config`, whose link state `evidence` tracks.
+    /// Challenges for an enclave booted with `config`, whose link state `evidence` tracks,
+    /// within the default budget ([`DEFAULT_LIMITS`]).
     pub fn new(config: EnclaveConfig, evidence: Arc<Evidence>) -> (Self, Inbox) {
+        Self::with_limits(config, evidence, DEFAULT_LIMITS)
+    }
+
+    /// [`Challenges::new`] within `limits`.
+    pub fn with_limits(
+        config: EnclaveConfig,
+        evidence: Arc<Evidence>,
+        limits: Rates,
+    ) -> (Self, Inbox) {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let budget = Budget::new(limits, Instant::now());
         let challenges = Self {
             tx,
             slots: Semaphore::new(MAX_IN_FLIGHT),
+            budget: std::sync::Mutex::new(budget),
             config,
             evidence,
             timeout: ANSWER_TIMEOUT,
@@ -149,8 +207,32 @@ impl Challenges {
         (challenges, inbox)
     }
 
-    /// Ask the agent for a document answering `nonce` (already checked: 1 to 512 bytes).
-    pub async fn ask(&self, nonce: Vec<u8>) -> Result<ChallengeResponse, ChallengeError> {
+    /// Ask the agent for a document answering `nonce` (already checked: 1 to 512 bytes) on
+    /// behalf of `peer` (the client's address as the listener saw it), within the budget.
+    pub async fn ask(
+        &self,
+        peer: &str,
+        nonce: Vec<u8>,
+    ) -> Result<ChallengeResponse, ChallengeError> {
+        let result = self.ask_within_budget(peer, nonce).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(e) => e.outcome(),
+        };
+        self.evidence.metrics().challenge(outcome);
+        result
+    }
+
+    async fn ask_within_budget(
+        &self,
+        peer: &str,
+        nonce: Vec<u8>,
+    ) -> Result<ChallengeResponse, ChallengeError> {
+        self.budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(&peer_key(peer), Instant::now())
+            .map_err(ChallengeError::Limited)?;
         let _slot = self.slots.try_acquire().map_err(|_| ChallengeError::Busy)?;
         if !self.evidence.link_up() {
             return Err(ChallengeError::NoLink);
@@ -186,9 +268,18 @@ pub async fn handle(
         Ok(request) => request.nonce,
         Err(refusal) => return refusal,
     };
-    match challenges.ask(nonce).await {
+    match challenges.ask(client.peer(), nonce).await {
         Ok(answer) => json(&answer),
-        Err(e) => text(e.status(), e.to_string()),
+        Err(e) => {
+            let mut response = text(e.status(), e.to_string());
+            if let ChallengeError::Limited(refused) = e {
+                response.headers_mut().insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(refused.retry_after_seconds()),
+                );
+            }
+            response
+        }
     }
 }
 
@@ -330,12 +421,15 @@ mod tests {
         let evidence = Arc::new(evidence);
         let config: EnclaveConfig = serde_json::from_value(config_json()).expect("config");
         let (challenges, mut inbox) = Challenges::new(config.clone(), Arc::clone(&evidence));
-        assert_eq!(challenges.ask(vec![1]).await, Err(ChallengeError::NoLink));
+        assert_eq!(
+            challenges.ask("10.0.0.1:1", vec![1]).await,
+            Err(ChallengeError::NoLink)
+        );
         evidence.set_link_up(true);
         let challenges = Arc::new(challenges);
         let asking = tokio::spawn({
             let challenges = Arc::clone(&challenges);
-            async move { challenges.ask(vec![7; 32]).await }
+            async move { challenges.ask("10.0.0.1:2", vec![7; 32]).await }
         });
         assert_eq!(inbox.next().await, Some(vec![7; 32]));
         let attestation = AttestationEvidence {
@@ -370,14 +464,22 @@ mod tests {
         for i in 0..MAX_IN_FLIGHT {
             let challenges = Arc::clone(&challenges);
             asks.push(tokio::spawn(async move {
-                challenges.ask(vec![u8::try_from(i).unwrap_or(0) + 1]).await
+                challenges
+                    .ask(
+                        &format!("10.0.1.{i}:1"),
+                        vec![u8::try_from(i).unwrap_or(0) + 1],
+                    )
+                    .await
             }));
         }
         tokio::task::yield_now().await;
         for _ in 0..MAX_IN_FLIGHT {
             assert!(inbox.next().await.is_some());
         }
-        assert_eq!(challenges.ask(vec![99]).await, Err(ChallengeError::Busy));
+        assert_eq!(
+            challenges.ask("10.0.2.1:1", vec![99]).await,
+            Err(ChallengeError::Busy)
+        );
         inbox.link_dropped();
         for ask in asks {
             assert_eq!(

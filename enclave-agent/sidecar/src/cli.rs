@@ -7,8 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use nautilus_protocol::bounded::Limits;
+use nautilus_protocol::budget::{Rate, Rates};
 use nautilus_protocol::constants::{EGRESS_PORT, VSOCK_CID_ANY};
 use nautilus_protocol::transport::{Endpoint, TransportError};
+
+use crate::{challenge, proxy};
 
 /// Why a command-line value could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +339,88 @@ impl LimitArgs {
     }
 }
 
+/// A rate in requests a second: a finite number above 0.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate above 0 (requests a second)"
+        )),
+    }
+}
+
+/// Budgets of what anyone can reach before proving who they are: token buckets, one for all
+/// clients together and one per client address (an IPv6 address by its /64). A request over
+/// one is refused before the enclave sees it and counted in `/metrics`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BudgetArgs {
+    /// Users' challenges (`POST /challenge`) a second reaching the enclave, all clients
+    /// together; each costs the enclave an attestation document. Beyond: 429 with
+    /// Retry-After, `challenges_total{outcome="global_rate"}`.
+    #[arg(long, env = "NAUTILUS_CHALLENGE_RATE", default_value_t = challenge::DEFAULT_RATE, value_parser = positive_rate)]
+    pub challenge_rate: f64,
+
+    /// Challenges saved up for a burst, all clients together.
+    #[arg(long, env = "NAUTILUS_CHALLENGE_BURST", default_value_t = challenge::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub challenge_burst: u32,
+
+    /// Challenges a second from one client address. Beyond: 429 with Retry-After,
+    /// `challenges_total{outcome="peer_rate"}`.
+    #[arg(long, env = "NAUTILUS_CHALLENGE_PEER_RATE", default_value_t = challenge::DEFAULT_PEER_RATE, value_parser = positive_rate)]
+    pub challenge_peer_rate: f64,
+
+    /// Challenges one client address may save up.
+    #[arg(long, env = "NAUTILUS_CHALLENGE_PEER_BURST", default_value_t = challenge::DEFAULT_PEER_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub challenge_peer_burst: u32,
+
+    /// New connections a second that the API port joins to the enclave, all clients together
+    /// (each is a TLS handshake the enclave's API server pays for). Beyond: the connection is
+    /// closed, `connections_rate_limited_total{listener="api",scope="global"}`. Open
+    /// connections are never touched.
+    #[arg(long, env = "NAUTILUS_API_CONNECTION_RATE", default_value_t = proxy::DEFAULT_CONNECTION_RATE, value_parser = positive_rate)]
+    pub api_connection_rate: f64,
+
+    /// New API connections saved up for a burst (everyone reconnecting after a restart).
+    #[arg(long, env = "NAUTILUS_API_CONNECTION_BURST", default_value_t = proxy::DEFAULT_CONNECTION_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_connection_burst: u32,
+
+    /// New API connections a second from one client address.
+    #[arg(long, env = "NAUTILUS_API_CONNECTION_PEER_RATE", default_value_t = proxy::DEFAULT_CONNECTION_PEER_RATE, value_parser = positive_rate)]
+    pub api_connection_peer_rate: f64,
+
+    /// New API connections one client address may save up.
+    #[arg(long, env = "NAUTILUS_API_CONNECTION_PEER_BURST", default_value_t = proxy::DEFAULT_CONNECTION_PEER_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    pub api_connection_peer_burst: u32,
+}
+
+impl BudgetArgs {
+    /// The challenge budget and the API port's connection budget, in that order.
+    pub fn rates(&self) -> [Rates; 2] {
+        let Self {
+            challenge_rate,
+            challenge_burst,
+            challenge_peer_rate,
+            challenge_peer_burst,
+            api_connection_rate,
+            api_connection_burst,
+            api_connection_peer_rate,
+            api_connection_peer_burst,
+        } = *self;
+        [
+            Rates {
+                global: Rate::new(challenge_rate, challenge_burst),
+                per_peer: Rate::new(challenge_peer_rate, challenge_peer_burst),
+                max_peers: challenge::MAX_PEERS,
+            },
+            Rates {
+                global: Rate::new(api_connection_rate, api_connection_burst),
+                per_peer: Rate::new(api_connection_peer_rate, api_connection_peer_burst),
+                max_peers: proxy::DEFAULT_CONNECTION_RATES.max_peers,
+            },
+        ]
+    }
+}
+
 /// `nautilus-sidecar`: runs beside an enclave on its host, launches it, sends it its boot
 /// configuration, relays its signed evidence over HTTP, and proxies its API server and its
 /// outbound Sui RPC connections. Holds no Kubernetes credentials.
@@ -458,6 +543,10 @@ pub struct Args {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    /// Rate budgets of users' challenges and of new connections into the enclave.
+    #[command(flatten)]
+    pub budgets: BudgetArgs,
+
     /// Log format.
     #[arg(long, value_enum, env = "NAUTILUS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -504,6 +593,24 @@ mod tests {
                 port: 443
             }]
         );
+        let [challenges, connections] = args.budgets.rates();
+        assert_eq!(challenges, challenge::DEFAULT_LIMITS);
+        assert_eq!(connections, proxy::DEFAULT_CONNECTION_RATES);
+        for bad in ["0", "-1", "NaN", "inf", "many"] {
+            assert!(
+                Args::try_parse_from([
+                    "nautilus-sidecar",
+                    "--boot-config",
+                    "b.json",
+                    "--launcher",
+                    "process",
+                    "--challenge-rate",
+                    bad,
+                ])
+                .is_err(),
+                "{bad}"
+            );
+        }
         let [http, api, egress] = args.limits.limits();
         assert_eq!(
             (http.max_connections, http.body_timeout, http.idle_timeout),

@@ -364,6 +364,7 @@ mod tests {
                 ..ProcessState::default()
             },
             state: None,
+            budget: None,
         }
     }
 

@@ -23,6 +23,7 @@
 //! - [`evidence`]: the latest evidence, report verification, readiness.
 //! - [`http`]: `/healthz`, `/readyz`, `/report`, `/metrics`, `POST /attest`, `POST /challenge`.
 //! - [`challenge`]: users' one-shot challenges, on the HTTP API and on the API port.
+//! - [`respond`]: text, JSON and JSON-body helpers the HTTP API and the challenge route share.
 //! - [`proxy`]: the API byte proxy and the egress CONNECT proxy.
 //! - [`metrics`]: Prometheus counters.
 //!
@@ -38,6 +39,7 @@ pub mod launcher;
 pub mod link;
 pub mod metrics;
 pub mod proxy;
+pub mod respond;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -53,7 +55,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use cli::{Args, Cidr, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
+pub use cli::{Args, BudgetArgs, Cidr, HostPort, LauncherKind, LimitArgs, ListenAddr, LogFormat};
 use evidence::Evidence;
 use launcher::{LaunchError, Launcher, NitroConfig, NitroLauncher, ProcessLauncher};
 use link::{LinkConfig, LinkError};
@@ -272,8 +274,10 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         aws_credentials_file,
         link_timeout_seconds,
         limits,
+        budgets,
         log_format: _,
     } = args;
+    let [challenge_rates, connection_rates] = budgets.rates();
     let [http_limits, api_limits, egress_limits] = limits.limits();
     let frame_timeout = Duration::from_secs(limits.client_timeout_seconds);
 
@@ -415,8 +419,11 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
 
     let (fatal_tx, fatal) = mpsc::channel(4);
     let mut tasks = Vec::new();
-    let (challenges, challenge_inbox) =
-        challenge::Challenges::new(boot.config.clone(), Arc::clone(&evidence));
+    let (challenges, challenge_inbox) = challenge::Challenges::with_limits(
+        boot.config.clone(),
+        Arc::clone(&evidence),
+        challenge_rates,
+    );
     let challenges = Arc::new(challenges);
     tasks.push(tokio::spawn(http::serve(
         http,
@@ -428,6 +435,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         api_upstream,
         Arc::clone(&metrics),
         Some(challenges),
+        Some(connection_rates),
     )));
     tasks.push(tokio::spawn(proxy::serve_egress(
         egress,

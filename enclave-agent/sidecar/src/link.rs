@@ -263,7 +263,22 @@ async fn session(
         }
     }));
     loop {
+        // Biased: the operator's nonce refresh goes out before any user's challenge waiting
+        // beside it, so users' challenges (bounded by their budget anyway) never delay the
+        // operator's re-attestation by more than the one document the agent may be making.
         tokio::select! {
+            biased;
+            nonce = nonces.recv() => {
+                let Some(nonce) = nonce else {
+                    return SessionEnd::Shutdown;
+                };
+                boot_config.nonce = nonce.clone();
+                let refresh = Message::NonceRefresh(NonceRefresh { nonce });
+                if let Err(err) = write_message(&mut writer, &refresh).await {
+                    return SessionEnd::Wire(err);
+                }
+                info!("nonce refresh sent to the agent");
+            }
             message = rx.recv() => match message {
                 Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
                 Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
@@ -304,17 +319,6 @@ async fn session(
                     return SessionEnd::Wire(WireError::Closed);
                 }
             },
-            nonce = nonces.recv() => {
-                let Some(nonce) = nonce else {
-                    return SessionEnd::Shutdown;
-                };
-                boot_config.nonce = nonce.clone();
-                let refresh = Message::NonceRefresh(NonceRefresh { nonce });
-                if let Err(err) = write_message(&mut writer, &refresh).await {
-                    return SessionEnd::Wire(err);
-                }
-                info!("nonce refresh sent to the agent");
-            }
             nonce = challenges.next() => {
                 let Some(nonce) = nonce else {
                     return SessionEnd::Shutdown;

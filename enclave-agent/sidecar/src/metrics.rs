@@ -55,6 +55,22 @@ pub struct RejectedLabels {
     pub reason: String,
 }
 
+/// Label set naming what became of a user's challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `answered`, `peer_rate`, `global_rate`, `busy`, `no_link` or `timeout`.
+    pub outcome: String,
+}
+
+/// Label set naming a listener and the budget that refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ScopeLabels {
+    /// `api`.
+    pub listener: String,
+    /// `peer` or `global`.
+    pub scope: String,
+}
+
 /// Every metric the sidecar keeps.
 #[derive(Debug)]
 pub struct Metrics {
@@ -97,6 +113,10 @@ pub struct Metrics {
     pub last_snapshot_timestamp_seconds: Gauge,
     /// Requests refused as malformed or oversized, by listener and reason.
     pub rejected_requests: Family<RejectedLabels, Counter>,
+    /// Users' challenges, by outcome (answered, or why not).
+    pub challenges: Family<OutcomeLabels, Counter>,
+    /// Connections closed on arrival because a connection-rate budget was spent.
+    pub connections_rate_limited: Family<ScopeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -158,6 +178,8 @@ impl Metrics {
             "When the newest sealed snapshot was stored (Unix seconds)",
             last_snapshot_timestamp_seconds.clone(),
         );
+        let challenges = Family::<OutcomeLabels, Counter>::default();
+        let connections_rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register(
             "reports_received",
             "Signed reports relayed by the agent",
@@ -219,6 +241,16 @@ impl Metrics {
             "Requests refused as malformed or oversized, by listener and reason",
             rejected_requests.clone(),
         );
+        registry.register(
+            "challenges",
+            "Users' challenges, by outcome: answered, or refused (peer_rate, global_rate, busy, no_link, timeout)",
+            challenges.clone(),
+        );
+        registry.register(
+            "connections_rate_limited",
+            "Connections closed on arrival because a connection-rate budget was spent, by listener and scope",
+            connections_rate_limited.clone(),
+        );
         Self {
             registry,
             reports_received,
@@ -240,7 +272,29 @@ impl Metrics {
             snapshots_stored,
             last_snapshot_sequence,
             last_snapshot_timestamp_seconds,
+            challenges,
+            connections_rate_limited,
         }
+    }
+
+    /// Count a user's challenge by `outcome`.
+    pub fn challenge(&self, outcome: &str) {
+        self.challenges
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a connection `listener` closed because the `scope` (`peer`, `global`) connection
+    /// rate was spent.
+    pub fn rate_limit_connection(&self, listener: &str, scope: &str) {
+        self.connections_rate_limited
+            .get_or_create(&ScopeLabels {
+                listener: listener.to_owned(),
+                scope: scope.to_owned(),
+            })
+            .inc();
     }
 
     /// Count a rejected report.

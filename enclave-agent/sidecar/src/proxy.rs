@@ -6,7 +6,15 @@
 //!   never costs a connection into the enclave. TLS stays end to end between the client and
 //!   the API server in the enclave. The one exception, when given [`Challenges`]: a
 //!   connection that starts `POST /challenge ` is a user's challenge, answered by the sidecar
-//!   ([`crate::challenge`]) so that the resource's endpoint is all a user needs.
+//!   ([`crate::challenge`]) so that the resource's endpoint is all a user needs. A connection
+//!   bound for the enclave also spends the connection budget ([`DEFAULT_CONNECTION_RATES`],
+//!   flags `--api-connection-rate`, `--api-connection-burst`, `--api-connection-peer-rate`,
+//!   `--api-connection-peer-burst`): once its first bytes are there, and before the enclave
+//!   is dialled, a connection beyond its peer's or the global rate of new connections is
+//!   closed and counted in `connections_rate_limited_total{listener="api",scope}`, so a
+//!   handshake flood costs the enclave's API server at most that many TLS handshakes a
+//!   second. Connections already joined are never touched, and challenges spend their own
+//!   budget instead.
 //! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
 //!   Only `CONNECT host:port` to an `--egress-allow` entry (the Sui full node) or to a kubelet
 //!   ([`EgressRules`]: an IP literal on an `--egress-allow-kubelet-port`, inside the
@@ -21,10 +29,11 @@
 //! counted in `egress_refused_total{reason}` and logged at most once per
 //! [`LOG_EVERY`](nautilus_protocol::bounded::LOG_EVERY).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nautilus_protocol::bounded::{BoundedListener, Conn, LogLimit, Phase};
+use nautilus_protocol::budget::{Budget, Rate, Rates, peer_key};
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
@@ -41,6 +50,23 @@ const BUFFER: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest first read of an API client before the upstream is dialled (a ClientHello).
 const FIRST_READ: usize = 4 * 1024;
+
+/// New connections into the enclave a second, all clients together (`--api-connection-rate`):
+/// each is a TLS handshake the enclave's API server pays for.
+pub const DEFAULT_CONNECTION_RATE: f64 = 100.0;
+/// New connections saved up for a burst (`--api-connection-burst`): everyone reconnecting at
+/// once after an API server restart.
+pub const DEFAULT_CONNECTION_BURST: u32 = 500;
+/// New connections a second from one peer address (`--api-connection-peer-rate`).
+pub const DEFAULT_CONNECTION_PEER_RATE: f64 = 20.0;
+/// New connections one peer address may save up (`--api-connection-peer-burst`).
+pub const DEFAULT_CONNECTION_PEER_BURST: u32 = 40;
+/// The default connection budget of the API port.
+pub const DEFAULT_CONNECTION_RATES: Rates = Rates {
+    global: Rate::new(DEFAULT_CONNECTION_RATE, DEFAULT_CONNECTION_BURST),
+    per_peer: Rate::new(DEFAULT_CONNECTION_PEER_RATE, DEFAULT_CONNECTION_PEER_BURST),
+    max_peers: 4096,
+};
 
 /// Why an egress request was refused: the HTTP answer and a metric label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,14 +186,18 @@ pub fn check_connect(head: &[u8], rules: &EgressRules) -> Result<HostPort, Refus
     Ok(target)
 }
 
-/// Accept connections on `listener` and join each to `upstream`, until the task is dropped.
+/// Accept connections on `listener` and join each to `upstream` within the connection budget
+/// `rates` (none: unlimited), until the task is dropped.
 pub async fn serve_api(
     listener: BoundedListener,
     upstream: Endpoint,
     metrics: Arc<Metrics>,
     challenges: Option<Arc<Challenges>>,
+    rates: Option<Rates>,
 ) {
-    info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), "api proxy listening");
+    info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), ?rates, "api proxy listening");
+    let budget = rates.map(|rates| Arc::new(Mutex::new(Budget::new(rates, Instant::now()))));
+    let limited = Arc::new(LogLimit::default());
     let upstream = Arc::new(upstream);
     let first_bytes = listener.limits().handshake_timeout;
     let header_timeout = listener.limits().header_timeout;
@@ -179,6 +209,8 @@ pub async fn serve_api(
         let metrics = Arc::clone(&metrics);
         let unreachable = Arc::clone(&unreachable);
         let challenges = challenges.clone();
+        let budget = budget.clone();
+        let limited = Arc::clone(&limited);
         tokio::spawn(async move {
             let mut client = client;
             let Some(first) = client.read_first(FIRST_READ, first_bytes).await else {
@@ -189,6 +221,19 @@ pub async fn serve_api(
             {
                 challenge::serve_plain(client, first, challenges, header_timeout).await;
                 return;
+            }
+            if let Some(budget) = budget {
+                let spent = budget
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .check(&peer_key(client.peer()), Instant::now());
+                if let Err(refused) = spent {
+                    metrics.rate_limit_connection("api", refused.scope());
+                    if let Some(suppressed) = limited.check() {
+                        info!(peer = %client.peer(), scope = refused.scope(), suppressed, "api connection over its rate: closed");
+                    }
+                    return;
+                }
             }
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&upstream))
                 .await

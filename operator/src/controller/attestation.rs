@@ -93,18 +93,16 @@ impl Attestation {
     /// Whether the enclave must be challenged now, having presented a document with `outcome`:
     /// at once after this process booted the state, every `refresh_ms`, and once more for a
     /// document that answers an older challenge (an enclave that restarted answers its boot
-    /// nonce). `Some` with that document when it is such a re-challenge.
-    pub(super) fn challenge_due(
-        &self,
-        outcome: &Outcome,
-        now_ms: u64,
-        refresh_ms: u64,
-    ) -> Option<Option<String>> {
-        let recover = rechallenge(outcome, self.rechallenged.as_deref());
-        let due = self.needs_refresh
-            || recover.is_some()
-            || now_ms.saturating_sub(self.nonces.latest_issued_ms) >= refresh_ms;
-        due.then_some(recover)
+    /// nonce).
+    pub(super) fn challenge_due(&self, outcome: &Outcome, now_ms: u64, refresh_ms: u64) -> Due {
+        if let Some(document) = rechallenge(outcome, self.rechallenged.as_deref()) {
+            return Due::Rechallenge(document);
+        }
+        if self.needs_refresh || now_ms.saturating_sub(self.nonces.latest_issued_ms) >= refresh_ms {
+            Due::Challenge
+        } else {
+            Due::NotYet
+        }
     }
 
     /// The enclave received the challenge `nonce` at `now_ms`; `rechallenged` is the stale
@@ -117,6 +115,17 @@ impl Attestation {
             self.rechallenged = rechallenged;
         }
     }
+}
+
+/// Whether the enclave is to be challenged now ([`Attestation::challenge_due`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Not yet: the latest challenge is younger than the refresh interval.
+    NotYet,
+    /// A challenge is due (after boot, or the refresh interval passed).
+    Challenge,
+    /// Its document (SHA-256, hex) answers an older challenge: challenge it once more.
+    Rechallenge(String),
 }
 
 pub(super) fn fresh_nonce() -> Vec<u8> {
@@ -144,12 +153,14 @@ fn rechallenge(outcome: &Outcome, already: Option<&str>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use nautilus_crds::conditions::Reason;
+
     use super::*;
 
     #[test]
     fn a_stale_document_is_rechallenged_once() {
         let stale = |doc: &str| Outcome::Failed {
-            reason: "AttestationFailed",
+            reason: Reason::AttestationFailed,
             message: "nonce mismatch".into(),
             attestation: None,
             unanswered_challenge: Some(doc.into()),
@@ -158,7 +169,7 @@ mod tests {
         assert_eq!(rechallenge(&stale("d1"), Some("d1")), None, "only once");
         assert_eq!(rechallenge(&stale("d2"), Some("d1")).as_deref(), Some("d2"));
         let other = Outcome::Failed {
-            reason: "AttestationFailed",
+            reason: Reason::AttestationFailed,
             message: "pcr0 mismatch".into(),
             attestation: None,
             unanswered_challenge: None,
@@ -170,7 +181,7 @@ mod tests {
     #[test]
     fn challenges_are_due_after_boot_every_refresh_and_once_per_stale_document() {
         let stale = Outcome::Failed {
-            reason: "AttestationFailed",
+            reason: Reason::AttestationFailed,
             message: "nonce mismatch".into(),
             attestation: None,
             unanswered_challenge: Some("d1".into()),
@@ -180,21 +191,21 @@ mod tests {
         assert!(state.is_for("digest") && !state.is_for("other"));
         assert_eq!(state.boot_nonce(), [9; 32]);
         // A process that just booted the state does not know the last challenge.
-        assert_eq!(state.challenge_due(&fine, 1_000, 60_000), Some(None));
+        assert_eq!(state.challenge_due(&fine, 1_000, 60_000), Due::Challenge);
         state.challenged(vec![1; 32], 2_000, None);
         assert_eq!(state.verification().0.latest, [1; 32]);
         assert_eq!(
             state.verification().0.previous.as_deref(),
             Some(&[9; 32][..])
         );
-        assert_eq!(state.challenge_due(&fine, 61_999, 60_000), None);
-        assert_eq!(state.challenge_due(&fine, 62_000, 60_000), Some(None));
+        assert_eq!(state.challenge_due(&fine, 61_999, 60_000), Due::NotYet);
+        assert_eq!(state.challenge_due(&fine, 62_000, 60_000), Due::Challenge);
         // A stale document gets one more challenge, then never again.
         assert_eq!(
             state.challenge_due(&stale, 3_000, 60_000),
-            Some(Some("d1".into()))
+            Due::Rechallenge("d1".into())
         );
         state.challenged(vec![2; 32], 3_000, Some("d1".into()));
-        assert_eq!(state.challenge_due(&stale, 4_000, 60_000), None);
+        assert_eq!(state.challenge_due(&stale, 4_000, 60_000), Due::NotYet);
     }
 }

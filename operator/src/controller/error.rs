@@ -26,6 +26,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is deletion waiting for the enclave to stop: not a failure (no Event, no
+    /// failure metric), retried soon. Seen through the finalizer's wrapping.
+    pub fn is_stopping(&self) -> bool {
+        match self {
+            Error::Stopping(_) => true,
+            Error::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                    | kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_stopping()
+            ),
+            _ => false,
+        }
+    }
+
     /// A short PascalCase category: the Event reason and the failure metric's label.
     pub fn category(&self) -> &'static str {
         match self {
@@ -90,5 +104,20 @@ mod tests {
         );
         assert_eq!(chain.matches("boom: Conflict").count(), 1, "{chain}");
         assert_eq!(err.category(), "KubernetesAPI");
+        assert!(!err.is_stopping());
+    }
+
+    #[test]
+    fn stopping_is_seen_through_the_finalizer() {
+        let stopping = || Error::Stopping("ns/demo".into());
+        assert!(stopping().is_stopping());
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::CleanupFailed(
+            stopping(),
+        )));
+        assert!(wrapped.is_stopping());
+        assert!(
+            !Error::Finalizer(Box::new(kube::runtime::finalizer::Error::UnnamedObject))
+                .is_stopping()
+        );
     }
 }

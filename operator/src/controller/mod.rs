@@ -205,8 +205,8 @@ pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Act
                 .remove(&ObjectRef::from_obj(&*nm));
         }
         Err(err) => {
-            let category = err.category();
-            if category != "EnclaveStopping" {
+            if !err.is_stopping() {
+                let category = err.category();
                 ctx.metrics.reconcile_failed(category);
                 tracing::warn!(error = %err.chain(), category, "reconcile failed");
                 ctx.publish(&nm, EventType::Warning, category, err.chain())
@@ -220,7 +220,7 @@ pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Act
 /// Requeue after a failure: soon while an enclave stops, otherwise with exponential backoff
 /// (5 s doubling to 5 min), reset by the next success.
 pub fn error_policy(nm: Arc<NautilusMaster>, err: &Error, ctx: Arc<Context>) -> Action {
-    if matches!(err.category(), "EnclaveStopping") {
+    if err.is_stopping() {
         return Action::requeue(Duration::from_secs(2));
     }
     let mut failures = ctx
@@ -243,7 +243,7 @@ pub fn backoff(failures: u32) -> Duration {
 async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
     let now = now_ms();
     let names = Names::of(nm)?;
-    let config = ctx.runtime.place(nm, desired::enclave_config(nm)?)?;
+    let config = ctx.runtime.place(nm, desired::enclave_config(nm)?).await?;
     let digest = config.digest();
     let digest_hex = hex::encode(digest);
     let cluster = ctx.cluster(&names.key());
@@ -1130,6 +1130,7 @@ mod tests {
         let ctx = context(client, None);
         let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
         let err = result.expect_err("waits");
+        assert!(err.is_stopping());
         assert_eq!(err.category(), "EnclaveStopping");
         assert_eq!(
             error_policy(Arc::new(nm), &err, ctx),

@@ -22,13 +22,14 @@ use crate::events::EventType;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use nautilus_crds::conditions::{reasons, types};
+use nautilus_crds::conditions::{Reason, types};
 use nautilus_crds::{NautilusMaster, NautilusMasterStatus, SecretKeyReference};
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
 
 use super::RESYNC_WITHOUT_SIDECAR;
-use super::attestation::Attestation;
+use super::attestation::{Attestation, Due};
 use super::status::{StatusInput, build_status, status_changed, transitions};
+use crate::conditions;
 use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, PodSettings};
 use crate::observe::{self, Observed};
 use crate::state;
@@ -140,7 +141,7 @@ pub enum Kubeconfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Steps {
     /// The verification result, as the metric counts it.
-    pub verification: &'static str,
+    pub verification: Reason,
     /// The kubeconfig Secret.
     pub kubeconfig: Kubeconfig,
     /// The status to apply; `None` when nothing a user sees changed.
@@ -212,9 +213,13 @@ pub fn plan(
     let restarting = seen.bundle.is_some() && attestation.awaiting_first_answer(seen.now_ms);
     let refresh_ms = u64::from(nm.spec.attestation.refresh_interval_seconds) * 1000;
     let challenge = match (seen.workload.sidecar, seen.bundle) {
-        (Some(sidecar), Some(bundle)) if bundle.attestation.is_some() => attestation
-            .challenge_due(&outcome, seen.now_ms, refresh_ms)
-            .map(|rechallenges| (sidecar, rechallenges)),
+        (Some(sidecar), Some(bundle)) if bundle.attestation.is_some() => {
+            match attestation.challenge_due(&outcome, seen.now_ms, refresh_ms) {
+                Due::NotYet => None,
+                Due::Challenge => Some((sidecar, None)),
+                Due::Rechallenge(document) => Some((sidecar, Some(document))),
+            }
+        }
         _ => None,
     };
     let challenge = match challenge {
@@ -251,10 +256,10 @@ fn steps(
 ) -> Result<Steps, DesiredError> {
     let nm = seen.nm;
     let verification = match outcome {
-        Outcome::Verified(v) if v.summary.simulated => "SimulatedAttestation",
-        Outcome::Verified(_) => "Verified",
-        Outcome::Failed { reason, .. } => reason,
-        Outcome::Pending(_) => "Pending",
+        Outcome::Verified(v) if v.summary.simulated => Reason::SimulatedAttestation,
+        Outcome::Verified(_) => Reason::Verified,
+        Outcome::Failed { reason, .. } => *reason,
+        Outcome::Pending(_) => Reason::Pending,
     };
     let mut requeue = if challenged {
         Duration::from_secs(1)
@@ -276,10 +281,7 @@ fn steps(
     // reconciles run meanwhile, triggered by the watches filling after a restart: holding only
     // in the reconcile that delivered the challenge let the next one, 55 ms later, write
     // Unknown.)
-    let previously_attested = previous
-        .conditions
-        .iter()
-        .any(|c| c.type_ == types::ATTESTED && c.status == "True");
+    let previously_attested = conditions::is_true(&previous.conditions, types::ATTESTED);
     if hold && previously_attested && matches!(outcome, Outcome::Pending(_)) {
         return Ok(Steps {
             verification,
@@ -308,9 +310,7 @@ fn steps(
         }
         // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
         // report alone keeps it (the CA is still the attested one; Ready says the rest).
-        Outcome::Failed { reason, .. } if *reason != reasons::REPORT_STALE => {
-            (Kubeconfig::Withdraw, None)
-        }
+        Outcome::Failed { reason, .. } if reason.withdraws_trust() => (Kubeconfig::Withdraw, None),
         Outcome::Failed { .. } | Outcome::Pending(_) => {
             (Kubeconfig::Keep, previous.kubeconfig_secret_ref.clone())
         }
@@ -547,7 +547,7 @@ mod tests {
         let pending = |status, events| Plan {
             challenge: None,
             otherwise: Steps {
-                verification: "Pending",
+                verification: Reason::Pending,
                 kubeconfig: Kubeconfig::Keep,
                 status,
                 events,
@@ -722,7 +722,7 @@ mod tests {
             )
         };
         let steps = |requeue| Steps {
-            verification: "SimulatedAttestation",
+            verification: Reason::SimulatedAttestation,
             kubeconfig: Kubeconfig::Publish(Box::new(Stamped::new(secret.clone()).expect("hash"))),
             status: Some(status.clone()),
             events: vec![
@@ -753,7 +753,7 @@ mod tests {
         // Planning told the state nothing about the challenge: it is due until delivered.
         assert_eq!(
             attestation.challenge_due(&Outcome::Pending(String::new()), now, 3_600_000),
-            Some(None)
+            Due::Challenge
         );
     }
 
@@ -845,7 +845,7 @@ mod tests {
                 challenge: Some(fresh_challenge(
                     now,
                     Steps {
-                        verification: "Pending",
+                        verification: Reason::Pending,
                         kubeconfig: Kubeconfig::Keep,
                         status: None,
                         events: Vec::new(),
@@ -854,7 +854,7 @@ mod tests {
                 )),
                 // Undelivered, the verdict is written as it stands.
                 otherwise: Steps {
-                    verification: "Pending",
+                    verification: Reason::Pending,
                     kubeconfig: Kubeconfig::Keep,
                     status: Some(status),
                     events: vec![
@@ -946,7 +946,7 @@ mod tests {
         assert_eq!(challenge.rechallenges, Some(document_sha.clone()));
         assert_eq!(challenge.nonce, FRESH.to_vec());
         let delivered = challenge.delivered;
-        assert_eq!(delivered.verification, "Pending");
+        assert_eq!(delivered.verification, Reason::Pending);
         assert_eq!(delivered.kubeconfig, Kubeconfig::Keep);
         assert_eq!(delivered.requeue, Duration::from_secs(1));
         let attested = |status: &NautilusMasterStatus| status.conditions[1].clone();
@@ -961,7 +961,7 @@ mod tests {
             )
         );
         let otherwise = planned.otherwise;
-        assert_eq!(otherwise.verification, "AttestationFailed");
+        assert_eq!(otherwise.verification, Reason::AttestationFailed);
         assert_eq!(otherwise.kubeconfig, Kubeconfig::Withdraw);
         assert_eq!(otherwise.requeue, PROBE);
         let status = otherwise.status.expect("a status");

@@ -10,7 +10,7 @@ use nautilus_crds::{
 };
 use nautilus_protocol::wire::EvidenceBundle;
 
-use crate::conditions::{self, Observation};
+use crate::conditions::{self, Observation, Status};
 use crate::observe;
 use crate::verify::Outcome;
 
@@ -60,10 +60,7 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
             .unwrap_or(usize::MAX)
     });
     let was_ready = matches!(previous.phase, Some(Phase::Ready | Phase::Degraded))
-        || previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == types::READY && c.status == "True");
+        || conditions::is_true(&previous.conditions, types::READY);
     let phase = conditions::phase(&conditions_now, false, was_ready);
     let (attestation, components) = match input.outcome {
         Outcome::Verified(v) => (
@@ -137,13 +134,14 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(EventType, Stri
                 return None;
             }
             let from = before.map_or("(none)", |b| b.status.as_str());
-            let type_ = if c.status == "True" {
+            let status = Status::of(c);
+            let type_ = if status == Status::True {
                 EventType::Normal
             } else {
                 EventType::Warning
             };
             // Unknown at creation is not worth a warning.
-            if before.is_none() && c.status == "Unknown" {
+            if before.is_none() && status == Status::Unknown {
                 return None;
             }
             Some((
@@ -226,7 +224,7 @@ mod tests {
     #[test]
     fn status_keeps_transition_times_and_orders_conditions() {
         use crate::conditions::Status;
-        use nautilus_crds::conditions::reasons;
+        use nautilus_crds::conditions::Reason;
         let mut nm = mk_nm("demo");
         let t0 = Time(Timestamp::from_second(1_000).expect("t"));
         let t1 = Time(Timestamp::from_second(2_000).expect("t"));
@@ -236,7 +234,7 @@ mod tests {
             observations: vec![Observation::new(
                 types::ENCLAVE_RUNNING,
                 status,
-                reasons::LAUNCHING,
+                Reason::Launching,
                 "m",
             )],
             outcome: &outcome,

@@ -620,7 +620,7 @@ impl Keeper {
                 });
                 report.last_error = None;
             }
-            Err(e) => report.last_error = Some(one_line(&crate::link::error_chain(e))),
+            Err(e) => report.last_error = Some(one_line(&crate::errors::error_chain(e))),
         });
         let (snapshot, _, duration) = result?;
         info!(
@@ -713,7 +713,7 @@ impl Keeper {
             loop {
                 ticks.tick().await;
                 if let Err(e) = keeper.snapshot_now().await {
-                    warn!(error = %crate::link::error_chain(&e), "sealed state: snapshot failed");
+                    warn!(error = %crate::errors::error_chain(&e), "sealed state: snapshot failed");
                 }
             }
         })

@@ -56,8 +56,9 @@ pub use frame::{
     WireError, read_message, read_message_within, write_message,
 };
 pub use report::{
-    Component, ComponentReport, MAX_REPORT_BYTES, MAX_STATE_ERROR_BYTES, ProcessState, Report,
-    ReportError, ReportSigner, ReportVerifier, SignedReport, SnapshotRef, StateReport,
+    BudgetCounters, Component, ComponentReport, MAX_REPORT_BYTES, MAX_STATE_ERROR_BYTES,
+    ProcessState, Report, ReportError, ReportSigner, ReportVerifier, SignedReport, SnapshotRef,
+    StateReport,
 };
 pub use state::{
     AwsCredentials, ChunkError, MAX_ACCEPTED_MEASUREMENTS, MAX_CREDENTIAL_BYTES, MAX_RESTORE_UIDS,

@@ -147,6 +147,10 @@ pub struct Report {
     /// configurations without it are what they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StateReport>,
+    /// What the agent refused or deferred on the paths anyone can reach, since its boot;
+    /// absent while every count is zero (so reports of agents without it still parse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetCounters>,
 }
 
 /// Longest [`StateReport::last_error`], in bytes.
@@ -180,6 +184,49 @@ pub struct SnapshotRef {
     pub resource_uid: String,
     /// Size of the sealed snapshot in bytes.
     pub bytes: u64,
+}
+
+/// The agent's budget counters since its boot, carried in the signed [`Report`] because the
+/// agent has no metrics endpoint of its own. Each count is absent while zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetCounters {
+    /// Users' challenges answered with a document.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub challenges_answered: u64,
+    /// Users' challenges dropped over the agent's own challenge rate (a relay that ignores
+    /// the sidecar's budget).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub challenges_refused: u64,
+    /// Nonce refreshes attested (the operator's re-attestation, and a reconnecting link's).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nonce_refreshes: u64,
+    /// Nonce refreshes that arrived over the refresh rate: attested later, and only the
+    /// latest of those waiting.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nonce_refreshes_deferred: u64,
+    /// Stake lookups that went to the full node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stake_lookups: u64,
+    /// Stake lookups of addresses not in the caches refused over the lookup rate ("try
+    /// again"), so never sent to the full node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stake_lookups_refused: u64,
+    /// Reviews answered from the negative cache (an address below every tier, recently read).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stake_negative_hits: u64,
+}
+
+impl BudgetCounters {
+    /// Whether every count is zero (the report then leaves the field out).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -402,7 +449,37 @@ mod tests {
                 ..ProcessState::default()
             },
             state: None,
+            budget: None,
         }
+    }
+
+    #[test]
+    fn budget_counters_are_absent_when_empty_and_older_reports_still_parse() {
+        let plain = report(1);
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(!json.contains("budget"), "{json}");
+        // A report of an agent without counters parses as one without any.
+        let parsed: Report = serde_json::from_str(&json).expect("parses");
+        assert_eq!(parsed, plain);
+        let mut counted = report(2);
+        counted.budget = Some(BudgetCounters {
+            challenges_refused: 3,
+            stake_lookups_refused: 5,
+            ..BudgetCounters::default()
+        });
+        let json = serde_json::to_string(&counted).expect("json");
+        assert!(
+            json.ends_with(r#""budget":{"challengesRefused":3,"stakeLookupsRefused":5}}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Report>(&json).expect("parses"),
+            counted
+        );
+        assert!(BudgetCounters::default().is_empty());
+        assert!(
+            serde_json::from_str::<BudgetCounters>(r#"{"challengesRefused":1,"other":2}"#).is_err()
+        );
     }
 
     fn verifier(signer: &ReportSigner) -> ReportVerifier {

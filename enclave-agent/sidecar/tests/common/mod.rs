@@ -266,6 +266,7 @@ impl AgentConn {
                 ..ProcessState::default()
             },
             state: None,
+            budget: None,
         }
     }
 

@@ -1,358 +1,20 @@
-//! The enclave runtime seam: where the sidecar (and through it the enclave) runs.
-//!
-//! - [`EnclaveRuntime::Pod`] (production): a single-replica StatefulSet on a Nitro node with a
-//!   Service in front; the operator reaches the sidecar at the pod's IP.
-//! - [`EnclaveRuntime::Local`] (development): the operator starts `nautilus-sidecar --launcher
-//!   process` itself, one per resource, with a simulated NSM in the agent; it works against any
-//!   API server, even one without nodes. The sidecar's HTTP API is on 127.0.0.1 and its API port
-//!   on [`LocalSettings::api_publish_ip`]. As an enclave has no network, the agent and every
-//!   control-plane process it starts run in a network namespace of their own with only a
-//!   loopback ([`LocalNetwork::Isolated`], the default; needs root), reachable only through
-//!   three Unix sockets that stand in for vsock: the control link, the API port upstream and
-//!   the egress proxy. The API server then listens on the same port number inside the
-//!   namespace as the sidecar publishes outside, so the measured `httpsPort` is the published
-//!   port. [`LocalNetwork::Host`] shares the host's network (explicit request only).
-//!
-//! Both report the same [`Observed`] shape, so status and conditions are computed the same way;
-//! only `status.placement.runtime` tells them apart.
+//! The development runtime: one local `nautilus-sidecar` process per resource.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Client;
-use kube::api::{Api, DeleteParams};
-use nautilus_crds::{EnclavePlacement, NautilusMaster};
+use nautilus_crds::{EnclavePlacement, NautilusMaster, StateDeletionPolicy};
 use nautilus_lifetime::ProcessId;
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
-use crate::api::{ApiError, Cache, kube_err};
-use crate::desired::{self, Names, PodSettings, SIDECAR_CONTAINER};
+use super::{Result, RuntimeError, Stopped};
+use crate::desired::{self, Names};
 use crate::observe::{EnclaveState, Observed};
-
-/// Why the runtime could not do its part.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RuntimeError {
-    /// The desired state could not be computed.
-    #[error(transparent)]
-    Desired(#[from] desired::DesiredError),
-    /// An API call failed.
-    #[error(transparent)]
-    Kube(#[from] ApiError),
-    /// The enclave's network namespace cannot be made on this machine (one line: why, and
-    /// what to do).
-    #[error(
-        "the local runtime runs each enclave in a network namespace of its own, and none can \
-         be made here ({reason}): run the operator as root, or pass --local-network=host to \
-         share the host's network (development only)"
-    )]
-    Isolation {
-        /// Why, as the probe said.
-        reason: String,
-    },
-    /// A Unix socket path of the local runtime is longer than a socket address holds.
-    #[error(
-        "local runtime: the socket path {path} is {len} bytes, more than the {max} a Unix \
-         socket address holds; use a shorter --local-work-dir"
-    )]
-    SocketPath {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A local process could not be started or stopped.
-    #[error("local runtime: {what}")]
-    Local {
-        /// What failed.
-        what: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-type Result<T, E = RuntimeError> = std::result::Result<T, E>;
-
-/// Where enclaves run.
-#[derive(Debug)]
-pub enum EnclaveRuntime {
-    /// A StatefulSet per resource (production).
-    Pod(PodRuntime),
-    /// A local sidecar process per resource (development).
-    Local(Box<LocalRuntime>),
-}
-
-impl EnclaveRuntime {
-    /// `pod` or `local`, as `status.placement.runtime` says.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Pod(_) => "pod",
-            Self::Local(_) => "local",
-        }
-    }
-
-    /// The configuration the enclave of `nm` runs with: `config` (rendered from the spec) where
-    /// it will run. Pods run it unchanged; the local runtime gives each resource its own HTTPS
-    /// port and data directory under its work directory, so that control planes started side by
-    /// side on one machine share neither, and nothing lands in a host path such as
-    /// `/var/lib/rancher/k3s`. The result is what gets measured and attested.
-    pub fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
-        match self {
-            Self::Pod(_) => Ok(config),
-            Self::Local(local) => local.place(nm, config),
-        }
-    }
-
-    /// Start what the runtime runs itself for `boot` (whose configuration digest is
-    /// `digest_hex`): the local runtime's sidecar process, replaced when the configuration
-    /// changed and restarted after it exited. Pods are started by the StatefulSet the
-    /// controller applies, so the pod runtime does nothing here.
-    pub async fn start(
-        &self,
-        nm: &NautilusMaster,
-        boot: &BootConfig,
-        digest_hex: &str,
-    ) -> Result<()> {
-        match self {
-            Self::Pod(_) => Ok(()),
-            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
-        }
-    }
-
-    /// What runs now.
-    pub async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
-        self.observe_cached(client, None, nm).await
-    }
-
-    /// [`Self::observe`], reading the pod from the watch cache when there is one.
-    pub async fn observe_cached(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-    ) -> Result<Observed> {
-        match self {
-            Self::Pod(pod) => pod.observe(client, cache, nm).await,
-            Self::Local(local) => local.observe(nm).await,
-        }
-    }
-
-    /// At operator shutdown: stop local processes (SIGTERM, so each sidecar stops its agent);
-    /// pods keep running.
-    pub async fn shutdown(&self) {
-        if let Self::Local(local) = self {
-            let processes: Vec<LocalProcess> = local
-                .processes
-                .lock()
-                .await
-                .drain()
-                .map(|(_, p)| p)
-                .collect();
-            for mut p in processes {
-                p.child.terminate().await;
-            }
-        }
-    }
-
-    /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
-    /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
-    /// left.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
-        match self {
-            Self::Pod(pod) => pod.stop(client, nm).await,
-            Self::Local(local) => local.stop(nm).await,
-        }
-    }
-}
-
-/// What [`EnclaveRuntime::stop`] achieved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// The enclave and everything the runtime ran for it are gone.
-    Gone,
-    /// Still stopping (a pod terminating); says what is awaited. Ask again.
-    Pending(String),
-    /// The runtime removed what it could, but could not confirm the enclave stopped; says what
-    /// may be left.
-    Incomplete(String),
-}
-
-/// The production runtime: StatefulSet + Service.
-#[derive(Clone, Debug, Default)]
-pub struct PodRuntime {
-    /// Settings of the enclave pod from the operator's flags.
-    pub settings: PodSettings,
-    /// Port of the sidecar's HTTP API on the pod IP (8080; tests use another).
-    pub sidecar_port: Option<u16>,
-}
-
-fn millis_of(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<u64> {
-    u64::try_from(t.0.as_millisecond()).ok()
-}
-
-impl PodRuntime {
-    async fn observe(
-        &self,
-        client: &Client,
-        cache: Option<&Cache>,
-        nm: &NautilusMaster,
-    ) -> Result<Observed> {
-        let names = Names::of(nm)?;
-        let endpoint = desired::service_endpoint(nm)?;
-        let pod = match cache {
-            Some(cache) => {
-                Cache::get(&cache.pods, &names.namespace, &names.pod).map(|p| p.as_ref().clone())
-            }
-            None => Api::<Pod>::namespaced(client.clone(), &names.namespace)
-                .get_opt(&names.pod)
-                .await
-                .map_err(kube_err("get", "Pod", &names.pod))?,
-        };
-        let mut placement = EnclavePlacement {
-            runtime: Some("pod".into()),
-            ..EnclavePlacement::default()
-        };
-        let Some(pod) = pod else {
-            return Ok(Observed {
-                state: EnclaveState::Starting(format!(
-                    "waiting for pod {} to be created",
-                    names.pod
-                )),
-                sidecar: None,
-                placement,
-                endpoint,
-            });
-        };
-        placement.pod_name = Some(names.pod.clone());
-        let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        placement.node_name = spec_node;
-        let status = pod.status.clone().unwrap_or_default();
-        let phase = status.phase.clone().unwrap_or_else(|| "Unknown".into());
-        let sidecar_status = status
-            .container_statuses
-            .as_ref()
-            .and_then(|cs| cs.iter().find(|c| c.name == SIDECAR_CONTAINER));
-        let waiting = sidecar_status
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.waiting.as_ref());
-        let state = if phase == "Failed" {
-            EnclaveState::Failed(format!(
-                "pod {} failed: {}",
-                names.pod,
-                status
-                    .message
-                    .clone()
-                    .or(status.reason.clone())
-                    .unwrap_or_default()
-            ))
-        } else if let Some(w) = waiting.filter(|w| {
-            matches!(
-                w.reason.as_deref(),
-                Some(
-                    "CrashLoopBackOff"
-                        | "ImagePullBackOff"
-                        | "ErrImagePull"
-                        | "CreateContainerConfigError"
-                        | "InvalidImageName"
-                )
-            )
-        }) {
-            EnclaveState::Failed(format!(
-                "container {SIDECAR_CONTAINER} of pod {}: {}: {}",
-                names.pod,
-                w.reason.clone().unwrap_or_default(),
-                w.message.clone().unwrap_or_default()
-            ))
-        } else if phase != "Running" || status.pod_ip.is_none() {
-            let scheduling = status
-                .conditions
-                .as_ref()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.type_ == "PodScheduled" && c.status != "True")
-                })
-                .and_then(|c| c.message.clone());
-            EnclaveState::Starting(match scheduling {
-                Some(m) => format!("pod {} is {phase}: {m}", names.pod),
-                None => format!("pod {} is {phase}", names.pod),
-            })
-        } else {
-            let started_ms = sidecar_status
-                .and_then(|c| c.state.as_ref())
-                .and_then(|s| s.running.as_ref())
-                .and_then(|r| r.started_at.as_ref())
-                .and_then(millis_of);
-            EnclaveState::SidecarUp { started_ms }
-        };
-        let sidecar = match (&state, status.pod_ip.as_deref()) {
-            (EnclaveState::SidecarUp { .. }, Some(ip)) => {
-                ip.parse::<std::net::IpAddr>().ok().map(|ip| {
-                    SocketAddr::new(ip, self.sidecar_port.unwrap_or(desired::SIDECAR_HTTP_PORT))
-                })
-            }
-            _ => None,
-        };
-        // A pod of the previous configuration is still a running enclave: verification waits
-        // for the new one, as the bundle names the digest it runs.
-        Ok(Observed {
-            state,
-            sidecar,
-            placement,
-            endpoint,
-        })
-    }
-
-    async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
-        let names = Names::of(nm)?;
-        let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
-        match sts_api
-            .delete(&names.statefulset, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => {
-                return Err(kube_err("delete", "StatefulSet", &names.statefulset)(err).into());
-            }
-        }
-        let pods = Api::<Pod>::namespaced(client.clone(), &names.namespace);
-        let pod = pods
-            .get_opt(&names.pod)
-            .await
-            .map_err(kube_err("get", "Pod", &names.pod))?;
-        // Delete the orphaned pod rather than wait for the garbage collector (whose rate limit
-        // makes a mass deletion take minutes); with its default grace period, as the collector
-        // would, so the sidecar still stops the enclave on SIGTERM.
-        if let Some(pod) = &pod
-            && pod.metadata.deletion_timestamp.is_none()
-        {
-            match pods.delete(&names.pod, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Stopped::Gone),
-                Err(err) => return Err(kube_err("delete", "Pod", &names.pod)(err).into()),
-            }
-        }
-        Ok(match pod {
-            None => Stopped::Gone,
-            Some(pod) => Stopped::Pending(format!(
-                "pod {} on node {} is still present",
-                names.pod,
-                pod.spec
-                    .and_then(|s| s.node_name)
-                    .unwrap_or_else(|| "(none)".into())
-            )),
-        })
-    }
-}
 
 /// Paths and commands of the local runtime.
 #[derive(Clone, Debug)]
@@ -380,6 +42,17 @@ pub struct LocalSettings {
     /// Address the sidecar publishes each control plane's API port on (127.0.0.1 by default;
     /// another, such as a veth's, lets a worker in another network namespace reach it).
     pub api_publish_ip: IpAddr,
+    /// An extra CA (PEM file) the agent trusts for the KMS endpoint of `spec.state` (the local
+    /// KMS of development); `None` trusts the webpki roots only.
+    pub kms_ca_file: Option<PathBuf>,
+    /// The root key (PKCS#8 PEM, P-384) of the agents' simulated NSM, so that a local KMS
+    /// given its certificate can verify their Recipient attestations; `None`: a fresh root per
+    /// agent, which no KMS knows.
+    pub simulated_root_key: Option<PathBuf>,
+    /// An AWS shared credentials file (profile `default`) the sidecars relay to their agents
+    /// for the KMS calls of `spec.state`; `None`: the sidecars' environment
+    /// (`AWS_ACCESS_KEY_ID`, ...), which they inherit from the operator.
+    pub aws_credentials_file: Option<PathBuf>,
 }
 
 /// The enclave's network in the local runtime.
@@ -431,6 +104,9 @@ impl LocalSettings {
             etcd_command: None,
             network: LocalNetwork::Isolated,
             api_publish_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            kms_ca_file: None,
+            simulated_root_key: None,
+            aws_credentials_file: None,
         }
     }
 
@@ -476,12 +152,18 @@ pub fn development_bin_dir() -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct LocalRuntime {
     settings: LocalSettings,
-    processes: Mutex<HashMap<String, LocalProcess>>,
+    /// Each resource's sidecar behind a lock of its own: stopping one (up to
+    /// [`LOCAL_STOP_GRACE`]) or adopting one holds up no other resource. The map's own lock is
+    /// held only to find a slot, never across an await.
+    processes: std::sync::Mutex<HashMap<String, Slot>>,
     /// The HTTPS port each resource's control plane got, kept for the resource's lifetime (and
     /// across operator restarts, in the work directory) because it is part of the measured
     /// configuration: a new port would roll the enclave.
     https_ports: std::sync::Mutex<HashMap<String, u16>>,
 }
+
+/// One resource's local sidecar, if it has one, behind the resource's own lock.
+type Slot = Arc<Mutex<Option<LocalProcess>>>;
 
 /// Name of the file in a resource's work directory that keeps its control plane's HTTPS port.
 const HTTPS_PORT_FILE: &str = "https-port";
@@ -700,16 +382,48 @@ fn endpoint_for(ip: IpAddr, port: u16) -> String {
 }
 
 impl LocalRuntime {
+    /// At operator shutdown: stop every local sidecar (SIGTERM, so each stops its agent).
+    pub(super) async fn shutdown(&self) {
+        let slots: Vec<Slot> = self.table().drain().map(|(_, slot)| slot).collect();
+        for slot in slots {
+            if let Some(mut p) = slot.lock().await.take() {
+                p.child.terminate().await;
+            }
+        }
+    }
+
+    /// The table of slots (its lock is never held across an await).
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The slot of the resource `key`, made empty when it has none.
+    fn slot(&self, key: &str) -> Slot {
+        Arc::clone(self.table().entry(key.to_owned()).or_default())
+    }
+
     /// A local runtime with no processes yet.
     pub fn new(settings: LocalSettings) -> Self {
         Self {
             settings,
-            processes: Mutex::new(HashMap::new()),
+            processes: std::sync::Mutex::default(),
             https_ports: std::sync::Mutex::default(),
         }
     }
 
     /// The work directory of one resource.
+    /// Where the sidecar of `names` keeps sealed snapshots: beside the work directories, not
+    /// in one, because it outlives the resource when `spec.state.deletionPolicy` is `Retain`.
+    /// (Work directories are `<namespace>_<name>`, so `state` is never one.)
+    fn state_dir(&self, names: &Names) -> PathBuf {
+        self.settings
+            .work_dir
+            .join("state")
+            .join(format!("{}_{}", names.namespace, names.name))
+    }
+
     fn resource_dir(&self, names: &Names) -> PathBuf {
         self.settings
             .work_dir
@@ -740,22 +454,30 @@ impl LocalRuntime {
     /// that port number inside the enclave's namespace), picked free there; with the host's
     /// network the two must differ, so the sidecar gets a port of its own in
     /// [`LocalRuntime::ensure`].
-    fn place(&self, nm: &NautilusMaster, mut config: EnclaveConfig) -> Result<EnclaveConfig> {
+    pub(super) async fn place(
+        &self,
+        nm: &NautilusMaster,
+        mut config: EnclaveConfig,
+    ) -> Result<EnclaveConfig> {
         let names = Names::of(nm)?;
         let dir = self.resource_dir(&names);
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
         // Where clients reach this control plane: the measured advertise address (the in-cluster
         // `kubernetes` endpoint) is set from it here.
         let publish = self.settings.api_publish_ip;
-        let mut ports = self
+        let key = names.key();
+        let known = self
             .https_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let port = match ports.get(&names.key()) {
-            Some(port) => *port,
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        let port = match known {
+            Some(port) => port,
             None => {
                 let file = dir.join(HTTPS_PORT_FILE);
-                let kept = std::fs::read_to_string(&file)
+                let kept = tokio::fs::read_to_string(&file)
+                    .await
                     .ok()
                     .and_then(|text| text.trim().parse::<u16>().ok())
                     .filter(|port| *port != 0);
@@ -768,15 +490,21 @@ impl LocalRuntime {
                         };
                         let port = free_port_on(on)
                             .map_err(local_err(format!("finding a free port on {on}")))?;
-                        std::fs::create_dir_all(&dir)
+                        tokio::fs::create_dir_all(&dir)
+                            .await
                             .map_err(local_err(format!("creating {}", dir.display())))?;
-                        std::fs::write(&file, port.to_string())
+                        tokio::fs::write(&file, port.to_string())
+                            .await
                             .map_err(local_err(format!("writing {}", file.display())))?;
                         port
                     }
                 };
-                ports.insert(names.key(), port);
-                port
+                *self
+                    .https_ports
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(key)
+                    .or_insert(port)
             }
         };
         config.control_plane.bind_address = "127.0.0.1".into();
@@ -843,6 +571,12 @@ impl LocalRuntime {
         if let Some(etcd) = &s.etcd_command {
             agent_args.push(format!("--etcd-command={}", etcd.display()));
         }
+        if let Some(ca) = &s.kms_ca_file {
+            agent_args.push(format!("--kms-ca-file={}", ca.display()));
+        }
+        if let Some(key) = &s.simulated_root_key {
+            agent_args.push(format!("--simulated-root-key={}", key.display()));
+        }
         let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
         cmd.arg(format!("--boot-config={}", boot_path.display()))
             .arg("--launcher=process")
@@ -864,7 +598,18 @@ impl LocalRuntime {
             .arg(format!(
                 "--egress-allow={}",
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
-            ))
+            ));
+        if let Some(state) = &nm.spec.state {
+            if let Some(file) = &s.aws_credentials_file {
+                cmd.arg(format!("--aws-credentials-file={}", file.display()));
+            }
+            cmd.arg(format!("--egress-allow={}", desired::kms_host_port(state)?))
+                .arg(format!(
+                    "--state-dir={}",
+                    self.state_dir(&Names::of(nm)?).display()
+                ));
+        }
+        cmd
             // Parallel control planes on one machine must not share the health ports (with
             // the host's network; in namespaces of their own they could).
             .env("NAUTILUS_CP_SCHEDULER_PORT", scheduler.to_string())
@@ -878,10 +623,16 @@ impl LocalRuntime {
         Ok(cmd)
     }
 
-    async fn ensure(&self, nm: &NautilusMaster, boot: &BootConfig, digest_hex: &str) -> Result<()> {
+    pub(super) async fn ensure(
+        &self,
+        nm: &NautilusMaster,
+        boot: &BootConfig,
+        digest_hex: &str,
+    ) -> Result<()> {
         let names = Names::of(nm)?;
         let key = names.key();
-        let mut processes = self.processes.lock().await;
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
         let dir = self.resource_dir(&names);
         let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
@@ -889,7 +640,7 @@ impl LocalRuntime {
             what: "serializing the boot config".into(),
             source: std::io::Error::other(e),
         })?;
-        if let Some(p) = processes.get_mut(&key) {
+        if let Some(p) = process.as_mut() {
             let alive = p.child.exited().is_none();
             if alive && p.digest_hex == digest_hex {
                 return Ok(());
@@ -902,7 +653,7 @@ impl LocalRuntime {
                 // next reconcile (as the kubelet restarts a container).
                 return Ok(());
             }
-            processes.remove(&key);
+            *process = None;
         } else if let Some(adopted) = adopt_or_stop(
             &dir,
             &boot_path,
@@ -916,22 +667,23 @@ impl LocalRuntime {
         .await
         {
             tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
-            processes.insert(key, adopted);
+            *process = Some(adopted);
             return Ok(());
         }
-        std::fs::create_dir_all(&dir).map_err(local_err(format!("creating {}", dir.display())))?;
-        std::fs::write(&boot_path, json)
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(local_err(format!("creating {}", dir.display())))?;
+        tokio::fs::write(&boot_path, json)
+            .await
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
         let socket_dir = self.socket_dir(&names);
         let sockets = LocalSockets::in_dir(&socket_dir)?;
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&socket_dir)
-                .map_err(local_err(format!("creating {}", socket_dir.display())))?;
-        }
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&socket_dir)
+            .await
+            .map_err(local_err(format!("creating {}", socket_dir.display())))?;
         let free = || free_port().map_err(local_err("finding a free port".into()));
         let publish = self.settings.api_publish_ip;
         let ports = LocalPorts {
@@ -951,8 +703,11 @@ impl LocalRuntime {
             etcd_peer: free()?,
         };
         let log_path = dir.join("sidecar.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(local_err(format!("creating {}", log_path.display())))?;
+        let log = tokio::fs::File::create(&log_path)
+            .await
+            .map_err(local_err(format!("creating {}", log_path.display())))?
+            .into_std()
+            .await;
         let log_err = log
             .try_clone()
             .map_err(local_err(format!("opening {}", log_path.display())))?;
@@ -983,10 +738,12 @@ impl LocalRuntime {
             })
         });
         match record {
-            Some(record) => write_record(&dir, &record).map_err(local_err(format!(
-                "recording the sidecar in {}",
-                dir.display()
-            )))?,
+            Some(record) => write_record(&dir, &record)
+                .await
+                .map_err(local_err(format!(
+                    "recording the sidecar in {}",
+                    dir.display()
+                )))?,
             None => {
                 tracing::warn!(cluster = %key, "the local sidecar exited at once; not recorded")
             }
@@ -1000,28 +757,29 @@ impl LocalRuntime {
             log = %log_path.display(),
             "started a local sidecar"
         );
-        processes.insert(
-            key,
-            LocalProcess {
-                child: Handle::Child(child),
-                digest_hex: digest_hex.to_owned(),
-                http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
-                api: SocketAddr::new(publish, ports.api),
-                started_ms,
-                exit_reported: false,
-            },
-        );
+        *process = Some(LocalProcess {
+            child: Handle::Child(child),
+            digest_hex: digest_hex.to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], ports.http)),
+            api: SocketAddr::new(publish, ports.api),
+            started_ms,
+            exit_reported: false,
+        });
         Ok(())
     }
 
-    async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
+    pub(super) async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
         let names = Names::of(nm)?;
-        let mut processes = self.processes.lock().await;
         let placement = EnclavePlacement {
             runtime: Some("local".into()),
             ..EnclavePlacement::default()
         };
-        let Some(p) = processes.get_mut(&names.key()) else {
+        let slot = self.table().get(&names.key()).cloned();
+        let mut process = match &slot {
+            Some(slot) => Some(slot.lock().await),
+            None => None,
+        };
+        let Some(p) = process.as_mut().and_then(|p| p.as_mut()) else {
             return Ok(Observed {
                 state: EnclaveState::Absent,
                 sidecar: None,
@@ -1048,16 +806,20 @@ impl LocalRuntime {
         })
     }
 
-    async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
+    pub(super) async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
         let names = Names::of(nm)?;
-        let removed = self.processes.lock().await.remove(&names.key());
+        let key = names.key();
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
         let dir = self.resource_dir(&names);
         let mut left = Vec::new();
-        let ended = match removed {
+        let ended = match process.take() {
             Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
             // Deleted while no operator ran: stop what a previous one left.
             None => stop_recorded(&dir, &dir.join(desired::BOOT_CONFIG_KEY)).await,
         };
+        // Still under the slot's lock, so no start of this resource comes between.
+        self.table().remove(&key);
         if let Some((pid, Termination::Killed)) = ended {
             left.push(format!(
                 "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
@@ -1070,13 +832,23 @@ impl LocalRuntime {
         // sockets go with it.
         self.https_ports
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&names.key());
-        for (what, dir) in [
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let mut dirs = vec![
             ("work directory", dir),
             ("socket directory", self.socket_dir(&names)),
-        ] {
-            match std::fs::remove_dir_all(&dir) {
+        ];
+        // Sealed snapshots stay unless the spec says they go with the resource.
+        if nm
+            .spec
+            .state
+            .as_ref()
+            .is_some_and(|s| s.deletion_policy == StateDeletionPolicy::Delete)
+        {
+            dirs.push(("sealed snapshots", self.state_dir(&names)));
+        }
+        for (what, dir) in dirs {
+            match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
@@ -1096,10 +868,15 @@ impl LocalRuntime {
 /// The sidecar [`SIDECAR_STATE_FILE`] in `dir` records, if it is still running and is the one
 /// of this resource (its command line names `boot_path`).
 async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
-    use std::io::Read as _;
-    let file = std::fs::File::open(dir.join(SIDECAR_STATE_FILE)).ok()?;
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(dir.join(SIDECAR_STATE_FILE))
+        .await
+        .ok()?;
     let mut text = Vec::new();
-    file.take(MAX_STATE_FILE).read_to_end(&mut text).ok()?;
+    file.take(MAX_STATE_FILE)
+        .read_to_end(&mut text)
+        .await
+        .ok()?;
     let record: SidecarRecord = match serde_json::from_slice(&text) {
         Ok(record) => record,
         Err(err) => {
@@ -1114,7 +891,9 @@ async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<
         if !same_process(record.pid, record.start_ticks) {
             return None;
         }
-        cmdline = std::fs::read(format!("/proc/{}/cmdline", record.pid)).ok()?;
+        cmdline = tokio::fs::read(format!("/proc/{}/cmdline", record.pid))
+            .await
+            .ok()?;
         if !cmdline.is_empty() {
             break;
         }
@@ -1128,13 +907,11 @@ async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<
 
 /// Write `record` to `dir`'s [`SIDECAR_STATE_FILE`] (through a temporary file, so a crash
 /// leaves the old record or the new one, never half of one).
-fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
+async fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SIDECAR_STATE_FILE}.tmp"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec(record).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE))
+    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE)).await
 }
 
 /// After an operator restart: the sidecar a previous operator process started for this
@@ -1150,7 +927,9 @@ async fn adopt_or_stop(
     network: (IpAddr, bool),
 ) -> Option<LocalProcess> {
     let record = recorded(dir, boot_path).await?;
-    let same_boot = std::fs::read(boot_path).is_ok_and(|on_disk| on_disk == boot);
+    let same_boot = tokio::fs::read(boot_path)
+        .await
+        .is_ok_and(|on_disk| on_disk == boot);
     if same_boot
         && record.digest_hex == digest_hex
         && (record.api_ip, record.isolated_network) == network
@@ -1221,8 +1000,11 @@ async fn terminate(child: &mut tokio::process::Child) -> Termination {
 
 #[cfg(test)]
 mod tests {
+    use kube::Client;
+
     use super::*;
     use crate::fixtures::mk_nm;
+    use crate::runtime::EnclaveRuntime;
 
     fn local(binary: &str) -> LocalRuntime {
         LocalRuntime::new(LocalSettings {
@@ -1235,6 +1017,9 @@ mod tests {
             etcd_command: None,
             network: LocalNetwork::Isolated,
             api_publish_ip: localhost(),
+            kms_ca_file: None,
+            simulated_root_key: None,
+            aws_credentials_file: None,
         })
     }
 
@@ -1365,9 +1150,41 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
         assert!(ready.exists(), "the fake sidecar did not start");
-        let Stopped::Incomplete(what) = rt.stop(&nm).await.expect("stop") else {
+        // Another resource's sidecar, started before and answering while this one is stopped.
+        let other = mk_nm("other");
+        rt.ensure(&other, &boot(&other), "d1")
+            .await
+            .expect("ensure");
+        let rt = Arc::new(rt);
+        let stopping = tokio::spawn({
+            let (rt, nm) = (Arc::clone(&rt), nm.clone());
+            async move { rt.stop(&nm).await }
+        });
+        // Until the stop holds the resource's slot (it then waits for the grace).
+        let slot = rt.slot(&Names::of(&nm).expect("names").key());
+        for _ in 0..1000 {
+            if slot.try_lock().is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(slot.try_lock().is_err(), "the stop did not start");
+        // One lock over every resource made this wait for the whole grace (the paused clock
+        // then ran it out and the stop finished first).
+        let seen = rt.observe(&other).await.expect("observe").state;
+        assert!(matches!(seen, EnclaveState::SidecarUp { .. }), "{seen:?}");
+        assert!(
+            !stopping.is_finished(),
+            "another resource waited for this one's stop"
+        );
+        let Stopped::Incomplete(what) = stopping.await.expect("join").expect("stop") else {
             panic!("a killed sidecar is an incomplete stop");
         };
+        // The other one ignores SIGTERM too.
+        assert!(matches!(
+            rt.stop(&other).await.expect("stop other"),
+            Stopped::Incomplete(_)
+        ));
         assert!(
             what.contains("did not exit within 10 s of SIGTERM and was killed"),
             "{what}"
@@ -1462,7 +1279,7 @@ mod tests {
             start_ticks: ProcessId::of(me).expect("own start").start_ticks,
             ..record.clone()
         };
-        write_record(&other_dir, &foreign).expect("write");
+        write_record(&other_dir, &foreign).await.expect("write");
         std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
         other.ensure(&nm, &boot1, "d1").await.expect("ensure");
         assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
@@ -1620,12 +1437,14 @@ mod tests {
         let nm = mk_nm("demo");
         let placed = rt
             .place(&nm, desired::enclave_config(&nm).expect("config"))
+            .await
             .expect("placed");
         let port = placed.control_plane.https_port;
         // Kept: a second placement (or a restarted operator) gets the same port.
         assert_eq!(
             LocalRuntime::new(rt.settings.clone())
                 .place(&nm, desired::enclave_config(&nm).expect("config"))
+                .await
                 .expect("placed")
                 .control_plane
                 .https_port,

@@ -43,7 +43,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     /// The Sui CA file could not be read.
-    #[error("reading --sui-ca-file {path}")]
+    #[error("reading CA file {path} (--sui-ca-file or --kms-ca-file)")]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -129,6 +129,9 @@ pub struct Args {
     /// etcd for the `kubernetes` distribution, when not `<kubernetes-bin-dir>/etcd`.
     #[arg(long, env = "NAUTILUS_AGENT_ETCD_COMMAND")]
     pub etcd_command: Option<PathBuf>,
+    /// An extra trust root (PEM) for the KMS endpoint: the local KMS's CA in development.
+    #[arg(long, env = "NAUTILUS_AGENT_KMS_CA_FILE")]
+    pub kms_ca_file: Option<PathBuf>,
     /// etcdctl, for sealed state's snapshots [default: `<kubernetes-bin-dir>/etcdctl` if it
     /// exists, else `etcdctl` on PATH]. `etcdutl` (etcd ≥ 3.5) is looked for beside it and on
     /// PATH, and restores with `--bump-revision`; without it Debian's 3.4 etcdctl restores.
@@ -284,6 +287,7 @@ impl Args {
             kubernetes_bin_dir,
             etcd_command,
             etcdctl_command,
+            kms_ca_file,
             control_plane_arg,
             work_dir,
             socket_dir,
@@ -322,6 +326,14 @@ impl Args {
                 (Arc::new(simulated), Some(root))
             }
         };
+        let kms_ca_pem = match kms_ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| CliError::CaFile { path, source })?,
+            ),
+        };
+        let kms_egress_proxy = egress_proxy.clone();
         let sui_ca_pem = match sui_ca_file {
             None => None,
             Some(path) => Some(
@@ -373,9 +385,10 @@ impl Args {
                         }
                     });
                     crate::state::StateOptions {
-                        // The KMS client (nautilus-kms) is wired here once it exists; until
-                        // then a configuration with `state` is refused with that reason.
-                        key_sources: None,
+                        key_sources: Some(Arc::new(crate::state::kms::KmsKeySources {
+                            egress_proxy: kms_egress_proxy,
+                            extra_ca_pem: kms_ca_pem,
+                        })),
                         etcdutl: crate::state::etcd::find_etcdutl(&etcdctl),
                         etcdctl,
                     }

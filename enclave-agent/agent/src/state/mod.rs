@@ -20,6 +20,7 @@
 //! snapshot bytes, sealed as [`nautilus_protocol::sealed`] describes.
 
 pub mod etcd;
+pub mod kms;
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};

@@ -41,6 +41,7 @@ use crate::kubernetes::{self, Binaries, KubernetesError, Readiness};
 use crate::material::{BootMaterial, MaterialError};
 use crate::prober::{ProbeTargets, Prober};
 use crate::reporter::{Reporter, ReporterConfig};
+use crate::state::{self, Keeper, Offered, StateError, StateOptions};
 use crate::supervisor::SupervisorConfig;
 use crate::webhook::{WebhookError, WebhookService, webhook_kubeconfig};
 
@@ -102,6 +103,9 @@ pub enum BootError {
     /// The API server's way to the kubelets could not be set up.
     #[error("kubelet egress")]
     KubeletEgress(#[from] crate::kubelet_egress::KubeletEgressError),
+    /// The sealed state could not be restored (or a snapshot was refused).
+    #[error("sealed state")]
+    State(#[from] StateError),
 }
 
 impl BootError {
@@ -120,6 +124,8 @@ impl BootError {
             Self::Auth(AuthError::Egress(EgressError::Url { .. })) => true,
             // rcgen refuses a name the configuration asked the certificate to carry.
             Self::Material(MaterialError::Certificate { .. }) => true,
+            // A snapshot that failed a check, a key KMS refused: never started from.
+            Self::State(e) => e.refuses_boot(),
             _ => false,
         }
     }
@@ -153,6 +159,8 @@ pub struct BootOptions {
     pub kubernetes_binaries: Binaries,
     /// The supervisor's first restart delay.
     pub restart_backoff: Duration,
+    /// What sealed state needs besides the configuration.
+    pub state: StateOptions,
     /// Limits on what reaches the agent from outside ([`crate::budget`]).
     pub budgets: AgentBudgets,
     /// The `kubernetes` distribution's flag profile ([`flags::Profile::Lean`] but in the
@@ -222,21 +230,50 @@ pub(crate) struct Booted {
     control_plane: Mutex<Option<ControlPlane>>,
     webhook: std::sync::Mutex<Option<WebhookService>>,
     kubelet_egress: Option<KubeletEgress>,
+    /// The sealed state's keeper, when the configuration keeps state.
+    pub(crate) keeper: Option<Arc<Keeper>>,
+    state_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// What the budgets let through and refused since this boot (in every report).
     pub(crate) counters: Arc<Counters>,
     challenges: std::sync::Mutex<TokenBucket>,
     refreshes: std::sync::Mutex<TokenBucket>,
 }
 
+/// How long a graceful stop waits for its last snapshot to be taken and handed over.
+pub const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// … and for the sidecar to receive it.
+pub const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Booted {
     /// Boot `boot.config`, attesting with `boot.nonce` (see the module documentation).
-    pub(crate) async fn start(options: &BootOptions, boot: &BootConfig) -> Result<Self, BootError> {
+    pub(crate) async fn start(
+        options: &BootOptions,
+        boot: &BootConfig,
+        offered: Option<Offered>,
+    ) -> Result<Self, BootError> {
         let config = boot.config.clone();
         let digest_hex = config.digest_hex();
         info!(cluster = %config.cluster, digest = %digest_hex, "booting");
+        // Sealed state first: the key, and the snapshot checked and opened, before any
+        // material is made (the CAs may come out of it).
+        let prepared = match &config.state {
+            Some(state_config) => Some(
+                state::prepare(
+                    &options.state,
+                    &config,
+                    state_config,
+                    Arc::clone(&options.nsm),
+                    offered.unwrap_or_default(),
+                    &options.work_dir,
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let material = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || BootMaterial::generate(&config))
+            let kept = prepared.as_ref().and_then(|p| p.kept.clone());
+            tokio::task::spawn_blocking(move || BootMaterial::generate_with(&config, kept.as_ref()))
                 .await
                 .map_err(|e| MaterialError::Task(e.to_string()))??
         };
@@ -335,6 +372,22 @@ impl Booted {
                 k3s::write(&config_path, rendered.as_bytes(), false)?;
             }
             Distribution::Kubernetes => {
+                if let Some(prepared) = &prepared {
+                    // The sealed state, not what a previous process left, is the truth: a
+                    // restored encryption configuration replaces any on disk, a fresh start
+                    // removes it (and etcd's data, below).
+                    let encryption = layout.encryption_config();
+                    match prepared
+                        .kept
+                        .as_ref()
+                        .and_then(|k| k.encryption_config.as_ref())
+                    {
+                        Some(text) => k3s::write(&encryption, text.as_bytes(), true)?,
+                        None => {
+                            let _ = std::fs::remove_file(&encryption);
+                        }
+                    }
+                }
                 kubernetes::write_files(&config, &layout, &material, &api_target)?;
             }
         }
@@ -376,6 +429,59 @@ impl Booted {
                     }
                 }
             }
+        };
+
+        // Sealed state: etcd's data restored (or emptied) before etcd starts.
+        let (keeper, restored_revision) = match (prepared, &config.state) {
+            (Some(prepared), Some(state_config)) => {
+                let etcd = state::etcd::Etcdctl {
+                    etcdctl: options.state.etcdctl.clone(),
+                    etcdutl: options.state.etcdutl.clone(),
+                    endpoint: format!("https://127.0.0.1:{}", options.ports.etcd_client),
+                    cacert: layout.tls.join("etcd/server-ca.crt"),
+                    cert: layout.tls.join("etcd/client.crt"),
+                    key: layout.tls.join("etcd/client.key"),
+                };
+                let restored = match &prepared.etcd_db {
+                    Some((db, revision)) => {
+                        let target = state::etcd::RestoreTarget {
+                            data_dir: layout.etcd_data.clone(),
+                            name: kubernetes::ETCD_NAME.to_owned(),
+                            peer_url: format!("https://127.0.0.1:{}", options.ports.etcd_peer),
+                        };
+                        let restored = state::restore_etcd(&etcd, db, &target).await;
+                        match restored {
+                            Ok(bumped) => (!bumped).then_some(*revision),
+                            Err(e) => {
+                                webhook.stop();
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                    None => {
+                        let _ = std::fs::remove_dir_all(&layout.etcd_data);
+                        None
+                    }
+                };
+                let kept = material.kept(None);
+                let keeper = Keeper::new(
+                    state_config.clone(),
+                    cp.distribution.clone(),
+                    prepared,
+                    etcd,
+                    kept,
+                    layout.encryption_config(),
+                    &options.work_dir,
+                );
+                match keeper {
+                    Ok(keeper) => (Some(keeper), restored),
+                    Err(e) => {
+                        webhook.stop();
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => (None, None),
         };
 
         // The control plane.
@@ -453,8 +559,16 @@ impl Booted {
             process: control_plane.state(),
             interval,
             startup_timeout: Duration::from_secs(u64::from(config.health.startup_timeout_seconds)),
+            state: keeper.as_ref().map(|k| k.report()),
             counters: Arc::clone(&counters),
         });
+        let mut state_tasks = Vec::new();
+        if let Some(keeper) = &keeper {
+            state_tasks.push(keeper.start_periodic());
+            if let Some(revision) = restored_revision {
+                state_tasks.push(keeper.compact_after_restore(revision));
+            }
+        }
         info!(digest = %digest_hex, api = %api_target, "booted");
         Ok(Booted {
             config,
@@ -465,6 +579,8 @@ impl Booted {
             control_plane: Mutex::new(Some(control_plane)),
             webhook: std::sync::Mutex::new(Some(webhook)),
             kubelet_egress,
+            keeper,
+            state_tasks: std::sync::Mutex::new(state_tasks),
             counters,
             challenges: std::sync::Mutex::new(TokenBucket::new(
                 options.budgets.challenges,
@@ -529,6 +645,34 @@ impl Booted {
 
     /// Stop the reporter, the webhook and the control plane (no orphan).
     pub(crate) async fn stop(&self) {
+        for task in self
+            .state_tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+        // The last snapshot while etcd still runs, handed to the sidecar before anything stops.
+        if let Some(keeper) = &self.keeper {
+            match tokio::time::timeout(FINAL_SNAPSHOT_TIMEOUT, keeper.snapshot_now()).await {
+                Ok(Ok(snapshot)) => {
+                    if !keeper
+                        .wait_delivered(snapshot.sequence, FINAL_DELIVERY_TIMEOUT)
+                        .await
+                    {
+                        warn!(
+                            sequence = snapshot.sequence,
+                            "sealed state: the final snapshot did not reach the sidecar"
+                        );
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %crate::errors::error_chain(&e), "sealed state: final snapshot failed")
+                }
+                Err(_) => warn!("sealed state: final snapshot timed out"),
+            }
+        }
         self.reporter.stop();
         // The control plane before the webhook it calls: requests a kube-apiserver drains while
         // it stops (a kubelet's, say) are still authenticated rather than retried against an

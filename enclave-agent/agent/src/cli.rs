@@ -43,7 +43,7 @@ pub enum CliError {
         source: std::io::Error,
     },
     /// The Sui CA file could not be read.
-    #[error("reading --sui-ca-file {path}")]
+    #[error("reading CA file {path} (--sui-ca-file or --kms-ca-file)")]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -129,6 +129,14 @@ pub struct Args {
     /// etcd for the `kubernetes` distribution, when not `<kubernetes-bin-dir>/etcd`.
     #[arg(long, env = "NAUTILUS_AGENT_ETCD_COMMAND")]
     pub etcd_command: Option<PathBuf>,
+    /// An extra trust root (PEM) for the KMS endpoint: the local KMS's CA in development.
+    #[arg(long, env = "NAUTILUS_AGENT_KMS_CA_FILE")]
+    pub kms_ca_file: Option<PathBuf>,
+    /// etcdctl, for sealed state's snapshots [default: `<kubernetes-bin-dir>/etcdctl` if it
+    /// exists, else `etcdctl` on PATH]. `etcdutl` (etcd ≥ 3.5) is looked for beside it and on
+    /// PATH, and restores with `--bump-revision`; without it Debian's 3.4 etcdctl restores.
+    #[arg(long, env = "NAUTILUS_AGENT_ETCDCTL_COMMAND")]
+    pub etcdctl_command: Option<PathBuf>,
     /// An argument of the `k3s` distribution's program; repeatable (default `server` for k3s).
     #[arg(
         long = "control-plane-arg",
@@ -288,6 +296,8 @@ impl Args {
             control_plane_command,
             kubernetes_bin_dir,
             etcd_command,
+            etcdctl_command,
+            kms_ca_file,
             control_plane_arg,
             work_dir,
             socket_dir,
@@ -327,6 +337,14 @@ impl Args {
                 (Arc::new(simulated), Some(root))
             }
         };
+        let kms_ca_pem = match kms_ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| CliError::CaFile { path, source })?,
+            ),
+        };
+        let kms_egress_proxy = egress_proxy.clone();
         let sui_ca_pem = match sui_ca_file {
             None => None,
             Some(path) => Some(
@@ -368,6 +386,24 @@ impl Args {
                 },
                 kubernetes_binaries: Binaries::in_dir(&kubernetes_bin_dir, etcd_command.as_deref()),
                 restart_backoff: Duration::from_secs(1),
+                state: {
+                    let etcdctl = etcdctl_command.unwrap_or_else(|| {
+                        let beside = kubernetes_bin_dir.join("etcdctl");
+                        if beside.is_file() {
+                            beside
+                        } else {
+                            PathBuf::from("etcdctl")
+                        }
+                    });
+                    crate::state::StateOptions {
+                        key_sources: Some(Arc::new(crate::state::kms::KmsKeySources {
+                            egress_proxy: kms_egress_proxy,
+                            extra_ca_pem: kms_ca_pem,
+                        })),
+                        etcdutl: crate::state::etcd::find_etcdutl(&etcdctl),
+                        etcdctl,
+                    }
+                },
                 budgets: budgets.budgets(),
                 profile: flags_profile,
             },

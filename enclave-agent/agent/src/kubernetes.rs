@@ -144,12 +144,15 @@ fn f(name: &str, value: impl ToString) -> (String, String) {
     (name.to_owned(), value.to_string())
 }
 
+/// The etcd member's name (a restore names it the same).
+pub const ETCD_NAME: &str = "nautilus";
+
 /// etcd's flags: one member on loopback, TLS with client certificates on both ports.
 pub fn etcd_flags(layout: &Layout, ports: &ComponentPorts) -> Flags {
     let client = format!("https://127.0.0.1:{}", ports.etcd_client);
     let peer = format!("https://127.0.0.1:{}", ports.etcd_peer);
     vec![
-        f("name", "nautilus"),
+        f("name", ETCD_NAME),
         f("data-dir", layout.etcd_data.display()),
         f("listen-client-urls", &client),
         f("advertise-client-urls", &client),

@@ -29,6 +29,8 @@
 //! - [`auth`]: from the boot configuration's `auth` to a TokenReview authenticator.
 //! - [`stake`]: how much an address has staked, read from Sui through `sui-rpc`, cached and
 //!   single-flighted; failures deny.
+//! - [`state`]: sealed state: the data key ([`state::KeySource`]), restore at boot, periodic
+//!   snapshots sealed and streamed to the sidecar ([`state::Keeper`]), etcd's tools.
 //! - [`webhook`]: the `authentication.k8s.io/v1` TokenReview webhook for seal tokens, and the
 //!   kubeconfig that wires it into kube-apiserver.
 //!
@@ -54,5 +56,6 @@ pub mod material;
 pub mod prober;
 pub mod reporter;
 pub mod stake;
+pub mod state;
 pub mod supervisor;
 pub mod webhook;

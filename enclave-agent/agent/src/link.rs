@@ -26,7 +26,10 @@ use std::time::Duration;
 
 use nautilus_protocol::bounded::{BoundedListener, Conn, Limits, LogLimit, Unobserved};
 use nautilus_protocol::transport::{self, Endpoint, Listener, TransportError};
-use nautilus_protocol::wire::{self, BootConfig, BootRefused, Message, WireError};
+use nautilus_protocol::wire::{
+    self, BootConfig, BootRefused, MAX_SNAPSHOT_BYTES, Message, SNAPSHOT_CHUNK_BYTES,
+    SnapshotAssembly, SnapshotChunk, WireError,
+};
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Instrument as _, info, info_span, warn};
 
@@ -34,6 +37,7 @@ use crate::boot::{BootError, BootOptions, Booted};
 use crate::budget::Counters;
 use crate::errors::error_chain;
 use crate::forwarder::ApiForwarder;
+use crate::state::{Offered, SealedSnapshot};
 
 /// How long a new connection may take to send its BootConfig.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,6 +78,9 @@ pub enum LinkError {
     /// The boot (or a re-attestation) failed.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// The sidecar's state offer broke the protocol, or could not be stored.
+    #[error("state offer: {0}")]
+    Offer(String),
 }
 
 /// Everything the agent runs with that does not come from the BootConfig.
@@ -181,13 +188,22 @@ impl Agent {
                 .into());
             }
         };
-        let booted = match self.boot_or_join(&boot).await {
+        // Sealed state: the sidecar's offer follows the BootConfig.
+        let offered = match boot.config.state {
+            Some(_) => Some(receive_offer(&mut reader, &self.options.boot.work_dir).await?),
+            None => None,
+        };
+        let booted = match self.boot_or_join(&boot, offered).await {
             Ok(booted) => booted,
             Err(LinkError::Boot(e)) if e.refuses_config() => {
                 // Say why before closing, so the operator can put it in the status; the same
                 // configuration would be refused again, and the sidecar does not resend it.
-                let refused = BootRefused::new(&boot.config, &error_chain(&e));
-                warn!(digest = %refused.config_digest, reason = %refused.reason, "boot configuration refused");
+                let kind = match &e {
+                    BootError::State(state) => state.refusal_kind().unwrap_or_default(),
+                    _ => wire::RefusalKind::Config,
+                };
+                let refused = BootRefused::new(&boot.config, &error_chain(&e)).of_kind(kind);
+                warn!(digest = %refused.config_digest, kind = ?refused.kind, reason = %refused.reason, "boot configuration refused");
                 wire::write_message(&mut writer, &Message::BootRefused(refused)).await?;
                 return Err(LinkError::Boot(e));
             }
@@ -208,6 +224,7 @@ impl Agent {
             }
         });
         let result = async {
+            let mut snapshots = booted.keeper.as_ref().map(|k| k.snapshots());
             let mut attestations = booted.attestations();
             let mut reports = booted.reporter.subscribe();
             // The nonce to attest next, within the refresh rate; a later refresh replaces it.
@@ -267,6 +284,12 @@ impl Agent {
                             wire::write_message(&mut writer, &Message::Attestation(evidence)).await?;
                         }
                     }
+                    Some(snapshot) = next_snapshot(&mut snapshots) => {
+                        send_snapshot(&mut writer, &snapshot).await?;
+                        if let Some(keeper) = &booted.keeper {
+                            keeper.mark_delivered(snapshot.sequence);
+                        }
+                    }
                     changed = reports.changed() => {
                         if changed.is_err() {
                             return Ok(());
@@ -284,9 +307,17 @@ impl Agent {
         result
     }
 
-    async fn boot_or_join(&self, boot: &BootConfig) -> Result<Arc<Booted>, LinkError> {
+    async fn boot_or_join(
+        &self,
+        boot: &BootConfig,
+        offered: Option<Offered>,
+    ) -> Result<Arc<Booted>, LinkError> {
         let mut slot = self.booted.lock().await;
         if let Some(booted) = slot.as_ref() {
+            // A running boot restored already: what a reconnecting sidecar offers is not used.
+            if let Some((_, path)) = offered.and_then(|o| o.snapshot) {
+                let _ = std::fs::remove_file(path);
+            }
             if booted.config != boot.config {
                 return Err(LinkError::ConfigMismatch {
                     offered: boot.config.digest_hex(),
@@ -299,11 +330,115 @@ impl Agent {
             info!(digest = %booted.digest_hex, "sidecar reconnected to the running boot");
             return Ok(Arc::clone(booted));
         }
-        let booted = Arc::new(Booted::start(&self.options.boot, boot).await?);
+        let booted = Arc::new(Booted::start(&self.options.boot, boot, offered).await?);
         self.api_target
             .send_replace(Some(booted.api_target.clone()));
         *slot = Some(Arc::clone(&booted));
         Ok(booted)
+    }
+}
+
+/// Read the sidecar's [`wire::StateOffer`] and the offered snapshot's chunks into a file under
+/// `work_dir/state` (enclave memory), checking contiguity and size as they come.
+async fn receive_offer<R>(reader: &mut R, work_dir: &std::path::Path) -> Result<Offered, LinkError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, wire::read_message(reader))
+        .await
+        .map_err(|_| LinkError::FirstMessageTimeout(FIRST_MESSAGE_TIMEOUT))??;
+    let offer = match first {
+        Message::StateOffer(offer) => offer,
+        other => {
+            return Err(WireError::Unexpected {
+                found: other.kind(),
+                expected: "StateOffer",
+            }
+            .into());
+        }
+    };
+    let Some(announced) = offer.snapshot else {
+        return Ok(Offered {
+            credentials: offer.credentials,
+            snapshot: None,
+        });
+    };
+    let dir = work_dir.join("state");
+    let offer_err = |what: &str, e: std::io::Error| LinkError::Offer(format!("{what}: {e}"));
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| offer_err("creating the state directory", e))?;
+    let path = dir.join(format!(
+        "offered-{}-{}.snap",
+        announced.sequence,
+        std::process::id()
+    ));
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| offer_err("creating the offered snapshot's file", e))?;
+    let mut assembly = SnapshotAssembly::new(MAX_SNAPSHOT_BYTES, Some(announced.bytes));
+    let received = async {
+        loop {
+            let chunk = match wire::read_message_within(reader, wire::FRAME_TIMEOUT).await? {
+                Message::SnapshotChunk(chunk) => chunk,
+                other => {
+                    return Err(LinkError::Wire(WireError::Unexpected {
+                        found: other.kind(),
+                        expected: "SnapshotChunk",
+                    }));
+                }
+            };
+            if chunk.sequence != announced.sequence {
+                return Err(LinkError::Offer(format!(
+                    "chunk of snapshot {} while {} was offered",
+                    chunk.sequence, announced.sequence
+                )));
+            }
+            let last = assembly
+                .accept(&chunk)
+                .map_err(|e| LinkError::Offer(e.to_string()))?;
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| offer_err("writing the offered snapshot", e))?;
+            if last {
+                file.flush()
+                    .await
+                    .map_err(|e| offer_err("writing the offered snapshot", e))?;
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Err(e) = received {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    info!(
+        sequence = announced.sequence,
+        bytes = announced.bytes,
+        "sealed state: snapshot offered"
+    );
+    Ok(Offered {
+        credentials: offer.credentials,
+        snapshot: Some((announced.sequence, path)),
+    })
+}
+
+/// The next sealed snapshot to send, once one is published (pending forever without state).
+async fn next_snapshot(
+    snapshots: &mut Option<watch::Receiver<Option<SealedSnapshot>>>,
+) -> Option<SealedSnapshot> {
+    match snapshots {
+        None => std::future::pending().await,
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The keeper is gone (the boot stopped): nothing more will come.
+                *snapshots = None;
+                return None;
+            }
+            rx.borrow_and_update().clone()
+        }
     }
 }
 
@@ -325,6 +460,44 @@ impl Default for RefreshSlot {
             nonce: None,
             due: tokio::time::Instant::now(),
             counted: false,
+        }
+    }
+}
+
+/// Stream a sealed snapshot file to the sidecar as [`SnapshotChunk`]s.
+async fn send_snapshot<W>(writer: &mut W, snapshot: &SealedSnapshot) -> Result<(), LinkError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(&snapshot.path)
+        .await
+        .map_err(|e| LinkError::Offer(format!("opening sealed snapshot: {e}")))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read(&mut buf[filled..])
+                .await
+                .map_err(|e| LinkError::Offer(format!("reading sealed snapshot: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let last = offset + filled as u64 >= snapshot.bytes || filled < buf.len();
+        let chunk = SnapshotChunk {
+            sequence: snapshot.sequence,
+            offset,
+            data: buf[..filled].to_vec(),
+            last,
+        };
+        wire::write_message(writer, &Message::SnapshotChunk(chunk)).await?;
+        offset += filled as u64;
+        if last {
+            return Ok(());
         }
     }
 }

@@ -164,6 +164,60 @@ impl CertificateAuthority {
         })
     }
 
+    /// A CA restored from a sealed snapshot: its certificate (PEM) and its SEC1 key (PEM), as
+    /// [`CertificateAuthority::generate`] made them. The key must be the certificate's, and the
+    /// issuer name of what it signs is the certificate's subject, attribute for attribute.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, MaterialError> {
+        use p256::pkcs8::EncodePrivateKey as _;
+        use x509_cert::der::{Decode as _, DecodePem as _, Encode as _};
+        let err = |reason: String| MaterialError::Certificate {
+            what: "a restored certificate authority",
+            reason,
+        };
+        let cert = x509_cert::Certificate::from_pem(cert_pem.as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        let cert_der = cert.to_der().map_err(|e| err(e.to_string()))?;
+        let secret = p256::SecretKey::from_sec1_pem(key_pem).map_err(|e| err(e.to_string()))?;
+        let pkcs8 = secret.to_pkcs8_der().map_err(|e| err(e.to_string()))?;
+        let key = KeyPair::try_from(pkcs8.as_bytes()).map_err(|e| err(e.to_string()))?;
+        let spki = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(|e| err(e.to_string()))?;
+        if rcgen::PublicKeyData::subject_public_key_info(&key) != spki {
+            return Err(err("the key is not the certificate's".into()));
+        }
+        let mut name = DistinguishedName::new();
+        for rdn in cert.tbs_certificate.subject.0.iter() {
+            for atv in rdn.0.iter() {
+                let kind = match atv.oid.to_string().as_str() {
+                    "2.5.4.3" => DnType::CommonName,
+                    "2.5.4.10" => DnType::OrganizationName,
+                    other => return Err(err(format!("unexpected name attribute {other}"))),
+                };
+                let der = atv.value.to_der().map_err(|e| err(e.to_string()))?;
+                let value = x509_cert::der::asn1::Utf8StringRef::from_der(&der)
+                    .map_err(|e| err(format!("a name attribute is not UTF-8: {e}")))?;
+                name.push(kind, value.as_str());
+            }
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+            key_pem: key_pem.to_owned(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
     /// SHA-256 of the certificate's DER: the second input of [`Binding::v1`].
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(&self.cert_der).into()
@@ -400,23 +454,141 @@ pub struct BootMaterial {
     pub binding: Vec<u8>,
 }
 
+/// A CA as a sealed snapshot keeps it: certificate and SEC1 key, PEM.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeptCa {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key (SEC1).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for KeptCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptCa").finish_non_exhaustive()
+    }
+}
+
+impl KeptCa {
+    fn of(ca: &CertificateAuthority) -> Self {
+        Self {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: ca.key_pem.clone(),
+        }
+    }
+
+    fn restore(&self) -> Result<CertificateAuthority, MaterialError> {
+        CertificateAuthority::from_pem(&self.cert_pem, &self.key_pem)
+    }
+}
+
+/// The five CAs of a control plane, as kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeptCas {
+    /// `server-ca` (bound into the attestation).
+    pub serving: KeptCa,
+    /// `client-ca`.
+    pub client: KeptCa,
+    /// `request-header-ca`.
+    pub request_header: KeptCa,
+    /// `etcd/server-ca`.
+    pub etcd_server: KeptCa,
+    /// `etcd/peer-ca`.
+    pub etcd_peer: KeptCa,
+}
+
+/// What of the PKI a sealed snapshot keeps: everything [`BootMaterial::generate`] would make
+/// afresh except the report key (ephemeral by design) and the leaf certificates (issued again
+/// from the kept CAs).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeptPki {
+    /// The CAs; `None` when they are to be made afresh (`caGeneration` rose).
+    pub cas: Option<KeptCas>,
+    /// The service-account signing key (SEC1 PEM): tokens stay valid across restarts.
+    pub service_account_key_pem: String,
+    /// The secrets encryption configuration, when secrets are encrypted: without it the
+    /// restored Secrets cannot be read.
+    #[serde(default)]
+    pub encryption_config: Option<String>,
+}
+
+impl std::fmt::Debug for KeptPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptPki")
+            .field("cas", &self.cas.is_some())
+            .field("encryption_config", &self.encryption_config.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BootMaterial {
     /// Generate the keys and certificates for `config`.
     pub fn generate(config: &EnclaveConfig) -> Result<Self, MaterialError> {
+        Self::generate_with(config, None)
+    }
+
+    /// What a sealed snapshot keeps of this material (the encryption configuration is read by
+    /// the caller, from the file the control plane uses).
+    pub fn kept(&self, encryption_config: Option<String>) -> KeptPki {
+        KeptPki {
+            cas: Some(KeptCas {
+                serving: KeptCa::of(&self.serving_ca),
+                client: KeptCa::of(&self.client_ca),
+                request_header: KeptCa::of(&self.request_header_ca),
+                etcd_server: KeptCa::of(&self.etcd_server_ca),
+                etcd_peer: KeptCa::of(&self.etcd_peer_ca),
+            }),
+            service_account_key_pem: self.service_account_key_pem.clone(),
+            encryption_config,
+        }
+    }
+
+    /// [`BootMaterial::generate`], with the CAs and the service-account key of `kept` (a
+    /// restored snapshot) instead of new ones where it has them. The report key and every leaf
+    /// certificate are new either way.
+    pub fn generate_with(
+        config: &EnclaveConfig,
+        kept: Option<&KeptPki>,
+    ) -> Result<Self, MaterialError> {
         let signer = ReportSigner::generate();
         let cluster = &config.cluster;
-        let serving_ca = CertificateAuthority::generate(&format!("nautilus {cluster} CA"))?;
-        let client_ca = CertificateAuthority::generate(&format!("nautilus {cluster} client CA"))?;
-        let request_header_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} request-header CA"))?;
-        let etcd_server_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} etcd server CA"))?;
-        let etcd_peer_ca =
-            CertificateAuthority::generate(&format!("nautilus {cluster} etcd peer CA"))?;
-        let service_account_key_pem = sec1_pem(
-            &KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-                .map_err(cert_err("the service-account key"))?,
-        )?;
+        let (serving_ca, client_ca, request_header_ca, etcd_server_ca, etcd_peer_ca) = match kept
+            .and_then(|k| k.cas.as_ref())
+        {
+            Some(cas) => (
+                cas.serving.restore()?,
+                cas.client.restore()?,
+                cas.request_header.restore()?,
+                cas.etcd_server.restore()?,
+                cas.etcd_peer.restore()?,
+            ),
+            None => (
+                CertificateAuthority::generate(&format!("nautilus {cluster} CA"))?,
+                CertificateAuthority::generate(&format!("nautilus {cluster} client CA"))?,
+                CertificateAuthority::generate(&format!("nautilus {cluster} request-header CA"))?,
+                CertificateAuthority::generate(&format!("nautilus {cluster} etcd server CA"))?,
+                CertificateAuthority::generate(&format!("nautilus {cluster} etcd peer CA"))?,
+            ),
+        };
+        let service_account_key_pem = match kept {
+            Some(kept) => {
+                // Checked here, not when kube-apiserver first reads it.
+                p256::SecretKey::from_sec1_pem(&kept.service_account_key_pem).map_err(|e| {
+                    MaterialError::Certificate {
+                        what: "the restored service-account key",
+                        reason: e.to_string(),
+                    }
+                })?;
+                kept.service_account_key_pem.clone()
+            }
+            None => sec1_pem(
+                &KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+                    .map_err(cert_err("the service-account key"))?,
+            )?,
+        };
         let components = ComponentCertificates::generate(
             &serving_ca,
             &client_ca,
@@ -525,6 +697,67 @@ mod tests {
         }
         check("127.0.0.1").expect("loopback");
         assert!(check("other.default.svc").is_err(), "an unlisted name");
+    }
+
+    /// A restored CA is the same CA: same certificate, and what it issues verifies against
+    /// the original certificate (issuer name and key identifier as before).
+    #[test]
+    fn a_kept_pki_restores_the_same_cas() {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let config = crate::k3s::tests::mk_config();
+        let first = BootMaterial::generate(&config).expect("material");
+        let kept = first.kept(Some("{}".into()));
+        let json = serde_json::to_string(&kept).expect("json");
+        let kept: KeptPki = serde_json::from_str(&json).expect("parses");
+        let again = BootMaterial::generate_with(&config, Some(&kept)).expect("restored");
+        assert_eq!(again.serving_ca.cert_der, first.serving_ca.cert_der);
+        assert_eq!(
+            again.binding, first.binding,
+            "the attestation binds the same CA"
+        );
+        assert_eq!(again.service_account_key_pem, first.service_account_key_pem);
+        assert_ne!(
+            again.signer.public_key_der(),
+            first.signer.public_key_der(),
+            "the report key stays ephemeral"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(first.serving_ca.cert_der.clone()))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            crate::client::provider(),
+        )
+        .build()
+        .expect("verifier");
+        verifier
+            .verify_server_cert(
+                &CertificateDer::from(again.api_server.cert_der.clone()),
+                &[],
+                &ServerName::try_from("127.0.0.1").expect("name"),
+                &[],
+                UnixTime::now(),
+            )
+            .expect("a leaf of the restored CA verifies against the original");
+        // Rotation: new CAs, the same service-account key.
+        let rotated = KeptPki {
+            cas: None,
+            ..kept.clone()
+        };
+        let rotated = BootMaterial::generate_with(&config, Some(&rotated)).expect("rotated");
+        assert_ne!(rotated.serving_ca.cert_der, first.serving_ca.cert_der);
+        assert_eq!(
+            rotated.service_account_key_pem,
+            first.service_account_key_pem
+        );
+        // A key that is not the certificate's is refused.
+        let mut swapped = kept.clone();
+        if let Some(cas) = swapped.cas.as_mut() {
+            cas.serving.key_pem = cas.client.key_pem.clone();
+        }
+        assert!(BootMaterial::generate_with(&config, Some(&swapped)).is_err());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct ReporterConfig {
     pub interval: Duration,
     /// How long the components have to become healthy after each start.
     pub startup_timeout: Duration,
+    /// The sealed state's part of each report, when the configuration keeps state.
+    pub state: Option<watch::Receiver<nautilus_protocol::wire::StateReport>>,
     /// The budget counters, carried in every report once one is not zero.
     pub counters: Arc<Counters>,
 }
@@ -194,7 +196,7 @@ async fn report_loop(
             boot_config_digest: r.digest_hex.clone(),
             components: components.clone(),
             control_plane: process,
-            state: None,
+            state: r.state.as_ref().map(|s| s.borrow().clone()),
             budget: r.counters.snapshot(),
         };
         debug!(sequence, healthy = report.all_healthy(), "report");

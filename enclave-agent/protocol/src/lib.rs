@@ -14,6 +14,7 @@
 //!   one that signs documents in the exact AWS format with a generated test CA.
 //! - [`wire`]: the framed messages of the vsock link (boot config, attestation, signed
 //!   reports, nonce refresh) and the evidence bundle the sidecar serves.
+//! - [`sealed`]: sealed snapshots of the enclave's state (header, STREAM over AES-256-GCM).
 //! - [`transport`]: vsock, Unix and TCP endpoints behind one stream type.
 //! - [`constants`]: the vsock ports and CIDs the agent and the sidecar agree on.
 //! - [`bounded`]: connection caps, idle/handshake/header/body timeouts and rate-limited
@@ -32,6 +33,7 @@ pub mod budget;
 pub mod constants;
 pub mod nsm;
 pub mod policy;
+pub mod sealed;
 pub mod transport;
 pub mod wire;
 pub mod yaml;

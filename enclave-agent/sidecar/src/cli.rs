@@ -523,6 +523,13 @@ pub struct Args {
     #[arg(long = "egress-kubelet-cidr")]
     pub egress_kubelet_cidrs: Vec<Cidr>,
 
+    /// AWS credentials relayed to the agent for its KMS calls when the configuration keeps
+    /// sealed state: an AWS shared credentials file (profile `default`), read again at every
+    /// connection. Without it: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// `AWS_SESSION_TOKEN` from the environment. The key policy, not these, protects the key.
+    #[arg(long, env = "NAUTILUS_AWS_CREDENTIALS_FILE")]
+    pub aws_credentials_file: Option<PathBuf>,
+
     /// Age beyond which the latest report no longer counts for /readyz
     /// [default: 3 × the boot configuration's probe interval].
     #[arg(long, env = "NAUTILUS_REPORT_MAX_AGE_SECONDS")]

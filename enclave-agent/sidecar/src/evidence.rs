@@ -196,6 +196,11 @@ impl Evidence {
                 })
             });
         let mut state = self.lock();
+        // A boot refused for its key (retried) that now attested is no longer refused.
+        if state.boot_refused_kind == RefusalKind::KeyRefused {
+            state.boot_refused = None;
+            state.boot_refused_kind = RefusalKind::Config;
+        }
         state.attestation = Some(evidence);
         match key {
             Ok(key) if state.attested_key.as_ref() == Some(&key) && state.verifier.is_some() => {

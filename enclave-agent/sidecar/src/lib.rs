@@ -40,6 +40,7 @@ pub mod link;
 pub mod metrics;
 pub mod proxy;
 pub mod respond;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -270,6 +271,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         egress_allow_kubelet_ports,
         egress_kubelet_cidrs,
         report_max_age_seconds,
+        aws_credentials_file,
         link_timeout_seconds,
         limits,
         budgets,
@@ -280,6 +282,23 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     let frame_timeout = Duration::from_secs(limits.client_timeout_seconds);
 
     let boot = load_boot_config(&boot_config)?;
+    let state_dir = state_dir.unwrap_or_else(|| {
+        boot_config
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    });
+    // Sealed state: the snapshots the agent streams out, kept under --state-dir.
+    let link_state = match &boot.config.state {
+        Some(state) => Some(link::LinkState {
+            store: state::SnapshotStore::open(&state_dir, state.retain)
+                .map_err(|e| SidecarError::Config(format!("sealed state store: {e}")))?,
+            credentials: state::CredentialSource {
+                file: aws_credentials_file,
+            },
+        }),
+        None => None,
+    };
     let digest = boot.config.digest_hex();
     let max_age_ms = report_max_age_seconds
         .unwrap_or_else(|| 3 * u64::from(boot.config.health.probe_interval_seconds.max(1)))
@@ -329,12 +348,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                 required(agent_command, "--agent-command", "process")?,
                 agent_args,
             )
-            .with_state_dir(state_dir.unwrap_or_else(|| {
-                boot_config
-                    .parent()
-                    .filter(|dir| !dir.as_os_str().is_empty())
-                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-            }));
+            .with_state_dir(state_dir.clone());
             if isolate_network {
                 process = process.with_isolated_network();
             }
@@ -437,6 +451,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         boot_config: boot,
         startup_deadline: Duration::from_secs(link_timeout_seconds),
         frame_timeout,
+        state: link_state,
     };
     let link_evidence = Arc::clone(&evidence);
     let link_fatal = fatal_tx.clone();

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
-    BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh, WireError,
-    read_message_within, write_message,
+    BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh, RefusalKind,
+    SNAPSHOT_CHUNK_BYTES, SnapshotChunk, StateOffer, WireError, read_message_within, write_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,11 +30,14 @@ use tracing::{info, warn};
 
 use crate::challenge::Inbox;
 use crate::evidence::{Evidence, now_ms};
+use crate::state::{CredentialSource, SnapshotStore, Stored};
 
 /// First delay between connection attempts.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after a refused data key the boot is offered again.
+const KEY_REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Longest wait for one connection attempt (a vsock connect to an enclave that is still
@@ -59,7 +62,7 @@ pub enum LinkError {
 }
 
 /// How the link runs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LinkConfig {
     /// The agent's control endpoint.
     pub endpoint: Endpoint,
@@ -70,6 +73,17 @@ pub struct LinkConfig {
     /// How long a frame may take once its first byte arrived
     /// ([`FRAME_TIMEOUT`](nautilus_protocol::wire::FRAME_TIMEOUT) by default).
     pub frame_timeout: Duration,
+    /// Sealed state, when the configuration keeps it.
+    pub state: Option<LinkState>,
+}
+
+/// The sidecar's side of sealed state on the link.
+#[derive(Debug)]
+pub struct LinkState {
+    /// Where snapshots are stored and offered from.
+    pub store: SnapshotStore,
+    /// The credentials relayed with the offer.
+    pub credentials: CredentialSource,
 }
 
 /// The metric label of a dropped connection.
@@ -145,6 +159,13 @@ pub async fn run(
                         while nonces.recv().await.is_some() {}
                         return Ok(());
                     }
+                    SessionEnd::KeyRefused => {
+                        // KMS would not release the key: the key policy may be fixed, so the
+                        // same configuration is offered again, slowly (each try is a KMS call).
+                        evidence.metrics().drop_link("key_refused");
+                        warn!(endpoint = %config.endpoint, retry_in = ?KEY_REFUSED_RETRY, "the data key was refused; offering the boot again later");
+                        backoff = KEY_REFUSED_RETRY;
+                    }
                     SessionEnd::Wire(err) => {
                         let reason = drop_reason(&err);
                         evidence.metrics().drop_link(reason);
@@ -173,6 +194,8 @@ pub async fn run(
 
 enum SessionEnd {
     Shutdown,
+    /// KMS refused the data key ([`RefusalKind::KeyRefused`]): tried again after a while.
+    KeyRefused,
     /// The boot configuration was refused (by the agent, or too large to send).
     Refused,
     Wire(WireError),
@@ -194,8 +217,13 @@ async fn session(
     nonces: &mut mpsc::Receiver<Vec<u8>>,
     challenges: &mut Inbox,
 ) -> SessionEnd {
-    let frame_timeout = config.frame_timeout;
-    let boot_config = &mut config.boot_config;
+    let LinkConfig {
+        boot_config,
+        state,
+        frame_timeout,
+        ..
+    } = config;
+    let frame_timeout = *frame_timeout;
     let (mut reader, mut writer) = tokio::io::split(stream);
     match write_message(
         &mut writer,
@@ -213,6 +241,12 @@ async fn session(
             return SessionEnd::Refused;
         }
         Err(err) => return SessionEnd::Wire(err),
+    }
+    if boot_config.config.state.is_some()
+        && let Some(link_state) = state.as_mut()
+        && let Err(err) = offer_state(&mut writer, link_state, evidence).await
+    {
+        return SessionEnd::Wire(err);
     }
     // read_message is not cancel-safe, so it runs in its own task and hands over whole
     // messages through a channel, which is.
@@ -249,8 +283,21 @@ async fn session(
                 Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
                 Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
                 Some(Ok(Message::ChallengeAnswer(answer))) => challenges.answered(answer),
+                Some(Ok(Message::SnapshotChunk(chunk))) => match state.as_mut() {
+                    Some(link_state) => store_chunk(link_state, &chunk, evidence),
+                    None => {
+                        return SessionEnd::Wire(WireError::Unexpected {
+                            found: nautilus_protocol::wire::MessageKind::SnapshotChunk,
+                            expected: "no snapshot: the configuration keeps no state",
+                        });
+                    }
+                },
                 Some(Ok(Message::BootRefused(refused))) => {
+                    let kind = refused.kind;
                     evidence.on_boot_refused(refused);
+                    if kind == RefusalKind::KeyRefused {
+                        return SessionEnd::KeyRefused;
+                    }
                     return SessionEnd::Refused;
                 }
                 Some(Ok(other)) => {
@@ -259,8 +306,18 @@ async fn session(
                         expected: "Attestation, Report, ChallengeAnswer or BootRefused",
                     });
                 }
-                Some(Err(err)) => return SessionEnd::Wire(err),
-                None => return SessionEnd::Wire(WireError::Closed),
+                Some(Err(err)) => {
+                    if let Some(link_state) = state.as_mut() {
+                        link_state.store.abort_incoming();
+                    }
+                    return SessionEnd::Wire(err);
+                }
+                None => {
+                    if let Some(link_state) = state.as_mut() {
+                        link_state.store.abort_incoming();
+                    }
+                    return SessionEnd::Wire(WireError::Closed);
+                }
             },
             nonce = challenges.next() => {
                 let Some(nonce) = nonce else {
@@ -272,6 +329,111 @@ async fn session(
                 }
                 tracing::debug!("user challenge sent to the agent");
             }
+        }
+    }
+}
+
+/// Send the [`StateOffer`] (credentials, newest stored snapshot) and that snapshot's chunks.
+async fn offer_state<W>(
+    writer: &mut W,
+    state: &mut LinkState,
+    evidence: &Evidence,
+) -> Result<(), WireError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let credentials = state.credentials.load().unwrap_or_else(|e| {
+        warn!(error = %e, "sealed state: no credentials relayed");
+        None
+    });
+    let newest = state.store.newest().unwrap_or_else(|e| {
+        warn!(error = %e, "sealed state: cannot list stored snapshots; offering none");
+        None
+    });
+    let offer = StateOffer {
+        credentials,
+        snapshot: newest.as_ref().map(Stored::offer),
+    };
+    write_message(writer, &Message::StateOffer(offer)).await?;
+    let Some(stored) = newest else {
+        info!("sealed state: no snapshot stored, offering none");
+        return Ok(());
+    };
+    let mut file = tokio::fs::File::open(&stored.path).await?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() && offset + (filled as u64) < stored.bytes {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        let end = offset + filled as u64;
+        if end < stored.bytes && filled < buf.len() {
+            // The file shrank under us: the offer would not match what was announced.
+            return Err(WireError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "stored snapshot shrank while offered",
+            )));
+        }
+        let last = end >= stored.bytes;
+        let chunk = SnapshotChunk {
+            sequence: stored.sequence,
+            offset,
+            data: buf[..filled].to_vec(),
+            last,
+        };
+        write_message(writer, &Message::SnapshotChunk(chunk)).await?;
+        offset = end;
+        if last {
+            break;
+        }
+    }
+    evidence.metrics().snapshots_offered.inc();
+    info!(
+        sequence = stored.sequence,
+        bytes = stored.bytes,
+        "sealed state: snapshot offered"
+    );
+    Ok(())
+}
+
+/// Store one chunk; count and log a stored or refused snapshot.
+fn store_chunk(state: &mut LinkState, chunk: &SnapshotChunk, evidence: &Evidence) {
+    let metrics = evidence.metrics();
+    match state.store.receive(chunk) {
+        Ok(None) => {}
+        Ok(Some(stored)) => {
+            metrics.snapshots_received.inc();
+            metrics
+                .last_snapshot_sequence
+                .set(i64::try_from(stored.sequence).unwrap_or(i64::MAX));
+            metrics
+                .last_snapshot_timestamp_seconds
+                .set(i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX));
+            if let Ok(list) = state.store.list() {
+                metrics
+                    .snapshots_stored
+                    .set(i64::try_from(list.len()).unwrap_or(i64::MAX));
+            }
+            info!(
+                sequence = stored.sequence,
+                bytes = stored.bytes,
+                "sealed state: snapshot stored"
+            );
+        }
+        Err(e) => {
+            metrics
+                .snapshots_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: e.label().to_owned(),
+                })
+                .inc();
+            warn!(sequence = chunk.sequence, error = %e, "sealed state: snapshot not stored");
         }
     }
 }

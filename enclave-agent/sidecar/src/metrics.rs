@@ -99,6 +99,18 @@ pub struct Metrics {
     pub listener_refused: Family<ListenerLabels, Counter>,
     /// Connections cut by a timeout, by listener and phase.
     pub listener_timeouts: Family<TimeoutLabels, Counter>,
+    /// Sealed snapshots stored.
+    pub snapshots_received: Counter,
+    /// Sealed snapshot streams refused, by reason.
+    pub snapshots_refused: Family<ReasonLabels, Counter>,
+    /// Sealed snapshots offered to the agent at boot.
+    pub snapshots_offered: Counter,
+    /// Sealed snapshots on disk.
+    pub snapshots_stored: Gauge,
+    /// Sequence of the newest stored snapshot.
+    pub last_snapshot_sequence: Gauge,
+    /// When the newest snapshot was stored (Unix seconds).
+    pub last_snapshot_timestamp_seconds: Gauge,
     /// Requests refused as malformed or oversized, by listener and reason.
     pub rejected_requests: Family<RejectedLabels, Counter>,
     /// Users' challenges, by outcome (answered, or why not).
@@ -130,6 +142,42 @@ impl Metrics {
         let listener_refused = Family::<ListenerLabels, Counter>::default();
         let listener_timeouts = Family::<TimeoutLabels, Counter>::default();
         let rejected_requests = Family::<RejectedLabels, Counter>::default();
+        let snapshots_received = Counter::default();
+        let snapshots_refused = Family::<ReasonLabels, Counter>::default();
+        let snapshots_offered = Counter::default();
+        let snapshots_stored = Gauge::default();
+        let last_snapshot_sequence = Gauge::default();
+        let last_snapshot_timestamp_seconds = Gauge::default();
+        registry.register(
+            "snapshots_received",
+            "Sealed snapshots received from the agent and stored",
+            snapshots_received.clone(),
+        );
+        registry.register(
+            "snapshots_refused",
+            "Sealed snapshot streams refused, by reason",
+            snapshots_refused.clone(),
+        );
+        registry.register(
+            "snapshots_offered",
+            "Sealed snapshots offered to the agent at boot",
+            snapshots_offered.clone(),
+        );
+        registry.register(
+            "snapshots_stored",
+            "Sealed snapshots on disk",
+            snapshots_stored.clone(),
+        );
+        registry.register(
+            "last_snapshot_sequence",
+            "Sequence of the newest stored sealed snapshot",
+            last_snapshot_sequence.clone(),
+        );
+        registry.register(
+            "last_snapshot_timestamp_seconds",
+            "When the newest sealed snapshot was stored (Unix seconds)",
+            last_snapshot_timestamp_seconds.clone(),
+        );
         let challenges = Family::<OutcomeLabels, Counter>::default();
         let connections_rate_limited = Family::<ScopeLabels, Counter>::default();
         registry.register(
@@ -218,6 +266,12 @@ impl Metrics {
             listener_refused,
             listener_timeouts,
             rejected_requests,
+            snapshots_received,
+            snapshots_refused,
+            snapshots_offered,
+            snapshots_stored,
+            last_snapshot_sequence,
+            last_snapshot_timestamp_seconds,
             challenges,
             connections_rate_limited,
         }

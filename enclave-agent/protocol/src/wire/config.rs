@@ -164,8 +164,13 @@ pub struct EnclaveConfig {
     /// Health probing.
     pub health: HealthConfig,
     /// Sealed state: the datastore and PKI kept across enclave restarts. Absent: nothing is
-    /// kept, and configurations without it keep their digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// kept, and configurations without it keep their digest. Its values are checked while
+    /// parsing ([`StateConfig::check`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::state::checked_state"
+    )]
     pub state: Option<StateConfig>,
 }
 

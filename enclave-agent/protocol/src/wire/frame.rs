@@ -8,6 +8,7 @@ use super::challenge::{Challenge, ChallengeAnswer};
 use super::config::{BootConfig, BootRefused, NonceRefresh};
 use super::evidence::AttestationEvidence;
 use super::report::SignedReport;
+use super::state::{SnapshotChunk, StateOffer};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -89,6 +90,10 @@ pub enum MessageKind {
     ChallengeAnswer = 6,
     /// [`BootRefused`].
     BootRefused = 7,
+    /// [`StateOffer`].
+    StateOffer = 8,
+    /// [`SnapshotChunk`].
+    SnapshotChunk = 9,
 }
 
 impl MessageKind {
@@ -101,6 +106,8 @@ impl MessageKind {
             5 => Self::Challenge,
             6 => Self::ChallengeAnswer,
             7 => Self::BootRefused,
+            8 => Self::StateOffer,
+            9 => Self::SnapshotChunk,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -116,6 +123,8 @@ impl std::fmt::Display for MessageKind {
             Self::Challenge => "Challenge",
             Self::ChallengeAnswer => "ChallengeAnswer",
             Self::BootRefused => "BootRefused",
+            Self::StateOffer => "StateOffer",
+            Self::SnapshotChunk => "SnapshotChunk",
         })
     }
 }
@@ -137,6 +146,11 @@ pub enum Message {
     ChallengeAnswer(ChallengeAnswer),
     /// Agent → sidecar: the configuration is refused; the agent will refuse it again.
     BootRefused(BootRefused),
+    /// Sidecar → agent, after BootConfig when the configuration keeps state: credentials and
+    /// the offered snapshot.
+    StateOffer(StateOffer),
+    /// Either way: a piece of a sealed snapshot.
+    SnapshotChunk(SnapshotChunk),
 }
 
 impl Message {
@@ -150,6 +164,8 @@ impl Message {
             Self::Challenge(_) => MessageKind::Challenge,
             Self::ChallengeAnswer(_) => MessageKind::ChallengeAnswer,
             Self::BootRefused(_) => MessageKind::BootRefused,
+            Self::StateOffer(_) => MessageKind::StateOffer,
+            Self::SnapshotChunk(_) => MessageKind::SnapshotChunk,
         }
     }
 
@@ -169,6 +185,8 @@ impl Message {
             Self::Challenge(m) => json(kind, m),
             Self::ChallengeAnswer(m) => json(kind, m),
             Self::BootRefused(m) => json(kind, m),
+            Self::StateOffer(m) => json(kind, m),
+            Self::SnapshotChunk(m) => json(kind, m),
         }
     }
 
@@ -187,6 +205,8 @@ impl Message {
             MessageKind::Challenge => Self::Challenge(json(kind, body)?),
             MessageKind::ChallengeAnswer => Self::ChallengeAnswer(json(kind, body)?),
             MessageKind::BootRefused => Self::BootRefused(json(kind, body)?),
+            MessageKind::StateOffer => Self::StateOffer(json(kind, body)?),
+            MessageKind::SnapshotChunk => Self::SnapshotChunk(json(kind, body)?),
         })
     }
 }
@@ -375,10 +395,10 @@ mod tests {
         ));
 
         let mut bad = good.clone();
-        bad[2] = 9;
+        bad[2] = 10;
         assert!(matches!(
             roundtrip(&bad).await,
-            Err(WireError::UnknownKind(9))
+            Err(WireError::UnknownKind(10))
         ));
 
         let mut bad = good.clone();

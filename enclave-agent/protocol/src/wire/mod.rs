@@ -26,6 +26,8 @@
 //! | 5 | [`Challenge`] | sidecar → agent, when a user asks for a document of their own ([`ChallengeResponse`] over HTTP) |
 //! | 6 | [`ChallengeAnswer`] | agent → sidecar, one per [`Challenge`]; the served evidence stays as it was |
 //! | 7 | [`BootRefused`] | agent → sidecar, instead of a boot, when the configuration's values are refused |
+//! | 8 | [`StateOffer`] | sidecar → agent, right after [`BootConfig`] when the configuration keeps state |
+//! | 9 | [`SnapshotChunk`] | either way: the offered snapshot (sidecar → agent), the sealed ones (agent → sidecar) |
 //!
 //! The host relays but is not trusted: reports are signed by the agent's ephemeral key
 //! ([`ReportSigner`]), whose public half the NSM puts in the attestation document, and every
@@ -33,12 +35,13 @@
 //!
 //! [`AsyncWrite`]: tokio::io::AsyncWrite
 
-mod b64;
+pub(crate) mod b64;
 mod challenge;
 mod config;
 mod evidence;
 mod frame;
 mod report;
+mod state;
 
 pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
@@ -56,4 +59,9 @@ pub use report::{
     BudgetCounters, Component, ComponentReport, MAX_REPORT_BYTES, MAX_STATE_ERROR_BYTES,
     ProcessState, Report, ReportError, ReportSigner, ReportVerifier, SignedReport, SnapshotRef,
     StateReport,
+};
+pub use state::{
+    AwsCredentials, ChunkError, MAX_ACCEPTED_MEASUREMENTS, MAX_CREDENTIAL_BYTES, MAX_RESTORE_UIDS,
+    MAX_RETAIN, MAX_SNAPSHOT_BYTES, MAX_STATE_STRING, OfferedSnapshot, SNAPSHOT_CHUNK_BYTES,
+    SnapshotAssembly, SnapshotChunk, StateConfigError, StateOffer, chunks_of,
 };

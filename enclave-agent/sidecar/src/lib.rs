@@ -292,7 +292,12 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     let link_state = match &boot.config.state {
         Some(state) => Some(link::LinkState {
             store: state::SnapshotStore::open(&state_dir, state.retain)
-                .map_err(|e| SidecarError::Config(format!("sealed state store: {e}")))?,
+                .map_err(|e| SidecarError::Config(format!("sealed state store: {e}")))?
+                .offering_only(
+                    std::iter::once(state.resource_uid.clone())
+                        .chain(state.restore_from_uids.iter().cloned())
+                        .collect(),
+                ),
             credentials: state::CredentialSource {
                 file: aws_credentials_file,
             },

@@ -105,6 +105,9 @@ pub struct SnapshotStore {
     dir: PathBuf,
     retain: usize,
     incoming: Option<Incoming>,
+    /// The resources whose snapshots are offered: this one and those it may restore from.
+    /// Empty: any (tests of the store alone).
+    offered_uids: Vec<String>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -147,7 +150,16 @@ impl SnapshotStore {
             dir,
             retain: usize::try_from(retain.max(1)).unwrap_or(usize::MAX),
             incoming: None,
+            offered_uids: Vec::new(),
         })
+    }
+
+    /// Offer only snapshots whose header names one of `uids` (the resource's own UID and
+    /// `restoreFromUIDs`): a retained volume or directory of a deleted resource of the same name
+    /// is left alone rather than offered to its successor, which would refuse it.
+    pub fn offering_only(mut self, uids: Vec<String>) -> Self {
+        self.offered_uids = uids;
+        self
     }
 
     /// Where the snapshots are.
@@ -176,9 +188,31 @@ impl SnapshotStore {
         Ok(stored)
     }
 
-    /// The snapshot offered at boot: the one with the highest sequence.
+    /// The snapshot offered at boot: the one with the highest sequence among those whose
+    /// header names a resource of [`SnapshotStore::offering_only`] (a file whose header does
+    /// not parse is offered all the same when it is the newest: the agent refuses it, and the
+    /// condition says why, rather than it being skipped in silence).
     pub fn newest(&self) -> Result<Option<Stored>, StateError> {
-        Ok(self.list()?.pop())
+        let mut stored = self.list()?;
+        if self.offered_uids.is_empty() {
+            return Ok(stored.pop());
+        }
+        while let Some(candidate) = stored.pop() {
+            let header = std::fs::File::open(&candidate.path)
+                .ok()
+                .and_then(|file| sealed::read_header(&mut std::io::BufReader::new(file)).ok());
+            match header {
+                Some((header, _)) if !self.offered_uids.contains(&header.resource_uid) => {
+                    tracing::info!(
+                        path = %candidate.path.display(),
+                        resource = %header.resource_uid,
+                        "sealed state: a snapshot of another resource is not offered"
+                    );
+                }
+                _ => return Ok(Some(candidate)),
+            }
+        }
+        Ok(None)
     }
 
     /// Drop a snapshot being received (the link dropped mid-stream).
@@ -381,9 +415,13 @@ mod tests {
     use nautilus_protocol::wire::chunks_of;
 
     fn sealed(sequence: u64, body: usize) -> Vec<u8> {
+        sealed_for("uid", sequence, body)
+    }
+
+    fn sealed_for(uid: &str, sequence: u64, body: usize) -> Vec<u8> {
         let header = SnapshotHeader {
             format_version: FORMAT_VERSION,
-            resource_uid: "uid".into(),
+            resource_uid: uid.into(),
             sequence,
             taken_unix_ms: 1,
             pcrs: [(0u8, "00".repeat(48))].into(),
@@ -438,6 +476,30 @@ mod tests {
             store.newest().expect("newest").map(|s| s.sequence),
             Some(10)
         );
+    }
+
+    #[test]
+    fn only_snapshots_of_this_resource_or_those_it_restores_from_are_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = SnapshotStore::open(dir.path(), 5)
+            .expect("store")
+            .offering_only(vec!["mine".into(), "predecessor".into()]);
+        store_all(&mut store, 1, &sealed_for("predecessor", 1, 10));
+        store_all(&mut store, 2, &sealed_for("mine", 2, 10));
+        // A retained snapshot of a deleted namesake, newer than ours: left alone.
+        store_all(&mut store, 7, &sealed_for("namesake", 7, 10));
+        assert_eq!(store.newest().expect("newest").map(|s| s.sequence), Some(2));
+        let only_predecessor = SnapshotStore::open(dir.path(), 5)
+            .expect("store")
+            .offering_only(vec!["predecessor".into()]);
+        assert_eq!(
+            only_predecessor.newest().expect("newest").map(|s| s.sequence),
+            Some(1)
+        );
+        let stranger = SnapshotStore::open(dir.path(), 5)
+            .expect("store")
+            .offering_only(vec!["stranger".into()]);
+        assert_eq!(stranger.newest().expect("newest"), None);
     }
 
     #[test]

@@ -100,6 +100,13 @@ struct Args {
     /// another than the loopback lets a worker in another network namespace reach it.
     #[arg(long, env = "NAUTILUS_LOCAL_API_ADDRESS", default_value = "127.0.0.1")]
     local_api_address: std::net::IpAddr,
+    /// Accept simulated attestation from resources whose spec allows it (`pod` runtime; the
+    /// `local` runtime always does, it has nothing else). Off by default: the cluster admin's
+    /// word that enclaves without Nitro hardware may be trusted here (a test cluster). Without
+    /// it such a resource gets `Attested=False` with reason `SimulatedAttestationNotAllowed`
+    /// and no kubeconfig.
+    #[arg(long, env = "NAUTILUS_ALLOW_SIMULATED_ATTESTATION")]
+    allow_simulated_attestation: bool,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -132,6 +139,7 @@ impl Args {
             local_etcd_command,
             local_network,
             local_api_address,
+            allow_simulated_attestation,
             listen,
             log_format,
             leader_election,
@@ -159,6 +167,16 @@ impl Args {
 
         let runtime = match runtime {
             RuntimeKind::Pod => EnclaveRuntime::Pod(PodRuntime {
+                allow_simulated_attestation: {
+                    if allow_simulated_attestation {
+                        tracing::warn!(
+                            "--allow-simulated-attestation: resources whose spec allows it may be \
+                             attested by a simulated NSM, which no hardware vouches for; test \
+                             clusters only"
+                        );
+                    }
+                    allow_simulated_attestation
+                },
                 settings: PodSettings {
                     sidecar_image,
                     log_format: match log_format {
@@ -321,6 +339,7 @@ mod tests {
         assert_eq!(args.runtime, RuntimeKind::Pod);
         assert_eq!(args.listen, "0.0.0.0:8080".parse().expect("addr"));
         assert!(!args.leader_election);
+        assert!(!args.allow_simulated_attestation, "the admin must opt in");
         let args = Args::try_parse_from([
             "nautilus-operator",
             "--runtime=local",
@@ -328,8 +347,10 @@ mod tests {
             "--log-format=json",
             "--leader-election",
             "--lease-name=x",
+            "--allow-simulated-attestation",
         ])
         .expect("flags");
+        assert!(args.allow_simulated_attestation);
         assert_eq!(args.runtime, RuntimeKind::Local);
         assert_eq!(args.namespace.as_deref(), Some("team-a"));
         assert_eq!(args.log_format, LogFormat::Json);

@@ -19,6 +19,7 @@
 //! - [`bounded`]: connection caps, idle/handshake/header/body timeouts and rate-limited
 //!   refusal logs shared by every listener of the agent and the sidecar.
 //! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
+//! - [`errors`]: [`error_chain`], the one renderer of an error and its causes.
 //!
 //! ```text
 //! agent ── Nsm::attest(user_data = Binding::v1(config, ca), nonce, public_key) ──► document
@@ -28,6 +29,7 @@
 pub mod attestation;
 pub mod bounded;
 pub mod constants;
+pub mod errors;
 pub mod nsm;
 pub mod policy;
 pub mod transport;
@@ -37,5 +39,6 @@ pub mod yaml;
 pub use attestation::{
     AttestationDocument, ChainCache, TrustAnchor, Verifier, VerifyAt, VerifyError,
 };
+pub use errors::error_chain;
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 pub use policy::{Binding, Policy, PolicyError};

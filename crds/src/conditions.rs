@@ -26,6 +26,17 @@ pub mod types {
     /// Every other condition is `True`: the control plane is attested and serving.
     pub const READY: &str = "Ready";
 
+    /// Only with `spec.state`: the enclave restored its sealed state (or found none to restore
+    /// and started empty) before it started the control plane.
+    pub const STATE_RESTORED: &str = "StateRestored";
+    /// Only with `spec.state`: the enclave sealed a snapshot within the last two backup
+    /// intervals, and the host stored it.
+    pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+
+    /// The condition types of sealed state, maintained only when `spec.state` is set. `Ready`
+    /// does not wait for them: a control plane serves while its backups fail, and says so.
+    pub const STATE: [&str; 2] = [STATE_RESTORED, BACKUP_HEALTHY];
+
     /// Every condition type the operator maintains.
     pub const ALL: [&str; 6] = [
         ENCLAVE_RUNNING,
@@ -67,6 +78,23 @@ pub mod reasons {
     pub const UNHEALTHY: &str = "Unhealthy";
     /// The control plane did not become healthy within `spec.health.startupTimeoutSeconds`.
     pub const START_TIMEOUT: &str = "StartTimeout";
+    /// The enclave restored a sealed snapshot; the message gives its sequence, time and
+    /// resource.
+    pub const RESTORED: &str = "Restored";
+    /// No snapshot was offered, so the enclave started an empty cluster. On a first start this
+    /// is expected; after one, it means the host withheld the snapshots.
+    pub const NO_SNAPSHOT: &str = "NoSnapshot";
+    /// The offered snapshot failed a check (integrity, resource, measurements) and nothing was
+    /// started from it; the message says which.
+    pub const SNAPSHOT_REJECTED: &str = "SnapshotRejected";
+    /// KMS refused to release the data key to this enclave (its key policy does not allow the
+    /// attested measurements, or the credentials may not call it).
+    pub const KEY_REFUSED: &str = "KeyRefused";
+    /// A snapshot was sealed within the last two backup intervals.
+    pub const SNAPSHOT_CURRENT: &str = "SnapshotCurrent";
+    /// The newest snapshot is older than two backup intervals, or the last one failed; the
+    /// message says why.
+    pub const SNAPSHOT_STALE: &str = "SnapshotStale";
     /// Every condition is `True`.
     pub const ALL_READY: &str = "AllReady";
     /// At least one condition is not `True`; the message names it.
@@ -81,7 +109,9 @@ pub mod reasons {
 /// (a new spec, a new image): tools such as Argo CD report these as Degraded, not Progressing.
 /// Kept as a literal for the Argo CD health check's test, which compares its Lua list with this
 /// one; [`Reason::is_terminal`] must agree (a test says so).
-pub const TERMINAL_REASONS: [&str; 6] = [
+pub const TERMINAL_REASONS: [&str; 8] = [
+    reasons::SNAPSHOT_REJECTED,
+    reasons::KEY_REFUSED,
     reasons::ATTESTATION_FAILED,
     reasons::REPORT_SIGNATURE_INVALID,
     reasons::START_TIMEOUT,
@@ -125,11 +155,23 @@ pub enum Reason {
     AllReady,
     /// [`reasons::NOT_READY`].
     NotReady,
+    /// [`reasons::RESTORED`].
+    Restored,
+    /// [`reasons::NO_SNAPSHOT`].
+    NoSnapshot,
+    /// [`reasons::SNAPSHOT_REJECTED`].
+    SnapshotRejected,
+    /// [`reasons::KEY_REFUSED`].
+    KeyRefused,
+    /// [`reasons::SNAPSHOT_CURRENT`].
+    SnapshotCurrent,
+    /// [`reasons::SNAPSHOT_STALE`].
+    SnapshotStale,
 }
 
 impl Reason {
     /// Every reason, in the order the CRD documents them.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Pending,
         Reason::Launching,
         Reason::Running,
@@ -146,6 +188,12 @@ impl Reason {
         Reason::StartTimeout,
         Reason::AllReady,
         Reason::NotReady,
+        Reason::Restored,
+        Reason::NoSnapshot,
+        Reason::SnapshotRejected,
+        Reason::KeyRefused,
+        Reason::SnapshotCurrent,
+        Reason::SnapshotStale,
     ];
 
     /// The CamelCase string a condition carries: the only place a reason is rendered.
@@ -167,6 +215,12 @@ impl Reason {
             Reason::StartTimeout => reasons::START_TIMEOUT,
             Reason::AllReady => reasons::ALL_READY,
             Reason::NotReady => reasons::NOT_READY,
+            Reason::Restored => reasons::RESTORED,
+            Reason::NoSnapshot => reasons::NO_SNAPSHOT,
+            Reason::SnapshotRejected => reasons::SNAPSHOT_REJECTED,
+            Reason::KeyRefused => reasons::KEY_REFUSED,
+            Reason::SnapshotCurrent => reasons::SNAPSHOT_CURRENT,
+            Reason::SnapshotStale => reasons::SNAPSHOT_STALE,
         }
     }
 
@@ -186,6 +240,8 @@ impl Reason {
                 | Reason::EnclaveFailed
                 | Reason::ConfigRefused
                 | Reason::SimulatedAttestationNotAllowed
+                | Reason::SnapshotRejected
+                | Reason::KeyRefused
         )
     }
 
@@ -223,6 +279,14 @@ impl Reason {
             Reason::StartTimeout => "not healthy within spec.health.startupTimeoutSeconds",
             Reason::AllReady => "every condition is True",
             Reason::NotReady => "a condition is not True; the message names it",
+            Reason::Restored => "the enclave restored a sealed snapshot before it started",
+            Reason::NoSnapshot => "no snapshot was offered; the enclave started an empty cluster",
+            Reason::SnapshotRejected => {
+                "the offered snapshot failed a check; nothing was started from it"
+            }
+            Reason::KeyRefused => "KMS would not release the data key to this enclave",
+            Reason::SnapshotCurrent => "a snapshot was sealed within two backup intervals",
+            Reason::SnapshotStale => "no snapshot within two backup intervals, or the last failed",
         }
     }
 }

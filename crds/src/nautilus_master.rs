@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 // Regexes shared by several fields. They are anchored, as the API server requires full matches.
 const HEX_48_BYTES: &str = r"^[0-9a-fA-F]{96}$";
+/// A Kubernetes object UID (RFC 4122 text form).
+const UID_PATTERN: &str = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Exactly the names of `nautilus_protocol::wire::CIPHER_SUITES` (the agent refuses any other;
 /// `crds/tests/schema.rs` checks that the two agree).
@@ -74,6 +77,27 @@ const MOVE_STRUCT_TAG: &str =
         json_path = ".metadata.creationTimestamp"
     ),
     printcolumn(
+        name = "Snapshot",
+        type_ = "integer",
+        json_path = ".status.state.lastSnapshotSequence",
+        priority = 1,
+        description = "Sequence number of the newest sealed snapshot"
+    ),
+    printcolumn(
+        name = "Snapshot-Time",
+        type_ = "date",
+        json_path = ".status.state.lastSnapshotTime",
+        priority = 1,
+        description = "When the newest sealed snapshot was taken"
+    ),
+    printcolumn(
+        name = "Restored",
+        type_ = "integer",
+        json_path = ".status.state.restoredSequence",
+        priority = 1,
+        description = "Sequence number of the snapshot the running enclave restored"
+    ),
+    printcolumn(
         name = "PCR0",
         type_ = "string",
         json_path = ".status.attestation.pcr0Prefix",
@@ -82,6 +106,7 @@ const MOVE_STRUCT_TAG: &str =
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.state) || self.controlPlane.distribution == 'kubernetes'").message("spec.state needs controlPlane.distribution kubernetes: the k3s datastore is not sealed"))]
 pub struct NautilusMasterSpec {
     /// The Nitro Enclave that runs the control plane: which image, how big, and which
     /// measurements it must prove.
@@ -105,6 +130,12 @@ pub struct NautilusMasterSpec {
     /// How attestation is refreshed and which kinds of evidence are acceptable.
     #[serde(default)]
     pub attestation: AttestationSpec,
+
+    /// Sealed state: the control plane's datastore and PKI survive enclave restarts, sealed
+    /// with an AWS KMS key that releases its data key only to an attested enclave. When unset,
+    /// every enclave restart starts an empty cluster with new CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
 }
 
 /// The enclave image, its size and its expected measurements.
@@ -576,6 +607,143 @@ pub struct AttestationSpec {
     pub allow_simulated: bool,
 }
 
+/// Sealed snapshots of the control plane: what is kept, where, and who may read it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateSpec {
+    /// The AWS KMS key that seals each snapshot's data key. Its key policy decides which
+    /// enclave measurements may unseal (conditions on `kms:RecipientAttestation:ImageSha384` or
+    /// `kms:RecipientAttestation:PCR0`...); see `config/kms/key-policy.example.json`.
+    pub kms: KmsKeySpec,
+
+    /// Seconds between snapshots. This is the recovery point: a crash loses at most the writes
+    /// of the last interval (a graceful stop takes a final snapshot).
+    #[serde(default = "default_backup_interval")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub backup_interval_seconds: u32,
+
+    /// How many sealed snapshots are kept, newest first; older ones are deleted.
+    #[serde(default = "default_retain")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retain: u32,
+
+    /// What happens to the sealed snapshots when the NautilusMaster is deleted: `Retain`
+    /// (default: they stay, for a restore into another resource) or `Delete`.
+    #[serde(default)]
+    pub deletion_policy: StateDeletionPolicy,
+
+    /// Raise by one to have the enclave make new cluster CAs and a new service-account key at
+    /// its next start (the data is restored as before). Every kubeconfig and `nautilusctl
+    /// verify` pin then changes; otherwise a restore keeps the CAs.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("caGeneration never goes down: the CAs it names are gone"))]
+    pub ca_generation: u32,
+
+    /// UIDs of other NautilusMasters whose snapshots this one may restore: a migration into
+    /// another namespace or cluster (copy their sealed snapshots into this resource's storage
+    /// first; the KMS key policy must allow this enclave too).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "restoreFromUIDs"
+    )]
+    #[schemars(length(max = 8), inner(regex(pattern = UID_PATTERN)))]
+    pub restore_from_uids: Vec<String>,
+
+    /// Measurements of other enclave images whose snapshots this one may restore besides its
+    /// own: during an image upgrade, list the old image's PCRs here (and in the KMS key
+    /// policy) so that the new enclave restores the old one's state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub accepted_measurements: Vec<AcceptedMeasurements>,
+
+    /// Where the pod runtime keeps the sealed snapshots: a PersistentVolumeClaim of the
+    /// enclave's StatefulSet.
+    #[serde(default)]
+    pub storage: StateStorageSpec,
+}
+
+/// An AWS KMS key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKeySpec {
+    /// Key ID, key ARN, alias name or alias ARN.
+    #[serde(rename = "keyID")]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^[A-Za-z0-9:/_+=,.@-]+$")
+    )]
+    pub key_id: String,
+
+    /// AWS region of the key, for example `eu-west-1`.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
+    )]
+    pub region: String,
+
+    /// HTTPS endpoint to use instead of `https://kms.<region>.amazonaws.com` (a VPC
+    /// endpoint, or the local KMS of development). The enclave reaches it through the host's
+    /// egress proxy and verifies its certificate itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), regex(pattern = r"^https://[^\s/?#]+$"))]
+    pub endpoint: Option<String>,
+}
+
+/// Expected PCR values of another enclave image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedMeasurements {
+    /// PCR0 of that image, 96 hex characters.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr0: String,
+    /// PCR1 of that image, 96 hex characters.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr1: String,
+    /// PCR2 of that image, 96 hex characters.
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr2: String,
+    /// PCR8 of that image (its signing certificate), when it is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = HEX_48_BYTES))]
+    pub pcr8: Option<String>,
+}
+
+/// What happens to sealed snapshots when their NautilusMaster is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateDeletionPolicy {
+    /// Keep them (the pod runtime keeps the PersistentVolumeClaim).
+    #[default]
+    Retain,
+    /// Delete them with the resource.
+    Delete,
+}
+
+/// The volume that holds sealed snapshots in the pod runtime.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateStorageSpec {
+    /// Requested size of the PersistentVolumeClaim, for example `2Gi`. It must hold `retain`
+    /// snapshots of the control plane's datastore.
+    #[serde(default = "default_state_size")]
+    pub size: Quantity,
+
+    /// StorageClass of the PersistentVolumeClaim; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StateStorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_state_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
 /// Observed state, written by the operator.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -620,6 +788,41 @@ pub struct NautilusMasterStatus {
     /// SHA-256 (hex) of the boot configuration the enclave was given; a change rolls the enclave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_config_digest: Option<String>,
+
+    /// The sealed state of the running enclave, from its latest signed report: which snapshot
+    /// it restored and the last one it sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateStatus>,
+}
+
+/// Sealed state as the enclave reported it (signed).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateStatus {
+    /// Sequence number of the snapshot the running enclave restored at its start; absent when
+    /// it started empty. A host can offer an older snapshot than the newest (a rollback):
+    /// compare this with `lastSnapshotSequence` of the enclave before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_sequence: Option<u64>,
+    /// When the restored snapshot was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_taken_at: Option<Time>,
+    /// UID of the NautilusMaster whose snapshot was restored (another one after a migration).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "restoredFromUID"
+    )]
+    pub restored_from_uid: Option<String>,
+    /// Sequence number of the newest snapshot the enclave sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_sequence: Option<u64>,
+    /// When the newest snapshot was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_time: Option<Time>,
+    /// Size of the newest sealed snapshot in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_bytes: Option<u64>,
 }
 
 /// One-word lifecycle summary.
@@ -797,6 +1000,15 @@ impl Default for AttestationSpec {
 /// The native stake type of Sui.
 pub const STAKED_SUI_TYPE: &str = "0x3::staking_pool::StakedSui";
 
+fn default_backup_interval() -> u32 {
+    300
+}
+fn default_retain() -> u32 {
+    5
+}
+fn default_state_size() -> Quantity {
+    Quantity("2Gi".to_owned())
+}
 fn default_eif_path() -> String {
     "/nautilus/enclave.eif".into()
 }

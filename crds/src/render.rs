@@ -7,12 +7,12 @@
 //! a user gets either from the operator's Secret or from their own verification.
 
 use nautilus_protocol::wire::{
-    AuthConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig, TierConfig,
-    TierIdentity as WireTierIdentity, ZkLoginConfig,
+    AuthConfig, ControlPlaneConfig, EnclaveConfig, HealthConfig, JwkConfig, KmsConfig,
+    Measurements, StateConfig, TierConfig, TierIdentity as WireTierIdentity, ZkLoginConfig,
 };
 use serde::Serialize;
 
-use crate::{NautilusMaster, TierIdentity};
+use crate::{AcceptedMeasurements, NautilusMaster, StateSpec, TierIdentity};
 
 /// Lifetime of the seal tokens the kubeconfig's exec plugin mints, unless the spec allows less.
 pub const DEFAULT_TOKEN_TTL_SECONDS: u32 = 900;
@@ -179,6 +179,43 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig, RenderError>
         health: HealthConfig {
             probe_interval_seconds: nm.spec.health.probe_interval_seconds,
             startup_timeout_seconds: nm.spec.health.startup_timeout_seconds,
+        },
+        state: match &nm.spec.state {
+            None => None,
+            Some(state) => Some(state_config(nm, state)?),
+        },
+    })
+}
+
+/// The measured form of `spec.state`: the resource's UID is bound into every snapshot, so
+/// rendering it needs the object as the API server returned it.
+fn state_config(nm: &NautilusMaster, state: &StateSpec) -> Result<StateConfig, RenderError> {
+    let uid = nm
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(RenderError::Metadata("uid"))?;
+    let pcrs = |m: &AcceptedMeasurements| {
+        let mut pcrs = std::collections::BTreeMap::new();
+        pcrs.insert(0, m.pcr0.to_ascii_lowercase());
+        pcrs.insert(1, m.pcr1.to_ascii_lowercase());
+        pcrs.insert(2, m.pcr2.to_ascii_lowercase());
+        if let Some(pcr8) = &m.pcr8 {
+            pcrs.insert(8, pcr8.to_ascii_lowercase());
+        }
+        Measurements { pcrs }
+    };
+    Ok(StateConfig {
+        resource_uid: uid.to_owned(),
+        restore_from_uids: state.restore_from_uids.clone(),
+        accepted_measurements: state.accepted_measurements.iter().map(pcrs).collect(),
+        backup_interval_seconds: state.backup_interval_seconds,
+        retain: state.retain,
+        ca_generation: state.ca_generation,
+        kms: KmsConfig {
+            key_id: state.kms.key_id.clone(),
+            region: state.kms.region.clone(),
+            endpoint: state.kms.endpoint.clone(),
         },
     })
 }

@@ -81,6 +81,9 @@ fn crd_names_and_subresources() {
             ("Attested", 0),
             ("Endpoint", 0),
             ("Age", 0),
+            ("Snapshot", 1),
+            ("Snapshot-Time", 1),
+            ("Restored", 1),
             ("PCR0", 1)
         ]
     );

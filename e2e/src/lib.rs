@@ -18,6 +18,7 @@
 //! This crate is test support: it panics with a message where a test would.
 
 pub mod envtest;
+pub mod kms;
 pub mod tamper;
 pub mod transitions;
 pub mod worker;
@@ -229,6 +230,9 @@ pub struct Harness {
     pub sui_url: String,
     /// The local runtime's settings (the in-process operator's, and the operator process's).
     pub local: LocalSettings,
+    /// The development KMS of [`Harness::start_with_kms`], whose policy admits the PCRs of
+    /// [`Harness::development_spec`].
+    pub kms: Option<kms::DevKms>,
     bin: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
@@ -391,6 +395,35 @@ impl Harness {
         h.stop = Some(stop);
     }
 
+    /// [`Harness::start`] (the real sidecar) with a development KMS ([`kms::DevKms`]) whose key
+    /// policy admits the enclaves of [`Harness::development_spec`], and a local runtime that
+    /// gives its sidecars and agents what they need to reach it: for sealed state.
+    pub async fn start_with_kms(cluster: TestCluster, test: &str) -> Self {
+        let mut h =
+            Self::prepare_with(cluster, namespace_for(test), None, &bin_dir(), None, true).await;
+        h.run_operator();
+        h
+    }
+
+    /// [`Harness::development_spec`] keeping sealed state with [`Harness::kms`] (from
+    /// [`Harness::start_with_kms`]): a snapshot every `backup_interval_seconds`, three kept,
+    /// the given deletion policy (`Retain` or `Delete`).
+    pub fn state_spec(
+        &self,
+        backup_interval_seconds: u32,
+        deletion_policy: &str,
+    ) -> NautilusMasterSpec {
+        let kms = self.kms.as_ref().expect("a harness started with a KMS");
+        let mut spec = serde_json::to_value(self.development_spec()).expect("spec json");
+        spec["state"] = serde_json::json!({
+            "kms": { "keyID": kms::KEY_ID, "region": kms::REGION, "endpoint": kms.endpoint() },
+            "backupIntervalSeconds": backup_interval_seconds,
+            "retain": 3,
+            "deletionPolicy": deletion_policy,
+        });
+        serde_json::from_value(spec).expect("state spec")
+    }
+
     /// Namespace, CRD and Sui node for `test`, with the operator as a process of its own (the
     /// `nautilus-operator` binary, [`Harness::spawn_operator`]) rather than in this process, so
     /// that a test can SIGKILL it. It runs the local runtime with the settings the in-process one
@@ -408,6 +441,17 @@ impl Harness {
         sidecar: Option<&Path>,
         bin: &Path,
         publish: Option<IpAddr>,
+    ) -> Self {
+        Self::prepare_with(cluster, namespace, sidecar, bin, publish, false).await
+    }
+
+    async fn prepare_with(
+        cluster: TestCluster,
+        namespace: String,
+        sidecar: Option<&Path>,
+        bin: &Path,
+        publish: Option<IpAddr>,
+        with_kms: bool,
     ) -> Self {
         let client = cluster.client.clone();
         let _ = tracing_subscriber::fmt()
@@ -456,12 +500,21 @@ impl Harness {
             "k3s"
         };
         let development = LocalSettings::development(bin, dir.path().join("operator"));
+        let kms = if with_kms {
+            let pcr = |b: u8| format!("{b:02x}").repeat(48);
+            Some(kms::DevKms::start(dir.path(), [&pcr(0x10), &pcr(0x11), &pcr(0x12)]).await)
+        } else {
+            None
+        };
         let local = LocalSettings {
             sidecar_binary: sidecar.map_or(development.sidecar_binary.clone(), Path::to_owned),
             sui_ca_file: Some(ca_file),
             kubernetes_bin_dir: kubernetes.as_ref().map(|a| a.dir.clone()),
             etcd_command: kubernetes.map(|a| a.etcd),
             api_publish_ip: publish.unwrap_or(development.api_publish_ip),
+            kms_ca_file: kms.as_ref().map(|k| k.ca_file.clone()),
+            simulated_root_key: kms.as_ref().map(|k| k.root_key_file.clone()),
+            aws_credentials_file: kms.as_ref().map(|k| k.credentials_file.clone()),
             ..development
         };
         let local = with_network_checked(local).await;
@@ -487,6 +540,7 @@ impl Harness {
             dir,
             sui_url: format!("https://127.0.0.1:{}", sui.port()),
             local,
+            kms,
             bin: bin.to_owned(),
             stop: None,
             operator: None,
@@ -540,6 +594,15 @@ impl Harness {
         }
         if let Some(etcd) = &s.etcd_command {
             cmd.arg(format!("--local-etcd-command={}", etcd.display()));
+        }
+        for (flag, file) in [
+            ("--local-kms-ca-file", &s.kms_ca_file),
+            ("--local-simulated-root-key", &s.simulated_root_key),
+            ("--local-aws-credentials-file", &s.aws_credentials_file),
+        ] {
+            if let Some(file) = file {
+                cmd.arg(format!("{flag}={}", file.display()));
+            }
         }
         let child = cmd
             .env("KUBECONFIG", &self.cluster.kubeconfig)

@@ -244,6 +244,7 @@ mod tests {
             boot_config_digest: "00".repeat(32),
             components: Vec::new(),
             control_plane: Default::default(),
+            state: None,
         };
         let signed = signer.sign(&report);
         wire::write_message(&mut at_agent, &Message::Report(signed.clone()))

@@ -17,19 +17,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, ImageVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, ImageVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
 use nautilus_crds::render::{self, RenderError, bounded_name as bounded};
-use nautilus_crds::{HugepageSize, NautilusMaster};
+use nautilus_crds::{HugepageSize, NautilusMaster, StateDeletionPolicy, StateSpec};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -408,7 +411,87 @@ pub fn sidecar_args(nm: &NautilusMaster, settings: &PodSettings) -> Result<Vec<S
         ),
         format!("--log-format={}", settings.log_format),
     ]);
+    if let Some(state) = &nm.spec.state {
+        args.push(format!("--egress-allow={}", kms_host_port(state)?));
+        args.push(format!("--state-dir={STATE_DIR}"));
+    }
     Ok(args)
+}
+
+/// Where the pod runtime's sidecar keeps sealed snapshots: the `state` volume claim.
+pub const STATE_DIR: &str = "/var/lib/nautilus/state";
+/// The StatefulSet's volume claim template for [`STATE_DIR`].
+pub const STATE_VOLUME: &str = "state";
+
+/// Whether the volume claim templates of `existing` differ from those of `wanted` in what
+/// the operator sets (names, size, storage class): such a StatefulSet cannot be updated and is
+/// replaced. Fields the API server defaults (volume mode, status) do not count.
+pub fn claims_differ(existing: &StatefulSet, wanted: &StatefulSet) -> bool {
+    fn key(sts: &StatefulSet) -> Vec<(Option<String>, Option<Quantity>, Option<String>)> {
+        sts.spec
+            .volume_claim_templates
+            .iter()
+            .flatten()
+            .map(|c| {
+                let spec = c.spec.as_ref();
+                (
+                    c.metadata.name.clone(),
+                    spec.and_then(|s| s.resources.as_ref())
+                        .and_then(|r| r.requests.as_ref())
+                        .and_then(|r| r.get("storage").cloned()),
+                    spec.and_then(|s| s.storage_class_name.clone()),
+                )
+            })
+            .collect()
+    }
+    key(existing) != key(wanted)
+}
+
+/// The `host:port` of the KMS endpoint the enclave seals with: `spec.state.kms.endpoint`, or
+/// AWS KMS of the key's region. The egress proxy lets the enclave reach it and nothing else.
+pub fn kms_host_port(state: &StateSpec) -> Result<String> {
+    match &state.kms.endpoint {
+        Some(endpoint) => https_host_port(endpoint),
+        None => Ok(format!("kms.{}.amazonaws.com:443", state.kms.region)),
+    }
+}
+
+/// The volume claim template that holds the sealed snapshots, and what happens to the claim
+/// when the StatefulSet goes (`spec.state.deletionPolicy`).
+fn state_claim(
+    state: &StateSpec,
+) -> (
+    PersistentVolumeClaim,
+    StatefulSetPersistentVolumeClaimRetentionPolicy,
+) {
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(STATE_VOLUME.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: state.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    state.storage.size.clone(),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    let when_deleted = match state.deletion_policy {
+        StateDeletionPolicy::Retain => "Retain",
+        StateDeletionPolicy::Delete => "Delete",
+    };
+    let policy = StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(when_deleted.into()),
+        when_scaled: Some("Retain".into()),
+    };
+    (claim, policy)
 }
 
 /// The single-replica StatefulSet `<name>-enclave` whose sidecar launches the enclave.
@@ -510,6 +593,19 @@ pub fn enclave_statefulset(
         ]),
         ..Container::default()
     };
+    let mut container = container;
+    if nm.spec.state.is_some()
+        && let Some(mounts) = container.volume_mounts.as_mut()
+    {
+        mounts.push(mount(STATE_VOLUME, STATE_DIR, false));
+    }
+    let (claims, retention) = match &nm.spec.state {
+        Some(state) => {
+            let (claim, policy) = state_claim(state);
+            (Some(vec![claim]), Some(policy))
+        }
+        None => (None, None),
+    };
 
     let node_selector = enclave.node_selector.clone().unwrap_or_else(|| {
         BTreeMap::from([(NITRO_NODE_LABEL.0.into(), NITRO_NODE_LABEL.1.into())])
@@ -580,6 +676,8 @@ pub fn enclave_statefulset(
                 }),
                 spec: Some(pod),
             },
+            volume_claim_templates: claims,
+            persistent_volume_claim_retention_policy: retention,
             ..StatefulSetSpec::default()
         },
         ..StatefulSet::default()
@@ -779,6 +877,119 @@ mod tests {
         assert_eq!(owner.controller, Some(true));
         assert_eq!(owner.kind, "NautilusMaster");
         assert_eq!(owner.uid, "0a1b2c3d-0000-4000-8000-000000000001");
+    }
+
+    #[test]
+    fn sealed_state_gets_a_claim_a_mount_the_kms_egress_and_the_deletion_policy() {
+        let mut nm = mk_nm("demo");
+        let plain =
+            enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        assert!(plain.spec.volume_claim_templates.is_none());
+        nm.spec.state = Some(StateSpec {
+            kms: nautilus_crds::KmsKeySpec {
+                key_id: "alias/nautilus".into(),
+                region: "eu-west-1".into(),
+                endpoint: None,
+            },
+            backup_interval_seconds: 300,
+            retain: 5,
+            deletion_policy: StateDeletionPolicy::Delete,
+            ca_generation: 0,
+            restore_from_uids: Vec::new(),
+            accepted_measurements: Vec::new(),
+            storage: nautilus_crds::StateStorageSpec {
+                size: Quantity("3Gi".into()),
+                storage_class_name: Some("gp3".into()),
+            },
+        });
+        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let spec = &sts.spec;
+        let claims = spec.volume_claim_templates.as_ref().expect("claims");
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].metadata.name.as_deref(), Some(STATE_VOLUME));
+        let claim = claims[0].spec.as_ref().expect("claim spec");
+        assert_eq!(claim.storage_class_name.as_deref(), Some("gp3"));
+        assert_eq!(
+            claim
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .expect("requests")["storage"],
+            Quantity("3Gi".into())
+        );
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .expect("retention");
+        assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+        let c = container(&sts);
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == STATE_VOLUME && m.mount_path == STATE_DIR)
+        );
+        let args = c.args.as_ref().expect("args");
+        assert!(args.contains(&"--egress-allow=kms.eu-west-1.amazonaws.com:443".to_owned()));
+        assert!(args.contains(&format!("--state-dir={STATE_DIR}")));
+        // An endpoint override is what the enclave may reach instead.
+        if let Some(state) = nm.spec.state.as_mut() {
+            state.kms.endpoint = Some("https://vpce-1.kms.eu-west-1.vpce.amazonaws.com".into());
+            state.deletion_policy = StateDeletionPolicy::Retain;
+        }
+        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let args = container(&sts).args.clone().expect("args");
+        assert!(
+            args.contains(&"--egress-allow=vpce-1.kms.eu-west-1.vpce.amazonaws.com:443".to_owned()),
+            "{args:?}"
+        );
+        assert_eq!(
+            sts.spec
+                .persistent_volume_claim_retention_policy
+                .as_ref()
+                .and_then(|r| r.when_deleted.as_deref()),
+            Some("Retain")
+        );
+    }
+
+    #[test]
+    fn claim_templates_that_differ_replace_the_statefulset_and_defaults_do_not() {
+        let plain = mk_nm("demo");
+        let mut kept = mk_nm("demo");
+        kept.spec.state = Some(StateSpec {
+            kms: nautilus_crds::KmsKeySpec {
+                key_id: "alias/nautilus".into(),
+                region: "eu-west-1".into(),
+                endpoint: None,
+            },
+            backup_interval_seconds: 300,
+            retain: 5,
+            deletion_policy: StateDeletionPolicy::Retain,
+            ca_generation: 0,
+            restore_from_uids: Vec::new(),
+            accepted_measurements: Vec::new(),
+            storage: nautilus_crds::StateStorageSpec::default(),
+        });
+        let sts = |nm: &NautilusMaster| {
+            enclave_statefulset(nm, &"ab".repeat(32), &PodSettings::default()).expect("sts")
+        };
+        assert!(!claims_differ(&sts(&plain), &sts(&plain)));
+        assert!(claims_differ(&sts(&plain), &sts(&kept)));
+        assert!(claims_differ(&sts(&kept), &sts(&plain)));
+        // What the API server adds to a stored claim template changes nothing.
+        let mut stored = sts(&kept);
+        for claim in stored.spec.volume_claim_templates.iter_mut().flatten() {
+            if let Some(spec) = claim.spec.as_mut() {
+                spec.volume_mode = Some("Filesystem".into());
+            }
+        }
+        assert!(!claims_differ(&stored, &sts(&kept)));
+        let mut bigger = kept.clone();
+        if let Some(state) = bigger.spec.state.as_mut() {
+            state.storage.size = Quantity("10Gi".into());
+        }
+        assert!(claims_differ(&stored, &sts(&bigger)));
     }
 
     #[test]

@@ -597,6 +597,7 @@ impl FakeEnclave {
                 pid: Some(7),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 
@@ -623,6 +624,7 @@ impl FakeEnclave {
                 last_exit: None,
             },
             boot_refused: None,
+            boot_refused_kind: None,
         }
     }
 }

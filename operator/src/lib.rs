@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod observe;
 pub mod runtime;
 pub mod sidecar;
+pub mod state;
 pub mod verify;

@@ -101,6 +101,18 @@ struct Args {
     /// another than the loopback lets a worker in another network namespace reach it.
     #[arg(long, env = "NAUTILUS_LOCAL_API_ADDRESS", default_value = "127.0.0.1")]
     local_api_address: std::net::IpAddr,
+    /// Extra CA (PEM) the agents trust for the KMS endpoint of `spec.state` (`local` runtime,
+    /// for the development KMS `nautilus-local-kms`).
+    #[arg(long, env = "NAUTILUS_LOCAL_KMS_CA_FILE")]
+    local_kms_ca_file: Option<PathBuf>,
+    /// Root key (PKCS#8 PEM, P-384) of the agents' simulated NSM (`local` runtime), so that the
+    /// development KMS, given its certificate, can verify their attestations.
+    #[arg(long, env = "NAUTILUS_LOCAL_SIMULATED_ROOT_KEY")]
+    local_simulated_root_key: Option<PathBuf>,
+    /// AWS shared credentials file (profile `default`) the local sidecars relay to their agents
+    /// for KMS (`local` runtime; default: the environment's AWS_* variables).
+    #[arg(long, env = "NAUTILUS_LOCAL_AWS_CREDENTIALS_FILE")]
+    local_aws_credentials_file: Option<PathBuf>,
     /// Accept simulated attestation from resources whose spec allows it (`pod` runtime; the
     /// `local` runtime always does, it has nothing else). Off by default: the cluster admin's
     /// word that enclaves without Nitro hardware may be trusted here (a test cluster). Without
@@ -140,6 +152,9 @@ impl Args {
             local_etcd_command,
             local_network,
             local_api_address,
+            local_kms_ca_file,
+            local_simulated_root_key,
+            local_aws_credentials_file,
             allow_simulated_attestation,
             listen,
             log_format,
@@ -206,6 +221,9 @@ impl Args {
                         LocalNetworkKind::Host => LocalNetwork::Host,
                     },
                     api_publish_ip: local_api_address,
+                    kms_ca_file: local_kms_ca_file,
+                    simulated_root_key: local_simulated_root_key,
+                    aws_credentials_file: local_aws_credentials_file,
                 };
                 match settings.network {
                     LocalNetwork::Isolated => {

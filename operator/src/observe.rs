@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use nautilus_crds::conditions::{Reason, types};
 use nautilus_crds::{ComponentHealth, EnclavePlacement, NautilusMaster};
-use nautilus_protocol::wire::{Component, EvidenceBundle, Report};
+use nautilus_protocol::wire::{Component, EvidenceBundle, RefusalKind, Report};
 
 use crate::conditions::{Observation, Status};
 use crate::verify::{Outcome, time_of};
@@ -96,11 +96,22 @@ pub fn observe(
             if let Some(reason) = bundle.and_then(|b| b.boot_refused.as_deref()) {
                 // Relayed by the host and unsigned: it can only keep the resource from being
                 // ready, which a host can do anyway.
+                let (reason_word, what) = match bundle.and_then(|b| b.boot_refused_kind) {
+                    None | Some(RefusalKind::Config) => {
+                        (Reason::ConfigRefused, "the boot configuration")
+                    }
+                    Some(RefusalKind::SnapshotRejected) => {
+                        (Reason::SnapshotRejected, "the offered snapshot")
+                    }
+                    Some(RefusalKind::KeyRefused) => {
+                        (Reason::KeyRefused, "to boot without its data key")
+                    }
+                };
                 out.push(Observation::new(
                     types::ENCLAVE_RUNNING,
                     Status::False,
-                    Reason::ConfigRefused,
-                    format!("the agent refused the boot configuration: {reason}"),
+                    reason_word,
+                    format!("the agent refused {what}: {reason}"),
                 ));
                 (false, None)
             } else if info.running {

@@ -28,9 +28,17 @@ pub enum CliError {
     /// The simulated NSM could not be set up.
     #[error("simulated nsm")]
     Nsm(#[from] NsmError),
-    /// `--simulated-pcr` without `--nsm simulated`.
-    #[error("--simulated-pcr needs --nsm simulated")]
+    /// `--simulated-pcr` or `--simulated-root-key` without `--nsm simulated`.
+    #[error("--simulated-pcr and --simulated-root-key need --nsm simulated")]
     PcrWithoutSimulation,
+    /// The simulated NSM's root key file could not be read.
+    #[error("reading --simulated-root-key {path}")]
+    RootKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The Sui CA file could not be read.
     #[error("reading --sui-ca-file {path}")]
     CaFile {
@@ -99,6 +107,11 @@ pub struct Args {
     /// PCR value for the simulated NSM, INDEX=HEX (48 bytes); repeatable.
     #[arg(long = "simulated-pcr", value_name = "I=HEX")]
     pub simulated_pcr: Vec<String>,
+    /// P-384 root key (PKCS#8 PEM) for the simulated NSM, so that its root certificate is the
+    /// one the local KMS trusts (`nautilus-local-kms gen-root` writes both); default: a fresh
+    /// root per run.
+    #[arg(long, value_name = "FILE")]
+    pub simulated_root_key: Option<PathBuf>,
     /// The control-plane program of the `k3s` distribution.
     #[arg(long, default_value = "k3s")]
     pub control_plane_command: PathBuf,
@@ -187,6 +200,7 @@ impl Args {
             api_listen,
             nsm,
             simulated_pcr,
+            simulated_root_key,
             control_plane_command,
             kubernetes_bin_dir,
             etcd_command,
@@ -204,13 +218,20 @@ impl Args {
         } = self;
         let (nsm, simulated_root_pem): (Arc<dyn Nsm>, Option<String>) = match nsm {
             NsmKind::Nitro => {
-                if !simulated_pcr.is_empty() {
+                if !simulated_pcr.is_empty() || simulated_root_key.is_some() {
                     return Err(CliError::PcrWithoutSimulation);
                 }
                 (Arc::new(NitroNsm), None)
             }
             NsmKind::Simulated => {
-                let mut simulated = SimulatedNsm::new()?;
+                let mut simulated = match simulated_root_key {
+                    None => SimulatedNsm::new()?,
+                    Some(path) => {
+                        let pem = std::fs::read_to_string(&path)
+                            .map_err(|source| CliError::RootKeyFile { path, source })?;
+                        SimulatedNsm::with_root_key(&pem)?
+                    }
+                };
                 for text in &simulated_pcr {
                     let (index, value) = parse_pcr(text)?;
                     simulated = simulated.with_pcr(index, &value)?;

@@ -439,6 +439,7 @@ pub(crate) mod tests {
                 probe_interval_seconds: 10,
                 startup_timeout_seconds: 300,
             },
+            state: None,
         }
     }
 

@@ -153,6 +153,7 @@ async fn report_loop(
             boot_config_digest: r.digest_hex.clone(),
             components: components.clone(),
             control_plane: process,
+            state: None,
         };
         debug!(sequence, healthy = report.all_healthy(), "report");
         if report.control_plane.startup_timed_out && !report.all_healthy() {

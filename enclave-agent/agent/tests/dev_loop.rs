@@ -148,6 +148,7 @@ async fn sidecar_agent_standin_and_sui_node_run_the_whole_loop() {
                 probe_interval_seconds: 1,
                 startup_timeout_seconds: 120,
             },
+            state: None,
         },
         nonce: b"operator nonce".to_vec(),
     };

@@ -92,6 +92,7 @@ fn enclave_config(data_dir: &Path, https_port: u16, sui_rpc_url: &str) -> Enclav
             probe_interval_seconds: 1,
             startup_timeout_seconds: 120,
         },
+        state: None,
     }
 }
 

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::bounded::LogLimit;
 use nautilus_protocol::wire::{
-    AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, Report, ReportError,
-    ReportVerifier, SignedReport, check_nonce,
+    AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, RefusalKind, Report,
+    ReportError, ReportVerifier, SignedReport, check_nonce,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -75,6 +75,7 @@ struct State {
     link_up: bool,
     enclave: EnclaveInfo,
     boot_refused: Option<String>,
+    boot_refused_kind: RefusalKind,
 }
 
 /// Evidence shared by the link (which writes it) and the HTTP API (which reads it).
@@ -114,6 +115,7 @@ impl Evidence {
                 link_up: false,
                 enclave: EnclaveInfo::default(),
                 boot_refused: None,
+                boot_refused_kind: RefusalKind::Config,
             }),
         };
         (evidence, rx)
@@ -162,7 +164,9 @@ impl Evidence {
             return;
         }
         tracing::warn!(reason = %refused.reason, "the agent refused the boot configuration");
-        self.lock().boot_refused = Some(refused.reason);
+        let mut state = self.lock();
+        state.boot_refused = Some(refused.reason);
+        state.boot_refused_kind = refused.kind;
     }
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
@@ -310,6 +314,9 @@ impl Evidence {
             report: state.report.clone(),
             enclave: state.enclave.clone(),
             boot_refused: state.boot_refused.clone(),
+            boot_refused_kind: (state.boot_refused.is_some()
+                && !state.boot_refused_kind.is_config())
+            .then_some(state.boot_refused_kind),
         }
     }
 }
@@ -351,6 +358,7 @@ mod tests {
                 running: true,
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

@@ -145,6 +145,11 @@ impl Executor<'_> {
                     .await?
             }
             Child::StatefulSet(sts) => {
+                if self.replace_if_claims_changed(&sts.object).await? {
+                    // Recreated with the new claims at the next reconcile (the deletion's
+                    // watch event brings it).
+                    return Ok(());
+                }
                 self.apply_one(sts, self.cache.map(|c| &c.stateful_sets), "StatefulSet")
                     .await?
             }
@@ -161,6 +166,37 @@ impl Executor<'_> {
             self.ctx.metrics.child_applied(kind);
         }
         Ok(())
+    }
+
+    /// A StatefulSet's volume claim templates cannot be changed (the API server refuses the
+    /// apply): when `spec.state` came, went or changed its storage, the existing StatefulSet
+    /// is deleted so that the next reconcile creates it anew. Its pod goes with it; the
+    /// enclave rolls anyway, since `spec.state` is part of the measured configuration.
+    /// Claims of the old StatefulSet stay (their retention policy decides).
+    async fn replace_if_claims_changed(
+        &self,
+        wanted: &k8s_openapi::api::apps::v1::StatefulSet,
+    ) -> Result<bool> {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        let name = &self.names.statefulset;
+        let api = Api::<StatefulSet>::namespaced(self.ctx.client.clone(), &self.names.namespace);
+        // Without the watch cache (before its first lists) nothing is read for this: an apply
+        // the API server refuses fails the reconcile, and the retry finds the cache.
+        let Some(existing) = self
+            .cache
+            .and_then(|cache| Cache::get(&cache.stateful_sets, &self.names.namespace, name))
+        else {
+            return Ok(false);
+        };
+        if !desired::claims_differ(&existing, wanted) {
+            return Ok(false);
+        }
+        tracing::info!(statefulset = %name, "volume claim templates changed: replacing the StatefulSet");
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
+            Err(err) => Err(kube_err("delete", "StatefulSet", name)(err).into()),
+        }
     }
 
     /// `Some(kind)` when `stamped` was applied.

@@ -32,6 +32,7 @@ use super::status::{StatusInput, build_status, status_changed, transitions};
 use crate::conditions;
 use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, PodSettings};
 use crate::observe::{self, Observed};
+use crate::state;
 use crate::verify::{self, Outcome};
 
 /// An object to apply, stamped with [`desired::APPLIED_HASH_KEY`].
@@ -318,16 +319,15 @@ fn steps(
             (Kubeconfig::Keep, previous.kubeconfig_secret_ref.clone())
         }
     };
+    let (state_observations, state) = state::observe(nm, outcome, seen.bundle, seen.now_ms);
+    let mut observations =
+        observe::observe(nm, &seen.workload.state, seen.bundle, outcome, seen.now_ms);
+    observations.extend(state_observations);
     let status = build_status(
         nm,
         StatusInput {
-            observations: observe::observe(
-                nm,
-                &seen.workload.state,
-                seen.bundle,
-                outcome,
-                seen.now_ms,
-            ),
+            observations,
+            state,
             outcome,
             placement: seen.workload.placement.clone(),
             bundle: seen.bundle,
@@ -546,6 +546,7 @@ mod tests {
             endpoint: None,
             kubeconfig_secret_ref: None,
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
         };
         // No challenge without a sidecar: the plan is its `otherwise` steps alone.
         let pending = |status, events| Plan {
@@ -717,6 +718,7 @@ mod tests {
                 key: "kubeconfig".into(),
             }),
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
         };
         let became = |type_: &str, reason: &str, message: &str| {
             note(
@@ -840,6 +842,7 @@ mod tests {
                 ..running_placement()
             }),
             boot_config_digest: Some(hex::encode(digest_of(&nm))),
+            state: None,
             ..NautilusMasterStatus::default()
         };
         assert_eq!(

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use nautilus_crds::conditions::types;
 use nautilus_crds::{
-    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference,
+    EnclavePlacement, NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference, StateStatus,
 };
 use nautilus_protocol::wire::EvidenceBundle;
 
@@ -19,6 +19,8 @@ use crate::verify::Outcome;
 pub struct StatusInput<'a> {
     /// Condition observations (without `Ready`).
     pub observations: Vec<Observation>,
+    /// `status.state`, from [`crate::state::observe`].
+    pub state: Option<StateStatus>,
     /// The verification outcome.
     pub outcome: &'a Outcome,
     /// Placement from the runtime.
@@ -41,6 +43,10 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
     let previous = nm.status.clone().unwrap_or_default();
     let generation = nm.metadata.generation.unwrap_or(0);
     let mut conditions_now = previous.conditions.clone();
+    if nm.spec.state.is_none() {
+        // A spec that no longer keeps state leaves no state conditions behind.
+        conditions_now.retain(|c| !types::STATE.contains(&c.type_.as_str()));
+    }
     for observation in input.observations {
         conditions::merge(&mut conditions_now, observation, generation, &input.now);
     }
@@ -81,6 +87,7 @@ pub fn build_status(nm: &NautilusMaster, input: StatusInput<'_>) -> NautilusMast
             .then_some(input.endpoint),
         kubeconfig_secret_ref: input.kubeconfig,
         boot_config_digest: Some(input.digest_hex.to_owned()),
+        state: input.state,
     }
 }
 
@@ -223,6 +230,7 @@ mod tests {
         let t1 = Time(Timestamp::from_second(2_000).expect("t"));
         let outcome = Outcome::Pending("x".into());
         let input = |now: &Time, status: Status| StatusInput {
+            state: None,
             observations: vec![Observation::new(
                 types::ENCLAVE_RUNNING,
                 status,

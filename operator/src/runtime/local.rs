@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use nautilus_crds::{EnclavePlacement, NautilusMaster};
+use nautilus_crds::{EnclavePlacement, NautilusMaster, StateDeletionPolicy};
 use nautilus_lifetime::{Ended, ProcessId, Reach};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
@@ -42,6 +42,17 @@ pub struct LocalSettings {
     /// Address the sidecar publishes each control plane's API port on (127.0.0.1 by default;
     /// another, such as a veth's, lets a worker in another network namespace reach it).
     pub api_publish_ip: IpAddr,
+    /// An extra CA (PEM file) the agent trusts for the KMS endpoint of `spec.state` (the local
+    /// KMS of development); `None` trusts the webpki roots only.
+    pub kms_ca_file: Option<PathBuf>,
+    /// The root key (PKCS#8 PEM, P-384) of the agents' simulated NSM, so that a local KMS
+    /// given its certificate can verify their Recipient attestations; `None`: a fresh root per
+    /// agent, which no KMS knows.
+    pub simulated_root_key: Option<PathBuf>,
+    /// An AWS shared credentials file (profile `default`) the sidecars relay to their agents
+    /// for the KMS calls of `spec.state`; `None`: the sidecars' environment
+    /// (`AWS_ACCESS_KEY_ID`, ...), which they inherit from the operator.
+    pub aws_credentials_file: Option<PathBuf>,
 }
 
 /// The enclave's network in the local runtime.
@@ -93,6 +104,9 @@ impl LocalSettings {
             etcd_command: None,
             network: LocalNetwork::Isolated,
             api_publish_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            kms_ca_file: None,
+            simulated_root_key: None,
+            aws_credentials_file: None,
         }
     }
 
@@ -384,6 +398,16 @@ impl LocalRuntime {
     }
 
     /// The work directory of one resource.
+    /// Where the sidecar of `names` keeps sealed snapshots: beside the work directories, not
+    /// in one, because it outlives the resource when `spec.state.deletionPolicy` is `Retain`.
+    /// (Work directories are `<namespace>_<name>`, so `state` is never one.)
+    fn state_dir(&self, names: &Names) -> PathBuf {
+        self.settings
+            .work_dir
+            .join("state")
+            .join(format!("{}_{}", names.namespace, names.name))
+    }
+
     fn resource_dir(&self, names: &Names) -> PathBuf {
         self.settings
             .work_dir
@@ -531,6 +555,12 @@ impl LocalRuntime {
         if let Some(etcd) = &s.etcd_command {
             agent_args.push(format!("--etcd-command={}", etcd.display()));
         }
+        if let Some(ca) = &s.kms_ca_file {
+            agent_args.push(format!("--kms-ca-file={}", ca.display()));
+        }
+        if let Some(key) = &s.simulated_root_key {
+            agent_args.push(format!("--simulated-root-key={}", key.display()));
+        }
         let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
         cmd.arg(format!("--boot-config={}", boot_path.display()))
             .arg("--launcher=process")
@@ -552,7 +582,18 @@ impl LocalRuntime {
             .arg(format!(
                 "--egress-allow={}",
                 desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
-            ))
+            ));
+        if let Some(state) = &nm.spec.state {
+            if let Some(file) = &s.aws_credentials_file {
+                cmd.arg(format!("--aws-credentials-file={}", file.display()));
+            }
+            cmd.arg(format!("--egress-allow={}", desired::kms_host_port(state)?))
+                .arg(format!(
+                    "--state-dir={}",
+                    self.state_dir(&Names::of(nm)?).display()
+                ));
+        }
+        cmd
             // Parallel control planes on one machine must not share the health ports (with
             // the host's network; in namespaces of their own they could).
             .env("NAUTILUS_CP_SCHEDULER_PORT", scheduler.to_string())
@@ -777,10 +818,20 @@ impl LocalRuntime {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
-        for (what, dir) in [
+        let mut dirs = vec![
             ("work directory", dir),
             ("socket directory", self.socket_dir(&names)),
-        ] {
+        ];
+        // Sealed snapshots stay unless the spec says they go with the resource.
+        if nm
+            .spec
+            .state
+            .as_ref()
+            .is_some_and(|s| s.deletion_policy == StateDeletionPolicy::Delete)
+        {
+            dirs.push(("sealed snapshots", self.state_dir(&names)));
+        }
+        for (what, dir) in dirs {
             match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -928,6 +979,9 @@ mod tests {
             etcd_command: None,
             network: LocalNetwork::Isolated,
             api_publish_ip: localhost(),
+            kms_ca_file: None,
+            simulated_root_key: None,
+            aws_credentials_file: None,
         })
     }
 

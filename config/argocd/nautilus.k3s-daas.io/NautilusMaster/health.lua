@@ -4,13 +4,15 @@
 --   Progressing  no status or conditions yet, or the status is for an older metadata.generation,
 --                or Ready is not True and nothing has failed for good
 --   Healthy      condition Ready is True
---   Degraded     Ready is False with a terminal reason: a person has to change the spec or image
+--   Degraded     Ready is False with a terminal reason: a person has to change the spec or image;
+--                or Ready is True but BackupHealthy is False (spec.state: the control plane serves,
+--                and a crash now would lose more than one backup interval of writes)
 --
 -- The message names the condition that holds the resource back, e.g.
 -- "Attested=False (AttestationFailed): pcr0 does not match".
 
 -- Must equal TERMINAL_REASONS in crds/src/conditions.rs (.ci/run compares the two lists).
-local TERMINAL_REASONS = { "AttestationFailed", "ReportSignatureInvalid", "StartTimeout", "EnclaveFailed", "ConfigRefused", "SimulatedAttestationNotAllowed" }
+local TERMINAL_REASONS = { "SnapshotRejected", "KeyRefused", "AttestationFailed", "ReportSignatureInvalid", "StartTimeout", "EnclaveFailed", "ConfigRefused", "SimulatedAttestationNotAllowed" }
 
 -- The conditions Ready is derived from, in the order the operator evaluates them.
 local PARTS = { "EnclaveRunning", "Attested", "APIServerReady", "SchedulerReady", "ControllerManagerReady" }
@@ -65,6 +67,13 @@ end
 local ready = find(conditions, "Ready")
 if ready == nil then
   hs.message = "Waiting for condition Ready"
+  return hs
+end
+
+local backup = find(conditions, "BackupHealthy")
+if ready.status == "True" and backup ~= nil and backup.status == "False" then
+  hs.status = "Degraded"
+  hs.message = describe(backup)
   return hs
 end
 

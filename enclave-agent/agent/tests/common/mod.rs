@@ -191,6 +191,7 @@ pub fn standin_boot_config(data_dir: &Path, https_port: u16, nonce: &[u8]) -> Bo
                 probe_interval_seconds: 1,
                 startup_timeout_seconds: 30,
             },
+            state: None,
         },
         nonce: nonce.to_vec(),
     }

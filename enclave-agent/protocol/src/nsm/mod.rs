@@ -14,7 +14,7 @@ use aws_nitro_enclaves_nsm_api::api::{ErrorCode, Request, Response};
 use aws_nitro_enclaves_nsm_api::driver::{nsm_exit, nsm_init, nsm_process_request};
 use serde_bytes::ByteBuf;
 
-pub use simulated::SimulatedNsm;
+pub use simulated::{SimulatedNsm, generate_root_key, root_pem_for_key};
 
 /// Largest `user_data` and `nonce` the NSM accepts.
 pub const MAX_USER_DATA_BYTES: usize = 512;

@@ -7,6 +7,12 @@
 //! with the nine keys in the NSM's order (nulls kept), 16 PCRs of 48 bytes, and a raw 96-byte
 //! ES384 signature. Each document gets a fresh, short-lived leaf (3 hours, as AWS's), so a
 //! long-running simulator never hands out expired evidence.
+//!
+//! The root is fresh per simulator ([`SimulatedNsm::new`]) or made from a given P-384 key
+//! ([`SimulatedNsm::with_root_key`]): then the root certificate is a function of the key alone
+//! (fixed name, validity and serial, and a deterministic RFC 6979 signature), so a development
+//! agent and the local KMS given the same key file trust the same root without passing a
+//! certificate around ([`root_pem_for_key`] computes it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,11 +20,13 @@ use std::time::Duration;
 use ciborium::Value;
 use coset::{CborSerializable, CoseSign1, HeaderBuilder, ProtectedHeader, iana};
 use p384::ecdsa::{Signature, SigningKey, signature::Signer as _};
+use p384::elliptic_curve::sec1::ToEncodedPoint as _;
 use p384::pkcs8::DecodePrivateKey;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P384_SHA384,
+    KeyUsagePurpose, PKCS_ECDSA_P384_SHA384, PublicKeyData, SerialNumber, SignatureAlgorithm,
 };
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
 use super::{Nsm, NsmError, check_inputs};
@@ -34,6 +42,11 @@ const LEAF_LIFETIME: Duration = Duration::from_secs(3 * 60 * 60);
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// Back-dating of notBefore, so a verifier with a slightly late clock accepts.
 const BACKDATE: Duration = Duration::from_secs(60);
+/// Validity of a root made from a given key (fixed, so the certificate depends on the key
+/// only): 2025-01-01 to 2055-01-01.
+const GIVEN_ROOT_NOT_BEFORE: i64 = 1_735_689_600;
+const GIVEN_ROOT_NOT_AFTER: i64 = 2_682_374_400;
+const ROOT_COMMON_NAME: &str = "nautilus.simulated-nitro-root";
 
 /// A simulated NSM; see the module documentation.
 #[derive(Debug)]
@@ -96,10 +109,30 @@ impl SimulatedNsm {
     pub fn new() -> Result<Self, NsmError> {
         let (_, now) = now_datetime()?;
         let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
-        let root_params = ca_params("nautilus.simulated-nitro-root", None, now);
+        let root_params = ca_params(ROOT_COMMON_NAME, None, now);
         let root = root_params.self_signed(&root_key).map_err(cert_err)?;
-        let root_issuer = Issuer::new(root_params, root_key);
+        Self::with_root(
+            root.pem(),
+            root.der().to_vec(),
+            Issuer::new(root_params, root_key),
+        )
+    }
 
+    /// A simulator whose root is made from `key_pem` (a PKCS#8 PEM P-384 key, as
+    /// [`generate_root_key`] writes): its root certificate is [`root_pem_for_key`] of the same
+    /// key, byte for byte. Intermediates and leaves are fresh.
+    pub fn with_root_key(key_pem: &str) -> Result<Self, NsmError> {
+        let (root_params, root_pem, root_der) = given_root(key_pem)?;
+        let root_key = KeyPair::from_pem(key_pem).map_err(cert_err)?;
+        Self::with_root(root_pem, root_der, Issuer::new(root_params, root_key))
+    }
+
+    fn with_root(
+        root_pem: String,
+        root_der: Vec<u8>,
+        root_issuer: Issuer<'static, KeyPair>,
+    ) -> Result<Self, NsmError> {
+        let (_, now) = now_datetime()?;
         let int1_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
         let int1_params = ca_params("nautilus.simulated-nitro-intermediate-1", Some(1), now);
         let int1 = int1_params
@@ -117,12 +150,8 @@ impl SimulatedNsm {
         Ok(Self {
             module_id: "i-00000000000000000-enc-simulated".to_owned(),
             pcrs,
-            root_pem: root.pem(),
-            cabundle: vec![
-                root.der().to_vec(),
-                int1.der().to_vec(),
-                int2.der().to_vec(),
-            ],
+            root_pem,
+            cabundle: vec![root_der, int1.der().to_vec(), int2.der().to_vec()],
             issuer: Issuer::new(int2_params, int2_key),
         })
     }
@@ -173,6 +202,76 @@ impl SimulatedNsm {
         let signing_key = SigningKey::from_pkcs8_der(&key.serialize_der()).map_err(cert_err)?;
         Ok((cert.der().to_vec(), signing_key))
     }
+}
+
+/// A fresh P-384 root key for [`SimulatedNsm::with_root_key`], as PKCS#8 PEM.
+pub fn generate_root_key() -> Result<String, NsmError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).map_err(cert_err)?;
+    Ok(key.serialize_pem())
+}
+
+/// The root certificate (PEM) of a simulator made with [`SimulatedNsm::with_root_key`] from
+/// `key_pem`: what a verifier of its documents (the local KMS) is given as trust anchor.
+pub fn root_pem_for_key(key_pem: &str) -> Result<String, NsmError> {
+    given_root(key_pem).map(|(_, pem, _)| pem)
+}
+
+/// Signs with RFC 6979 (deterministic) ECDSA, so the self-signed root made from a given key
+/// is the same certificate on every call.
+struct DeterministicP384 {
+    key: SigningKey,
+    public_point: Vec<u8>,
+}
+
+impl PublicKeyData for DeterministicP384 {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_point
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P384_SHA384
+    }
+}
+
+impl rcgen::SigningKey for DeterministicP384 {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let signature: Signature = self
+            .key
+            .try_sign(msg)
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+}
+
+/// The fixed root parameters and the deterministic root certificate (PEM, DER) for a key.
+fn given_root(key_pem: &str) -> Result<(CertificateParams, String, Vec<u8>), NsmError> {
+    let key = SigningKey::from_pkcs8_pem(key_pem.trim()).map_err(cert_err)?;
+    let public_point = key
+        .verifying_key()
+        .as_affine()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(ROOT_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+    ];
+    params.not_before =
+        OffsetDateTime::from_unix_timestamp(GIVEN_ROOT_NOT_BEFORE).map_err(cert_err)?;
+    params.not_after =
+        OffsetDateTime::from_unix_timestamp(GIVEN_ROOT_NOT_AFTER).map_err(cert_err)?;
+    // A positive 16-byte serial from the key.
+    let mut serial = Sha256::digest(&public_point)[..16].to_vec();
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let signer = DeterministicP384 { key, public_point };
+    let root = params.self_signed(&signer).map_err(cert_err)?;
+    Ok((params, root.pem(), root.der().to_vec()))
 }
 
 fn bytes_or_null(value: Option<&[u8]>) -> Value {
@@ -360,6 +459,30 @@ mod tests {
             replay.check(&doc, doc.timestamp_ms),
             Err(PolicyError::NonceMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_given_root_key_makes_the_same_root_everywhere() {
+        let key = generate_root_key().expect("key");
+        let a = SimulatedNsm::with_root_key(&key).expect("a");
+        let b = SimulatedNsm::with_root_key(&key).expect("b");
+        let pem = root_pem_for_key(&key).expect("root pem");
+        assert_eq!(a.root_pem(), pem);
+        assert_eq!(b.root_pem(), pem);
+        // One verifier given that root accepts both simulators' documents...
+        let verifier = Verifier::new(TrustAnchor::from_pem(&pem).expect("anchor"));
+        for nsm in [&a, &b] {
+            let bytes = nsm.attest(None, None, Some(b"k")).expect("attest");
+            verifier.verify(&bytes, VerifyAt::Now).expect("verifies");
+        }
+        // ...and not another key's.
+        let other = SimulatedNsm::with_root_key(&generate_root_key().expect("key")).expect("c");
+        let bytes = other.attest(None, None, None).expect("attest");
+        assert!(matches!(
+            verifier.verify(&bytes, VerifyAt::Now),
+            Err(VerifyError::UntrustedRoot { .. })
+        ));
+        assert!(SimulatedNsm::with_root_key("not a key").is_err());
     }
 
     #[test]

@@ -77,9 +77,39 @@ pub struct BootRefused {
     /// Why, one line of at most [`MAX_REFUSAL_BYTES`] bytes.
     #[serde(deserialize_with = "refusal_reason")]
     pub reason: String,
+    /// What was refused: the configuration itself (absent from the JSON), or the sealed state
+    /// it asked the agent to restore.
+    #[serde(default, skip_serializing_if = "RefusalKind::is_config")]
+    pub kind: RefusalKind,
+}
+
+/// What a [`BootRefused`] refused. The operator picks the condition from it, never from the
+/// reason's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// A value of the configuration the agent cannot run.
+    #[default]
+    Config,
+    /// The offered snapshot failed a check (integrity, resource, measurements): nothing was
+    /// started from it.
+    SnapshotRejected,
+    /// KMS would not release the data key to this enclave.
+    KeyRefused,
+}
+
+impl RefusalKind {
+    /// Whether this is [`RefusalKind::Config`], the default.
+    pub fn is_config(&self) -> bool {
+        *self == Self::Config
+    }
 }
 
 impl BootRefused {
+    /// The same refusal, of another kind.
+    pub fn of_kind(self, kind: RefusalKind) -> Self {
+        Self { kind, ..self }
+    }
+
     /// A refusal of `config` for `reason`, made one line and cut to [`MAX_REFUSAL_BYTES`] at a
     /// character boundary.
     pub fn new(config: &EnclaveConfig, reason: &str) -> Self {
@@ -94,6 +124,7 @@ impl BootRefused {
         Self {
             config_digest: config.digest_hex(),
             reason: line,
+            kind: RefusalKind::Config,
         }
     }
 }
@@ -132,6 +163,63 @@ pub struct EnclaveConfig {
     pub auth: AuthConfig,
     /// Health probing.
     pub health: HealthConfig,
+    /// Sealed state: the datastore and PKI kept across enclave restarts. Absent: nothing is
+    /// kept, and configurations without it keep their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateConfig>,
+}
+
+/// Sealed state (see the CRD's `spec.state`): what the agent needs to seal snapshots of the
+/// control plane and to decide which snapshots it may restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateConfig {
+    /// UID of the NautilusMaster: bound into every snapshot the enclave seals.
+    #[serde(rename = "resourceUID")]
+    pub resource_uid: String,
+    /// UIDs of other NautilusMasters whose snapshots this enclave may restore (a migration).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "restoreFromUIDs"
+    )]
+    pub restore_from_uids: Vec<String>,
+    /// Measurements of other enclave images whose snapshots this enclave may restore besides
+    /// its own (an image upgrade).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_measurements: Vec<Measurements>,
+    /// Seconds between periodic snapshots.
+    pub backup_interval_seconds: u32,
+    /// How many snapshots the host keeps, newest first.
+    pub retain: u32,
+    /// Raised by a person to rotate the cluster's CAs; otherwise a restore keeps them.
+    #[serde(rename = "caGeneration")]
+    pub ca_generation: u32,
+    /// The KMS key that seals the data key.
+    pub kms: KmsConfig,
+}
+
+/// A set of PCR values: PCR index to 96 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Measurements {
+    /// PCR index to value (hex).
+    pub pcrs: std::collections::BTreeMap<u8, String>,
+}
+
+/// The AWS KMS key that seals the state (see the CRD's `spec.state.kms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KmsConfig {
+    /// Key ID or ARN.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// AWS region of the key.
+    pub region: String,
+    /// HTTPS endpoint override (a VPC endpoint, or the local KMS of development); absent means
+    /// `https://kms.<region>.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// The control plane's settings (see the CRD's `spec.controlPlane`).

@@ -74,4 +74,7 @@ pub struct EvidenceBundle {
     /// will refuse it again. Unsigned, as relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_refused: Option<String>,
+    /// What [`EvidenceBundle::boot_refused`] refused, when it was not the configuration itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_refused_kind: Option<super::RefusalKind>,
 }

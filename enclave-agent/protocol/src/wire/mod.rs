@@ -43,8 +43,9 @@ mod report;
 pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeResponse};
 pub use config::{
     AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
-    HealthConfig, JwkConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, NonceRefresh, NonceSizeError,
-    TierConfig, TierIdentity, ZkLoginConfig, check_nonce,
+    HealthConfig, JwkConfig, KmsConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, Measurements,
+    NonceRefresh, NonceSizeError, RefusalKind, StateConfig, TierConfig, TierIdentity,
+    ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};
 pub use frame::{
@@ -52,6 +53,6 @@ pub use frame::{
     WireError, read_message, read_message_within, write_message,
 };
 pub use report::{
-    Component, ComponentReport, MAX_REPORT_BYTES, ProcessState, Report, ReportError, ReportSigner,
-    ReportVerifier, SignedReport,
+    Component, ComponentReport, MAX_REPORT_BYTES, MAX_STATE_ERROR_BYTES, ProcessState, Report,
+    ReportError, ReportSigner, ReportVerifier, SignedReport, SnapshotRef, StateReport,
 };

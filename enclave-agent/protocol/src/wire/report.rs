@@ -143,6 +143,43 @@ pub struct Report {
     pub components: Vec<ComponentReport>,
     /// The control-plane process.
     pub control_plane: ProcessState,
+    /// Sealed state, when the configuration has `state`: absent otherwise, so reports of
+    /// configurations without it are what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateReport>,
+}
+
+/// Longest [`StateReport::last_error`], in bytes.
+pub const MAX_STATE_ERROR_BYTES: usize = 512;
+
+/// What the enclave restored at its start and the last snapshot it sealed: signed, so the
+/// operator can show a rollback (an older snapshot than the last one sealed) and a stale backup.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateReport {
+    /// The snapshot restored before the control plane started; absent when none was offered
+    /// and the enclave started an empty cluster.
+    pub restored: Option<SnapshotRef>,
+    /// The newest snapshot sealed and handed to the host.
+    pub last_snapshot: Option<SnapshotRef>,
+    /// Why the last snapshot attempt failed, if the last attempt failed (one line, at most
+    /// [`MAX_STATE_ERROR_BYTES`]).
+    pub last_error: Option<String>,
+}
+
+/// One sealed snapshot, as its header names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotRef {
+    /// Sequence number: one more than the snapshot before it, across enclave restarts.
+    pub sequence: u64,
+    /// When it was taken (Unix milliseconds, enclave clock).
+    pub taken_unix_ms: u64,
+    /// UID of the NautilusMaster it was sealed for.
+    #[serde(rename = "resourceUID")]
+    pub resource_uid: String,
+    /// Size of the sealed snapshot in bytes.
+    pub bytes: u64,
 }
 
 impl Report {
@@ -364,6 +401,7 @@ mod tests {
                 pid: Some(42),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

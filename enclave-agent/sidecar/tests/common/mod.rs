@@ -66,6 +66,7 @@ pub fn enclave_config(probe_interval_seconds: u32) -> EnclaveConfig {
             probe_interval_seconds,
             startup_timeout_seconds: 120,
         },
+        state: None,
     }
 }
 
@@ -264,6 +265,7 @@ impl AgentConn {
                 started_unix_ms: Some(time_ms),
                 ..ProcessState::default()
             },
+            state: None,
         }
     }
 

@@ -1114,9 +1114,17 @@ mod tests {
         assert!(ready.exists(), "the fake sidecar did not start");
         // Another resource's sidecar, started before and answering while this one is stopped.
         let other = mk_nm("other");
+        std::fs::remove_file(&ready).expect("rm ready");
         rt.ensure(&other, &boot(&other), "d1")
             .await
             .expect("ensure");
+        for _ in 0..200 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(ready.exists(), "the other fake sidecar did not start");
         let rt = Arc::new(rt);
         let stopping = tokio::spawn({
             let (rt, nm) = (Arc::clone(&rt), nm.clone());

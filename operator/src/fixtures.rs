@@ -495,6 +495,8 @@ pub(crate) struct VerifyCase {
     pub(crate) digest: [u8; 32],
     pub(crate) nonces: IssuedNonces,
     pub(crate) now: u64,
+    /// The operator's policy on simulated attestation (allowed, as for the local runtime).
+    pub(crate) simulated_allowed: bool,
 }
 
 /// [`mk_sim_nm`] and a [`FakeEnclave`]; the challenge `[1; 32]`, issued a minute ago.
@@ -508,6 +510,7 @@ pub(crate) fn verify_case() -> VerifyCase {
         digest,
         nonces: IssuedNonces::new(vec![1; 32], now - 60_000, 10_000),
         now,
+        simulated_allowed: true,
     }
 }
 
@@ -521,6 +524,7 @@ impl VerifyCase {
                 nonces: &self.nonces,
                 config_digest: self.digest,
                 now_ms: self.now,
+                simulated_allowed: self.simulated_allowed,
             },
             reports,
         )

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use nautilus_lifetime::shutdown_signal;
 use nautilus_operator::admin::Admin;
 use nautilus_operator::controller::{self, Context};
 use nautilus_operator::desired::PodSettings;
@@ -112,6 +113,13 @@ struct Args {
     /// for KMS (`local` runtime; default: the environment's AWS_* variables).
     #[arg(long, env = "NAUTILUS_LOCAL_AWS_CREDENTIALS_FILE")]
     local_aws_credentials_file: Option<PathBuf>,
+    /// Accept simulated attestation from resources whose spec allows it (`pod` runtime; the
+    /// `local` runtime always does, it has nothing else). Off by default: the cluster admin's
+    /// word that enclaves without Nitro hardware may be trusted here (a test cluster). Without
+    /// it such a resource gets `Attested=False` with reason `SimulatedAttestationNotAllowed`
+    /// and no kubeconfig.
+    #[arg(long, env = "NAUTILUS_ALLOW_SIMULATED_ATTESTATION")]
+    allow_simulated_attestation: bool,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "NAUTILUS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -147,6 +155,7 @@ impl Args {
             local_kms_ca_file,
             local_simulated_root_key,
             local_aws_credentials_file,
+            allow_simulated_attestation,
             listen,
             log_format,
             leader_election,
@@ -174,6 +183,16 @@ impl Args {
 
         let runtime = match runtime {
             RuntimeKind::Pod => EnclaveRuntime::Pod(PodRuntime {
+                allow_simulated_attestation: {
+                    if allow_simulated_attestation {
+                        tracing::warn!(
+                            "--allow-simulated-attestation: resources whose spec allows it may be \
+                             attested by a simulated NSM, which no hardware vouches for; test \
+                             clusters only"
+                        );
+                    }
+                    allow_simulated_attestation
+                },
                 settings: PodSettings {
                     sidecar_image,
                     log_format: match log_format {
@@ -288,30 +307,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match Args::parse().run().await {
@@ -339,6 +334,7 @@ mod tests {
         assert_eq!(args.runtime, RuntimeKind::Pod);
         assert_eq!(args.listen, "0.0.0.0:8080".parse().expect("addr"));
         assert!(!args.leader_election);
+        assert!(!args.allow_simulated_attestation, "the admin must opt in");
         let args = Args::try_parse_from([
             "nautilus-operator",
             "--runtime=local",
@@ -346,8 +342,10 @@ mod tests {
             "--log-format=json",
             "--leader-election",
             "--lease-name=x",
+            "--allow-simulated-attestation",
         ])
         .expect("flags");
+        assert!(args.allow_simulated_attestation);
         assert_eq!(args.runtime, RuntimeKind::Local);
         assert_eq!(args.namespace.as_deref(), Some("team-a"));
         assert_eq!(args.log_format, LogFormat::Json);

@@ -197,6 +197,9 @@ pub struct Input<'a> {
     pub config_digest: [u8; 32],
     /// Now, ms since the epoch.
     pub now_ms: u64,
+    /// The operator's policy: whether simulated attestation may be accepted at all (where the
+    /// spec allows it too).
+    pub simulated_allowed: bool,
 }
 
 /// How old a report may be: three probe intervals, at least 15 s.
@@ -249,6 +252,7 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
         nonces,
         config_digest,
         now_ms,
+        simulated_allowed,
     } = *input;
     let digest_hex = hex::encode(config_digest);
     let Some(evidence) = &bundle.attestation else {
@@ -277,6 +281,14 @@ pub fn verify(input: &Input<'_>, reports: &mut ReportState) -> Outcome {
                     Reason::AttestationFailed,
                     "the attestation document is signed by a simulated NSM, not AWS Nitro \
                      hardware, and spec.attestation.allowSimulated is false",
+                );
+            }
+            if !simulated_allowed {
+                return failed(
+                    Reason::SimulatedAttestationNotAllowed,
+                    "the enclave's attestation is simulated; this operator runs enclaves in pods \
+                     and was not started with --allow-simulated-attestation, so no hardware \
+                     vouches for this control plane",
                 );
             }
             let root = evidence.simulated_root_pem.as_deref().unwrap_or_default();
@@ -501,6 +513,30 @@ mod tests {
             &c.run(&bare, &mut ReportState::default()),
             Reason::AttestationFailed,
             "untrusted root",
+        );
+    }
+
+    #[test]
+    fn simulated_evidence_is_refused_when_the_operator_does_not_allow_it() {
+        let mut c = verify_case();
+        c.simulated_allowed = false;
+        let bundle = c.enclave.bundle(c.digest, &c.nonces.latest, 1, c.now);
+        let outcome = c.run(&bundle, &mut ReportState::default());
+        expect_failed(
+            &outcome,
+            Reason::SimulatedAttestationNotAllowed,
+            "--allow-simulated-attestation",
+        );
+        assert!(matches!(
+            outcome,
+            Outcome::Failed { reason, .. } if reason.is_terminal() && reason.withdraws_trust()
+        ));
+        // The spec's refusal still comes first: it is the resource's own word.
+        c.nm.spec.attestation.allow_simulated = false;
+        expect_failed(
+            &c.run(&bundle, &mut ReportState::default()),
+            Reason::AttestationFailed,
+            "allowSimulated is false",
         );
     }
 

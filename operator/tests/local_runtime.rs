@@ -177,6 +177,8 @@ fn check(
             nonces,
             config_digest: digest,
             now_ms: now_unix_millis().expect("clock"),
+            // The local runtime's policy.
+            simulated_allowed: true,
         },
         reports,
     )

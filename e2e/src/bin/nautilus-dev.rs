@@ -19,6 +19,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use nautilus_e2e::worker::{self, Worker, WorkerSettings};
 use nautilus_e2e::{Harness, WAIT, envtest, is};
+use nautilus_lifetime::shutdown_signal;
 
 const NAMESPACE: &str = "nautilus-dev";
 const NAME: &str = "dev";
@@ -71,21 +72,6 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
             String::from_utf8_lossy(&out.stderr)
         ),
         Err(err) => format!("(kubectl did not run: {err})\n"),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

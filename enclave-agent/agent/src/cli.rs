@@ -410,28 +410,13 @@ impl Args {
         });
         let result = tokio::select! {
             result = Arc::clone(&agent).run() => result.map_err(CliError::from),
-            () = shutdown_signal() => {
+            () = nautilus_lifetime::shutdown_signal() => {
                 tracing::info!("shutting down");
                 Ok(())
             }
         };
         agent.shutdown().await;
         result
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

@@ -138,19 +138,10 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// SIGTERM the child's process group, wait `grace`, then SIGKILL it.
+/// SIGTERM the child's process group (it leads one: `process_group(0)`), wait `grace`, then
+/// SIGKILL it.
 async fn terminate(child: &mut Child, grace: Duration) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-        // The child leads its own group (process_group(0)), so its pid is the group id.
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
-        }
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    let _ = child.kill().await;
+    let _ = nautilus_lifetime::terminate_child(child, nautilus_lifetime::Reach::Group, grace).await;
 }
 
 impl Supervisor {

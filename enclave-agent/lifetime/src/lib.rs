@@ -35,12 +35,17 @@
 //! - [`records`]: [`ProcessRecords`], [`ProcessId`].
 //! - [`netns`]: a network namespace of a child's own ([`Tether::with_new_network`]), and
 //!   [`netns::probe`] for whether the machine can make one.
+//! - [`stop`]: the one stop policy (SIGTERM, a grace, SIGKILL) for children
+//!   ([`terminate_child`]) and for processes a previous run left ([`terminate_process`]), and
+//!   [`shutdown_signal`], the SIGTERM/Ctrl-C wait of every service binary.
 
 pub mod netns;
 pub mod records;
+pub mod stop;
 pub mod tether;
 
 pub use records::{ProcessId, ProcessRecords, Reaped, Stat};
+pub use stop::{Ended, Reach, shutdown_signal, terminate_child, terminate_process};
 pub use tether::{EXEC_MODE, Tether, exec_if_requested};
 
 /// Why a process could not be started, recorded or reaped.

@@ -21,6 +21,7 @@
 //!   refusal logs shared by every listener of the agent and the sidecar.
 //! - [`budget`]: token buckets, global and per peer, for the paths anyone can reach.
 //! - [`yaml`]: YAML that YAML 1.1 (kubectl) and YAML 1.2 readers read alike.
+//! - [`errors`]: [`error_chain`], the one renderer of an error and its causes.
 //!
 //! ```text
 //! agent ── Nsm::attest(user_data = Binding::v1(config, ca), nonce, public_key) ──► document
@@ -31,6 +32,7 @@ pub mod attestation;
 pub mod bounded;
 pub mod budget;
 pub mod constants;
+pub mod errors;
 pub mod nsm;
 pub mod policy;
 pub mod sealed;
@@ -41,5 +43,6 @@ pub mod yaml;
 pub use attestation::{
     AttestationDocument, ChainCache, TrustAnchor, Verifier, VerifyAt, VerifyError,
 };
+pub use errors::error_chain;
 pub use nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 pub use policy::{Binding, Policy, PolicyError};

@@ -61,17 +61,7 @@ impl Error {
     /// holds is not repeated: kube's errors (the finalizer's, the API's) print their cause in
     /// their own message and also return it as their source.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            let message = s.to_string();
-            if !out.contains(&message) {
-                out.push_str(": ");
-                out.push_str(&message);
-            }
-            source = s.source();
-        }
-        out
+        nautilus_protocol::error_chain(self)
     }
 }
 

@@ -293,6 +293,7 @@ async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
         bundle: bundle.as_ref(),
         digest,
         pod_runtime: matches!(workload, Workload::Pod(_)),
+        simulated_allowed: ctx.runtime.allows_simulated_attestation(),
         now_ms: now,
         now: Time(Timestamp::now()),
     };
@@ -588,6 +589,8 @@ mod tests {
             client,
             EnclaveRuntime::Pod(PodRuntime {
                 sidecar_port,
+                // The scenarios' enclaves are simulated (their specs allow it).
+                allow_simulated_attestation: true,
                 ..PodRuntime::default()
             }),
             Arc::new(Metrics::new()),

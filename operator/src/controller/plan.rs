@@ -109,6 +109,9 @@ pub struct Observation<'a> {
     /// Whether the workload is a pod (no sidecar then means nothing to probe until a watch
     /// event).
     pub pod_runtime: bool,
+    /// Whether the operator accepts simulated attestation where the spec allows it
+    /// ([`crate::runtime::EnclaveRuntime::allows_simulated_attestation`]).
+    pub simulated_allowed: bool,
     /// Now, ms since the epoch.
     pub now_ms: u64,
     /// Now, for condition transition times.
@@ -200,6 +203,7 @@ pub fn plan(
                     nonces,
                     config_digest: seen.digest,
                     now_ms: seen.now_ms,
+                    simulated_allowed: seen.simulated_allowed,
                 },
                 reports,
             )
@@ -444,6 +448,7 @@ mod tests {
             bundle,
             digest: digest_of(nm),
             pod_runtime: true,
+            simulated_allowed: true,
             now_ms,
             now: at(now_ms),
         }
@@ -602,6 +607,7 @@ mod tests {
                 nonces,
                 config_digest: digest_of(nm),
                 now_ms: now,
+                simulated_allowed: true,
             },
             &mut ReportState::default(),
         );
@@ -983,5 +989,42 @@ mod tests {
             "refresh not due, re-challenged already"
         );
         assert_eq!(again.otherwise.kubeconfig, Kubeconfig::Withdraw);
+    }
+
+    #[test]
+    fn a_pod_operator_without_the_admins_word_refuses_simulated_attestation() {
+        // The spec allows simulated attestation, the operator was not started to: terminal,
+        // the kubeconfig withdrawn, nothing published, and no challenge keeps it alive.
+        let nm = mk_sim_nm();
+        let now = now_ms();
+        let enclave = FakeEnclave::new();
+        let bundle = enclave.bundle(digest_of(&nm), &BOOT_NONCE, 1, now);
+        let workload = running();
+        let mut attestation = booted(&nm, now);
+        let mut observed = seen(&nm, &workload, Some(&bundle), now);
+        observed.simulated_allowed = false;
+        let planned = plan(&observed, &mut attestation, FRESH.to_vec()).expect("plan");
+        let otherwise = planned.otherwise;
+        assert_eq!(
+            otherwise.verification,
+            Reason::SimulatedAttestationNotAllowed
+        );
+        assert_eq!(otherwise.kubeconfig, Kubeconfig::Withdraw);
+        let status = otherwise.status.expect("a status");
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.kubeconfig_secret_ref, None);
+        let reason_of = |type_: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let refused = Some((
+            "False".to_owned(),
+            "SimulatedAttestationNotAllowed".to_owned(),
+        ));
+        assert_eq!(reason_of(types::ATTESTED), refused);
+        assert_eq!(reason_of(types::READY), refused);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use nautilus_crds::{EnclavePlacement, NautilusMaster, StateDeletionPolicy};
-use nautilus_lifetime::ProcessId;
+use nautilus_lifetime::{Ended, ProcessId, Reach};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
@@ -249,11 +249,29 @@ impl Handle {
         }
     }
 
-    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
-    async fn terminate(&mut self) -> Termination {
+    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`]; an
+    /// adopted one is checked against its start time before each signal, so a reused pid is
+    /// never signalled.
+    async fn terminate(&mut self) -> Ended {
         match self {
-            Self::Child(child) => terminate(child).await,
-            Self::Adopted { pid, start_ticks } => terminate_adopted(*pid, *start_ticks).await,
+            Self::Child(child) => {
+                match nautilus_lifetime::terminate_child(child, Reach::Process, LOCAL_STOP_GRACE)
+                    .await
+                {
+                    Ok((_, ended)) => ended,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot reap a local sidecar");
+                        Ended::Exited
+                    }
+                }
+            }
+            Self::Adopted { pid, start_ticks } => {
+                let id = ProcessId {
+                    pid: *pid,
+                    start_ticks: *start_ticks,
+                };
+                nautilus_lifetime::terminate_process(id, LOCAL_STOP_GRACE).await
+            }
         }
     }
 }
@@ -261,40 +279,6 @@ impl Handle {
 /// Whether `pid` is still the process that started at `start_ticks` (and has not ended).
 fn same_process(pid: u32, start_ticks: u64) -> bool {
     ProcessId { pid, start_ticks }.is_alive()
-}
-
-/// Stop a sidecar this process did not start: SIGTERM, then SIGKILL after
-/// [`LOCAL_STOP_GRACE`]. Checked against its start time before each signal, so a reused pid is
-/// never signalled.
-async fn terminate_adopted(pid: u32, start_ticks: u64) -> Termination {
-    use nix::sys::signal::{Signal, kill};
-    let Ok(raw) = i32::try_from(pid) else {
-        return Termination::Exited;
-    };
-    let target = nix::unistd::Pid::from_raw(raw);
-    if !same_process(pid, start_ticks) {
-        return Termination::Exited;
-    }
-    if let Err(err) = kill(target, Signal::SIGTERM) {
-        tracing::warn!(pid, error = %err, "cannot send SIGTERM to an adopted local sidecar");
-    }
-    let deadline = tokio::time::Instant::now() + LOCAL_STOP_GRACE;
-    while tokio::time::Instant::now() < deadline {
-        if !same_process(pid, start_ticks) {
-            return Termination::Exited;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !same_process(pid, start_ticks) {
-        return Termination::Exited;
-    }
-    tracing::warn!(
-        pid,
-        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
-        "an adopted local sidecar ignored SIGTERM; killing it"
-    );
-    let _ = kill(target, Signal::SIGKILL);
-    Termination::Killed
 }
 
 fn localhost() -> IpAddr {
@@ -820,7 +804,7 @@ impl LocalRuntime {
         };
         // Still under the slot's lock, so no start of this resource comes between.
         self.table().remove(&key);
-        if let Some((pid, Termination::Killed)) = ended {
+        if let Some((pid, Ended::Killed)) = ended {
             left.push(format!(
                 "the local sidecar (pid {}) did not exit within {} s of SIGTERM and was \
                  killed, so it did not stop its agent in order",
@@ -947,7 +931,12 @@ async fn adopt_or_stop(
         });
     }
     tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
-    let _ = terminate_adopted(record.pid, record.start_ticks).await;
+    let _ = Handle::Adopted {
+        pid: record.pid,
+        start_ticks: record.start_ticks,
+    }
+    .terminate()
+    .await;
     None
 }
 
@@ -956,47 +945,20 @@ async fn adopt_or_stop(
 async fn stop_recorded(
     dir: &std::path::Path,
     boot_path: &std::path::Path,
-) -> Option<(Option<u32>, Termination)> {
+) -> Option<(Option<u32>, Ended)> {
     let record = recorded(dir, boot_path).await?;
     tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar a previous operator process left");
-    let ended = terminate_adopted(record.pid, record.start_ticks).await;
+    let ended = Handle::Adopted {
+        pid: record.pid,
+        start_ticks: record.start_ticks,
+    }
+    .terminate()
+    .await;
     Some((Some(record.pid), ended))
 }
 
 /// How long a local sidecar gets to stop its agent after SIGTERM before it is killed.
 pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// How a local sidecar ended in [`terminate`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Termination {
-    /// It exited (on SIGTERM, or before).
-    Exited,
-    /// It ignored SIGTERM for [`LOCAL_STOP_GRACE`] (stopped, hung) and was killed: it did not
-    /// stop its agent.
-    Killed,
-}
-
-/// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`].
-async fn terminate(child: &mut tokio::process::Child) -> Termination {
-    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-        use nix::sys::signal::{Signal, kill};
-        if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
-            tracing::warn!(pid, error = %err, "cannot send SIGTERM to a local sidecar");
-        }
-    }
-    if tokio::time::timeout(LOCAL_STOP_GRACE, child.wait())
-        .await
-        .is_ok()
-    {
-        return Termination::Exited;
-    }
-    tracing::warn!(
-        grace_seconds = LOCAL_STOP_GRACE.as_secs(),
-        "a local sidecar ignored SIGTERM; killing it"
-    );
-    let _ = child.kill().await;
-    Termination::Killed
-}
 
 #[cfg(test)]
 mod tests {
@@ -1152,9 +1114,17 @@ mod tests {
         assert!(ready.exists(), "the fake sidecar did not start");
         // Another resource's sidecar, started before and answering while this one is stopped.
         let other = mk_nm("other");
+        std::fs::remove_file(&ready).expect("rm ready");
         rt.ensure(&other, &boot(&other), "d1")
             .await
             .expect("ensure");
+        for _ in 0..200 {
+            if ready.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(ready.exists(), "the other fake sidecar did not start");
         let rt = Arc::new(rt);
         let stopping = tokio::spawn({
             let (rt, nm) = (Arc::clone(&rt), nm.clone());

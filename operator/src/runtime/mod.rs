@@ -92,6 +92,16 @@ pub enum EnclaveRuntime {
 }
 
 impl EnclaveRuntime {
+    /// Whether this operator accepts simulated attestation where a spec allows it: the pod
+    /// runtime only when started with `--allow-simulated-attestation`; the local runtime
+    /// always (it runs nothing but a simulated NSM, for development).
+    pub fn allows_simulated_attestation(&self) -> bool {
+        match self {
+            Self::Pod(pod) => pod.allow_simulated_attestation,
+            Self::Local(_) => true,
+        }
+    }
+
     /// `pod` or `local`, as `status.placement.runtime` says.
     pub fn name(&self) -> &'static str {
         match self {

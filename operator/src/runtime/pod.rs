@@ -20,6 +20,11 @@ pub struct PodRuntime {
     pub settings: PodSettings,
     /// Port of the sidecar's HTTP API on the pod IP (8080; tests use another).
     pub sidecar_port: Option<u16>,
+    /// The cluster admin's policy (`--allow-simulated-attestation`): whether a resource whose
+    /// spec allows simulated attestation may be attested by a simulated NSM. Off by default:
+    /// anyone who can create a NautilusMaster could otherwise get a kubeconfig that trusts a
+    /// CA no hardware vouched for.
+    pub allow_simulated_attestation: bool,
 }
 
 impl PodRuntime {

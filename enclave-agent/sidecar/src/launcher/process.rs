@@ -211,27 +211,11 @@ impl ProcessLauncher {
             return Ok(());
         };
         let group = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-        if let Err(errno) = killpg(group, Signal::SIGTERM) {
-            warn!(pid, error = %errno, "SIGTERM to the agent's process group failed");
-        }
-        let status = match tokio::time::timeout(GRACE, child.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                warn!(
-                    pid,
-                    "agent did not exit within {} s of SIGTERM, killing it",
-                    GRACE.as_secs()
-                );
-                // The group may hold the control plane too.
-                let _ = killpg(group, Signal::SIGKILL);
-                child
-                    .kill()
-                    .await
-                    .map_err(|source| LaunchError::Signal { pid, source })?;
-                child.wait().await
-            }
-        }
-        .map_err(|source| LaunchError::Signal { pid, source })?;
+        // The group may hold the control plane too.
+        let (status, _) =
+            nautilus_lifetime::terminate_child(&mut child, nautilus_lifetime::Reach::Group, GRACE)
+                .await
+                .map_err(|source| LaunchError::Signal { pid, source })?;
         // Whatever the agent left in its group goes with it.
         let _ = killpg(group, Signal::SIGKILL);
         self.forget();

@@ -493,7 +493,10 @@ mod tests {
             .expect("store")
             .offering_only(vec!["predecessor".into()]);
         assert_eq!(
-            only_predecessor.newest().expect("newest").map(|s| s.sequence),
+            only_predecessor
+                .newest()
+                .expect("newest")
+                .map(|s| s.sequence),
             Some(1)
         );
         let stranger = SnapshotStore::open(dir.path(), 5)

@@ -311,7 +311,12 @@ pub fn reasons_documentation() -> String {
     format!(
         "Latest observations: {}. Reasons: {reasons}. A terminal reason does not clear without \
          a change by a person (a new spec, a new image, another operator policy).",
-        types::ALL.map(|t| format!("`{t}`")).join(", ")
+        types::ALL
+            .iter()
+            .chain(types::STATE.iter())
+            .map(|t| format!("`{t}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 

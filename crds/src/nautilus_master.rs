@@ -760,7 +760,9 @@ pub struct NautilusMasterStatus {
     pub observed_generation: Option<i64>,
 
     /// Latest observations: `EnclaveRunning`, `Attested`, `APIServerReady`, `SchedulerReady`,
-    /// `ControllerManagerReady` and `Ready`.
+    /// `ControllerManagerReady` and `Ready`, and with `spec.state` also `StateRestored` and
+    /// `BackupHealthy`. (The CRD's description is generated from the reasons' enum,
+    /// `conditions::reasons_documentation`.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -132,8 +132,8 @@ pub struct Args {
     /// An extra trust root (PEM) for the KMS endpoint: the local KMS's CA in development.
     #[arg(long, env = "NAUTILUS_AGENT_KMS_CA_FILE")]
     pub kms_ca_file: Option<PathBuf>,
-    /// etcdctl, for sealed state's snapshots [default: `<kubernetes-bin-dir>/etcdctl` if it
-    /// exists, else `etcdctl` on PATH]. `etcdutl` (etcd ≥ 3.5) is looked for beside it and on
+    /// etcdctl, for sealed state's snapshots (default: `<kubernetes-bin-dir>/etcdctl` if it
+    /// exists, else `etcdctl` on PATH). `etcdutl` (etcd ≥ 3.5) is looked for beside it and on
     /// PATH, and restores with `--bump-revision`; without it Debian's 3.4 etcdctl restores.
     #[arg(long, env = "NAUTILUS_AGENT_ETCDCTL_COMMAND")]
     pub etcdctl_command: Option<PathBuf>,

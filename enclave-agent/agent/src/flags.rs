@@ -286,7 +286,7 @@ pub fn with_kubelet_egress(spec: &mut SpecFlags, config: &Path) -> Result<(), Fl
 /// Which flags the `kubernetes` distribution runs with beyond what its components need to run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// The trims of [`lean`]: an enclave control plane's weight (the default, what ships).
+    /// The trims of [`tuning`]: an enclave control plane's weight (the default, what ships).
     #[default]
     Lean,
     /// Only what the components need to run, with the components' own defaults otherwise: the

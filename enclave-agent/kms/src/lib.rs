@@ -8,7 +8,7 @@
 //! ([`envelope`]: a CMS EnvelopedData, RSAES-OAEP-SHA256 key transport, AES-256-CBC content).
 //! KMS never returns `Plaintext` to a Recipient call; an answer that carries one is refused.
 //!
-//! The SDK runs without `aws-config` or its default HTTPS client: [`http`] gives it hyper over
+//! The SDK runs without `aws-config` or its default HTTPS client: its private `http` module gives it hyper over
 //! rustls over a byte stream from the agent's [`Dialer`] (the CONNECT tunnel through the
 //! sidecar's egress proxy), so TLS ends in the enclave. That matters: `CiphertextForRecipient`
 //! is not signed, and without TLS to KMS the host could answer `GenerateDataKey` with a key of

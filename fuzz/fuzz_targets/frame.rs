@@ -98,6 +98,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(refused.reason.len() <= wire::MAX_REFUSAL_BYTES);
             assert!(!refused.reason.chars().any(char::is_control));
         }
+        // Sealed state: a chunk that parsed is within its frame's limit, and an offer parsed
+        // only with credentials and sizes within theirs (the parser's own checks).
+        Message::SnapshotChunk(chunk) => {
+            assert!(chunk.data.len() <= wire::SNAPSHOT_CHUNK_BYTES);
+        }
+        Message::StateOffer(_) => {}
     }
 });
 
@@ -125,11 +131,14 @@ fn relay(message: &Message) {
             evidence.on_boot_refused(refused.clone());
             0
         }
-        // A user's challenge and its answer never reach the evidence the operator reads.
+        // A user's challenge and its answer, and sealed state's offer and chunks, never reach
+        // the evidence the operator reads.
         Message::BootConfig(_)
         | Message::NonceRefresh(_)
         | Message::Challenge(_)
-        | Message::ChallengeAnswer(_) => return,
+        | Message::ChallengeAnswer(_)
+        | Message::StateOffer(_)
+        | Message::SnapshotChunk(_) => return,
     };
     // One message alone is either an attestation without a report or a report without an
     // attested key: never ready.

@@ -20,7 +20,11 @@ fn key() -> &'static RecipientKey {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(der) = ber::to_der(data) {
-        assert_eq!(ber::to_der(&der).as_ref(), Ok(&der), "to_der is not idempotent");
+        assert_eq!(
+            ber::to_der(&der).as_ref(),
+            Ok(&der),
+            "to_der is not idempotent"
+        );
     }
     if let Ok(parsed) = envelope::parse(data) {
         assert_eq!(parsed.encrypted_key.len(), envelope::RSA_2048_BYTES);

@@ -53,7 +53,7 @@ fn bad_flags_fail_before_anything_runs() {
     for (args, needle) in [
         (
             vec!["--simulated-pcr", "0=00"],
-            "--simulated-pcr needs --nsm simulated",
+            "--simulated-pcr and --simulated-root-key need --nsm simulated",
         ),
         (
             vec!["--nsm", "simulated", "--simulated-pcr", "0=00"],

@@ -94,6 +94,39 @@ impl Endpoint {
 
 /// Ask the enclave behind `endpoint` for a document answering `nonce`.
 pub fn challenge(endpoint: &Endpoint, nonce: &[u8]) -> Result<ChallengeResponse, Refusal> {
+    // The sidecar's challenge budget answers 429 with Retry-After: wait as asked, a few times,
+    // when the wait is short (a user's repeated verifies, a burst of joins); otherwise say so.
+    for _ in 1..CHALLENGE_ATTEMPTS {
+        match challenge_once(endpoint, nonce)? {
+            Answer::Budget(Some(seconds)) if seconds <= MAX_RETRY_AFTER_SECONDS => {
+                std::thread::sleep(std::time::Duration::from_secs(seconds.max(1)));
+            }
+            Answer::Budget(_) => break,
+            Answer::Done(result) => return result,
+        }
+    }
+    match challenge_once(endpoint, nonce)? {
+        Answer::Done(result) => result,
+        Answer::Budget(after) => Err(Refusal::Unreachable(format!(
+            "challenge: {} answered 429: the challenge budget is spent{}",
+            endpoint.url,
+            after.map_or_else(String::new, |s| format!(", retry in {s} s"))
+        ))),
+    }
+}
+
+/// Attempts of [`challenge`] while the sidecar answers 429.
+const CHALLENGE_ATTEMPTS: u32 = 4;
+/// Longest `Retry-After` [`challenge`] waits for.
+const MAX_RETRY_AFTER_SECONDS: u64 = 10;
+
+/// One challenge's outcome: an answer (or a refusal), or the budget's 429 and its Retry-After.
+enum Answer {
+    Done(Result<ChallengeResponse, Refusal>),
+    Budget(Option<u64>),
+}
+
+fn challenge_once(endpoint: &Endpoint, nonce: &[u8]) -> Result<Answer, Refusal> {
     let unreachable = |what: String| Refusal::Unreachable(format!("challenge: {what}"));
     let body = serde_json::to_vec(&ChallengeRequest {
         nonce: nonce.to_vec(),
@@ -123,6 +156,9 @@ pub fn challenge(endpoint: &Endpoint, nonce: &[u8]) -> Result<ChallengeResponse,
         )));
     }
     let (status, body) = parse_response(&answer).map_err(Refusal::Malformed)?;
+    if status == 429 {
+        return Ok(Answer::Budget(retry_after(&answer)));
+    }
     if status != 200 {
         let text = String::from_utf8_lossy(body);
         return Err(unreachable(format!(
@@ -131,7 +167,21 @@ pub fn challenge(endpoint: &Endpoint, nonce: &[u8]) -> Result<ChallengeResponse,
             text.trim().chars().take(300).collect::<String>()
         )));
     }
-    serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))
+    Ok(Answer::Done(
+        serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string())),
+    ))
+}
+
+/// The `Retry-After` seconds of a response head, if it has a number there.
+fn retry_after(bytes: &[u8]) -> Option<u64> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// The status and body of an HTTP/1.1 response read to its end (`Connection: close`).
@@ -236,6 +286,10 @@ mod tests {
         assert_eq!(parse_response(ok), Ok((200, &b"{}"[..])));
         let busy = b"HTTP/1.1 429 Too Many Requests\r\n\r\nbusy";
         assert_eq!(parse_response(busy), Ok((429, &b"busy"[..])));
+        let limited =
+            b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3\r\ncontent-length: 4\r\n\r\nbusy";
+        assert_eq!(retry_after(limited), Some(3));
+        assert_eq!(retry_after(busy), None);
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n{}"[..],
             b"HTTP/1.1 200 OK\r\n",

@@ -102,11 +102,11 @@ pub fn challenge(endpoint: &Endpoint, nonce: &[u8]) -> Result<ChallengeResponse,
                 std::thread::sleep(std::time::Duration::from_secs(seconds.max(1)));
             }
             Answer::Budget(_) => break,
-            Answer::Done(result) => return result,
+            Answer::Done(result) => return *result,
         }
     }
     match challenge_once(endpoint, nonce)? {
-        Answer::Done(result) => result,
+        Answer::Done(result) => *result,
         Answer::Budget(after) => Err(Refusal::Unreachable(format!(
             "challenge: {} answered 429: the challenge budget is spent{}",
             endpoint.url,
@@ -122,7 +122,7 @@ const MAX_RETRY_AFTER_SECONDS: u64 = 10;
 
 /// One challenge's outcome: an answer (or a refusal), or the budget's 429 and its Retry-After.
 enum Answer {
-    Done(Result<ChallengeResponse, Refusal>),
+    Done(Box<Result<ChallengeResponse, Refusal>>),
     Budget(Option<u64>),
 }
 
@@ -167,9 +167,9 @@ fn challenge_once(endpoint: &Endpoint, nonce: &[u8]) -> Result<Answer, Refusal> 
             text.trim().chars().take(300).collect::<String>()
         )));
     }
-    Ok(Answer::Done(
+    Ok(Answer::Done(Box::new(
         serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string())),
-    ))
+    )))
 }
 
 /// The `Retry-After` seconds of a response head, if it has a number there.

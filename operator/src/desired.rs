@@ -899,21 +899,12 @@ mod tests {
             enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
         assert!(plain.spec.volume_claim_templates.is_none());
         nm.spec.state = Some(StateSpec {
-            kms: nautilus_crds::KmsKeySpec {
-                key_id: "alias/nautilus".into(),
-                region: "eu-west-1".into(),
-                endpoint: None,
-            },
-            backup_interval_seconds: 300,
-            retain: 5,
             deletion_policy: StateDeletionPolicy::Delete,
-            ca_generation: 0,
-            restore_from_uids: Vec::new(),
-            accepted_measurements: Vec::new(),
             storage: nautilus_crds::StateStorageSpec {
                 size: Quantity("3Gi".into()),
                 storage_class_name: Some("gp3".into()),
             },
+            ..kept_state()
         });
         let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
         let spec = &sts.spec;
@@ -966,11 +957,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn claim_templates_that_differ_replace_the_statefulset_and_defaults_do_not() {
-        let plain = mk_nm("demo");
-        let mut kept = mk_nm("demo");
-        kept.spec.state = Some(StateSpec {
+    /// A `spec.state` with the schema's defaults and an AWS KMS key.
+    fn kept_state() -> StateSpec {
+        StateSpec {
             kms: nautilus_crds::KmsKeySpec {
                 key_id: "alias/nautilus".into(),
                 region: "eu-west-1".into(),
@@ -983,7 +972,14 @@ mod tests {
             restore_from_uids: Vec::new(),
             accepted_measurements: Vec::new(),
             storage: nautilus_crds::StateStorageSpec::default(),
-        });
+        }
+    }
+
+    #[test]
+    fn claim_templates_that_differ_replace_the_statefulset_and_defaults_do_not() {
+        let plain = mk_nm("demo");
+        let mut kept = mk_nm("demo");
+        kept.spec.state = Some(kept_state());
         let sts = |nm: &NautilusMaster| {
             enclave_statefulset(nm, &"ab".repeat(32), &PodSettings::default()).expect("sts")
         };

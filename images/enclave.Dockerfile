@@ -53,7 +53,8 @@ RUN test -n "${K3S_SHA256}" || { echo "pass --build-arg K3S_SHA256=<sha256 of k3
  && echo "${K3S_SHA256}  /k3s" | sha256sum -c - \
  && chmod 0755 /k3s && touch -d "@${SOURCE_DATE_EPOCH}" /k3s
 
-# The kubernetes distribution's four programs, static release binaries fetched by version and
+# The kubernetes distribution's four programs (and etcdctl/etcdutl: sealed state snapshots with
+# the maintenance API and restores with --bump-revision --mark-compacted), static release binaries fetched by version and
 # verified by SHA-256 (the build refuses to run without them). KUBERNETES_SHA256 holds three
 # `sha256sum` lines (kube-apiserver, kube-scheduler, kube-controller-manager, as published in
 # the release's .sha256 files); ETCD_SHA256 the etcd tarball's. etcd must be a version the
@@ -74,6 +75,7 @@ RUN test -n "${KUBERNETES_SHA256}" || { echo "pass --build-arg KUBERNETES_SHA256
  && curl -fsSL -o /etcd.tar.gz "https://github.com/etcd-io/etcd/releases/download/${ETCD_VERSION}/etcd-${ETCD_VERSION}-linux-amd64.tar.gz" \
  && echo "${ETCD_SHA256}  /etcd.tar.gz" | sha256sum -c - \
  && tar -xzf /etcd.tar.gz --strip-components=1 -C /out "etcd-${ETCD_VERSION}-linux-amd64/etcd" \
+      "etcd-${ETCD_VERSION}-linux-amd64/etcdctl" "etcd-${ETCD_VERSION}-linux-amd64/etcdutl" \
  && chmod 0755 /out/* && touch -d "@${SOURCE_DATE_EPOCH}" /out/*
 
 # The k3s distribution (spec.controlPlane.distribution: k3s).

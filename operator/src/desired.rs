@@ -420,6 +420,9 @@ pub fn sidecar_args(nm: &NautilusMaster, settings: &PodSettings) -> Result<Vec<S
 
 /// Where the pod runtime's sidecar keeps sealed snapshots: the `state` volume claim.
 pub const STATE_DIR: &str = "/var/lib/nautilus/state";
+/// The sidecar image's group (`images/sidecar.Dockerfile`: `USER 65532:65532`), the owner the
+/// kubelet gives the `state` volume.
+pub const SIDECAR_GID: i64 = 65532;
 /// The StatefulSet's volume claim template for [`STATE_DIR`].
 pub const STATE_VOLUME: &str = "state";
 
@@ -624,6 +627,10 @@ pub fn enclave_statefulset(
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
+            // The sidecar image's user (65532) writes the sealed snapshots on the `state`
+            // claim: a fresh volume is root's until the kubelet gives it this group.
+            fs_group: nm.spec.state.as_ref().map(|_| SIDECAR_GID),
+            fs_group_change_policy: nm.spec.state.as_ref().map(|_| "OnRootMismatch".into()),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..SeccompProfile::default()
@@ -937,6 +944,14 @@ mod tests {
         let args = c.args.as_ref().expect("args");
         assert!(args.contains(&"--egress-allow=kms.eu-west-1.amazonaws.com:443".to_owned()));
         assert!(args.contains(&format!("--state-dir={STATE_DIR}")));
+        let pod_security = sts
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.security_context.as_ref())
+            .expect("pod security context");
+        assert_eq!(pod_security.fs_group, Some(SIDECAR_GID));
         // An endpoint override is what the enclave may reach instead.
         if let Some(state) = nm.spec.state.as_mut() {
             state.kms.endpoint = Some("https://vpce-1.kms.eu-west-1.vpce.amazonaws.com".into());

@@ -826,7 +826,8 @@ pub struct StateStatus {
     /// Sequence number of the newest snapshot the enclave sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot_sequence: Option<u64>,
-    /// When the newest snapshot was taken.
+    /// When the newest snapshot was taken: it holds every write the control plane committed
+    /// before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot_time: Option<Time>,
     /// Size of the newest sealed snapshot in bytes.

@@ -891,12 +891,22 @@ impl Harness {
 impl Drop for Harness {
     /// A test that failed half-way still leaves nothing running: stop the operator (which would
     /// otherwise restart a killed sidecar, whose new agent then outlives the test), then SIGKILL
-    /// whatever the test started until nothing is left (bounded: 5 s).
+    /// whatever the test started until nothing is left (bounded: 5 s). Its work directory is kept
+    /// (and named on standard error) for the logs in it.
     fn drop(&mut self) {
         if let Some(operator) = self.operator.take() {
             operator.abort();
         }
         drop(self.process.take());
+        // A failed test keeps its work directory: the sidecars', agents' and components' logs
+        // are what tells why it failed.
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "the failed test's work directory (logs) is kept: {}",
+                self.dir.path().display()
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = self.leftovers();

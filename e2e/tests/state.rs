@@ -147,16 +147,26 @@ where
     }
 }
 
-/// Wait for a snapshot begun after now: two above the current sequence, since the next one
-/// may have been taking its etcd snapshot already when the caller wrote.
+/// When the newest snapshot was taken (whole seconds, as the status says).
+fn last_snapshot_secs(nm: &NautilusMaster) -> i64 {
+    nm.status
+        .as_ref()
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.last_snapshot_time.as_ref())
+        .map_or(0, |t| t.0.as_second())
+}
+
+/// Wait for a snapshot that holds every write made before this call: one whose etcd copy
+/// began (`lastSnapshotTime`, whole seconds) in a later second than now. The status's sequence
+/// alone cannot say it: the status lags the enclave by a report and a reconcile.
 async fn next_snapshot(h: &Harness, name: &str) -> u64 {
-    let before = last_snapshot(&h.masters().get(name).await.expect("get"));
+    let after = i64::try_from(unix_now()).expect("time");
     let nm = h
         .wait_for(
             name,
             "a sealed snapshot begun after the writes",
             WAIT,
-            |nm| last_snapshot(nm) > before + 1,
+            |nm| last_snapshot_secs(nm) > after,
         )
         .await;
     last_snapshot(&nm)
@@ -170,10 +180,6 @@ fn sigkill(pid: u32) {
     assert!(killed.success(), "kill -9 {pid}");
 }
 
-// Ignored in CI until a defect is found: passed twice in full runs, then failed twice in a
-// row at the crash step (a ConfigMap written before the snapshot the restored enclave names
-// was not there after the restore). Run it with `--run-ignored all`.
-#[ignore = "known defect: after a sidecar SIGKILL the restored snapshot can lack an object written before it (issue 24)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() {
     let test = "the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash";
@@ -212,7 +218,17 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
     let sealed = next_snapshot(&h, "keep").await;
     assert!(!stored(&h, "keep").is_empty(), "the sidecar stored it");
 
-    // 1. A spec change rolls the enclave: the new one restores (a graceful stop seals last).
+    // 1. A spec change rolls the enclave: the new one restores. The stop is graceful (the
+    //    sidecar asks the agent on the link), so its last snapshot holds even a write made
+    //    just before the roll, after every periodic one.
+    let before_roll: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "before-roll"}, "data": {"n": "0"}
+    }))
+    .expect("cm");
+    eventually("create before-roll", || {
+        config_maps.create(&post, &before_roll)
+    })
+    .await;
     let digest_before = nm
         .status
         .as_ref()
@@ -249,6 +265,11 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
     let enclave = admin(&h, "keep").await;
     let config_maps: Api<ConfigMap> = Api::namespaced(enclave.clone(), "app");
     let back = eventually("read the ConfigMap back", || config_maps.get("settings")).await;
+    eventually(
+        "read before-roll back (the graceful stop's last snapshot)",
+        || config_maps.get("before-roll"),
+    )
+    .await;
     assert_eq!(
         back.data.and_then(|d| d.get("answer").cloned()).as_deref(),
         Some("42")

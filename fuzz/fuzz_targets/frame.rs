@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
         Message::SnapshotChunk(chunk) => {
             assert!(chunk.data.len() <= wire::SNAPSHOT_CHUNK_BYTES);
         }
-        Message::StateOffer(_) => {}
+        Message::StateOffer(_) | Message::Stop(_) => {}
     }
 });
 
@@ -138,7 +138,8 @@ fn relay(message: &Message) {
         | Message::Challenge(_)
         | Message::ChallengeAnswer(_)
         | Message::StateOffer(_)
-        | Message::SnapshotChunk(_) => return,
+        | Message::SnapshotChunk(_)
+        | Message::Stop(_) => return,
     };
     // One message alone is either an attestation without a report or a report without an
     // attested key: never ready.

@@ -622,8 +622,11 @@ pub fn enclave_statefulset(
         automount_service_account_token: Some(false),
         node_selector: Some(node_selector),
         tolerations: enclave.tolerations.clone(),
-        // Time for the sidecar to terminate the enclave on SIGTERM.
-        termination_grace_period_seconds: Some(30),
+        // Time for the sidecar to stop the enclave on SIGTERM: the agent seals and hands over a
+        // last snapshot, then stops its control plane (the nested budgets of `stop`).
+        termination_grace_period_seconds: Some(
+            i64::try_from(nautilus_protocol::constants::stop::HOST.as_secs()).unwrap_or(i64::MAX),
+        ),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),

@@ -239,10 +239,11 @@ pub(crate) struct Booted {
     refreshes: std::sync::Mutex<TokenBucket>,
 }
 
-/// How long a graceful stop waits for its last snapshot to be taken and handed over.
-pub const FINAL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
-/// … and for the sidecar to receive it.
-pub const FINAL_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful stop waits for its last snapshot to be taken and sealed (within the
+/// nested stop budgets of [`nautilus_protocol::constants::stop`]).
+pub const FINAL_SNAPSHOT_TIMEOUT: Duration = nautilus_protocol::constants::stop::FINAL_SNAPSHOT;
+/// … and for the link to hand it to the sidecar.
+pub const FINAL_DELIVERY_TIMEOUT: Duration = nautilus_protocol::constants::stop::FINAL_DELIVERY;
 
 impl Booted {
     /// Boot `boot.config`, attesting with `boot.nonce` (see the module documentation).

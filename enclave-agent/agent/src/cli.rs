@@ -408,10 +408,16 @@ impl Args {
                 profile: flags_profile,
             },
         });
+        // Control connections run in tasks of their own: they keep running through the
+        // shutdown below, which hands the last sealed snapshot over on them.
         let result = tokio::select! {
             result = Arc::clone(&agent).run() => result.map_err(CliError::from),
             () = nautilus_lifetime::shutdown_signal() => {
                 tracing::info!("shutting down");
+                Ok(())
+            }
+            () = agent.stop_requested() => {
+                tracing::info!("shutting down: the sidecar asked");
                 Ok(())
             }
         };

@@ -101,6 +101,8 @@ pub struct Agent {
     /// Where the forwarder sends connections: the booted API server, `None` before the boot.
     api_target: watch::Sender<Option<String>>,
     forwarder: std::sync::Mutex<Option<ApiForwarder>>,
+    /// The sidecar sent [`Message::Stop`].
+    stop: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Agent {
@@ -119,7 +121,15 @@ impl Agent {
             booted: Mutex::new(None),
             api_target: watch::channel(None).0,
             forwarder: std::sync::Mutex::new(None),
+            stop: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Returns once the sidecar asked the agent to stop ([`Message::Stop`]): the caller then
+    /// stops as on SIGTERM ([`Agent::shutdown`]) while the control connection keeps running,
+    /// so the last snapshot travels on it, and exits, which closes the link.
+    pub async fn stop_requested(&self) {
+        self.stop.notified().await;
     }
 
     /// Bind the control link and the API forwarder, then serve until the process ends.
@@ -254,6 +264,10 @@ impl Agent {
                             info!(nonce_len = nonce.nonce.len(), "nonce refresh");
                             refresh.arrived(nonce.nonce, &booted);
                         }
+                        Some(Ok(Message::Stop(_))) => {
+                            info!("the sidecar asks the agent to stop");
+                            self.stop.notify_one();
+                        }
                         Some(Ok(Message::Challenge(challenge))) => {
                             if !booted.admit_challenge() {
                                 if let Some(suppressed) = refused_challenges.check() {
@@ -270,7 +284,7 @@ impl Agent {
                         Some(Ok(other)) => {
                             return Err(WireError::Unexpected {
                                 found: other.kind(),
-                                expected: "NonceRefresh or Challenge",
+                                expected: "NonceRefresh, Challenge or Stop",
                             }
                             .into());
                         }

@@ -63,7 +63,7 @@ impl SupervisorConfig {
             env: Vec::new(),
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
-            stop_grace: Duration::from_secs(10),
+            stop_grace: nautilus_protocol::constants::stop::COMPONENT,
             tether: Tether::this_binary(),
             records: None,
         }

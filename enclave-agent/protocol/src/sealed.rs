@@ -118,7 +118,8 @@ pub struct SnapshotHeader {
     pub resource_uid: String,
     /// Increases by one with every snapshot of a resource, across restores.
     pub sequence: u64,
-    /// When it was taken (Unix milliseconds, the sealing enclave's clock).
+    /// When it was taken: the moment etcd began its consistent copy (Unix milliseconds, the
+    /// sealing enclave's clock).
     pub taken_unix_ms: u64,
     /// The sealing enclave's PCRs (index → 96 hex digits), from its own NSM.
     pub pcrs: BTreeMap<u8, String>,

@@ -539,6 +539,13 @@ pub struct Args {
     #[arg(long, env = "NAUTILUS_LINK_TIMEOUT_SECONDS", default_value_t = 120)]
     pub link_timeout_seconds: u64,
 
+    /// How long a stopping sidecar (SIGTERM) waits for the agent to stop gracefully (seal and
+    /// hand over a last snapshot, stop its control plane, close the link) before it stops the
+    /// enclave regardless; 0 stops it at once. The default is the agent's own budget; the
+    /// host's grace (`terminationGracePeriodSeconds`) must cover it.
+    #[arg(long, env = "NAUTILUS_STOP_GRACE_SECONDS", default_value_t = nautilus_protocol::constants::stop::AGENT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub stop_grace_seconds: u64,
+
     /// Connection caps and timeouts of the HTTP API and the proxies.
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -163,6 +163,10 @@ pub struct Running {
     evidence: Arc<Evidence>,
     launcher: Arc<dyn Launcher>,
     tasks: Vec<JoinHandle<()>>,
+    /// The control link, apart from the other tasks: a stop lets it run until the agent is done.
+    link: Option<JoinHandle<()>>,
+    stop_link: tokio::sync::watch::Sender<bool>,
+    stop_grace: Duration,
     fatal: mpsc::Receiver<SidecarError>,
 }
 
@@ -211,9 +215,28 @@ impl Running {
         }
     }
 
-    /// Stop serving, stop the enclave (terminate-enclave, or SIGTERM to the agent's process
-    /// group), and remove Unix socket files this sidecar bound.
+    /// Stop gracefully: ask the agent to stop ([`Message::Stop`] on the link, which keeps
+    /// storing what the agent sends, its last snapshot included) and wait until it closed the
+    /// link, at most `--stop-grace-seconds` ([`constants::stop::AGENT`] by default); then stop serving, stop the enclave (terminate-enclave,
+    /// or SIGTERM to the agent's process group), and remove Unix socket files this sidecar
+    /// bound.
+    ///
+    /// [`Message::Stop`]: nautilus_protocol::wire::Message::Stop
     pub async fn shutdown(mut self) -> Result<(), SidecarError> {
+        let _ = self.stop_link.send(true);
+        if let Some(mut link) = self.link.take() {
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(self.stop_grace, &mut link).await {
+                Ok(_) => info!(
+                    ms = started.elapsed().as_millis(),
+                    "the agent stopped and closed the link"
+                ),
+                Err(_) => {
+                    warn!(grace = ?self.stop_grace, "the agent did not stop in time; stopping the enclave");
+                    link.abort();
+                }
+            }
+        }
         for task in self.tasks.drain(..) {
             task.abort();
         }
@@ -230,7 +253,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.link) {
             task.abort();
         }
     }
@@ -273,6 +296,7 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         report_max_age_seconds,
         aws_credentials_file,
         link_timeout_seconds,
+        stop_grace_seconds,
         limits,
         budgets,
         log_format: _,
@@ -460,11 +484,17 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
     };
     let link_evidence = Arc::clone(&evidence);
     let link_fatal = fatal_tx.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(err) = link::run(link_evidence, link_config, nonces, challenge_inbox).await {
+    let (stop_link, stop_requested) = tokio::sync::watch::channel(false);
+    let link = tokio::spawn(async move {
+        let inputs = link::Inputs {
+            nonces,
+            challenges: challenge_inbox,
+            stop: stop_requested,
+        };
+        if let Err(err) = link::run(link_evidence, link_config, inputs).await {
             let _ = link_fatal.send(err.into()).await;
         }
-    }));
+    });
     tasks.push(tokio::spawn(watch(
         Arc::clone(&launcher),
         Arc::clone(&evidence),
@@ -480,6 +510,9 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         evidence,
         launcher,
         tasks,
+        link: Some(link),
+        stop_link,
+        stop_grace: Duration::from_secs(stop_grace_seconds),
         fatal,
     })
 }

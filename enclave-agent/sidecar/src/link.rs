@@ -22,9 +22,10 @@ use std::time::Duration;
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, TransportError};
 use nautilus_protocol::wire::{
     BootConfig, BootRefused, Challenge, MAX_FRAME_BODY, Message, NonceRefresh, RefusalKind,
-    SNAPSHOT_CHUNK_BYTES, SnapshotChunk, StateOffer, WireError, read_message_within, write_message,
+    SNAPSHOT_CHUNK_BYTES, SnapshotChunk, StateOffer, StopRequest, WireError, read_message_within,
+    write_message,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -103,18 +104,39 @@ pub fn drop_reason(err: &WireError) -> &'static str {
     }
 }
 
-/// Run the link until the startup deadline passes without a connection (the only error) or
-/// the nonce channel closes (the sidecar is shutting down).
+/// What reaches the link from the rest of the sidecar.
+#[derive(Debug)]
+pub struct Inputs {
+    /// The operator's nonces (closed: the sidecar is shutting down).
+    pub nonces: mpsc::Receiver<Vec<u8>>,
+    /// Users' challenges.
+    pub challenges: Inbox,
+    /// Turns `true` when the sidecar stops: the agent is asked to stop ([`Message::Stop`]) and
+    /// the link ends once the agent closed it, storing what it sends until then.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Run the link until the startup deadline passes without a connection (the only error), the
+/// nonce channel closes, or a stop was asked for and the agent closed the link (the sidecar is
+/// shutting down).
 pub async fn run(
     evidence: Arc<Evidence>,
     mut config: LinkConfig,
-    mut nonces: mpsc::Receiver<Vec<u8>>,
-    mut challenges: Inbox,
+    inputs: Inputs,
 ) -> Result<(), LinkError> {
+    let Inputs {
+        mut nonces,
+        mut challenges,
+        mut stop,
+    } = inputs;
     let started = Instant::now();
     let mut connected_once = false;
     let mut backoff = INITIAL_BACKOFF;
     loop {
+        if *stop.borrow() {
+            // No agent on the line to ask: the enclave is stopped as it is.
+            return Ok(());
+        }
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, transport::connect(&config.endpoint))
             .await
             .unwrap_or_else(|_| {
@@ -139,8 +161,13 @@ pub async fn run(
                 }
                 info!(endpoint = %config.endpoint, "connected to the agent");
                 evidence.set_link_up(true);
-                let end =
-                    session(stream, &evidence, &mut config, &mut nonces, &mut challenges).await;
+                let end = session(
+                    stream,
+                    &evidence,
+                    &mut config,
+                    (&mut nonces, &mut challenges, &mut stop),
+                )
+                .await;
                 evidence.set_link_up(false);
                 challenges.link_dropped();
                 // An agent that drops every connection at once (a refused configuration, a
@@ -156,7 +183,10 @@ pub async fn run(
                         // The same configuration would be refused again: wait for shutdown (a
                         // new configuration comes with a new sidecar). Nonces asked for
                         // meanwhile are refused already, with no link up.
-                        while nonces.recv().await.is_some() {}
+                        tokio::select! {
+                            () = async { while nonces.recv().await.is_some() {} } => {}
+                            () = stopped(&mut stop) => {}
+                        }
                         return Ok(());
                     }
                     SessionEnd::KeyRefused => {
@@ -187,8 +217,23 @@ pub async fn run(
         if nonces.is_closed() {
             return Ok(());
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = stopped(&mut stop) => return Ok(()),
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Returns once a stop was asked for (never if the sender is gone without asking).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -214,8 +259,11 @@ async fn session(
     stream: BoxedStream,
     evidence: &Evidence,
     config: &mut LinkConfig,
-    nonces: &mut mpsc::Receiver<Vec<u8>>,
-    challenges: &mut Inbox,
+    (nonces, challenges, stop): (
+        &mut mpsc::Receiver<Vec<u8>>,
+        &mut Inbox,
+        &mut watch::Receiver<bool>,
+    ),
 ) -> SessionEnd {
     let LinkConfig {
         boot_config,
@@ -262,12 +310,22 @@ async fn session(
             }
         }
     }));
+    // Once the agent was asked to stop, its closing the link is the end that was asked for.
+    let mut stopping = false;
     loop {
-        // Biased: the operator's nonce refresh goes out before any user's challenge waiting
-        // beside it, so users' challenges (bounded by their budget anyway) never delay the
-        // operator's re-attestation by more than the one document the agent may be making.
+        // Biased: a stop first; then the operator's nonce refresh goes out before any user's
+        // challenge waiting beside it, so users' challenges (bounded by their budget anyway)
+        // never delay the operator's re-attestation by more than the one document the agent
+        // may be making.
         tokio::select! {
             biased;
+            () = stopped(stop), if !stopping => {
+                stopping = true;
+                if let Err(err) = write_message(&mut writer, &Message::Stop(StopRequest {})).await {
+                    return SessionEnd::Wire(err);
+                }
+                info!("asked the agent to stop");
+            }
             nonce = nonces.recv() => {
                 let Some(nonce) = nonce else {
                     return SessionEnd::Shutdown;
@@ -280,6 +338,13 @@ async fn session(
                 info!("nonce refresh sent to the agent");
             }
             message = rx.recv() => match message {
+                None | Some(Err(WireError::Closed)) if stopping => {
+                    // A snapshot cut off by the close is not kept.
+                    if let Some(link_state) = state.as_mut() {
+                        link_state.store.abort_incoming();
+                    }
+                    return SessionEnd::Shutdown;
+                }
                 Some(Ok(Message::Attestation(attestation))) => evidence.on_attestation(attestation),
                 Some(Ok(Message::Report(report))) => evidence.on_report(report, now_ms()),
                 Some(Ok(Message::ChallengeAnswer(answer))) => challenges.answered(answer),

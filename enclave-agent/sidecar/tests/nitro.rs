@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser as _;
 use common::*;
 use nautilus_protocol::transport::Endpoint;
-use nautilus_protocol::wire::EvidenceBundle;
+use nautilus_protocol::wire::{EvidenceBundle, Message};
 use nautilus_sidecar::Args;
 use nautilus_sidecar::launcher::{Launcher as _, NitroConfig, NitroLauncher};
 
@@ -137,7 +137,7 @@ async fn the_nitro_launcher_runs_watches_and_terminates_the_enclave() {
         ]
     );
     assert_eq!(running.agent_endpoint(), agent.endpoint());
-    let _conn = agent.accept().await;
+    let mut conn = agent.accept().await;
 
     let (_, body) = get(running.http_addr(), "/report").await;
     let bundle: EvidenceBundle = serde_json::from_str(&body).expect("bundle json");
@@ -146,7 +146,18 @@ async fn the_nitro_launcher_runs_watches_and_terminates_the_enclave() {
     assert_eq!(bundle.enclave.enclave_cid, Some(16));
     assert!(bundle.enclave.running);
 
-    running.shutdown().await.expect("shutdown");
+    // Signals do not reach into an enclave: the agent is asked on the link, and the enclave is
+    // terminated once it closed the link.
+    let stopping = tokio::spawn(running.shutdown());
+    assert!(matches!(conn.recv().await, Message::Stop(_)));
+    assert!(
+        !calls(dir.path())
+            .iter()
+            .any(|c| c.starts_with("terminate-enclave")),
+        "terminated before the agent stopped"
+    );
+    drop(conn);
+    stopping.await.expect("join").expect("shutdown");
     let calls = calls(dir.path());
     assert_eq!(
         calls.last().map(String::as_str),

@@ -1,7 +1,8 @@
 //! Sealed state through the real sidecar: the snapshots a (fake) agent streams out are stored
 //! under `--state-dir/snapshots` with retention, and the newest is offered back, whole, with
 //! the relayed credentials, on the next connection. A stream cut by a dropped link stores
-//! nothing; a refused key is offered again later, a rejected snapshot never.
+//! nothing; a refused key is offered again later, a rejected snapshot never. A stopping sidecar
+//! asks the agent to stop and stores the last snapshot it hands over before closing the link.
 
 mod common;
 
@@ -35,6 +36,14 @@ fn sealed(sequence: u64, body: usize) -> Vec<u8> {
 }
 
 async fn start(dir: &std::path::Path, retain: u32) -> (nautilus_sidecar::Running, FakeAgent) {
+    start_with(dir, retain, &[]).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    retain: u32,
+    extra: &[&str],
+) -> (nautilus_sidecar::Running, FakeAgent) {
     let mut agent = FakeAgent::bind(dir, 5).await;
     agent.boot.config.state = Some(StateConfig {
         resource_uid: "uid-1".into(),
@@ -57,16 +66,22 @@ async fn start(dir: &std::path::Path, retain: u32) -> (nautilus_sidecar::Running
     .expect("credentials");
     let boot_path = write_boot_config(dir, &agent.boot);
     let state_dir = dir.join("state");
+    let (state_dir, credentials) = (
+        state_dir.display().to_string(),
+        credentials.display().to_string(),
+    );
+    let mut argv = vec![
+        "--state-dir",
+        &state_dir,
+        "--aws-credentials-file",
+        &credentials,
+    ];
+    argv.extend_from_slice(extra);
     let running = nautilus_sidecar::start(args(
         &boot_path,
         agent.endpoint(),
         "tcp://127.0.0.1:9",
-        &[
-            "--state-dir",
-            &state_dir.display().to_string(),
-            "--aws-credentials-file",
-            &credentials.display().to_string(),
-        ],
+        &argv,
     ))
     .await
     .expect("sidecar starts");
@@ -238,4 +253,59 @@ async fn a_refused_key_is_offered_again_a_rejected_snapshot_never() {
         Some(RefusalKind::SnapshotRejected)
     );
     running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_stopping_sidecar_asks_the_agent_to_stop_and_keeps_its_last_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (running, agent) = start_with(dir.path(), 3, &["--stop-grace-seconds", "30"]).await;
+    let mut conn = agent.accept().await;
+    assert!(matches!(conn.recv().await, Message::StateOffer(_)));
+
+    // SIGTERM's path: the sidecar sends Stop and keeps the link until the agent closes it.
+    let stopping = tokio::spawn(running.shutdown());
+    match conn.recv().await {
+        Message::Stop(_) => {}
+        other => panic!("expected Stop, got {:?}", other.kind()),
+    }
+    let last = sealed(7, 100_000);
+    for chunk in chunks_of(7, &last) {
+        conn.send(Message::SnapshotChunk(chunk)).await;
+    }
+    drop(conn);
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the stop ends once the agent closed the link, not at the grace")
+        .expect("join")
+        .expect("shutdown");
+    let kept = dir
+        .path()
+        .join("state/snapshots/snapshot-00000000000000000007.sealed");
+    assert_eq!(
+        std::fs::read(&kept).expect("the last snapshot is stored"),
+        last
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_stop_is_stopped_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (running, agent) = start_with(dir.path(), 3, &["--stop-grace-seconds", "1"]).await;
+    let mut conn = agent.accept().await;
+    assert!(matches!(conn.recv().await, Message::StateOffer(_)));
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(running.shutdown());
+    assert!(matches!(conn.recv().await, Message::Stop(_)));
+    // The fake agent keeps the link open and never answers.
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the grace bounds the stop")
+        .expect("join")
+        .expect("shutdown");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "stopped before the grace: {:?}",
+        started.elapsed()
+    );
+    drop(conn);
 }

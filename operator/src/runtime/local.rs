@@ -957,8 +957,9 @@ async fn stop_recorded(
     Some((Some(record.pid), ended))
 }
 
-/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed.
-pub const LOCAL_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed: the
+/// outermost of the nested stop budgets, so a graceful stop's last snapshot is never cut off.
+pub const LOCAL_STOP_GRACE: Duration = nautilus_protocol::constants::stop::HOST;
 
 #[cfg(test)]
 mod tests {

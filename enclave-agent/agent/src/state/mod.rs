@@ -644,6 +644,8 @@ impl Keeper {
         let sequence = sealing.next_sequence;
         let db = self.dir.join(format!("etcd-{sequence}.db"));
         let _ = std::fs::remove_file(&db);
+        // When the consistent copy begins: it holds everything committed before this moment.
+        let taken = now_ms();
         let saved = self.etcd.save(&db).await;
         let revision = match saved {
             Ok(revision) => revision,
@@ -652,7 +654,6 @@ impl Keeper {
                 return Err(e.into());
             }
         };
-        let taken = now_ms();
         let encryption_config = match std::fs::read_to_string(&self.encryption_config) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -148,6 +148,15 @@ pub struct NonceRefresh {
     pub nonce: Vec<u8>,
 }
 
+/// The sidecar asks the agent to stop gracefully: the host is stopping the enclave (a pod
+/// deleted or replaced, a roll), and signals do not cross the enclave's boundary. The agent
+/// seals a last snapshot while etcd still runs and hands it over on the link, stops its control
+/// plane in order, then closes the link; within [`crate::constants::stop::AGENT`], after which
+/// the host stops the enclave regardless.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StopRequest {}
+
 /// Everything the agent runs with, rendered by the operator from the resource's spec.
 ///
 /// Field names follow the CRD's spec; the operator converts, so the wire format does not move

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::challenge::{Challenge, ChallengeAnswer};
-use super::config::{BootConfig, BootRefused, NonceRefresh};
+use super::config::{BootConfig, BootRefused, NonceRefresh, StopRequest};
 use super::evidence::AttestationEvidence;
 use super::report::SignedReport;
 use super::state::{SnapshotChunk, StateOffer};
@@ -94,6 +94,8 @@ pub enum MessageKind {
     StateOffer = 8,
     /// [`SnapshotChunk`].
     SnapshotChunk = 9,
+    /// [`StopRequest`].
+    Stop = 10,
 }
 
 impl MessageKind {
@@ -108,6 +110,7 @@ impl MessageKind {
             7 => Self::BootRefused,
             8 => Self::StateOffer,
             9 => Self::SnapshotChunk,
+            10 => Self::Stop,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -125,6 +128,7 @@ impl std::fmt::Display for MessageKind {
             Self::BootRefused => "BootRefused",
             Self::StateOffer => "StateOffer",
             Self::SnapshotChunk => "SnapshotChunk",
+            Self::Stop => "Stop",
         })
     }
 }
@@ -151,6 +155,9 @@ pub enum Message {
     StateOffer(StateOffer),
     /// Either way: a piece of a sealed snapshot.
     SnapshotChunk(SnapshotChunk),
+    /// Sidecar → agent: stop gracefully (seal and hand over a last snapshot, stop the control
+    /// plane), then close the link.
+    Stop(StopRequest),
 }
 
 impl Message {
@@ -166,6 +173,7 @@ impl Message {
             Self::BootRefused(_) => MessageKind::BootRefused,
             Self::StateOffer(_) => MessageKind::StateOffer,
             Self::SnapshotChunk(_) => MessageKind::SnapshotChunk,
+            Self::Stop(_) => MessageKind::Stop,
         }
     }
 
@@ -187,6 +195,7 @@ impl Message {
             Self::BootRefused(m) => json(kind, m),
             Self::StateOffer(m) => json(kind, m),
             Self::SnapshotChunk(m) => json(kind, m),
+            Self::Stop(m) => json(kind, m),
         }
     }
 
@@ -207,6 +216,7 @@ impl Message {
             MessageKind::BootRefused => Self::BootRefused(json(kind, body)?),
             MessageKind::StateOffer => Self::StateOffer(json(kind, body)?),
             MessageKind::SnapshotChunk => Self::SnapshotChunk(json(kind, body)?),
+            MessageKind::Stop => Self::Stop(json(kind, body)?),
         })
     }
 }
@@ -395,10 +405,10 @@ mod tests {
         ));
 
         let mut bad = good.clone();
-        bad[2] = 10;
+        bad[2] = 11;
         assert!(matches!(
             roundtrip(&bad).await,
-            Err(WireError::UnknownKind(10))
+            Err(WireError::UnknownKind(11))
         ));
 
         let mut bad = good.clone();

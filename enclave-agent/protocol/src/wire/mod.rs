@@ -47,7 +47,7 @@ pub use challenge::{Challenge, ChallengeAnswer, ChallengeRequest, ChallengeRespo
 pub use config::{
     AuthConfig, BootConfig, BootRefused, CIPHER_SUITES, ControlPlaneConfig, EnclaveConfig,
     HealthConfig, JwkConfig, KmsConfig, MAX_NONCE_BYTES, MAX_REFUSAL_BYTES, Measurements,
-    NonceRefresh, NonceSizeError, RefusalKind, StateConfig, TierConfig, TierIdentity,
+    NonceRefresh, NonceSizeError, RefusalKind, StateConfig, StopRequest, TierConfig, TierIdentity,
     ZkLoginConfig, check_nonce,
 };
 pub use evidence::{AttestationEvidence, EnclaveInfo, EvidenceBundle};

@@ -177,7 +177,8 @@ pub struct StateReport {
 pub struct SnapshotRef {
     /// Sequence number: one more than the snapshot before it, across enclave restarts.
     pub sequence: u64,
-    /// When it was taken (Unix milliseconds, enclave clock).
+    /// When it was taken: the moment etcd began its consistent copy, which holds every write
+    /// committed before it (Unix milliseconds, enclave clock).
     pub taken_unix_ms: u64,
     /// UID of the NautilusMaster it was sealed for.
     #[serde(rename = "resourceUID")]

@@ -36,8 +36,9 @@ use tracing::{info, warn};
 
 use super::{EnclaveInfo, LaunchError, Launcher};
 
-/// How long the agent may take to exit after SIGTERM.
-const GRACE: Duration = Duration::from_secs(10);
+/// How long the agent may take to exit after SIGTERM (it normally exited already: the
+/// sidecar asked it to stop on the link first).
+const GRACE: Duration = nautilus_protocol::constants::stop::ENCLAVE;
 /// How long a previous sidecar's agent may take to die after SIGKILL.
 const REAP_WITHIN: Duration = Duration::from_secs(10);
 /// The record's name in the state directory.

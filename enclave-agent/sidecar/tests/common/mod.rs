@@ -108,6 +108,10 @@ pub fn args(boot_path: &Path, agent: &Endpoint, api_upstream: &str, extra: &[&st
         "--egress-listen".to_owned(),
         "tcp://127.0.0.1:0".to_owned(),
     ];
+    // A fake agent does not answer Stop: shutdowns stop it at once, unless a test says.
+    if !extra.contains(&"--stop-grace-seconds") {
+        argv.extend(["--stop-grace-seconds".to_owned(), "0".to_owned()]);
+    }
     argv.extend(extra.iter().map(|s| (*s).to_owned()));
     Args::try_parse_from(argv).expect("arguments parse")
 }

@@ -32,27 +32,45 @@ pub const API_LIMITS: Limits = Limits {
 #[derive(Debug)]
 pub struct ApiForwarder {
     task: tokio::task::JoinHandle<()>,
+    closing: watch::Sender<bool>,
 }
 
 impl ApiForwarder {
     /// Forward every connection on `listener` to the `host:port` that `target` holds when the
     /// connection arrives (`None`, before boot: the connection is closed).
     pub fn start(listener: Listener, target: watch::Receiver<Option<String>>) -> Self {
-        let task = tokio::spawn(serve(listener, target));
-        Self { task }
+        let (closing, closed) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, target, closed));
+        Self { task, closing }
     }
 
-    /// Stop accepting; connections already forwarded run to their end.
+    /// Stop accepting, and close the connections already forwarded: a stopping agent takes its
+    /// last snapshot after this, so no client's write can land after it and be lost.
     pub fn stop(&self) {
         self.task.abort();
+        self.closing.send_replace(true);
     }
 }
 
-async fn serve(listener: Listener, target: watch::Receiver<Option<String>>) {
+/// Returns once the forwarder is stopping.
+async fn closing(closed: &mut watch::Receiver<bool>) {
+    while !*closed.borrow_and_update() {
+        if closed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve(
+    listener: Listener,
+    target: watch::Receiver<Option<String>>,
+    closed: watch::Receiver<bool>,
+) {
     let listener = BoundedListener::new(listener, "api", API_LIMITS, Arc::new(Unobserved));
     loop {
         let mut stream = listener.accept().await;
         let target = target.borrow().clone();
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let peer = stream.peer().to_owned();
             let Some(target) = target else {
@@ -81,8 +99,11 @@ async fn serve(listener: Listener, target: watch::Receiver<Option<String>>) {
                         drop(first);
                         tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
                     };
-                    if let Err(e) = forwarded.await {
-                        debug!(%peer, error = %e, "api connection ended");
+                    tokio::select! {
+                        result = forwarded => if let Err(e) = result {
+                            debug!(%peer, error = %e, "api connection ended");
+                        },
+                        () = closing(&mut closed) => debug!(%peer, "api connection closed: stopping"),
                     }
                 }
                 Err(e) => debug!(%peer, %target, error = %e, "api server unreachable"),
@@ -104,7 +125,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closes_before_boot_then_forwards_bytes_both_ways_until_stopped() {
+    async fn closes_before_boot_then_forwards_bytes_both_ways_until_stopped_then_closes() {
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("upstream");
@@ -140,5 +161,10 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "still accepting");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // … and the connection already forwarded is closed, both ways.
+        let read = within(client.read(&mut buf)).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let read = within(server.read(&mut buf)).await;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }

@@ -526,7 +526,10 @@ pub struct Args {
     /// AWS credentials relayed to the agent for its KMS calls when the configuration keeps
     /// sealed state: an AWS shared credentials file (profile `default`), read again at every
     /// connection. Without it: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-    /// `AWS_SESSION_TOKEN` from the environment. The key policy, not these, protects the key.
+    /// `AWS_SESSION_TOKEN` from the environment; without those, the instance role's from the
+    /// metadata service (IMDSv2 at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
+    /// http://169.254.169.254; off with `AWS_EC2_METADATA_DISABLED=true`; a pod needs the
+    /// instance's hop limit at 2). The key policy, not these, protects the key.
     #[arg(long, env = "NAUTILUS_AWS_CREDENTIALS_FILE")]
     pub aws_credentials_file: Option<PathBuf>,
 

@@ -35,6 +35,7 @@ pub mod challenge;
 pub mod cli;
 pub mod evidence;
 pub mod http;
+pub mod imds;
 pub mod launcher;
 pub mod link;
 pub mod metrics;
@@ -323,6 +324,14 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
                         .collect(),
                 ),
             credentials: state::CredentialSource {
+                // The instance role's, from the metadata service, only when nothing else is
+                // given (as the AWS SDKs do): a Nitro node's case.
+                imds: match &aws_credentials_file {
+                    Some(_) => None,
+                    None => imds::Imds::from_env().map_err(|e| {
+                        SidecarError::Config(format!("sealed state credentials: {e}"))
+                    })?,
+                },
                 file: aws_credentials_file,
             },
         }),

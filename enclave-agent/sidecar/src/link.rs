@@ -408,7 +408,7 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncReadExt as _;
-    let credentials = state.credentials.load().unwrap_or_else(|e| {
+    let credentials = state.credentials.load().await.unwrap_or_else(|e| {
         warn!(error = %e, "sealed state: no credentials relayed");
         None
     });

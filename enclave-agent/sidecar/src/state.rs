@@ -51,7 +51,8 @@ pub enum StateError {
         /// What is wrong.
         reason: String,
     },
-    /// The credentials file is not what `--aws-credentials-file` takes.
+    /// The credentials file is not what `--aws-credentials-file` takes, or the metadata
+    /// service gave none.
     #[error("credentials: {0}")]
     Credentials(String),
 }
@@ -319,14 +320,17 @@ impl SnapshotStore {
     }
 }
 
-/// Where the relayed AWS credentials come from: a file (`--aws-credentials-file`, the AWS
-/// shared credentials format, profile `default`), read again at every connection so rotated
-/// credentials are picked up; else the environment (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); else none.
+/// Where the relayed AWS credentials come from, in the AWS SDKs' order, read again at every
+/// connection so rotated credentials are picked up: a file (`--aws-credentials-file`, the AWS
+/// shared credentials format, profile `default`); else the environment (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); else the instance role's, from the metadata
+/// service ([`crate::imds`]) when it is enabled; else none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CredentialSource {
     /// `--aws-credentials-file`.
     pub file: Option<PathBuf>,
+    /// The metadata service, when enabled.
+    pub imds: Option<crate::imds::Imds>,
 }
 
 /// Largest credentials file read.
@@ -334,7 +338,7 @@ const MAX_CREDENTIALS_FILE: u64 = 64 * 1024;
 
 impl CredentialSource {
     /// The credentials now, if any.
-    pub fn load(&self) -> Result<Option<AwsCredentials>, StateError> {
+    pub async fn load(&self) -> Result<Option<AwsCredentials>, StateError> {
         let credentials = match &self.file {
             Some(path) => {
                 let meta = std::fs::metadata(path).map_err(io("reading", path))?;
@@ -355,7 +359,12 @@ impl CredentialSource {
                         secret_access_key,
                         session_token: var("AWS_SESSION_TOKEN"),
                     }),
-                    _ => None,
+                    _ => match &self.imds {
+                        Some(imds) => Some(imds.credentials().await.map_err(|e| {
+                            StateError::Credentials(format!("instance metadata: {e}"))
+                        })?),
+                        None => None,
+                    },
                 }
             }
         };
@@ -542,8 +551,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn credentials_come_from_the_shared_file_format() {
+    #[tokio::test]
+    async fn credentials_come_from_the_shared_file_format() {
         let text = "# comment\n[other]\naws_access_key_id = NO\n[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key=secret/key+1\naws_session_token = tok\n";
         let c = parse_shared_credentials(text, "default").expect("parses");
         assert_eq!(c.access_key_id, "AKIAEXAMPLE");
@@ -557,7 +566,10 @@ mod tests {
             "[default]\naws_access_key_id=a b\naws_secret_access_key=s\n",
         )
         .expect("write");
-        let source = CredentialSource { file: Some(path) };
-        assert!(source.load().is_err(), "a space is not a credential");
+        let source = CredentialSource {
+            file: Some(path),
+            imds: None,
+        };
+        assert!(source.load().await.is_err(), "a space is not a credential");
     }
 }

@@ -734,6 +734,19 @@ impl Harness {
     /// The kubeconfig the operator published for `name`, its user replaced by a static `token`
     /// (for kubectl in tests).
     pub async fn kubeconfig_with_token(&self, name: &str, token: &str) -> String {
+        let mut config = self.published_kubeconfig(name).await;
+        let users = config["users"]
+            .as_sequence_mut()
+            .expect("kubeconfig has users");
+        for user in users {
+            user["user"] =
+                serde_yaml::to_value(serde_json::json!({ "token": token })).expect("user entry");
+        }
+        serde_yaml::to_string(&config).expect("kubeconfig text")
+    }
+
+    /// The kubeconfig the operator published for `name` (its `<name>-kubeconfig` Secret).
+    pub async fn published_kubeconfig(&self, name: &str) -> serde_yaml::Value {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let secret = secrets
             .get(&format!("{name}-kubeconfig"))
@@ -743,16 +756,16 @@ impl Harness {
             .data
             .and_then(|d| d.get("kubeconfig").cloned())
             .expect("kubeconfig key");
-        let mut config: serde_yaml::Value =
-            serde_yaml::from_slice(&bytes.0).expect("kubeconfig YAML");
-        let users = config["users"]
-            .as_sequence_mut()
-            .expect("kubeconfig has users");
-        for user in users {
-            user["user"] =
-                serde_yaml::to_value(serde_json::json!({ "token": token })).expect("user entry");
-        }
-        serde_yaml::to_string(&config).expect("kubeconfig text")
+        serde_yaml::from_slice(&bytes.0).expect("kubeconfig YAML")
+    }
+
+    /// The CA (base64 PEM) of the kubeconfig the operator published for `name`.
+    pub async fn published_ca(&self, name: &str) -> String {
+        self.published_kubeconfig(name).await["clusters"][0]["cluster"]
+            ["certificate-authority-data"]
+            .as_str()
+            .expect("CA data")
+            .to_owned()
     }
 
     /// The executable of the control plane's API server: `kube-apiserver`, or the stand-in.
@@ -922,6 +935,27 @@ impl Drop for Harness {
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Retry a Kubernetes call until it succeeds, for at most `within` (every 500 ms), then panic
+/// with `what` and the last error: for what settles after a start (RBAC, namespaces, a
+/// restored control plane answering).
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(err) if Instant::now() < deadline => {
+                tracing::debug!(error = %err, "{what}: not yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => panic!("{what}: {err}"),
         }
     }
 }

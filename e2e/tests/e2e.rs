@@ -117,22 +117,13 @@ async fn becomes_ready_and_admits_a_staked_seal_token() {
 
 /// Retry `op` for up to 30 s while it fails (RBAC's aggregated roles and the default
 /// ServiceAccount appear a few seconds after the controller manager starts).
-async fn eventually<T, F, Fut>(what: &str, mut op: F) -> T
+/// [`nautilus_e2e::eventually`] within 30 s.
+async fn eventually<T, F, Fut>(what: &str, op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(err) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %err, "{what}: not yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
-        }
-    }
+    nautilus_e2e::eventually(Duration::from_secs(30), what, op).await
 }
 
 /// The reader tier (`nautilus:readers`, bound to `view`) can list pods and cannot create one;

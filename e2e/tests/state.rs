@@ -100,24 +100,6 @@ fn any_file_contains(dir: &Path, needle: &[u8]) -> bool {
     })
 }
 
-/// The CA of the kubeconfig the operator published for `name`.
-async fn published_ca(h: &Harness, name: &str) -> String {
-    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.namespace);
-    let secret = secrets
-        .get(&format!("{name}-kubeconfig"))
-        .await
-        .expect("kubeconfig Secret");
-    let bytes = secret
-        .data
-        .and_then(|d| d.get("kubeconfig").cloned())
-        .expect("kubeconfig key");
-    let config: serde_yaml::Value = serde_yaml::from_slice(&bytes.0).expect("kubeconfig YAML");
-    config["clusters"][0]["cluster"]["certificate-authority-data"]
-        .as_str()
-        .expect("CA data")
-        .to_owned()
-}
-
 /// A client of `name`'s control plane as the staker (admin tier), retried while RBAC and the
 /// namespace controller settle after a start.
 async fn admin(h: &Harness, name: &str) -> kube::Client {
@@ -129,22 +111,13 @@ async fn admin(h: &Harness, name: &str) -> kube::Client {
     h.client_with_token(name, &token).await
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut op: F) -> T
+/// [`nautilus_e2e::eventually`] within 60 s.
+async fn eventually<T, F, Fut>(what: &str, op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match op().await {
-            Ok(v) => return v,
-            Err(err) if std::time::Instant::now() < deadline => {
-                tracing::debug!(error = %err, "{what}: not yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => panic!("{what}: {err}"),
-        }
-    }
+    nautilus_e2e::eventually(Duration::from_secs(60), what, op).await
 }
 
 /// When the newest snapshot was taken (whole seconds, as the status says).
@@ -193,7 +166,7 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
         })
         .await;
     assert_eq!(restored(&nm), None);
-    let ca = published_ca(&h, "keep").await;
+    let ca = h.published_ca("keep").await;
     let post = PostParams::default();
 
     // Objects in the enclave's control plane, through a seal token.
@@ -258,7 +231,7 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
         restored(&nm)
     );
     assert_eq!(
-        published_ca(&h, "keep").await,
+        h.published_ca("keep").await,
         ca,
         "the same CA after the roll"
     );
@@ -317,7 +290,7 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
         .await;
     assert_eq!(reason(&nm, "StateRestored").as_deref(), Some("Restored"));
     assert_eq!(
-        published_ca(&h, "keep").await,
+        h.published_ca("keep").await,
         ca,
         "the same CA after the crash"
     );
@@ -410,6 +383,77 @@ async fn a_policy_that_does_not_admit_the_enclave_releases_no_key_and_retain_kee
     assert!(
         !stored(&h, "kept").is_empty(),
         "deletionPolicy Retain removed the snapshots"
+    );
+    h.finish().await;
+}
+
+/// The README's steps for moving a resource: its sealed files copied into the new resource's
+/// storage, and its UID in `spec.state.restoreFromUIDs`. The new resource restores the old
+/// one's objects and CA; without the UID the sidecar would not even offer them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_resource_restores_an_old_ones_snapshots_when_its_spec_names_that_uid() {
+    let test = "a_new_resource_restores_an_old_ones_snapshots";
+    let Some(h) = start(test).await else {
+        return;
+    };
+    h.create("old", h.state_spec(10, "Retain")).await;
+    let old = h.wait_for("old", "Ready", WAIT, ready).await;
+    let old_uid = old.metadata.uid.clone().expect("uid");
+    let ca = h.published_ca("old").await;
+    let enclave = admin(&h, "old").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(enclave, "default");
+    let moved: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "moved"}, "data": {"from": "old"}
+    }))
+    .expect("cm");
+    let post = PostParams::default();
+    eventually("create moved", || config_maps.create(&post, &moved)).await;
+    next_snapshot(&h, "old").await;
+
+    // One enclave per state at a time: the old resource goes first (Retain keeps its files).
+    h.masters()
+        .delete("old", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.masters().get_opt("old").await.expect("get").is_some() {
+        assert!(std::time::Instant::now() < deadline, "old was not deleted");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let files = stored(&h, "old");
+    assert!(
+        !files.is_empty(),
+        "Retain kept the old resource's snapshots"
+    );
+    let into = snapshot_dir(&h, "new");
+    std::fs::create_dir_all(&into).expect("the new resource's storage");
+    for file in &files {
+        std::fs::copy(file, into.join(file.file_name().expect("name"))).expect("copy");
+    }
+
+    let mut spec = h.state_spec(10, "Delete");
+    spec.state.as_mut().expect("state").restore_from_uids = vec![old_uid.clone()];
+    h.create("new", spec).await;
+    let new = h
+        .wait_for("new", "Ready, restored from the old resource", WAIT, |nm| {
+            ready(nm) && reason(nm, "StateRestored").as_deref() == Some("Restored")
+        })
+        .await;
+    assert_eq!(
+        new.status
+            .as_ref()
+            .and_then(|s| s.state.as_ref())
+            .and_then(|s| s.restored_from_uid.clone()),
+        Some(old_uid),
+        "restored from the old resource's snapshot"
+    );
+    assert_eq!(h.published_ca("new").await, ca, "the old resource's CA");
+    let enclave = admin(&h, "new").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(enclave, "default");
+    let back = eventually("read moved back", || config_maps.get("moved")).await;
+    assert_eq!(
+        back.data.and_then(|d| d.get("from").cloned()).as_deref(),
+        Some("old")
     );
     h.finish().await;
 }

@@ -4,33 +4,16 @@
 use std::process::Command;
 
 use nautilus_kms_fixture::envelope;
+use nautilus_test_support::openssl;
 
 #[test]
 fn openssl_cms_decrypt_yields_the_data_key() {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
-            "openssl is required (NAUTILUS_E2E_REQUIRE=1)"
-        );
-        println!("skipped: openssl not found");
+    if !openssl::available() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        openssl::run(dir.path(), args);
     };
     run(&[
         "genpkey",

@@ -3,37 +3,17 @@
 //! v1.5) are refused.
 
 use std::path::Path;
-use std::process::Command;
 
 use aws_lc_rs::rsa::{OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use nautilus_kms::envelope::{self, EnvelopeError};
+use nautilus_test_support::openssl;
 
 fn openssl_available() -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
-            "openssl is required (NAUTILUS_E2E_REQUIRE=1)"
-        );
-        println!("skipped: openssl not found");
-    }
-    found
+    openssl::available()
 }
 
 fn run(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    openssl::run(dir, args);
 }
 
 /// An RSA-2048 key and a self-signed certificate for it (OpenSSL encrypts to certificates).

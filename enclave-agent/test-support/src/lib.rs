@@ -8,7 +8,8 @@
 //!
 //! It also holds what tests of several crates use to own the processes they start:
 //! [`processes_mentioning`] and [`Reaper`]; and to look at the network namespace an isolated
-//! enclave runs in: [`net_namespace`], [`processes_in_net_namespace`], [`in_net_namespace_of`].
+//! enclave runs in: [`net_namespace`], [`processes_in_net_namespace`], [`in_net_namespace_of`];
+//! and OpenSSL as an independent implementation to check formats against ([`openssl`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -151,5 +152,45 @@ mod tests {
             Some(dir) => assert_eq!(tried, PathBuf::from(dir)),
             None => assert!(tried.ends_with("../../../shared/testdata"), "{tried:?}"),
         }
+    }
+}
+
+/// OpenSSL's command line, an independent implementation that tests check formats against
+/// (CMS, certificates). Tests that need it skip with one line where it is missing, and fail
+/// when `NAUTILUS_E2E_REQUIRE=1` says the machine must have everything.
+pub mod openssl {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// Whether `openssl` runs here (a skip line is printed when it does not).
+    pub fn available() -> bool {
+        let found = Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("NAUTILUS_E2E_REQUIRE").as_deref() != Ok("1"),
+                "openssl is required (NAUTILUS_E2E_REQUIRE=1)"
+            );
+            println!("skipped: openssl not found");
+        }
+        found
+    }
+
+    /// Run `openssl args…` in `dir`; panics with its standard error when it fails. Its
+    /// standard output.
+    pub fn run(dir: &Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
     }
 }

@@ -11,9 +11,10 @@
 //! the status the operator wrote; a crash's time includes the operator noticing the sidecar is
 //! gone (its probe interval).
 //!
-//! Usage: `cargo run -p nautilus-e2e --bin nautilus-state-bench -- [--objects 1000] [--rounds 3]`
-//! (the development binaries beside it; `--release` for release figures: build
-//! `nautilus-agent`, `nautilus-sidecar` and `nautilus-operator` with it first).
+//! Usage: `NAUTILUS_BIN_DIR=target/debug cargo run -p nautilus-e2e --bin nautilus-state-bench --
+//! [--objects 1000] [--rounds 3]` (`NAUTILUS_BIN_DIR` names where the development binaries
+//! are: `cargo build --workspace --bins` first, with `--release` and `target/release` for
+//! release figures).
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,18 @@ fn restored_state(nm: &NautilusMaster) -> Option<(u64, u64)> {
         state.restored_sequence?,
         state.last_snapshot_bytes.unwrap_or(0),
     ))
+}
+
+/// The attested report key: a new one with every enclave.
+fn report_key(nm: &NautilusMaster) -> Option<String> {
+    Some(
+        nm.status
+            .as_ref()?
+            .attestation
+            .as_ref()?
+            .public_key_fingerprint
+            .clone(),
+    )
 }
 
 fn digest(nm: &NautilusMaster) -> Option<String> {
@@ -167,6 +180,7 @@ async fn run(h: &Harness, args: &Args) -> Result<()> {
             .await;
         rolls.push(started.elapsed());
         let restored = restored_state(&nm).map_or(0, |(sequence, _)| sequence);
+        let rolled_key = report_key(&nm);
 
         // A crash: no last snapshot; the newest stored one (the roll's) is restored.
         let sidecars = h.processes("nautilus-sidecar");
@@ -182,13 +196,17 @@ async fn run(h: &Harness, args: &Args) -> Result<()> {
             .wait_for("bench", "restored after the crash", WAIT, |nm| {
                 restored_ready(nm)
                     && restored_state(nm).is_some_and(|(sequence, _)| sequence >= restored)
-                    && h.processes("nautilus-sidecar").first() != Some(sidecar)
+                    && report_key(nm) != rolled_key
             })
             .await;
         crashes.push(started.elapsed());
         sealed_bytes = restored_state(&nm).map_or(sealed_bytes, |(_, bytes)| bytes);
     }
-    let back = config_maps.list(&Default::default()).await?;
+    let list = kube::api::ListParams::default();
+    let back = nautilus_e2e::eventually(Duration::from_secs(60), "list the objects", || {
+        config_maps.list(&list)
+    })
+    .await;
     let kept = back
         .items
         .iter()

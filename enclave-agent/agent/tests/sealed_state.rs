@@ -264,6 +264,12 @@ async fn etcd_data_and_the_pki_survive_a_sealed_snapshot() {
         &work,
     )
     .expect("keeper");
+    // Until it seals one, the newest snapshot it knows of is the one it restored.
+    assert_eq!(
+        keeper.report().borrow().last_snapshot,
+        Some(restored_ref.clone()),
+        "a restart does not blank the last snapshot"
+    );
     let next = keeper.snapshot_now().await.expect("snapshot");
     assert_eq!(next.sequence, 2);
     assert_eq!(

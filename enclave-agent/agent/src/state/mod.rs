@@ -569,8 +569,9 @@ impl Keeper {
             dir,
             latest: watch::channel(None).0,
             report: watch::channel(StateReport {
+                // Until this enclave seals one, the newest snapshot is the one it restored.
+                last_snapshot: prepared.restored.clone(),
                 restored: prepared.restored,
-                last_snapshot: None,
                 last_error: None,
             })
             .0,

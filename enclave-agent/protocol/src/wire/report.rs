@@ -164,7 +164,9 @@ pub struct StateReport {
     /// The snapshot restored before the control plane started; absent when none was offered
     /// and the enclave started an empty cluster.
     pub restored: Option<SnapshotRef>,
-    /// The newest snapshot sealed and handed to the host.
+    /// The newest snapshot sealed and handed to the host: until this enclave seals its first,
+    /// the one it restored (the newest the host holds of this state, as far as the enclave
+    /// knows), so a restart does not blank the backup's status.
     pub last_snapshot: Option<SnapshotRef>,
     /// Why the last snapshot attempt failed, if the last attempt failed (one line, at most
     /// [`MAX_STATE_ERROR_BYTES`]).

@@ -698,6 +698,29 @@ impl Harness {
             .expect("create the NautilusMaster")
     }
 
+    /// Delete `name` and wait until it is gone (its finalizer released: the enclave stopped
+    /// and what the deletion policy removes, removed), at most [`WAIT`].
+    pub async fn delete_and_wait_gone(&self, name: &str, params: &DeleteParams) {
+        self.masters()
+            .delete(name, params)
+            .await
+            .expect("delete a NautilusMaster");
+        let deadline = Instant::now() + WAIT;
+        while self
+            .masters()
+            .get_opt(name)
+            .await
+            .expect("get a NautilusMaster")
+            .is_some()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the finalizer was not released within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Wait until `check` accepts the resource, or panic with the last status seen.
     pub async fn wait_for(
         &self,

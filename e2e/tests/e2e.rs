@@ -362,18 +362,8 @@ async fn delete_stops_the_enclave_and_leaves_nothing_behind() {
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
     assert_eq!(h.processes("nautilus-sidecar").len(), 1);
 
-    h.masters()
-        .delete("demo", &DeleteParams::foreground())
-        .await
-        .expect("delete");
-    let deadline = std::time::Instant::now() + WAIT;
-    while h.masters().get_opt("demo").await.expect("get").is_some() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "finalizer never released"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    h.delete_and_wait_gone("demo", &DeleteParams::foreground())
+        .await;
     for exe in [
         "nautilus-sidecar",
         "nautilus-agent",

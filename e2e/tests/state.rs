@@ -326,15 +326,8 @@ async fn the_control_plane_keeps_its_objects_and_ca_across_a_roll_and_a_crash() 
     );
 
     // 4. Deleting with `Delete` takes the snapshots along.
-    h.masters()
-        .delete("keep", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = std::time::Instant::now() + WAIT;
-    while h.masters().get_opt("keep").await.expect("get").is_some() {
-        assert!(std::time::Instant::now() < deadline, "keep was not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    h.delete_and_wait_gone("keep", &DeleteParams::default())
+        .await;
     assert!(
         !snapshot_dir(&h, "keep").exists(),
         "deletionPolicy Delete left {}",
@@ -371,15 +364,8 @@ async fn a_policy_that_does_not_admit_the_enclave_releases_no_key_and_retain_kee
     h.create("kept", h.state_spec(10, "Retain")).await;
     h.wait_for("kept", "Ready", WAIT, ready).await;
     next_snapshot(&h, "kept").await;
-    h.masters()
-        .delete("kept", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = std::time::Instant::now() + WAIT;
-    while h.masters().get_opt("kept").await.expect("get").is_some() {
-        assert!(std::time::Instant::now() < deadline, "kept was not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    h.delete_and_wait_gone("kept", &DeleteParams::default())
+        .await;
     assert!(
         !stored(&h, "kept").is_empty(),
         "deletionPolicy Retain removed the snapshots"
@@ -411,15 +397,8 @@ async fn a_new_resource_restores_an_old_ones_snapshots_when_its_spec_names_that_
     next_snapshot(&h, "old").await;
 
     // One enclave per state at a time: the old resource goes first (Retain keeps its files).
-    h.masters()
-        .delete("old", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = std::time::Instant::now() + WAIT;
-    while h.masters().get_opt("old").await.expect("get").is_some() {
-        assert!(std::time::Instant::now() < deadline, "old was not deleted");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    h.delete_and_wait_gone("old", &DeleteParams::default())
+        .await;
     let files = stored(&h, "old");
     assert!(
         !files.is_empty(),

@@ -1,19 +1,21 @@
-//! The reconcile as a plan: what to do, computed from what was observed, with no I/O.
+//! The reconcile as a plan: what to do, computed from one [`Snapshot`], with no I/O.
 //!
-//! A reconcile observes in two rounds, because the second depends on the first being carried
-//! out: the children are applied before the workload can be observed.
+//! [`plan`] decides everything a reconcile does:
 //!
-//! 1. [`children`]: from the spec and the boot nonce, the objects to apply (the boot ConfigMap,
-//!    and for the pod runtime the StatefulSet and Service), each stamped with its hash.
-//! 2. [`plan`]: from the workload, the sidecar's bundle, the previous status and the
-//!    per-cluster [`Attestation`] state, a [`Plan`]: which challenge to send, and for each way
-//!    that can go (delivered, or not sent / not delivered) the [`Steps`] that follow: whether to
-//!    publish or withdraw the kubeconfig, which status to write (none when nothing visible
-//!    changed), which Events, and when to requeue.
+//! - for a live resource ([`Apply`]): the children to apply ([`children`]: the boot ConfigMap,
+//!   and for the pod runtime the StatefulSet and Service, each stamped with its hash), less
+//!   those the watch cache shows applied with that hash; whether the StatefulSet must be
+//!   replaced first (its volume claims changed); whether the runtime starts the workload itself;
+//!   and ([`attest`]) which challenge to send and, for each way that can go (delivered, or not
+//!   sent / not delivered), the [`Steps`] that follow: whether to publish or withdraw the
+//!   kubeconfig, which status to write (none when nothing visible changed), which Events, and
+//!   when to requeue;
+//! - for a resource being deleted ([`Cleanup`]): the `Terminating` status and its Event, how
+//!   long the deletion has waited, and ([`after_stop`]) what follows what the runtime achieved.
 //!
-//! The executor ([`super::execute`]) carries a plan out and only skips what the watch cache
-//! shows already done. Verification's report memory (replay detection) is part of the
-//! attestation state, so [`plan`] updates it; everything else it decides is in its output.
+//! The executor ([`super::execute`]) carries a plan out and decides nothing. Verification's
+//! report memory (replay detection) is part of the attestation state, so [`plan`] updates it;
+//! everything else it decides is in its output.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,16 +24,19 @@ use crate::events::EventType;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use nautilus_crds::conditions::{Reason, types};
-use nautilus_crds::{NautilusMaster, NautilusMasterStatus, SecretKeyReference};
+use nautilus_crds::{NautilusMaster, NautilusMasterStatus, Phase, SecretKeyReference};
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
 
-use super::RESYNC_WITHOUT_SIDECAR;
 use super::attestation::{Attestation, Due};
+use super::snapshot::{Children, Snapshot, World};
 use super::status::{StatusInput, build_status, status_changed, transitions};
+use super::{RESYNC_WITHOUT_SIDECAR, STOP_DEADLINE, STOP_INCOMPLETE};
 use crate::conditions;
 use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, PodSettings};
-use crate::observe::{self, Observed};
+use crate::observe::{self, EnclaveState, Observed};
+use crate::runtime::Stopped;
 use crate::state;
 use crate::verify::{self, Outcome};
 
@@ -95,11 +100,16 @@ pub fn children(
     Ok(out)
 }
 
-/// What a reconcile saw once the children were applied.
+/// What the attestation step of a plan sees.
 #[derive(Clone, Debug)]
 pub struct Observation<'a> {
     /// The resource, with its previous status.
     pub nm: &'a NautilusMaster,
+    /// Its names.
+    pub names: &'a Names,
+    /// The children in the watch cache (`None` without one: the kubeconfig is then applied
+    /// or deleted whatever it is).
+    pub cached: Option<&'a Children>,
     /// The workload (its state is `Unreachable` when the sidecar's `/report` failed).
     pub workload: &'a Observed,
     /// What the sidecar served at `/report`.
@@ -170,9 +180,9 @@ pub struct Challenge {
     pub delivered: Steps,
 }
 
-/// The whole plan of a reconcile, after the children.
+/// The attestation part of a plan: the challenge, and what follows either way.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
+pub struct Attest {
     /// Send this challenge first, then follow its [`Challenge::delivered`] steps if it went
     /// through.
     pub challenge: Option<Challenge>,
@@ -184,14 +194,224 @@ pub struct Plan {
 const RECHALLENGED: &str = "the enclave presented a document for an older challenge (it may have \
                             restarted); it was challenged again";
 
-/// Plan the rest of a reconcile from `seen`. Verifies the bundle (updating the report memory in
-/// `attestation`); `fresh_nonce` is the nonce of a challenge, if one is due. `attestation` is
-/// only told about the challenge once it was delivered ([`Attestation::challenged`]).
+/// The whole plan of one reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// The resource is live.
+    Apply(Box<Apply>),
+    /// The resource is being deleted.
+    Cleanup(Box<Cleanup>),
+}
+
+/// The plan of a live resource, carried out in this order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Apply {
+    /// Delete the StatefulSet first: its volume claim templates, which cannot be changed,
+    /// differ from the wanted ones (`spec.state` came, went or changed its storage). The next
+    /// reconcile creates it anew (its deletion's watch event brings that reconcile); its pod
+    /// goes with it, and the enclave rolls anyway, since `spec.state` is measured. Claims of
+    /// the old StatefulSet stay (their retention policy decides).
+    pub replace_statefulset: bool,
+    /// The children to server-side apply, in order: those the watch cache does not show
+    /// applied with their hash.
+    pub children: Vec<Child>,
+    /// Let the runtime start what it runs itself for this boot configuration (the local
+    /// runtime's process: started, replaced when the configuration changed, restarted after it
+    /// exited).
+    pub start: Option<Start>,
+    /// The challenge, and the steps that follow.
+    pub attest: Attest,
+}
+
+/// What the runtime starts itself ([`Apply::start`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Start {
+    /// The boot configuration.
+    pub boot: BootConfig,
+    /// Its digest (hex).
+    pub digest_hex: String,
+}
+
+/// The plan of a resource being deleted: its status and Event (once), then stop the enclave
+/// and follow [`after_stop`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cleanup {
+    /// `phase: Terminating`, unless the status says so already.
+    pub status: Option<NautilusMasterStatus>,
+    /// Events, in order.
+    pub events: Vec<Note>,
+    /// How long the deletion has waited so far.
+    pub waited: Duration,
+}
+
+/// What follows once the runtime was asked to stop the enclave ([`after_stop`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AfterStop {
+    /// Still stopping, within [`STOP_DEADLINE`]: wait (says what for).
+    Wait(String),
+    /// Remove the finalizer, with a Warning Event when the stop could not be confirmed.
+    Release(Option<Note>),
+}
+
+/// Plan one reconcile from `snapshot` at `now_ms`: everything it does, in order. For a live
+/// resource this verifies the bundle (updating the report memory of the snapshot's attestation
+/// state); `fresh_nonce` is the nonce of a challenge, if one is due.
 pub fn plan(
+    snapshot: &mut Snapshot<'_>,
+    now_ms: u64,
+    fresh_nonce: Vec<u8>,
+) -> Result<Plan, DesiredError> {
+    let Snapshot { nm, names, world } = snapshot;
+    let live = match world {
+        World::Deleting => return Ok(Plan::Cleanup(Box::new(cleanup(nm, now_ms)))),
+        World::Live(live) => live,
+    };
+    let digest_hex = hex::encode(live.digest);
+    let (replace_statefulset, children) = to_apply(
+        children(nm, &live.boot, live.runtime)?,
+        live.cached.as_ref(),
+    );
+    let local = matches!(live.runtime, Workload::Local);
+    let start = local.then(|| Start {
+        boot: live.boot.clone(),
+        digest_hex: digest_hex.clone(),
+    });
+    // The local runtime is about to start a process (none runs, or one of another
+    // configuration): the workload is starting, and what an old one serves says nothing.
+    let starting;
+    let (workload, bundle) = if local && live.workload.config_digest.as_deref() != Some(&digest_hex)
+    {
+        starting = Observed {
+            state: EnclaveState::Starting("starting the local sidecar".into()),
+            sidecar: None,
+            ..live.workload.clone()
+        };
+        (&starting, None)
+    } else {
+        (&live.workload, live.bundle.as_ref())
+    };
+    let seen = Observation {
+        nm,
+        names,
+        cached: live.cached.as_ref(),
+        workload,
+        bundle,
+        digest: live.digest,
+        pod_runtime: !local,
+        simulated_allowed: live.simulated_allowed,
+        now_ms,
+        now: time_at(now_ms),
+    };
+    let attest = attest(&seen, live.attestation, fresh_nonce)?;
+    Ok(Plan::Apply(Box::new(Apply {
+        replace_statefulset,
+        children,
+        start,
+        attest,
+    })))
+}
+
+/// `now_ms` as a condition's transition time (the epoch for one out of range).
+fn time_at(now_ms: u64) -> Time {
+    Time(
+        i64::try_from(now_ms)
+            .ok()
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH),
+    )
+}
+
+/// The children of `desired` still to apply given what the watch cache holds (`None`: no
+/// cache, apply all), and whether the StatefulSet must be replaced first (then it is not
+/// applied in this reconcile).
+fn to_apply(desired: Vec<Child>, cached: Option<&Children>) -> (bool, Vec<Child>) {
+    let Some(cached) = cached else {
+        return (false, desired);
+    };
+    let mut replace = false;
+    let children = desired
+        .into_iter()
+        .filter(|child| match child {
+            Child::ConfigMap(cm) => !desired::applied_with(cached.config_map.as_deref(), &cm.hash),
+            Child::StatefulSet(sts) => match cached.statefulset.as_deref() {
+                Some(existing) if desired::claims_differ(existing, &sts.object) => {
+                    replace = true;
+                    false
+                }
+                existing => !desired::applied_with(existing, &sts.hash),
+            },
+            Child::Service(svc) => !desired::applied_with(cached.service.as_deref(), &svc.hash),
+            Child::Secret(secret) => !desired::applied_with(cached.secret.as_deref(), &secret.hash),
+        })
+        .collect();
+    (replace, children)
+}
+
+/// The plan of a resource being deleted at `now_ms`.
+fn cleanup(nm: &NautilusMaster, now_ms: u64) -> Cleanup {
+    let previous = nm.status.clone().unwrap_or_default();
+    let (status, events) = if previous.phase == Some(Phase::Terminating) {
+        (None, Vec::new())
+    } else {
+        let mut status = previous;
+        status.phase = Some(Phase::Terminating);
+        let stopping = Note {
+            type_: EventType::Normal,
+            reason: "Stopping".into(),
+            note: "stopping the enclave before the resource is removed".into(),
+        };
+        (Some(status), vec![stopping])
+    };
+    Cleanup {
+        status,
+        events,
+        waited: deleting_for(nm, now_ms),
+    }
+}
+
+/// What follows `stopped` when the deletion has waited `waited`: wait while the enclave stops
+/// within [`STOP_DEADLINE`]; after that, or when the runtime could not stop everything, remove
+/// the finalizer anyway and say what may be left ([`STOP_INCOMPLETE`]).
+pub fn after_stop(stopped: Stopped, waited: Duration) -> AfterStop {
+    let left = match stopped {
+        Stopped::Gone => return AfterStop::Release(None),
+        Stopped::Pending(what) if waited < STOP_DEADLINE => return AfterStop::Wait(what),
+        Stopped::Pending(what) => format!(
+            "{what} {} s after the deletion began (the bound is {} s)",
+            waited.as_secs(),
+            STOP_DEADLINE.as_secs()
+        ),
+        Stopped::Incomplete(what) => what,
+    };
+    AfterStop::Release(Some(Note {
+        type_: EventType::Warning,
+        reason: STOP_INCOMPLETE.into(),
+        note: format!(
+            "removing the finalizer without confirming that the enclave stopped: {left}; it may still run"
+        ),
+    }))
+}
+
+/// How long `nm` has been deleted at `now_ms` (zero without a `deletionTimestamp`, or one in the
+/// future).
+pub fn deleting_for(nm: &NautilusMaster, now_ms: u64) -> Duration {
+    let since = nm
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
+        .unwrap_or(now_ms);
+    Duration::from_millis(now_ms.saturating_sub(since))
+}
+
+/// The attestation step of a plan, from `seen`. Verifies the bundle (updating the report memory
+/// in `attestation`); `fresh_nonce` is the nonce of a challenge, if one is due. `attestation` is
+/// only told about the challenge once it was delivered ([`Attestation::challenged`]).
+pub fn attest(
     seen: &Observation<'_>,
     attestation: &mut Attestation,
     fresh_nonce: Vec<u8>,
-) -> Result<Plan, DesiredError> {
+) -> Result<Attest, DesiredError> {
     let nm = seen.nm;
     let outcome = match seen.bundle {
         Some(bundle) => {
@@ -243,7 +463,7 @@ pub fn plan(
         }
         None => None,
     };
-    Ok(Plan {
+    Ok(Attest {
         challenge,
         otherwise: steps(seen, &outcome, false, restarting)?,
     })
@@ -296,25 +516,34 @@ fn steps(
         });
     }
 
-    let names = Names::of(nm)?;
     let published = || {
         Some(SecretKeyReference {
-            name: names.kubeconfig_secret.clone(),
+            name: seen.names.kubeconfig_secret.clone(),
             key: KUBECONFIG_KEY.into(),
         })
     };
+    let cached_secret = seen.cached.map(|c| c.secret.as_deref());
     let (kubeconfig, reference) = match outcome {
         Outcome::Verified(v) => {
-            let secret =
-                desired::kubeconfig_secret(nm, &seen.workload.endpoint, &v.serving_ca_pem)?;
-            (
-                Kubeconfig::Publish(Box::new(Stamped::new(secret)?)),
-                published(),
-            )
+            let secret = Stamped::new(desired::kubeconfig_secret(
+                nm,
+                &seen.workload.endpoint,
+                &v.serving_ca_pem,
+            )?)?;
+            // Published with this hash already, as the watch cache shows.
+            let kubeconfig = match cached_secret {
+                Some(cached) if desired::applied_with(cached, &secret.hash) => Kubeconfig::Keep,
+                _ => Kubeconfig::Publish(Box::new(secret)),
+            };
+            (kubeconfig, published())
         }
-        // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig. A stale
-        // report alone keeps it (the CA is still the attested one; Ready says the rest).
-        Outcome::Failed { reason, .. } if reason.withdraws_trust() => (Kubeconfig::Withdraw, None),
+        // Evidence of the wrong enclave or of tampering: withdraw the kubeconfig (unless the
+        // watch cache shows it gone). A stale report alone keeps it (the CA is still the
+        // attested one; Ready says the rest).
+        Outcome::Failed { reason, .. } if reason.withdraws_trust() => match cached_secret {
+            Some(None) => (Kubeconfig::Keep, None),
+            _ => (Kubeconfig::Withdraw, None),
+        },
         Outcome::Failed { .. } | Outcome::Pending(_) => {
             (Kubeconfig::Keep, previous.kubeconfig_secret_ref.clone())
         }
@@ -433,6 +662,7 @@ mod tests {
                 ..pod_placement()
             },
             endpoint: "https://demo.team-a.svc:6443".into(),
+            config_digest: None,
         }
     }
 
@@ -444,6 +674,9 @@ mod tests {
     ) -> Observation<'a> {
         Observation {
             nm,
+            // Leaked: a test's names live as long as the test.
+            names: Box::leak(Box::new(Names::of(nm).expect("names"))),
+            cached: None,
             workload,
             bundle,
             digest: digest_of(nm),
@@ -504,6 +737,7 @@ mod tests {
             sidecar: None,
             placement: pod_placement(),
             endpoint: "https://demo.team-a.svc:6443".into(),
+            config_digest: None,
         };
         let mut attestation = booted(&nm, now);
         let waiting = "waiting for pod demo-enclave-0 to be created";
@@ -549,7 +783,7 @@ mod tests {
             state: None,
         };
         // No challenge without a sidecar: the plan is its `otherwise` steps alone.
-        let pending = |status, events| Plan {
+        let pending = |status, events| Attest {
             challenge: None,
             otherwise: Steps {
                 verification: Reason::Pending,
@@ -559,7 +793,7 @@ mod tests {
                 requeue: RESYNC_WITHOUT_SIDECAR,
             },
         };
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, None, now),
             &mut attestation,
             FRESH.to_vec(),
@@ -585,7 +819,7 @@ mod tests {
 
         nm.status = Some(status);
         let later = now + 5_000;
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, None, later),
             &mut attestation,
             FRESH.to_vec(),
@@ -645,7 +879,7 @@ mod tests {
             &IssuedNonces::new(BOOT_NONCE.to_vec(), now, GRACE_MS),
             now,
         );
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, Some(&bundle), now),
             &mut attestation,
             FRESH.to_vec(),
@@ -751,7 +985,7 @@ mod tests {
         };
         assert_eq!(
             planned,
-            Plan {
+            Attest {
                 challenge: Some(fresh_challenge(now, steps(Duration::from_secs(1)))),
                 otherwise: steps(PROBE),
             }
@@ -807,7 +1041,7 @@ mod tests {
         let (nm, bundle) = attested_before_a_restart(now);
         let workload = running();
         let mut attestation = booted(&nm, now);
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, Some(&bundle), now),
             &mut attestation,
             FRESH.to_vec(),
@@ -847,7 +1081,7 @@ mod tests {
         };
         assert_eq!(
             planned,
-            Plan {
+            Attest {
                 challenge: Some(fresh_challenge(
                     now,
                     Steps {
@@ -897,7 +1131,7 @@ mod tests {
         );
         attestation.challenged(FRESH.to_vec(), now, None);
 
-        let soon = plan(
+        let soon = attest(
             &seen(&nm, &workload, Some(&bundle), now + 55),
             &mut attestation,
             FRESH.to_vec(),
@@ -908,7 +1142,7 @@ mod tests {
         assert!(soon.otherwise.events.is_empty());
 
         let late = now + GRACE_MS + 1;
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, Some(&bundle), late),
             &mut attestation,
             FRESH.to_vec(),
@@ -942,7 +1176,7 @@ mod tests {
         attestation.challenged(vec![1; 32], now - 50_000, None);
         attestation.challenged(vec![2; 32], now - 40_000, None);
         let workload = running();
-        let planned = plan(
+        let planned = attest(
             &seen(&nm, &workload, Some(&bundle), now),
             &mut attestation,
             FRESH.to_vec(),
@@ -978,7 +1212,7 @@ mod tests {
         // Delivered: the same document served again once the new grace is over is refused,
         // without another re-challenge.
         attestation.challenged(FRESH.to_vec(), now - 35_000, Some(document_sha));
-        let again = plan(
+        let again = attest(
             &seen(&nm, &workload, Some(&bundle), now),
             &mut attestation,
             vec![6; 32],
@@ -1003,7 +1237,7 @@ mod tests {
         let mut attestation = booted(&nm, now);
         let mut observed = seen(&nm, &workload, Some(&bundle), now);
         observed.simulated_allowed = false;
-        let planned = plan(&observed, &mut attestation, FRESH.to_vec()).expect("plan");
+        let planned = attest(&observed, &mut attestation, FRESH.to_vec()).expect("plan");
         let otherwise = planned.otherwise;
         assert_eq!(
             otherwise.verification,
@@ -1026,5 +1260,133 @@ mod tests {
         ));
         assert_eq!(reason_of(types::ATTESTED), refused);
         assert_eq!(reason_of(types::READY), refused);
+    }
+
+    /// The children of `nm` for the pod runtime, with its boot nonce.
+    fn all_children(nm: &NautilusMaster) -> Vec<Child> {
+        let boot = BootConfig {
+            config: desired::enclave_config(nm).expect("config"),
+            nonce: BOOT_NONCE.to_vec(),
+        };
+        children(nm, &boot, Workload::Pod(&PodSettings::default())).expect("children")
+    }
+
+    #[test]
+    fn children_the_cache_shows_applied_are_not_applied_again() {
+        let nm = mk_nm("demo");
+        let desired = all_children(&nm);
+        // No cache: everything.
+        assert_eq!(to_apply(desired.clone(), None), (false, desired.clone()));
+        // An empty cache: everything too.
+        let empty = Children::default();
+        assert_eq!(
+            to_apply(desired.clone(), Some(&empty)),
+            (false, desired.clone())
+        );
+        // The ConfigMap and Service cached with their hashes, the StatefulSet with another.
+        let [
+            Child::ConfigMap(cm),
+            Child::StatefulSet(sts),
+            Child::Service(svc),
+        ] = <[Child; 3]>::try_from(desired.clone()).expect("three children")
+        else {
+            panic!("unexpected children: {desired:?}")
+        };
+        let mut old_sts = sts.object.clone();
+        old_sts
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(desired::APPLIED_HASH_KEY.into(), "old".into());
+        let cached = Children {
+            config_map: Some(std::sync::Arc::new(cm.object.clone())),
+            statefulset: Some(std::sync::Arc::new(old_sts.clone())),
+            service: Some(std::sync::Arc::new(svc.object.clone())),
+            secret: None,
+        };
+        assert_eq!(
+            to_apply(desired.clone(), Some(&cached)),
+            (false, vec![Child::StatefulSet(sts.clone())])
+        );
+        // A StatefulSet whose volume claims differ is replaced, not applied.
+        old_sts.spec.volume_claim_templates =
+            Some(vec![k8s_openapi::api::core::v1::PersistentVolumeClaim {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some("state".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }]);
+        let cached = Children {
+            statefulset: Some(std::sync::Arc::new(old_sts)),
+            ..cached
+        };
+        assert_eq!(to_apply(desired, Some(&cached)), (true, Vec::new()));
+    }
+
+    #[test]
+    fn deletion_marks_the_resource_terminating_once_and_waits_within_the_bound() {
+        let mut nm = mk_nm("demo");
+        nm.metadata.deletion_timestamp = Some(at(1_000));
+        let first = cleanup(&nm, 5_000);
+        assert_eq!(
+            first.status.as_ref().and_then(|s| s.phase),
+            Some(Phase::Terminating)
+        );
+        assert_eq!(
+            first.events,
+            [note(
+                EventType::Normal,
+                "Stopping",
+                "stopping the enclave before the resource is removed"
+            )]
+        );
+        assert_eq!(first.waited, Duration::from_secs(4));
+        nm.status = first.status;
+        let again = cleanup(&nm, 6_000);
+        assert_eq!((again.status, again.events), (None, Vec::new()));
+
+        let pending = || Stopped::Pending("pod demo-enclave-0 on node n is still present".into());
+        assert_eq!(
+            after_stop(Stopped::Gone, Duration::ZERO),
+            AfterStop::Release(None)
+        );
+        assert_eq!(
+            after_stop(pending(), STOP_DEADLINE - Duration::from_secs(1)),
+            AfterStop::Wait("pod demo-enclave-0 on node n is still present".into())
+        );
+        let AfterStop::Release(Some(late)) = after_stop(pending(), STOP_DEADLINE) else {
+            panic!("released at the bound")
+        };
+        assert_eq!(
+            (late.type_, late.reason.as_str()),
+            (EventType::Warning, STOP_INCOMPLETE)
+        );
+        assert!(
+            late.note.contains("120 s after the deletion began"),
+            "{}",
+            late.note
+        );
+        let AfterStop::Release(Some(incomplete)) = after_stop(
+            Stopped::Incomplete("its work directory".into()),
+            Duration::ZERO,
+        ) else {
+            panic!("released at once")
+        };
+        assert!(
+            incomplete
+                .note
+                .contains("its work directory; it may still run")
+        );
+    }
+
+    #[test]
+    fn deletion_age_counts_from_the_deletion_timestamp() {
+        let mut nm = mk_nm("demo");
+        assert_eq!(deleting_for(&nm, 5_000), Duration::ZERO, "not deleted");
+        nm.metadata.deletion_timestamp = Some(at(1_000));
+        assert_eq!(deleting_for(&nm, 5_000), Duration::from_secs(4));
+        // A clock behind the API server's: no negative age.
+        assert_eq!(deleting_for(&nm, 500), Duration::ZERO);
     }
 }

@@ -426,6 +426,15 @@ impl LocalRuntime {
             .join(digest.get(..16).unwrap_or(&digest))
     }
 
+    /// The network this operator gives its sidecars: the API publish address, and whether
+    /// isolated (an adopted sidecar must have the same).
+    fn network(&self) -> (IpAddr, bool) {
+        (
+            self.settings.api_publish_ip,
+            self.settings.network == LocalNetwork::Isolated,
+        )
+    }
+
     /// The address the sidecars publish their API ports on, which placing a configuration
     /// measures as its `advertiseAddress` when it is not loopback.
     pub fn api_publish_ip(&self) -> IpAddr {
@@ -440,11 +449,10 @@ impl LocalRuntime {
     /// [`LocalRuntime::ensure`].
     pub(super) async fn place(
         &self,
-        nm: &NautilusMaster,
+        names: &Names,
         mut config: EnclaveConfig,
     ) -> Result<EnclaveConfig> {
-        let names = Names::of(nm)?;
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
         // Where clients reach this control plane: the measured advertise address (the in-cluster
         // `kubernetes` endpoint) is set from it here.
@@ -511,6 +519,7 @@ impl LocalRuntime {
     fn command(
         &self,
         nm: &NautilusMaster,
+        names: &Names,
         dir: &Path,
         boot_path: &Path,
         sockets: &LocalSockets,
@@ -588,10 +597,7 @@ impl LocalRuntime {
                 cmd.arg(format!("--aws-credentials-file={}", file.display()));
             }
             cmd.arg(format!("--egress-allow={}", desired::kms_host_port(state)?))
-                .arg(format!(
-                    "--state-dir={}",
-                    self.state_dir(&Names::of(nm)?).display()
-                ));
+                .arg(format!("--state-dir={}", self.state_dir(names).display()));
         }
         cmd
             // Parallel control planes on one machine must not share the health ports (with
@@ -610,20 +616,17 @@ impl LocalRuntime {
     pub(super) async fn ensure(
         &self,
         nm: &NautilusMaster,
+        names: &Names,
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
-        let names = Names::of(nm)?;
         let key = names.key();
         let slot = self.slot(&key);
         let mut process = slot.lock().await;
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
-        let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
-            what: "serializing the boot config".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let json = boot_json(boot)?;
         if let Some(p) = process.as_mut() {
             let alive = p.child.exited().is_none();
             if alive && p.digest_hex == digest_hex {
@@ -638,17 +641,8 @@ impl LocalRuntime {
                 return Ok(());
             }
             *process = None;
-        } else if let Some(adopted) = adopt_or_stop(
-            &dir,
-            &boot_path,
-            &json,
-            digest_hex,
-            (
-                self.settings.api_publish_ip,
-                self.settings.network == LocalNetwork::Isolated,
-            ),
-        )
-        .await
+        } else if let Some(adopted) =
+            adopt_or_stop(&dir, &boot_path, &json, digest_hex, self.network()).await
         {
             tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
             *process = Some(adopted);
@@ -660,7 +654,7 @@ impl LocalRuntime {
         tokio::fs::write(&boot_path, json)
             .await
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
-        let socket_dir = self.socket_dir(&names);
+        let socket_dir = self.socket_dir(names);
         let sockets = LocalSockets::in_dir(&socket_dir)?;
         tokio::fs::DirBuilder::new()
             .recursive(true)
@@ -695,7 +689,7 @@ impl LocalRuntime {
         let log_err = log
             .try_clone()
             .map_err(local_err(format!("opening {}", log_path.display())))?;
-        let mut cmd = self.command(nm, &dir, &boot_path, &sockets, ports)?;
+        let mut cmd = self.command(nm, names, &dir, &boot_path, &sockets, ports)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -752,23 +746,38 @@ impl LocalRuntime {
         Ok(())
     }
 
-    pub(super) async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
-        let names = Names::of(nm)?;
+    /// What runs for `names`: its process, else one a previous operator process started for
+    /// this very `boot` (same bytes: same configuration and nonce), which is adopted.
+    pub(super) async fn observe(&self, names: &Names, boot: &BootConfig) -> Result<Observed> {
         let placement = EnclavePlacement {
             runtime: Some("local".into()),
             ..EnclavePlacement::default()
         };
-        let slot = self.table().get(&names.key()).cloned();
-        let mut process = match &slot {
-            Some(slot) => Some(slot.lock().await),
-            None => None,
-        };
-        let Some(p) = process.as_mut().and_then(|p| p.as_mut()) else {
+        let key = names.key();
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
+        if process.is_none() {
+            let dir = self.resource_dir(names);
+            let adopted = adopt(
+                &dir,
+                &dir.join(desired::BOOT_CONFIG_KEY),
+                &boot_json(boot)?,
+                &boot.config.digest_hex(),
+                self.network(),
+            )
+            .await;
+            if let Some(adopted) = adopted {
+                tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
+                *process = Some(adopted);
+            }
+        }
+        let Some(p) = process.as_mut() else {
             return Ok(Observed {
                 state: EnclaveState::Absent,
                 sidecar: None,
                 placement,
                 endpoint: String::new(),
+                config_digest: None,
             });
         };
         let endpoint = endpoint_for(p.api.ip(), p.api.port());
@@ -787,15 +796,15 @@ impl LocalRuntime {
             sidecar,
             placement,
             endpoint,
+            config_digest: Some(p.digest_hex.clone()),
         })
     }
 
-    pub(super) async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
-        let names = Names::of(nm)?;
+    pub(super) async fn stop(&self, nm: &NautilusMaster, names: &Names) -> Result<Stopped> {
         let key = names.key();
         let slot = self.slot(&key);
         let mut process = slot.lock().await;
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let mut left = Vec::new();
         let ended = match process.take() {
             Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
@@ -820,7 +829,7 @@ impl LocalRuntime {
             .remove(&key);
         let mut dirs = vec![
             ("work directory", dir),
-            ("socket directory", self.socket_dir(&names)),
+            ("socket directory", self.socket_dir(names)),
         ];
         // Sealed snapshots stay unless the spec says they go with the resource.
         if nm
@@ -829,7 +838,7 @@ impl LocalRuntime {
             .as_ref()
             .is_some_and(|s| s.deletion_policy == StateDeletionPolicy::Delete)
         {
-            dirs.push(("sealed snapshots", self.state_dir(&names)));
+            dirs.push(("sealed snapshots", self.state_dir(names)));
         }
         for (what, dir) in dirs {
             match tokio::fs::remove_dir_all(&dir).await {
@@ -911,24 +920,8 @@ async fn adopt_or_stop(
     network: (IpAddr, bool),
 ) -> Option<LocalProcess> {
     let record = recorded(dir, boot_path).await?;
-    let same_boot = tokio::fs::read(boot_path)
-        .await
-        .is_ok_and(|on_disk| on_disk == boot);
-    if same_boot
-        && record.digest_hex == digest_hex
-        && (record.api_ip, record.isolated_network) == network
-    {
-        return Some(LocalProcess {
-            child: Handle::Adopted {
-                pid: record.pid,
-                start_ticks: record.start_ticks,
-            },
-            digest_hex: record.digest_hex,
-            http: SocketAddr::from(([127, 0, 0, 1], record.http_port)),
-            api: SocketAddr::new(record.api_ip, record.api_port),
-            started_ms: record.started_ms,
-            exit_reported: false,
-        });
+    if let Some(adopted) = adoptable(&record, boot_path, boot, digest_hex, network).await {
+        return Some(adopted);
     }
     tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
     let _ = Handle::Adopted {
@@ -938,6 +931,56 @@ async fn adopt_or_stop(
     .terminate()
     .await;
     None
+}
+
+/// The sidecar a previous operator process started for this resource, when it still runs the
+/// boot configuration `boot` on the network this operator would give it; `None` otherwise
+/// (nothing recorded, or another configuration, which [`LocalRuntime::ensure`] stops).
+async fn adopt(
+    dir: &std::path::Path,
+    boot_path: &std::path::Path,
+    boot: &[u8],
+    digest_hex: &str,
+    network: (IpAddr, bool),
+) -> Option<LocalProcess> {
+    let record = recorded(dir, boot_path).await?;
+    adoptable(&record, boot_path, boot, digest_hex, network).await
+}
+
+/// `record` as a process of this operator, if it runs `boot` (same bytes on disk, same digest)
+/// on `network`.
+async fn adoptable(
+    record: &SidecarRecord,
+    boot_path: &std::path::Path,
+    boot: &[u8],
+    digest_hex: &str,
+    network: (IpAddr, bool),
+) -> Option<LocalProcess> {
+    let same_boot = tokio::fs::read(boot_path)
+        .await
+        .is_ok_and(|on_disk| on_disk == boot);
+    (same_boot
+        && record.digest_hex == digest_hex
+        && (record.api_ip, record.isolated_network) == network)
+        .then(|| LocalProcess {
+            child: Handle::Adopted {
+                pid: record.pid,
+                start_ticks: record.start_ticks,
+            },
+            digest_hex: record.digest_hex.clone(),
+            http: SocketAddr::from(([127, 0, 0, 1], record.http_port)),
+            api: SocketAddr::new(record.api_ip, record.api_port),
+            started_ms: record.started_ms,
+            exit_reported: false,
+        })
+}
+
+/// The boot configuration as the sidecar reads it from its file.
+fn boot_json(boot: &BootConfig) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
+        what: "serializing the boot config".into(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// Stop the sidecar `dir` records, if it still runs (the resource is being deleted): its pid
@@ -992,6 +1035,10 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
+    fn names_of(nm: &NautilusMaster) -> Names {
+        Names::of(nm).expect("names")
+    }
+
     fn boot(nm: &NautilusMaster) -> BootConfig {
         BootConfig {
             config: desired::enclave_config(nm).expect("config"),
@@ -1006,11 +1053,19 @@ mod tests {
         write_script(&script, "#!/bin/sh\nexec sleep 30\n");
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        let observed = rt.observe(&nm).await.expect("observe");
+        let observed = rt
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("observe");
         assert_eq!(observed.state, EnclaveState::Absent);
 
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
-        let observed = rt.observe(&nm).await.expect("observe");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
+        let observed = rt
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("observe");
         assert!(matches!(observed.state, EnclaveState::SidecarUp { .. }));
         assert_eq!(observed.placement.runtime.as_deref(), Some("local"));
         assert!(observed.endpoint.starts_with("https://127.0.0.1:"));
@@ -1018,12 +1073,26 @@ mod tests {
         assert!(addr.ip().is_loopback());
 
         // Same digest: the same process.
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
-        assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
-
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         assert_eq!(
-            rt.observe(&nm).await.expect("o").state,
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .sidecar,
+            Some(addr)
+        );
+
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
+        assert_eq!(
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
 
@@ -1036,11 +1105,22 @@ mod tests {
             >();
             Client::new(service, "default")
         };
-        rt.start(&nm, &boot(&nm), "d2").await.expect("start");
-        assert!(rt.observe(&client, &nm).await.expect("o").sidecar.is_some());
+        rt.start(&nm, &names_of(&nm), &boot(&nm), "d2")
+            .await
+            .expect("start");
+        assert!(
+            rt.observe(&client, None, &nm, &names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .sidecar
+                .is_some()
+        );
         rt.shutdown().await;
         assert_eq!(
-            rt.observe(&client, &nm).await.expect("o").state,
+            rt.observe(&client, None, &nm, &names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
         let _ = std::fs::remove_file(&script);
@@ -1062,10 +1142,17 @@ mod tests {
         );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         let mut seen = false;
         for _ in 0..50 {
-            if let EnclaveState::Failed(m) = rt.observe(&nm).await.expect("o").state {
+            if let EnclaveState::Failed(m) = rt
+                .observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state
+            {
                 assert!(m.contains("exited"), "{m}");
                 seen = true;
                 break;
@@ -1074,14 +1161,19 @@ mod tests {
         }
         assert!(seen, "the exit was not observed");
         // Reported once, the next ensure restarts it.
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("restart");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("restart");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = rt.observe(&nm).await.expect("o");
+        let after = rt.observe(&names_of(&nm), &boot(&nm)).await.expect("o");
         assert!(
             matches!(after.state, EnclaveState::SidecarUp { .. }),
             "{after:?}"
         );
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1103,7 +1195,9 @@ mod tests {
         );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         // Real time (the clock is paused): until the script ignores SIGTERM.
         for _ in 0..200 {
             if ready.exists() {
@@ -1115,7 +1209,7 @@ mod tests {
         // Another resource's sidecar, started before and answering while this one is stopped.
         let other = mk_nm("other");
         std::fs::remove_file(&ready).expect("rm ready");
-        rt.ensure(&other, &boot(&other), "d1")
+        rt.ensure(&other, &names_of(&other), &boot(&other), "d1")
             .await
             .expect("ensure");
         for _ in 0..200 {
@@ -1128,7 +1222,7 @@ mod tests {
         let rt = Arc::new(rt);
         let stopping = tokio::spawn({
             let (rt, nm) = (Arc::clone(&rt), nm.clone());
-            async move { rt.stop(&nm).await }
+            async move { rt.stop(&nm, &names_of(&nm)).await }
         });
         // Until the stop holds the resource's slot (it then waits for the grace).
         let slot = rt.slot(&Names::of(&nm).expect("names").key());
@@ -1141,7 +1235,11 @@ mod tests {
         assert!(slot.try_lock().is_err(), "the stop did not start");
         // One lock over every resource made this wait for the whole grace (the paused clock
         // then ran it out and the stop finished first).
-        let seen = rt.observe(&other).await.expect("observe").state;
+        let seen = rt
+            .observe(&names_of(&other), &boot(&other))
+            .await
+            .expect("observe")
+            .state;
         assert!(matches!(seen, EnclaveState::SidecarUp { .. }), "{seen:?}");
         assert!(
             !stopping.is_finished(),
@@ -1152,7 +1250,9 @@ mod tests {
         };
         // The other one ignores SIGTERM too.
         assert!(matches!(
-            rt.stop(&other).await.expect("stop other"),
+            rt.stop(&other, &names_of(&other))
+                .await
+                .expect("stop other"),
             Stopped::Incomplete(_)
         ));
         assert!(
@@ -1160,7 +1260,10 @@ mod tests {
             "{what}"
         );
         assert_eq!(
-            rt.observe(&nm).await.expect("o").state,
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -1201,16 +1304,27 @@ mod tests {
         };
 
         let first = LocalRuntime::new(settings("work"));
-        first.ensure(&nm, &boot1, "d1").await.expect("ensure");
-        let addr = first.observe(&nm).await.expect("o").sidecar.expect("up");
+        first
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
+        let addr = first
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("o")
+            .sidecar
+            .expect("up");
         let record = pid_of(&first);
         assert!(same_process(record.pid, record.start_ticks));
         std::mem::forget(first);
 
         // Same boot configuration: adopted, not restarted.
         let second = LocalRuntime::new(settings("work"));
-        second.ensure(&nm, &boot1, "d1").await.expect("ensure");
-        let seen = second.observe(&nm).await.expect("o");
+        second
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
+        let seen = second.observe(&names_of(&nm), &boot(&nm)).await.expect("o");
         assert_eq!(seen.sidecar, Some(addr), "{seen:?}");
         assert!(
             matches!(seen.state, EnclaveState::SidecarUp { started_ms: Some(ms) } if ms == record.started_ms)
@@ -1220,7 +1334,10 @@ mod tests {
 
         // Another boot configuration (a new nonce): the old one is stopped, a new one started.
         let third = LocalRuntime::new(settings("work"));
-        third.ensure(&nm, &boot2, "d1").await.expect("ensure");
+        third
+            .ensure(&nm, &names_of(&nm), &boot2, "d1")
+            .await
+            .expect("ensure");
         assert!(
             !same_process(record.pid, record.start_ticks),
             "the old sidecar still runs"
@@ -1232,7 +1349,10 @@ mod tests {
 
         // Deleted while no operator ran: the next one's stop ends the recorded sidecar.
         let fourth = LocalRuntime::new(settings("work"));
-        assert_eq!(fourth.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            fourth.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         assert!(
             !same_process(replaced.pid, replaced.start_ticks),
             "the sidecar outlived its resource"
@@ -1251,9 +1371,15 @@ mod tests {
         };
         write_record(&other_dir, &foreign).await.expect("write");
         std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
-        other.ensure(&nm, &boot1, "d1").await.expect("ensure");
+        other
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
         assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
-        assert_eq!(other.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            other.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1284,7 +1410,14 @@ mod tests {
         let dir = std::path::Path::new("/tmp/x");
         let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
         let cmd = rt
-            .command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
+            .command(
+                &nm,
+                &names_of(&nm),
+                dir,
+                &dir.join("boot-config.json"),
+                &sockets,
+                ports(),
+            )
             .expect("cmd");
         let args = args_of(&cmd);
         for expected in [
@@ -1334,8 +1467,15 @@ mod tests {
         let dir = Path::new("/tmp/x");
         let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
         let args = args_of(
-            &rt.command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
-                .expect("cmd"),
+            &rt.command(
+                &nm,
+                &names_of(&nm),
+                dir,
+                &dir.join("boot-config.json"),
+                &sockets,
+                ports(),
+            )
+            .expect("cmd"),
         );
         assert!(!args.iter().any(|a| a == "--isolate-network"), "{args:?}");
         assert!(
@@ -1406,14 +1546,20 @@ mod tests {
         });
         let nm = mk_nm("demo");
         let placed = rt
-            .place(&nm, desired::enclave_config(&nm).expect("config"))
+            .place(
+                &names_of(&nm),
+                desired::enclave_config(&nm).expect("config"),
+            )
             .await
             .expect("placed");
         let port = placed.control_plane.https_port;
         // Kept: a second placement (or a restarted operator) gets the same port.
         assert_eq!(
             LocalRuntime::new(rt.settings.clone())
-                .place(&nm, desired::enclave_config(&nm).expect("config"))
+                .place(
+                    &names_of(&nm),
+                    desired::enclave_config(&nm).expect("config")
+                )
                 .await
                 .expect("placed")
                 .control_plane
@@ -1424,8 +1570,10 @@ mod tests {
             config: placed,
             nonce: vec![1; 32],
         };
-        rt.ensure(&nm, &boot, "d1").await.expect("ensure");
-        let observed = rt.observe(&nm).await.expect("observe");
+        rt.ensure(&nm, &names_of(&nm), &boot, "d1")
+            .await
+            .expect("ensure");
+        let observed = rt.observe(&names_of(&nm), &boot).await.expect("observe");
         assert_eq!(observed.endpoint, format!("https://127.0.0.1:{port}"));
         let mut args = String::new();
         for _ in 0..100 {
@@ -1440,7 +1588,10 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("--isolate-network"), "{args}");
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         assert!(
             !rt.socket_dir(&Names::of(&nm).expect("names")).exists(),
             "the socket directory is left"

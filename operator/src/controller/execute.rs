@@ -8,10 +8,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use nautilus_crds::{NautilusMaster, NautilusMasterStatus};
 
+use super::attest::{Attest, Kubeconfig, Note, Steps};
 use super::attestation::Attestation;
-use super::plan::{
-    AfterStop, Apply, Attest, Child, Cleanup, Kubeconfig, Note, Plan, Stamped, Steps, after_stop,
-};
+use super::plan::{AfterStop, Apply, Child, Cleanup, Plan, Stamped, after_stop};
 use super::{Context, Error, Result};
 use crate::api::kube_err;
 use crate::desired::{FIELD_MANAGER, Names};

@@ -51,6 +51,7 @@ use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
 use crate::runtime::EnclaveRuntime;
 
+mod attest;
 mod attestation;
 mod error;
 mod execute;

@@ -15,11 +15,10 @@ use nautilus_protocol::wire::EvidenceBundle;
 
 use super::RESYNC_WITHOUT_SIDECAR;
 use super::attestation::{Attestation, Due};
-use super::plan::Stamped;
 use super::snapshot::Children;
 use super::status::{StatusInput, build_status, status_changed, transitions};
 use crate::conditions;
-use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names};
+use crate::desired::{self, DesiredError, KUBECONFIG_KEY, Names, Stamped};
 use crate::events::EventType;
 use crate::observe::{self, Observed};
 use crate::state;

@@ -10,10 +10,10 @@ use nautilus_crds::{NautilusMaster, NautilusMasterStatus};
 
 use super::attest::{Attest, Kubeconfig, Note, Steps};
 use super::attestation::Attestation;
-use super::plan::{AfterStop, Apply, Child, Cleanup, Plan, Stamped, after_stop};
+use super::plan::{AfterStop, Apply, Child, Cleanup, Plan, after_stop};
 use super::{Context, Error, Result};
 use crate::api::kube_err;
-use crate::desired::{FIELD_MANAGER, Names};
+use crate::desired::{FIELD_MANAGER, Names, Stamped};
 use crate::sidecar;
 
 /// The writes of one reconcile of `nm`.

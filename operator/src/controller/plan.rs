@@ -27,29 +27,12 @@ use nautilus_crds::{NautilusMaster, NautilusMasterStatus, Phase};
 use nautilus_protocol::wire::BootConfig;
 
 use super::attest::{Attest, Note, Observation, attest};
-use super::snapshot::{Children, Snapshot, World};
+use super::snapshot::{Children, Snapshot, Workload, World};
 use super::{STOP_DEADLINE, STOP_INCOMPLETE};
-use crate::desired::{self, DesiredError, PodSettings};
+use crate::desired::{self, DesiredError, Stamped};
 use crate::events::EventType;
 use crate::observe::{EnclaveState, Observed};
 use crate::runtime::Stopped;
-
-/// An object to apply, stamped with [`desired::APPLIED_HASH_KEY`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct Stamped<K> {
-    /// The object, carrying its hash.
-    pub object: K,
-    /// The hash.
-    pub hash: String,
-}
-
-impl<K: kube::Resource + serde::Serialize> Stamped<K> {
-    /// `object`, stamped.
-    pub fn new(mut object: K) -> Result<Self, DesiredError> {
-        let hash = desired::stamp_applied_hash(&mut object)?;
-        Ok(Self { object, hash })
-    }
-}
 
 /// A child to server-side apply.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,15 +45,6 @@ pub enum Child {
     Service(Box<Stamped<Service>>),
     /// The kubeconfig Secret.
     Secret(Stamped<Secret>),
-}
-
-/// Where the workload runs, as far as the plan cares.
-#[derive(Clone, Copy, Debug)]
-pub enum Workload<'a> {
-    /// A StatefulSet with these settings, and a Service: children to apply.
-    Pod(&'a PodSettings),
-    /// A local process, which the runtime starts itself: no children besides the ConfigMap.
-    Local,
 }
 
 /// The children to apply, in order, for `boot`.
@@ -307,6 +281,7 @@ pub fn deleting_for(nm: &NautilusMaster, now_ms: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::PodSettings;
     use crate::fixtures::mk_nm;
     use pretty_assertions::assert_eq;
 

@@ -15,10 +15,9 @@ use nautilus_crds::NautilusMaster;
 use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
 
 use super::attestation::{Attestation, fresh_nonce, grace_ms};
-use super::plan::Workload;
 use super::{Context, Result};
 use crate::api::{Cache, kube_err};
-use crate::desired::{self, Names};
+use crate::desired::{self, Names, PodSettings};
 use crate::observe::{EnclaveState, Observed};
 use crate::runtime::EnclaveRuntime;
 use crate::sidecar;
@@ -41,6 +40,15 @@ pub(super) enum World<'a> {
     Live(Box<Live<'a>>),
     /// The resource is being deleted: the plan needs nothing more than the resource itself.
     Deleting,
+}
+
+/// Where the workload runs, as far as the plan cares.
+#[derive(Clone, Copy, Debug)]
+pub enum Workload<'a> {
+    /// A StatefulSet with these settings, and a Service: children to apply.
+    Pod(&'a PodSettings),
+    /// A local process, which the runtime starts itself: no children besides the ConfigMap.
+    Local,
 }
 
 /// What a reconcile of a live resource saw.

@@ -136,6 +136,23 @@ where
     Ok(hash)
 }
 
+/// An object to apply, stamped with [`APPLIED_HASH_KEY`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stamped<K> {
+    /// The object, carrying its hash.
+    pub object: K,
+    /// The hash.
+    pub hash: String,
+}
+
+impl<K: kube::Resource + Serialize> Stamped<K> {
+    /// `object`, stamped ([`stamp_applied_hash`]).
+    pub fn new(mut object: K) -> Result<Self> {
+        let hash = stamp_applied_hash(&mut object)?;
+        Ok(Self { object, hash })
+    }
+}
+
 /// Whether `cached` (the watch cache's copy of a child) was last applied with `hash`.
 pub fn applied_with<K: kube::Resource>(cached: Option<&K>, hash: &str) -> bool {
     cached

@@ -26,7 +26,7 @@ mod settings;
 
 pub use process::LOCAL_STOP_GRACE;
 use process::{Handle, LocalPorts, LocalSockets, endpoint_for, free_port, free_port_on, localhost};
-use record::{SidecarRecord, adopt, adopt_or_stop, boot_json, stop_recorded, write_record};
+use record::{Left, SidecarRecord, boot_json, left_behind, stop_left, stop_recorded, write_record};
 pub use settings::{
     DEVELOPMENT_BINARIES, LocalNetwork, LocalSettings, MAX_SOCKET_PATH, development_bin_dir,
 };
@@ -232,17 +232,21 @@ impl LocalRuntime {
                 // A new configuration: replace the enclave, as a new pod revision would.
                 p.child.terminate().await;
             } else if p.digest_hex == digest_hex && !p.exit_reported {
-                // It exited: leave it for observe() to report once, then restart it on the
-                // next reconcile (as the kubelet restarts a container).
+                // It exited: leave it for observe() to report once; the reconcile that
+                // reported it restarts it (as the kubelet restarts a container).
                 return Ok(());
             }
             *process = None;
-        } else if let Some(adopted) =
-            adopt_or_stop(&dir, &boot_path, &json, digest_hex, self.network()).await
-        {
-            tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
-            *process = Some(adopted);
-            return Ok(());
+        } else {
+            match left_behind(&dir, &boot_path, &json, digest_hex, self.network()).await {
+                Some(Left::Adoptable(adopted)) => {
+                    tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
+                    *process = Some(*adopted);
+                    return Ok(());
+                }
+                Some(Left::Other(record)) => stop_left(&dir, &record).await,
+                None => {}
+            }
         }
         tokio::fs::create_dir_all(&dir)
             .await
@@ -354,7 +358,7 @@ impl LocalRuntime {
         let mut process = slot.lock().await;
         if process.is_none() {
             let dir = self.resource_dir(names);
-            let adopted = adopt(
+            let left = left_behind(
                 &dir,
                 &dir.join(desired::BOOT_CONFIG_KEY),
                 &boot_json(boot)?,
@@ -362,9 +366,9 @@ impl LocalRuntime {
                 self.network(),
             )
             .await;
-            if let Some(adopted) = adopted {
+            if let Some(Left::Adoptable(adopted)) = left {
                 tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
-                *process = Some(adopted);
+                *process = Some(*adopted);
             }
         }
         let Some(p) = process.as_mut() else {

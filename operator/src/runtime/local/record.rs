@@ -104,22 +104,37 @@ pub(super) async fn write_record(
     tokio::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE)).await
 }
 
+/// What a previous operator process left running for a resource ([`left_behind`]).
+pub(super) enum Left {
+    /// Its sidecar runs this very boot configuration on this operator's network: adopt it.
+    Adoptable(Box<LocalProcess>),
+    /// Its sidecar runs another configuration, or on another network: stop it
+    /// ([`stop_left`]).
+    Other(SidecarRecord),
+}
+
 /// After an operator restart: the sidecar a previous operator process started for this
-/// resource, adopted when it still runs the boot configuration `boot` (same bytes, so the same
-/// configuration and nonce: its attestation stays valid) on the network this operator would
-/// give it (`network`: the API publish address, and whether isolated), else stopped. `None`
-/// when there was none or it was stopped.
-pub(super) async fn adopt_or_stop(
+/// resource, if it still runs, and whether it runs the boot configuration `boot` (same bytes,
+/// so the same configuration and nonce: its attestation stays valid) on the network this
+/// operator would give it (`network`: the API publish address, and whether isolated).
+pub(super) async fn left_behind(
     dir: &std::path::Path,
     boot_path: &std::path::Path,
     boot: &[u8],
     digest_hex: &str,
     network: (IpAddr, bool),
-) -> Option<LocalProcess> {
+) -> Option<Left> {
     let record = recorded(dir, boot_path).await?;
-    if let Some(adopted) = adoptable(&record, boot_path, boot, digest_hex, network).await {
-        return Some(adopted);
-    }
+    Some(
+        match adoptable(&record, boot_path, boot, digest_hex, network).await {
+            Some(adopted) => Left::Adoptable(Box::new(adopted)),
+            None => Left::Other(record),
+        },
+    )
+}
+
+/// Stop a sidecar of another configuration that a previous operator process left in `dir`.
+pub(super) async fn stop_left(dir: &std::path::Path, record: &SidecarRecord) {
     tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
     let _ = Handle::Adopted {
         pid: record.pid,
@@ -127,21 +142,6 @@ pub(super) async fn adopt_or_stop(
     }
     .terminate()
     .await;
-    None
-}
-
-/// The sidecar a previous operator process started for this resource, when it still runs the
-/// boot configuration `boot` on the network this operator would give it; `None` otherwise
-/// (nothing recorded, or another configuration, which [`LocalRuntime::ensure`] stops).
-pub(super) async fn adopt(
-    dir: &std::path::Path,
-    boot_path: &std::path::Path,
-    boot: &[u8],
-    digest_hex: &str,
-    network: (IpAddr, bool),
-) -> Option<LocalProcess> {
-    let record = recorded(dir, boot_path).await?;
-    adoptable(&record, boot_path, boot, digest_hex, network).await
 }
 
 /// `record` as a process of this operator, if it runs `boot` (same bytes on disk, same digest)

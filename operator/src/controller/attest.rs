@@ -241,6 +241,7 @@ fn steps(
         Outcome::Verified(v) => {
             let secret = Stamped::new(desired::kubeconfig_secret(
                 nm,
+                seen.names,
                 &seen.workload.endpoint,
                 &v.serving_ca_pem,
             )?)?;
@@ -566,6 +567,7 @@ mod tests {
 
         let secret = desired::kubeconfig_secret(
             &nm,
+            &Names::of(&nm).expect("names"),
             "https://demo.team-a.svc:6443",
             &enclave.serving_ca_pem,
         )

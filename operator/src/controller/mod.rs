@@ -511,7 +511,8 @@ mod tests {
             config: desired::enclave_config(&old).expect("config"),
             nonce: vec![9; 32],
         };
-        let existing = desired::boot_config_map(&old, &old_boot).expect("cm");
+        let existing = desired::boot_config_map(&old, &Names::of(&old).expect("names"), &old_boot)
+            .expect("cm");
         let mut nm = old.clone();
         nm.spec.control_plane.https_port = 16443;
         nm.metadata.generation = Some(2);
@@ -634,7 +635,7 @@ mod tests {
             config,
             nonce: nonce.clone(),
         };
-        let cm = desired::boot_config_map(&nm, &boot).expect("cm");
+        let cm = desired::boot_config_map(&nm, &Names::of(&nm).expect("names"), &boot).expect("cm");
         let enclave = FakeEnclave::new();
         let now = now_ms();
         let sidecar = FakeSidecar::start(&enclave.bundle(digest, &nonce, 1, now)).await;
@@ -694,6 +695,7 @@ mod tests {
         let digest = config.digest();
         let cm = desired::boot_config_map(
             &nm,
+            &Names::of(&nm).expect("names"),
             &BootConfig {
                 config,
                 nonce: vec![9u8; 32],
@@ -757,6 +759,7 @@ mod tests {
         let nonce = vec![9u8; 32];
         let cm = desired::boot_config_map(
             &nm,
+            &Names::of(&nm).expect("names"),
             &BootConfig {
                 config,
                 nonce: nonce.clone(),

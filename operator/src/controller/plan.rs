@@ -29,7 +29,7 @@ use nautilus_protocol::wire::BootConfig;
 use super::attest::{Attest, Note, Observation, attest};
 use super::snapshot::{Children, Snapshot, Workload, World};
 use super::{STOP_DEADLINE, STOP_INCOMPLETE};
-use crate::desired::{self, DesiredError, Stamped};
+use crate::desired::{self, DesiredError, Names, Stamped};
 use crate::events::EventType;
 use crate::observe::{EnclaveState, Observed};
 use crate::runtime::Stopped;
@@ -50,19 +50,20 @@ pub enum Child {
 /// The children to apply, in order, for `boot`.
 pub fn children(
     nm: &NautilusMaster,
+    names: &Names,
     boot: &BootConfig,
     workload: Workload<'_>,
 ) -> Result<Vec<Child>, DesiredError> {
     let mut out = vec![Child::ConfigMap(Stamped::new(desired::boot_config_map(
-        nm, boot,
+        nm, names, boot,
     )?)?)];
     if let Workload::Pod(settings) = workload {
         let digest_hex = boot.config.digest_hex();
         out.push(Child::StatefulSet(Box::new(Stamped::new(
-            desired::enclave_statefulset(nm, &digest_hex, settings)?,
+            desired::enclave_statefulset(nm, names, &digest_hex, settings)?,
         )?)));
         out.push(Child::Service(Box::new(Stamped::new(desired::service(
-            nm,
+            nm, names,
         )?)?)));
     }
     Ok(out)
@@ -142,7 +143,7 @@ pub fn plan(
     };
     let digest_hex = hex::encode(live.digest);
     let (replace_statefulset, children) = to_apply(
-        children(nm, &live.boot, live.runtime)?,
+        children(nm, names, &live.boot, live.runtime)?,
         live.cached.as_ref(),
     );
     let local = matches!(live.runtime, Workload::Local);
@@ -310,26 +311,46 @@ mod tests {
         let digest_hex = boot.config.digest_hex();
         let stamped_cm = || {
             Child::ConfigMap(
-                Stamped::new(desired::boot_config_map(&nm, &boot).expect("cm")).expect("hash"),
+                Stamped::new(
+                    desired::boot_config_map(&nm, &Names::of(&nm).expect("names"), &boot)
+                        .expect("cm"),
+                )
+                .expect("hash"),
             )
         };
         assert_eq!(
-            children(&nm, &boot, Workload::Pod(&settings)).expect("children"),
+            children(
+                &nm,
+                &Names::of(&nm).expect("names"),
+                &boot,
+                Workload::Pod(&settings)
+            )
+            .expect("children"),
             [
                 stamped_cm(),
                 Child::StatefulSet(Box::new(
                     Stamped::new(
-                        desired::enclave_statefulset(&nm, &digest_hex, &settings).expect("sts")
+                        desired::enclave_statefulset(
+                            &nm,
+                            &Names::of(&nm).expect("names"),
+                            &digest_hex,
+                            &settings
+                        )
+                        .expect("sts")
                     )
                     .expect("hash")
                 )),
                 Child::Service(Box::new(
-                    Stamped::new(desired::service(&nm).expect("svc")).expect("hash")
+                    Stamped::new(
+                        desired::service(&nm, &Names::of(&nm).expect("names")).expect("svc")
+                    )
+                    .expect("hash")
                 )),
             ]
         );
         assert_eq!(
-            children(&nm, &boot, Workload::Local).expect("children"),
+            children(&nm, &Names::of(&nm).expect("names"), &boot, Workload::Local)
+                .expect("children"),
             [stamped_cm()],
             "the local runtime starts its process itself"
         );
@@ -341,7 +362,13 @@ mod tests {
             config: desired::enclave_config(nm).expect("config"),
             nonce: BOOT_NONCE.to_vec(),
         };
-        children(nm, &boot, Workload::Pod(&PodSettings::default())).expect("children")
+        children(
+            nm,
+            &Names::of(nm).expect("names"),
+            &boot,
+            Workload::Pod(&PodSettings::default()),
+        )
+        .expect("children")
     }
 
     #[test]

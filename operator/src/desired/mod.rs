@@ -266,14 +266,13 @@ pub fn enclave_config(nm: &NautilusMaster) -> Result<EnclaveConfig> {
 }
 
 /// The ConfigMap `<name>-boot` holding the BootConfig JSON under [`BOOT_CONFIG_KEY`].
-pub fn boot_config_map(nm: &NautilusMaster, boot: &BootConfig) -> Result<ConfigMap> {
-    let names = Names::of(nm)?;
+pub fn boot_config_map(nm: &NautilusMaster, names: &Names, boot: &BootConfig) -> Result<ConfigMap> {
     let digest = boot.config.digest_hex();
     let json = serde_json::to_string_pretty(boot).map_err(|err| DesiredError::Serialize {
         what: "boot config",
         reason: err.to_string(),
     })?;
-    let mut metadata = meta(nm, &names, &names.boot_config_map)?;
+    let mut metadata = meta(nm, names, &names.boot_config_map)?;
     metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -374,13 +373,12 @@ pub fn kms_host_port(state: &StateSpec) -> Result<String> {
 }
 
 /// The Service `<name>` in front of the enclave: `httpsPort` → the sidecar's 6443.
-pub fn service(nm: &NautilusMaster) -> Result<Service> {
-    let names = Names::of(nm)?;
+pub fn service(nm: &NautilusMaster, names: &Names) -> Result<Service> {
     Ok(Service {
-        metadata: meta(nm, &names, &names.service)?,
+        metadata: meta(nm, names, &names.service)?,
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(selector_labels(&names)),
+            selector: Some(selector_labels(names)),
             ports: Some(vec![ServicePort {
                 name: Some("https".into()),
                 port: nm.spec.control_plane.https_port.into(),
@@ -395,8 +393,7 @@ pub fn service(nm: &NautilusMaster) -> Result<Service> {
 }
 
 /// The control plane's endpoint through the Service: `https://<svc>.<ns>.svc:<httpsPort>`.
-pub fn service_endpoint(nm: &NautilusMaster) -> Result<String> {
-    let names = Names::of(nm)?;
+pub fn service_endpoint(nm: &NautilusMaster, names: &Names) -> Result<String> {
     Ok(format!(
         "https://{}.{}.svc:{}",
         names.service, names.namespace, nm.spec.control_plane.https_port
@@ -414,13 +411,13 @@ pub fn kubeconfig(nm: &NautilusMaster, server: &str, serving_ca_pem: &str) -> Re
 /// The Secret `<name>-kubeconfig` holding [`kubeconfig`] under [`KUBECONFIG_KEY`].
 pub fn kubeconfig_secret(
     nm: &NautilusMaster,
+    names: &Names,
     server: &str,
     serving_ca_pem: &str,
 ) -> Result<Secret> {
-    let names = Names::of(nm)?;
     let text = kubeconfig(nm, server, serving_ca_pem)?;
     Ok(Secret {
-        metadata: meta(nm, &names, &names.kubeconfig_secret)?,
+        metadata: meta(nm, names, &names.kubeconfig_secret)?,
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([(
             KUBECONFIG_KEY.into(),
@@ -529,7 +526,7 @@ mod tests {
         let nm = mk_nm("demo");
         let boot = boot(&nm);
         let digest = boot.config.digest_hex();
-        let cm = boot_config_map(&nm, &boot).expect("configmap");
+        let cm = boot_config_map(&nm, &Names::of(&nm).expect("names"), &boot).expect("configmap");
         assert_eq!(cm.metadata.name.as_deref(), Some("demo-boot"));
         let labels = cm.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels[DIGEST_KEY], digest[..32]);
@@ -583,7 +580,7 @@ mod tests {
             config.digest_hex(),
             enclave_config(&mk_nm("demo")).expect("c").digest_hex()
         );
-        let svc = service(&nm).expect("svc");
+        let svc = service(&nm, &Names::of(&nm).expect("names")).expect("svc");
         let port = &svc
             .spec
             .as_ref()
@@ -595,7 +592,7 @@ mod tests {
         assert_eq!(port.target_port, Some(IntOrString::Int(6443)));
         assert_eq!(port.name.as_deref(), Some("https"));
         assert_eq!(
-            service_endpoint(&nm).expect("endpoint"),
+            service_endpoint(&nm, &Names::of(&nm).expect("names")).expect("endpoint"),
             "https://demo.team-a.svc:16443"
         );
     }
@@ -609,14 +606,19 @@ mod tests {
         let b = enclave_config(&changed).expect("b").digest_hex();
         assert_ne!(a, b);
         let annotation = |nm: &NautilusMaster, d: &str| {
-            enclave_statefulset(nm, d, &PodSettings::default())
-                .expect("sts")
-                .spec
-                .template
-                .metadata
-                .expect("meta")
-                .annotations
-                .expect("ann")[DIGEST_KEY]
+            enclave_statefulset(
+                nm,
+                &Names::of(nm).expect("names"),
+                d,
+                &PodSettings::default(),
+            )
+            .expect("sts")
+            .spec
+            .template
+            .metadata
+            .expect("meta")
+            .annotations
+            .expect("ann")[DIGEST_KEY]
                 .clone()
         };
         assert_ne!(annotation(&nm, &a), annotation(&changed, &b));
@@ -654,7 +656,13 @@ mod tests {
         assert_eq!(a.boot_config_map, format!("{long_a}-boot"), "fits 253");
         // Stable across calls.
         assert_eq!(a, Names::of(&mk_nm(&long_a)).expect("again"));
-        let sts = enclave_statefulset(&mk_nm(&long_a), "d", &PodSettings::default()).expect("s");
+        let sts = enclave_statefulset(
+            &mk_nm(&long_a),
+            &Names::of(&mk_nm(&long_a)).expect("names"),
+            "d",
+            &PodSettings::default(),
+        )
+        .expect("s");
         for value in sts.metadata.labels.expect("labels").values() {
             assert!(value.len() <= 63, "{value}");
         }
@@ -683,7 +691,10 @@ mod tests {
         ));
         let mut nm = mk_nm("demo");
         nm.metadata.uid = None;
-        assert!(matches!(service(&nm), Err(DesiredError::Metadata("uid"))));
+        assert!(matches!(
+            service(&nm, &Names::of(&nm).expect("names")),
+            Err(DesiredError::Metadata("uid"))
+        ));
     }
 
     #[rstest]
@@ -710,7 +721,13 @@ mod tests {
         let mut nm = mk_nm("demo");
         nm.spec.auth.max_token_lifetime_seconds = 300;
         let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let secret = kubeconfig_secret(&nm, "https://demo.team-a.svc:6443", pem).expect("secret");
+        let secret = kubeconfig_secret(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            "https://demo.team-a.svc:6443",
+            pem,
+        )
+        .expect("secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("demo-kubeconfig"));
         let bytes = &secret.data.as_ref().expect("data")[KUBECONFIG_KEY].0;
         let config: serde_json::Value = serde_yaml::from_slice(bytes).expect("yaml");

@@ -161,10 +161,10 @@ fn state_claim(
 /// The single-replica StatefulSet `<name>-enclave` whose sidecar launches the enclave.
 pub fn enclave_statefulset(
     nm: &NautilusMaster,
+    names: &Names,
     digest_hex: &str,
     settings: &PodSettings,
 ) -> Result<StatefulSet> {
-    let names = Names::of(nm)?;
     let enclave = &nm.spec.enclave;
     let (hp_resource, hp_medium, hp_quantity) =
         hugepages(enclave.hugepage_size, enclave.memory_mib);
@@ -322,15 +322,15 @@ pub fn enclave_statefulset(
         ..PodSpec::default()
     };
 
-    let mut template_labels = labels(&names);
+    let mut template_labels = labels(names);
     template_labels.insert(DIGEST_KEY.into(), digest_label(digest_hex));
     Ok(StatefulSet {
-        metadata: meta(nm, &names, &names.statefulset)?,
+        metadata: meta(nm, names, &names.statefulset)?,
         spec: StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(names.service.clone()),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(&names)),
+                match_labels: Some(selector_labels(names)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
@@ -371,8 +371,13 @@ mod tests {
     #[test]
     fn sealed_state_gets_a_claim_a_mount_the_kms_egress_and_the_deletion_policy() {
         let mut nm = mk_nm("demo");
-        let plain =
-            enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let plain = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            &"ab".repeat(32),
+            &PodSettings::default(),
+        )
+        .expect("sts");
         assert!(plain.spec.volume_claim_templates.is_none());
         nm.spec.state = Some(StateSpec {
             deletion_policy: StateDeletionPolicy::Delete,
@@ -382,7 +387,13 @@ mod tests {
             },
             ..kept_state()
         });
-        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let sts = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            &"ab".repeat(32),
+            &PodSettings::default(),
+        )
+        .expect("sts");
         let spec = &sts.spec;
         let claims = spec.volume_claim_templates.as_ref().expect("claims");
         assert_eq!(claims.len(), 1);
@@ -426,7 +437,13 @@ mod tests {
             state.kms.endpoint = Some("https://vpce-1.kms.eu-west-1.vpce.amazonaws.com".into());
             state.deletion_policy = StateDeletionPolicy::Retain;
         }
-        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let sts = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            &"ab".repeat(32),
+            &PodSettings::default(),
+        )
+        .expect("sts");
         let args = container(&sts).args.clone().expect("args");
         assert!(
             args.contains(&"--egress-allow=vpce-1.kms.eu-west-1.vpce.amazonaws.com:443".to_owned()),
@@ -465,7 +482,13 @@ mod tests {
         let mut kept = mk_nm("demo");
         kept.spec.state = Some(kept_state());
         let sts = |nm: &NautilusMaster| {
-            enclave_statefulset(nm, &"ab".repeat(32), &PodSettings::default()).expect("sts")
+            enclave_statefulset(
+                nm,
+                &Names::of(nm).expect("names"),
+                &"ab".repeat(32),
+                &PodSettings::default(),
+            )
+            .expect("sts")
         };
         assert!(!claims_differ(&sts(&plain), &sts(&plain)));
         assert!(claims_differ(&sts(&plain), &sts(&kept)));
@@ -488,7 +511,13 @@ mod tests {
     #[test]
     fn statefulset_runs_the_sidecar_with_nitro_resources_and_no_privileges() {
         let nm = mk_nm("demo");
-        let sts = enclave_statefulset(&nm, &"ab".repeat(32), &PodSettings::default()).expect("sts");
+        let sts = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            &"ab".repeat(32),
+            &PodSettings::default(),
+        )
+        .expect("sts");
         assert_eq!(sts.metadata.name.as_deref(), Some("demo-enclave"));
         let spec = &sts.spec;
         assert_eq!(spec.replicas, Some(1));
@@ -612,7 +641,13 @@ mod tests {
         let mut nm = mk_nm("demo");
         nm.spec.enclave.hugepage_size = size;
         nm.spec.enclave.memory_mib = memory_mib;
-        let sts = enclave_statefulset(&nm, "d", &PodSettings::default()).expect("sts");
+        let sts = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            "d",
+            &PodSettings::default(),
+        )
+        .expect("sts");
         let limits = container(&sts)
             .resources
             .as_ref()
@@ -659,7 +694,13 @@ mod tests {
         nm.spec.enclave.enclave_cid = Some(16);
         nm.spec.enclave.pcr8 = Some(PCR.into());
         let before = enclave_config(&mk_nm("demo")).expect("c").digest_hex();
-        let sts = enclave_statefulset(&nm, &before, &PodSettings::default()).expect("sts");
+        let sts = enclave_statefulset(
+            &nm,
+            &Names::of(&nm).expect("names"),
+            &before,
+            &PodSettings::default(),
+        )
+        .expect("sts");
         let pod = pod(&sts);
         assert_eq!(
             pod.node_selector.as_ref().expect("selector"),

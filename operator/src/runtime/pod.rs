@@ -35,7 +35,7 @@ impl PodRuntime {
         nm: &NautilusMaster,
         names: &Names,
     ) -> Result<Observed> {
-        let endpoint = desired::service_endpoint(nm)?;
+        let endpoint = desired::service_endpoint(nm, names)?;
         let pod = match cache {
             Some(cache) => {
                 Cache::get(&cache.pods, &names.namespace, &names.pod).map(|p| p.as_ref().clone())

@@ -179,7 +179,7 @@ pub(crate) fn now_ms() -> u64 {
     nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
-/// Reconcile one resource (the function given to the [`Controller`]).
+/// Reconcile one resource (the function given to the [`Controller`](kube::runtime::Controller)).
 #[tracing::instrument(skip(nm, ctx), fields(name = %nm.name_any(), namespace = nm.namespace().unwrap_or_default()))]
 pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();

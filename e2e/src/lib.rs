@@ -811,9 +811,10 @@ impl Harness {
     /// and placed by the local runtime (its own port and data directory).
     pub async fn measured_digest(&self, nm: &NautilusMaster) -> String {
         let config = nautilus_operator::desired::enclave_config(nm).expect("config");
+        let names = nautilus_operator::desired::Names::of(nm).expect("names");
         self.ctx
             .runtime
-            .place(nm, config)
+            .place(&names, config)
             .await
             .expect("placed config")
             .digest_hex()

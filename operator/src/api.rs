@@ -1,17 +1,12 @@
 //! Talking to the host cluster's API server, for the controller and the runtime alike: the watch
-//! cache ([`Cache`]), server-side applies that skip what the cache shows unchanged
-//! ([`Cache::apply_changed`]), and the error of one failed call ([`ApiError`], made by
-//! [`kube_err`]).
+//! cache ([`Cache`]), and the error of one failed call ([`ApiError`], made by [`kube_err`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
-
-use crate::desired::{self, FIELD_MANAGER};
 
 /// One API call that failed: what was attempted on which object.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +40,7 @@ pub fn kube_err(
 
 /// The watch cache: the children and enclave pods as the controller's watches see them. Reconciles
 /// read from it instead of the API server, and compare the desired children with it (through
-/// [`desired::APPLIED_HASH_KEY`]) so that nothing unchanged is applied again.
+/// [`crate::desired::APPLIED_HASH_KEY`]) so that nothing unchanged is applied again.
 #[derive(Clone)]
 pub struct Cache {
     /// Boot ConfigMaps.
@@ -83,33 +78,6 @@ impl Cache {
         K: kube::Resource<DynamicType = ()> + Clone,
     {
         store.get(&ObjectRef::new(name).within(namespace))
-    }
-
-    /// Server-side apply `object` (already stamped with `hash` by
-    /// [`desired::stamp_applied_hash`]) as `name`, unless the copy of it in `store` already
-    /// carries that hash; without a store it is always applied. `Ok(true)` when it was applied.
-    pub async fn apply_changed<K>(
-        store: Option<&Store<K>>,
-        api: &Api<K>,
-        name: &str,
-        object: &K,
-        hash: &str,
-    ) -> Result<bool, kube::Error>
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let cached =
-            store.and_then(|store| Self::get(store, api.namespace().unwrap_or_default(), name));
-        if desired::applied_with(cached.as_deref(), hash) {
-            return Ok(false);
-        }
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(name, &params, &Patch::Apply(object)).await?;
-        Ok(true)
     }
 
     /// Wait (at most [`CACHE_WAIT`]) until every store has its first list; `false` if one did not.

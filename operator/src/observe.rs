@@ -43,6 +43,9 @@ pub struct Observed {
     pub placement: EnclavePlacement,
     /// `status.endpoint`.
     pub endpoint: String,
+    /// The configuration digest (hex) the workload boots, where the runtime tracks it itself
+    /// (the local runtime's process); `None` for a pod, whose StatefulSet carries it.
+    pub config_digest: Option<String>,
 }
 
 /// The condition observations (all but `Ready`) for the enclave's state and the outcome.

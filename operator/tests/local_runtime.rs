@@ -66,8 +66,9 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     let client = kube_client_unused();
     let nm = mk_nm();
     // Placed as the controller places it: its own port and data directory under `work`.
+    let names = desired::Names::of(&nm).expect("names");
     let config = runtime
-        .place(&nm, desired::enclave_config(&nm).expect("config"))
+        .place(&names, desired::enclave_config(&nm).expect("config"))
         .await
         .expect("placed");
     assert_eq!(config.control_plane.bind_address, "127.0.0.1");
@@ -85,10 +86,13 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
     };
     let mut nonces = IssuedNonces::new(boot.nonce.clone(), now, 30_000);
     runtime
-        .start(&nm, &boot, &hex::encode(digest))
+        .start(&nm, &names, &boot, &hex::encode(digest))
         .await
         .expect("start");
-    let observed = runtime.observe(&client, &nm).await.expect("observe");
+    let observed = runtime
+        .observe(&client, None, &nm, &names, &boot)
+        .await
+        .expect("observe");
     assert_eq!(observed.placement.runtime.as_deref(), Some("local"));
     let addr = observed.sidecar.expect("sidecar address");
 
@@ -149,11 +153,15 @@ async fn local_runtime_boots_attests_refreshes_and_stops() {
 
     // Delete: the process goes, and with it the sidecar's port.
     assert_eq!(
-        runtime.stop(&client, &nm).await.expect("stop"),
+        runtime.stop(&client, &nm, &names).await.expect("stop"),
         nautilus_operator::runtime::Stopped::Gone
     );
     assert_eq!(
-        runtime.observe(&client, &nm).await.expect("observe").state,
+        runtime
+            .observe(&client, None, &nm, &names, &boot)
+            .await
+            .expect("observe")
+            .state,
         EnclaveState::Absent
     );
     assert!(
@@ -267,8 +275,9 @@ async fn an_isolated_enclave_reaches_nothing_on_the_host_and_leaves_nothing() {
     let client = kube_client_unused();
     let mut nm = mk_nm();
     nm.metadata.name = Some(format!("isolated-{}", std::process::id()));
+    let names = desired::Names::of(&nm).expect("names");
     let config = runtime
-        .place(&nm, desired::enclave_config(&nm).expect("config"))
+        .place(&names, desired::enclave_config(&nm).expect("config"))
         .await
         .expect("placed");
     let https_port = config.control_plane.https_port;
@@ -283,10 +292,13 @@ async fn an_isolated_enclave_reaches_nothing_on_the_host_and_leaves_nothing() {
         30_000,
     );
     runtime
-        .start(&nm, &boot, &hex::encode(digest))
+        .start(&nm, &names, &boot, &hex::encode(digest))
         .await
         .expect("start");
-    let observed = runtime.observe(&client, &nm).await.expect("observe");
+    let observed = runtime
+        .observe(&client, None, &nm, &names, &boot)
+        .await
+        .expect("observe");
     // The published API port is the measured one.
     assert_eq!(observed.endpoint, format!("https://127.0.0.1:{https_port}"));
     let addr = observed.sidecar.expect("sidecar address");
@@ -383,7 +395,7 @@ async fn an_isolated_enclave_reaches_nothing_on_the_host_and_leaves_nothing() {
     drop(host_service);
 
     assert_eq!(
-        runtime.stop(&client, &nm).await.expect("stop"),
+        runtime.stop(&client, &nm, &names).await.expect("stop"),
         nautilus_operator::runtime::Stopped::Gone
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

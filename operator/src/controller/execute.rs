@@ -1,110 +1,96 @@
-//! The executor: the reconcile's I/O. It reads what the plan needs (the boot ConfigMap, the
-//! workload, the sidecar's `/report`) and carries out what [`super::plan`] decided, in order,
-//! skipping only what the watch cache shows already done (an unchanged child, a Secret already
-//! gone). It decides nothing else.
+//! The executor: the reconcile's writes. It carries out what [`super::plan`] decided, in order,
+//! and decides nothing itself; what it reads ([`super::snapshot`]) was read before the plan.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use nautilus_crds::{NautilusMaster, NautilusMasterStatus};
-use nautilus_protocol::wire::{BootConfig, EvidenceBundle};
 
+use super::attest::{Attest, Kubeconfig, Note, Steps};
 use super::attestation::Attestation;
-use super::plan::{Child, Kubeconfig, Note, Plan, Stamped, Steps};
-use super::{Context, Result};
-use crate::api::{Cache, kube_err};
-use crate::desired::{self, FIELD_MANAGER, Names};
-use crate::observe::{EnclaveState, Observed};
+use super::plan::{AfterStop, Apply, Child, Cleanup, Plan, after_stop};
+use super::{Context, Error, Result};
+use crate::api::kube_err;
+use crate::desired::{FIELD_MANAGER, Names, Stamped};
 use crate::sidecar;
 
-/// The I/O of one reconcile of `nm`.
+/// The writes of one reconcile of `nm`.
 pub(super) struct Executor<'a> {
     pub(super) ctx: &'a Context,
     pub(super) nm: &'a NautilusMaster,
     pub(super) names: &'a Names,
-    /// The watch cache, once it has its first lists; without it every read and write goes to
-    /// the API server.
-    pub(super) cache: Option<&'a Cache>,
 }
 
 impl Executor<'_> {
-    /// The nonce of the existing boot ConfigMap, if it holds configuration `digest_hex`.
-    pub(super) async fn existing_boot_nonce(&self, digest_hex: &str) -> Result<Option<Vec<u8>>> {
-        let name = &self.names.boot_config_map;
-        let existing = match self.cache {
-            Some(cache) => Cache::get(&cache.config_maps, &self.names.namespace, name)
-                .map(|cm| cm.as_ref().clone()),
-            None => Api::<ConfigMap>::namespaced(self.ctx.client.clone(), &self.names.namespace)
-                .get_opt(name)
-                .await
-                .map_err(kube_err("get", "ConfigMap", name))?,
-        };
-        Ok(existing.and_then(|cm| desired::existing_boot_nonce(&cm, digest_hex)))
-    }
-
-    /// Apply `children` in order, then let the runtime start what it runs itself (the local
-    /// runtime's process).
-    pub(super) async fn apply_children(
-        &self,
-        children: &[Child],
-        boot: &BootConfig,
-        digest_hex: &str,
-    ) -> Result<()> {
-        for child in children {
-            self.apply(child).await?;
-        }
-        self.ctx.runtime.start(self.nm, boot, digest_hex).await?;
-        Ok(())
-    }
-
-    /// The workload and what its sidecar serves; the workload reads `Unreachable` when the
-    /// sidecar does not answer.
-    pub(super) async fn observe(&self) -> Result<(Observed, Option<EvidenceBundle>)> {
-        let mut workload = self
-            .ctx
-            .runtime
-            .observe_cached(&self.ctx.client, self.cache, self.nm)
-            .await?;
-        let bundle = match workload.sidecar {
-            Some(addr) => match sidecar::fetch_report(addr).await {
-                Ok(bundle) => Some(bundle),
-                Err(err) => {
-                    workload.state = EnclaveState::Unreachable(err.to_string());
-                    None
-                }
-            },
-            None => None,
-        };
-        Ok((workload, bundle))
-    }
-
-    /// Carry out `plan`: the challenge, if any (recorded in `attestation` once delivered), then
-    /// the steps that follow.
+    /// Carry out `plan`; `attestation` is the live resource's attestation state, told about a
+    /// challenge once it was delivered.
     pub(super) async fn execute(
         &self,
         plan: Plan,
-        attestation: &mut Attestation,
+        attestation: Option<&mut Attestation>,
     ) -> Result<Action> {
-        let steps = match plan.challenge {
+        match plan {
+            Plan::Apply(apply) => self.apply_plan(*apply, attestation).await,
+            Plan::Cleanup(cleanup) => self.cleanup(*cleanup).await,
+        }
+    }
+
+    async fn apply_plan(
+        &self,
+        apply: Apply,
+        attestation: Option<&mut Attestation>,
+    ) -> Result<Action> {
+        let Apply {
+            replace_statefulset,
+            children,
+            start,
+            attest,
+        } = apply;
+        if replace_statefulset {
+            self.delete_statefulset().await?;
+        }
+        for child in &children {
+            self.apply(child).await?;
+        }
+        if let Some(start) = start {
+            self.ctx
+                .runtime
+                .start(self.nm, self.names, &start.boot, &start.digest_hex)
+                .await?;
+        }
+        self.attest(attest, attestation).await
+    }
+
+    /// The challenge, if any (recorded in `attestation` once delivered), then the steps that
+    /// follow.
+    async fn attest(
+        &self,
+        attest: Attest,
+        attestation: Option<&mut Attestation>,
+    ) -> Result<Action> {
+        let steps = match attest.challenge {
             Some(challenge) => {
                 match sidecar::request_attestation(challenge.sidecar, &challenge.nonce).await {
                     Ok(()) => {
                         tracing::info!("asked the enclave for a fresh attestation");
-                        attestation.challenged(
-                            challenge.nonce,
-                            challenge.issued_ms,
-                            challenge.rechallenges,
-                        );
+                        if let Some(attestation) = attestation {
+                            attestation.challenged(
+                                challenge.nonce,
+                                challenge.issued_ms,
+                                challenge.rechallenges,
+                            );
+                        }
                         challenge.delivered
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot ask for a fresh attestation");
-                        plan.otherwise
+                        attest.otherwise
                     }
                 }
             }
-            None => plan.otherwise,
+            None => attest.otherwise,
         };
         self.steps(steps).await
     }
@@ -126,6 +112,47 @@ impl Executor<'_> {
         if let Some(status) = status {
             self.patch_status(&status).await?;
         }
+        self.publish(events).await;
+        Ok(Action::requeue(requeue))
+    }
+
+    /// Mark the resource terminating, stop the enclave, and release the finalizer once
+    /// [`after_stop`] says so.
+    async fn cleanup(&self, cleanup: Cleanup) -> Result<Action> {
+        let Cleanup {
+            status,
+            events,
+            waited,
+        } = cleanup;
+        if let Some(status) = status {
+            self.patch_status(&status).await?;
+        }
+        self.publish(events).await;
+        let stopped = self
+            .ctx
+            .runtime
+            .stop(&self.ctx.client, self.nm, self.names)
+            .await?;
+        match after_stop(stopped, waited) {
+            AfterStop::Wait(what) => {
+                tracing::debug!(%what, waited_seconds = waited.as_secs(), "waiting for the enclave to stop");
+                Err(Error::Stopping(self.names.key()))
+            }
+            AfterStop::Release(warning) => {
+                self.ctx.forget(self.names);
+                match warning {
+                    None => tracing::info!("enclave stopped; removing the finalizer"),
+                    Some(warning) => {
+                        tracing::warn!(note = %warning.note, "the enclave could not be confirmed stopped; removing the finalizer");
+                        self.publish(vec![warning]).await;
+                    }
+                }
+                Ok(Action::await_change())
+            }
+        }
+    }
+
+    async fn publish(&self, events: Vec<Note>) {
         for Note {
             type_,
             reason,
@@ -134,78 +161,21 @@ impl Executor<'_> {
         {
             self.ctx.publish(self.nm, type_, &reason, note).await;
         }
-        Ok(Action::requeue(requeue))
     }
 
-    /// Server-side apply `child`, unless the cache shows it applied with its hash.
+    /// Server-side apply `child`.
     async fn apply(&self, child: &Child) -> Result<()> {
-        let applied = match child {
-            Child::ConfigMap(cm) => {
-                self.apply_one(cm, self.cache.map(|c| &c.config_maps), "ConfigMap")
-                    .await?
-            }
-            Child::StatefulSet(sts) => {
-                if self.replace_if_claims_changed(&sts.object).await? {
-                    // Recreated with the new claims at the next reconcile (the deletion's
-                    // watch event brings it).
-                    return Ok(());
-                }
-                self.apply_one(sts, self.cache.map(|c| &c.stateful_sets), "StatefulSet")
-                    .await?
-            }
-            Child::Service(svc) => {
-                self.apply_one(svc, self.cache.map(|c| &c.services), "Service")
-                    .await?
-            }
-            Child::Secret(secret) => {
-                self.apply_one(secret, self.cache.map(|c| &c.secrets), "Secret")
-                    .await?
-            }
+        let kind = match child {
+            Child::ConfigMap(cm) => self.apply_one(cm, "ConfigMap").await?,
+            Child::StatefulSet(sts) => self.apply_one(sts, "StatefulSet").await?,
+            Child::Service(svc) => self.apply_one(svc, "Service").await?,
+            Child::Secret(secret) => self.apply_one(secret, "Secret").await?,
         };
-        if let Some(kind) = applied {
-            self.ctx.metrics.child_applied(kind);
-        }
+        self.ctx.metrics.child_applied(kind);
         Ok(())
     }
 
-    /// A StatefulSet's volume claim templates cannot be changed (the API server refuses the
-    /// apply): when `spec.state` came, went or changed its storage, the existing StatefulSet
-    /// is deleted so that the next reconcile creates it anew. Its pod goes with it; the
-    /// enclave rolls anyway, since `spec.state` is part of the measured configuration.
-    /// Claims of the old StatefulSet stay (their retention policy decides).
-    async fn replace_if_claims_changed(
-        &self,
-        wanted: &k8s_openapi::api::apps::v1::StatefulSet,
-    ) -> Result<bool> {
-        use k8s_openapi::api::apps::v1::StatefulSet;
-        let name = &self.names.statefulset;
-        let api = Api::<StatefulSet>::namespaced(self.ctx.client.clone(), &self.names.namespace);
-        // Without the watch cache (before its first lists) nothing is read for this: an apply
-        // the API server refuses fails the reconcile, and the retry finds the cache.
-        let Some(existing) = self
-            .cache
-            .and_then(|cache| Cache::get(&cache.stateful_sets, &self.names.namespace, name))
-        else {
-            return Ok(false);
-        };
-        if !desired::claims_differ(&existing, wanted) {
-            return Ok(false);
-        }
-        tracing::info!(statefulset = %name, "volume claim templates changed: replacing the StatefulSet");
-        match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
-            Err(err) => Err(kube_err("delete", "StatefulSet", name)(err).into()),
-        }
-    }
-
-    /// `Some(kind)` when `stamped` was applied.
-    async fn apply_one<K>(
-        &self,
-        stamped: &Stamped<K>,
-        store: Option<&kube::runtime::reflector::Store<K>>,
-        kind: &'static str,
-    ) -> Result<Option<&'static str>>
+    async fn apply_one<K>(&self, stamped: &Stamped<K>, kind: &'static str) -> Result<&'static str>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -215,21 +185,31 @@ impl Executor<'_> {
     {
         let name = stamped.object.name_any();
         let api = Api::<K>::namespaced(self.ctx.client.clone(), &self.names.namespace);
-        let applied = Cache::apply_changed(store, &api, &name, &stamped.object, &stamped.hash)
-            .await
-            .map_err(kube_err("apply", kind, &name))?;
-        Ok(applied.then_some(kind))
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&stamped.object),
+        )
+        .await
+        .map_err(kube_err("apply", kind, &name))?;
+        Ok(kind)
     }
 
-    /// Delete the kubeconfig Secret, unless the cache shows it gone.
+    /// Delete the StatefulSet, to be created anew with other volume claims.
+    async fn delete_statefulset(&self) -> Result<()> {
+        let name = &self.names.statefulset;
+        tracing::info!(statefulset = %name, "volume claim templates changed: replacing the StatefulSet");
+        let api = Api::<StatefulSet>::namespaced(self.ctx.client.clone(), &self.names.namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(err) => Err(kube_err("delete", "StatefulSet", name)(err).into()),
+        }
+    }
+
+    /// Delete the kubeconfig Secret.
     async fn withdraw_kubeconfig(&self) -> Result<()> {
         let name = &self.names.kubeconfig_secret;
-        let cached_absent = self
-            .cache
-            .is_some_and(|c| Cache::get(&c.secrets, &self.names.namespace, name).is_none());
-        if cached_absent {
-            return Ok(());
-        }
         let api = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.names.namespace);
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(()),
@@ -239,7 +219,7 @@ impl Executor<'_> {
     }
 
     /// Server-side apply `status` on the status subresource.
-    pub(super) async fn patch_status(&self, status: &NautilusMasterStatus) -> Result<()> {
+    async fn patch_status(&self, status: &NautilusMasterStatus) -> Result<()> {
         use kube::Resource as _;
         let api: Api<NautilusMaster> =
             Api::namespaced(self.ctx.client.clone(), &self.names.namespace);

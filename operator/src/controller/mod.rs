@@ -1,25 +1,26 @@
-//! The reconcile loop of `NautilusMaster`: observe, plan, execute.
+//! The reconcile loop of `NautilusMaster`: observe once, plan everything, execute.
 //!
-//! One reconcile, for a resource that is not being deleted:
+//! Every reconcile has the same three steps, for a live resource and for one being deleted:
 //!
-//! 1. render the [`EnclaveConfig`](nautilus_protocol::wire::EnclaveConfig) and its digest, and
-//!    find the cluster's `attestation` state for it: kept while the configuration stays the
-//!    same, else booted with the nonce of the existing ConfigMap when that holds the same
-//!    configuration, or a new one;
-//! 2. `plan::children`: the boot ConfigMap, and for the pod runtime the StatefulSet and
-//!    Service; the executor applies them, then the [`EnclaveRuntime`] starts what it runs
-//!    itself (the local runtime's process);
-//! 3. the executor observes the workload and fetches the sidecar's `/report`;
-//! 4. `plan::plan`, pure: [`verify`](crate::verify::verify) the evidence, decide whether to
-//!    `POST /attest` a fresh nonce (at once after this process booted the state, every refresh
-//!    interval, once more for a document answering an older challenge), and for either fate of
-//!    that challenge whether to publish or withdraw the kubeconfig Secret, which status to apply
-//!    (only when something visible changed, [`status_changed`]), which Events, when to requeue;
-//! 5. the executor (`execute`) sends the challenge and carries out the steps that follow.
+//! 1. `snapshot`: read everything the reconcile decides from, once: the resource and its names;
+//!    for a live resource the [`EnclaveConfig`](nautilus_protocol::wire::EnclaveConfig) placed
+//!    where it runs, the cluster's `attestation` state for it (kept while the configuration
+//!    stays the same, else booted with the nonce of the existing ConfigMap when that holds the
+//!    same configuration, or a new one), the children from the watch cache ([`Cache`]), what
+//!    the [`EnclaveRuntime`] sees of the workload, and the sidecar's `/report`;
+//! 2. `plan::plan`, pure: the children to apply (those the cache does not show applied with
+//!    their hash, [`desired::APPLIED_HASH_KEY`]), whether the runtime starts the workload
+//!    itself, [`verify`](crate::verify::verify) the evidence, whether to `POST /attest` a fresh
+//!    nonce (at once after this process booted the state, every refresh interval, once more
+//!    for a document answering an older challenge), and for either fate of that challenge
+//!    whether to publish or withdraw the kubeconfig Secret, which status to apply (only when
+//!    something visible changed, [`status_changed`]), which Events, when to requeue; for a
+//!    resource being deleted, its `Terminating` status and what follows the runtime's stop;
+//! 3. `execute`: carry the plan out, in order, deciding nothing.
 //!
-//! Idle costs nothing: reads come from the watch cache ([`Cache`]), a child is applied only when
-//! its cached copy lacks the hash of the desired object ([`desired::APPLIED_HASH_KEY`]), and the
-//! status only when it changed; so a resource whose world does not change makes no request.
+//! Idle costs nothing: reads come from the watch cache, a child is applied only when its cached
+//! copy lacks the hash of the desired object, and the status only when it changed; so a
+//! resource whose world does not change makes no request.
 //!
 //! Deletion goes through the finalizer [`FINALIZER`]: the runtime stops the enclave (the StatefulSet
 //! is deleted and the pod, whose sidecar terminates the enclave on SIGTERM, must be gone) before
@@ -28,45 +29,42 @@
 //! everything, the finalizer is removed anyway and a Warning Event [`STOP_INCOMPLETE`] says what
 //! may be left.
 //!
-//! Modules: `plan` (pure), `execute` (the I/O), `attestation` (per-cluster state),
-//! `status` (status and Events, pure), `error`.
+//! Modules: `snapshot` (the reads), `plan` (pure), `execute` (the writes), `attestation`
+//! (per-cluster state), `status` (status and Events, pure), `watch` (the watches and the
+//! controller's wiring), `error`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Predicate as _, WatchStreamExt as _, predicates, watcher};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt as _};
-use nautilus_crds::{NautilusMaster, Phase};
-use nautilus_protocol::wire::BootConfig;
+use nautilus_crds::NautilusMaster;
 use tokio::sync::Mutex;
 
 use crate::api::Cache;
 use crate::desired::{self, Names};
 use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
-use crate::runtime::{EnclaveRuntime, Stopped};
+use crate::runtime::EnclaveRuntime;
 
+mod attest;
 mod attestation;
 mod error;
 mod execute;
 mod plan;
+mod snapshot;
 mod status;
+mod watch;
 
-use attestation::{Attestation, fresh_nonce, grace_ms};
+use attestation::{Attestation, fresh_nonce};
 pub use error::{Error, Result};
 use execute::Executor;
-use plan::{Observation, Workload};
 pub use status::{StatusInput, build_status, status_changed, transitions};
+pub use watch::{CRD_NAME, StartupError, check_crd, run};
 
 /// The finalizer that keeps a resource until its enclave is stopped.
 pub const FINALIZER: &str = "nautilus.k3s-daas.io/enclave";
@@ -181,7 +179,7 @@ pub(crate) fn now_ms() -> u64 {
     nautilus_protocol::attestation::now_unix_millis().unwrap_or(0)
 }
 
-/// Reconcile one resource (the function given to the [`Controller`]).
+/// Reconcile one resource (the function given to the [`Controller`](kube::runtime::Controller)).
 #[tracing::instrument(skip(nm, ctx), fields(name = %nm.name_any(), namespace = nm.namespace().unwrap_or_default()))]
 pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
@@ -191,8 +189,8 @@ pub async fn reconcile(nm: Arc<NautilusMaster>, ctx: Arc<Context>) -> Result<Act
     let api: Api<NautilusMaster> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&api, FINALIZER, nm.clone(), |event| async {
         match event {
-            FinalizerEvent::Apply(nm) => apply(&nm, &ctx).await,
-            FinalizerEvent::Cleanup(nm) => cleanup(&nm, &ctx).await,
+            FinalizerEvent::Apply(nm) => reconcile_once(&nm, &ctx, false).await,
+            FinalizerEvent::Cleanup(nm) => reconcile_once(&nm, &ctx, true).await,
         }
     })
     .await
@@ -238,323 +236,23 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << exp).min(300))
 }
 
-/// One reconcile of a resource that is not being deleted: observe, plan, execute (see the
-/// module documentation).
-async fn apply(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
+/// One reconcile of `nm` (`deleting`: the finalizer's cleanup): observe once, plan everything,
+/// execute (see the module documentation).
+async fn reconcile_once(nm: &NautilusMaster, ctx: &Context, deleting: bool) -> Result<Action> {
     let now = now_ms();
     let names = Names::of(nm)?;
-    let config = ctx.runtime.place(nm, desired::enclave_config(nm)?).await?;
-    let digest = config.digest();
-    let digest_hex = hex::encode(digest);
+    // The cluster's attestation state, locked for the whole reconcile.
     let cluster = ctx.cluster(&names.key());
-    let exec = Executor {
+    let mut slot = cluster.lock().await;
+    let mut snapshot = snapshot::take(ctx, nm, &names, deleting, &mut slot, now).await?;
+    let plan = plan::plan(&mut snapshot, now, fresh_nonce())?;
+    Executor {
         ctx,
         nm,
         names: &names,
-        cache: ctx.cache().await,
-    };
-    let mut slot = cluster.lock().await;
-
-    // 1. The attestation state of this configuration: its boot nonce is the existing
-    //    ConfigMap's when that holds the same configuration, else a new one.
-    let attestation = match slot.take() {
-        Some(attestation) if attestation.is_for(&digest_hex) => slot.insert(attestation),
-        _ => {
-            let boot_nonce = exec
-                .existing_boot_nonce(&digest_hex)
-                .await?
-                .unwrap_or_else(fresh_nonce);
-            slot.insert(Attestation::boot(
-                digest_hex.clone(),
-                boot_nonce,
-                now,
-                grace_ms(nm),
-            ))
-        }
-    };
-    let boot = BootConfig {
-        config,
-        nonce: attestation.boot_nonce().to_vec(),
-    };
-
-    // 2. The children.
-    let workload = match &ctx.runtime {
-        EnclaveRuntime::Pod(pod) => Workload::Pod(&pod.settings),
-        EnclaveRuntime::Local(_) => Workload::Local,
-    };
-    let children = plan::children(nm, &boot, workload)?;
-    exec.apply_children(&children, &boot, &digest_hex).await?;
-
-    // 3. Observe, plan, execute.
-    let (observed, bundle) = exec.observe().await?;
-    let seen = Observation {
-        nm,
-        workload: &observed,
-        bundle: bundle.as_ref(),
-        digest,
-        pod_runtime: matches!(workload, Workload::Pod(_)),
-        simulated_allowed: ctx.runtime.allows_simulated_attestation(),
-        now_ms: now,
-        now: Time(Timestamp::now()),
-    };
-    let plan = plan::plan(&seen, attestation, fresh_nonce())?;
-    exec.execute(plan, attestation).await
-}
-
-async fn cleanup(nm: &NautilusMaster, ctx: &Context) -> Result<Action> {
-    let names = Names::of(nm)?;
-    let previous = nm.status.clone().unwrap_or_default();
-    if previous.phase != Some(Phase::Terminating) {
-        let mut status = previous.clone();
-        status.phase = Some(Phase::Terminating);
-        let exec = Executor {
-            ctx,
-            nm,
-            names: &names,
-            cache: None,
-        };
-        exec.patch_status(&status).await?;
-        ctx.publish(
-            nm,
-            EventType::Normal,
-            "Stopping",
-            "stopping the enclave before the resource is removed".into(),
-        )
-        .await;
     }
-    let left = match ctx.runtime.stop(&ctx.client, nm).await? {
-        Stopped::Gone => None,
-        Stopped::Pending(what) => {
-            let waited = deleting_for(nm, now_ms());
-            if waited < STOP_DEADLINE {
-                tracing::debug!(%what, waited_seconds = waited.as_secs(), "waiting for the enclave to stop");
-                return Err(Error::Stopping(names.key()));
-            }
-            Some(format!(
-                "{what} {} s after the deletion began (the bound is {} s)",
-                waited.as_secs(),
-                STOP_DEADLINE.as_secs()
-            ))
-        }
-        Stopped::Incomplete(what) => Some(what),
-    };
-    ctx.forget(&names);
-    match left {
-        None => tracing::info!("enclave stopped; removing the finalizer"),
-        Some(what) => {
-            tracing::warn!(%what, "the enclave could not be confirmed stopped; removing the finalizer");
-            ctx.publish(
-                nm,
-                EventType::Warning,
-                STOP_INCOMPLETE,
-                format!(
-                    "removing the finalizer without confirming that the enclave stopped: {what}; \
-                     it may still run"
-                ),
-            )
-            .await;
-        }
-    }
-    Ok(Action::await_change())
-}
-
-/// How long `nm` has been deleted at `now_ms` (zero without a `deletionTimestamp`, or one in the
-/// future).
-fn deleting_for(nm: &NautilusMaster, now_ms: u64) -> Duration {
-    let since = nm
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .and_then(|t| u64::try_from(t.0.as_millisecond()).ok())
-        .unwrap_or(now_ms);
-    Duration::from_millis(now_ms.saturating_sub(since))
-}
-
-/// The backoff of the Controller's merged trigger stream: none, since each watch already backs
-/// off on its own (`default_backoff`: client-go's 0.8 s doubling to 30 s, reset after 2 min
-/// without errors). kube's default puts a second backoff over the merged stream, shared by all
-/// six watches: an error of any of them (and after a kube-apiserver restart each one's resume
-/// fails once with 410 Expired) lengthened one sleep during which no watch was read at all. In
-/// the e2e test that restarts kube-apiserver for 5 s, a spec change made after the restart was
-/// not seen for over a minute (the shared backoff had reached 50 s).
-#[derive(Clone, Copy, Debug, Default)]
-struct EachWatchBacksOff;
-
-impl Iterator for EachWatchBacksOff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        // `None` would end the stream; zero passes the error on at once.
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for EachWatchBacksOff {
-    fn reset(&mut self) {}
-}
-
-/// Name of the NautilusMaster CRD.
-pub const CRD_NAME: &str = "nautilusmasters.nautilus.k3s-daas.io";
-
-/// Why the operator cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartupError {
-    /// The CRD is not installed.
-    #[error(
-        "the CustomResourceDefinition {CRD_NAME} is not installed; install it with \
-         `kubectl apply --server-side -f crds/nautilusmaster.yaml`"
-    )]
-    CrdMissing,
-    /// The CRD could not be read.
-    #[error("cannot read the CustomResourceDefinition {CRD_NAME}")]
-    CrdUnreadable(#[source] kube::Error),
-}
-
-/// Check at startup that the NautilusMaster CRD is installed.
-pub async fn check_crd(client: &Client) -> Result<(), StartupError> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match api.get_opt(CRD_NAME).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(StartupError::CrdMissing),
-        Err(err) => Err(StartupError::CrdUnreadable(err)),
-    }
-}
-
-/// Run the controller until `shutdown` resolves: watch NautilusMaster (in `namespace`, or all
-/// namespaces), the children it owns, and the enclave pods.
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<String>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = ctx.client.clone();
-    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let ns = namespace.as_deref();
-    let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
-    // Status writes must not trigger another reconcile at once: only spec (generation, which
-    // deletion also bumps) and finalizer changes do; the requeue after each reconcile does the
-    // rest. The store still holds the latest status, which the next reconcile compares with.
-    let (reader, writer) = reflector::store();
-    let masters = watcher(
-        api::<NautilusMaster>(&client, ns),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    // Nothing reads the managed fields, which for a resource whose spec was applied hold a copy
-    // of its field names.
-    .modify(|nm| nm.managed_fields_mut().clear())
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
-        Default::default(),
-    );
-    // The children and pods are reflected into stores (the watch cache reconciles read and
-    // compare against), keeping only what reconciles read: no managedFields; of the boot
-    // ConfigMap its digest and nonce; of the StatefulSet, Service and Secret only metadata (their
-    // applied hash; no kubeconfig in memory); of the pod its node and status.
-    fn cached<K>(
-        api: Api<K>,
-        config: watcher::Config,
-        slim: fn(&mut K),
-    ) -> (
-        Store<K>,
-        impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-    )
-    where
-        K: kube::Resource<DynamicType = ()>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
-        let (reader, writer) = reflector::store();
-        let stream = watcher(api, config)
-            .default_backoff()
-            .modify(move |o| {
-                o.managed_fields_mut().clear();
-                slim(o);
-            })
-            .reflect(writer)
-            .touched_objects();
-        (reader, stream)
-    }
-    let (config_maps, config_map_events) = cached(
-        api::<ConfigMap>(&client, ns),
-        managed(),
-        desired::slim_boot_config_map,
-    );
-    let (stateful_sets, stateful_set_events) =
-        cached(api::<StatefulSet>(&client, ns), managed(), |sts| {
-            sts.spec = Default::default();
-            sts.status = None;
-        });
-    let (services, service_events) = cached(api::<Service>(&client, ns), managed(), |svc| {
-        svc.spec = None;
-        svc.status = None;
-    });
-    let (secrets, secret_events) = cached(api::<Secret>(&client, ns), managed(), |secret| {
-        secret.data = None;
-        secret.string_data = None;
-    });
-    let (pods, pod_events) = cached(api::<Pod>(&client, ns), managed(), |pod| {
-        pod.spec = pod
-            .spec
-            .take()
-            .map(|spec| k8s_openapi::api::core::v1::PodSpec {
-                node_name: spec.node_name,
-                ..Default::default()
-            });
-    });
-    if ctx
-        .cache
-        .set(Cache {
-            config_maps,
-            stateful_sets,
-            services,
-            secrets,
-            pods,
-        })
-        .is_err()
-    {
-        tracing::warn!("the controller was started twice on one context; keeping the first cache");
-    }
-    Controller::for_stream(masters, reader)
-        .trigger_backoff(EachWatchBacksOff)
-        // Bounded: with thousands of resources (creation, an operator restart) unbounded
-        // reconciles each hold their rendered objects while the API server is slow to answer,
-        // which costs memory and only queues work at the API server.
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
-        .owns_stream(config_map_events)
-        .owns_stream(stateful_set_events)
-        .owns_stream(service_events)
-        .owns_stream(secret_events)
-        .watches_stream(pod_events, |pod: Pod| {
-            let name = pod.annotations().get(desired::OWNER_NAME_KEY)?.clone();
-            let namespace = pod.namespace()?;
-            Some(ObjectRef::<NautilusMaster>::new(&name).within(&namespace))
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(object = %object, "reconciled"),
-                Err(err) => tracing::debug!(error = %err, "reconcile error"),
-            }
-        })
-        .await;
+    .execute(plan, snapshot.attestation())
+    .await
 }
 
 #[cfg(test)]
@@ -566,9 +264,14 @@ mod tests {
         with_finalizer,
     };
     use crate::runtime::PodRuntime;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-    use nautilus_crds::NautilusMasterStatus;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use kube::runtime::{reflector, watcher};
     use nautilus_crds::conditions::types;
+    use nautilus_crds::{NautilusMasterStatus, Phase};
+    use nautilus_protocol::wire::BootConfig;
     use serde_json::{Value, json};
 
     const NM_PATH: &str =
@@ -728,10 +431,35 @@ mod tests {
     #[tokio::test]
     async fn apply_children_and_status_while_the_pod_is_pending() {
         let nm = with_finalizer(mk_nm("demo"));
-        let digest = desired::enclave_config(&nm).expect("config").digest_hex();
         let (client, server) = api_server();
-        let mut calls = vec![
-            Call::get(CM_PATH),
+        let (ctx, mut cache) = cached_context(client, None);
+        cache.list(Vec::new(), Vec::new());
+        let scenario = server.expect(pending_pod(&nm, Vec::new()));
+        let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::requeue(RESYNC_WITHOUT_SIDECAR));
+        check_pending_pod(&nm, &received);
+    }
+
+    /// Before the watch cache has its first lists (or in a test without watches) the same
+    /// reconcile reads through the API server: the boot ConfigMap and the pod, before it writes.
+    #[tokio::test]
+    async fn without_the_watch_cache_the_reads_go_to_the_api_server_first() {
+        let nm = with_finalizer(mk_nm("demo"));
+        let (client, server) = api_server();
+        let scenario = server.expect(pending_pod(
+            &nm,
+            vec![Call::get(CM_PATH), Call::get(POD_PATH)],
+        ));
+        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        assert_eq!(result.expect("ok"), Action::requeue(RESYNC_WITHOUT_SIDECAR));
+        check_pending_pod(&nm, &received);
+    }
+
+    /// The calls of the first reconcile of `nm` whose pod is not created yet, after `reads`.
+    fn pending_pod(nm: &NautilusMaster, reads: Vec<Call>) -> Vec<Call> {
+        let digest = desired::enclave_config(nm).expect("config").digest_hex();
+        let mut calls = reads;
+        calls.extend([
             apply_child(CM_PATH, "ConfigMap").body(json!({
                 "metadata": {"annotations": {desired::DIGEST_KEY: &digest}},
             })),
@@ -739,9 +467,8 @@ mod tests {
                 "spec": {"template": {"metadata": {"annotations": {desired::DIGEST_KEY: &digest}}}},
             })),
             apply_child(SVC_PATH, "Service"),
-            Call::get(POD_PATH),
             apply_status(
-                &nm,
+                nm,
                 json!({
                     "observedGeneration": 1,
                     "phase": "Launching",
@@ -757,16 +484,18 @@ mod tests {
                     ]),
                 }),
             ),
-        ];
+        ]);
         calls.extend(launching_events());
-        let scenario = server.expect(calls);
-        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
-        assert_eq!(result.expect("ok"), Action::requeue(RESYNC_WITHOUT_SIDECAR));
+        calls
+    }
 
-        let boot = boot_config_of(find(&received, "PATCH", CM_PATH));
+    /// What the first reconcile of `nm` with a pending pod applied.
+    fn check_pending_pod(nm: &NautilusMaster, received: &[Received]) {
+        let digest = desired::enclave_config(nm).expect("config").digest_hex();
+        let boot = boot_config_of(find(received, "PATCH", CM_PATH));
         assert_eq!(boot.nonce.len(), 32);
         assert_eq!(boot.config.digest_hex(), digest);
-        let status = &find(&received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
+        let status = &find(received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
         assert!(
             status.get("endpoint").is_none(),
             "no endpoint before attestation"
@@ -782,14 +511,16 @@ mod tests {
             config: desired::enclave_config(&old).expect("config"),
             nonce: vec![9; 32],
         };
-        let existing = desired::boot_config_map(&old, &old_boot).expect("cm");
+        let existing = desired::boot_config_map(&old, &Names::of(&old).expect("names"), &old_boot)
+            .expect("cm");
         let mut nm = old.clone();
         nm.spec.control_plane.https_port = 16443;
         nm.metadata.generation = Some(2);
         let new_digest = desired::enclave_config(&nm).expect("c").digest_hex();
         let (client, server) = api_server();
+        let (ctx, mut cache) = cached_context(client, None);
+        cache.list(vec![existing], Vec::new());
         let mut calls = vec![
-            Call::get(CM_PATH).reply(Reply::Json(200, to_json(&existing))),
             apply_child(CM_PATH, "ConfigMap").body(json!({
                 "metadata": {"annotations": {desired::DIGEST_KEY: &new_digest}},
             })),
@@ -798,7 +529,6 @@ mod tests {
                     desired::DIGEST_KEY: &new_digest}}}},
             })),
             apply_child(SVC_PATH, "Service").body(json!({"spec": {"ports": [{"port": 16443}]}})),
-            Call::get(POD_PATH),
             apply_status(
                 &nm,
                 json!({"observedGeneration": 2, "bootConfigDigest": &new_digest}),
@@ -806,7 +536,7 @@ mod tests {
         ];
         calls.extend(launching_events());
         let scenario = server.expect(calls);
-        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
         result.expect("ok");
         let boot = boot_config_of(find(&received, "PATCH", CM_PATH));
         assert_eq!(boot.config.digest_hex(), new_digest);
@@ -816,19 +546,19 @@ mod tests {
         );
     }
 
-    /// The children of `demo` once its pod runs: the boot ConfigMap with `cm` already there.
-    fn running_children(cm: Option<&ConfigMap>) -> Vec<Call> {
-        let mut calls = Vec::new();
-        if let Some(cm) = cm {
-            calls.push(Call::get(CM_PATH).reply(Reply::Json(200, to_json(cm))));
-        }
-        calls.extend([
+    /// The children of `demo` once its pod runs, none of them cached with its hash: each is
+    /// applied.
+    fn running_children() -> Vec<Call> {
+        vec![
             apply_child(CM_PATH, "ConfigMap"),
             apply_child(STS_PATH, "StatefulSet"),
             apply_child(SVC_PATH, "Service"),
-            Call::get(POD_PATH).reply(Reply::Json(200, running_pod("127.0.0.1"))),
-        ]);
-        calls
+        ]
+    }
+
+    /// `demo`'s pod, running, its sidecar on 127.0.0.1.
+    fn pod_running() -> Pod {
+        serde_json::from_value(running_pod("127.0.0.1")).expect("pod")
     }
 
     /// The Events the recorder sends for `events` (type, reason, note), in order: the first
@@ -905,12 +635,14 @@ mod tests {
             config,
             nonce: nonce.clone(),
         };
-        let cm = desired::boot_config_map(&nm, &boot).expect("cm");
+        let cm = desired::boot_config_map(&nm, &Names::of(&nm).expect("names"), &boot).expect("cm");
         let enclave = FakeEnclave::new();
         let now = now_ms();
         let sidecar = FakeSidecar::start(&enclave.bundle(digest, &nonce, 1, now)).await;
         let (client, server) = api_server();
-        let mut calls = running_children(Some(&cm));
+        let (ctx, mut cache) = cached_context(client, Some(sidecar.addr.port()));
+        cache.list(vec![cm], vec![pod_running()]);
+        let mut calls = running_children();
         calls.extend([
             apply_child(SECRET_PATH, "Secret").body(json!({"type": "Opaque"})),
             apply_status(
@@ -928,7 +660,6 @@ mod tests {
         ]);
         calls.extend(became_ready(&enclave, [None; 6]));
         let scenario = server.expect(calls);
-        let ctx = context(client, Some(sidecar.addr.port()));
         let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
         // A new operator process does not know the last challenge: it asked for a fresh one.
         assert_eq!(result.expect("ok"), Action::requeue(Duration::from_secs(1)));
@@ -964,6 +695,7 @@ mod tests {
         let digest = config.digest();
         let cm = desired::boot_config_map(
             &nm,
+            &Names::of(&nm).expect("names"),
             &BootConfig {
                 config,
                 nonce: vec![9u8; 32],
@@ -985,18 +717,18 @@ mod tests {
         previous.phase = Some(Phase::Ready);
         nm.status = Some(previous);
         let (client, server) = api_server();
-        let ctx = context(client, Some(sidecar.addr.port()));
+        let (ctx, mut cache) = cached_context(client, Some(sidecar.addr.port()));
+        cache.list(vec![cm], vec![pod_running()]);
         // Challenged at once; status (and the kubeconfig) held for the round trip.
-        let scenario = server.expect(running_children(Some(&cm)));
+        let scenario = server.expect(running_children());
         let (result, server, _) = reconcile_in(&ctx, &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::requeue(Duration::from_secs(1)));
         let nonces = sidecar.attested_nonces();
         assert_eq!(nonces.len(), 1, "challenged at once");
 
-        // The enclave answers the fresh challenge: verified again, status written. The boot
-        // state is known now: the ConfigMap is not read again.
+        // The enclave answers the fresh challenge: verified again, status written.
         sidecar.set_bundle(&enclave.bundle(digest, &nonces[0], 11, now_ms()));
-        let mut calls = running_children(None);
+        let mut calls = running_children();
         calls.extend([
             apply_child(SECRET_PATH, "Secret"),
             apply_status(
@@ -1027,6 +759,7 @@ mod tests {
         let nonce = vec![9u8; 32];
         let cm = desired::boot_config_map(
             &nm,
+            &Names::of(&nm).expect("names"),
             &BootConfig {
                 config,
                 nonce: nonce.clone(),
@@ -1040,7 +773,14 @@ mod tests {
         bundle.report = Some(forger.sign(&enclave.report(1, &hex::encode(digest), now)));
         let sidecar = FakeSidecar::start(&bundle).await;
         let (client, server) = api_server();
-        let mut calls = running_children(Some(&cm));
+        let (ctx, mut cache) = cached_context(client, Some(sidecar.addr.port()));
+        // A kubeconfig was published before: it is withdrawn.
+        let published: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "demo-kubeconfig", "namespace": "team-a"}}),
+        )
+        .expect("secret");
+        cache.list_all(vec![cm], vec![pod_running()], vec![published]);
+        let mut calls = running_children();
         calls.extend([
             Call::delete(format!("{SECRET_PATH}?")).body(json!({})),
             apply_status(
@@ -1078,8 +818,7 @@ mod tests {
             ),
         ]));
         let scenario = server.expect(calls);
-        let (result, _, received) =
-            reconcile_in(&context(client, Some(sidecar.addr.port())), &nm, scenario).await;
+        let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
         result.expect("ok");
         let status = &find(&received, "PATCH", &format!("{NM_PATH}/status")).body["status"];
         assert!(status.get("kubeconfigSecretRef").is_none());
@@ -1118,7 +857,9 @@ mod tests {
         let mut calls = stopping(&nm, not_found());
         calls.push(removes_the_finalizer(&nm));
         let scenario = server.expect(calls);
-        let (result, _, _) = reconcile_in(&context(client, None), &nm, scenario).await;
+        let (ctx, mut cache) = cached_context(client, None);
+        cache.list(Vec::new(), Vec::new());
+        let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::await_change());
     }
 
@@ -1130,7 +871,8 @@ mod tests {
         // The orphaned pod is deleted, not left to the garbage collector; the finalizer stays.
         calls.push(Call::delete(format!("{POD_PATH}?")).body(json!({})));
         let scenario = server.expect(calls);
-        let ctx = context(client, None);
+        let (ctx, mut cache) = cached_context(client, None);
+        cache.list(Vec::new(), Vec::new());
         let (result, _, _) = reconcile_in(&ctx, &nm, scenario).await;
         let err = result.expect_err("waits");
         assert!(err.is_stopping());
@@ -1156,7 +898,9 @@ mod tests {
         calls.push(Call::post(EVENTS).body(json!({"type": "Warning", "reason": STOP_INCOMPLETE})));
         calls.push(removes_the_finalizer(&nm));
         let scenario = server.expect(calls);
-        let (result, _, received) = reconcile_in(&context(client, None), &nm, scenario).await;
+        let (ctx, mut cache) = cached_context(client, None);
+        cache.list(Vec::new(), Vec::new());
+        let (result, _, received) = reconcile_in(&ctx, &nm, scenario).await;
         assert_eq!(result.expect("ok"), Action::await_change());
         let note = received
             .iter()
@@ -1170,17 +914,6 @@ mod tests {
         ] {
             assert!(note.contains(part), "{part:?} in {note:?}");
         }
-    }
-
-    #[test]
-    fn deletion_age_counts_from_the_deletion_timestamp() {
-        let mut nm = mk_nm("demo");
-        assert_eq!(deleting_for(&nm, 5_000), Duration::ZERO, "not deleted");
-        nm.metadata.deletion_timestamp =
-            Some(Time(Timestamp::from_millisecond(1_000).expect("time")));
-        assert_eq!(deleting_for(&nm, 5_000), Duration::from_secs(4));
-        // A clock behind the API server's: no negative age.
-        assert_eq!(deleting_for(&nm, 500), Duration::ZERO);
     }
 
     #[tokio::test]
@@ -1395,8 +1128,26 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::InitDone);
     }
 
-    fn cached_context(client: Client) -> (Arc<Context>, CacheWriters) {
-        let ctx = context(client, None);
+    impl CacheWriters {
+        /// The watches' first lists: `config_maps` and `pods`, and no other child.
+        fn list(&mut self, config_maps: Vec<ConfigMap>, pods: Vec<Pod>) {
+            self.list_all(config_maps, pods, Vec::new());
+        }
+
+        /// The watches' first lists, with `secrets` too.
+        fn list_all(&mut self, config_maps: Vec<ConfigMap>, pods: Vec<Pod>, secrets: Vec<Secret>) {
+            listed(&mut self.config_maps, config_maps);
+            listed(&mut self.stateful_sets, Vec::new());
+            listed(&mut self.services, Vec::new());
+            listed(&mut self.secrets, secrets);
+            listed(&mut self.pods, pods);
+        }
+    }
+
+    /// A context whose watch cache the test fills ([`CacheWriters::list`]): the path production
+    /// takes once the watches have their first lists.
+    fn cached_context(client: Client, sidecar_port: Option<u16>) -> (Arc<Context>, CacheWriters) {
+        let ctx = context(client, sidecar_port);
         let (config_maps, cm_writer) = reflector::store();
         let (stateful_sets, sts_writer) = reflector::store();
         let (services, svc_writer) = reflector::store();
@@ -1425,12 +1176,8 @@ mod tests {
     async fn an_idle_resource_reads_the_cache_and_writes_nothing() {
         let nm = with_finalizer(mk_nm("demo"));
         let (client, server) = api_server();
-        let (ctx, mut writers) = cached_context(client);
-        listed(&mut writers.config_maps, Vec::new());
-        listed(&mut writers.stateful_sets, Vec::new());
-        listed(&mut writers.services, Vec::new());
-        listed(&mut writers.secrets, Vec::new());
-        listed(&mut writers.pods, Vec::new());
+        let (ctx, mut writers) = cached_context(client, None);
+        writers.list(Vec::new(), Vec::new());
 
         // First reconcile: nothing cached, so every child and the status are written, and
         // nothing is read from the API server.
@@ -1478,25 +1225,6 @@ mod tests {
             metrics.contains("nautilus_operator_writes_total{kind=\"StatefulSet\"} 2"),
             "{metrics}"
         );
-    }
-
-    /// The merged trigger stream passes errors on without sleeping, so one watch's errors never
-    /// hold up another's events (each watch sleeps on its own errors). On a paused clock: kube's
-    /// default trigger backoff would advance it by at least 0.8 s per error.
-    #[tokio::test(start_paused = true)]
-    async fn watch_errors_do_not_delay_the_other_watches() {
-        use kube::runtime::utils::StreamBackoff;
-        let items: Vec<Result<u32, &str>> = vec![Err("410"), Err("410"), Ok(1), Err("410"), Ok(2)];
-        let start = tokio::time::Instant::now();
-        let seen: Vec<_> = StreamBackoff::new(futures::stream::iter(items), EachWatchBacksOff)
-            .collect()
-            .await;
-        assert_eq!(
-            seen.len(),
-            5,
-            "the stream does not end on an error: {seen:?}"
-        );
-        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

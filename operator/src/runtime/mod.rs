@@ -23,7 +23,7 @@ use nautilus_crds::NautilusMaster;
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 
 use crate::api::{ApiError, Cache};
-use crate::desired;
+use crate::desired::{self, Names};
 use crate::observe::Observed;
 
 mod local;
@@ -115,10 +115,10 @@ impl EnclaveRuntime {
     /// port and data directory under its work directory, so that control planes started side by
     /// side on one machine share neither, and nothing lands in a host path such as
     /// `/var/lib/rancher/k3s`. The result is what gets measured and attested.
-    pub async fn place(&self, nm: &NautilusMaster, config: EnclaveConfig) -> Result<EnclaveConfig> {
+    pub async fn place(&self, names: &Names, config: EnclaveConfig) -> Result<EnclaveConfig> {
         match self {
             Self::Pod(_) => Ok(config),
-            Self::Local(local) => local.place(nm, config).await,
+            Self::Local(local) => local.place(names, config).await,
         }
     }
 
@@ -129,30 +129,30 @@ impl EnclaveRuntime {
     pub async fn start(
         &self,
         nm: &NautilusMaster,
+        names: &Names,
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
         match self {
             Self::Pod(_) => Ok(()),
-            Self::Local(local) => local.ensure(nm, boot, digest_hex).await,
+            Self::Local(local) => local.ensure(nm, names, boot, digest_hex).await,
         }
     }
 
-    /// What runs now.
-    pub async fn observe(&self, client: &Client, nm: &NautilusMaster) -> Result<Observed> {
-        self.observe_cached(client, None, nm).await
-    }
-
-    /// [`Self::observe`], reading the pod from the watch cache when there is one.
-    pub async fn observe_cached(
+    /// What runs now for `nm`, which is to boot `boot`: the pod from the watch cache when there
+    /// is one (else from the API server); the local runtime's process, adopting one a previous
+    /// operator process started for this very boot configuration.
+    pub async fn observe(
         &self,
         client: &Client,
         cache: Option<&Cache>,
         nm: &NautilusMaster,
+        names: &Names,
+        boot: &BootConfig,
     ) -> Result<Observed> {
         match self {
-            Self::Pod(pod) => pod.observe(client, cache, nm).await,
-            Self::Local(local) => local.observe(nm).await,
+            Self::Pod(pod) => pod.observe(client, cache, nm, names).await,
+            Self::Local(local) => local.observe(names, boot).await,
         }
     }
 
@@ -167,10 +167,15 @@ impl EnclaveRuntime {
     /// Stop the enclave: [`Stopped::Gone`] once it is, [`Stopped::Pending`] while it is
     /// stopping, [`Stopped::Incomplete`] when the runtime did what it could and something may be
     /// left.
-    pub async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
+    pub async fn stop(
+        &self,
+        client: &Client,
+        nm: &NautilusMaster,
+        names: &Names,
+    ) -> Result<Stopped> {
         match self {
-            Self::Pod(pod) => pod.stop(client, nm).await,
-            Self::Local(local) => local.stop(nm).await,
+            Self::Pod(pod) => pod.stop(client, names).await,
+            Self::Local(local) => local.stop(nm, names).await,
         }
     }
 }

@@ -33,9 +33,9 @@ impl PodRuntime {
         client: &Client,
         cache: Option<&Cache>,
         nm: &NautilusMaster,
+        names: &Names,
     ) -> Result<Observed> {
-        let names = Names::of(nm)?;
-        let endpoint = desired::service_endpoint(nm)?;
+        let endpoint = desired::service_endpoint(nm, names)?;
         let pod = match cache {
             Some(cache) => {
                 Cache::get(&cache.pods, &names.namespace, &names.pod).map(|p| p.as_ref().clone())
@@ -58,6 +58,7 @@ impl PodRuntime {
                 sidecar: None,
                 placement,
                 endpoint,
+                config_digest: None,
             });
         };
         placement.pod_name = Some(names.pod.clone());
@@ -72,11 +73,11 @@ impl PodRuntime {
             sidecar,
             placement,
             endpoint,
+            config_digest: None,
         })
     }
 
-    pub(super) async fn stop(&self, client: &Client, nm: &NautilusMaster) -> Result<Stopped> {
-        let names = Names::of(nm)?;
+    pub(super) async fn stop(&self, client: &Client, names: &Names) -> Result<Stopped> {
         let sts_api = Api::<StatefulSet>::namespaced(client.clone(), &names.namespace);
         match sts_api
             .delete(&names.statefulset, &DeleteParams::background())

@@ -1,14 +1,18 @@
 //! The development runtime: one local `nautilus-sidecar` process per resource.
+//!
+//! `settings` (what it starts, where, on which network), `process` (one sidecar process: its
+//! command line, ports, sockets, and stopping it), `record` (adoption across operator
+//! restarts); this module keeps the table of processes, one lock per resource, and places,
+//! starts, observes and stops them.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
 
 use nautilus_crds::{EnclavePlacement, NautilusMaster, StateDeletionPolicy};
-use nautilus_lifetime::{Ended, ProcessId, Reach};
+use nautilus_lifetime::{Ended, ProcessId};
 use nautilus_protocol::wire::{BootConfig, EnclaveConfig};
 use tokio::sync::Mutex;
 
@@ -16,137 +20,16 @@ use super::{Result, RuntimeError, Stopped};
 use crate::desired::{self, Names};
 use crate::observe::{EnclaveState, Observed};
 
-/// Paths and commands of the local runtime.
-#[derive(Clone, Debug)]
-pub struct LocalSettings {
-    /// `nautilus-sidecar` binary.
-    pub sidecar_binary: PathBuf,
-    /// `nautilus-agent` binary.
-    pub agent_binary: PathBuf,
-    /// The control-plane command the agent runs (`k3s`, or a stand-in).
-    pub control_plane_command: String,
-    /// Directory under which each resource gets a work directory.
-    pub work_dir: PathBuf,
-    /// An extra CA (PEM file) the agent trusts for the Sui full node's TLS, for a development
-    /// node with its own certificate; `None` trusts the webpki roots only.
-    pub sui_ca_file: Option<PathBuf>,
-    /// Where the agent finds kube-apiserver, kube-scheduler and kube-controller-manager for
-    /// resources of the `kubernetes` distribution (`None`: the agent's default).
-    pub kubernetes_bin_dir: Option<PathBuf>,
-    /// The etcd the agent starts for the `kubernetes` distribution (`None`: `etcd` in
-    /// `kubernetes_bin_dir`).
-    pub etcd_command: Option<PathBuf>,
-    /// Whether the enclave gets a network of its own ([`LocalNetwork::Isolated`]) or shares
-    /// the host's.
-    pub network: LocalNetwork,
-    /// Address the sidecar publishes each control plane's API port on (127.0.0.1 by default;
-    /// another, such as a veth's, lets a worker in another network namespace reach it).
-    pub api_publish_ip: IpAddr,
-    /// An extra CA (PEM file) the agent trusts for the KMS endpoint of `spec.state` (the local
-    /// KMS of development); `None` trusts the webpki roots only.
-    pub kms_ca_file: Option<PathBuf>,
-    /// The root key (PKCS#8 PEM, P-384) of the agents' simulated NSM, so that a local KMS
-    /// given its certificate can verify their Recipient attestations; `None`: a fresh root per
-    /// agent, which no KMS knows.
-    pub simulated_root_key: Option<PathBuf>,
-    /// An AWS shared credentials file (profile `default`) the sidecars relay to their agents
-    /// for the KMS calls of `spec.state`; `None`: the sidecars' environment
-    /// (`AWS_ACCESS_KEY_ID`, ...), which they inherit from the operator.
-    pub aws_credentials_file: Option<PathBuf>,
-}
+mod process;
+mod record;
+mod settings;
 
-/// The enclave's network in the local runtime.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LocalNetwork {
-    /// A network namespace of its own with only a loopback, as an enclave has no network: the
-    /// sidecar runs the agent under `--isolate-network`. Needs root; the default.
-    #[default]
-    Isolated,
-    /// The host's network (development only, on explicit request; logged as a warning): a
-    /// network dependency an enclave would not have goes unnoticed.
-    Host,
-}
-
-impl LocalNetwork {
-    /// `isolated` or `host`, as the operator's `--local-network` says.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Isolated => "isolated",
-            Self::Host => "host",
-        }
-    }
-}
-
-/// The longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
-pub const MAX_SOCKET_PATH: usize = 107;
-
-/// Names of the Unix sockets between a local sidecar and its agent, in the resource's socket
-/// directory ([`LocalRuntime::socket_dir`]).
-const AGENT_SOCKET: &str = "agent.sock";
-const API_SOCKET: &str = "api.sock";
-const EGRESS_SOCKET: &str = "egress.sock";
-
-/// The binaries a development setup of the local runtime starts.
-pub const DEVELOPMENT_BINARIES: [&str; 3] =
-    ["nautilus-sidecar", "nautilus-agent", "nautilus-standin"];
-
-impl LocalSettings {
-    /// The [`DEVELOPMENT_BINARIES`] in `dir`, with the stand-in as the control plane; no extra
-    /// Sui CA.
-    pub fn development(dir: &std::path::Path, work_dir: PathBuf) -> Self {
-        Self {
-            sidecar_binary: dir.join("nautilus-sidecar"),
-            agent_binary: dir.join("nautilus-agent"),
-            control_plane_command: dir.join("nautilus-standin").display().to_string(),
-            work_dir,
-            sui_ca_file: None,
-            kubernetes_bin_dir: None,
-            etcd_command: None,
-            network: LocalNetwork::Isolated,
-            api_publish_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            kms_ca_file: None,
-            simulated_root_key: None,
-            aws_credentials_file: None,
-        }
-    }
-
-    /// Whether the enclaves can run as [`LocalSettings::network`] says: with
-    /// [`LocalNetwork::Isolated`], whether a network namespace can be made here
-    /// ([`RuntimeError::Isolation`] says why not, in one line). Call it once at start. The
-    /// probe runs the agent binary, which shares the sidecar's `nautilus-lifetime` helper (the
-    /// sidecar binary may be a test's stand-in that wraps the real one).
-    pub async fn check_network(&self) -> Result<()> {
-        match self.network {
-            LocalNetwork::Host => Ok(()),
-            LocalNetwork::Isolated => nautilus_lifetime::netns::probe(&self.agent_binary)
-                .await
-                .map_err(|err| RuntimeError::Isolation {
-                    reason: match err {
-                        nautilus_lifetime::LifetimeError::Isolation { reason } => reason,
-                        other => other.to_string(),
-                    },
-                }),
-        }
-    }
-}
-
-/// Where the [`DEVELOPMENT_BINARIES`] were built, for tests: `NAUTILUS_BIN_DIR`, else the
-/// cargo target directory of the running test (`target/<profile>/deps/<test>` →
-/// `target/<profile>`). `None` unless all of them are there.
-pub fn development_bin_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("NAUTILUS_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .ok()?
-            .parent()?
-            .parent()?
-            .to_path_buf(),
-    };
-    DEVELOPMENT_BINARIES
-        .iter()
-        .all(|b| dir.join(b).is_file())
-        .then_some(dir)
-}
+pub use process::LOCAL_STOP_GRACE;
+use process::{Handle, LocalPorts, LocalSockets, endpoint_for, free_port, free_port_on, localhost};
+use record::{Left, SidecarRecord, boot_json, left_behind, stop_left, stop_recorded, write_record};
+pub use settings::{
+    DEVELOPMENT_BINARIES, LocalNetwork, LocalSettings, MAX_SOCKET_PATH, development_bin_dir,
+};
 
 /// The development runtime: one local sidecar process per resource.
 #[derive(Debug)]
@@ -177,192 +60,6 @@ struct LocalProcess {
     api: SocketAddr,
     started_ms: u64,
     exit_reported: bool,
-}
-
-/// Name of the file in a resource's work directory that records its running sidecar, so that
-/// the next operator process adopts it (or stops it) instead of starting a second one.
-const SIDECAR_STATE_FILE: &str = "sidecar.json";
-
-/// How often (20 ms apart) a recorded process's command line is read while it is empty (a
-/// process in the middle of exec shows none).
-const CMDLINE_TRIES: u32 = 50;
-
-/// Longest [`SIDECAR_STATE_FILE`] read (it is a few hundred bytes).
-const MAX_STATE_FILE: u64 = 4096;
-
-/// What [`SIDECAR_STATE_FILE`] records of a started sidecar.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SidecarRecord {
-    /// Its process id.
-    pid: u32,
-    /// Its start time in clock ticks since boot (`/proc/<pid>/stat` field 22): a pid reused by
-    /// another process has another start time.
-    start_ticks: u64,
-    /// Port of its HTTP API on 127.0.0.1.
-    http_port: u16,
-    /// Port of its API proxy on [`SidecarRecord::api_ip`].
-    api_port: u16,
-    /// Address of its API proxy (absent in records of operators before it: 127.0.0.1).
-    #[serde(default = "localhost")]
-    api_ip: IpAddr,
-    /// Whether its agent runs in a network namespace of its own (absent in records of
-    /// operators before it: it does not).
-    #[serde(default)]
-    isolated_network: bool,
-    /// Digest of the configuration it boots.
-    digest_hex: String,
-    /// When it was started (Unix milliseconds).
-    started_ms: u64,
-}
-
-/// A local sidecar process: a child of this operator process, or one a previous operator
-/// process started and this one adopted (it is not our child: its exit status is unknown).
-#[derive(Debug)]
-enum Handle {
-    /// Started by this process.
-    Child(tokio::process::Child),
-    /// Started by a previous operator process, identified by pid and start time.
-    Adopted { pid: u32, start_ticks: u64 },
-}
-
-impl Handle {
-    /// `None` while it runs, else how it ended.
-    fn exited(&mut self) -> Option<String> {
-        match self {
-            Self::Child(child) => match child.try_wait() {
-                Ok(None) => None,
-                Ok(Some(status)) => Some(format!("the local sidecar process exited: {status}")),
-                Err(err) => Some(format!("cannot check the local sidecar: {err}")),
-            },
-            Self::Adopted { pid, start_ticks } => (!same_process(*pid, *start_ticks)).then(|| {
-                format!("the local sidecar process {pid} (started by a previous operator) is gone")
-            }),
-        }
-    }
-
-    /// Its pid, while known.
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Self::Child(child) => child.id(),
-            Self::Adopted { pid, .. } => Some(*pid),
-        }
-    }
-
-    /// SIGTERM (so the sidecar stops the enclave), then SIGKILL after [`LOCAL_STOP_GRACE`]; an
-    /// adopted one is checked against its start time before each signal, so a reused pid is
-    /// never signalled.
-    async fn terminate(&mut self) -> Ended {
-        match self {
-            Self::Child(child) => {
-                match nautilus_lifetime::terminate_child(child, Reach::Process, LOCAL_STOP_GRACE)
-                    .await
-                {
-                    Ok((_, ended)) => ended,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot reap a local sidecar");
-                        Ended::Exited
-                    }
-                }
-            }
-            Self::Adopted { pid, start_ticks } => {
-                let id = ProcessId {
-                    pid: *pid,
-                    start_ticks: *start_ticks,
-                };
-                nautilus_lifetime::terminate_process(id, LOCAL_STOP_GRACE).await
-            }
-        }
-    }
-}
-
-/// Whether `pid` is still the process that started at `start_ticks` (and has not ended).
-fn same_process(pid: u32, start_ticks: u64) -> bool {
-    ProcessId { pid, start_ticks }.is_alive()
-}
-
-fn localhost() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
-fn free_port() -> std::io::Result<u16> {
-    free_port_on(localhost())
-}
-
-/// A free TCP port on `ip`.
-fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// The ports of one local sidecar and its control plane. Inside an isolated enclave's
-/// namespace any port would do; they are picked free on the host all the same, so that the
-/// host network mode works with the same command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct LocalPorts {
-    /// The sidecar's HTTP API, on 127.0.0.1.
-    http: u16,
-    /// The sidecar's API port, on [`LocalSettings::api_publish_ip`].
-    api: u16,
-    /// The agent's webhook, on the enclave's 127.0.0.1.
-    webhook: u16,
-    /// kube-scheduler's health port.
-    scheduler: u16,
-    /// kube-controller-manager's health port.
-    controller: u16,
-    /// etcd's client port.
-    etcd_client: u16,
-    /// etcd's peer port.
-    etcd_peer: u16,
-}
-
-/// The Unix sockets between a local sidecar and its agent (the stand-ins for vsock).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct LocalSockets {
-    /// The control link: the agent listens, the sidecar dials.
-    agent: PathBuf,
-    /// The API port upstream: the agent listens and forwards to its API server.
-    api: PathBuf,
-    /// The egress proxy: the sidecar listens, the agent dials (Sui RPC, kubelets).
-    egress: PathBuf,
-    /// Where the agent makes the sockets of its own control plane (`--socket-dir`: the API
-    /// server's kubelet egress), checked for the longest of their names.
-    dir: PathBuf,
-}
-
-impl LocalSockets {
-    fn in_dir(dir: &Path) -> Result<Self> {
-        let path = |name: &str| {
-            let path = dir.join(name);
-            let len = path.as_os_str().len();
-            if len > MAX_SOCKET_PATH {
-                return Err(RuntimeError::SocketPath {
-                    path,
-                    len,
-                    max: MAX_SOCKET_PATH,
-                });
-            }
-            Ok(path)
-        };
-        path(nautilus_protocol::constants::KUBELET_EGRESS_SOCKET)?;
-        Ok(Self {
-            agent: path(AGENT_SOCKET)?,
-            api: path(API_SOCKET)?,
-            egress: path(EGRESS_SOCKET)?,
-            dir: dir.to_owned(),
-        })
-    }
-}
-
-/// The host part of a URL for `ip`: an unspecified address is reached on the loopback, an IPv6
-/// one in brackets.
-fn endpoint_for(ip: IpAddr, port: u16) -> String {
-    let ip = match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("https://{}", SocketAddr::new(ip, port))
 }
 
 impl LocalRuntime {
@@ -426,6 +123,15 @@ impl LocalRuntime {
             .join(digest.get(..16).unwrap_or(&digest))
     }
 
+    /// The network this operator gives its sidecars: the API publish address, and whether
+    /// isolated (an adopted sidecar must have the same).
+    fn network(&self) -> (IpAddr, bool) {
+        (
+            self.settings.api_publish_ip,
+            self.settings.network == LocalNetwork::Isolated,
+        )
+    }
+
     /// The address the sidecars publish their API ports on, which placing a configuration
     /// measures as its `advertiseAddress` when it is not loopback.
     pub fn api_publish_ip(&self) -> IpAddr {
@@ -440,11 +146,10 @@ impl LocalRuntime {
     /// [`LocalRuntime::ensure`].
     pub(super) async fn place(
         &self,
-        nm: &NautilusMaster,
+        names: &Names,
         mut config: EnclaveConfig,
     ) -> Result<EnclaveConfig> {
-        let names = Names::of(nm)?;
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
         // Where clients reach this control plane: the measured advertise address (the in-cluster
         // `kubernetes` endpoint) is set from it here.
@@ -504,126 +209,20 @@ impl LocalRuntime {
         Ok(config)
     }
 
-    /// The sidecar's command line for `nm` (development: process launcher, simulated NSM with
-    /// the spec's PCRs, Unix sockets instead of vsock, the agent in a network namespace of its
-    /// own unless the host's network was asked for; Sui RPC through the sidecar's egress
-    /// proxy).
-    fn command(
-        &self,
-        nm: &NautilusMaster,
-        dir: &Path,
-        boot_path: &Path,
-        sockets: &LocalSockets,
-        ports: LocalPorts,
-    ) -> Result<tokio::process::Command> {
-        let LocalPorts {
-            http,
-            api,
-            webhook,
-            scheduler,
-            controller,
-            etcd_client,
-            etcd_peer,
-        } = ports;
-        let unix = |path: &Path| format!("unix:{}", path.display());
-        let s = &self.settings;
-        let enclave = &nm.spec.enclave;
-        let mut agent_args = vec![
-            format!("--listen={}", unix(&sockets.agent)),
-            format!("--api-listen={}", unix(&sockets.api)),
-            "--nsm=simulated".to_owned(),
-            format!("--simulated-pcr=0={}", enclave.pcr0),
-            format!("--simulated-pcr=1={}", enclave.pcr1),
-            format!("--simulated-pcr=2={}", enclave.pcr2),
-        ];
-        if let Some(pcr8) = &enclave.pcr8 {
-            agent_args.push(format!("--simulated-pcr=8={pcr8}"));
-        }
-        agent_args.extend([
-            format!("--control-plane-command={}", s.control_plane_command),
-            format!("--work-dir={}", dir.join("agent").display()),
-            format!("--socket-dir={}", sockets.dir.display()),
-            format!("--webhook-listen=127.0.0.1:{webhook}"),
-            format!("--egress-proxy={}", unix(&sockets.egress)),
-        ]);
-        if let Some(ca) = &s.sui_ca_file {
-            agent_args.push(format!("--sui-ca-file={}", ca.display()));
-        }
-        if let Some(dir) = &s.kubernetes_bin_dir {
-            agent_args.push(format!("--kubernetes-bin-dir={}", dir.display()));
-        }
-        if let Some(etcd) = &s.etcd_command {
-            agent_args.push(format!("--etcd-command={}", etcd.display()));
-        }
-        if let Some(ca) = &s.kms_ca_file {
-            agent_args.push(format!("--kms-ca-file={}", ca.display()));
-        }
-        if let Some(key) = &s.simulated_root_key {
-            agent_args.push(format!("--simulated-root-key={}", key.display()));
-        }
-        let mut cmd = tokio::process::Command::new(&s.sidecar_binary);
-        cmd.arg(format!("--boot-config={}", boot_path.display()))
-            .arg("--launcher=process")
-            .arg(format!("--agent-command={}", s.agent_binary.display()));
-        if s.network == LocalNetwork::Isolated {
-            cmd.arg("--isolate-network");
-        }
-        for arg in agent_args {
-            cmd.arg(format!("--agent-arg={arg}"));
-        }
-        cmd.arg(format!("--agent={}", unix(&sockets.agent)))
-            .arg(format!("--api-upstream={}", unix(&sockets.api)))
-            .arg(format!("--http-listen=127.0.0.1:{http}"))
-            .arg(format!(
-                "--api-listen={}",
-                SocketAddr::new(s.api_publish_ip, api)
-            ))
-            .arg(format!("--egress-listen={}", unix(&sockets.egress)))
-            .arg(format!(
-                "--egress-allow={}",
-                desired::https_host_port(&nm.spec.auth.sui_rpc_url)?
-            ));
-        if let Some(state) = &nm.spec.state {
-            if let Some(file) = &s.aws_credentials_file {
-                cmd.arg(format!("--aws-credentials-file={}", file.display()));
-            }
-            cmd.arg(format!("--egress-allow={}", desired::kms_host_port(state)?))
-                .arg(format!(
-                    "--state-dir={}",
-                    self.state_dir(&Names::of(nm)?).display()
-                ));
-        }
-        cmd
-            // Parallel control planes on one machine must not share the health ports (with
-            // the host's network; in namespaces of their own they could).
-            .env("NAUTILUS_CP_SCHEDULER_PORT", scheduler.to_string())
-            .env(
-                "NAUTILUS_CP_CONTROLLER_MANAGER_PORT",
-                controller.to_string(),
-            )
-            .env("NAUTILUS_CP_ETCD_CLIENT_PORT", etcd_client.to_string())
-            .env("NAUTILUS_CP_ETCD_PEER_PORT", etcd_peer.to_string())
-            .kill_on_drop(true);
-        Ok(cmd)
-    }
-
     pub(super) async fn ensure(
         &self,
         nm: &NautilusMaster,
+        names: &Names,
         boot: &BootConfig,
         digest_hex: &str,
     ) -> Result<()> {
-        let names = Names::of(nm)?;
         let key = names.key();
         let slot = self.slot(&key);
         let mut process = slot.lock().await;
         let local_err = |what: String| move |source| RuntimeError::Local { what, source };
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let boot_path = dir.join(desired::BOOT_CONFIG_KEY);
-        let json = serde_json::to_vec_pretty(boot).map_err(|e| RuntimeError::Local {
-            what: "serializing the boot config".into(),
-            source: std::io::Error::other(e),
-        })?;
+        let json = boot_json(boot)?;
         if let Some(p) = process.as_mut() {
             let alive = p.child.exited().is_none();
             if alive && p.digest_hex == digest_hex {
@@ -633,26 +232,21 @@ impl LocalRuntime {
                 // A new configuration: replace the enclave, as a new pod revision would.
                 p.child.terminate().await;
             } else if p.digest_hex == digest_hex && !p.exit_reported {
-                // It exited: leave it for observe() to report once, then restart it on the
-                // next reconcile (as the kubelet restarts a container).
+                // It exited: leave it for observe() to report once; the reconcile that
+                // reported it restarts it (as the kubelet restarts a container).
                 return Ok(());
             }
             *process = None;
-        } else if let Some(adopted) = adopt_or_stop(
-            &dir,
-            &boot_path,
-            &json,
-            digest_hex,
-            (
-                self.settings.api_publish_ip,
-                self.settings.network == LocalNetwork::Isolated,
-            ),
-        )
-        .await
-        {
-            tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
-            *process = Some(adopted);
-            return Ok(());
+        } else {
+            match left_behind(&dir, &boot_path, &json, digest_hex, self.network()).await {
+                Some(Left::Adoptable(adopted)) => {
+                    tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
+                    *process = Some(*adopted);
+                    return Ok(());
+                }
+                Some(Left::Other(record)) => stop_left(&dir, &record).await,
+                None => {}
+            }
         }
         tokio::fs::create_dir_all(&dir)
             .await
@@ -660,7 +254,7 @@ impl LocalRuntime {
         tokio::fs::write(&boot_path, json)
             .await
             .map_err(local_err(format!("writing {}", boot_path.display())))?;
-        let socket_dir = self.socket_dir(&names);
+        let socket_dir = self.socket_dir(names);
         let sockets = LocalSockets::in_dir(&socket_dir)?;
         tokio::fs::DirBuilder::new()
             .recursive(true)
@@ -695,7 +289,7 @@ impl LocalRuntime {
         let log_err = log
             .try_clone()
             .map_err(local_err(format!("opening {}", log_path.display())))?;
-        let mut cmd = self.command(nm, &dir, &boot_path, &sockets, ports)?;
+        let mut cmd = self.command(nm, names, &dir, &boot_path, &sockets, ports)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -752,23 +346,38 @@ impl LocalRuntime {
         Ok(())
     }
 
-    pub(super) async fn observe(&self, nm: &NautilusMaster) -> Result<Observed> {
-        let names = Names::of(nm)?;
+    /// What runs for `names`: its process, else one a previous operator process started for
+    /// this very `boot` (same bytes: same configuration and nonce), which is adopted.
+    pub(super) async fn observe(&self, names: &Names, boot: &BootConfig) -> Result<Observed> {
         let placement = EnclavePlacement {
             runtime: Some("local".into()),
             ..EnclavePlacement::default()
         };
-        let slot = self.table().get(&names.key()).cloned();
-        let mut process = match &slot {
-            Some(slot) => Some(slot.lock().await),
-            None => None,
-        };
-        let Some(p) = process.as_mut().and_then(|p| p.as_mut()) else {
+        let key = names.key();
+        let slot = self.slot(&key);
+        let mut process = slot.lock().await;
+        if process.is_none() {
+            let dir = self.resource_dir(names);
+            let left = left_behind(
+                &dir,
+                &dir.join(desired::BOOT_CONFIG_KEY),
+                &boot_json(boot)?,
+                &boot.config.digest_hex(),
+                self.network(),
+            )
+            .await;
+            if let Some(Left::Adoptable(adopted)) = left {
+                tracing::info!(cluster = %key, http = %adopted.http, "adopted the local sidecar a previous operator process started");
+                *process = Some(*adopted);
+            }
+        }
+        let Some(p) = process.as_mut() else {
             return Ok(Observed {
                 state: EnclaveState::Absent,
                 sidecar: None,
                 placement,
                 endpoint: String::new(),
+                config_digest: None,
             });
         };
         let endpoint = endpoint_for(p.api.ip(), p.api.port());
@@ -787,15 +396,15 @@ impl LocalRuntime {
             sidecar,
             placement,
             endpoint,
+            config_digest: Some(p.digest_hex.clone()),
         })
     }
 
-    pub(super) async fn stop(&self, nm: &NautilusMaster) -> Result<Stopped> {
-        let names = Names::of(nm)?;
+    pub(super) async fn stop(&self, nm: &NautilusMaster, names: &Names) -> Result<Stopped> {
         let key = names.key();
         let slot = self.slot(&key);
         let mut process = slot.lock().await;
-        let dir = self.resource_dir(&names);
+        let dir = self.resource_dir(names);
         let mut left = Vec::new();
         let ended = match process.take() {
             Some(mut p) => Some((p.child.pid(), p.child.terminate().await)),
@@ -820,7 +429,7 @@ impl LocalRuntime {
             .remove(&key);
         let mut dirs = vec![
             ("work directory", dir),
-            ("socket directory", self.socket_dir(&names)),
+            ("socket directory", self.socket_dir(names)),
         ];
         // Sealed snapshots stay unless the spec says they go with the resource.
         if nm
@@ -829,7 +438,7 @@ impl LocalRuntime {
             .as_ref()
             .is_some_and(|s| s.deletion_policy == StateDeletionPolicy::Delete)
         {
-            dirs.push(("sealed snapshots", self.state_dir(&names)));
+            dirs.push(("sealed snapshots", self.state_dir(names)));
         }
         for (what, dir) in dirs {
             match tokio::fs::remove_dir_all(&dir).await {
@@ -849,122 +458,15 @@ impl LocalRuntime {
     }
 }
 
-/// The sidecar [`SIDECAR_STATE_FILE`] in `dir` records, if it is still running and is the one
-/// of this resource (its command line names `boot_path`).
-async fn recorded(dir: &std::path::Path, boot_path: &std::path::Path) -> Option<SidecarRecord> {
-    use tokio::io::AsyncReadExt as _;
-    let file = tokio::fs::File::open(dir.join(SIDECAR_STATE_FILE))
-        .await
-        .ok()?;
-    let mut text = Vec::new();
-    file.take(MAX_STATE_FILE)
-        .read_to_end(&mut text)
-        .await
-        .ok()?;
-    let record: SidecarRecord = match serde_json::from_slice(&text) {
-        Ok(record) => record,
-        Err(err) => {
-            tracing::warn!(dir = %dir.display(), error = %err, "ignoring an unreadable sidecar record");
-            return None;
-        }
-    };
-    let ours = format!("--boot-config={}", boot_path.display());
-    // A process in the middle of exec (just started) shows an empty command line for a moment.
-    let mut cmdline = Vec::new();
-    for _ in 0..CMDLINE_TRIES {
-        if !same_process(record.pid, record.start_ticks) {
-            return None;
-        }
-        cmdline = tokio::fs::read(format!("/proc/{}/cmdline", record.pid))
-            .await
-            .ok()?;
-        if !cmdline.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == ours.as_bytes())
-        .then_some(record)
-}
-
-/// Write `record` to `dir`'s [`SIDECAR_STATE_FILE`] (through a temporary file, so a crash
-/// leaves the old record or the new one, never half of one).
-async fn write_record(dir: &std::path::Path, record: &SidecarRecord) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SIDECAR_STATE_FILE}.tmp"));
-    let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, dir.join(SIDECAR_STATE_FILE)).await
-}
-
-/// After an operator restart: the sidecar a previous operator process started for this
-/// resource, adopted when it still runs the boot configuration `boot` (same bytes, so the same
-/// configuration and nonce: its attestation stays valid) on the network this operator would
-/// give it (`network`: the API publish address, and whether isolated), else stopped. `None`
-/// when there was none or it was stopped.
-async fn adopt_or_stop(
-    dir: &std::path::Path,
-    boot_path: &std::path::Path,
-    boot: &[u8],
-    digest_hex: &str,
-    network: (IpAddr, bool),
-) -> Option<LocalProcess> {
-    let record = recorded(dir, boot_path).await?;
-    let same_boot = tokio::fs::read(boot_path)
-        .await
-        .is_ok_and(|on_disk| on_disk == boot);
-    if same_boot
-        && record.digest_hex == digest_hex
-        && (record.api_ip, record.isolated_network) == network
-    {
-        return Some(LocalProcess {
-            child: Handle::Adopted {
-                pid: record.pid,
-                start_ticks: record.start_ticks,
-            },
-            digest_hex: record.digest_hex,
-            http: SocketAddr::from(([127, 0, 0, 1], record.http_port)),
-            api: SocketAddr::new(record.api_ip, record.api_port),
-            started_ms: record.started_ms,
-            exit_reported: false,
-        });
-    }
-    tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar of another configuration that a previous operator process left");
-    let _ = Handle::Adopted {
-        pid: record.pid,
-        start_ticks: record.start_ticks,
-    }
-    .terminate()
-    .await;
-    None
-}
-
-/// Stop the sidecar `dir` records, if it still runs (the resource is being deleted): its pid
-/// and how it ended.
-async fn stop_recorded(
-    dir: &std::path::Path,
-    boot_path: &std::path::Path,
-) -> Option<(Option<u32>, Ended)> {
-    let record = recorded(dir, boot_path).await?;
-    tracing::info!(pid = record.pid, dir = %dir.display(), "stopping a local sidecar a previous operator process left");
-    let ended = Handle::Adopted {
-        pid: record.pid,
-        start_ticks: record.start_ticks,
-    }
-    .terminate()
-    .await;
-    Some((Some(record.pid), ended))
-}
-
-/// How long a local sidecar gets to stop its agent after SIGTERM before it is killed: the
-/// outermost of the nested stop budgets, so a graceful stop's last snapshot is never cut off.
-pub const LOCAL_STOP_GRACE: Duration = nautilus_protocol::constants::stop::HOST;
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
     use kube::Client;
 
+    use super::process::same_process;
+    use super::record::SIDECAR_STATE_FILE;
     use super::*;
     use crate::fixtures::mk_nm;
     use crate::runtime::EnclaveRuntime;
@@ -993,6 +495,10 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
 
+    fn names_of(nm: &NautilusMaster) -> Names {
+        Names::of(nm).expect("names")
+    }
+
     fn boot(nm: &NautilusMaster) -> BootConfig {
         BootConfig {
             config: desired::enclave_config(nm).expect("config"),
@@ -1007,11 +513,19 @@ mod tests {
         write_script(&script, "#!/bin/sh\nexec sleep 30\n");
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        let observed = rt.observe(&nm).await.expect("observe");
+        let observed = rt
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("observe");
         assert_eq!(observed.state, EnclaveState::Absent);
 
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
-        let observed = rt.observe(&nm).await.expect("observe");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
+        let observed = rt
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("observe");
         assert!(matches!(observed.state, EnclaveState::SidecarUp { .. }));
         assert_eq!(observed.placement.runtime.as_deref(), Some("local"));
         assert!(observed.endpoint.starts_with("https://127.0.0.1:"));
@@ -1019,12 +533,26 @@ mod tests {
         assert!(addr.ip().is_loopback());
 
         // Same digest: the same process.
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
-        assert_eq!(rt.observe(&nm).await.expect("o").sidecar, Some(addr));
-
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         assert_eq!(
-            rt.observe(&nm).await.expect("o").state,
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .sidecar,
+            Some(addr)
+        );
+
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
+        assert_eq!(
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
 
@@ -1037,11 +565,22 @@ mod tests {
             >();
             Client::new(service, "default")
         };
-        rt.start(&nm, &boot(&nm), "d2").await.expect("start");
-        assert!(rt.observe(&client, &nm).await.expect("o").sidecar.is_some());
+        rt.start(&nm, &names_of(&nm), &boot(&nm), "d2")
+            .await
+            .expect("start");
+        assert!(
+            rt.observe(&client, None, &nm, &names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .sidecar
+                .is_some()
+        );
         rt.shutdown().await;
         assert_eq!(
-            rt.observe(&client, &nm).await.expect("o").state,
+            rt.observe(&client, None, &nm, &names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
         let _ = std::fs::remove_file(&script);
@@ -1063,10 +602,17 @@ mod tests {
         );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         let mut seen = false;
         for _ in 0..50 {
-            if let EnclaveState::Failed(m) = rt.observe(&nm).await.expect("o").state {
+            if let EnclaveState::Failed(m) = rt
+                .observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state
+            {
                 assert!(m.contains("exited"), "{m}");
                 seen = true;
                 break;
@@ -1075,14 +621,19 @@ mod tests {
         }
         assert!(seen, "the exit was not observed");
         // Reported once, the next ensure restarts it.
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("restart");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("restart");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = rt.observe(&nm).await.expect("o");
+        let after = rt.observe(&names_of(&nm), &boot(&nm)).await.expect("o");
         assert!(
             matches!(after.state, EnclaveState::SidecarUp { .. }),
             "{after:?}"
         );
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1104,7 +655,9 @@ mod tests {
         );
         let rt = local(script.to_str().expect("utf8"));
         let nm = mk_nm("demo");
-        rt.ensure(&nm, &boot(&nm), "d1").await.expect("ensure");
+        rt.ensure(&nm, &names_of(&nm), &boot(&nm), "d1")
+            .await
+            .expect("ensure");
         // Real time (the clock is paused): until the script ignores SIGTERM.
         for _ in 0..200 {
             if ready.exists() {
@@ -1116,7 +669,7 @@ mod tests {
         // Another resource's sidecar, started before and answering while this one is stopped.
         let other = mk_nm("other");
         std::fs::remove_file(&ready).expect("rm ready");
-        rt.ensure(&other, &boot(&other), "d1")
+        rt.ensure(&other, &names_of(&other), &boot(&other), "d1")
             .await
             .expect("ensure");
         for _ in 0..200 {
@@ -1129,7 +682,7 @@ mod tests {
         let rt = Arc::new(rt);
         let stopping = tokio::spawn({
             let (rt, nm) = (Arc::clone(&rt), nm.clone());
-            async move { rt.stop(&nm).await }
+            async move { rt.stop(&nm, &names_of(&nm)).await }
         });
         // Until the stop holds the resource's slot (it then waits for the grace).
         let slot = rt.slot(&Names::of(&nm).expect("names").key());
@@ -1142,7 +695,11 @@ mod tests {
         assert!(slot.try_lock().is_err(), "the stop did not start");
         // One lock over every resource made this wait for the whole grace (the paused clock
         // then ran it out and the stop finished first).
-        let seen = rt.observe(&other).await.expect("observe").state;
+        let seen = rt
+            .observe(&names_of(&other), &boot(&other))
+            .await
+            .expect("observe")
+            .state;
         assert!(matches!(seen, EnclaveState::SidecarUp { .. }), "{seen:?}");
         assert!(
             !stopping.is_finished(),
@@ -1153,15 +710,23 @@ mod tests {
         };
         // The other one ignores SIGTERM too.
         assert!(matches!(
-            rt.stop(&other).await.expect("stop other"),
+            rt.stop(&other, &names_of(&other))
+                .await
+                .expect("stop other"),
             Stopped::Incomplete(_)
         ));
         assert!(
-            what.contains("did not exit within 10 s of SIGTERM and was killed"),
+            what.contains(&format!(
+                "did not exit within {} s of SIGTERM and was killed",
+                LOCAL_STOP_GRACE.as_secs()
+            )),
             "{what}"
         );
         assert_eq!(
-            rt.observe(&nm).await.expect("o").state,
+            rt.observe(&names_of(&nm), &boot(&nm))
+                .await
+                .expect("o")
+                .state,
             EnclaveState::Absent
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -1202,16 +767,27 @@ mod tests {
         };
 
         let first = LocalRuntime::new(settings("work"));
-        first.ensure(&nm, &boot1, "d1").await.expect("ensure");
-        let addr = first.observe(&nm).await.expect("o").sidecar.expect("up");
+        first
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
+        let addr = first
+            .observe(&names_of(&nm), &boot(&nm))
+            .await
+            .expect("o")
+            .sidecar
+            .expect("up");
         let record = pid_of(&first);
         assert!(same_process(record.pid, record.start_ticks));
         std::mem::forget(first);
 
         // Same boot configuration: adopted, not restarted.
         let second = LocalRuntime::new(settings("work"));
-        second.ensure(&nm, &boot1, "d1").await.expect("ensure");
-        let seen = second.observe(&nm).await.expect("o");
+        second
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
+        let seen = second.observe(&names_of(&nm), &boot(&nm)).await.expect("o");
         assert_eq!(seen.sidecar, Some(addr), "{seen:?}");
         assert!(
             matches!(seen.state, EnclaveState::SidecarUp { started_ms: Some(ms) } if ms == record.started_ms)
@@ -1221,7 +797,10 @@ mod tests {
 
         // Another boot configuration (a new nonce): the old one is stopped, a new one started.
         let third = LocalRuntime::new(settings("work"));
-        third.ensure(&nm, &boot2, "d1").await.expect("ensure");
+        third
+            .ensure(&nm, &names_of(&nm), &boot2, "d1")
+            .await
+            .expect("ensure");
         assert!(
             !same_process(record.pid, record.start_ticks),
             "the old sidecar still runs"
@@ -1233,7 +812,10 @@ mod tests {
 
         // Deleted while no operator ran: the next one's stop ends the recorded sidecar.
         let fourth = LocalRuntime::new(settings("work"));
-        assert_eq!(fourth.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            fourth.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         assert!(
             !same_process(replaced.pid, replaced.start_ticks),
             "the sidecar outlived its resource"
@@ -1252,9 +834,15 @@ mod tests {
         };
         write_record(&other_dir, &foreign).await.expect("write");
         std::fs::write(other_dir.join(desired::BOOT_CONFIG_KEY), b"{}").expect("boot");
-        other.ensure(&nm, &boot1, "d1").await.expect("ensure");
+        other
+            .ensure(&nm, &names_of(&nm), &boot1, "d1")
+            .await
+            .expect("ensure");
         assert_ne!(pid_of(&other).pid, me, "a foreign process was adopted");
-        assert_eq!(other.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            other.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1285,7 +873,14 @@ mod tests {
         let dir = std::path::Path::new("/tmp/x");
         let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
         let cmd = rt
-            .command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
+            .command(
+                &nm,
+                &names_of(&nm),
+                dir,
+                &dir.join("boot-config.json"),
+                &sockets,
+                ports(),
+            )
             .expect("cmd");
         let args = args_of(&cmd);
         for expected in [
@@ -1335,8 +930,15 @@ mod tests {
         let dir = Path::new("/tmp/x");
         let sockets = LocalSockets::in_dir(Path::new("/tmp/r")).expect("short");
         let args = args_of(
-            &rt.command(&nm, dir, &dir.join("boot-config.json"), &sockets, ports())
-                .expect("cmd"),
+            &rt.command(
+                &nm,
+                &names_of(&nm),
+                dir,
+                &dir.join("boot-config.json"),
+                &sockets,
+                ports(),
+            )
+            .expect("cmd"),
         );
         assert!(!args.iter().any(|a| a == "--isolate-network"), "{args:?}");
         assert!(
@@ -1407,14 +1009,20 @@ mod tests {
         });
         let nm = mk_nm("demo");
         let placed = rt
-            .place(&nm, desired::enclave_config(&nm).expect("config"))
+            .place(
+                &names_of(&nm),
+                desired::enclave_config(&nm).expect("config"),
+            )
             .await
             .expect("placed");
         let port = placed.control_plane.https_port;
         // Kept: a second placement (or a restarted operator) gets the same port.
         assert_eq!(
             LocalRuntime::new(rt.settings.clone())
-                .place(&nm, desired::enclave_config(&nm).expect("config"))
+                .place(
+                    &names_of(&nm),
+                    desired::enclave_config(&nm).expect("config")
+                )
                 .await
                 .expect("placed")
                 .control_plane
@@ -1425,8 +1033,10 @@ mod tests {
             config: placed,
             nonce: vec![1; 32],
         };
-        rt.ensure(&nm, &boot, "d1").await.expect("ensure");
-        let observed = rt.observe(&nm).await.expect("observe");
+        rt.ensure(&nm, &names_of(&nm), &boot, "d1")
+            .await
+            .expect("ensure");
+        let observed = rt.observe(&names_of(&nm), &boot).await.expect("observe");
         assert_eq!(observed.endpoint, format!("https://127.0.0.1:{port}"));
         let mut args = String::new();
         for _ in 0..100 {
@@ -1441,7 +1051,10 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("--isolate-network"), "{args}");
-        assert_eq!(rt.stop(&nm).await.expect("stop"), Stopped::Gone);
+        assert_eq!(
+            rt.stop(&nm, &names_of(&nm)).await.expect("stop"),
+            Stopped::Gone
+        );
         assert!(
             !rt.socket_dir(&Names::of(&nm).expect("names")).exists(),
             "the socket directory is left"

@@ -407,7 +407,8 @@ impl Plane {
             let now = started.elapsed();
             if now > BOOT_WAIT {
                 bail!(
-                    "not ready within {BOOT_WAIT:?}; the sidecar's log ends:\n{}",
+                    "not ready within {BOOT_WAIT:?}; etcd's last lines:\n{}\nthe sidecar's log ends:\n{}",
+                    component_tail(log, "etcd"),
                     nautilus_e2e::envtest::log_tail(log)
                 );
             }
@@ -528,6 +529,14 @@ impl Plane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The last lines the agent logged for `component` (its output, its exits) in the sidecar's log.
+fn component_tail(log: &Path, component: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let needle = format!("\"component\":\"{component}\"");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&needle)).collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// The program `pid` runs, as the basename of its `argv[0]`.
@@ -881,7 +890,7 @@ async fn boot_once(
         for op in ["list", "create"] {
             let figures = measure(&paths, "bench", op, o.requests, o.concurrency)
                 .await
-                .with_context(|| format!("{op}"))?;
+                .with_context(|| format!("{op}: direct and through the sidecar"))?;
             for ((path, _), figures) in paths.iter().zip(figures) {
                 println!(
                     "{profile} {op} {path}: p50 {:.2} ms p99 {:.2} ms {:.0}/s (load {})",

@@ -2,10 +2,9 @@
 //! kube-controller-manager from the enclave image, started by the agent in order.
 //!
 //! ```text
-//! etcd ┐
-//!      ├─(together)─ kube-apiserver ──/readyz──► kube-scheduler
-//!      │                                      ├─► kube-controller-manager
-//!      └─/health (logged)                     └─► tier RBAC (while they start)
+//! etcd ──listening──► kube-apiserver ──/readyz──► kube-scheduler
+//!   └─/health (logged)                          ├─► kube-controller-manager
+//!                                               └─► tier RBAC (while they start)
 //! ```
 //!
 //! The files sit where K3s keeps its own (`<dataDir>/server/tls`, `…/cred`, `…/db/etcd`), with
@@ -497,6 +496,19 @@ impl Readiness {
                 Some((&c.admin.cert_der, &c.admin.key_der)),
             )?),
         })
+    }
+
+    /// etcd's client port accepts connections: etcd binds its listeners first thing, well
+    /// before it is healthy.
+    pub async fn etcd_listening(&self) -> Result<(), String> {
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            tokio::net::TcpStream::connect(&self.etcd_addr),
+        )
+        .await
+        .map_err(|_| format!("no connection within {CHECK_TIMEOUT:?}"))?
+        .map(drop)
+        .map_err(|e| e.to_string())
     }
 
     /// etcd answers `/health` with `"health":"true"`.

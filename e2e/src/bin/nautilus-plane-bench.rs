@@ -15,19 +15,26 @@
 //!   signed report, and the sidecar's `/readyz` 200 (Ready);
 //! - on the last boot: RSS per process (`VmRSS`) and the enclave's processes in all (agent,
 //!   etcd, kube-apiserver, kube-scheduler, kube-controller-manager), idle after `--settle`
-//!   seconds, and again after writing 1,000 ConfigMaps and 100 Deployments;
+//!   seconds, and again after writing 1,000 ConfigMaps and 100 Deployments, each process split
+//!   into anonymous, file-backed and shared pages (`/proc/<pid>/status`, `smaps_rollup`);
 //! - API latency p50/p99 (sequential) and throughput (`--concurrency` at once) of `list` and
 //!   `create`, with one client (the agent's admin kubeconfig) directly at kube-apiserver and
-//!   through the sidecar's API port (sidecar → agent forwarder → kube-apiserver);
+//!   through the sidecar's API port (sidecar → agent forwarder → kube-apiserver), the two paths
+//!   interleaved request by request (latency) and round by round (throughput);
 //!
 //! then a table of both profiles and the ratios lean / stock. With `--operator` it also measures
 //! a NautilusMaster's creation → `Ready=True` in the local runtime (the e2e [`Harness`]: a
 //! throwaway API server, the operator in this process, sidecar, agent, simulated attestation and
 //! verification), p50 over `--boots`.
 //!
+//! Each boot's directory (data directory, etcd's database) is made in `--tmp` (default
+//! `$TMPDIR`, else `/dev/shm`: an enclave's file system is its memory).
+//!
 //! Usage (release build; the development binaries beside this one):
 //! `cargo build --release -p nautilus-agent -p nautilus-sidecar --bins &&
 //!  cargo run --release -p nautilus-e2e --bin nautilus-plane-bench -- --boots 5`
+//! With `--operator`: `NAUTILUS_BIN_DIR=<target>/release TMPDIR=/dev/shm` as well (the local
+//! runtime starts the development binaries from there, and makes its directories in `$TMPDIR`).
 //!
 //! Every process it starts dies with it: the sidecar is tethered (parent-death signal) and
 //! stopped with SIGTERM (which stops the agent and its components), and whatever still mentions
@@ -79,6 +86,8 @@ struct Options {
     deployments: usize,
     profiles: Vec<String>,
     operator: bool,
+    /// Where each boot's directory (data directory, etcd's database, sockets) is made.
+    tmp: PathBuf,
 }
 
 fn parse_options() -> Result<Options> {
@@ -91,6 +100,7 @@ fn parse_options() -> Result<Options> {
         deployments: 100,
         profiles: vec!["lean".into(), "stock".into()],
         operator: false,
+        tmp: default_tmp(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,10 +116,11 @@ fn parse_options() -> Result<Options> {
                 o.profiles = value("--profiles")?.split(',').map(str::to_owned).collect();
             }
             "--operator" => o.operator = true,
+            "--tmp" => o.tmp = PathBuf::from(value("--tmp")?),
             "-h" | "--help" => {
                 println!(
                     "nautilus-plane-bench [--boots N] [--settle S] [--requests N] [--concurrency N] \
-                     [--configmaps N] [--deployments N] [--profiles lean,stock] [--operator]"
+                     [--configmaps N] [--deployments N] [--profiles lean,stock] [--operator] [--tmp DIR]"
                 );
                 std::process::exit(0);
             }
@@ -125,6 +136,20 @@ fn parse_options() -> Result<Options> {
         }
     }
     Ok(o)
+}
+
+/// Where the boots' directories go by default: `$TMPDIR` when set; else a memory file system
+/// (`/dev/shm`) when there is one, as in an enclave, whose file system is its memory (a Nitro
+/// enclave boots from an initramfs and has no disk), so etcd's writes and fsyncs cost what they
+/// cost there; else `/tmp`. The `--operator` phase's harness makes its directories in
+/// `$TMPDIR` (run with `TMPDIR=/dev/shm` for the same).
+fn default_tmp() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// The 1-minute load average, for every figure (the machine is shared).
@@ -270,12 +295,18 @@ struct Plane {
 }
 
 impl Plane {
-    async fn boot(profile: &str, assets: &Assets, bin: &Path, sui: &SuiNode) -> Result<Self> {
+    async fn boot(
+        profile: &str,
+        assets: &Assets,
+        bin: &Path,
+        sui: &SuiNode,
+        tmp: &Path,
+    ) -> Result<Self> {
         // Short, so the agent's Unix sockets fit.
         let dir = tempfile::Builder::new()
             .prefix("npb-")
-            .tempdir_in("/tmp")
-            .context("tempdir")?;
+            .tempdir_in(tmp)
+            .with_context(|| format!("tempdir in {}", tmp.display()))?;
         let reaper = Reaper(dir.path().display().to_string());
         let https_port = free_port()?;
         let boot = boot_config(&dir.path().join("data"), https_port, &sui.url);
@@ -376,7 +407,8 @@ impl Plane {
             let now = started.elapsed();
             if now > BOOT_WAIT {
                 bail!(
-                    "not ready within {BOOT_WAIT:?}; the sidecar's log ends:\n{}",
+                    "not ready within {BOOT_WAIT:?}; etcd's last lines:\n{}\nthe sidecar's log ends:\n{}",
+                    component_tail(log, "etcd"),
                     nautilus_e2e::envtest::log_tail(log)
                 );
             }
@@ -450,25 +482,35 @@ impl Plane {
         rss
     }
 
-    /// What the resident memory of each process is (the profile that bounds it): anonymous
-    /// (heap, stacks: what GOGC and GOMEMLIMIT act on) and file-backed (the binary's pages).
-    fn rss_split(&self) -> Vec<String> {
+    /// What the resident memory of each enclave process is (the profile that bounds it), from
+    /// `/proc/<pid>/smaps_rollup` and `/proc/<pid>/status`: anonymous (heap, stacks: what GOGC
+    /// and GOMEMLIMIT act on), file-backed (the binary's own pages, shared with the page cache
+    /// that holds the file anyway), shared memory (etcd's database mapped from a memory file
+    /// system), and the proportional set size. Lines to print, and the anonymous MiB in all.
+    fn rss_split(&self) -> (Vec<String>, f64) {
         let mut lines = Vec::new();
+        let mut anon_total = 0.0;
         for (pid, _) in processes_mentioning(&self.dir.path().display().to_string()) {
             let Some(name) = program(pid) else { continue };
             if !ENCLAVE.contains(&name.as_str()) {
                 continue;
             }
             let mib = |f: &str| status_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
+            let rollup = |f: &str| rollup_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
+            anon_total += mib("RssAnon:");
             lines.push(format!(
-                "{name}: RssAnon {:.0} MiB, RssFile {:.0} MiB, VmHWM {:.0} MiB",
+                "{name}: Rss {:.0} MiB = anon {:.0} + file {:.0} + shmem {:.0}; Pss {:.0} (file {:.0}); VmHWM {:.0} MiB",
+                mib("VmRSS:"),
                 mib("RssAnon:"),
                 mib("RssFile:"),
+                mib("RssShmem:"),
+                rollup("Pss:"),
+                rollup("Pss_File:"),
                 mib("VmHWM:")
             ));
         }
         lines.sort();
-        lines
+        (lines, anon_total)
     }
 
     /// SIGTERM the sidecar (it stops the agent, which stops the components), wait, then the
@@ -489,6 +531,14 @@ impl Plane {
     }
 }
 
+/// The last lines the agent logged for `component` (its output, its exits) in the sidecar's log.
+fn component_tail(log: &Path, component: &str) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let needle = format!("\"component\":\"{component}\"");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(&needle)).collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
 /// The program `pid` runs, as the basename of its `argv[0]`.
 fn program(pid: i32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -503,6 +553,18 @@ fn program(pid: i32) -> Option<String> {
 fn status_kib(pid: i32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A field of `/proc/<pid>/smaps_rollup`, in KiB.
+fn rollup_kib(pid: i32, field: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
         .lines()
         .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
@@ -587,68 +649,86 @@ fn small_configmap(name: String, bytes: usize) -> ConfigMap {
     }
 }
 
-/// `requests` sequential calls (latency), then `requests` calls `concurrency` at once
-/// (throughput), of `list` (50 ConfigMaps a page) or `create` (a small ConfigMap).
+/// Rounds of the throughput measurement per path; the paths take turns round by round.
+const THROUGHPUT_ROUNDS: usize = 4;
+
+/// `list` (50 ConfigMaps a page) or `create` (a small ConfigMap), measured on each path of
+/// `paths` (`(name, client)`) with the same client code. Latency: `requests` sequential calls per
+/// path, the paths alternating call by call; throughput: `requests` calls `concurrency` at once
+/// per path, in [`THROUGHPUT_ROUNDS`] rounds, the paths alternating round by round. Interleaved so
+/// that a change of this shared machine's load falls on every path alike (measured one after
+/// the other, the ratio of two paths swung by ±30 % between runs).
 async fn measure(
-    client: &Client,
+    paths: &[(&str, &Client)],
     namespace: &str,
     op: &str,
-    tag: &str,
     requests: usize,
     concurrency: usize,
-) -> Result<ApiFigures> {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let (op, tag) = (op.to_owned(), tag.to_owned());
-    let one = move |api: Api<ConfigMap>, i: usize| {
-        let op = op.clone();
-        let tag = tag.clone();
-        async move {
-            let started = Instant::now();
-            match op.as_str() {
-                "list" => {
-                    api.list(&ListParams::default().limit(50)).await?;
-                }
-                _ => {
-                    api.create(
-                        &PostParams::default(),
-                        &small_configmap(format!("{tag}-{i}"), 64),
-                    )
-                    .await?;
-                }
+) -> Result<Vec<ApiFigures>> {
+    let one = |api: Api<ConfigMap>, op: String, name: String| async move {
+        let started = Instant::now();
+        match op.as_str() {
+            "list" => {
+                api.list(&ListParams::default().limit(50)).await?;
             }
-            Ok::<_, kube::Error>(started.elapsed())
+            _ => {
+                api.create(&PostParams::default(), &small_configmap(name, 64))
+                    .await?;
+            }
         }
+        Ok::<_, kube::Error>(started.elapsed())
     };
-    // Warm the connection.
-    api.list(&ListParams::default().limit(1)).await?;
-    let mut samples = Vec::with_capacity(requests);
-    for i in 0..requests {
-        samples.push(one(api.clone(), i).await?);
-    }
-    let (p50_ms, p99_ms) = percentiles(&mut samples);
-    let started = Instant::now();
-    let per_task = requests / concurrency;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|t| {
-            let api = api.clone();
-            let one = one.clone();
-            tokio::spawn(async move {
-                for i in 0..per_task {
-                    one(api.clone(), requests + t * per_task + i).await?;
-                }
-                Ok::<_, kube::Error>(())
-            })
-        })
+    let apis: Vec<Api<ConfigMap>> = paths
+        .iter()
+        .map(|(_, client)| Api::namespaced((*client).clone(), namespace))
         .collect();
-    for task in tasks {
-        task.await??;
+    // Warm the connections.
+    for api in &apis {
+        api.list(&ListParams::default().limit(1)).await?;
     }
-    let per_second = (per_task * concurrency) as f64 / started.elapsed().as_secs_f64();
-    Ok(ApiFigures {
-        p50_ms,
-        p99_ms,
-        per_second,
-    })
+    let mut samples = vec![Vec::with_capacity(requests); paths.len()];
+    for i in 0..requests {
+        for (p, api) in apis.iter().enumerate() {
+            let name = format!("{op}-{}-{i}", paths[p].0);
+            samples[p].push(one(api.clone(), op.to_owned(), name).await?);
+        }
+    }
+    let per_round = (requests / THROUGHPUT_ROUNDS / concurrency).max(1);
+    let mut done = vec![(0usize, Duration::ZERO); paths.len()];
+    for round in 0..THROUGHPUT_ROUNDS {
+        for (p, api) in apis.iter().enumerate() {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|t| {
+                    let (api, op) = (api.clone(), op.to_owned());
+                    let prefix = format!("{op}-{}-r{round}-t{t}", paths[p].0);
+                    tokio::spawn(async move {
+                        for i in 0..per_round {
+                            one(api.clone(), op.clone(), format!("{prefix}-{i}")).await?;
+                        }
+                        Ok::<_, kube::Error>(())
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await??;
+            }
+            done[p].0 += per_round * concurrency;
+            done[p].1 += started.elapsed();
+        }
+    }
+    Ok(samples
+        .iter_mut()
+        .zip(done)
+        .map(|(samples, (n, took))| {
+            let (p50_ms, p99_ms) = percentiles(samples);
+            ApiFigures {
+                p50_ms,
+                p99_ms,
+                per_second: n as f64 / took.as_secs_f64(),
+            }
+        })
+        .collect())
 }
 
 fn deployment(name: String) -> Result<Deployment> {
@@ -738,6 +818,9 @@ struct ProfileResult {
     timelines: Vec<Timeline>,
     rss_idle: BTreeMap<String, f64>,
     rss_loaded: BTreeMap<String, f64>,
+    /// Anonymous RSS of the enclave's processes in all, idle and after the objects.
+    anon_idle: f64,
+    anon_loaded: f64,
     /// (op, path) → figures.
     api: BTreeMap<(String, String), ApiFigures>,
     load_time: Duration,
@@ -768,7 +851,7 @@ async fn boot_once(
     result: &mut ProfileResult,
 ) -> Result<()> {
     {
-        let plane = Plane::boot(profile, assets, bin, sui).await?;
+        let plane = Plane::boot(profile, assets, bin, sui, &o.tmp).await?;
         let t = plane.timeline.clone();
         println!(
             "{profile} boot {}: booted {:?} etcd {:?} apiserver {:?} components {:?} ready {:?} (load {})",
@@ -788,9 +871,11 @@ async fn boot_once(
         // The last boot: memory and the API path.
         tokio::time::sleep(o.settle).await;
         result.rss_idle = plane.rss();
-        for line in plane.rss_split() {
+        let (lines, anon) = plane.rss_split();
+        for line in lines {
             println!("{profile} idle {line}");
         }
+        result.anon_idle = anon;
         result.loads.push(format!("idle RSS: {}", uptime()));
         println!(
             "{profile} idle RSS {:.0} MiB in the enclave {:?} ({})",
@@ -801,18 +886,12 @@ async fn boot_once(
         let direct = plane.client(false).await?;
         let proxied = plane.client(true).await?;
         ensure_namespace(&direct, "bench").await?;
+        let paths = [("direct", &direct), ("sidecar", &proxied)];
         for op in ["list", "create"] {
-            for (path, client) in [("direct", &direct), ("sidecar", &proxied)] {
-                let figures = measure(
-                    client,
-                    "bench",
-                    op,
-                    &format!("{op}-{path}"),
-                    o.requests,
-                    o.concurrency,
-                )
+            let figures = measure(&paths, "bench", op, o.requests, o.concurrency)
                 .await
-                .with_context(|| format!("{op} {path}"))?;
+                .with_context(|| format!("{op}: direct and through the sidecar"))?;
+            for ((path, _), figures) in paths.iter().zip(figures) {
                 println!(
                     "{profile} {op} {path}: p50 {:.2} ms p99 {:.2} ms {:.0}/s (load {})",
                     figures.p50_ms,
@@ -820,16 +899,18 @@ async fn boot_once(
                     figures.per_second,
                     load()
                 );
-                result.api.insert((op.into(), path.into()), figures);
+                result.api.insert((op.into(), (*path).into()), figures);
             }
         }
         result.loads.push(format!("API: {}", uptime()));
         result.load_time = load_objects(&direct, o).await?;
         tokio::time::sleep(o.settle).await;
         result.rss_loaded = plane.rss();
-        for line in plane.rss_split() {
+        let (lines, anon) = plane.rss_split();
+        for line in lines {
             println!("{profile} loaded {line}");
         }
+        result.anon_loaded = anon;
         result.loads.push(format!("loaded RSS: {}", uptime()));
         println!(
             "{profile} RSS after {} ConfigMaps + {} Deployments (written in {:.1} s): {:.0} MiB {:?} ({})",
@@ -939,12 +1020,19 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
         }
         println!();
     }
-    for (phase, pick) in [
+    type Pick = fn(&ProfileResult) -> &BTreeMap<String, f64>;
+    type Anon = fn(&ProfileResult) -> f64;
+    for (phase, pick, anon) in [
         (
             "idle",
-            (|r: &ProfileResult| &r.rss_idle) as fn(&ProfileResult) -> &BTreeMap<String, f64>,
+            (|r: &ProfileResult| &r.rss_idle) as Pick,
+            (|r: &ProfileResult| r.anon_idle) as Anon,
         ),
-        ("after the objects", |r: &ProfileResult| &r.rss_loaded),
+        (
+            "after the objects",
+            |r: &ProfileResult| &r.rss_loaded,
+            |r: &ProfileResult| r.anon_loaded,
+        ),
     ] {
         println!();
         println!("## RSS {phase} (MiB, last boot)");
@@ -960,12 +1048,18 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
         let rows: Vec<String> = ENCLAVE
             .iter()
             .map(|s| (*s).to_owned())
-            .chain([SIDECAR.to_owned(), "enclave in all".to_owned()])
+            .chain([
+                SIDECAR.to_owned(),
+                "enclave in all".to_owned(),
+                "… of which anonymous".to_owned(),
+            ])
             .collect();
         for row in rows {
             let value = |r: &ProfileResult| {
                 if row == "enclave in all" {
                     enclave_total(pick(r))
+                } else if row == "… of which anonymous" {
+                    anon(r)
                 } else {
                     pick(r).get(&row).copied().unwrap_or(0.0)
                 }
@@ -982,8 +1076,8 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
     }
     println!();
     println!(
-        "## API ({} sequential requests for p50/p99, {} at {} at once for throughput)",
-        o.requests, o.requests, o.concurrency
+        "## API ({} sequential requests per path for p50/p99, the paths alternating; {} per path at {} at once for throughput, in {} rounds alternating)",
+        o.requests, o.requests, o.concurrency, THROUGHPUT_ROUNDS
     );
     println!(
         "| profile | op | direct p50 | sidecar p50 | direct p99 | sidecar p99 | direct /s | sidecar /s | sidecar/direct p50 | sidecar/direct /s |"
@@ -1071,10 +1165,12 @@ async fn bench() -> Result<()> {
         _ => nautilus_e2e::bin_dir(),
     };
     println!(
-        "nautilus-plane-bench: binaries {} and {}, development binaries {}; {}",
+        "nautilus-plane-bench: binaries {} and {}, development binaries {}, boots in {} (operator phase in {}); {}",
         assets.dir.display(),
         assets.etcd.display(),
         bin.display(),
+        o.tmp.display(),
+        std::env::temp_dir().display(),
         uptime()
     );
     let sui = SuiNode::start().await?;

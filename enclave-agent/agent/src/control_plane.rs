@@ -124,8 +124,7 @@ impl ControlPlane {
         }
     }
 
-    /// Start the `kubernetes` distribution: etcd, then kube-apiserver once etcd is healthy,
-    /// then the scheduler and controller manager once the API server is ready, and the tier
+    /// Start the `kubernetes` distribution: etcd, kube-apiserver once etcd listens, then the scheduler and controller manager once the API server is ready, and the tier
     /// bindings while they start; then approve kubelet serving certificates ([`crate::csr_approver`]) until stopped.
     pub fn kubernetes(plan: KubernetesPlan) -> Self {
         let members: Members = Arc::new(Mutex::new(Vec::new()));
@@ -206,8 +205,15 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
     };
     let r = &plan.readiness;
     let env = &plan.env;
+    // kube-apiserver starts once etcd listens, not once it is healthy: the API server spends
+    // its first second or more (on two cores) building its API groups before it dials etcd, and
+    // its etcd client retries until etcd answers, so waiting for etcd's health only put etcd's
+    // start on the critical path. Not before etcd listens: the API server's many dials of a
+    // port nobody has bound yet could each, rarely, connect the socket to itself (its
+    // ephemeral port chosen equal to etcd's, as the ports of development and tests are) and
+    // hold the port etcd then cannot bind. etcd's health is waited for (and logged) beside.
     start(ETCD, &plan.binaries.etcd, &plan.etcd, &env.etcd).await;
-    kubernetes::wait_for("etcd healthy", || r.etcd_healthy()).await;
+    kubernetes::wait_for("etcd listening", || r.etcd_listening()).await;
     start(
         KUBE_APISERVER,
         &plan.binaries.kube_apiserver,
@@ -215,7 +221,10 @@ async fn launch(plan: KubernetesPlan, members: Members, added: Arc<Notify>) {
         &env.apiserver,
     )
     .await;
-    kubernetes::wait_for("kube-apiserver ready", || r.api_ready()).await;
+    tokio::join!(
+        kubernetes::wait_for("etcd healthy", || r.etcd_healthy()),
+        kubernetes::wait_for("kube-apiserver ready", || r.api_ready()),
+    );
     // The scheduler and controller manager need the API server's own bootstrap RBAC (which
     // `/readyz` waits for), not the tier groups' bindings: they start at once and the bindings
     // are applied while they start (well before either is healthy, so before Ready).

@@ -28,6 +28,11 @@ pub const API_LIMITS: Limits = Limits {
     idle_timeout: Duration::from_secs(1800),
 };
 
+/// Copy buffer per direction and connection, as the sidecar's API proxy has: a TLS record
+/// (up to 16 KiB) or several in one read and one write, where tokio's default (8 KiB) takes two
+/// of each for a full record.
+const BUFFER: usize = 64 * 1024;
+
 /// The running forwarder.
 #[derive(Debug)]
 pub struct ApiForwarder {
@@ -97,7 +102,13 @@ async fn serve(
                     let forwarded = async {
                         tokio::io::AsyncWriteExt::write_all(&mut upstream, &first[..n]).await?;
                         drop(first);
-                        tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
+                        tokio::io::copy_bidirectional_with_sizes(
+                            &mut stream,
+                            &mut upstream,
+                            BUFFER,
+                            BUFFER,
+                        )
+                        .await
                     };
                     tokio::select! {
                         result = forwarded => if let Err(e) = result {

@@ -2,9 +2,9 @@
 //! kube-controller-manager from the enclave image, started by the agent in order.
 //!
 //! ```text
-//! etcd ──/health──► kube-apiserver ──/readyz──► kube-scheduler
-//!                                            ├─► kube-controller-manager
-//!                                            └─► tier RBAC (while they start)
+//! etcd ──listening──► kube-apiserver ──/readyz──► kube-scheduler
+//!   └─/health (logged)                          ├─► kube-controller-manager
+//!                                               └─► tier RBAC (while they start)
 //! ```
 //!
 //! The files sit where K3s keeps its own (`<dataDir>/server/tls`, `…/cred`, `…/db/etcd`), with
@@ -17,7 +17,7 @@
 //!
 //! A scheduler or controller manager started before the API server has bootstrapped its RBAC
 //! exits (`forbidden`), so they start only after `/readyz` answered 200 (polled 50 ms after
-//! the start, then half as long again each time up to 500 ms); the tier groups'
+//! the start, then half as long again each time up to [`GATE_PROBE_MAX`]); the tier groups'
 //! ClusterRoleBindings ([`crate::k3s::GROUP_BINDINGS`]) are applied with the agent's own
 //! `system:masters` client certificate while they start. Each process then has its own supervisor with the
 //! restart policy of the `k3s` distribution.
@@ -498,6 +498,19 @@ impl Readiness {
         })
     }
 
+    /// etcd's client port accepts connections: etcd binds its listeners first thing, well
+    /// before it is healthy.
+    pub async fn etcd_listening(&self) -> Result<(), String> {
+        tokio::time::timeout(
+            CHECK_TIMEOUT,
+            tokio::net::TcpStream::connect(&self.etcd_addr),
+        )
+        .await
+        .map_err(|_| format!("no connection within {CHECK_TIMEOUT:?}"))?
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+
     /// etcd answers `/health` with `"health":"true"`.
     pub async fn etcd_healthy(&self) -> Result<(), String> {
         let (status, body) = client::send(
@@ -593,9 +606,14 @@ impl Readiness {
     }
 }
 
+/// The longest pause between two checks of a start gate. kube-apiserver's `/readyz` is on the
+/// boot's critical path and takes seconds, so a longer pause (500 ms before) adds half of it on
+/// average to every boot; a check costs one TLS handshake with the API server.
+pub const GATE_PROBE_MAX: Duration = Duration::from_millis(100);
+
 /// Poll `check` until it passes, 50 ms after the first try, then half as long again each time up
-/// to 500 ms ([`crate::reporter::next_startup_pause`]): a component is seen ready within a
-/// fraction of its own start time. Its reason is logged now and then.
+/// to [`GATE_PROBE_MAX`]: a component is seen ready within a fraction of its own start time.
+/// Its reason is logged now and then.
 pub async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -617,7 +635,7 @@ where
             Err(_) => {}
         }
         tokio::time::sleep(pause).await;
-        pause = crate::reporter::next_startup_pause(pause, crate::reporter::STARTUP_PROBE_MAX);
+        pause = crate::reporter::next_startup_pause(pause, GATE_PROBE_MAX);
     }
 }
 

@@ -336,6 +336,15 @@ pub async fn handle(
     if let Err(e) = challenges.admit(client.peer()) {
         return limited(&e);
     }
+    answer(challenges, client, request).await
+}
+
+/// `POST /challenge` for a request the budget let through already.
+async fn answer(
+    challenges: &Challenges,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let nonce = match json_body::<ChallengeRequest>(
         client,
         request,
@@ -379,7 +388,8 @@ pub async fn serve_plain(
         let client = service_client.clone();
         async move {
             let response = match (request.method(), request.uri().path()) {
-                (&Method::POST, PATH) => handle(&challenges, &client, request).await,
+                // Admitted above, before any HTTP; the connection serves this one request.
+                (&Method::POST, PATH) => answer(&challenges, &client, request).await,
                 // Only a later request on the same connection can get here.
                 _ => text(
                     StatusCode::BAD_REQUEST,

@@ -569,3 +569,49 @@ async fn one_address_holds_at_most_its_share_of_open_connections() {
     );
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_challenge_on_the_api_port_spends_one_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (running, agent) = sidecar(
+        dir.path(),
+        5,
+        &[
+            "--challenge-peer-rate",
+            "0.001",
+            "--challenge-peer-burst",
+            "1",
+        ],
+    )
+    .await;
+    let Endpoint::Tcp(api) = running.api_endpoint() else {
+        panic!("api proxy not on tcp");
+    };
+    let api_addr: SocketAddr = api.parse().expect("api addr");
+    let mut conn = agent.accept().await;
+    let boot_nonce = conn.boot_nonce.clone();
+    conn.attest(&agent, &boot_nonce).await;
+    let answering = tokio::spawn(async move {
+        loop {
+            match read_message(&mut conn.stream).await {
+                Ok(Message::Challenge(challenge)) => {
+                    let attestation = agent.evidence(&agent.signer, &challenge.nonce);
+                    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
+                        nonce: challenge.nonce,
+                        attestation,
+                    }))
+                    .await;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    // The budget is charged once, before any HTTP, not again by the route behind it.
+    let first = post_from(loopback(120), api_addr, "/challenge", &body(b"one")).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    let second = post_from(loopback(120), api_addr, "/challenge", &body(b"two")).await;
+    assert!(matches!(second, (429, Some(900..=1000))), "{second:?}");
+    answering.abort();
+    running.shutdown().await.expect("shutdown");
+}

@@ -2,8 +2,16 @@
 //! authenticated user sees meanwhile (issue 27's figures). Figures, not assertions.
 //!
 //! ```text
-//! cargo run --release -p nautilus-e2e --bin nautilus-flood [-- SECONDS [CLIENTS]]
+//! cargo build --release -p nautilus-sidecar -p nautilus-agent --bins
+//! cargo run --release -p nautilus-e2e --bin nautilus-flood [-- SECONDS [CLIENTS [RATE]]]
 //! ```
+//!
+//! The flooding clients run in a process of their own (this binary again, with the hidden
+//! first argument `--flood-worker`) under `nice -n 19`, on two threads: on a 2-core machine an
+//! attacker's CPU is this machine's too, and unniced in the bench's own runtime it would compete
+//! with the user it measures, the operator and the Sui fixture, which on a real host it does
+//! not. `RATE` (new requests a second, all clients together; default: as fast as they go) caps
+//! the flood at a fixed send rate instead.
 //!
 //! One resource on the operator's local runtime (the real sidecar and agent, the `kubernetes`
 //! distribution's real etcd and kube-apiserver from `$KUBEBUILDER_ASSETS`, the Sui fixture
@@ -18,8 +26,8 @@
 //!
 //! Per phase: what the floods got (answers a second, refusals), what reached the enclave
 //! (challenges the sidecar counted as answered; `ListOwnedObjects` calls at the fixture node),
-//! the agent's and the enclave API server's CPU (from `/proc/<pid>/stat`, as a share of one
-//! core), and p50/p99 of the user's `kubectl get namespaces`-equivalent (an admin seal token)
+//! the agent's, the enclave API server's, the sidecar's and the flooders' CPU (from
+//! `/proc/<pid>/stat`, as a share of one core), and p50/p99 of the user's `kubectl get namespaces`-equivalent (an admin seal token)
 //! on a kept connection and on a new connection each time. At the end: whether the resource
 //! stayed Ready and the intervals between the attestation documents the operator verified.
 
@@ -99,7 +107,7 @@ struct Tally {
     failed: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Flood {
     Quiet,
     Challenge,
@@ -127,11 +135,36 @@ struct Target {
     /// A kubeconfig without credentials: each request carries its own token.
     anonymous: String,
     audience: String,
+    /// Time between one client's requests (none: back to back).
+    every: Option<Duration>,
+}
+
+/// What the flood worker is told, as JSON in a file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Orders {
+    flood: Flood,
+    clients: usize,
+    seconds: f64,
+    /// Requests a second, all clients together (none: as fast as they go).
+    rate: Option<f64>,
+    api: SocketAddr,
+    server_name: String,
+    ca_pem: String,
+    anonymous: String,
+    audience: String,
+}
+
+/// Pace one client: wait out the rest of its interval since `started`.
+async fn pace(target: &Target, started: Instant) {
+    if let Some(every) = target.every {
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+    }
 }
 
 async fn challenge_loop(target: Target, n: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         i += 1;
         let nonce = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
@@ -161,6 +194,7 @@ async fn challenge_loop(target: Target, n: usize, stop: Arc<AtomicBool>, tally: 
                 tally.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        pace(&target, started).await;
     }
 }
 
@@ -170,6 +204,7 @@ async fn token_loop(target: Target, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
         return;
     };
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         let Some(key) =
             nautilus_seal::signer::generate_key(nautilus_seal::SignatureScheme::Ed25519)
         else {
@@ -196,6 +231,7 @@ async fn token_loop(target: Target, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
                 tally.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        pace(&target, started).await;
     }
 }
 
@@ -207,6 +243,7 @@ async fn handshake_loop(target: Target, n: usize, stop: Arc<AtomicBool>, tally: 
         return;
     };
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         tally.sent.fetch_add(1, Ordering::Relaxed);
         let handshake = async {
             let stream = connect_from(flooder_ip(n), target.api).await?;
@@ -224,6 +261,7 @@ async fn handshake_loop(target: Target, n: usize, stop: Arc<AtomicBool>, tally: 
                 tally.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        pace(&target, started).await;
     }
 }
 
@@ -305,11 +343,16 @@ fn flag_of(pid: u32, flag: &str) -> Option<String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--");
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let mut args = std::env::args().skip(1).filter(|a| a != "--").peekable();
+    if args.peek().map(String::as_str) == Some(WORKER) {
+        let orders = args.nth(1).context("the worker's orders file")?;
+        return worker(&orders).await;
+    }
     let seconds: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(15);
     let clients: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(32);
+    let rate: Option<f64> = args.next().map(|a| a.parse()).transpose()?;
     let phase = Duration::from_secs(seconds);
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
 
     let Some(cluster) = nautilus_e2e::cluster("flood-bench").await else {
         bail!("no API server for the operator");
@@ -370,24 +413,20 @@ async fn main() -> anyhow::Result<()> {
             .as_str()
             .context("certificate-authority-data")?,
     )?;
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&ca_pem) {
-        roots.add(cert)?;
-    }
-    let tls = Arc::new(
-        tokio_rustls::rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
     let server_name = cluster0["tls-server-name"]
         .as_str()
         .map_or_else(|| host.clone(), str::to_owned);
-    let target = Target {
+    let orders_dir = tempfile::tempdir()?;
+    let orders = |flood| Orders {
+        flood,
+        clients,
+        seconds: phase.as_secs_f64(),
+        rate,
         api,
-        server_name,
-        tls,
-        anonymous,
-        audience,
+        server_name: server_name.clone(),
+        ca_pem: String::from_utf8_lossy(&ca_pem).into_owned(),
+        anonymous: anonymous.clone(),
+        audience: audience.clone(),
     };
     let agent = *h
         .processes("nautilus-agent")
@@ -434,46 +473,61 @@ async fn main() -> anyhow::Result<()> {
     });
 
     println!(
-        "{clients} clients, {seconds} s a phase; agent pid {agent}, enclave kube-apiserver pid {api_server}"
+        "{clients} clients, {seconds} s a phase, flood rate {}; agent pid {agent}, enclave kube-apiserver pid {api_server}, sidecar pid {sidecar}",
+        rate.map_or_else(
+            || "as fast as they go (nice 19)".to_owned(),
+            |r| format!("{r}/s (nice 19)")
+        )
     );
     println!(
-        "| phase | load (1/5/15) | flood sent/s | flood answered/s | flood refused/s | challenges reaching the agent /s | stake lookups at the node /s | agent CPU | API server CPU | user p50 / p99, kept connection | user p50 / p99, new connection | user errors |"
+        "| phase | load (1/5/15) | flood sent/s | flood answered/s | flood refused/s | challenges reaching the agent /s | stake lookups at the node /s | agent CPU | API server CPU | sidecar CPU | flooders' CPU (nice 19) | user p50 / p99, kept connection | user p50 / p99, new connection | user errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for flood in [
         Flood::Quiet,
         Flood::Challenge,
         Flood::Token,
         Flood::Handshake,
     ] {
-        let tally = Arc::new(Tally::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let metrics_before = sidecar_metrics(sidecar_http).await;
         let lookups_before = h.chain.list_calls.load(Ordering::SeqCst);
-        let (agent_before, api_before) = (cpu_ticks(agent), cpu_ticks(api_server));
+        let (agent_before, api_before, sidecar_before) =
+            (cpu_ticks(agent), cpu_ticks(api_server), cpu_ticks(sidecar));
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        if flood != Flood::Quiet {
-            for n in 0..clients {
-                let (target, stop, tally) = (target.clone(), Arc::clone(&stop), Arc::clone(&tally));
-                tasks.push(tokio::spawn(async move {
-                    match flood {
-                        Flood::Challenge => challenge_loop(target, n, stop, tally).await,
-                        Flood::Token => token_loop(target, stop, tally).await,
-                        Flood::Handshake => handshake_loop(target, n, stop, tally).await,
-                        Flood::Quiet => {}
-                    }
-                }));
-            }
-        }
+        let worker = if flood == Flood::Quiet {
+            None
+        } else {
+            let path = orders_dir.path().join(format!("{flood:?}.json"));
+            std::fs::write(&path, serde_json::to_vec(&orders(flood))?)?;
+            let child = tokio::process::Command::new("nice")
+                .args(["-n", "19"])
+                .arg(std::env::current_exe()?)
+                .arg(WORKER)
+                .arg(&path)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the flood worker")?;
+            Some(child)
+        };
         let (on_kept, on_new, errors) = user(&kept, &kubeconfig, phase).await;
         let load = loadavg();
         let elapsed = started.elapsed().as_secs_f64();
-        let (agent_after, api_after) = (cpu_ticks(agent), cpu_ticks(api_server));
-        stop.store(true, Ordering::Relaxed);
-        for task in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-        }
+        let (agent_after, api_after, sidecar_after) =
+            (cpu_ticks(agent), cpu_ticks(api_server), cpu_ticks(sidecar));
+        let tally = match worker {
+            Some(child) => {
+                let output =
+                    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+                        .await
+                        .context("the flood worker did not stop")??;
+                let text = String::from_utf8_lossy(&output.stdout);
+                text.lines()
+                    .find_map(WorkerTally::parse)
+                    .with_context(|| format!("the flood worker's tally: {text:?}"))?
+            }
+            None => WorkerTally::default(),
+        };
         let metrics_after = sidecar_metrics(sidecar_http).await;
         let answered = "nautilus_sidecar_challenges_total{outcome=\"answered\"}";
         let reached = sidecar_metric(&metrics_after, answered)
@@ -487,24 +541,26 @@ async fn main() -> anyhow::Result<()> {
         let cpu =
             |before: u64, after: u64| after.saturating_sub(before) as f64 / TICKS / elapsed * 100.0;
         println!(
-            "| {} | {load} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} % | {:.1} % | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {errors} |",
+            "| {} | {load} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} % | {:.1} % | {:.1} % | {:.1} % | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {errors} |",
             flood.name(),
-            per_second(tally.sent.load(Ordering::Relaxed)),
-            per_second(tally.ok.load(Ordering::Relaxed)),
-            per_second(tally.refused.load(Ordering::Relaxed)),
+            per_second(tally.sent),
+            per_second(tally.ok),
+            per_second(tally.refused),
             per_second(reached),
             per_second(lookups as u64),
             cpu(agent_before, agent_after),
             cpu(api_before, api_after),
+            cpu(sidecar_before, sidecar_after),
+            tally.ticks as f64 / TICKS / elapsed * 100.0,
             ms(quantile(&on_kept, 0.5)),
             ms(quantile(&on_kept, 0.99)),
             ms(quantile(&on_new, 0.5)),
             ms(quantile(&on_new, 0.99)),
         );
-        if tally.failed.load(Ordering::Relaxed) > 0 {
+        if tally.failed > 0 {
             println!(
                 "  ({} flood requests failed otherwise: timeouts, resets)",
-                tally.failed.load(Ordering::Relaxed)
+                tally.failed
             );
         }
     }
@@ -528,6 +584,92 @@ async fn main() -> anyhow::Result<()> {
         intervals.join(" ")
     );
     h.finish().await;
+    Ok(())
+}
+
+/// The hidden first argument that makes this binary the flood worker.
+const WORKER: &str = "--flood-worker";
+
+/// What the worker reports on its last line: `tally SENT OK REFUSED FAILED TICKS`.
+#[derive(Debug, Default)]
+struct WorkerTally {
+    sent: u64,
+    ok: u64,
+    refused: u64,
+    failed: u64,
+    /// The worker's own CPU time, in ticks.
+    ticks: u64,
+}
+
+impl WorkerTally {
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line
+            .strip_prefix("tally ")?
+            .split(' ')
+            .map(str::parse::<u64>);
+        let mut next = || fields.next()?.ok();
+        Some(Self {
+            sent: next()?,
+            ok: next()?,
+            refused: next()?,
+            failed: next()?,
+            ticks: next()?,
+        })
+    }
+}
+
+/// The flood worker: run the orders' flood for their seconds, then print the tally.
+async fn worker(orders: &str) -> anyhow::Result<()> {
+    let orders: Orders = serde_json::from_slice(&std::fs::read(orders)?)?;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(orders.ca_pem.as_bytes()) {
+        roots.add(cert)?;
+    }
+    let tls = Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let every = orders
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(orders.clients as f64 / r));
+    let target = Target {
+        api: orders.api,
+        server_name: orders.server_name,
+        tls,
+        anonymous: orders.anonymous,
+        audience: orders.audience,
+        every,
+    };
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = orders.flood;
+    let mut tasks = Vec::new();
+    for n in 0..orders.clients {
+        let (target, stop, tally) = (target.clone(), Arc::clone(&stop), Arc::clone(&tally));
+        tasks.push(tokio::spawn(async move {
+            match flood {
+                Flood::Challenge => challenge_loop(target, n, stop, tally).await,
+                Flood::Token => token_loop(target, stop, tally).await,
+                Flood::Handshake => handshake_loop(target, n, stop, tally).await,
+                Flood::Quiet => {}
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(orders.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    }
+    println!(
+        "tally {} {} {} {} {}",
+        tally.sent.load(Ordering::Relaxed),
+        tally.ok.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        cpu_ticks(std::process::id()),
+    );
     Ok(())
 }
 

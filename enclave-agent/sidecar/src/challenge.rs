@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::header::{CONNECTION, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nautilus_protocol::bounded::{Client, Conn};
@@ -48,12 +48,12 @@ use nautilus_protocol::budget::{Budget, Rate, Rates, Refused, peer_key};
 use nautilus_protocol::wire::{
     AttestationEvidence, ChallengeAnswer, ChallengeRequest, ChallengeResponse, EnclaveConfig,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::debug;
 
 use crate::evidence::Evidence;
-use crate::respond::{json, json_body, text};
+use crate::respond::{MAX_BODY_BYTES, json, json_body, text};
 
 /// The route, on the HTTP API and on the API port.
 pub const PATH: &str = "/challenge";
@@ -61,6 +61,8 @@ pub const PATH: &str = "/challenge";
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Longest wait for the agent's answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused plain challenge's connection is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
 /// How a challenge starts on the API port; nothing else there is read by the sidecar.
 const PLAIN_PREFIX: &[u8] = b"POST /challenge ";
 /// Challenges a second reaching the agent, all peers together (`--challenge-rate`).
@@ -72,6 +74,9 @@ pub const DEFAULT_BURST: u32 = 20;
 pub const DEFAULT_PEER_RATE: f64 = 1.0;
 /// Challenges one peer may save up (`--challenge-peer-burst`).
 pub const DEFAULT_PEER_BURST: u32 = 5;
+/// Challenges of the global burst kept for quiet addresses (`--challenge-reserve`): a user's
+/// `nautilusctl verify` still gets its document while addresses flood at their own rate.
+pub const DEFAULT_RESERVE: u32 = 5;
 /// Peers whose buckets are remembered at once.
 pub const MAX_PEERS: usize = 4096;
 
@@ -80,6 +85,7 @@ pub const DEFAULT_LIMITS: Rates = Rates {
     global: Rate::new(DEFAULT_RATE, DEFAULT_BURST),
     per_peer: Rate::new(DEFAULT_PEER_RATE, DEFAULT_PEER_BURST),
     max_peers: MAX_PEERS,
+    reserve: DEFAULT_RESERVE,
 };
 
 /// Why a challenge got no answer.
@@ -166,12 +172,41 @@ impl Inbox {
     }
 }
 
+/// Where the budget reads the time: the monotonic clock, or a test's hand.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new(Instant::now)
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// The requests' end, shared by both listeners.
 #[derive(Debug)]
 pub struct Challenges {
     tx: mpsc::Sender<Pending>,
     slots: Semaphore,
     budget: std::sync::Mutex<Budget>,
+    limits: Rates,
+    clock: Clock,
     config: EnclaveConfig,
     evidence: Arc<Evidence>,
     timeout: Duration,
@@ -191,11 +226,14 @@ impl Challenges {
         limits: Rates,
     ) -> (Self, Inbox) {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let budget = Budget::new(limits, Instant::now());
+        let clock = Clock::default();
+        let budget = Budget::new(limits, clock.now());
         let challenges = Self {
             tx,
             slots: Semaphore::new(MAX_IN_FLIGHT),
             budget: std::sync::Mutex::new(budget),
+            limits,
+            clock,
             config,
             evidence,
             timeout: ANSWER_TIMEOUT,
@@ -207,6 +245,13 @@ impl Challenges {
         (challenges, inbox)
     }
 
+    /// These challenges with the budget on `clock` (full at its present reading).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.budget = std::sync::Mutex::new(Budget::new(self.limits, clock.now()));
+        self.clock = clock;
+        self
+    }
+
     /// Ask the agent for a document answering `nonce` (already checked: 1 to 512 bytes) on
     /// behalf of `peer` (the client's address as the listener saw it), within the budget.
     pub async fn ask(
@@ -214,7 +259,29 @@ impl Challenges {
         peer: &str,
         nonce: Vec<u8>,
     ) -> Result<ChallengeResponse, ChallengeError> {
-        let result = self.ask_within_budget(peer, nonce).await;
+        self.admit(peer)?;
+        self.ask_admitted(nonce).await
+    }
+
+    /// Charge `peer`'s challenge to the budget, before anything else of the request is read; a
+    /// refusal is counted here.
+    pub fn admit(&self, peer: &str) -> Result<(), ChallengeError> {
+        let spent = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check(&peer_key(peer), self.clock.now());
+        spent.map_err(|refused| {
+            let e = ChallengeError::Limited(refused);
+            self.evidence.metrics().challenge(e.outcome());
+            e
+        })
+    }
+
+    /// [`Challenges::ask`] for a request [`Challenges::admit`] let through; every outcome
+    /// is counted.
+    async fn ask_admitted(&self, nonce: Vec<u8>) -> Result<ChallengeResponse, ChallengeError> {
+        let result = self.relay(nonce).await;
         let outcome = match &result {
             Ok(_) => "answered",
             Err(e) => e.outcome(),
@@ -223,16 +290,7 @@ impl Challenges {
         result
     }
 
-    async fn ask_within_budget(
-        &self,
-        peer: &str,
-        nonce: Vec<u8>,
-    ) -> Result<ChallengeResponse, ChallengeError> {
-        self.budget
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check(&peer_key(peer), Instant::now())
-            .map_err(ChallengeError::Limited)?;
+    async fn relay(&self, nonce: Vec<u8>) -> Result<ChallengeResponse, ChallengeError> {
         let _slot = self.slots.try_acquire().map_err(|_| ChallengeError::Busy)?;
         if !self.evidence.link_up() {
             return Err(ChallengeError::NoLink);
@@ -253,8 +311,36 @@ impl Challenges {
     }
 }
 
-/// `POST /challenge`.
+/// The answer to a challenge the budget refused: 429, `Retry-After`, and the connection closed
+/// (its body, if any, is not read).
+fn limited(e: &ChallengeError) -> Response<Full<Bytes>> {
+    let mut response = text(e.status(), e.to_string());
+    if let ChallengeError::Limited(refused) = e {
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from(refused.retry_after_seconds()),
+        );
+    }
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// `POST /challenge`: the budget first, so a refused request costs no body read.
 pub async fn handle(
+    challenges: &Challenges,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if let Err(e) = challenges.admit(client.peer()) {
+        return limited(&e);
+    }
+    answer(challenges, client, request).await
+}
+
+/// `POST /challenge` for a request the budget let through already.
+async fn answer(
     challenges: &Challenges,
     client: &Client,
     request: Request<Incoming>,
@@ -269,18 +355,9 @@ pub async fn handle(
         Ok(request) => request.nonce,
         Err(refusal) => return refusal,
     };
-    match challenges.ask(client.peer(), nonce).await {
+    match challenges.ask_admitted(nonce).await {
         Ok(answer) => json(&answer),
-        Err(e) => {
-            let mut response = text(e.status(), e.to_string());
-            if let ChallengeError::Limited(refused) = e {
-                response.headers_mut().insert(
-                    RETRY_AFTER,
-                    HeaderValue::from(refused.retry_after_seconds()),
-                );
-            }
-            response
-        }
+        Err(e) => limited(&e),
     }
 }
 
@@ -294,11 +371,16 @@ pub fn is_plain(first: &[u8]) -> bool {
 /// Serve HTTP with the one route [`PATH`] on an API-port connection whose first bytes,
 /// already read, are `first`.
 pub async fn serve_plain(
-    conn: Conn,
+    mut conn: Conn,
     first: Vec<u8>,
     challenges: Arc<Challenges>,
     header_timeout: Duration,
 ) {
+    // The budget before any HTTP: a flood's refusal is one short write, no parser, no body.
+    if let Err(e) = challenges.admit(conn.peer()) {
+        refuse_plain(&mut conn, &e).await;
+        return;
+    }
     let client = conn.client();
     let service_client = client.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -306,7 +388,8 @@ pub async fn serve_plain(
         let client = service_client.clone();
         async move {
             let response = match (request.method(), request.uri().path()) {
-                (&Method::POST, PATH) => handle(&challenges, &client, request).await,
+                // Admitted above, before any HTTP; the connection serves this one request.
+                (&Method::POST, PATH) => answer(&challenges, &client, request).await,
                 // Only a later request on the same connection can get here.
                 _ => text(
                     StatusCode::BAD_REQUEST,
@@ -332,6 +415,35 @@ pub async fn serve_plain(
         client.http_failed(&e);
         debug!(peer = %client.peer(), error = %e, "plain http on the api port ended with an error");
     }
+}
+
+/// Answer 429 with `Retry-After` on a plain API-port connection and close it, reading (and
+/// dropping) what the client still sends for at most [`LINGER`], so that its unread request
+/// does not turn the close into a reset before it read the answer.
+async fn refuse_plain(conn: &mut Conn, e: &ChallengeError) {
+    let retry_after = match e {
+        ChallengeError::Limited(refused) => refused.retry_after_seconds(),
+        _ => 1,
+    };
+    let body = e.to_string();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nretry-after: {retry_after}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    if conn.write_all(answer.as_bytes()).await.is_err() || conn.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0;
+        while drained < MAX_BODY_BYTES * 2 {
+            match conn.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// A stream that yields `first` (bytes already read from `inner`) before the rest of `inner`.
@@ -488,5 +600,53 @@ mod tests {
                 Err(ChallengeError::TimedOut(Duration::from_millis(300)))
             );
         }
+    }
+
+    #[test]
+    fn one_address_gets_its_burst_then_waits_its_rate_and_others_are_not_affected() {
+        let t0 = Instant::now();
+        let now = Arc::new(std::sync::Mutex::new(t0));
+        let clock = Clock::new({
+            let now = Arc::clone(&now);
+            move || {
+                *now.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }
+        });
+        let (evidence, _nonces) = Evidence::new("d".into(), 1_000, Arc::default());
+        let evidence = Arc::new(evidence);
+        let config: EnclaveConfig = serde_json::from_value(config_json()).expect("config");
+        let limits = Rates {
+            per_peer: Rate::new(0.001, 3),
+            ..DEFAULT_LIMITS
+        };
+        let (challenges, _inbox) = Challenges::with_limits(config, Arc::clone(&evidence), limits);
+        let challenges = challenges.with_clock(clock);
+        let admitted: Vec<_> = (0..10).map(|_| challenges.admit("10.0.0.1:4000")).collect();
+        assert!(admitted[..3].iter().all(Result::is_ok), "{admitted:?}");
+        // 1,000 s at 0.001/s for the next token, said exactly: the clock did not move.
+        for refused in &admitted[3..] {
+            let Err(ChallengeError::Limited(refused)) = refused else {
+                panic!("{refused:?}");
+            };
+            assert_eq!(
+                (refused.scope(), refused.retry_after_seconds()),
+                ("peer", 1000)
+            );
+        }
+        // 400 s later, 600 s are left; another port of the same address is the same peer.
+        *now.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = t0 + Duration::from_secs(400);
+        match challenges.admit("10.0.0.1:4001") {
+            Err(ChallengeError::Limited(refused)) => assert_eq!(refused.retry_after_seconds(), 600),
+            other => panic!("{other:?}"),
+        }
+        // Another address has its own burst.
+        assert_eq!(challenges.admit("10.0.0.2:4000"), Ok(()));
+        let metrics = evidence.metrics().encode();
+        assert!(
+            metrics.contains("nautilus_sidecar_challenges_total{outcome=\"peer_rate\"} 8"),
+            "{metrics}"
+        );
     }
 }

@@ -373,6 +373,11 @@ pub struct BudgetArgs {
     #[arg(long, env = "NAUTILUS_CHALLENGE_PEER_BURST", default_value_t = challenge::DEFAULT_PEER_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     pub challenge_peer_burst: u32,
 
+    /// Challenges of the global burst kept for quiet addresses (those that spent less than
+    /// half their own burst): an address flooding at its own rate gets only what lies above.
+    #[arg(long, env = "NAUTILUS_CHALLENGE_RESERVE", default_value_t = challenge::DEFAULT_RESERVE)]
+    pub challenge_reserve: u32,
+
     /// New connections a second that the API port joins to the enclave, all clients together
     /// (each is a TLS handshake the enclave's API server pays for). Beyond: the connection is
     /// closed, `connections_rate_limited_total{listener="api",scope="global"}`. Open
@@ -391,6 +396,19 @@ pub struct BudgetArgs {
     /// New API connections one client address may save up.
     #[arg(long, env = "NAUTILUS_API_CONNECTION_PEER_BURST", default_value_t = proxy::DEFAULT_CONNECTION_PEER_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     pub api_connection_peer_burst: u32,
+
+    /// New API connections of the global burst kept for quiet addresses (those that spent
+    /// less than half their own burst): addresses opening connections at their own rate, however
+    /// many, get only what lies above, so a handshake flood cannot take a user's next
+    /// connection.
+    #[arg(long, env = "NAUTILUS_API_CONNECTION_RESERVE", default_value_t = proxy::DEFAULT_CONNECTION_RESERVE)]
+    pub api_connection_reserve: u32,
+
+    /// Connections one client address may hold open through the API port at once (0: no limit
+    /// of its own, only the listener's `--api-max-connections`). Beyond: the new connection is
+    /// closed, `connections_rate_limited_total{listener="api",scope="peer_open"}`.
+    #[arg(long, env = "NAUTILUS_API_PEER_MAX_CONNECTIONS", default_value_t = proxy::DEFAULT_PEER_MAX_CONNECTIONS)]
+    pub api_peer_max_connections: usize,
 }
 
 impl BudgetArgs {
@@ -401,21 +419,26 @@ impl BudgetArgs {
             challenge_burst,
             challenge_peer_rate,
             challenge_peer_burst,
+            challenge_reserve,
             api_connection_rate,
             api_connection_burst,
             api_connection_peer_rate,
             api_connection_peer_burst,
+            api_connection_reserve,
+            api_peer_max_connections: _,
         } = *self;
         [
             Rates {
                 global: Rate::new(challenge_rate, challenge_burst),
                 per_peer: Rate::new(challenge_peer_rate, challenge_peer_burst),
                 max_peers: challenge::MAX_PEERS,
+                reserve: challenge_reserve,
             },
             Rates {
                 global: Rate::new(api_connection_rate, api_connection_burst),
                 per_peer: Rate::new(api_connection_peer_rate, api_connection_peer_burst),
                 max_peers: proxy::DEFAULT_CONNECTION_RATES.max_peers,
+                reserve: api_connection_reserve,
             },
         ]
     }
@@ -606,6 +629,10 @@ mod tests {
         let [challenges, connections] = args.budgets.rates();
         assert_eq!(challenges, challenge::DEFAULT_LIMITS);
         assert_eq!(connections, proxy::DEFAULT_CONNECTION_RATES);
+        assert_eq!(
+            args.budgets.api_peer_max_connections,
+            proxy::DEFAULT_PEER_MAX_CONNECTIONS
+        );
         for bad in ["0", "-1", "NaN", "inf", "many"] {
             assert!(
                 Args::try_parse_from([

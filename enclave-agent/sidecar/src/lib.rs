@@ -473,7 +473,10 @@ pub async fn start(args: Args) -> Result<Running, SidecarError> {
         api_upstream,
         Arc::clone(&metrics),
         Some(challenges),
-        Some(connection_rates),
+        Some(proxy::ApiBudget {
+            rates: connection_rates,
+            peer_max_connections: budgets.api_peer_max_connections,
+        }),
     )));
     tasks.push(tokio::spawn(proxy::serve_egress(
         egress,

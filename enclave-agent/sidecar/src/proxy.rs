@@ -13,8 +13,13 @@
 //!   is dialled, a connection beyond its peer's or the global rate of new connections is
 //!   closed and counted in `connections_rate_limited_total{listener="api",scope}`, so a
 //!   handshake flood costs the enclave's API server at most that many TLS handshakes a
-//!   second. Connections already joined are never touched, and challenges spend their own
-//!   budget instead.
+//!   second. The global bucket keeps a reserve ([`DEFAULT_CONNECTION_RESERVE`],
+//!   `--api-connection-reserve`) that only quiet addresses may take (those below half their own
+//!   burst), so addresses flooding at their own rate leave a user's next connection alone.
+//!   Connections already joined are never touched, and challenges spend their own budget
+//!   instead. One address holds at most [`DEFAULT_PEER_MAX_CONNECTIONS`]
+//!   (`--api-peer-max-connections`) connections open on the port, counted from accept, so it
+//!   cannot take the listener's cap from everyone else either (`scope="peer_open"`).
 //! - [`serve_egress`]: an HTTP/1.1 `CONNECT` proxy for the enclave (which has no network).
 //!   Only `CONNECT host:port` to an `--egress-allow` entry (the Sui full node) or to a kubelet
 //!   ([`EgressRules`]: an IP literal on an `--egress-allow-kubelet-port`, inside the
@@ -61,11 +66,19 @@ pub const DEFAULT_CONNECTION_BURST: u32 = 500;
 pub const DEFAULT_CONNECTION_PEER_RATE: f64 = 20.0;
 /// New connections one peer address may save up (`--api-connection-peer-burst`).
 pub const DEFAULT_CONNECTION_PEER_BURST: u32 = 40;
+/// New connections of the global burst kept for quiet addresses (`--api-connection-reserve`):
+/// a second of the global rate.
+pub const DEFAULT_CONNECTION_RESERVE: u32 = 100;
+/// Connections one address may hold open through the API port (`--api-peer-max-connections`):
+/// an eighth of the listener's default cap, so one address cannot take the port's connections
+/// from everyone else, and far above what a NATed office of kubectl users holds.
+pub const DEFAULT_PEER_MAX_CONNECTIONS: usize = 128;
 /// The default connection budget of the API port.
 pub const DEFAULT_CONNECTION_RATES: Rates = Rates {
     global: Rate::new(DEFAULT_CONNECTION_RATE, DEFAULT_CONNECTION_BURST),
     per_peer: Rate::new(DEFAULT_CONNECTION_PEER_RATE, DEFAULT_CONNECTION_PEER_BURST),
     max_peers: 4096,
+    reserve: DEFAULT_CONNECTION_RESERVE,
 };
 
 /// Why an egress request was refused: the HTTP answer and a metric label.
@@ -186,17 +199,90 @@ pub fn check_connect(head: &[u8], rules: &EgressRules) -> Result<HostPort, Refus
     Ok(target)
 }
 
-/// Accept connections on `listener` and join each to `upstream` within the connection budget
-/// `rates` (none: unlimited), until the task is dropped.
+/// Connections open through the API port, by peer address: at most `max` each.
+#[derive(Debug)]
+struct OpenPerPeer {
+    max: usize,
+    /// Only peers with a connection open are in it, so it holds at most the listener's cap.
+    open: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One counted connection; dropping it gives its place back.
+#[derive(Debug)]
+struct OpenSlot {
+    peers: Arc<OpenPerPeer>,
+    key: String,
+}
+
+impl OpenPerPeer {
+    fn try_open(self: &Arc<Self>, key: &str) -> Option<OpenSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.get_mut(key) {
+            Some(n) if *n >= self.max => return None,
+            Some(n) => *n += 1,
+            None => {
+                open.insert(key.to_owned(), 1);
+            }
+        }
+        Some(OpenSlot {
+            peers: Arc::clone(self),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .peers
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The API port's budgets: new connections bound for the enclave, and connections open per
+/// peer address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApiBudget {
+    /// New connections into the enclave (token buckets).
+    pub rates: Rates,
+    /// Connections one peer address may hold open (0: no limit of its own).
+    pub peer_max_connections: usize,
+}
+
+impl Default for ApiBudget {
+    fn default() -> Self {
+        Self {
+            rates: DEFAULT_CONNECTION_RATES,
+            peer_max_connections: DEFAULT_PEER_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Accept connections on `listener` and join each to `upstream` within `budget` (none:
+/// unlimited), until the task is dropped.
 pub async fn serve_api(
     listener: BoundedListener,
     upstream: Endpoint,
     metrics: Arc<Metrics>,
     challenges: Option<Arc<Challenges>>,
-    rates: Option<Rates>,
+    budget: Option<ApiBudget>,
 ) {
-    info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), ?rates, "api proxy listening");
-    let budget = rates.map(|rates| Arc::new(Mutex::new(Budget::new(rates, Instant::now()))));
+    info!(listen = %listener.endpoint(), %upstream, limits = ?listener.limits(), ?budget, "api proxy listening");
+    let open = budget.filter(|b| b.peer_max_connections > 0).map(|b| {
+        Arc::new(OpenPerPeer {
+            max: b.peer_max_connections,
+            open: Mutex::default(),
+        })
+    });
+    let budget = budget.map(|b| Arc::new(Mutex::new(Budget::new(b.rates, Instant::now()))));
     let limited = Arc::new(LogLimit::default());
     let upstream = Arc::new(upstream);
     let first_bytes = listener.limits().handshake_timeout;
@@ -205,6 +291,21 @@ pub async fn serve_api(
     loop {
         let client = listener.accept().await;
         metrics.proxy_connection("api");
+        let key = peer_key(client.peer());
+        // Before anything is read: one address cannot hold the port's connections.
+        let slot = match &open {
+            Some(open) => match open.try_open(&key) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics.rate_limit_connection("api", "peer_open");
+                    if let Some(suppressed) = limited.check() {
+                        info!(peer = %client.peer(), scope = "peer_open", suppressed, "api connection over its address's open connections: closed");
+                    }
+                    continue;
+                }
+            },
+            None => None,
+        };
         let upstream = Arc::clone(&upstream);
         let metrics = Arc::clone(&metrics);
         let unreachable = Arc::clone(&unreachable);
@@ -212,6 +313,7 @@ pub async fn serve_api(
         let budget = budget.clone();
         let limited = Arc::clone(&limited);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut client = client;
             let Some(first) = client.read_first(FIRST_READ, first_bytes).await else {
                 return;
@@ -226,7 +328,7 @@ pub async fn serve_api(
                 let spent = budget
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .check(&peer_key(client.peer()), Instant::now());
+                    .check(&key, Instant::now());
                 if let Err(refused) = spent {
                     metrics.rate_limit_connection("api", refused.scope());
                     if let Some(suppressed) = limited.check() {

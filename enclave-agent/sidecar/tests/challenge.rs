@@ -52,7 +52,9 @@ async fn challenge(
 #[tokio::test]
 async fn a_challenge_gets_its_own_document_and_leaves_the_operators_evidence_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (running, agent) = sidecar(dir.path(), 5, &[]).await;
+    // Every request spends the budget before its body is read (a refusal costs no parsing), so
+    // this one client's bad requests get a burst of their own.
+    let (running, agent) = sidecar(dir.path(), 5, &["--challenge-peer-burst", "20"]).await;
     let addr = running.http_addr();
     let mut conn = agent.accept().await;
     let boot_nonce = conn.boot_nonce.clone();

@@ -14,7 +14,8 @@ use nautilus_seal::{
 
 use crate::budget::Counters;
 use crate::egress::{self, EgressConnector, EgressError, Target};
-use crate::stake::{LookupLimits, StakeCache, StakeConfig, StakeError, SuiStakeReader};
+use crate::budget::LookupLimits;
+use crate::stake::{StakeCache, StakeConfig, StakeError, SuiStakeReader};
 use crate::webhook::Authenticator;
 
 /// Most addresses whose stake is cached.

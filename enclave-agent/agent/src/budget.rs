@@ -9,7 +9,8 @@
 //!   ([`AgentBudgets::nonce_refreshes`]; over it, the refresh waits for its token and only the
 //!   latest waiting nonce is attested: the operator's latest challenge is always answered,
 //!   late by at most one token's time);
-//! - stake lookups of addresses the caches do not know ([`crate::stake::LookupLimits`]).
+//! - stake lookups of addresses the caches do not know ([`LookupLimits`], enforced by
+//!   [`crate::stake`]).
 //!
 //! The agent has no metrics endpoint: the [`Counters`] go into every signed report as
 //! [`BudgetCounters`], absent while all are zero.
@@ -19,8 +20,6 @@ use std::time::Duration;
 
 use nautilus_protocol::budget::Rate;
 use nautilus_protocol::wire::BudgetCounters;
-
-use crate::stake::LookupLimits;
 
 /// Users' challenges a second the agent answers (twice the sidecar's default budget).
 pub const DEFAULT_CHALLENGE_RATE: f64 = 20.0;
@@ -48,6 +47,43 @@ impl Default for AgentBudgets {
             challenges: Rate::new(DEFAULT_CHALLENGE_RATE, DEFAULT_CHALLENGE_BURST),
             nonce_refreshes: Rate::new(DEFAULT_REFRESH_RATE, DEFAULT_REFRESH_BURST),
             stake: LookupLimits::default(),
+        }
+    }
+}
+
+/// Bounds on stake lookups of addresses the caches do not know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LookupLimits {
+    /// Lookups a second sent to the full node for such addresses, and the burst.
+    pub rate: Rate,
+    /// Lookups that may wait for a token at once; more are refused at once.
+    pub queue: usize,
+    /// Longest a lookup waits for its token before it is refused (inside the webhook's
+    /// review deadline).
+    pub max_wait: Duration,
+    /// How long an answer below every tier is reused.
+    pub negative_ttl: Duration,
+    /// Most addresses remembered as below every tier.
+    pub negative_capacity: usize,
+}
+
+/// New-address stake lookups a second (`--stake-lookup-rate`).
+pub const DEFAULT_LOOKUP_RATE: f64 = 5.0;
+/// New-address stake lookups in a burst (`--stake-lookup-burst`).
+pub const DEFAULT_LOOKUP_BURST: u32 = 20;
+/// New-address stake lookups waiting at once (`--stake-lookup-queue`).
+pub const DEFAULT_LOOKUP_QUEUE: usize = 32;
+/// How long "below every tier" is remembered (`--stake-negative-ttl-seconds`).
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
+impl Default for LookupLimits {
+    fn default() -> Self {
+        Self {
+            rate: Rate::new(DEFAULT_LOOKUP_RATE, DEFAULT_LOOKUP_BURST),
+            queue: DEFAULT_LOOKUP_QUEUE,
+            max_wait: Duration::from_secs(5),
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
+            negative_capacity: 10_000,
         }
     }
 }

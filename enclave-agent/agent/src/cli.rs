@@ -20,7 +20,7 @@ use crate::flags::{
 };
 use crate::kubernetes::Binaries;
 use crate::link::{Agent, AgentOptions, LinkError};
-use crate::stake::{self, LookupLimits};
+use crate::budget::LookupLimits;
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]
@@ -220,17 +220,17 @@ pub struct BudgetFlags {
     pub nonce_refresh_burst: u32,
     /// Stake lookups a second sent to the full node for addresses the caches do not know;
     /// beyond, a review waits in a bounded queue or is refused ("try again").
-    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_RATE", default_value_t = stake::DEFAULT_LOOKUP_RATE, value_parser = positive_rate)]
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_RATE", default_value_t = budget::DEFAULT_LOOKUP_RATE, value_parser = positive_rate)]
     pub stake_lookup_rate: f64,
     /// New-address stake lookups in a burst.
-    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_BURST", default_value_t = stake::DEFAULT_LOOKUP_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_BURST", default_value_t = budget::DEFAULT_LOOKUP_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     pub stake_lookup_burst: u32,
     /// New-address stake lookups that may wait for their turn at once; more are refused.
-    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_QUEUE", default_value_t = stake::DEFAULT_LOOKUP_QUEUE, value_parser = clap::value_parser!(usize))]
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_LOOKUP_QUEUE", default_value_t = budget::DEFAULT_LOOKUP_QUEUE, value_parser = clap::value_parser!(usize))]
     pub stake_lookup_queue: usize,
     /// Seconds an answer below every tier is reused (the negative cache): an address that
     /// stakes after being refused waits at most this long.
-    #[arg(long, env = "NAUTILUS_AGENT_STAKE_NEGATIVE_TTL_SECONDS", default_value_t = stake::DEFAULT_NEGATIVE_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "NAUTILUS_AGENT_STAKE_NEGATIVE_TTL_SECONDS", default_value_t = budget::DEFAULT_NEGATIVE_TTL.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub stake_negative_ttl_seconds: u64,
 }
 

@@ -36,7 +36,7 @@ use sui_sdk_types::{Address, StructTag};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::budget::Counters;
+use crate::budget::{Counters, LookupLimits};
 
 /// The native stake type of Sui.
 pub const STAKED_SUI: &str = "0x3::staking_pool::StakedSui";
@@ -117,43 +117,6 @@ pub enum StakeError {
     /// The lookup task ended without an answer (the runtime is shutting down).
     #[error("stake lookup abandoned")]
     Abandoned,
-}
-
-/// Bounds on stake lookups of addresses the caches do not know.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LookupLimits {
-    /// Lookups a second sent to the full node for such addresses, and the burst.
-    pub rate: Rate,
-    /// Lookups that may wait for a token at once; more are refused at once.
-    pub queue: usize,
-    /// Longest a lookup waits for its token before it is refused (inside the webhook's
-    /// review deadline).
-    pub max_wait: Duration,
-    /// How long an answer below every tier is reused.
-    pub negative_ttl: Duration,
-    /// Most addresses remembered as below every tier.
-    pub negative_capacity: usize,
-}
-
-/// New-address stake lookups a second (`--stake-lookup-rate`).
-pub const DEFAULT_LOOKUP_RATE: f64 = 5.0;
-/// New-address stake lookups in a burst (`--stake-lookup-burst`).
-pub const DEFAULT_LOOKUP_BURST: u32 = 20;
-/// New-address stake lookups waiting at once (`--stake-lookup-queue`).
-pub const DEFAULT_LOOKUP_QUEUE: usize = 32;
-/// How long "below every tier" is remembered (`--stake-negative-ttl-seconds`).
-pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(60);
-
-impl Default for LookupLimits {
-    fn default() -> Self {
-        Self {
-            rate: Rate::new(DEFAULT_LOOKUP_RATE, DEFAULT_LOOKUP_BURST),
-            queue: DEFAULT_LOOKUP_QUEUE,
-            max_wait: Duration::from_secs(5),
-            negative_ttl: DEFAULT_NEGATIVE_TTL,
-            negative_capacity: 10_000,
-        }
-    }
 }
 
 /// The clock of the throttle: tokio's, so that tests on a paused clock step it.

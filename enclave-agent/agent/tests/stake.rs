@@ -299,7 +299,7 @@ async fn cache_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_addresses_reach_the_full_node_at_the_lookup_rate_only() {
     use nautilus_agent::budget::Counters;
-    use nautilus_agent::stake::LookupLimits;
+    use nautilus_agent::budget::LookupLimits;
     use nautilus_protocol::budget::Rate;
 
     let chain = Arc::new(fixture());

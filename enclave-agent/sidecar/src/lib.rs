@@ -31,6 +31,7 @@
 //! `clap::Parser::try_parse_from`), call [`start`], use the addresses on [`Running`], and
 //! call [`Running::shutdown`] at the end. This API is stable for the workspace's tests.
 
+pub mod addr;
 pub mod challenge;
 pub mod cli;
 pub mod evidence;

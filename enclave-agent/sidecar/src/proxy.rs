@@ -44,7 +44,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
 use crate::challenge::{self, Challenges};
-use crate::cli::{Cidr, HostPort};
+use crate::addr::{Cidr, HostPort};
 use crate::metrics::Metrics;
 
 /// Largest CONNECT request head read.

@@ -13,8 +13,8 @@ use nautilus_seal::{
 };
 
 use crate::budget::Counters;
-use crate::egress::{self, EgressConnector, EgressError, Target};
 use crate::budget::LookupLimits;
+use crate::egress::{self, EgressConnector, EgressError, Target};
 use crate::stake::{StakeCache, StakeConfig, StakeError, SuiStakeReader};
 use crate::webhook::Authenticator;
 

@@ -14,13 +14,13 @@ use nautilus_protocol::nsm::{NitroNsm, Nsm, NsmError, SimulatedNsm};
 use nautilus_protocol::transport::Endpoint;
 
 use crate::boot::{BootOptions, env};
+use crate::budget::LookupLimits;
 use crate::budget::{self, AgentBudgets};
 use crate::flags::{
     CONTROLLER_MANAGER_PORT, ComponentPorts, ETCD_CLIENT_PORT, ETCD_PEER_PORT, SCHEDULER_PORT,
 };
 use crate::kubernetes::Binaries;
 use crate::link::{Agent, AgentOptions, LinkError};
-use crate::budget::LookupLimits;
 
 /// Why the command line could not be turned into a running agent.
 #[derive(Debug, thiserror::Error)]

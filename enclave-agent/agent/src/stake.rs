@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use nautilus_protocol::budget::{Rate, TokenBucket};
+use nautilus_protocol::budget::TokenBucket;
 use serde::Deserialize;
 use sui_rpc::proto::sui::rpc::v2::{GetServiceInfoRequest, ListOwnedObjectsRequest, Object};
 use sui_sdk_types::{Address, StructTag};
@@ -584,6 +584,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use nautilus_protocol::budget::Rate;
 
     /// A ledger that counts what it is asked; `0x01…` holds 5,000 MIST, every other address
     /// nothing.

@@ -40,7 +40,6 @@ pub enum ArgError {
     },
 }
 
-
 /// One `--egress-allow` entry or CONNECT target: a host (compared in canonical form, so
 /// case-insensitively) and an exact port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -215,4 +214,3 @@ impl fmt::Display for Cidr {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
-

@@ -43,8 +43,8 @@ use nautilus_protocol::transport::{self, BoxedStream, Endpoint};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
-use crate::challenge::{self, Challenges};
 use crate::addr::{Cidr, HostPort};
+use crate::challenge::{self, Challenges};
 use crate::metrics::Metrics;
 
 /// Largest CONNECT request head read.

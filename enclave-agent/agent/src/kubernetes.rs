@@ -501,14 +501,22 @@ impl Readiness {
     /// etcd's client port accepts connections: etcd binds its listeners first thing, well
     /// before it is healthy.
     pub async fn etcd_listening(&self) -> Result<(), String> {
-        tokio::time::timeout(
+        let stream = tokio::time::timeout(
             CHECK_TIMEOUT,
             tokio::net::TcpStream::connect(&self.etcd_addr),
         )
         .await
         .map_err(|_| format!("no connection within {CHECK_TIMEOUT:?}"))?
-        .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // A port from the ephemeral range (development and tests pick them that way) can be
+        // given to this very connection as its source: it then connects to itself (a TCP
+        // simultaneous open), which says nothing of etcd and holds the port etcd is about to
+        // bind. Seen in CI: the API server started at once and etcd failed "address already in
+        // use" for half a minute. Go's dialer makes the same check.
+        if stream.local_addr().ok() == stream.peer_addr().ok() {
+            return Err("connected to itself: etcd is not listening yet".to_owned());
+        }
+        Ok(())
     }
 
     /// etcd answers `/health` with `"health":"true"`.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use nautilus_protocol::transport::Endpoint;
 use nautilus_protocol::wire::{ChallengeAnswer, Message, read_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -26,6 +25,35 @@ fn body(nonce: &[u8]) -> Vec<u8> {
 
 fn loopback(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// The first bytes of a TLS handshake (a record header and a few bytes of a ClientHello).
+const HELLO: [u8; 10] = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+
+/// The enclave's API port as the proxy sees it: counts the connections it accepts and reads
+/// each until the client goes. Its address, the count, and the task to abort.
+async fn counting_enclave_port() -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("upstream");
+    let addr = upstream.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let accepted = Arc::clone(&accepted);
+        async move {
+            loop {
+                let Ok((mut stream, _)) = upstream.accept().await else {
+                    return;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink).await;
+                });
+            }
+        }
+    });
+    (addr, accepted, task)
 }
 
 async fn connect_from(source: IpAddr, addr: SocketAddr) -> tokio::net::TcpStream {
@@ -102,10 +130,7 @@ async fn a_challenge_flood_reaches_the_agent_at_the_budget_and_the_operators_ref
     )
     .await;
     let http_addr = running.http_addr();
-    let Endpoint::Tcp(api) = running.api_endpoint() else {
-        panic!("api proxy not on tcp");
-    };
-    let api_addr: SocketAddr = api.parse().expect("api addr");
+    let api_addr = running.api_addr().expect("api proxy on tcp");
     let mut conn = agent.accept().await;
     let boot_nonce = conn.boot_nonce.clone();
     conn.attest(&agent, &boot_nonce).await;
@@ -315,27 +340,7 @@ async fn one_address_gets_its_own_rate_and_leaves_the_rest_to_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_connections_into_the_enclave_are_bounded_per_address_and_in_all() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The enclave's API port: counts what it accepts and reads until the client goes.
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("upstream");
-    let upstream_addr = upstream.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let upstream_task = tokio::spawn({
-        let accepted = Arc::clone(&accepted);
-        async move {
-            loop {
-                let Ok((mut stream, _)) = upstream.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut sink = Vec::new();
-                    let _ = stream.read_to_end(&mut sink).await;
-                });
-            }
-        }
-    });
+    let (upstream_addr, accepted, upstream_task) = counting_enclave_port().await;
     let agent = FakeAgent::bind(dir.path(), 5).await;
     let boot_path = write_boot_config(dir.path(), &agent.boot);
     let running = nautilus_sidecar::start(args(
@@ -357,18 +362,12 @@ async fn new_connections_into_the_enclave_are_bounded_per_address_and_in_all() {
     ))
     .await
     .expect("sidecar starts");
-    let Endpoint::Tcp(api) = running.api_endpoint() else {
-        panic!("api proxy not on tcp");
-    };
-    let api_addr: SocketAddr = api.parse().expect("api addr");
+    let api_addr = running.api_addr().expect("api proxy on tcp");
 
     // A handshake's first bytes, from `source`; whether the proxy kept the connection.
     async fn hello(source: IpAddr, addr: SocketAddr) -> tokio::net::TcpStream {
         let mut stream = connect_from(source, addr).await;
-        stream
-            .write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
-            .await
-            .expect("write");
+        stream.write_all(&HELLO).await.expect("write");
         stream
     }
 
@@ -413,26 +412,7 @@ async fn new_connections_into_the_enclave_are_bounded_per_address_and_in_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_address_connects_while_many_flood_at_their_rate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("upstream");
-    let upstream_addr = upstream.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let upstream_task = tokio::spawn({
-        let accepted = Arc::clone(&accepted);
-        async move {
-            loop {
-                let Ok((mut stream, _)) = upstream.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut sink = Vec::new();
-                    let _ = stream.read_to_end(&mut sink).await;
-                });
-            }
-        }
-    });
+    let (upstream_addr, accepted, upstream_task) = counting_enclave_port().await;
     let agent = FakeAgent::bind(dir.path(), 5).await;
     let boot_path = write_boot_config(dir.path(), &agent.boot);
     let running = nautilus_sidecar::start(args(
@@ -454,11 +434,7 @@ async fn a_quiet_address_connects_while_many_flood_at_their_rate() {
     ))
     .await
     .expect("sidecar starts");
-    let Endpoint::Tcp(api) = running.api_endpoint() else {
-        panic!("api proxy not on tcp");
-    };
-    let api_addr: SocketAddr = api.parse().expect("api addr");
-    const HELLO: [u8; 10] = [0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+    let api_addr = running.api_addr().expect("api proxy on tcp");
 
     // 16 addresses, each opening a connection every 10 ms (100 times its rate, and far above it
     // however slow a loaded machine makes the loop), until told.
@@ -523,10 +499,7 @@ async fn one_address_holds_at_most_its_share_of_open_connections() {
     ))
     .await
     .expect("sidecar starts");
-    let Endpoint::Tcp(api) = running.api_endpoint() else {
-        panic!("api proxy not on tcp");
-    };
-    let api_addr: SocketAddr = api.parse().expect("api addr");
+    let api_addr = running.api_addr().expect("api proxy on tcp");
     /// Whether the proxy closed `stream` within 500 ms.
     async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
         let mut byte = [0u8; 1];
@@ -584,10 +557,7 @@ async fn a_challenge_on_the_api_port_spends_one_token() {
         ],
     )
     .await;
-    let Endpoint::Tcp(api) = running.api_endpoint() else {
-        panic!("api proxy not on tcp");
-    };
-    let api_addr: SocketAddr = api.parse().expect("api addr");
+    let api_addr = running.api_addr().expect("api proxy on tcp");
     let mut conn = agent.accept().await;
     let boot_nonce = conn.boot_nonce.clone();
     conn.attest(&agent, &boot_nonce).await;

@@ -550,10 +550,10 @@ fn program(pid: i32) -> Option<String> {
     Some(name)
 }
 
-fn status_kib(pid: i32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
+/// A `Field: N kB` line of `/proc/<pid>/<file>` (`status`, `smaps_rollup`), in KiB.
+fn proc_kib(pid: i32, file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
         .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
@@ -561,16 +561,13 @@ fn status_kib(pid: i32, field: &str) -> Option<u64> {
         .ok()
 }
 
+fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    proc_kib(pid, "status", field)
+}
+
 /// A field of `/proc/<pid>/smaps_rollup`, in KiB.
 fn rollup_kib(pid: i32, field: &str) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    proc_kib(pid, "smaps_rollup", field)
 }
 
 fn vm_rss_kib(pid: i32) -> Option<u64> {

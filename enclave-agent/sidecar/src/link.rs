@@ -122,18 +122,13 @@ pub struct Inputs {
 pub async fn run(
     evidence: Arc<Evidence>,
     mut config: LinkConfig,
-    inputs: Inputs,
+    mut inputs: Inputs,
 ) -> Result<(), LinkError> {
-    let Inputs {
-        mut nonces,
-        mut challenges,
-        mut stop,
-    } = inputs;
     let started = Instant::now();
     let mut connected_once = false;
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        if *stop.borrow() {
+        if *inputs.stop.borrow() {
             // No agent on the line to ask: the enclave is stopped as it is.
             return Ok(());
         }
@@ -156,20 +151,14 @@ pub async fn run(
                 connected_once = true;
                 let session_started = Instant::now();
                 // Nonces asked for while the link was down: the latest one goes in BootConfig.
-                while let Ok(nonce) = nonces.try_recv() {
+                while let Ok(nonce) = inputs.nonces.try_recv() {
                     config.boot_config.nonce = nonce;
                 }
                 info!(endpoint = %config.endpoint, "connected to the agent");
                 evidence.set_link_up(true);
-                let end = session(
-                    stream,
-                    &evidence,
-                    &mut config,
-                    (&mut nonces, &mut challenges, &mut stop),
-                )
-                .await;
+                let end = session(stream, &evidence, &mut config, &mut inputs).await;
                 evidence.set_link_up(false);
-                challenges.link_dropped();
+                inputs.challenges.link_dropped();
                 // An agent that drops every connection at once (a refused configuration, a
                 // protocol mismatch) is retried ever more slowly, not in a tight loop.
                 if session_started.elapsed() >= STABLE_SESSION {
@@ -184,8 +173,8 @@ pub async fn run(
                         // new configuration comes with a new sidecar). Nonces asked for
                         // meanwhile are refused already, with no link up.
                         tokio::select! {
-                            () = async { while nonces.recv().await.is_some() {} } => {}
-                            () = stopped(&mut stop) => {}
+                            () = async { while inputs.nonces.recv().await.is_some() {} } => {}
+                            () = stopped(&mut inputs.stop) => {}
                         }
                         return Ok(());
                     }
@@ -214,12 +203,12 @@ pub async fn run(
                 tracing::debug!(error = %err, "agent not reachable yet");
             }
         }
-        if nonces.is_closed() {
+        if inputs.nonces.is_closed() {
             return Ok(());
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = stopped(&mut stop) => return Ok(()),
+            () = stopped(&mut inputs.stop) => return Ok(()),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -259,11 +248,7 @@ async fn session(
     stream: BoxedStream,
     evidence: &Evidence,
     config: &mut LinkConfig,
-    (nonces, challenges, stop): (
-        &mut mpsc::Receiver<Vec<u8>>,
-        &mut Inbox,
-        &mut watch::Receiver<bool>,
-    ),
+    inputs: &mut Inputs,
 ) -> SessionEnd {
     let LinkConfig {
         boot_config,
@@ -310,6 +295,11 @@ async fn session(
             }
         }
     }));
+    let Inputs {
+        nonces,
+        challenges,
+        stop,
+    } = inputs;
     // Once the agent was asked to stop, its closing the link is the end that was asked for.
     let mut stopping = false;
     loop {

@@ -274,11 +274,29 @@ impl LocalRuntime {
                 LocalNetwork::Host => free_port_on(publish)
                     .map_err(local_err(format!("finding a free port on {publish}")))?,
             },
-            webhook: free()?,
-            scheduler: free()?,
-            controller: free()?,
-            etcd_client: free()?,
-            etcd_peer: free()?,
+            ..match self.settings.network {
+                // The enclave's own loopback: the components' usual ports, below the ephemeral
+                // range. A port picked free on the host comes from that range, where the
+                // enclave's own outgoing connections take their source ports: one of them held
+                // the controller manager's port before it bound it (CI, "address already in
+                // use", the probe answered by another server).
+                LocalNetwork::Isolated => LocalPorts {
+                    webhook: 8443,
+                    scheduler: 10259,
+                    controller: 10257,
+                    etcd_client: 2379,
+                    etcd_peer: 2380,
+                    ..LocalPorts::default()
+                },
+                LocalNetwork::Host => LocalPorts {
+                    webhook: free()?,
+                    scheduler: free()?,
+                    controller: free()?,
+                    etcd_client: free()?,
+                    etcd_peer: free()?,
+                    ..LocalPorts::default()
+                },
+            }
         };
         let log_path = dir.join("sidecar.log");
         let log = tokio::fs::File::create(&log_path)

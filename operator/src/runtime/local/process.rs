@@ -103,9 +103,9 @@ pub(super) fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
 }
 
 /// The ports of one local sidecar and its control plane. Inside an isolated enclave's
-/// namespace any port would do; they are picked free on the host all the same, so that the
-/// host network mode works with the same command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// namespace the components take their usual ports (below the ephemeral range, which the
+/// enclave's own outgoing connections draw from); in the host network mode they are picked free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct LocalPorts {
     /// The sidecar's HTTP API, on 127.0.0.1.
     pub(super) http: u16,

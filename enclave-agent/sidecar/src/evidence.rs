@@ -7,6 +7,7 @@
 //! `/readyz` never says ready on evidence that cannot verify.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::bounded::LogLimit;
@@ -14,12 +15,20 @@ use nautilus_protocol::wire::{
     AttestationEvidence, BootRefused, Component, EnclaveInfo, EvidenceBundle, RefusalKind, Report,
     ReportError, ReportVerifier, SignedReport, check_nonce,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
 pub use nautilus_protocol::wire::MAX_NONCE_BYTES;
+
+/// Longest wait of one `GET /report?after=…` for the evidence to change: under the HTTP
+/// listener's idle timeout (60 s by default), which would otherwise cut the wait.
+pub const MAX_REPORT_WAIT: Duration = Duration::from_secs(30);
+/// `GET /report?after=…` requests waiting at once; more are answered at once. The operator
+/// keeps one waiting per sidecar (two while a replica hands over), so this only bounds what
+/// anyone else who reaches the port can hold open.
+pub const MAX_REPORT_WAITERS: usize = 8;
 
 /// Why a nonce refresh could not be queued.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +97,9 @@ pub struct Evidence {
     /// Rejected reports are counted one by one but logged once per interval.
     rejections: LogLimit,
     state: Mutex<State>,
+    /// Bumped (under the state lock) by every change to what [`Evidence::bundle`] serves.
+    revision: watch::Sender<u64>,
+    waiters: Semaphore,
 }
 
 impl Evidence {
@@ -117,12 +129,45 @@ impl Evidence {
                 boot_refused: None,
                 boot_refused_kind: RefusalKind::Config,
             }),
+            revision: watch::Sender::new(1),
+            waiters: Semaphore::new(MAX_REPORT_WAITERS),
         };
         (evidence, rx)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Note a change to what `/report` serves; called with the state locked, so a reader of
+    /// [`Evidence::revision_and_bundle`] sees a revision and the bundle it names.
+    fn changed(&self, _locked: &MutexGuard<'_, State>) {
+        self.revision.send_modify(|r| *r = r.wrapping_add(1));
+    }
+
+    /// The current revision and the bundle it names.
+    pub fn revision_and_bundle(&self) -> (u64, EvidenceBundle) {
+        let state = self.lock();
+        (*self.revision.borrow(), self.bundle_of(&state))
+    }
+
+    /// Wait until the revision is no longer `seen`, at most `wait` (capped at
+    /// [`MAX_REPORT_WAIT`]). Returns at once when it already differs, and when
+    /// [`MAX_REPORT_WAITERS`] are already waiting (the caller paces its own requests).
+    pub async fn changed_since(&self, seen: u64, wait: Duration) {
+        let mut rx = self.revision.subscribe();
+        if *rx.borrow_and_update() != seen {
+            return;
+        }
+        let Ok(_permit) = self.waiters.try_acquire() else {
+            self.metrics.report_waits_refused.inc();
+            return;
+        };
+        let _ = tokio::time::timeout(
+            wait.min(MAX_REPORT_WAIT),
+            rx.wait_for(|revision| *revision != seen),
+        )
+        .await;
     }
 
     /// The metrics this evidence counts into.
@@ -148,7 +193,11 @@ impl Evidence {
 
     /// Record the launcher's view of the enclave.
     pub fn set_enclave(&self, info: EnclaveInfo) {
-        self.lock().enclave = info;
+        let mut state = self.lock();
+        if state.enclave != info {
+            state.enclave = info;
+            self.changed(&state);
+        }
     }
 
     /// The launcher's view of the enclave.
@@ -167,6 +216,7 @@ impl Evidence {
         let mut state = self.lock();
         state.boot_refused = Some(refused.reason);
         state.boot_refused_kind = refused.kind;
+        self.changed(&state);
     }
 
     /// Ask the agent for a fresh attestation carrying `nonce`.
@@ -231,6 +281,7 @@ impl Evidence {
                 state.key_problem = Some(problem);
             }
         }
+        self.changed(&state);
     }
 
     /// Verify and keep a relayed report (verified at `now_ms`). The report is kept even when
@@ -266,6 +317,7 @@ impl Evidence {
         }
         state.report = Some(signed);
         state.verdict = Some(verdict);
+        self.changed(&state);
     }
 
     /// `Ok` when the latest report verified, is at most `max_age_ms` old at `now_ms`, and
@@ -312,7 +364,10 @@ impl Evidence {
 
     /// The evidence as `/report` serves it.
     pub fn bundle(&self) -> EvidenceBundle {
-        let state = self.lock();
+        self.bundle_of(&self.lock())
+    }
+
+    fn bundle_of(&self, state: &State) -> EvidenceBundle {
         EvidenceBundle {
             boot_config_digest: Some(self.boot_config_digest.clone()),
             attestation: state.attestation.clone(),
@@ -385,6 +440,77 @@ mod tests {
             ..EnclaveInfo::default()
         });
         evidence
+    }
+
+    /// Every change to what `/report` serves bumps the revision; a wait on the current one
+    /// ends when the next change comes, a wait on an older one at once, and a wait with
+    /// nothing changing after its time (on a paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_on_the_revision_ends_with_the_next_change() {
+        let signer = ReportSigner::generate();
+        let ev = Arc::new(evidence());
+        let (first, bundle) = ev.revision_and_bundle();
+        assert_eq!(bundle, ev.bundle());
+        // The same enclave information again is no change.
+        ev.set_enclave(bundle.enclave.clone());
+        assert_eq!(ev.revision_and_bundle().0, first);
+
+        let start = tokio::time::Instant::now();
+        ev.changed_since(first, Duration::from_secs(20)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(20), "nothing changed");
+
+        let waiting = tokio::spawn({
+            let ev = Arc::clone(&ev);
+            async move { ev.changed_since(first, Duration::from_secs(20)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ev.on_report(signer.sign(&report(1, 1_000, true)), 1_000);
+        waiting.await.expect("wait");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(21),
+            "woken by the report"
+        );
+        let (second, bundle) = ev.revision_and_bundle();
+        assert_ne!(second, first);
+        assert!(bundle.report.is_some());
+
+        ev.changed_since(first, Duration::from_secs(20)).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(21),
+            "an older revision: at once"
+        );
+        // Waits are capped.
+        ev.changed_since(second, Duration::from_secs(3_600)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(21) + MAX_REPORT_WAIT);
+    }
+
+    /// Beyond [`MAX_REPORT_WAITERS`] a wait is answered at once and counted.
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_bounded() {
+        let ev = Arc::new(evidence());
+        let (revision, _) = ev.revision_and_bundle();
+        let waiting: Vec<_> = (0..MAX_REPORT_WAITERS)
+            .map(|_| {
+                let ev = Arc::clone(&ev);
+                tokio::spawn(async move { ev.changed_since(revision, MAX_REPORT_WAIT).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = tokio::time::Instant::now();
+        ev.changed_since(revision, MAX_REPORT_WAIT).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(ev.metrics().report_waits_refused.get(), 1);
+        ev.on_boot_refused(BootRefused {
+            config_digest: DIGEST.into(),
+            reason: "no".into(),
+            kind: RefusalKind::Config,
+        });
+        for w in waiting {
+            w.await.expect("woken");
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

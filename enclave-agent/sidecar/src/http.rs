@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | GET | `/healthz` | 200 while the process runs |
 //! | GET | `/readyz` | 200 only while the latest report verifies, is fresh and says every component is healthy; else 503 and a one-line reason |
-//! | GET | `/report` | the [`EvidenceBundle`](nautilus_protocol::wire::EvidenceBundle) as JSON |
+//! | GET | `/report` | the [`EvidenceBundle`](nautilus_protocol::wire::EvidenceBundle) as JSON, its revision in the `Nautilus-Revision` header |
+//! | GET | `/report?after=R&waitSeconds=N` | the same, once the revision is no longer `R` or after `N` seconds (at most [`MAX_REPORT_WAIT`]): a long poll, so the operator hears of a change at once |
 //! | GET | `/metrics` | Prometheus text |
 //! | POST | `/attest` | `{"nonce":"<base64>"}` (1–512 bytes): 202 once the agent is asked to attest again; 503 without a link |
 //! | POST | `/challenge` | `{"nonce":"<base64>"}`: 200 and a [`ChallengeResponse`](nautilus_protocol::wire::ChallengeResponse) for a user, leaving `/report` as it is ([`crate::challenge`]) |
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use tracing::{debug, info};
 
 use crate::challenge::{self, Challenges};
-use crate::evidence::{Evidence, NonceError, now_ms};
+use crate::evidence::{Evidence, MAX_REPORT_WAIT, NonceError, now_ms};
 use crate::respond::{json, json_body, text};
 
 pub use crate::respond::MAX_BODY_BYTES;
@@ -64,6 +65,45 @@ async fn attest(
     }
 }
 
+/// The header carrying the revision of the evidence a `/report` answer holds.
+pub const REVISION_HEADER: &str = "nautilus-revision";
+
+/// `GET /report[?after=R&waitSeconds=N]`. Unknown or malformed parameters are a 400: a caller
+/// that meant to wait must not be answered as if it polled.
+async fn report(evidence: &Evidence, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut after = None;
+    let mut wait = std::time::Duration::ZERO;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let parsed = match pair.split_once('=') {
+            Some(("after", v)) => v.parse::<u64>().map(|v| after = Some(v)).is_ok(),
+            Some(("waitSeconds", v)) => v
+                .parse::<u64>()
+                .map(|v| wait = std::time::Duration::from_secs(v).min(MAX_REPORT_WAIT))
+                .is_ok(),
+            _ => false,
+        };
+        if !parsed {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "/report takes after=<revision> and waitSeconds=<seconds>",
+            );
+        }
+    }
+    if let Some(seen) = after {
+        evidence.changed_since(seen, wait).await;
+    }
+    let (revision, bundle) = evidence.revision_and_bundle();
+    let mut response = json(&bundle);
+    response
+        .headers_mut()
+        .insert(REVISION_HEADER, HeaderValue::from(revision));
+    response
+}
+
 /// Answer one request.
 pub async fn handle(
     evidence: Arc<Evidence>,
@@ -79,7 +119,7 @@ pub async fn handle(
             Ok(()) => text(StatusCode::OK, "ok"),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
-        (&Method::GET, "/report") => json(&evidence.bundle()),
+        (&Method::GET, "/report") => report(&evidence, request.uri().query()).await,
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(evidence.metrics().encode())));
             response.headers_mut().insert(
@@ -133,5 +173,57 @@ pub async fn serve(
                 debug!(peer = %client.peer(), error = %e, "http connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn evidence() -> Evidence {
+        Evidence::new("ab".repeat(32), 3_000, Arc::default()).0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn report_names_its_revision_and_waits_only_when_asked() {
+        let evidence = evidence();
+        let plain = report(&evidence, None).await;
+        assert_eq!(plain.status(), StatusCode::OK);
+        let revision: u64 = plain.headers()[REVISION_HEADER]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("a number");
+
+        let start = tokio::time::Instant::now();
+        let older = report(
+            &evidence,
+            Some(&format!("after={}&waitSeconds=20", revision - 1)),
+        )
+        .await;
+        assert_eq!(older.status(), StatusCode::OK);
+        assert_eq!(start.elapsed(), Duration::ZERO, "changed since: at once");
+
+        let waited = report(&evidence, Some(&format!("after={revision}&waitSeconds=20"))).await;
+        assert_eq!(waited.status(), StatusCode::OK);
+        assert_eq!(
+            waited.headers()[REVISION_HEADER],
+            revision.to_string().as_str()
+        );
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(20),
+            "unchanged: the whole wait"
+        );
+
+        for bad in ["after=x", "waitSeconds=-1", "after=1&since=2", "after"] {
+            assert_eq!(
+                report(&evidence, Some(bad)).await.status(),
+                StatusCode::BAD_REQUEST,
+                "{bad}"
+            );
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
     }
 }

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub challenges: Family<OutcomeLabels, Counter>,
     /// Connections closed on arrival because a connection-rate budget was spent.
     pub connections_rate_limited: Family<ScopeLabels, Counter>,
+    /// `GET /report?after=…` answered at once because too many were already waiting.
+    pub report_waits_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -180,6 +182,12 @@ impl Metrics {
         );
         let challenges = Family::<OutcomeLabels, Counter>::default();
         let connections_rate_limited = Family::<ScopeLabels, Counter>::default();
+        let report_waits_refused = Counter::default();
+        registry.register(
+            "report_waits_refused",
+            "GET /report?after= requests answered at once because too many were already waiting",
+            report_waits_refused.clone(),
+        );
         registry.register(
             "reports_received",
             "Signed reports relayed by the agent",
@@ -273,6 +281,7 @@ impl Metrics {
             last_snapshot_sequence,
             last_snapshot_timestamp_seconds,
             challenges,
+            report_waits_refused,
             connections_rate_limited,
         }
     }

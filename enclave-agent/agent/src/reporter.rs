@@ -89,9 +89,18 @@ impl Reporter {
 }
 
 /// Tracks whether the components became healthy within the startup timeout of each start.
+///
+/// A start is the control plane's (its earliest current process start changed) or one
+/// component's restart (the restart count changed while the earliest start stayed, as it does
+/// when kube-apiserver restarts beside a running etcd): either way the components are probed
+/// finely again until all are healthy, and the timeout counts from when the restart was seen.
+/// Without the second, a restarted kube-apiserver was reported healthy again only a probe
+/// interval later (5 s by default, up to 300 s).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StartupWatch {
     started_unix_ms: Option<u64>,
+    restarts: u32,
+    since_unix_ms: Option<u64>,
     healthy_since_start: bool,
     timed_out: bool,
 }
@@ -105,9 +114,16 @@ impl StartupWatch {
         timeout: Duration,
         now_ms: u64,
     ) -> bool {
-        if process.started_unix_ms != self.started_unix_ms {
+        if process.started_unix_ms != self.started_unix_ms || process.restarts != self.restarts {
+            let since_unix_ms = if process.started_unix_ms == self.started_unix_ms {
+                Some(now_ms)
+            } else {
+                process.started_unix_ms
+            };
             *self = Self {
                 started_unix_ms: process.started_unix_ms,
+                restarts: process.restarts,
+                since_unix_ms,
                 ..Self::default()
             };
         }
@@ -116,7 +132,7 @@ impl StartupWatch {
             self.healthy_since_start = true;
             self.timed_out = false;
         } else if !self.healthy_since_start
-            && let Some(started) = self.started_unix_ms
+            && let Some(started) = self.since_unix_ms
             && now_ms.saturating_sub(started)
                 > u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
         {
@@ -249,6 +265,18 @@ mod tests {
         process.started_unix_ms = Some(40_000);
         assert!(!watch.observe(&process, &round(false), timeout, 45_000));
         assert!(watch.observe(&process, &round(false), timeout, 50_001));
+        assert!(!watch.settled());
+        assert!(!watch.observe(&process, &round(true), timeout, 51_000));
+        assert!(watch.settled());
+        // One component restarted (kube-apiserver beside a running etcd: the earliest start
+        // stays): probed finely again, its window counted from when the restart was seen.
+        process.restarts = 1;
+        assert!(!watch.observe(&process, &round(false), timeout, 60_000));
+        assert!(!watch.settled(), "a restarted component is probed finely");
+        assert!(!watch.observe(&process, &round(false), timeout, 70_000));
+        assert!(watch.observe(&process, &round(false), timeout, 70_001));
+        assert!(!watch.observe(&process, &round(true), timeout, 71_000));
+        assert!(watch.settled());
     }
 
     #[test]

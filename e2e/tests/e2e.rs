@@ -197,6 +197,45 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
     h.finish().await;
 }
 
+/// The operator follows each sidecar's evidence (a long poll of `/report`), so what the enclave
+/// reports reaches the status without waiting for the next probe interval: with the interval at
+/// 300 s (the longest the CRD takes), the boot, the attestation and a killed kube-apiserver are
+/// all seen long before the first requeue could have come. Without following, `Ready=True`
+/// would come no sooner than 300 s after the sidecar started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_changes_are_seen_without_waiting_for_the_probe_interval() {
+    let Some(cluster) =
+        cluster("enclave_changes_are_seen_without_waiting_for_the_probe_interval").await
+    else {
+        return;
+    };
+    let h = Harness::start(cluster, "follow", None).await;
+    let mut spec = h.development_spec();
+    spec.health.probe_interval_seconds = 300;
+    // The CRD wants it longer than the interval.
+    spec.health.startup_timeout_seconds = 600;
+    // Well under the interval, and as long as any boot here takes under load.
+    let within = Duration::from_secs(120);
+    h.create("demo", spec).await;
+    h.wait_for("demo", "Ready=True", within, ready).await;
+
+    let pids = h.processes(h.api_server_exe());
+    assert_eq!(pids.len(), 1, "one API server runs: {pids:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // The agent reports at once when a component exits.
+    h.wait_for("demo", "APIServerReady=False", within, |nm| {
+        is(nm, "APIServerReady", "False") && !ready(nm)
+    })
+    .await;
+    h.wait_for("demo", "recovered to Ready=True", within, ready)
+        .await;
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_rolls_the_enclave_and_reattests() {
     let Some(cluster) = cluster("a_spec_change_rolls_the_enclave_and_reattests").await else {

@@ -630,11 +630,15 @@ impl FakeEnclave {
     }
 }
 
-/// A fake sidecar: answers `/report` with `bundle` and records `/attest` bodies.
+/// A fake sidecar: answers `/report` with `bundle` and records `/attest` bodies. Started
+/// with [`FakeSidecar::start_with_revisions`], it also names a revision (bumped by
+/// [`FakeSidecar::set_bundle`]) as the sidecar's long poll does, though it never waits.
 pub(crate) struct FakeSidecar {
     pub(crate) addr: SocketAddr,
     pub(crate) attests: Arc<Mutex<Vec<String>>>,
     pub(crate) bundle: Arc<Mutex<String>>,
+    revision: Arc<std::sync::atomic::AtomicU64>,
+    report_requests: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -646,6 +650,18 @@ impl Drop for FakeSidecar {
 
 impl FakeSidecar {
     pub(crate) async fn start(bundle: &EvidenceBundle) -> Self {
+        Self::serve(bundle, false).await
+    }
+
+    pub(crate) async fn start_with_revisions(bundle: &EvidenceBundle) -> Self {
+        Self::serve(bundle, true).await
+    }
+
+    async fn serve(bundle: &EvidenceBundle, revisions: bool) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let revision = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let report_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, n) = (revision.clone(), report_requests.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -682,7 +698,12 @@ impl FakeSidecar {
                     }
                 }
                 let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                let mut header = String::new();
                 let (status, body) = if text.starts_with("GET /report") {
+                    n.fetch_add(1, SeqCst);
+                    if revisions {
+                        header = format!("nautilus-revision: {}\r\n", r.load(SeqCst));
+                    }
                     ("200 OK", b.lock().expect("lock").clone())
                 } else if text.starts_with("POST /attest") {
                     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -692,7 +713,7 @@ impl FakeSidecar {
                     ("404 Not Found", String::new())
                 };
                 let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\n{header}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -702,13 +723,23 @@ impl FakeSidecar {
             addr,
             attests,
             bundle,
+            revision,
+            report_requests,
             task,
         }
     }
 
-    /// Serve `bundle` from now on.
+    /// Serve `bundle` from now on (a new revision).
     pub(crate) fn set_bundle(&self, bundle: &EvidenceBundle) {
         *self.bundle.lock().expect("lock") = serde_json::to_string(bundle).expect("json");
+        self.revision
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `GET /report` requests answered so far.
+    pub(crate) fn report_requests(&self) -> usize {
+        self.report_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The nonces posted to `/attest`, decoded.

@@ -13,6 +13,8 @@
 //! - [`runtime`]: where enclaves run: `pod` (StatefulSet) or `local` (a sidecar process).
 //! - [`api`]: the watch cache, applies that skip unchanged children, the error of one API call.
 //! - [`sidecar`]: the HTTP client for the sidecar's `/report` and `/attest`.
+//! - [`follow`]: a long poll of each sidecar's `/report`, reconciling its resource when the
+//!   evidence changes.
 //! - [`events`]: Events about resources, as series, remembering only what a series needs.
 //! - [`metrics`]: Prometheus metrics; [`admin`]: the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
@@ -30,6 +32,7 @@ pub mod desired;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod follow;
 pub mod metrics;
 pub mod observe;
 pub mod runtime;

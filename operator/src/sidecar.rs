@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the sidecar's API: `GET /report` and `POST /attest`.
+//! A small HTTP/1.1 client for the sidecar's API: `GET /report` (also as a long poll) and
+//! `POST /attest`.
 //!
 //! Plain HTTP on purpose: nothing the sidecar says is trusted until [`crate::verify`] checked
 //! it, so TLS to the sidecar would add nothing. Answers are read with a size limit and every
@@ -15,8 +16,10 @@ use nautilus_protocol::wire::EvidenceBundle;
 
 /// Largest `/report` answer read (an evidence bundle is about 10 KiB).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
-/// Time allowed for one call, connection included.
+/// Time allowed for one call, connection included (a long poll: this beyond its wait).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header naming the revision of the evidence a `/report` answer holds.
+pub const REVISION_HEADER: &str = "nautilus-revision";
 
 /// Why a call to the sidecar failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +37,8 @@ pub enum SidecarError {
         /// What failed.
         reason: String,
     },
-    /// The call took longer than [`CALL_TIMEOUT`].
-    #[error("{method} http://{addr}{path}: no answer within {CALL_TIMEOUT:?}")]
+    /// The call took longer than [`CALL_TIMEOUT`] (beyond a long poll's wait).
+    #[error("{method} http://{addr}{path}: no answer in time")]
     Timeout {
         /// HTTP method.
         method: &'static str,
@@ -66,12 +69,22 @@ pub enum SidecarError {
     },
 }
 
+/// One answer: status, the revision header if any, body.
+struct Answer {
+    status: u16,
+    revision: Option<u64>,
+    body: Bytes,
+}
+
+/// `method path[?query]`, within `timeout`.
 async fn call(
     addr: SocketAddr,
     method: &'static str,
     path: &'static str,
+    query: Option<String>,
     body: Option<Vec<u8>>,
-) -> Result<(u16, Bytes), SidecarError> {
+    timeout: Duration,
+) -> Result<Answer, SidecarError> {
     let transport = |reason: String| SidecarError::Transport {
         method,
         addr,
@@ -86,9 +99,13 @@ async fn call(
             .await
             .map_err(|e| transport(e.to_string()))?;
         let driver = tokio::spawn(connection);
+        let uri = match &query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
         let mut request = http::Request::builder()
             .method(method)
-            .uri(path)
+            .uri(uri)
             .header(http::header::HOST, addr.to_string());
         if body.is_some() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
@@ -101,22 +118,63 @@ async fn call(
             .await
             .map_err(|e| transport(e.to_string()))?;
         let status = response.status().as_u16();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        // Anything but a decimal number is no revision: the answer is then treated as an
+        // older sidecar's.
+        let revision = response
+            .headers()
+            .get(REVISION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| transport(format!("reading the body: {e}")))?
             .to_bytes();
         driver.abort();
-        Ok((status, bytes))
+        Ok(Answer {
+            status,
+            revision,
+            body,
+        })
     };
-    tokio::time::timeout(CALL_TIMEOUT, work)
+    tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| SidecarError::Timeout { method, addr, path })?
 }
 
 /// `GET /report`: the evidence bundle the sidecar relays.
 pub async fn fetch_report(addr: SocketAddr) -> Result<EvidenceBundle, SidecarError> {
-    let (status, body) = call(addr, "GET", "/report", None).await?;
+    let answer = call(addr, "GET", "/report", None, None, CALL_TIMEOUT).await?;
+    report_of(addr, answer).map(|(_, bundle)| bundle)
+}
+
+/// `GET /report?after=<revision>&waitSeconds=<wait>`: the bundle once its revision is no
+/// longer `after` (at once without one), or after `wait`; with its revision, `None` from a
+/// sidecar without the long poll (it answered at once).
+pub async fn wait_report(
+    addr: SocketAddr,
+    after: Option<u64>,
+    wait: Duration,
+) -> Result<(Option<u64>, EvidenceBundle), SidecarError> {
+    let query = after.map(|after| format!("after={after}&waitSeconds={}", wait.as_secs()));
+    let timeout = CALL_TIMEOUT
+        + if after.is_some() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+    let answer = call(addr, "GET", "/report", query, None, timeout).await?;
+    report_of(addr, answer)
+}
+
+fn report_of(
+    addr: SocketAddr,
+    Answer {
+        status,
+        revision,
+        body,
+    }: Answer,
+) -> Result<(Option<u64>, EvidenceBundle), SidecarError> {
     if status != 200 {
         return Err(SidecarError::Status {
             method: "GET",
@@ -125,10 +183,11 @@ pub async fn fetch_report(addr: SocketAddr) -> Result<EvidenceBundle, SidecarErr
             status,
         });
     }
-    serde_json::from_slice(&body).map_err(|e| SidecarError::Malformed {
+    let bundle = serde_json::from_slice(&body).map_err(|e| SidecarError::Malformed {
         addr,
         reason: e.to_string(),
-    })
+    })?;
+    Ok((revision, bundle))
 }
 
 /// `POST /attest` with a fresh nonce; the sidecar answers 202 and the enclave attests again.
@@ -136,7 +195,15 @@ pub async fn request_attestation(addr: SocketAddr, nonce: &[u8]) -> Result<(), S
     let body = serde_json::json!({
         "nonce": base64::engine::general_purpose::STANDARD.encode(nonce),
     });
-    let (status, _) = call(addr, "POST", "/attest", Some(body.to_string().into_bytes())).await?;
+    let Answer { status, .. } = call(
+        addr,
+        "POST",
+        "/attest",
+        None,
+        Some(body.to_string().into_bytes()),
+        CALL_TIMEOUT,
+    )
+    .await?;
     if status != 202 && status != 200 {
         return Err(SidecarError::Status {
             method: "POST",

@@ -48,6 +48,7 @@ use tokio::sync::Mutex;
 use crate::api::Cache;
 use crate::desired::{self, Names};
 use crate::events::{EventType, Publisher};
+use crate::follow::Followers;
 use crate::metrics::Metrics;
 use crate::runtime::EnclaveRuntime;
 
@@ -105,6 +106,9 @@ pub struct Context {
     /// Set by [`run`] once the watches exist; `None` (tests without watches) reads and writes
     /// through the API server every time.
     cache: std::sync::OnceLock<Cache>,
+    /// The sidecars followed, whose changes reconcile their resources at once ([`run`] takes
+    /// the triggers).
+    followers: Followers,
 }
 
 impl std::fmt::Debug for Context {
@@ -127,6 +131,7 @@ impl Context {
             clusters: std::sync::Mutex::new(HashMap::new()),
             failures: std::sync::Mutex::new(HashMap::new()),
             cache: std::sync::OnceLock::new(),
+            followers: Followers::default(),
         }
     }
 
@@ -144,8 +149,11 @@ impl Context {
         clusters.entry(key.to_owned()).or_default().clone()
     }
 
-    /// Drop what is kept about a deleted resource: its attestation state and Event series.
+    /// Drop what is kept about a deleted resource: its attestation state, Event series and
+    /// follower.
     fn forget(&self, names: &Names) {
+        self.followers
+            .follow(&ObjectRef::new(&names.name).within(&names.namespace), None);
         self.clusters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -245,6 +253,8 @@ async fn reconcile_once(nm: &NautilusMaster, ctx: &Context, deleting: bool) -> R
     let cluster = ctx.cluster(&names.key());
     let mut slot = cluster.lock().await;
     let mut snapshot = snapshot::take(ctx, nm, &names, deleting, &mut slot, now).await?;
+    ctx.followers
+        .follow(&ObjectRef::from_obj(nm), snapshot.sidecar());
     let plan = plan::plan(&mut snapshot, now, fresh_nonce())?;
     Executor {
         ctx,

@@ -6,6 +6,7 @@
 //! Reading is all this module does; [`super::plan`] decides from the snapshot and
 //! [`super::execute`] carries the plan out.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -73,6 +74,8 @@ pub(super) struct Live<'a> {
     pub workload: Observed,
     /// What the sidecar served at `/report`.
     pub bundle: Option<EvidenceBundle>,
+    /// The sidecar `/report` was read from (or failed to be).
+    pub read_from: Option<SocketAddr>,
 }
 
 impl Snapshot<'_> {
@@ -80,6 +83,14 @@ impl Snapshot<'_> {
     pub fn attestation(&mut self) -> Option<&mut Attestation> {
         match &mut self.world {
             World::Live(live) => Some(&mut *live.attestation),
+            World::Deleting => None,
+        }
+    }
+
+    /// The sidecar whose `/report` this reconcile read: the one to follow.
+    pub fn sidecar(&self) -> Option<SocketAddr> {
+        match &self.world {
+            World::Live(live) => live.read_from,
             World::Deleting => None,
         }
     }
@@ -172,7 +183,8 @@ pub(super) async fn take<'a>(
         .config_digest
         .as_ref()
         .is_some_and(|running| *running != digest_hex);
-    let bundle = match workload.sidecar.filter(|_| !replaced) {
+    let read_from = workload.sidecar.filter(|_| !replaced);
+    let bundle = match read_from {
         Some(addr) => match sidecar::fetch_report(addr).await {
             Ok(bundle) => Some(bundle),
             Err(err) => {
@@ -198,6 +210,7 @@ pub(super) async fn take<'a>(
             simulated_allowed: ctx.runtime.allows_simulated_attestation(),
             workload,
             bundle,
+            read_from,
         })),
     })
 }

@@ -180,8 +180,12 @@ pub async fn run(
     {
         tracing::warn!("the controller was started twice on one context; keeping the first cache");
     }
-    Controller::for_stream(masters, reader)
-        .trigger_backoff(EachWatchBacksOff)
+    let mut controller = Controller::for_stream(masters, reader).trigger_backoff(EachWatchBacksOff);
+    // A followed sidecar's evidence changed (see `crate::follow`).
+    if let Some(triggers) = ctx.followers.triggers() {
+        controller = controller.reconcile_on(triggers);
+    }
+    controller
         // Bounded: with thousands of resources (creation, an operator restart) unbounded
         // reconciles each hold their rendered objects while the API server is slow to answer,
         // which costs memory and only queues work at the API server.

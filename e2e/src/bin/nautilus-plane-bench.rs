@@ -486,10 +486,13 @@ impl Plane {
     /// `/proc/<pid>/smaps_rollup` and `/proc/<pid>/status`: anonymous (heap, stacks: what GOGC
     /// and GOMEMLIMIT act on), file-backed (the binary's own pages, shared with the page cache
     /// that holds the file anyway), shared memory (etcd's database mapped from a memory file
-    /// system), and the proportional set size. Lines to print, and the anonymous MiB in all.
-    fn rss_split(&self) -> (Vec<String>, f64) {
+    /// system), and the proportional set size. Lines to print, and the anonymous and
+    /// proportional MiB in all (processes mapping one binary, as a multi-call build's
+    /// components do, share its pages: RSS counts them in each, PSS splits them).
+    fn rss_split(&self) -> (Vec<String>, f64, f64) {
         let mut lines = Vec::new();
         let mut anon_total = 0.0;
+        let mut pss_total = 0.0;
         for (pid, _) in processes_mentioning(&self.dir.path().display().to_string()) {
             let Some(name) = program(pid) else { continue };
             if !ENCLAVE.contains(&name.as_str()) {
@@ -498,6 +501,7 @@ impl Plane {
             let mib = |f: &str| status_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
             let rollup = |f: &str| rollup_kib(pid, f).unwrap_or(0) as f64 / 1024.0;
             anon_total += mib("RssAnon:");
+            pss_total += rollup("Pss:");
             lines.push(format!(
                 "{name}: Rss {:.0} MiB = anon {:.0} + file {:.0} + shmem {:.0}; Pss {:.0} (file {:.0}); VmHWM {:.0} MiB",
                 mib("VmRSS:"),
@@ -510,7 +514,7 @@ impl Plane {
             ));
         }
         lines.sort();
-        (lines, anon_total)
+        (lines, anon_total, pss_total)
     }
 
     /// SIGTERM the sidecar (it stops the agent, which stops the components), wait, then the
@@ -818,6 +822,9 @@ struct ProfileResult {
     /// Anonymous RSS of the enclave's processes in all, idle and after the objects.
     anon_idle: f64,
     anon_loaded: f64,
+    /// Proportional set size of the enclave's processes in all, idle and after the objects.
+    pss_idle: f64,
+    pss_loaded: f64,
     /// (op, path) → figures.
     api: BTreeMap<(String, String), ApiFigures>,
     load_time: Duration,
@@ -868,11 +875,12 @@ async fn boot_once(
         // The last boot: memory and the API path.
         tokio::time::sleep(o.settle).await;
         result.rss_idle = plane.rss();
-        let (lines, anon) = plane.rss_split();
+        let (lines, anon, pss) = plane.rss_split();
         for line in lines {
             println!("{profile} idle {line}");
         }
         result.anon_idle = anon;
+        result.pss_idle = pss;
         result.loads.push(format!("idle RSS: {}", uptime()));
         println!(
             "{profile} idle RSS {:.0} MiB in the enclave {:?} ({})",
@@ -903,11 +911,12 @@ async fn boot_once(
         result.load_time = load_objects(&direct, o).await?;
         tokio::time::sleep(o.settle).await;
         result.rss_loaded = plane.rss();
-        let (lines, anon) = plane.rss_split();
+        let (lines, anon, pss) = plane.rss_split();
         for line in lines {
             println!("{profile} loaded {line}");
         }
         result.anon_loaded = anon;
+        result.pss_loaded = pss;
         result.loads.push(format!("loaded RSS: {}", uptime()));
         println!(
             "{profile} RSS after {} ConfigMaps + {} Deployments (written in {:.1} s): {:.0} MiB {:?} ({})",
@@ -1018,17 +1027,19 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
         println!();
     }
     type Pick = fn(&ProfileResult) -> &BTreeMap<String, f64>;
-    type Anon = fn(&ProfileResult) -> f64;
-    for (phase, pick, anon) in [
+    type Total = fn(&ProfileResult) -> f64;
+    for (phase, pick, anon, pss) in [
         (
             "idle",
             (|r: &ProfileResult| &r.rss_idle) as Pick,
-            (|r: &ProfileResult| r.anon_idle) as Anon,
+            (|r: &ProfileResult| r.anon_idle) as Total,
+            (|r: &ProfileResult| r.pss_idle) as Total,
         ),
         (
             "after the objects",
             |r: &ProfileResult| &r.rss_loaded,
             |r: &ProfileResult| r.anon_loaded,
+            |r: &ProfileResult| r.pss_loaded,
         ),
     ] {
         println!();
@@ -1049,6 +1060,7 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
                 SIDECAR.to_owned(),
                 "enclave in all".to_owned(),
                 "… of which anonymous".to_owned(),
+                "enclave in all, PSS".to_owned(),
             ])
             .collect();
         for row in rows {
@@ -1057,6 +1069,8 @@ fn print_table(results: &[(String, ProfileResult)], o: &Options) {
                     enclave_total(pick(r))
                 } else if row == "… of which anonymous" {
                     anon(r)
+                } else if row == "enclave in all, PSS" {
+                    pss(r)
                 } else {
                     pick(r).get(&row).copied().unwrap_or(0.0)
                 }

@@ -25,7 +25,8 @@
 //! then a table of both profiles and the ratios lean / stock. With `--operator` it also measures
 //! a NautilusMaster's creation → `Ready=True` in the local runtime (the e2e [`Harness`]: a
 //! throwaway API server, the operator in this process, sidecar, agent, simulated attestation and
-//! verification), p50 over `--boots`.
+//! verification), p50 over `--boots`, with `probeIntervalSeconds` `--probe-interval` (the CRD's
+//! default, 5; `--profiles none` skips the boots above).
 //!
 //! Each boot's directory (data directory, etcd's database) is made in `--tmp` (default
 //! `$TMPDIR`, else `/dev/shm`: an enclave's file system is its memory).
@@ -86,6 +87,8 @@ struct Options {
     deployments: usize,
     profiles: Vec<String>,
     operator: bool,
+    /// `probeIntervalSeconds` of the operator phase's resources (the CRD's default, 5).
+    probe_interval: u32,
     /// Where each boot's directory (data directory, etcd's database, sockets) is made.
     tmp: PathBuf,
 }
@@ -100,6 +103,7 @@ fn parse_options() -> Result<Options> {
         deployments: 100,
         profiles: vec!["lean".into(), "stock".into()],
         operator: false,
+        probe_interval: 5,
         tmp: default_tmp(),
     };
     let mut args = std::env::args().skip(1);
@@ -113,14 +117,18 @@ fn parse_options() -> Result<Options> {
             "--configmaps" => o.configmaps = value("--configmaps")?.parse()?,
             "--deployments" => o.deployments = value("--deployments")?.parse()?,
             "--profiles" => {
-                o.profiles = value("--profiles")?.split(',').map(str::to_owned).collect();
+                o.profiles = match value("--profiles")?.as_str() {
+                    "none" => Vec::new(),
+                    list => list.split(',').map(str::to_owned).collect(),
+                };
             }
+            "--probe-interval" => o.probe_interval = value("--probe-interval")?.parse()?,
             "--operator" => o.operator = true,
             "--tmp" => o.tmp = PathBuf::from(value("--tmp")?),
             "-h" | "--help" => {
                 println!(
                     "nautilus-plane-bench [--boots N] [--settle S] [--requests N] [--concurrency N] \
-                     [--configmaps N] [--deployments N] [--profiles lean,stock] [--operator] [--tmp DIR]"
+                     [--configmaps N] [--deployments N] [--profiles lean,stock|none] [--operator [--probe-interval S]] [--tmp DIR]"
                 );
                 std::process::exit(0);
             }
@@ -932,8 +940,18 @@ async fn boot_once(
     Ok(())
 }
 
+/// The conditions of a NautilusMaster, in the order a boot turns them True.
+const CONDITIONS: [&str; 6] = [
+    "EnclaveRunning",
+    "Attested",
+    "APIServerReady",
+    "SchedulerReady",
+    "ControllerManagerReady",
+    "Ready",
+];
+
 /// Creation → Ready of NautilusMasters in the local runtime, through the e2e harness.
-async fn operator_boots(boots: usize) -> Result<Vec<f64>> {
+async fn operator_boots(boots: usize, probe_interval: u32) -> Result<Vec<f64>> {
     let Some(cluster) = nautilus_e2e::cluster("plane_bench").await else {
         bail!("no API server for the operator phase (see the skip line above)");
     };
@@ -945,12 +963,25 @@ async fn operator_boots(boots: usize) -> Result<Vec<f64>> {
     for i in 0..boots {
         let name = format!("bench-{i}");
         let started = Instant::now();
-        h.create(&name, h.development_spec()).await;
+        let mut spec = h.development_spec();
+        spec.health.probe_interval_seconds = probe_interval;
+        spec.health.startup_timeout_seconds =
+            spec.health.startup_timeout_seconds.max(probe_interval + 1);
+        h.create(&name, spec).await;
+        // When each condition was first seen True (polled every 50 ms): the timeline.
+        let mut seen: Vec<(&str, f64)> = Vec::new();
         let nm = loop {
-            if let Some(nm) = h.masters().get_opt(&name).await?
-                && nautilus_e2e::is(&nm, "Ready", "True")
-            {
-                break nm;
+            if let Some(nm) = h.masters().get_opt(&name).await? {
+                for type_ in CONDITIONS {
+                    if !seen.iter().any(|(t, _)| *t == type_)
+                        && nautilus_e2e::is(&nm, type_, "True")
+                    {
+                        seen.push((type_, started.elapsed().as_secs_f64()));
+                    }
+                }
+                if nautilus_e2e::is(&nm, "Ready", "True") {
+                    break nm;
+                }
             }
             if started.elapsed() > BOOT_WAIT {
                 bail!("{name} not Ready within {BOOT_WAIT:?}");
@@ -958,12 +989,14 @@ async fn operator_boots(boots: usize) -> Result<Vec<f64>> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let took = started.elapsed().as_secs_f64();
+        let timeline: Vec<String> = seen.iter().map(|(t, at)| format!("{t} {at:.2}")).collect();
         println!(
-            "operator boot {}: creation → Ready {:.2} s (load {}) {}",
+            "operator boot {}: creation → Ready {:.2} s (load {}) {}; True at: {}",
             i + 1,
             took,
             load(),
-            nm.name_any()
+            nm.name_any(),
+            timeline.join(", ")
         );
         times.push(took);
         h.masters()
@@ -1197,12 +1230,15 @@ async fn bench() -> Result<()> {
             boot_once(profile, i, last, &o, &assets, &bin, &sui, result).await?;
         }
     }
-    print_table(&results, &o);
+    if !results.is_empty() {
+        print_table(&results, &o);
+    }
     if o.operator {
-        let mut times = operator_boots(o.boots).await?;
+        let mut times = operator_boots(o.boots, o.probe_interval).await?;
         println!();
         println!(
-            "## Operator (local runtime, lean): creation → Ready p50 {} over {} ({})",
+            "## Operator (local runtime, lean, probeIntervalSeconds {}): creation → Ready p50 {} over {} ({})",
+            o.probe_interval,
             fmt_s(median(&mut times)),
             o.boots,
             uptime()

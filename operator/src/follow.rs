@@ -5,7 +5,7 @@
 //! healthy, or an enclave that answered a challenge, was seen up to a probe interval later
 //! (5 s by default). Each sidecar whose `/report` a reconcile read is followed by one task that
 //! long-polls `GET /report?after=<revision>&waitSeconds=…` ([`sidecar::wait_report`]); when
-//! what the resource's status could show changes ([`Visible`]), the task asks the controller
+//! what the resource's status could show changes (`Visible`), the task asks the controller
 //! to reconcile the resource ([`Followers::triggers`], given to
 //! [`Controller::reconcile_on`](kube::runtime::Controller::reconcile_on)).
 //!

@@ -276,10 +276,10 @@ impl LocalRuntime {
             },
             ..match self.settings.network {
                 // The enclave's own loopback: the components' usual ports, below the ephemeral
-                // range. A port picked free on the host comes from that range, where the
-                // enclave's own outgoing connections take their source ports: one of them held
-                // the controller manager's port before it bound it (CI, "address already in
-                // use", the probe answered by another server).
+                // range, where the enclave's own outgoing connections take their source ports:
+                // one of them held the controller manager's port before it bound it, when ports
+                // were picked with bind(0) (CI, "address already in use", the probe answered by
+                // another server). The host mode picks free ports below that range too.
                 LocalNetwork::Isolated => LocalPorts {
                     webhook: 8443,
                     scheduler: 10259,

@@ -800,6 +800,33 @@ impl Harness {
         }
     }
 
+    /// SIGKILL the one API server of `name`'s control plane, then wait at most `down` until the
+    /// status says `APIServerReady=False` and not Ready, and at most `up` until it is Ready again
+    /// with one API server running.
+    pub async fn kill_the_api_server_and_see_it_recover(
+        &self,
+        name: &str,
+        down: Duration,
+        up: Duration,
+    ) {
+        let pids = self.processes(self.api_server_exe());
+        assert_eq!(pids.len(), 1, "one API server runs: {pids:?}");
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pids[0].to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        self.wait_for(name, "APIServerReady=False", down, |nm| {
+            is(nm, "APIServerReady", "False") && !is(nm, "Ready", "True")
+        })
+        .await;
+        self.wait_for(name, "recovered to Ready=True", up, |nm| {
+            is(nm, "Ready", "True")
+        })
+        .await;
+        assert_eq!(self.processes(self.api_server_exe()).len(), 1);
+    }
+
     /// PIDs of this test's processes whose executable name is `exe` (`nautilus-standin`,
     /// `nautilus-sidecar`, `nautilus-agent`), found through their command line or environment
     /// naming this test's work directory.
@@ -1027,6 +1054,17 @@ pub fn condition(nm: &NautilusMaster, type_: &str) -> Option<(String, String)> {
 }
 
 /// Whether condition `type_` has `status`.
+/// The conditions of a NautilusMaster, in the order a boot turns them True.
+pub const CONDITIONS: [&str; 6] = [
+    "EnclaveRunning",
+    "Attested",
+    "APIServerReady",
+    "SchedulerReady",
+    "ControllerManagerReady",
+    "Ready",
+];
+
+/// Whether `nm`'s condition `type_` has `status`.
 pub fn is(nm: &NautilusMaster, type_: &str, status: &str) -> bool {
     condition(nm, type_).is_some_and(|(s, _)| s == status)
 }

@@ -5,17 +5,8 @@
 use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use nautilus_e2e::{Harness, WAIT, cluster, condition, is, self_subject_review};
+use nautilus_e2e::{CONDITIONS, Harness, WAIT, cluster, condition, is, self_subject_review};
 use nautilus_seal::unix_now;
-
-const CONDITIONS: [&str; 6] = [
-    "EnclaveRunning",
-    "Attested",
-    "APIServerReady",
-    "SchedulerReady",
-    "ControllerManagerReady",
-    "Ready",
-];
 
 fn ready(nm: &nautilus_crds::NautilusMaster) -> bool {
     is(nm, "Ready", "True")
@@ -176,24 +167,9 @@ async fn a_killed_control_plane_is_reported_and_recovers() {
     h.create("demo", h.development_spec()).await;
     h.wait_for("demo", "Ready=True", WAIT, ready).await;
 
-    let pids = h.processes(h.api_server_exe());
-    assert_eq!(pids.len(), 1, "one API server runs: {pids:?}");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pids[0].to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    // One probe interval (1 s) plus the operator's own poll: well inside 20 s.
-    h.wait_for(
-        "demo",
-        "APIServerReady=False",
-        Duration::from_secs(20),
-        |nm| is(nm, "APIServerReady", "False") && !ready(nm),
-    )
-    .await;
-    h.wait_for("demo", "recovered to Ready=True", WAIT, ready)
+    // One probe interval (1 s) plus the operator's reconcile: well inside 20 s.
+    h.kill_the_api_server_and_see_it_recover("demo", Duration::from_secs(20), WAIT)
         .await;
-    assert_eq!(h.processes(h.api_server_exe()).len(), 1);
     h.finish().await;
 }
 
@@ -219,19 +195,8 @@ async fn enclave_changes_are_seen_without_waiting_for_the_probe_interval() {
     h.create("demo", spec).await;
     h.wait_for("demo", "Ready=True", within, ready).await;
 
-    let pids = h.processes(h.api_server_exe());
-    assert_eq!(pids.len(), 1, "one API server runs: {pids:?}");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pids[0].to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    // The agent reports at once when a component exits.
-    h.wait_for("demo", "APIServerReady=False", within, |nm| {
-        is(nm, "APIServerReady", "False") && !ready(nm)
-    })
-    .await;
-    h.wait_for("demo", "recovered to Ready=True", within, ready)
+    // The agent reports at once when a component exits, and again as soon as it is back.
+    h.kill_the_api_server_and_see_it_recover("demo", within, within)
         .await;
     h.finish().await;
 }

@@ -940,16 +940,6 @@ async fn boot_once(
     Ok(())
 }
 
-/// The conditions of a NautilusMaster, in the order a boot turns them True.
-const CONDITIONS: [&str; 6] = [
-    "EnclaveRunning",
-    "Attested",
-    "APIServerReady",
-    "SchedulerReady",
-    "ControllerManagerReady",
-    "Ready",
-];
-
 /// Creation → Ready of NautilusMasters in the local runtime, through the e2e harness.
 async fn operator_boots(boots: usize, probe_interval: u32) -> Result<Vec<f64>> {
     let Some(cluster) = nautilus_e2e::cluster("plane_bench").await else {
@@ -972,7 +962,7 @@ async fn operator_boots(boots: usize, probe_interval: u32) -> Result<Vec<f64>> {
         let mut seen: Vec<(&str, f64)> = Vec::new();
         let nm = loop {
             if let Some(nm) = h.masters().get_opt(&name).await? {
-                for type_ in CONDITIONS {
+                for type_ in nautilus_e2e::CONDITIONS {
                     if !seen.iter().any(|(t, _)| *t == type_)
                         && nautilus_e2e::is(&nm, type_, "True")
                     {

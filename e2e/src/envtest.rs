@@ -15,7 +15,6 @@
 //! `setpriv --pdeathsig KILL` (so a test process that is killed takes them along), and dropping
 //! the [`ControlPlane`] stops them (SIGTERM, then SIGKILL) and removes their files.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,7 +141,7 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 
 /// A free TCP port on 127.0.0.1 (bound and released; the component binds it right after).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    nautilus_lifetime::ports::free_port()
 }
 
 /// One running component.

@@ -40,6 +40,7 @@
 //!   [`shutdown_signal`], the SIGTERM/Ctrl-C wait of every service binary.
 
 pub mod netns;
+pub mod ports;
 pub mod records;
 pub mod stop;
 pub mod tether;

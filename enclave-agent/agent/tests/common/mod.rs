@@ -19,13 +19,10 @@ pub use nautilus_test_support::processes_mentioning;
 /// Generous bound for anything the tests wait for.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the ephemeral range (a component's port there can
+/// be taken by another connection's source port before the component binds it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    nautilus_lifetime::ports::free_port().expect("a free port")
 }
 
 /// PCR values the agent's simulated NSM is given (not all zeros: not a debug enclave).

@@ -63,10 +63,7 @@ pub fn etcd_tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    nautilus_lifetime::ports::free_port().expect("free port")
 }
 
 /// A `kubernetes` configuration keeping state, with its data directory under `dir`.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use nautilus_crds::NautilusMaster;
 use nautilus_lifetime::{Ended, ProcessId, Reach};
-use rand_core::RngCore as _;
 
 use super::super::{Result, RuntimeError};
 use super::{LocalNetwork, LocalRuntime, MAX_SOCKET_PATH};
@@ -93,58 +92,15 @@ pub(super) fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the sidecar binds it right after).
+/// A free TCP port on 127.0.0.1, below the ephemeral range (bound and released; the sidecar
+/// binds it right after).
 pub(super) fn free_port() -> std::io::Result<u16> {
-    free_port_on(localhost())
+    nautilus_lifetime::ports::free_port()
 }
 
-/// Where [`free_port_on`] picks: from here up to [`PICK_BELOW`] or the ephemeral range,
-/// whichever is lower.
-const PICK_FROM: u16 = 20_000;
-/// Kubernetes' NodePort range starts here: a kube-proxy on this host would intercept a port of
-/// it whether or not anything bound it.
-const PICK_BELOW: u16 = 30_000;
-/// Ports tried before falling back to one the kernel picks.
-const PICK_TRIES: u16 = 64;
-
-/// A free TCP port on `ip`, below the kernel's ephemeral range when it can be.
-///
-/// A port the kernel picks (`bind(0)`) comes from the ephemeral range, where every outgoing
-/// connection on the host also takes its source port. Between being picked and being bound by
-/// the component it is for, such a port can become the source port of another connection, or a
-/// dial to it can connect to itself (TCP simultaneous open): both were seen here (a controller
-/// manager failing "address already in use" for minutes, an etcd probe answered by itself).
-/// Below the range no source port can ever take it. Falls back to the kernel's pick when the
-/// range starts too low or every try is taken.
+/// A free TCP port on `ip`, below the ephemeral range ([`nautilus_lifetime::ports`]).
 pub(super) fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
-    let below = ephemeral_low().unwrap_or(32_768).min(PICK_BELOW);
-    if let Some(span) = below
-        .checked_sub(PICK_FROM)
-        .filter(|span| *span > PICK_TRIES)
-    {
-        let mut random = [0u8; 2];
-        rand_core::OsRng.fill_bytes(&mut random);
-        let start = u16::from_le_bytes(random) % span;
-        for i in 0..PICK_TRIES {
-            // A prime stride: the tries spread over the span instead of a run of neighbours.
-            let offset = (u32::from(start) + u32::from(i) * 7_919) % u32::from(span);
-            let port = PICK_FROM + u16::try_from(offset).unwrap_or(0);
-            if std::net::TcpListener::bind((ip, port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
-}
-
-/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
-fn ephemeral_low() -> Option<u16> {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    nautilus_lifetime::ports::free_port_on(ip)
 }
 
 /// The ports of one local sidecar and its control plane. Inside an isolated enclave's
@@ -318,26 +274,5 @@ impl LocalRuntime {
             .env("NAUTILUS_CP_ETCD_PEER_PORT", etcd_peer.to_string())
             .kill_on_drop(true);
         Ok(cmd)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Picked ports are free and, where the ephemeral range starts above the NodePort range
-    /// (Linux's default 32768), below both.
-    #[test]
-    fn free_ports_are_picked_below_the_ephemeral_range() {
-        let below = ephemeral_low()
-            .expect("ip_local_port_range")
-            .min(PICK_BELOW);
-        for _ in 0..20 {
-            let port = free_port().expect("a free port");
-            if below > PICK_FROM + PICK_TRIES {
-                assert!((PICK_FROM..below).contains(&port), "{port}");
-            }
-            std::net::TcpListener::bind((localhost(), port)).expect("still free");
-        }
     }
 }

@@ -38,7 +38,7 @@ pub enum SidecarError {
         reason: String,
     },
     /// The call took longer than [`CALL_TIMEOUT`] (beyond a long poll's wait).
-    #[error("{method} http://{addr}{path}: no answer in time")]
+    #[error("{method} http://{addr}{path}: no answer within {timeout:?}")]
     Timeout {
         /// HTTP method.
         method: &'static str,
@@ -46,6 +46,8 @@ pub enum SidecarError {
         addr: SocketAddr,
         /// Path called.
         path: &'static str,
+        /// The time allowed.
+        timeout: Duration,
     },
     /// The sidecar answered with an unexpected status.
     #[error("{method} http://{addr}{path}: status {status}")]
@@ -139,7 +141,12 @@ async fn call(
     };
     tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| SidecarError::Timeout { method, addr, path })?
+        .map_err(|_| SidecarError::Timeout {
+            method,
+            addr,
+            path,
+            timeout,
+        })?
 }
 
 /// `GET /report`: the evidence bundle the sidecar relays.

@@ -93,7 +93,8 @@ impl Reporter {
 /// A start is the control plane's (its earliest current process start changed) or one
 /// component's restart (the restart count changed while the earliest start stayed, as it does
 /// when kube-apiserver restarts beside a running etcd): either way the components are probed
-/// finely again until all are healthy, and the timeout counts from when the restart was seen.
+/// finely again until all are healthy, and the timeout counts from when the restart was seen
+/// (restarts before everything was healthy, a crash loop at boot, keep the window they are in).
 /// Without the second, a restarted kube-apiserver was reported healthy again only a probe
 /// interval later (5 s by default, up to 300 s).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -114,18 +115,22 @@ impl StartupWatch {
         timeout: Duration,
         now_ms: u64,
     ) -> bool {
-        if process.started_unix_ms != self.started_unix_ms || process.restarts != self.restarts {
-            let since_unix_ms = if process.started_unix_ms == self.started_unix_ms {
-                Some(now_ms)
-            } else {
-                process.started_unix_ms
-            };
+        if process.started_unix_ms != self.started_unix_ms {
             *self = Self {
                 started_unix_ms: process.started_unix_ms,
                 restarts: process.restarts,
-                since_unix_ms,
+                since_unix_ms: process.started_unix_ms,
                 ..Self::default()
             };
+        } else if process.restarts != self.restarts {
+            self.restarts = process.restarts;
+            // A restart after all were healthy opens a new window; one while still starting (a
+            // crash loop at boot) keeps the window it is in, so the timeout still comes.
+            if self.healthy_since_start {
+                self.since_unix_ms = Some(now_ms);
+                self.healthy_since_start = false;
+                self.timed_out = false;
+            }
         }
         let healthy = !components.is_empty() && components.iter().all(|c| c.healthy);
         if healthy && process.running {
@@ -277,6 +282,20 @@ mod tests {
         assert!(watch.observe(&process, &round(false), timeout, 70_001));
         assert!(!watch.observe(&process, &round(true), timeout, 71_000));
         assert!(watch.settled());
+
+        // A crash loop at boot: each restart keeps the boot's window, so the timeout comes.
+        let mut looping = ProcessState {
+            running: true,
+            started_unix_ms: Some(100_000),
+            ..ProcessState::default()
+        };
+        let mut watch = StartupWatch::default();
+        for (restarts, now) in [(0, 101_000), (1, 104_000), (2, 108_000)] {
+            looping.restarts = restarts;
+            assert!(!watch.observe(&looping, &round(false), timeout, now));
+        }
+        looping.restarts = 3;
+        assert!(watch.observe(&looping, &round(false), timeout, 110_001));
     }
 
     #[test]

@@ -239,8 +239,13 @@ impl Running {
                 }
             }
         }
-        for task in self.tasks.drain(..) {
+        // Aborted, and awaited: `abort` only asks, and the launcher watch could otherwise start
+        // one more `describe-enclaves` (or process poll) while the enclave is being stopped.
+        for task in &self.tasks {
             task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
         }
         let stopped = self.launcher.stop().await.map_err(SidecarError::Stop);
         for endpoint in [&self.api_endpoint, &self.egress_endpoint] {

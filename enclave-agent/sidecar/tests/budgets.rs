@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use nautilus_protocol::wire::{ChallengeAnswer, Message, read_message};
+use nautilus_protocol::wire::{Message, read_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn body(nonce: &[u8]) -> Vec<u8> {
@@ -148,12 +148,7 @@ async fn a_challenge_flood_reaches_the_agent_at_the_budget_and_the_operators_ref
             match message {
                 Message::Challenge(challenge) => {
                     seen.challenges.push(Instant::now());
-                    let attestation = agent.evidence(&agent.signer, &challenge.nonce);
-                    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
-                        nonce: challenge.nonce,
-                        attestation,
-                    }))
-                    .await;
+                    conn.answer(&agent, &challenge.nonce).await;
                 }
                 Message::NonceRefresh(refresh) => {
                     seen.refreshes.push((Instant::now(), refresh.nonce));
@@ -289,22 +284,7 @@ async fn one_address_gets_its_own_rate_and_leaves_the_rest_to_others() {
     let mut conn = agent.accept().await;
     let boot_nonce = conn.boot_nonce.clone();
     conn.attest(&agent, &boot_nonce).await;
-    let answering = tokio::spawn(async move {
-        loop {
-            match read_message(&mut conn.stream).await {
-                Ok(Message::Challenge(challenge)) => {
-                    let attestation = agent.evidence(&agent.signer, &challenge.nonce);
-                    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
-                        nonce: challenge.nonce,
-                        attestation,
-                    }))
-                    .await;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    let answering = conn.answer_every_challenge(agent);
     let mut answers = Vec::new();
     for i in 0..10u8 {
         answers.push(post_from(loopback(20), addr, "/challenge", &body(&[i + 1])).await);
@@ -561,22 +541,7 @@ async fn a_challenge_on_the_api_port_spends_one_token() {
     let mut conn = agent.accept().await;
     let boot_nonce = conn.boot_nonce.clone();
     conn.attest(&agent, &boot_nonce).await;
-    let answering = tokio::spawn(async move {
-        loop {
-            match read_message(&mut conn.stream).await {
-                Ok(Message::Challenge(challenge)) => {
-                    let attestation = agent.evidence(&agent.signer, &challenge.nonce);
-                    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
-                        nonce: challenge.nonce,
-                        attestation,
-                    }))
-                    .await;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    let answering = conn.answer_every_challenge(agent);
     // The budget is charged once, before any HTTP, not again by the route behind it.
     let first = post_from(loopback(120), api_addr, "/challenge", &body(b"one")).await;
     assert_eq!(first.0, 200, "{first:?}");

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use common::*;
 use nautilus_protocol::attestation::decode_unverified;
 use nautilus_protocol::transport::Endpoint;
-use nautilus_protocol::wire::{ChallengeAnswer, ChallengeResponse, EvidenceBundle, Message};
+use nautilus_protocol::wire::{ChallengeResponse, EvidenceBundle, Message};
 
 fn body(nonce: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -34,16 +34,8 @@ async fn challenge(
         other => panic!("expected a Challenge, got {:?}", other.kind()),
     }
     // A stray answer (another nonce) satisfies nobody; the right one is handed over.
-    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
-        nonce: b"somebody else".to_vec(),
-        attestation: agent.evidence(&agent.signer, b"somebody else"),
-    }))
-    .await;
-    conn.send(Message::ChallengeAnswer(ChallengeAnswer {
-        nonce: nonce.to_vec(),
-        attestation: agent.evidence(&agent.signer, nonce),
-    }))
-    .await;
+    conn.answer(agent, b"somebody else").await;
+    conn.answer(agent, nonce).await;
     let (status, text) = request.await.expect("request task");
     assert_eq!(status, 200, "{text}");
     serde_json::from_str(&text).expect("a ChallengeResponse")

@@ -13,9 +13,9 @@ use nautilus_protocol::Binding;
 use nautilus_protocol::nsm::{Nsm as _, SimulatedNsm};
 use nautilus_protocol::transport::{self, BoxedStream, Endpoint, Listener};
 use nautilus_protocol::wire::{
-    AttestationEvidence, AuthConfig, BootConfig, Component, ComponentReport, ControlPlaneConfig,
-    EnclaveConfig, HealthConfig, Message, ProcessState, Report, ReportSigner, TierConfig,
-    WireError, read_message, write_message,
+    AttestationEvidence, AuthConfig, BootConfig, ChallengeAnswer, Component, ComponentReport,
+    ControlPlaneConfig, EnclaveConfig, HealthConfig, Message, ProcessState, Report, ReportSigner,
+    TierConfig, WireError, read_message, write_message,
 };
 use nautilus_sidecar::{Args, Running};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -238,6 +238,32 @@ impl AgentConn {
         write_message(&mut self.stream, &message)
             .await
             .expect("send");
+    }
+
+    /// Answer a user's challenge for `nonce` with a fresh document carrying it.
+    pub async fn answer(&mut self, agent: &FakeAgent, nonce: &[u8]) {
+        let attestation = agent.evidence(&agent.signer, nonce);
+        self.send(Message::ChallengeAnswer(ChallengeAnswer {
+            nonce: nonce.to_vec(),
+            attestation,
+        }))
+        .await;
+    }
+
+    /// Answer every challenge that arrives until the link closes (other messages are read
+    /// and dropped), in a task of its own.
+    pub fn answer_every_challenge(mut self, agent: FakeAgent) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match read_message(&mut self.stream).await {
+                    Ok(Message::Challenge(challenge)) => {
+                        self.answer(&agent, &challenge.nonce).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        })
     }
 
     pub async fn attest(&mut self, agent: &FakeAgent, nonce: &[u8]) {

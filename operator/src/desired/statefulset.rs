@@ -367,6 +367,17 @@ mod tests {
         &sts.spec.template.spec.as_ref().expect("pod").containers[0]
     }
 
+    /// The StatefulSet of `nm` with a fixed digest and default settings.
+    fn sts_of(nm: &NautilusMaster) -> StatefulSet {
+        enclave_statefulset(
+            nm,
+            &Names::of(nm).expect("names"),
+            &"ab".repeat(32),
+            &PodSettings::default(),
+        )
+        .expect("sts")
+    }
+
     fn pod(sts: &StatefulSet) -> &PodSpec {
         sts.spec.template.spec.as_ref().expect("pod")
     }
@@ -374,13 +385,7 @@ mod tests {
     #[test]
     fn sealed_state_gets_a_claim_a_mount_the_kms_egress_and_the_deletion_policy() {
         let mut nm = mk_nm("demo");
-        let plain = enclave_statefulset(
-            &nm,
-            &Names::of(&nm).expect("names"),
-            &"ab".repeat(32),
-            &PodSettings::default(),
-        )
-        .expect("sts");
+        let plain = sts_of(&nm);
         assert!(plain.spec.volume_claim_templates.is_none());
         nm.spec.state = Some(StateSpec {
             deletion_policy: StateDeletionPolicy::Delete,
@@ -390,13 +395,7 @@ mod tests {
             },
             ..kept_state()
         });
-        let sts = enclave_statefulset(
-            &nm,
-            &Names::of(&nm).expect("names"),
-            &"ab".repeat(32),
-            &PodSettings::default(),
-        )
-        .expect("sts");
+        let sts = sts_of(&nm);
         let spec = &sts.spec;
         let claims = spec.volume_claim_templates.as_ref().expect("claims");
         assert_eq!(claims.len(), 1);
@@ -440,13 +439,7 @@ mod tests {
             state.kms.endpoint = Some("https://vpce-1.kms.eu-west-1.vpce.amazonaws.com".into());
             state.deletion_policy = StateDeletionPolicy::Retain;
         }
-        let sts = enclave_statefulset(
-            &nm,
-            &Names::of(&nm).expect("names"),
-            &"ab".repeat(32),
-            &PodSettings::default(),
-        )
-        .expect("sts");
+        let sts = sts_of(&nm);
         let args = container(&sts).args.clone().expect("args");
         assert!(
             args.contains(&"--egress-allow=vpce-1.kms.eu-west-1.vpce.amazonaws.com:443".to_owned()),
@@ -484,15 +477,7 @@ mod tests {
         let plain = mk_nm("demo");
         let mut kept = mk_nm("demo");
         kept.spec.state = Some(kept_state());
-        let sts = |nm: &NautilusMaster| {
-            enclave_statefulset(
-                nm,
-                &Names::of(nm).expect("names"),
-                &"ab".repeat(32),
-                &PodSettings::default(),
-            )
-            .expect("sts")
-        };
+        let sts = sts_of;
         assert!(!claims_differ(&sts(&plain), &sts(&plain)));
         assert!(claims_differ(&sts(&plain), &sts(&kept)));
         assert!(claims_differ(&sts(&kept), &sts(&plain)));
@@ -514,13 +499,7 @@ mod tests {
     #[test]
     fn statefulset_runs_the_sidecar_with_nitro_resources_and_no_privileges() {
         let nm = mk_nm("demo");
-        let sts = enclave_statefulset(
-            &nm,
-            &Names::of(&nm).expect("names"),
-            &"ab".repeat(32),
-            &PodSettings::default(),
-        )
-        .expect("sts");
+        let sts = sts_of(&nm);
         assert_eq!(sts.metadata.name.as_deref(), Some("demo-enclave"));
         let spec = &sts.spec;
         assert_eq!(spec.replicas, Some(1));

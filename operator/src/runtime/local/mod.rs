@@ -24,8 +24,9 @@ mod process;
 mod record;
 mod settings;
 
+use nautilus_lifetime::ports::{free_port, free_port_on};
 pub use process::LOCAL_STOP_GRACE;
-use process::{Handle, LocalPorts, LocalSockets, endpoint_for, free_port, free_port_on, localhost};
+use process::{Handle, LocalPorts, LocalSockets, endpoint_for, localhost};
 use record::{Left, SidecarRecord, boot_json, left_behind, stop_left, stop_recorded, write_record};
 pub use settings::{
     DEVELOPMENT_BINARIES, LocalNetwork, LocalSettings, MAX_SOCKET_PATH, development_bin_dir,

@@ -92,21 +92,10 @@ pub(super) fn localhost() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
 
-/// A free TCP port on 127.0.0.1, below the ephemeral range (bound and released; the sidecar
-/// binds it right after).
-pub(super) fn free_port() -> std::io::Result<u16> {
-    nautilus_lifetime::ports::free_port()
-}
-
-/// A free TCP port on `ip`, below the ephemeral range ([`nautilus_lifetime::ports`]).
-pub(super) fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
-    nautilus_lifetime::ports::free_port_on(ip)
-}
-
 /// The ports of one local sidecar and its control plane. Inside an isolated enclave's
 /// namespace the components take their usual ports (below the ephemeral range, which the
 /// enclave's own outgoing connections draw from); in the host network mode they are picked free,
-/// below that range too ([`free_port_on`]).
+/// below that range too ([`nautilus_lifetime::ports`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct LocalPorts {
     /// The sidecar's HTTP API, on 127.0.0.1.
